@@ -1,0 +1,121 @@
+//! The typed configuration. `load` turns a TOML file into a [`Config`] or into every error it
+//! has, each with file, line, column and key.
+
+mod load;
+
+pub use load::{load_file, load_str, ConfigError, ConfigErrors};
+
+use crate::meter::Model;
+use crate::reading::Phase;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The whole configuration, validated.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Config {
+    pub gateway: Gateway,
+    pub buses: Vec<Bus>,
+    pub meters: Vec<Meter>,
+}
+
+impl Config {
+    pub fn bus(&self, name: &str) -> Option<&Bus> {
+        self.buses.iter().find(|b| b.name == name)
+    }
+    pub fn meter(&self, name: &str) -> Option<&Meter> {
+        self.meters.iter().find(|m| m.name == name)
+    }
+    pub fn meters_on<'a>(&'a self, bus: &'a str) -> impl Iterator<Item = &'a Meter> + 'a {
+        self.meters.iter().filter(move |m| m.bus == bus)
+    }
+}
+
+/// `[gateway]`: who this gateway is and where it keeps its state.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Gateway {
+    /// Identity, used as the `gateway` tag in storage. Default: the host name.
+    pub name: String,
+    /// Where pmtr keeps its state (port map, spool). Default `/var/lib/pmtr`.
+    pub state_dir: PathBuf,
+    /// Log every reading at info level (`pmtr run` with no sinks). Default true.
+    pub log_readings: bool,
+}
+
+/// `[[bus]]`: one or more serial ports with the same line settings, where meters are looked for.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Bus {
+    pub name: String,
+    /// Paths or glob patterns (`/dev/ttyUSB*`, `/dev/serial/by-id/*FTDI*`).
+    pub ports: Vec<String>,
+    pub line: LineSettings,
+    /// How long to wait for a reply. Default 300 ms.
+    pub timeout: Duration,
+    /// Extra attempts after a failed one, within one poll. Default 2.
+    pub retries: u32,
+    /// Silence kept between frames; default 3.5 characters at the baud rate.
+    pub frame_gap: Option<Duration>,
+    /// The longest a dead meter waits between two re-probes. Default 60 s.
+    pub max_backoff: Duration,
+    /// How often the port patterns are matched again to find new or re-plugged adapters.
+    /// Default 5 s.
+    pub rescan: Duration,
+}
+
+/// Serial line settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LineSettings {
+    pub baud: u32,
+    pub data_bits: u8,
+    pub parity: Parity,
+    pub stop_bits: u8,
+}
+
+impl LineSettings {
+    pub fn char_time(&self) -> Duration {
+        crate::modbus::frame::char_time(
+            self.baud,
+            self.data_bits,
+            self.parity != Parity::None,
+            self.stop_bits,
+        )
+    }
+
+    pub fn frame_gap(&self) -> Duration {
+        crate::modbus::frame::inter_frame_gap(self.char_time(), self.baud)
+    }
+}
+
+impl std::fmt::Display for LineSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let p = match self.parity {
+            Parity::None => 'N',
+            Parity::Even => 'E',
+            Parity::Odd => 'O',
+        };
+        write!(f, "{} {}{}{}", self.baud, self.data_bits, p, self.stop_bits)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Parity {
+    None,
+    Even,
+    Odd,
+}
+
+/// `[[meter]]`: one meter on a bus.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Meter {
+    pub name: String,
+    pub model: Model,
+    /// Modbus slave address, 1..=247.
+    pub address: u8,
+    /// The name of its bus.
+    pub bus: String,
+    /// How often it is read. Default 1 s.
+    pub poll: Duration,
+    /// Where a single-phase meter is connected (L1, L2 or L3). Default L1.
+    pub phase: Phase,
+}

@@ -1,0 +1,12 @@
+//! pmtr: a metering gateway for the Raspberry Pi.
+//!
+//! Data flows one way: [`config`] → [`bus`] (one task per serial port, polling the [`meter`]s
+//! found on it) → [`reading::Reading`]s → consumers. Pure logic (frames, decoders, schedules)
+//! lives apart from I/O so that most of it is tested without ports or clocks.
+
+pub mod bus;
+pub mod config;
+pub mod meter;
+pub mod modbus;
+pub mod reading;
+pub mod sim;

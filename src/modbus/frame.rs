@@ -1,0 +1,402 @@
+//! Modbus RTU requests and replies as plain bytes: encoding, and finding a reply in what came
+//! back from the line. No I/O here; the bus engine feeds bytes in and acts on the verdict.
+
+use super::crc::{append_crc, check_crc};
+use std::fmt;
+
+/// Function codes the gateway speaks.
+pub mod fc {
+    pub const READ_HOLDING: u8 = 0x03;
+    pub const READ_INPUT: u8 = 0x04;
+    pub const WRITE_SINGLE: u8 = 0x06;
+    /// PZEM "reset energy" (user-defined range).
+    pub const PZEM_RESET_ENERGY: u8 = 0x42;
+}
+
+/// The protocol data unit of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pdu {
+    ReadHolding {
+        start: u16,
+        count: u16,
+    },
+    ReadInput {
+        start: u16,
+        count: u16,
+    },
+    WriteSingle {
+        register: u16,
+        value: u16,
+    },
+    /// A function with no payload whose good reply is the 4-byte echo (PZEM reset energy).
+    EchoCommand {
+        function: u8,
+    },
+}
+
+impl Pdu {
+    pub fn function(&self) -> u8 {
+        match self {
+            Pdu::ReadHolding { .. } => fc::READ_HOLDING,
+            Pdu::ReadInput { .. } => fc::READ_INPUT,
+            Pdu::WriteSingle { .. } => fc::WRITE_SINGLE,
+            Pdu::EchoCommand { function } => *function,
+        }
+    }
+
+    /// Length in bytes of a good reply (address and CRC included).
+    pub fn reply_len(&self) -> usize {
+        match self {
+            Pdu::ReadHolding { count, .. } | Pdu::ReadInput { count, .. } => 5 + 2 * *count as usize,
+            Pdu::WriteSingle { .. } => 8,
+            Pdu::EchoCommand { .. } => 4,
+        }
+    }
+}
+
+/// A request to one slave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub address: u8,
+    pub pdu: Pdu,
+}
+
+impl Request {
+    pub fn read_input(address: u8, start: u16, count: u16) -> Self {
+        Request { address, pdu: Pdu::ReadInput { start, count } }
+    }
+    pub fn read_holding(address: u8, start: u16, count: u16) -> Self {
+        Request { address, pdu: Pdu::ReadHolding { start, count } }
+    }
+    pub fn write_single(address: u8, register: u16, value: u16) -> Self {
+        Request { address, pdu: Pdu::WriteSingle { register, value } }
+    }
+
+    /// The request as it goes on the wire, CRC included.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut f = Vec::with_capacity(8);
+        f.push(self.address);
+        f.push(self.pdu.function());
+        match self.pdu {
+            Pdu::ReadHolding { start, count } | Pdu::ReadInput { start, count } => {
+                f.extend_from_slice(&start.to_be_bytes());
+                f.extend_from_slice(&count.to_be_bytes());
+            }
+            Pdu::WriteSingle { register, value } => {
+                f.extend_from_slice(&register.to_be_bytes());
+                f.extend_from_slice(&value.to_be_bytes());
+            }
+            Pdu::EchoCommand { .. } => {}
+        }
+        append_crc(&mut f);
+        f
+    }
+
+    /// True for broadcast (address 0): slaves act but never answer.
+    pub fn is_broadcast(&self) -> bool {
+        self.address == 0
+    }
+}
+
+/// A good reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    Registers(Vec<u16>),
+    /// The slave echoed a write or a command.
+    Echo,
+}
+
+/// Why a transaction did not produce a good reply. Every variant is counted by the bus engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FrameError {
+    /// Nothing at all came back in time.
+    Timeout,
+    /// A frame from our slave whose CRC does not match.
+    Crc,
+    /// The slave answered with a Modbus exception code.
+    Exception(u8),
+    /// A well-formed frame from another slave address, and nothing from ours.
+    ForeignAddress(u8),
+    /// Bytes from our slave, but fewer than a full reply before the timeout.
+    Short { got: usize, want: usize },
+    /// Bytes that make no frame at all.
+    Garbled { bytes: usize },
+    /// A CRC-valid reply whose content does not fit the request (byte count, echo mismatch).
+    Malformed(&'static str),
+}
+
+impl fmt::Display for FrameError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FrameError::Timeout => write!(f, "no reply (timeout)"),
+            FrameError::Crc => write!(f, "reply with a bad CRC"),
+            FrameError::Exception(c) => write!(f, "exception reply {c:#04x} ({})", exception_name(*c)),
+            FrameError::ForeignAddress(a) => write!(f, "a frame from slave {a} instead of ours"),
+            FrameError::Short { got, want } => write!(f, "short reply: {got} of {want} bytes"),
+            FrameError::Garbled { bytes } => write!(f, "{bytes} garbled bytes, no frame"),
+            FrameError::Malformed(why) => write!(f, "malformed reply: {why}"),
+        }
+    }
+}
+
+pub fn exception_name(code: u8) -> &'static str {
+    match code {
+        1 => "illegal function",
+        2 => "illegal data address",
+        3 => "illegal data value",
+        4 => "slave device failure",
+        5 => "acknowledge",
+        6 => "slave device busy",
+        _ => "unknown code",
+    }
+}
+
+/// What the bytes received so far amount to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scan {
+    /// Keep reading: a reply may still be on its way.
+    NeedMore,
+    /// A verdict. `skipped` bytes before the frame were noise (or another slave's frame).
+    Done { result: Result<Reply, FrameError>, skipped: usize },
+}
+
+/// Looks for the reply to `req` in `buf`. Noise before the reply is skipped (and reported);
+/// a candidate from our address that is complete but fails its CRC is a verdict at once.
+pub fn scan_reply(req: &Request, buf: &[u8]) -> Scan {
+    let function = req.pdu.function();
+    for start in 0..buf.len() {
+        if buf[start] != req.address {
+            continue;
+        }
+        let Some(&f) = buf.get(start + 1) else {
+            return Scan::NeedMore;
+        };
+        let want = if f == function | 0x80 {
+            5
+        } else if f == function {
+            match req.pdu {
+                Pdu::ReadHolding { .. } | Pdu::ReadInput { .. } => {
+                    let Some(&bc) = buf.get(start + 2) else {
+                        return Scan::NeedMore;
+                    };
+                    5 + bc as usize
+                }
+                _ => req.pdu.reply_len(),
+            }
+        } else {
+            continue;
+        };
+        if buf.len() < start + want {
+            return Scan::NeedMore;
+        }
+        let frame = &buf[start..start + want];
+        if !check_crc(frame) {
+            // A later start might still hold a good frame (our address byte inside noise).
+            if find_good_frame(req, &buf[start + 1..]).is_some() {
+                continue;
+            }
+            return Scan::Done { result: Err(FrameError::Crc), skipped: start };
+        }
+        return Scan::Done { result: parse_frame(req, frame), skipped: start };
+    }
+    Scan::NeedMore
+}
+
+fn find_good_frame(req: &Request, buf: &[u8]) -> Option<usize> {
+    (0..buf.len()).find(|&s| {
+        matches!(
+            scan_reply(req, &buf[s..]),
+            Scan::Done { result: Ok(_) | Err(FrameError::Exception(_)), skipped: 0 }
+        )
+    })
+}
+
+/// Decodes a complete, CRC-checked frame from our slave.
+fn parse_frame(req: &Request, frame: &[u8]) -> Result<Reply, FrameError> {
+    let f = frame[1];
+    if f & 0x80 != 0 {
+        return Err(FrameError::Exception(frame[2]));
+    }
+    match req.pdu {
+        Pdu::ReadHolding { count, .. } | Pdu::ReadInput { count, .. } => {
+            let bc = frame[2] as usize;
+            if bc != 2 * count as usize {
+                return Err(FrameError::Malformed("byte count differs from the registers asked for"));
+            }
+            let regs = frame[3..3 + bc].chunks_exact(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect();
+            Ok(Reply::Registers(regs))
+        }
+        Pdu::WriteSingle { .. } | Pdu::EchoCommand { .. } => {
+            if frame == req.encode().as_slice() {
+                Ok(Reply::Echo)
+            } else {
+                Err(FrameError::Malformed("echo differs from the request"))
+            }
+        }
+    }
+}
+
+/// What the bytes left over at the timeout say about why no reply came.
+pub fn classify_timeout(req: &Request, buf: &[u8]) -> FrameError {
+    if buf.is_empty() {
+        return FrameError::Timeout;
+    }
+    if let Some(pos) = buf.iter().position(|&b| b == req.address) {
+        if buf.get(pos + 1).is_some_and(|&f| f & 0x7F == req.pdu.function()) {
+            return FrameError::Short { got: buf.len() - pos, want: req.pdu.reply_len() };
+        }
+    }
+    if let Some(addr) = foreign_frame(buf) {
+        return FrameError::ForeignAddress(addr);
+    }
+    FrameError::Garbled { bytes: buf.len() }
+}
+
+/// The address of a CRC-valid frame at the start of `buf` (any common reply shape).
+fn foreign_frame(buf: &[u8]) -> Option<u8> {
+    if buf.len() < 4 {
+        return None;
+    }
+    let mut lens = vec![4usize, 5, 8];
+    if matches!(buf[1], fc::READ_HOLDING | fc::READ_INPUT) {
+        lens.push(5 + buf[2] as usize);
+    }
+    lens.into_iter().any(|n| buf.len() >= n && check_crc(&buf[..n])).then_some(buf[0])
+}
+
+/// Time on the wire for one character: start bit, data bits, parity bit, stop bits.
+pub fn char_time(baud: u32, data_bits: u8, parity: bool, stop_bits: u8) -> std::time::Duration {
+    let bits = 1 + data_bits as u32 + parity as u32 + stop_bits as u32;
+    std::time::Duration::from_nanos(bits as u64 * 1_000_000_000 / baud.max(1) as u64)
+}
+
+/// The silence that must separate two frames: 3.5 characters, and at least 1.75 ms above
+/// 19200 baud as the Modbus serial-line specification fixes it.
+pub fn inter_frame_gap(char_time: std::time::Duration, baud: u32) -> std::time::Duration {
+    if baud > 19200 {
+        std::time::Duration::from_micros(1750)
+    } else {
+        char_time * 7 / 2
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn hex(s: &str) -> Vec<u8> {
+        s.split_whitespace().map(|b| u8::from_str_radix(b, 16).unwrap()).collect()
+    }
+
+    #[test]
+    fn encodes_reference_requests() {
+        assert_eq!(Request::read_input(1, 0, 10).encode(), hex("01 04 00 00 00 0A 70 0D"));
+        assert_eq!(Request::read_input(2, 0, 10).encode(), hex("02 04 00 00 00 0A 70 3E"));
+        assert_eq!(Request::read_holding(0xF8, 2, 1).encode(), hex("F8 03 00 02 00 01 31 A3"));
+        assert_eq!(Request::write_single(1, 2, 4).encode(), hex("01 06 00 02 00 04 29 C9"));
+        assert_eq!(Request::write_single(1, 1, 2300).encode(), hex("01 06 00 01 08 FC DF 8B"));
+        let reset = Request { address: 1, pdu: Pdu::EchoCommand { function: fc::PZEM_RESET_ENERGY } };
+        assert_eq!(reset.encode(), hex("01 42 80 11"));
+        assert_eq!(Request::read_input(1, 4034, 2).encode(), hex("01 04 0F C2 00 02 D3 23"));
+        assert_eq!(Request::read_input(1, 4012, 28).encode(), hex("01 04 0F AC 00 1C 32 F6"));
+    }
+
+    #[test]
+    fn finds_a_good_reply() {
+        let req = Request::read_input(1, 0, 10);
+        let reply = hex("01 04 14 08 98 03 E8 00 00 08 98 00 00 00 00 00 00 01 F4 00 64 00 00 63 CE");
+        for cut in 0..reply.len() {
+            assert_eq!(scan_reply(&req, &reply[..cut]), Scan::NeedMore, "cut {cut}");
+        }
+        match scan_reply(&req, &reply) {
+            Scan::Done { result: Ok(Reply::Registers(r)), skipped: 0 } => {
+                assert_eq!(r, vec![0x0898, 0x03E8, 0, 0x0898, 0, 0, 0, 0x01F4, 0x64, 0]);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn skips_noise_before_the_reply() {
+        let req = Request::read_input(1, 4018, 2);
+        let mut buf = hex("00 FF 13 01 77");
+        buf.extend(hex("01 04 04 03 84 13 88 B6 BF"));
+        assert_eq!(
+            scan_reply(&req, &buf),
+            Scan::Done { result: Ok(Reply::Registers(vec![0x0384, 0x1388])), skipped: 5 }
+        );
+    }
+
+    #[test]
+    fn skips_a_foreign_frame_before_ours() {
+        let req = Request::read_input(1, 4018, 2);
+        let mut buf = hex("04 03 02 00 04 75 87");
+        buf.extend(hex("01 04 04 03 84 13 88 B6 BF"));
+        assert!(matches!(scan_reply(&req, &buf), Scan::Done { result: Ok(_), skipped: 7 }));
+    }
+
+    #[test]
+    fn bad_crc_is_a_verdict() {
+        let req = Request::read_input(1, 0, 10);
+        let mut reply = hex("01 04 14 08 98 03 E8 00 00 08 98 00 00 00 00 00 00 01 F4 00 64 00 00 63 CE");
+        reply[5] ^= 0x10;
+        assert_eq!(scan_reply(&req, &reply), Scan::Done { result: Err(FrameError::Crc), skipped: 0 });
+    }
+
+    #[test]
+    fn exception_replies() {
+        let req = Request::read_input(1, 0, 10);
+        assert_eq!(
+            scan_reply(&req, &hex("01 84 02 C2 C1")),
+            Scan::Done { result: Err(FrameError::Exception(2)), skipped: 0 }
+        );
+        let reset = Request { address: 1, pdu: Pdu::EchoCommand { function: fc::PZEM_RESET_ENERGY } };
+        assert_eq!(
+            scan_reply(&reset, &hex("01 C2 04 70 A3")),
+            Scan::Done { result: Err(FrameError::Exception(4)), skipped: 0 }
+        );
+        assert_eq!(
+            scan_reply(&reset, &hex("01 42 80 11")),
+            Scan::Done { result: Ok(Reply::Echo), skipped: 0 }
+        );
+    }
+
+    #[test]
+    fn write_echo_must_match() {
+        let req = Request::write_single(1, 2, 4);
+        assert_eq!(
+            scan_reply(&req, &hex("01 06 00 02 00 04 29 C9")),
+            Scan::Done { result: Ok(Reply::Echo), skipped: 0 }
+        );
+        let mut other = Request::write_single(1, 2, 5).encode();
+        assert!(matches!(scan_reply(&req, &other), Scan::Done { result: Err(FrameError::Malformed(_)), .. }));
+        other.truncate(5);
+        assert_eq!(scan_reply(&req, &other), Scan::NeedMore);
+    }
+
+    #[test]
+    fn wrong_byte_count_is_malformed() {
+        // A valid 2-register reply to a 10-register request.
+        let req = Request::read_input(1, 0, 10);
+        let buf = hex("01 04 04 03 84 13 88 B6 BF");
+        assert!(matches!(scan_reply(&req, &buf), Scan::Done { result: Err(FrameError::Malformed(_)), .. }));
+    }
+
+    #[test]
+    fn timeout_classification() {
+        let req = Request::read_input(1, 0, 10);
+        assert_eq!(classify_timeout(&req, &[]), FrameError::Timeout);
+        assert_eq!(classify_timeout(&req, &hex("01 04 14 08")), FrameError::Short { got: 4, want: 25 });
+        assert_eq!(classify_timeout(&req, &hex("04 03 02 00 04 75 87")), FrameError::ForeignAddress(4));
+        assert_eq!(classify_timeout(&req, &hex("55 AA 55")), FrameError::Garbled { bytes: 3 });
+    }
+
+    #[test]
+    fn timing() {
+        let c = char_time(9600, 8, false, 1);
+        assert_eq!(c.as_nanos(), 1_041_666);
+        assert_eq!(inter_frame_gap(c, 9600).as_micros(), 3645);
+        assert_eq!(char_time(19200, 8, true, 1).as_nanos(), 572_916);
+        assert_eq!(inter_frame_gap(char_time(115200, 8, false, 1), 115200).as_micros(), 1750);
+    }
+}

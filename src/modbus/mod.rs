@@ -1,0 +1,7 @@
+//! Modbus RTU: CRC, frames, and the serial transport that carries one transaction at a time.
+
+pub mod crc;
+pub mod frame;
+pub mod transport;
+
+pub use frame::{FrameError, Pdu, Reply, Request};

@@ -1,0 +1,255 @@
+//! The one data type that flows from the buses to every consumer.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::sync::Arc;
+
+/// Where on the installation a value is measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Phase {
+    L1,
+    L2,
+    L3,
+    /// Neutral conductor.
+    N,
+    L12,
+    L23,
+    L31,
+    /// The whole meter (sums, three-phase totals).
+    Total,
+}
+
+impl Phase {
+    /// The prefix of trigger variables: `L1`, `L12`, `N`, or empty for totals.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Phase::L1 => "L1",
+            Phase::L2 => "L2",
+            Phase::L3 => "L3",
+            Phase::N => "N",
+            Phase::L12 => "L12",
+            Phase::L23 => "L23",
+            Phase::L31 => "L31",
+            Phase::Total => "",
+        }
+    }
+
+    /// Lower-case tag value for storage (`l1`, `l12`, `total`).
+    pub fn tag(self) -> &'static str {
+        match self {
+            Phase::L1 => "l1",
+            Phase::L2 => "l2",
+            Phase::L3 => "l3",
+            Phase::N => "n",
+            Phase::L12 => "l12",
+            Phase::L23 => "l23",
+            Phase::L31 => "l31",
+            Phase::Total => "total",
+        }
+    }
+}
+
+/// What is measured, always in SI units (energy in kWh, as meters and tariffs count it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Quantity {
+    /// Volts.
+    Voltage,
+    /// Amperes.
+    Current,
+    /// Watts; negative is export.
+    ActivePower,
+    /// Volt-amperes.
+    ApparentPower,
+    /// Volt-amperes reactive.
+    ReactivePower,
+    /// Kilowatt-hours, a counter.
+    ActiveEnergy,
+    /// kVAh, a counter.
+    ApparentEnergy,
+    /// kvarh, a counter.
+    ReactiveEnergy,
+    /// Hertz.
+    Frequency,
+    /// Ratio, -1..1.
+    PowerFactor,
+    /// 1 when the meter's own alarm is raised, else 0.
+    Alarm,
+}
+
+impl Quantity {
+    /// The suffix of trigger variables, after the PMTR names: `U I P e f pf`.
+    pub fn symbol(self) -> &'static str {
+        match self {
+            Quantity::Voltage => "U",
+            Quantity::Current => "I",
+            Quantity::ActivePower => "P",
+            Quantity::ApparentPower => "S",
+            Quantity::ReactivePower => "Q",
+            Quantity::ActiveEnergy => "e",
+            Quantity::ApparentEnergy => "es",
+            Quantity::ReactiveEnergy => "eq",
+            Quantity::Frequency => "f",
+            Quantity::PowerFactor => "pf",
+            Quantity::Alarm => "alarm",
+        }
+    }
+
+    /// Field name for storage.
+    pub fn field(self) -> &'static str {
+        match self {
+            Quantity::Voltage => "voltage",
+            Quantity::Current => "current",
+            Quantity::ActivePower => "power",
+            Quantity::ApparentPower => "apparent_power",
+            Quantity::ReactivePower => "reactive_power",
+            Quantity::ActiveEnergy => "energy",
+            Quantity::ApparentEnergy => "apparent_energy",
+            Quantity::ReactiveEnergy => "reactive_energy",
+            Quantity::Frequency => "frequency",
+            Quantity::PowerFactor => "power_factor",
+            Quantity::Alarm => "alarm",
+        }
+    }
+
+    pub fn unit(self) -> &'static str {
+        match self {
+            Quantity::Voltage => "V",
+            Quantity::Current => "A",
+            Quantity::ActivePower => "W",
+            Quantity::ApparentPower => "VA",
+            Quantity::ReactivePower => "var",
+            Quantity::ActiveEnergy => "kWh",
+            Quantity::ApparentEnergy => "kVAh",
+            Quantity::ReactiveEnergy => "kvarh",
+            Quantity::Frequency => "Hz",
+            Quantity::PowerFactor => "",
+            Quantity::Alarm => "",
+        }
+    }
+
+    /// Counters are never averaged and may only grow.
+    pub fn is_counter(self) -> bool {
+        matches!(self, Quantity::ActiveEnergy | Quantity::ApparentEnergy | Quantity::ReactiveEnergy)
+    }
+}
+
+/// One measured value.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    pub phase: Phase,
+    pub quantity: Quantity,
+    pub value: f64,
+}
+
+impl Sample {
+    pub fn new(phase: Phase, quantity: Quantity, value: f64) -> Self {
+        Sample { phase, quantity, value }
+    }
+
+    /// The trigger variable name: `L1U`, `L12U`, `P` (total power), `L1e`.
+    pub fn variable(&self) -> String {
+        format!("{}{}", self.phase.prefix(), self.quantity.symbol())
+    }
+}
+
+/// How far a reading can be trusted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quality {
+    /// An energy counter went backwards since the previous reading (reset by hand, rollover,
+    /// or a glitch): the difference is not consumption.
+    pub energy_backwards: bool,
+}
+
+/// Everything one poll of one meter produced. A failed poll produces no reading: a gap, never
+/// a zero.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reading {
+    pub meter: Arc<str>,
+    pub model: crate::meter::Model,
+    /// When the reply arrived.
+    pub time: DateTime<Utc>,
+    pub samples: Vec<Sample>,
+    pub quality: Quality,
+}
+
+impl Reading {
+    pub fn get(&self, phase: Phase, quantity: Quantity) -> Option<f64> {
+        self.samples.iter().find(|s| s.phase == phase && s.quantity == quantity).map(|s| s.value)
+    }
+}
+
+impl fmt::Display for Reading {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.meter)?;
+        for s in &self.samples {
+            write!(f, " {}={}{}", s.variable(), trim(s.value), s.quantity.unit())?;
+        }
+        if self.quality.energy_backwards {
+            write!(f, " [energy counter went backwards]")?;
+        }
+        Ok(())
+    }
+}
+
+fn trim(v: f64) -> String {
+    let s = format!("{v:.3}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    if s.is_empty() || s == "-" {
+        "0".into()
+    } else {
+        s.to_string()
+    }
+}
+
+/// Watches energy counters of one meter and flags any step backwards.
+#[derive(Debug, Default, Clone)]
+pub struct EnergyGuard {
+    last: Vec<(Phase, Quantity, f64)>,
+}
+
+impl EnergyGuard {
+    /// Checks `samples` against the previous reading and remembers them. Returns true when a
+    /// counter went backwards by more than its resolution (1 Wh).
+    pub fn check(&mut self, samples: &[Sample]) -> bool {
+        let mut backwards = false;
+        for s in samples.iter().filter(|s| s.quantity.is_counter()) {
+            match self.last.iter_mut().find(|(p, q, _)| *p == s.phase && *q == s.quantity) {
+                Some((_, _, last)) => {
+                    if s.value < *last - 0.0005 {
+                        backwards = true;
+                    }
+                    *last = s.value;
+                }
+                None => self.last.push((s.phase, s.quantity, s.value)),
+            }
+        }
+        backwards
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn variable_names_follow_pmtr() {
+        assert_eq!(Sample::new(Phase::L1, Quantity::Voltage, 1.0).variable(), "L1U");
+        assert_eq!(Sample::new(Phase::L12, Quantity::Voltage, 1.0).variable(), "L12U");
+        assert_eq!(Sample::new(Phase::L1, Quantity::ActiveEnergy, 1.0).variable(), "L1e");
+        assert_eq!(Sample::new(Phase::L1, Quantity::PowerFactor, 1.0).variable(), "L1pf");
+        assert_eq!(Sample::new(Phase::Total, Quantity::ActivePower, 1.0).variable(), "P");
+    }
+
+    #[test]
+    fn energy_guard_flags_steps_back_only() {
+        let mut g = EnergyGuard::default();
+        let e = |v| [Sample::new(Phase::L1, Quantity::ActiveEnergy, v)];
+        assert!(!g.check(&e(10.0)));
+        assert!(!g.check(&e(10.0)));
+        assert!(!g.check(&e(10.001)));
+        assert!(g.check(&e(0.0)), "reset to zero");
+        assert!(!g.check(&e(0.002)), "counting again after the reset");
+        assert!(!g.check(&[Sample::new(Phase::L1, Quantity::Voltage, 1.0)]));
+    }
+}
