@@ -1,1 +1,287 @@
-//! Bus engine.
+//! The bus engine. Each configured bus names port patterns; every port that matches gets one
+//! task that owns it ([`port::run`]). Meters are found by their slave address on whichever
+//! port answers for them, and found again when an adapter is re-plugged under another name.
+//!
+//! ```text
+//! bus supervisor ──(glob every `rescan`)──► port task per path ──► Reading ──► mpsc
+//!        └──── shared: which meter is on which port, status board, remembered ports
+//! ```
+
+pub mod poll;
+pub mod port;
+pub mod scan;
+pub mod schedule;
+pub mod status;
+
+use crate::config::{Bus, Config, Meter};
+use crate::reading::Reading;
+use status::{Counters, MeterState, MeterStatus, StatusBoard};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+/// What the port tasks of one bus share.
+pub struct BusShared {
+    pub bus: Bus,
+    pub meters: Vec<Meter>,
+    /// Which port each meter (by index) is on.
+    owners: Mutex<Vec<Option<String>>>,
+    ports: Mutex<HashSet<String>>,
+    pub status: Arc<StatusBoard>,
+    pub readings: mpsc::Sender<Reading>,
+    memory: Option<PortMemory>,
+    remembered: Vec<Option<String>>,
+}
+
+impl BusShared {
+    fn lock_owners(&self) -> std::sync::MutexGuard<'_, Vec<Option<String>>> {
+        self.owners.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn owners(&self) -> Vec<Option<String>> {
+        self.lock_owners().clone()
+    }
+
+    /// Ports remembered from the last run, by meter index.
+    pub fn remembered_port_of(&self) -> Vec<Option<String>> {
+        self.remembered.clone()
+    }
+
+    pub fn port_count(&self) -> usize {
+        self.ports.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Records that meter `i` answered on `port`. False if another port has it already (two
+    /// meters share one address on different ports).
+    pub fn claim(&self, i: usize, port: &str) -> bool {
+        let mut owners = self.lock_owners();
+        match owners[i].as_deref() {
+            Some(p) if p == port => return true,
+            Some(p) => {
+                tracing::warn!(
+                    meter = %self.meters[i].name, address = self.meters[i].address, kept = %p, also = %port,
+                    "the address answers on two ports; keeping the first. Give each meter its own address, \
+                     or one bus per port"
+                );
+                return false;
+            }
+            None => owners[i] = Some(port.to_string()),
+        }
+        let map = owners.clone();
+        drop(owners);
+        let m = &self.meters[i];
+        tracing::info!(meter = %m.name, address = m.address, port = %port, "meter found");
+        self.status.update(&m.name, |s| s.port = Some(port.to_string()));
+        if let Some(mem) = &self.memory {
+            mem.save(&self.meters, &map);
+        }
+        true
+    }
+
+    pub fn release(&self, i: usize, port: &str) {
+        let mut owners = self.lock_owners();
+        if owners[i].as_deref() == Some(port) {
+            owners[i] = None;
+            self.status.update(&self.meters[i].name, |s| {
+                s.port = None;
+                s.state = MeterState::Searching;
+            });
+        }
+    }
+
+    fn release_all(&self, port: &str) {
+        for i in 0..self.meters.len() {
+            self.release(i, port);
+        }
+        self.ports.lock().unwrap_or_else(|e| e.into_inner()).remove(port);
+    }
+}
+
+/// Remembers which port each meter was found on (`<state_dir>/ports.json`), so that the next
+/// start polls known ports first. Written only when the map changes.
+#[derive(Debug, Clone)]
+pub struct PortMemory {
+    path: PathBuf,
+}
+
+impl PortMemory {
+    pub fn new(state_dir: &Path) -> Self {
+        PortMemory { path: state_dir.join("ports.json") }
+    }
+
+    pub fn load(&self) -> BTreeMap<String, String> {
+        std::fs::read(&self.path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+    }
+
+    fn save(&self, meters: &[Meter], owners: &[Option<String>]) {
+        let mut all = self.load();
+        for (m, o) in meters.iter().zip(owners) {
+            if let Some(p) = o {
+                all.insert(m.name.clone(), p.clone());
+            }
+        }
+        let tmp = self.path.with_extension("json.tmp");
+        let res = serde_json::to_vec_pretty(&all)
+            .map_err(std::io::Error::other)
+            .and_then(|b| std::fs::write(&tmp, b))
+            .and_then(|_| std::fs::rename(&tmp, &self.path));
+        if let Err(e) = res {
+            tracing::debug!(path = %self.path.display(), error = %e, "could not remember the port map");
+        }
+    }
+}
+
+/// The running engine.
+pub struct Engine {
+    pub status: Arc<StatusBoard>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Engine {
+    /// Starts one supervisor per bus. Readings go to `readings`; `shutdown` set to true stops
+    /// every task after its transaction in flight.
+    pub fn start(
+        config: &Config,
+        readings: mpsc::Sender<Reading>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Engine {
+        let status = Arc::new(StatusBoard::default());
+        let memory = PortMemory::new(&config.gateway.state_dir);
+        let remembered = memory.load();
+        let claimed = Arc::new(Mutex::new(HashSet::new()));
+        let mut tasks = vec![];
+        for bus in &config.buses {
+            let meters: Vec<Meter> = config.meters_on(&bus.name).cloned().collect();
+            if meters.is_empty() {
+                continue;
+            }
+            for m in &meters {
+                status.register(
+                    &m.name,
+                    MeterStatus {
+                        bus: bus.name.clone(),
+                        address: m.address,
+                        model: m.model,
+                        port: None,
+                        state: MeterState::Searching,
+                        counters: Counters::default(),
+                        last_success: None,
+                        last_error: None,
+                        last_reading: None,
+                    },
+                );
+            }
+            let shared = Arc::new(BusShared {
+                bus: bus.clone(),
+                owners: Mutex::new(vec![None; meters.len()]),
+                remembered: meters.iter().map(|m| remembered.get(&m.name).cloned()).collect(),
+                meters,
+                ports: Mutex::new(HashSet::new()),
+                status: status.clone(),
+                readings: readings.clone(),
+                memory: Some(memory.clone()),
+            });
+            tasks.push(tokio::spawn(supervise(shared, claimed.clone(), shutdown.clone())));
+        }
+        Engine { status, tasks }
+    }
+
+    /// Waits for every bus task to end (after shutdown).
+    pub async fn join(self) {
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Paths matching the bus patterns now, in a stable order.
+pub fn expand_ports(patterns: &[String]) -> Vec<String> {
+    let mut out = vec![];
+    for p in patterns {
+        match glob::glob(p) {
+            Ok(paths) => {
+                for path in paths.flatten() {
+                    let s = path.to_string_lossy().into_owned();
+                    if !out.contains(&s) {
+                        out.push(s);
+                    }
+                }
+            }
+            Err(_) => {
+                if Path::new(p).exists() && !out.contains(p) {
+                    out.push(p.clone());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// One bus: match its patterns every `rescan`, give each new port a task, forget ports whose
+/// task ended (unplugged), so that a re-plugged adapter is picked up under its new name.
+async fn supervise(
+    shared: Arc<BusShared>,
+    claimed: Arc<Mutex<HashSet<PathBuf>>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut running: HashMap<String, (PathBuf, JoinHandle<port::PortExit>)> = HashMap::new();
+    let mut complained: HashSet<String> = HashSet::new();
+    loop {
+        // Reap ended port tasks.
+        let ended: Vec<String> =
+            running.iter().filter(|(_, (_, h))| h.is_finished()).map(|(p, _)| p.clone()).collect();
+        for p in ended {
+            if let Some((canon, h)) = running.remove(&p) {
+                claimed.lock().unwrap_or_else(|e| e.into_inner()).remove(&canon);
+                match h.await {
+                    Ok(port::PortExit::Failed(e)) => {
+                        tracing::warn!(bus = %shared.bus.name, port = %p, error = %e, "port lost (unplugged?); its meters will be searched for on every port")
+                    }
+                    Ok(port::PortExit::Shutdown) => {}
+                    Err(e) => {
+                        tracing::error!(bus = %shared.bus.name, port = %p, error = %e, "port task ended abnormally")
+                    }
+                }
+            }
+        }
+        if *shutdown.borrow() {
+            break;
+        }
+        for path in expand_ports(&shared.bus.ports) {
+            if running.contains_key(&path) {
+                continue;
+            }
+            let canon = std::fs::canonicalize(&path).unwrap_or_else(|_| PathBuf::from(&path));
+            if !claimed.lock().unwrap_or_else(|e| e.into_inner()).insert(canon.clone()) {
+                continue; // another bus (or another name of this port) has it
+            }
+            match crate::modbus::transport::open_serial(&path, &shared.bus.line) {
+                Ok(line) => {
+                    complained.remove(&path);
+                    tracing::info!(bus = %shared.bus.name, port = %path, settings = %shared.bus.line, "port opened");
+                    shared.ports.lock().unwrap_or_else(|e| e.into_inner()).insert(path.clone());
+                    let h = tokio::spawn(port::run(path.clone(), line, shared.clone(), shutdown.clone()));
+                    running.insert(path, (canon, h));
+                }
+                Err(e) => {
+                    claimed.lock().unwrap_or_else(|e| e.into_inner()).remove(&canon);
+                    if complained.insert(path.clone()) {
+                        tracing::error!(bus = %shared.bus.name, "{e}");
+                    }
+                }
+            }
+        }
+        if running.is_empty() && complained.is_empty() {
+            tracing::debug!(bus = %shared.bus.name, patterns = ?shared.bus.ports, "no port matches yet");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(shared.bus.rescan) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+    for (_, (_, h)) in running {
+        let _ = h.await;
+    }
+}

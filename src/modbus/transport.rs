@@ -1,1 +1,287 @@
-//! Serial transport.
+//! One Modbus RTU transaction at a time over a byte stream: keep the inter-frame silence,
+//! flush stale input, send, collect the reply until it is complete or the timeout runs out.
+//!
+//! pmtr speaks RTU itself rather than through tokio-modbus' client because the gateway must
+//! tell a timeout from a CRC error, a foreign frame, a short frame and late bytes (each is a
+//! counter), must flush what a late reply left behind before the next request, and must time
+//! every request itself; tokio-modbus has no per-request timeout and resynchronises silently.
+//! tokio-modbus is used in the tests as the independent client our simulators must satisfy.
+
+use super::frame::{classify_timeout, scan_reply, FrameError, Reply, Request, Scan};
+use crate::config::{LineSettings, Parity};
+use std::io;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+
+/// A byte stream that can drop what is waiting in its input buffer.
+pub trait Line: AsyncRead + AsyncWrite + Unpin + Send {
+    fn clear_input(&mut self) -> io::Result<()>;
+}
+
+impl Line for tokio_serial::SerialStream {
+    fn clear_input(&mut self) -> io::Result<()> {
+        use tokio_serial::SerialPort;
+        self.clear(tokio_serial::ClearBuffer::Input).map_err(io::Error::from)
+    }
+}
+
+impl Line for tokio::io::DuplexStream {
+    fn clear_input(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// What one transaction produced, with what was seen on the line around it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub result: Result<Reply, FrameError>,
+    /// Bytes waiting before the request went out (a late reply to an earlier request): dropped.
+    pub stale_bytes: usize,
+    /// Noise (or another slave's frame) received before our reply.
+    pub noise_bytes: usize,
+}
+
+/// The serial side of a bus: owns the port.
+pub struct Transport<L> {
+    line: L,
+    char_time: Duration,
+    gap: Duration,
+    /// When the line last fell silent (end of the last frame sent or received).
+    quiet_since: Instant,
+    buf: Vec<u8>,
+}
+
+impl<L: Line> Transport<L> {
+    pub fn new(line: L, settings: &LineSettings, frame_gap: Option<Duration>) -> Self {
+        Transport {
+            line,
+            char_time: settings.char_time(),
+            gap: frame_gap.unwrap_or_else(|| settings.frame_gap()),
+            quiet_since: Instant::now(),
+            buf: Vec::with_capacity(256),
+        }
+    }
+
+    /// Runs one transaction. `Err` means the port itself failed (unplugged, closed); every
+    /// protocol failure is an `Ok(Outcome)` with an `Err` result.
+    pub async fn transact(&mut self, req: &Request, timeout: Duration) -> io::Result<Outcome> {
+        tokio::time::sleep_until(self.quiet_since + self.gap).await;
+        let stale_bytes = self.drain_input().await?;
+        let frame = req.encode();
+        self.line.write_all(&frame).await?;
+        self.line.flush().await?;
+        let sent = Instant::now() + self.char_time * frame.len() as u32;
+        if req.is_broadcast() {
+            self.quiet_since = sent;
+            return Ok(Outcome { result: Ok(Reply::Echo), stale_bytes, noise_bytes: 0 });
+        }
+        let deadline = sent + timeout;
+        self.buf.clear();
+        let mut chunk = [0u8; 256];
+        loop {
+            match tokio::time::timeout_at(deadline, self.line.read(&mut chunk)).await {
+                Ok(Ok(0)) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "port closed")),
+                Ok(Ok(n)) => {
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    if let Scan::Done { result, skipped } = scan_reply(req, &self.buf) {
+                        self.quiet_since = Instant::now();
+                        return Ok(Outcome { result, stale_bytes, noise_bytes: skipped });
+                    }
+                    if self.buf.len() > 4096 {
+                        // A babbling line: give up on this transaction.
+                        let n = self.buf.len();
+                        self.quiet_since = Instant::now();
+                        return Ok(Outcome {
+                            result: Err(FrameError::Garbled { bytes: n }),
+                            stale_bytes,
+                            noise_bytes: 0,
+                        });
+                    }
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    self.quiet_since = Instant::now();
+                    return Ok(Outcome {
+                        result: Err(classify_timeout(req, &self.buf)),
+                        stale_bytes,
+                        noise_bytes: 0,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Reads and counts whatever is already waiting, then asks the driver to drop the rest.
+    async fn drain_input(&mut self) -> io::Result<usize> {
+        let mut total = 0;
+        let mut chunk = [0u8; 256];
+        loop {
+            match tokio::time::timeout(Duration::ZERO, self.line.read(&mut chunk)).await {
+                Ok(Ok(0)) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "port closed")),
+                Ok(Ok(n)) => total += n,
+                Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Ok(Err(e)) => return Err(e),
+                Err(_) => break,
+            }
+        }
+        self.line.clear_input()?;
+        Ok(total)
+    }
+
+    pub fn line_mut(&mut self) -> &mut L {
+        &mut self.line
+    }
+}
+
+/// A port that could not be opened with the settings asked for.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("serial port {port}: {source}")]
+    Open { port: String, source: tokio_serial::Error },
+    #[error(
+        "serial port {port} refused {setting} (it opens with parity none): {source}. Pseudo-terminals and some \
+         USB adapters cannot do parity; set `parity = \"none\"` on the bus if the meter allows it"
+    )]
+    Setting { port: String, setting: String, source: tokio_serial::Error },
+}
+
+/// Opens `port` with `line` settings, naming the refused setting when the port refuses one.
+pub fn open_serial(port: &str, line: &LineSettings) -> Result<tokio_serial::SerialStream, OpenError> {
+    let builder = |parity: Parity| {
+        tokio_serial::new(port, line.baud)
+            .data_bits(match line.data_bits {
+                7 => tokio_serial::DataBits::Seven,
+                _ => tokio_serial::DataBits::Eight,
+            })
+            .parity(match parity {
+                Parity::None => tokio_serial::Parity::None,
+                Parity::Even => tokio_serial::Parity::Even,
+                Parity::Odd => tokio_serial::Parity::Odd,
+            })
+            .stop_bits(match line.stop_bits {
+                2 => tokio_serial::StopBits::Two,
+                _ => tokio_serial::StopBits::One,
+            })
+            .timeout(Duration::from_millis(10))
+    };
+    match tokio_serial::SerialStream::open(&builder(line.parity)) {
+        Ok(s) => Ok(s),
+        Err(source) if line.parity != Parity::None => {
+            match tokio_serial::SerialStream::open(&builder(Parity::None)) {
+                Ok(_) => Err(OpenError::Setting {
+                    port: port.into(),
+                    setting: format!("parity {:?}", line.parity).to_lowercase(),
+                    source,
+                }),
+                Err(_) => Err(OpenError::Open { port: port.into(), source }),
+            }
+        }
+        Err(source) => Err(OpenError::Open { port: port.into(), source }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::modbus::crc::append_crc;
+    use tokio::io::duplex;
+
+    fn settings() -> LineSettings {
+        LineSettings { baud: 9600, data_bits: 8, parity: Parity::None, stop_bits: 1 }
+    }
+
+    fn pzem_reply() -> Vec<u8> {
+        let mut f = vec![1, 4, 20];
+        for r in crate::meter::pzem::encode(230.0, 1.0, 230.0, 1.0, 50.0, 1.0, false) {
+            f.extend_from_slice(&r.to_be_bytes());
+        }
+        append_crc(&mut f);
+        f
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reply_in_pieces_is_assembled() {
+        let (a, mut b) = duplex(1024);
+        let mut t = Transport::new(a, &settings(), None);
+        let req = Request::read_input(1, 0, 10);
+        let slave = tokio::spawn(async move {
+            let mut got = [0u8; 8];
+            b.read_exact(&mut got).await.unwrap();
+            let reply = pzem_reply();
+            for part in reply.chunks(7) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                b.write_all(part).await.unwrap();
+            }
+            b
+        });
+        let out = t.transact(&req, Duration::from_millis(300)).await.unwrap();
+        assert!(matches!(out.result, Ok(Reply::Registers(ref r)) if r.len() == 10), "{out:?}");
+        drop(slave.await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silence_is_a_timeout_after_exactly_the_timeout() {
+        let (a, _b) = duplex(1024);
+        let mut t = Transport::new(a, &settings(), None);
+        let start = Instant::now();
+        let out = t.transact(&Request::read_input(1, 0, 10), Duration::from_millis(300)).await.unwrap();
+        assert_eq!(out.result, Err(FrameError::Timeout));
+        let took = start.elapsed();
+        // gap + 8 request characters + the timeout
+        assert!(took >= Duration::from_millis(300) && took < Duration::from_millis(320), "{took:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_late_reply_is_flushed_and_counted_before_the_next_request() {
+        let (a, mut b) = duplex(1024);
+        let mut t = Transport::new(a, &settings(), None);
+        let req = Request::read_input(1, 0, 10);
+        let out = t.transact(&req, Duration::from_millis(100)).await.unwrap();
+        assert_eq!(out.result, Err(FrameError::Timeout));
+        // The reply arrives after the timeout: it must not be taken for the next reply.
+        let mut first = [0u8; 8];
+        b.read_exact(&mut first).await.unwrap();
+        b.write_all(&pzem_reply()).await.unwrap();
+        let slave = tokio::spawn(async move {
+            let mut got = [0u8; 8];
+            b.read_exact(&mut got).await.unwrap();
+            b.write_all(&[0x01, 0x84, 0x02, 0xC2, 0xC1]).await.unwrap();
+            b
+        });
+        let out = t.transact(&req, Duration::from_millis(100)).await.unwrap();
+        assert_eq!(out.result, Err(FrameError::Exception(2)));
+        assert_eq!(out.stale_bytes, 25);
+        drop(slave.await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_frame_gap_is_kept_between_transactions() {
+        let (a, mut b) = duplex(1024);
+        let mut t = Transport::new(a, &settings(), None);
+        let req = Request::read_input(1, 0, 10);
+        let slave = tokio::spawn(async move {
+            let mut times = vec![];
+            for _ in 0..2 {
+                let mut got = [0u8; 8];
+                b.read_exact(&mut got).await.unwrap();
+                times.push(Instant::now());
+                b.write_all(&pzem_reply()).await.unwrap();
+            }
+            times
+        });
+        t.transact(&req, Duration::from_millis(100)).await.unwrap();
+        let replied = Instant::now();
+        t.transact(&req, Duration::from_millis(100)).await.unwrap();
+        let times = slave.await.unwrap();
+        assert!(times[1] - replied >= Duration::from_micros(3645), "{:?}", times[1] - replied);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_closed_port_is_an_io_error() {
+        let (a, b) = duplex(1024);
+        drop(b);
+        let mut t = Transport::new(a, &settings(), None);
+        assert!(t.transact(&Request::read_input(1, 0, 10), Duration::from_millis(100)).await.is_err());
+    }
+}
