@@ -1,1 +1,261 @@
-fn main() {}
+//! Bus benchmarks on simulated meters (byte-timed pseudo-terminals):
+//!
+//! 1. bus efficiency: back-to-back PZEM reads on one 9600-baud bus against the physical limit;
+//! 2. ports in parallel: 4 buses against 1;
+//! 3. footprint: `pmtr run` polling 30 meters on 3 ports every second (RSS, CPU);
+//! 4. start to first reading with known ports.
+//!
+//! `cargo bench --bench bus` (BENCH_SECONDS=N to change the measuring window, default 20).
+
+use pmtr::bus::Engine;
+use pmtr::config::{LineSettings, Parity};
+use pmtr::sim::{SimPort, SimPortOptions};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+
+const TURNAROUND: Duration = Duration::from_millis(5);
+
+fn line() -> LineSettings {
+    LineSettings { baud: 9600, data_bits: 8, parity: Parity::None, stop_bits: 1 }
+}
+
+fn seconds() -> u64 {
+    std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(20)
+}
+
+fn sim_port(link: &Path, addresses: std::ops::RangeInclusive<u8>) -> SimPort {
+    SimPort::spawn(SimPortOptions {
+        link: Some(link.to_path_buf()),
+        line: line(),
+        turnaround: TURNAROUND,
+        meters: addresses.map(|a| format!("pzem-016@{a}").parse().unwrap()).collect(),
+    })
+    .expect("simulator")
+}
+
+/// A config with one bus per port, `per_port` meters each, all polled every `poll`.
+fn config_text(dir: &Path, ports: usize, per_port: u8, poll: &str, log: bool) -> String {
+    let mut t = format!(
+        "[gateway]\nname = \"bench\"\nstate_dir = \"{}\"\nlog_readings = {log}\n",
+        dir.join("state").display()
+    );
+    for p in 0..ports {
+        t += &format!(
+            "[[bus]]\nname = \"b{p}\"\nports = [\"{}\"]\ntimeout = \"200ms\"\n",
+            dir.join(format!("ttyUSB{p}")).display()
+        );
+        for k in 0..per_port {
+            let a = p as u8 * per_port + k + 1;
+            t += &format!("[[meter]]\nname = \"m{a}\"\nmodel = \"pzem-016\"\naddress = {a}\nbus = \"b{p}\"\npoll = \"{poll}\"\n");
+        }
+    }
+    t
+}
+
+/// Readings per second over the window, once every meter has been found.
+async fn reads_per_second(ports: usize, per_port: u8, window: Duration) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let _sims: Vec<SimPort> = (0..ports)
+        .map(|p| {
+            let first = p as u8 * per_port + 1;
+            sim_port(&dir.path().join(format!("ttyUSB{p}")), first..=first + per_port - 1)
+        })
+        .collect();
+    // Polled every 100 ms, eight meters saturate a 9600-baud bus: reads go back to back.
+    let config =
+        pmtr::config::load_str(&config_text(dir.path(), ports, per_port, "100ms", false), "bench.toml")
+            .expect("bench config");
+    let (tx, mut rx) = mpsc::channel(4096);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let engine = Engine::start(&config, tx, stop_rx);
+    let total = ports * per_port as usize;
+    let mut seen = std::collections::HashSet::new();
+    while seen.len() < total {
+        let r = rx.recv().await.unwrap();
+        seen.insert(r.meter.clone());
+    }
+    while rx.try_recv().is_ok() {}
+    let start = tokio::time::Instant::now();
+    let mut n = 0u64;
+    while let Ok(Some(_)) = tokio::time::timeout_at(start + window, rx.recv()).await {
+        n += 1;
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    let _ = stop_tx.send(true);
+    engine.join().await;
+    rate
+}
+
+fn proc_stat(pid: u32) -> (f64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss_kib = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (ticks / 100.0, rss_kib)
+}
+
+struct Sims(Vec<std::process::Child>);
+impl Drop for Sims {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Three `pmtr simulate` processes with ten meters each, so the simulators' own work is not
+/// counted against the daemon.
+fn spawn_sims(bin: &str, dir: &Path) -> Sims {
+    let mut sims = Sims(vec![]);
+    for p in 0..3u8 {
+        let link = dir.join(format!("ttyUSB{p}"));
+        let mut cmd = Command::new(bin);
+        cmd.arg("simulate").arg("--link").arg(&link);
+        for k in 1..=10u8 {
+            cmd.arg(format!("pzem-016@{}", p * 10 + k));
+        }
+        sims.0.push(cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("pmtr simulate"));
+        for _ in 0..200 {
+            if link.exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    sims
+}
+
+fn footprint(bin: &str, window: Duration) -> (f64, u64, u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let _sims = spawn_sims(bin, dir.path());
+    let cfg = dir.path().join("pmtr.toml");
+    std::fs::write(&cfg, config_text(dir.path(), 3, 10, "1s", false)).unwrap();
+    let mut child = Command::new(bin)
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("pmtr run");
+    let pid = child.id();
+    std::thread::sleep(Duration::from_secs(10)); // discovery and warm-up
+    let (cpu0, _) = proc_stat(pid);
+    let t0 = Instant::now();
+    let mut max_rss = 0;
+    while t0.elapsed() < window {
+        std::thread::sleep(Duration::from_secs(1));
+        max_rss = max_rss.max(proc_stat(pid).1);
+    }
+    let (cpu1, _) = proc_stat(pid);
+    let hwm = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|s| s.parse().ok()))
+        .unwrap_or(0);
+    let cpu = (cpu1 - cpu0) / t0.elapsed().as_secs_f64() * 100.0;
+    let _ = child.kill();
+    let _ = child.wait();
+    (cpu, max_rss, hwm)
+}
+
+/// Time from spawning `pmtr run` to its first reading on stderr, ports known from a previous run.
+fn start_to_first_reading(bin: &str, runs: usize) -> Vec<Duration> {
+    let dir = tempfile::tempdir().unwrap();
+    let _sims = spawn_sims(bin, dir.path());
+    let cfg = dir.path().join("pmtr.toml");
+    std::fs::write(&cfg, config_text(dir.path(), 3, 10, "1s", true)).unwrap();
+    let mut times = vec![];
+    for i in 0..=runs {
+        let t0 = Instant::now();
+        let mut child = Command::new(bin)
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("pmtr run");
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        for l in stderr.lines().map_while(Result::ok) {
+            if l.contains("L1U=") {
+                break;
+            }
+        }
+        let took = t0.elapsed();
+        if i > 0 {
+            times.push(took); // run 0 learns the ports
+        } else {
+            std::thread::sleep(Duration::from_millis(1500)); // let it remember every meter
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    times.sort();
+    times
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let window = Duration::from_secs(seconds());
+    let bin = env!("CARGO_BIN_EXE_pmtr");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+
+    let c = line().char_time().as_secs_f64();
+    let gap = line().frame_gap().as_secs_f64();
+    let per_read = (8.0 + 25.0) * c + TURNAROUND.as_secs_f64() + gap;
+    let limit = 1.0 / per_read;
+    println!("## Bus efficiency (9600 8N1, turnaround {} ms, 8 PZEMs, back to back)", TURNAROUND.as_millis());
+    println!(
+        "physical limit: 1 / ((8 + 25) chars × {:.4} ms + {} ms turnaround + {:.3} ms gap) = 1 / {:.2} ms = {:.2} reads/s",
+        c * 1e3,
+        TURNAROUND.as_millis(),
+        gap * 1e3,
+        per_read * 1e3,
+        limit
+    );
+    let one = rt.block_on(reads_per_second(1, 8, window));
+    println!(
+        "measured: {one:.2} reads/s = {:.1} % of the limit ({}s window)",
+        one / limit * 100.0,
+        window.as_secs()
+    );
+
+    println!("\n## Ports in parallel (4 buses × 8 PZEMs)");
+    let four = rt.block_on(reads_per_second(4, 8, window));
+    println!("1 bus {one:.2} reads/s, 4 buses {four:.2} reads/s: {:.2} ×", four / one);
+
+    println!(
+        "\n## Footprint: pmtr run, 30 meters on 3 ports, 1 s poll ({}s window)",
+        window.as_secs().max(30)
+    );
+    let (cpu, rss, hwm) = footprint(bin, window.max(Duration::from_secs(30)));
+    println!(
+        "CPU {cpu:.2} % of one core; RSS max {:.2} MiB (VmHWM {:.2} MiB)",
+        rss as f64 / 1024.0,
+        hwm as f64 / 1024.0
+    );
+
+    println!("\n## Start to first reading, ports known (5 runs)");
+    let t = start_to_first_reading(bin, 5);
+    println!(
+        "min {:.0} ms, median {:.0} ms, max {:.0} ms",
+        t[0].as_secs_f64() * 1e3,
+        t[t.len() / 2].as_secs_f64() * 1e3,
+        t[t.len() - 1].as_secs_f64() * 1e3
+    );
+}

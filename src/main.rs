@@ -1,1 +1,237 @@
-fn main() {}
+//! The `pmtr` command line: parse, then call into the library.
+
+use clap::{Parser, Subcommand};
+use pmtr::app::{self, tools};
+use pmtr::config::{self, Parity};
+use pmtr::meter::Model;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "pmtr", version, about = "Metering gateway: PZEM and RX380 meters over Modbus RTU")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the gateway (what systemd starts).
+    Run {
+        #[arg(long, short, default_value = "/etc/pmtr/pmtr.toml")]
+        config: PathBuf,
+    },
+    /// The whole gateway on simulated meters: no hardware, no database.
+    Demo {
+        /// Stop after this many seconds (default: run until Ctrl-C).
+        #[arg(long)]
+        seconds: Option<u64>,
+    },
+    /// Check a configuration file and report every error in it.
+    CheckConfig { file: PathBuf },
+    /// Find devices on serial ports: ports × addresses × line settings.
+    Scan {
+        /// Port paths or patterns (repeat or separate with commas).
+        #[arg(long, value_delimiter = ',', default_value = "/dev/ttyUSB*,/dev/ttyACM*")]
+        ports: Vec<String>,
+        /// Addresses, e.g. "1-247" or "4,5,6".
+        #[arg(long, default_value = "1-247", value_parser = pmtr::bus::scan::parse_addresses)]
+        addresses: std::vec::Vec<u8>,
+        /// Baud rates to try.
+        #[arg(long, value_delimiter = ',', default_value = "9600")]
+        baud: Vec<u32>,
+        /// Parities to try (none, even, odd).
+        #[arg(long, value_delimiter = ',', default_value = "none", value_parser = tools::parse_parity)]
+        parity: Vec<Parity>,
+        /// How long to wait at each address.
+        #[arg(long, default_value = "100ms", value_parser = app::parse_duration_arg)]
+        timeout: Duration,
+    },
+    /// One reading of a configured meter, or of the meter at --port/--address.
+    Read {
+        /// Meter name from the configuration.
+        meter: Option<String>,
+        #[arg(long, short, default_value = "/etc/pmtr/pmtr.toml")]
+        config: PathBuf,
+        #[arg(long, conflicts_with = "meter", requires = "address")]
+        port: Option<String>,
+        #[arg(long)]
+        address: Option<u8>,
+        #[arg(long, default_value = "pzem-016", value_parser = parse_model)]
+        model: Model,
+        #[arg(long)]
+        baud: Option<u32>,
+        #[arg(long, value_parser = tools::parse_parity)]
+        parity: Option<Parity>,
+        #[arg(long, default_value = "300ms", value_parser = app::parse_duration_arg)]
+        timeout: Duration,
+        /// Print the reading as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// PZEM set-up commands (one device on the line for set-address).
+    Pzem {
+        #[command(subcommand)]
+        cmd: PzemCmd,
+    },
+    /// Simulated meters on a pseudo-terminal, for tests and trying pmtr without hardware.
+    Simulate {
+        /// Create this symlink to the pseudo-terminal (e.g. /tmp/pmtr/ttyUSB0).
+        #[arg(long)]
+        link: Option<PathBuf>,
+        #[arg(long, default_value_t = 9600)]
+        baud: u32,
+        /// The slave's reply delay.
+        #[arg(long, default_value = "5ms", value_parser = app::parse_duration_arg)]
+        turnaround: Duration,
+        /// MODEL@ADDRESS[,key=value...], e.g. pzem-016@4 or rx380@1,fault=bad-crc,every=3.
+        #[arg(required = true)]
+        meters: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum PzemCmd {
+    /// Give a PZEM a new slave address (only one PZEM on the line when using 0xF8).
+    SetAddress {
+        #[arg(long)]
+        port: String,
+        /// Its current address (default 248 = 0xF8, the general address).
+        #[arg(long, default_value_t = 0xF8)]
+        address: u8,
+        new: u8,
+    },
+    /// Reset a PZEM's energy counter to zero.
+    ResetEnergy {
+        #[arg(long)]
+        port: String,
+        #[arg(long)]
+        address: u8,
+    },
+    /// Read, or set, the over-power alarm threshold in watts.
+    AlarmThreshold {
+        #[arg(long)]
+        port: String,
+        #[arg(long)]
+        address: u8,
+        watts: Option<u16>,
+    },
+}
+
+fn parse_model(s: &str) -> Result<Model, String> {
+    Model::parse(s).ok_or_else(|| {
+        let names: Vec<_> = Model::ALL.iter().map(|m| m.name()).collect();
+        format!("unknown model `{s}` (known: {})", names.join(", "))
+    })
+}
+
+fn load(path: &std::path::Path) -> Result<config::Config, ExitCode> {
+    config::load_file(path).map_err(|errors| {
+        eprintln!("{errors}");
+        eprintln!("{} error(s) in {}", errors.0.len(), path.display());
+        ExitCode::from(1)
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.cmd {
+        Cmd::Run { .. } | Cmd::Demo { .. } | Cmd::Simulate { .. } => "info",
+        _ => "warn",
+    };
+    app::init_logging(level);
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result: anyhow::Result<ExitCode> = rt.block_on(async move {
+        match cli.cmd {
+            Cmd::Run { config } => {
+                let cfg = match load(&config) {
+                    Ok(c) => c,
+                    Err(code) => return Ok(code),
+                };
+                app::run::run(cfg, app::stop_signal()).await?;
+            }
+            Cmd::Demo { seconds } => app::demo::run(seconds.map(Duration::from_secs)).await?,
+            Cmd::CheckConfig { file } => {
+                let cfg = match load(&file) {
+                    Ok(c) => c,
+                    Err(code) => return Ok(code),
+                };
+                println!(
+                    "{}: ok ({} bus(es), {} meter(s))",
+                    file.display(),
+                    cfg.buses.len(),
+                    cfg.meters.len()
+                );
+            }
+            Cmd::Scan { ports, addresses, baud, parity, timeout } => {
+                tools::run_scan(ports, addresses, baud, parity, timeout).await?;
+            }
+            Cmd::Read { meter, config, port, address, model, baud, parity, timeout, json } => {
+                let target = match (meter, port, address) {
+                    (Some(name), _, _) => {
+                        let cfg = match load(&config) {
+                            Ok(c) => c,
+                            Err(code) => return Ok(code),
+                        };
+                        tools::ReadTarget::from_config(&cfg, &name)?
+                    }
+                    (None, Some(port), Some(address)) => {
+                        let (b, p) = model.default_line();
+                        let line = config::LineSettings {
+                            baud: baud.unwrap_or(b),
+                            data_bits: 8,
+                            parity: parity.unwrap_or(if p == 'E' { Parity::Even } else { Parity::None }),
+                            stop_bits: 1,
+                        };
+                        tools::ReadTarget {
+                            ports: vec![port],
+                            line,
+                            meter: tools::adhoc_meter(model, address),
+                            timeout,
+                            retries: 2,
+                        }
+                    }
+                    _ => anyhow::bail!("name a configured meter, or give --port and --address"),
+                };
+                let reading = tools::run_read(target).await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&reading)?);
+                } else {
+                    tools::print_reading(&reading);
+                }
+            }
+            Cmd::Pzem { cmd } => {
+                let t = Duration::from_millis(300);
+                match cmd {
+                    PzemCmd::SetAddress { port, address, new } => {
+                        tools::pzem_set_address(&port, address, new, t).await?
+                    }
+                    PzemCmd::ResetEnergy { port, address } => {
+                        tools::pzem_reset_energy(&port, address, t).await?
+                    }
+                    PzemCmd::AlarmThreshold { port, address, watts } => {
+                        tools::pzem_alarm_threshold(&port, address, watts, t).await.map(|_| ())?
+                    }
+                }
+            }
+            Cmd::Simulate { link, baud, turnaround, meters } => {
+                app::demo::simulate(link, baud, turnaround, meters).await?;
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -91,9 +91,11 @@ impl BusShared {
         }
     }
 
-    fn release_all(&self, port: &str) {
-        for i in 0..self.meters.len() {
-            self.release(i, port);
+    fn port_ended(&self, port: &str, release: bool) {
+        if release {
+            for i in 0..self.meters.len() {
+                self.release(i, port);
+            }
         }
         self.ports.lock().unwrap_or_else(|e| e.into_inner()).remove(port);
     }
@@ -121,6 +123,9 @@ impl PortMemory {
             if let Some(p) = o {
                 all.insert(m.name.clone(), p.clone());
             }
+        }
+        if let Some(dir) = self.path.parent() {
+            let _ = std::fs::create_dir_all(dir);
         }
         let tmp = self.path.with_extension("json.tmp");
         let res = serde_json::to_vec_pretty(&all)

@@ -160,6 +160,8 @@ pub async fn run<L: Line>(
             }
         }
     };
-    shared.release_all(&port);
+    // On shutdown the map is kept (status still shows where each meter was); a failed port
+    // gives its meters up so that the other ports look for them.
+    shared.port_ended(&port, matches!(exit, PortExit::Failed(_)));
     exit
 }

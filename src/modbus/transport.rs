@@ -144,6 +144,54 @@ pub enum OpenError {
          USB adapters cannot do parity; set `parity = \"none\"` on the bus if the meter allows it"
     )]
     Setting { port: String, setting: String, source: tokio_serial::Error },
+    #[error(
+        "serial port {port} does not do {setting}. Pseudo-terminals and some USB adapters cannot do parity; \
+         set `parity = \"none\"` on the bus if the meter allows it"
+    )]
+    Ignored { port: String, setting: String },
+}
+
+/// Some ports (pseudo-terminals among them) accept settings they cannot do and drop them
+/// silently: read the settings back and name the first one that did not stick.
+fn refused_setting(s: &tokio_serial::SerialStream, line: &LineSettings) -> Option<String> {
+    use tokio_serial::SerialPort;
+    let want_parity = match line.parity {
+        Parity::None => tokio_serial::Parity::None,
+        Parity::Even => tokio_serial::Parity::Even,
+        Parity::Odd => tokio_serial::Parity::Odd,
+    };
+    if let Ok(p) = s.parity() {
+        if p != want_parity {
+            return Some(format!(
+                "parity {} (the port reports {})",
+                format!("{:?}", line.parity).to_lowercase(),
+                format!("{p:?}").to_lowercase()
+            ));
+        }
+    }
+    if let Ok(b) = s.baud_rate() {
+        if b != line.baud {
+            return Some(format!("baud {} (the port reports {b})", line.baud));
+        }
+    }
+    let bits = |d: tokio_serial::DataBits| match d {
+        tokio_serial::DataBits::Five => 5,
+        tokio_serial::DataBits::Six => 6,
+        tokio_serial::DataBits::Seven => 7,
+        tokio_serial::DataBits::Eight => 8,
+    };
+    if let Ok(d) = s.data_bits() {
+        if bits(d) != line.data_bits {
+            return Some(format!("{} data bits (the port reports {})", line.data_bits, bits(d)));
+        }
+    }
+    if let Ok(st) = s.stop_bits() {
+        let n = if st == tokio_serial::StopBits::Two { 2 } else { 1 };
+        if n != line.stop_bits {
+            return Some(format!("{} stop bits (the port reports {n})", line.stop_bits));
+        }
+    }
+    None
 }
 
 /// Opens `port` with `line` settings, naming the refused setting when the port refuses one.
@@ -166,7 +214,10 @@ pub fn open_serial(port: &str, line: &LineSettings) -> Result<tokio_serial::Seri
             .timeout(Duration::from_millis(10))
     };
     match tokio_serial::SerialStream::open(&builder(line.parity)) {
-        Ok(s) => Ok(s),
+        Ok(s) => match refused_setting(&s, line) {
+            None => Ok(s),
+            Some(setting) => Err(OpenError::Ignored { port: port.into(), setting }),
+        },
         Err(source) if line.parity != Parity::None => {
             match tokio_serial::SerialStream::open(&builder(Parity::None)) {
                 Ok(_) => Err(OpenError::Setting {

@@ -1,0 +1,60 @@
+//! `pmtr run`: the daemon.
+
+use crate::bus::Engine;
+use crate::config::Config;
+use crate::reading::Reading;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+/// How often a one-line summary per meter is logged (counters instead of log floods).
+const SUMMARY_EVERY: Duration = Duration::from_secs(600);
+
+/// Runs the gateway until SIGINT/SIGTERM (or until `stop` resolves).
+pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    if let Err(e) = std::fs::create_dir_all(&config.gateway.state_dir) {
+        tracing::warn!(dir = %config.gateway.state_dir.display(), error = %e,
+            "cannot create the state directory; the port map will not be remembered");
+    }
+    let (tx, mut rx) = mpsc::channel::<Reading>(1024);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let engine = Engine::start(&config, tx, stop_rx);
+    let status = engine.status.clone();
+    tracing::info!(
+        gateway = %config.gateway.name,
+        buses = config.buses.len(),
+        meters = config.meters.len(),
+        version = env!("CARGO_PKG_VERSION"),
+        "pmtr started"
+    );
+    let log_readings = config.gateway.log_readings;
+    let consumer = tokio::spawn(async move {
+        while let Some(r) = rx.recv().await {
+            if log_readings {
+                tracing::info!("{r}");
+            }
+        }
+    });
+    let summary = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(SUMMARY_EVERY);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            for (name, s) in status.snapshot() {
+                let c = &s.counters;
+                tracing::info!(
+                    meter = %name, port = s.port.as_deref().unwrap_or("-"), state = ?s.state,
+                    readings = c.readings, requests = c.requests, timeouts = c.timeouts, crc_errors = c.crc_errors,
+                    exceptions = c.exceptions, "meter summary"
+                );
+            }
+        }
+    });
+    stop.await;
+    tracing::info!("stopping");
+    let _ = stop_tx.send(true);
+    engine.join().await;
+    summary.abort();
+    let _ = consumer.await;
+    tracing::info!("stopped");
+    Ok(())
+}

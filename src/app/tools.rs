@@ -1,0 +1,267 @@
+//! One-shot commands: `pmtr scan`, `pmtr read`, `pmtr pzem …`.
+
+use crate::bus::poll::poll;
+use crate::bus::scan::{scan, Found};
+use crate::config::{Config, LineSettings, Meter, Parity};
+use crate::meter::{pzem, Model};
+use crate::modbus::transport::{open_serial, Transport};
+use crate::modbus::{FrameError, Reply, Request};
+use crate::reading::{Phase, Reading};
+use anyhow::{anyhow, bail, Context};
+use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub fn parse_parity(s: &str) -> Result<Parity, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "none" | "n" => Ok(Parity::None),
+        "even" | "e" => Ok(Parity::Even),
+        "odd" | "o" => Ok(Parity::Odd),
+        _ => Err(format!("`{s}` is not a parity (none, even, odd)")),
+    }
+}
+
+/// `pmtr scan`.
+pub async fn run_scan(
+    patterns: Vec<String>,
+    addresses: Vec<u8>,
+    bauds: Vec<u32>,
+    parities: Vec<Parity>,
+    timeout: Duration,
+) -> anyhow::Result<Vec<Found>> {
+    let ports = crate::bus::expand_ports(&patterns);
+    if ports.is_empty() {
+        bail!("no serial port matches {}; is the adapter plugged in? (`ls /dev/tty*`)", patterns.join(", "));
+    }
+    let mut lines = vec![];
+    for &baud in &bauds {
+        for &parity in &parities {
+            lines.push(LineSettings { baud, data_bits: 8, parity, stop_bits: 1 });
+        }
+    }
+    let total = ports.len() * lines.len() * addresses.len();
+    eprintln!(
+        "scanning {} port(s) × {} setting(s) × {} address(es), {} ms per silent address",
+        ports.len(),
+        lines.len(),
+        addresses.len(),
+        timeout.as_millis()
+    );
+    let progress = Arc::new(AtomicUsize::new(0));
+    let bar = tokio::spawn(progress_bar(progress.clone(), total));
+    let (found, errors) = scan(ports, lines, addresses, timeout, progress).await;
+    bar.abort();
+    eprintln!();
+    for e in &errors {
+        eprintln!("warning: {e}");
+    }
+    if found.is_empty() {
+        println!("no device answered");
+    } else {
+        println!("{:<28} {:<12} {:>7}  {:<22} reading", "port", "settings", "address", "model");
+        for f in &found {
+            let model = match f.model {
+                Some(m) if m.is_pzem() => "pzem (004T/014/016)".to_string(),
+                Some(m) => m.to_string(),
+                None => "unknown device".to_string(),
+            };
+            println!(
+                "{:<28} {:<12} {:>7}  {:<22} {}",
+                f.port,
+                f.line.to_string(),
+                f.address,
+                model,
+                f.detail
+            );
+        }
+    }
+    Ok(found)
+}
+
+async fn progress_bar(done: Arc<AtomicUsize>, total: usize) {
+    let tty = std::io::stderr().is_terminal();
+    let every = if tty { Duration::from_millis(200) } else { Duration::from_secs(5) };
+    loop {
+        tokio::time::sleep(every).await;
+        let d = done.load(Ordering::Relaxed).min(total);
+        let width = 30;
+        let filled = if total == 0 { width } else { d * width / total };
+        let line = format!("[{}{}] {d}/{total}", "#".repeat(filled), "-".repeat(width - filled));
+        if tty {
+            eprint!("\r{line}");
+            let _ = std::io::stderr().flush();
+        } else {
+            eprintln!("{line}");
+        }
+    }
+}
+
+/// Where `pmtr read` should look: a configured meter, or an explicit port.
+pub struct ReadTarget {
+    pub ports: Vec<String>,
+    pub line: LineSettings,
+    pub meter: Meter,
+    pub timeout: Duration,
+    pub retries: u32,
+}
+
+impl ReadTarget {
+    pub fn from_config(config: &Config, name: &str) -> anyhow::Result<Self> {
+        let meter = config.meter(name).cloned().ok_or_else(|| {
+            let names: Vec<_> = config.meters.iter().map(|m| m.name.as_str()).collect();
+            anyhow!("no meter named `{name}` in the configuration (meters: {})", names.join(", "))
+        })?;
+        let bus = config.bus(&meter.bus).ok_or_else(|| anyhow!("meter {name}: unknown bus {}", meter.bus))?;
+        Ok(ReadTarget {
+            ports: crate::bus::expand_ports(&bus.ports),
+            line: bus.line,
+            timeout: bus.timeout,
+            retries: bus.retries,
+            meter,
+        })
+    }
+}
+
+/// `pmtr read`: one reading, from whichever port answers for the meter.
+pub async fn run_read(target: ReadTarget) -> anyhow::Result<Reading> {
+    if target.ports.is_empty() {
+        bail!(
+            "meter {}: no serial port matches the bus patterns; is the adapter plugged in?",
+            target.meter.name
+        );
+    }
+    let mut tasks = vec![];
+    for port in target.ports.clone() {
+        let (meter, line, timeout, retries) =
+            (target.meter.clone(), target.line, target.timeout, target.retries);
+        tasks.push(tokio::spawn(async move {
+            let stream = open_serial(&port, &line).map_err(|e| e.to_string())?;
+            let mut t = Transport::new(stream, &line, None);
+            let mut plan = 0;
+            match poll(&mut t, &meter, &mut plan, 1 + retries, timeout, &mut |_| {}).await {
+                Ok(Ok(samples)) => Ok((port, samples)),
+                Ok(Err(e)) => Err(format!("{port}: {e}")),
+                Err(e) => Err(format!("{port}: {e}")),
+            }
+        }));
+    }
+    let mut errors = vec![];
+    for t in tasks {
+        match t.await {
+            Ok(Ok((port, samples))) => {
+                let m = &target.meter;
+                eprintln!("{} ({}, address {}) on {port}", m.name, m.model, m.address);
+                return Ok(Reading {
+                    meter: m.name.as_str().into(),
+                    model: m.model,
+                    time: chrono::Utc::now(),
+                    samples,
+                    quality: Default::default(),
+                });
+            }
+            Ok(Err(e)) => errors.push(e),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    bail!(
+        "meter {} (address {}) did not answer: {}. Check wiring (A/B), power on the meter's AC input, the address \
+         (`pmtr scan`) and the line settings",
+        target.meter.name,
+        target.meter.address,
+        errors.join("; ")
+    )
+}
+
+/// Prints a reading as a table.
+pub fn print_reading(r: &Reading) {
+    println!("{} {}", r.meter, r.time.with_timezone(&chrono::Local).format("%Y-%m-%d %H:%M:%S %Z"));
+    for s in &r.samples {
+        println!("  {:<8} {:>14.3} {}", s.variable(), s.value, s.quantity.unit());
+    }
+}
+
+/// A meter description for the one-shot commands that name a port instead of a meter.
+pub fn adhoc_meter(model: Model, address: u8) -> Meter {
+    Meter {
+        name: format!("{}@{}", model, address),
+        model,
+        address,
+        bus: "cli".into(),
+        poll: Duration::from_secs(1),
+        phase: Phase::L1,
+    }
+}
+
+async fn one_transaction(
+    port: &str,
+    line: &LineSettings,
+    req: Request,
+    timeout: Duration,
+) -> anyhow::Result<Reply> {
+    let stream = open_serial(port, line)?;
+    let mut t = Transport::new(stream, line, None);
+    let mut last = FrameError::Timeout;
+    for _ in 0..3 {
+        let out = t.transact(&req, timeout).await.with_context(|| format!("serial port {port}"))?;
+        match out.result {
+            Ok(r) => return Ok(r),
+            Err(e @ FrameError::Exception(_)) => bail!("slave {} on {port} refused: {e}", req.address),
+            Err(e) => last = e,
+        }
+    }
+    bail!("slave {} on {port}: {last}", req.address)
+}
+
+/// `pmtr pzem set-address`: writes a new slave address. Sent to `address` (default 0xF8, the
+/// general address, which only works with a single PZEM on the line) and verified by reading it
+/// back at the new address.
+pub async fn pzem_set_address(port: &str, address: u8, new: u8, timeout: Duration) -> anyhow::Result<()> {
+    if !(1..=247).contains(&new) {
+        bail!("{new} is not a valid slave address (1..247)");
+    }
+    let line = pzem_line();
+    let req = Request::write_single(address, pzem::REG_ADDRESS, u16::from(new));
+    one_transaction(port, &line, req, timeout).await?;
+    match one_transaction(port, &line, Request::read_holding(new, pzem::REG_ADDRESS, 1), timeout).await? {
+        Reply::Registers(r) if r.first() == Some(&u16::from(new)) => {
+            println!("the PZEM on {port} now answers at address {new}");
+            Ok(())
+        }
+        other => bail!("the address was written but reading it back at {new} gave {other:?}"),
+    }
+}
+
+/// `pmtr pzem reset-energy`.
+pub async fn pzem_reset_energy(port: &str, address: u8, timeout: Duration) -> anyhow::Result<()> {
+    one_transaction(port, &pzem_line(), pzem::reset_energy_request(address), timeout).await?;
+    println!("energy counter of the PZEM at address {address} on {port} reset to 0");
+    Ok(())
+}
+
+/// `pmtr pzem alarm-threshold`: reads it, or writes `watts` and reads it back.
+pub async fn pzem_alarm_threshold(
+    port: &str,
+    address: u8,
+    watts: Option<u16>,
+    timeout: Duration,
+) -> anyhow::Result<u16> {
+    let line = pzem_line();
+    if let Some(w) = watts {
+        one_transaction(port, &line, Request::write_single(address, pzem::REG_ALARM_THRESHOLD, w), timeout)
+            .await?;
+    }
+    match one_transaction(port, &line, Request::read_holding(address, pzem::REG_ALARM_THRESHOLD, 1), timeout)
+        .await?
+    {
+        Reply::Registers(r) if !r.is_empty() => {
+            println!("alarm threshold of the PZEM at address {address} on {port}: {} W", r[0]);
+            Ok(r[0])
+        }
+        other => bail!("unexpected reply {other:?}"),
+    }
+}
+
+fn pzem_line() -> LineSettings {
+    LineSettings { baud: 9600, data_bits: 8, parity: Parity::None, stop_bits: 1 }
+}
