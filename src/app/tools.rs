@@ -52,7 +52,8 @@ pub async fn run_scan(
     let bar = tokio::spawn(progress_bar(progress.clone(), total));
     let (found, errors) = scan(ports, lines, addresses, timeout, progress).await;
     bar.abort();
-    eprintln!();
+    let end = if std::io::stderr().is_terminal() { "\r" } else { "" };
+    eprintln!("{end}{} {} device(s) found", bar_line(total, total), found.len());
     for e in &errors {
         eprintln!("warning: {e}");
     }
@@ -84,10 +85,7 @@ async fn progress_bar(done: Arc<AtomicUsize>, total: usize) {
     let every = if tty { Duration::from_millis(200) } else { Duration::from_secs(5) };
     loop {
         tokio::time::sleep(every).await;
-        let d = done.load(Ordering::Relaxed).min(total);
-        let width = 30;
-        let filled = if total == 0 { width } else { d * width / total };
-        let line = format!("[{}{}] {d}/{total}", "#".repeat(filled), "-".repeat(width - filled));
+        let line = bar_line(done.load(Ordering::Relaxed).min(total), total);
         if tty {
             eprint!("\r{line}");
             let _ = std::io::stderr().flush();
@@ -95,6 +93,12 @@ async fn progress_bar(done: Arc<AtomicUsize>, total: usize) {
             eprintln!("{line}");
         }
     }
+}
+
+fn bar_line(done: usize, total: usize) -> String {
+    let width = 30;
+    let filled = if total == 0 { width } else { done * width / total };
+    format!("[{}{}] {done}/{total}", "#".repeat(filled), "-".repeat(width - filled))
 }
 
 /// Where `pmtr read` should look: a configured meter, or an explicit port.
