@@ -246,7 +246,9 @@ async fn supervise(
                     }
                     Ok(port::PortExit::Shutdown) => {}
                     Err(e) => {
-                        tracing::error!(bus = %shared.bus.name, port = %p, error = %e, "port task ended abnormally")
+                        // A bug, not the line: give the port's meters back and open it afresh.
+                        tracing::error!(bus = %shared.bus.name, port = %p, error = %e, "port task ended abnormally; reopening it");
+                        shared.port_ended(&p, true);
                     }
                 }
             }
