@@ -1,23 +1,1357 @@
-//! Placeholder: replaced by the loader.
-use super::Config;
-use std::path::Path;
+//! The configuration loader: TOML text → [`Config`], or every error it has at once.
+//!
+//! The text is parsed with `toml`'s recoverable parser into a spanned tree, so a syntax error
+//! does not hide the rest of the file: every key the parser could recover is still checked.
+//! Each value is then deserialized on its own, with serde, from its spanned value, so that
+//! every error carries the file, the line, the column and the key path, in the form
+//! `FILE:LINE:COL: KEY: MESSAGE`:
+//!
+//! ```text
+//! pmtr.toml:14:1: meter[1] "mainB".adress: unknown key (did you mean `address`?)
+//! ```
+//!
+//! Elements of `[[bus]]` and `[[meter]]` are named by their position in their array, followed
+//! by their name when it is known: `meter[2] "gen".address`, `bus[0].ports`.
 
+use super::{Bus, Config, Gateway, LineSettings, Meter, Parity};
+use crate::meter::Model;
+use crate::reading::Phase;
+use serde::de::DeserializeOwned;
+use std::collections::HashMap;
+use std::fmt;
+use std::ops::{Range, RangeInclusive};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use toml::de::{DeTable, DeValue, ValueDeserializer};
+use toml::Spanned;
+
+/// Every top-level key of the file. The loader reads `gateway`, `bus` and `meter` itself; any
+/// other key listed here is accepted and left alone, for the subsystem that owns it to read.
+/// A subsystem that adds a section adds its key here.
+pub const TOP_LEVEL_KEYS: &[&str] = &["gateway", "bus", "meter"];
+
+const GATEWAY_KEYS: &[&str] = &["name", "state_dir", "log_readings"];
+const BUS_KEYS: &[&str] = &[
+    "name",
+    "port",
+    "ports",
+    "baud",
+    "parity",
+    "data_bits",
+    "stop_bits",
+    "timeout",
+    "retries",
+    "frame_gap",
+    "max_backoff",
+    "rescan",
+];
+const METER_KEYS: &[&str] = &["name", "model", "address", "bus", "poll", "phase"];
+
+/// The baud rates a `[[bus]]` may use.
+pub const BAUD_RATES: [u32; 9] = [1200, 2400, 4800, 9600, 14400, 19200, 38400, 57600, 115200];
+
+const FALLBACK_GATEWAY_NAME: &str = "pmtr";
+const DEFAULT_STATE_DIR: &str = "/var/lib/pmtr";
+const FALLBACK_BAUD: u32 = 9600;
+const FALLBACK_PARITY: Parity = Parity::None;
+const DEFAULT_DATA_BITS: u8 = 8;
+const DEFAULT_STOP_BITS: u8 = 1;
+const DEFAULT_TIMEOUT: Duration = Duration::from_millis(300);
+const MIN_TIMEOUT: Duration = Duration::from_millis(10);
+const MAX_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_RETRIES: u32 = 2;
+const MAX_RETRIES: i64 = 10;
+const MAX_FRAME_GAP: Duration = Duration::from_secs(1);
+const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(60);
+const DEFAULT_RESCAN: Duration = Duration::from_secs(5);
+/// The shortest `max_backoff` and `rescan`: anything shorter would spin.
+const MIN_PERIOD: Duration = Duration::from_millis(100);
+const DEFAULT_POLL: Duration = Duration::from_secs(1);
+const MIN_POLL: Duration = Duration::from_millis(100);
+const PZEM_GENERAL_ADDRESS: i64 = 0xF8;
+/// The largest edit distance at which an unknown word gets a "did you mean".
+const MAX_SUGGESTION_DISTANCE: usize = 2;
+
+/// One problem in a configuration file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
     pub file: String,
+    /// 1-based; 0 when the file could not be read at all.
     pub line: usize,
+    /// 1-based, in characters; 0 when the file could not be read at all.
     pub column: usize,
+    /// The key path, e.g. `meter[2] "gen".address`; empty when the error is about the file.
     pub key: String,
     pub message: String,
 }
 
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: ", self.file, self.line, self.column)?;
+        if !self.key.is_empty() {
+            write!(f, "{}: ", self.key)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Every problem of a configuration file, sorted by position.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigErrors(pub Vec<ConfigError>);
 
-pub fn load_str(_src: &str, _file: &str) -> Result<Config, ConfigErrors> {
-    unimplemented!()
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
 }
 
-pub fn load_file(_path: &Path) -> Result<Config, ConfigErrors> {
-    unimplemented!()
+impl std::error::Error for ConfigErrors {}
+
+/// Reads and validates a configuration file. A file that cannot be read gives one error at
+/// line 0, column 0.
+pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
+    let file = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(src) => load_str(&src, &file),
+        Err(e) => Err(ConfigErrors(vec![ConfigError {
+            file,
+            line: 0,
+            column: 0,
+            key: String::new(),
+            message: format!("cannot read the file: {e}"),
+        }])),
+    }
+}
+
+/// Validates a configuration. `file` is only used in the errors.
+pub fn load_str(src: &str, file: &str) -> Result<Config, ConfigErrors> {
+    let (root, syntax_errors) = DeTable::parse_recoverable(src);
+    let root = root.into_inner();
+    let mut l = Loader::new(src, file);
+    l.syntax_errors(&root, &syntax_errors);
+    let config = l.config(&root);
+    let mut errors = l.errors;
+    errors.sort_by_key(|e| (e.line, e.column));
+    errors.dedup();
+    match config {
+        Some(config) if errors.is_empty() => Ok(config),
+        _ => Err(ConfigErrors(errors)),
+    }
+}
+
+/// Parses a duration: a decimal number and a unit, `ms`, `s`, `m` or `h` (`"500ms"`, `"5s"`,
+/// `"1.5s"`, `"1m"`, `"1h"`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    const UNITS: &str = "units: ms, s, m, h";
+    let t = s.trim();
+    if t.is_empty() {
+        return Err(format!("empty duration: write e.g. \"5s\" ({UNITS})"));
+    }
+    if t.starts_with('-') {
+        return Err(format!("negative duration \"{s}\""));
+    }
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    if number.is_empty() || number == "." {
+        return Err(format!("invalid duration \"{s}\": expected a number and a unit, e.g. \"5s\" ({UNITS})"));
+    }
+    let unit_nanos: u128 = match unit.trim_start() {
+        "ms" => 1_000_000,
+        "s" => 1_000_000_000,
+        "m" => 60_000_000_000,
+        "h" => 3_600_000_000_000,
+        "" => {
+            return Err(format!(
+                "duration \"{s}\" has no unit: write \"{number}s\" or \"{number}ms\" ({UNITS})"
+            ))
+        }
+        other => return Err(format!("unknown unit \"{other}\" in duration \"{s}\" ({UNITS})")),
+    };
+    let (int, frac) = number.split_once('.').unwrap_or((number, ""));
+    if frac.contains('.') {
+        return Err(format!("invalid number in duration \"{s}\""));
+    }
+    let overflow = || format!("duration \"{s}\" is too long");
+    let mut nanos: u128 = 0;
+    for d in int.bytes() {
+        nanos =
+            nanos.checked_mul(10).and_then(|n| n.checked_add(u128::from(d - b'0'))).ok_or_else(overflow)?;
+    }
+    nanos = nanos.checked_mul(unit_nanos).ok_or_else(overflow)?;
+    // Fractional digits beyond the nanosecond are dropped.
+    let mut scale = unit_nanos;
+    for d in frac.bytes() {
+        scale /= 10;
+        nanos = nanos.checked_add(u128::from(d - b'0') * scale).ok_or_else(overflow)?;
+    }
+    let secs = u64::try_from(nanos / 1_000_000_000).map_err(|_| overflow())?;
+    Ok(Duration::new(secs, (nanos % 1_000_000_000) as u32))
+}
+
+type Value<'i> = Spanned<DeValue<'i>>;
+
+/// Deserializes one value with serde.
+fn de<T: DeserializeOwned>(v: &Value<'_>) -> Result<T, String> {
+    T::deserialize(ValueDeserializer::from(v.clone())).map_err(|e| e.message().to_owned())
+}
+
+/// Where the lines start, and which are plain ASCII (whose columns are byte counts).
+struct Lines {
+    starts: Vec<usize>,
+    ascii: Vec<bool>,
+}
+
+impl Lines {
+    fn new(src: &str) -> Self {
+        let starts: Vec<usize> =
+            std::iter::once(0).chain(src.match_indices('\n').map(|(i, _)| i + 1)).collect();
+        let ascii = starts
+            .iter()
+            .enumerate()
+            .map(|(i, &start)| {
+                src.as_bytes()[start..starts.get(i + 1).copied().unwrap_or(src.len())].is_ascii()
+            })
+            .collect();
+        Lines { starts, ascii }
+    }
+
+    /// 1-based line and column (in characters) of a byte offset. Never panics: the offset is
+    /// clamped to the text and moved back to a character boundary.
+    fn line_col(&self, src: &str, offset: usize) -> (usize, usize) {
+        let mut offset = offset.min(src.len());
+        while !src.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        let line = self.starts.partition_point(|&s| s <= offset).max(1);
+        let start = self.starts.get(line - 1).copied().unwrap_or(0).min(offset);
+        let column = if self.ascii.get(line - 1).copied().unwrap_or(false) {
+            offset - start
+        } else {
+            src[start..offset].chars().count()
+        };
+        (line, column + 1)
+    }
+}
+
+/// Optimal string alignment distance (Levenshtein with transpositions), on characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
+    let b: Vec<char> = b.chars().collect();
+    // d[i][j]: the distance between the first i characters of a and the first j of b.
+    let mut d: Vec<Vec<usize>> = (0..=a.len())
+        .map(|i| {
+            (0..=b.len())
+                .map(|j| {
+                    if i == 0 {
+                        j
+                    } else if j == 0 {
+                        i
+                    } else {
+                        0
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut v = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                v = v.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = v;
+        }
+    }
+    d[a.len()][b.len()]
+}
+
+/// The closest candidate within [`MAX_SUGGESTION_DISTANCE`] edits (case-insensitive), if any.
+fn suggest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    const LONGEST: usize = 64;
+    let word = word.to_lowercase();
+    if word.chars().count() > LONGEST {
+        return None;
+    }
+    let mut best: Option<(usize, &'a str)> = None;
+    for c in candidates {
+        if c.chars().count() > LONGEST {
+            continue;
+        }
+        let d = edit_distance(&word, &c.to_lowercase());
+        if d <= MAX_SUGGESTION_DISTANCE && d < c.chars().count() && best.is_none_or(|(b, _)| d < b) {
+            best = Some((d, c));
+        }
+    }
+    best.map(|(_, c)| c)
+}
+
+/// `[A-Za-z0-9_-]+`: a TOML bare key, and what a meter name may be made of.
+fn is_bare_key(k: &str) -> bool {
+    !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// A key as written in a key path: bare when it can be, quoted otherwise.
+fn key_text(k: &str) -> String {
+    if is_bare_key(k) {
+        k.to_owned()
+    } else {
+        format!("{k:?}")
+    }
+}
+
+fn join(prefix: &str, key: &str) -> String {
+    if prefix.is_empty() {
+        key_text(key)
+    } else {
+        format!("{prefix}.{}", key_text(key))
+    }
+}
+
+/// `meter[2] "gen"`, or `meter[2]` while the element has no string `name`.
+fn element_path(array: &str, index: usize, table: &DeTable<'_>) -> String {
+    match table.get("name").and_then(|n| n.get_ref().as_str()) {
+        Some(name) => format!("{array}[{index}] {name:?}"),
+        None => format!("{array}[{index}]"),
+    }
+}
+
+/// Every key and value of the tree with its key path, and the top-level sections (tables and
+/// elements of arrays of tables, whose span is their header) with theirs.
+#[derive(Default)]
+struct Paths {
+    spans: Vec<(Range<usize>, String)>,
+    sections: Vec<(usize, String)>,
+}
+
+impl Paths {
+    fn of(root: &DeTable<'_>) -> Self {
+        let mut paths = Paths::default();
+        paths.walk(root, "", 0);
+        paths
+    }
+
+    fn walk(&mut self, table: &DeTable<'_>, prefix: &str, depth: usize) {
+        for (k, v) in table.iter() {
+            let path = join(prefix, k.get_ref());
+            self.spans.push((k.span(), path.clone()));
+            self.spans.push((v.span(), path.clone()));
+            match v.get_ref() {
+                DeValue::Table(t) => {
+                    if depth == 0 {
+                        self.sections.push((v.span().start, path.clone()));
+                    }
+                    self.walk(t, &path, depth + 1);
+                }
+                DeValue::Array(items) => {
+                    for (i, item) in items.iter().enumerate() {
+                        match item.get_ref() {
+                            DeValue::Table(t) => {
+                                let path = element_path(&path, i, t);
+                                self.spans.push((item.span(), path.clone()));
+                                if depth == 0 {
+                                    self.sections.push((item.span().start, path.clone()));
+                                }
+                                self.walk(t, &path, depth + 1);
+                            }
+                            _ => self.spans.push((item.span(), format!("{path}[{i}]"))),
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The key paths of syntax errors: for each, the innermost key or value around it (end
+/// included: an unterminated string ends where its error is), or else the section it is in
+/// (with the key, for a duplicate key, which is not in the tree), or else `toml`.
+///
+/// One sweep over the spans, sorted, so that a file with thousands of errors stays fast: keys
+/// and values nest or are disjoint, so the innermost span around a position is on top of a
+/// stack of the spans open there.
+fn locate(src: &str, root: &DeTable<'_>, errors: &[Range<usize>]) -> Vec<String> {
+    let Paths { mut spans, mut sections } = Paths::of(root);
+    spans.retain(|(s, _)| !s.is_empty());
+    spans.sort_by_key(|(s, _)| (s.start, std::cmp::Reverse(s.end)));
+    sections.sort_by_key(|(start, _)| *start);
+    let mut order: Vec<usize> = (0..errors.len()).collect();
+    order.sort_by_key(|&i| errors[i].start);
+    let mut out = vec![String::new(); errors.len()];
+    let (mut stack, mut next, mut sections_before) = (Vec::<usize>::new(), 0, 0);
+    for i in order {
+        let at = errors[i].start;
+        while let Some((span, _)) = spans.get(next).filter(|(s, _)| s.start <= at) {
+            while stack.last().is_some_and(|&top| spans[top].0.end < span.start) {
+                stack.pop();
+            }
+            stack.push(next);
+            next += 1;
+        }
+        while stack.last().is_some_and(|&top| spans[top].0.end < at) {
+            stack.pop();
+        }
+        while sections.get(sections_before).is_some_and(|(start, _)| *start <= at) {
+            sections_before += 1;
+        }
+        out[i] = if let Some(&top) = stack.last() {
+            spans[top].1.clone()
+        } else if let Some((_, path)) = sections_before.checked_sub(1).map(|s| &sections[s]) {
+            match src.get(errors[i].clone()) {
+                Some(k) if is_bare_key(k) => join(path, k),
+                _ => path.clone(),
+            }
+        } else {
+            "toml".to_owned()
+        };
+    }
+    out
+}
+
+struct BusDraft {
+    path: String,
+    name: Option<(String, Range<usize>)>,
+    ports: Option<Vec<String>>,
+    baud: Option<u32>,
+    parity: Option<Parity>,
+    data_bits: Option<u8>,
+    stop_bits: Option<u8>,
+    timeout: Option<Duration>,
+    retries: Option<u32>,
+    frame_gap: Option<Duration>,
+    max_backoff: Option<Duration>,
+    rescan: Option<Duration>,
+}
+
+struct MeterDraft {
+    path: String,
+    span: Range<usize>,
+    name: Option<(String, Range<usize>)>,
+    model: Option<Model>,
+    address: Option<(u8, Range<usize>)>,
+    /// The bus as written; after the cross-checks, the bus it is on (None if unknown).
+    bus: Option<(String, Range<usize>)>,
+    bus_written: bool,
+    poll: Option<Duration>,
+    phase: Option<(Phase, Range<usize>)>,
+}
+
+struct Loader<'s> {
+    src: &'s str,
+    file: &'s str,
+    lines: Lines,
+    /// Spans of syntax errors, by start, each with the largest end so far: a value the parser
+    /// had to guess is not checked further.
+    damaged: Vec<(usize, usize)>,
+    errors: Vec<ConfigError>,
+}
+
+impl<'s> Loader<'s> {
+    fn new(src: &'s str, file: &'s str) -> Self {
+        Loader { src, file, lines: Lines::new(src), damaged: Vec::new(), errors: Vec::new() }
+    }
+
+    /// Reports the parser's errors, and remembers where they are.
+    fn syntax_errors(&mut self, root: &DeTable<'_>, errors: &[toml::de::Error]) {
+        let spans: Vec<Range<usize>> = errors.iter().map(|e| e.span().unwrap_or(0..0)).collect();
+        let keys = locate(self.src, root, &spans);
+        for ((e, span), key) in errors.iter().zip(&spans).zip(keys) {
+            self.error(span.clone(), key, e.message().trim().to_owned());
+        }
+        self.damaged = spans.iter().map(|s| (s.start, s.end)).collect();
+        self.damaged.sort_unstable();
+        let mut furthest = 0;
+        for d in &mut self.damaged {
+            furthest = furthest.max(d.1);
+            d.1 = furthest;
+        }
+    }
+
+    fn line(&self, offset: usize) -> usize {
+        self.lines.line_col(self.src, offset).0
+    }
+
+    fn error(&mut self, span: Range<usize>, key: impl Into<String>, message: impl Into<String>) {
+        let (line, column) = self.lines.line_col(self.src, span.start);
+        self.errors.push(ConfigError {
+            file: self.file.to_owned(),
+            line,
+            column,
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    /// A value with no span is a placeholder of the parser's recovery; one that touches a
+    /// syntax error was guessed. Either way its syntax error has been reported.
+    fn is_damaged(&self, v: &Value<'_>) -> bool {
+        let s = v.span();
+        let before = self.damaged.partition_point(|&(start, _)| start <= s.end);
+        s.is_empty() || before.checked_sub(1).is_some_and(|i| self.damaged[i].1 >= s.start)
+    }
+
+    /// `integer 5`, `string "5s"`, `table`.
+    fn describe(&self, v: &Value<'_>) -> String {
+        let kind = v.get_ref().type_str();
+        match self.src.get(v.span()) {
+            Some(text) if !text.is_empty() && text.len() <= 40 && !text.contains('\n') => {
+                format!("{kind} {text}")
+            }
+            _ => kind.to_owned(),
+        }
+    }
+
+    fn wrong_type(&mut self, v: &Value<'_>, key: &str, expected: &str) {
+        let found = self.describe(v);
+        self.error(v.span(), key, format!("expected {expected}, found {found}"));
+    }
+
+    fn check_keys(&mut self, table: &DeTable<'_>, prefix: &str, allowed: &[&str]) {
+        for k in table.keys() {
+            let name: &str = k.get_ref();
+            if allowed.contains(&name) || k.span().is_empty() {
+                continue;
+            }
+            let message = match suggest(name, allowed.iter().copied()) {
+                Some(s) => format!("unknown key (did you mean `{s}`?)"),
+                None => format!("unknown key (expected one of: {})", allowed.join(", ")),
+            };
+            self.error(k.span(), join(prefix, name), message);
+        }
+    }
+
+    fn string(&mut self, v: &Value<'_>, key: &str) -> Option<String> {
+        if self.is_damaged(v) {
+            return None;
+        }
+        if !v.get_ref().is_str() {
+            self.wrong_type(v, key, "a string");
+            return None;
+        }
+        match de::<String>(v) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                self.error(v.span(), key, e);
+                None
+            }
+        }
+    }
+
+    fn non_empty_string(&mut self, v: &Value<'_>, key: &str) -> Option<String> {
+        let s = self.string(v, key)?;
+        if s.trim().is_empty() {
+            self.error(v.span(), key, "must not be empty");
+            return None;
+        }
+        Some(s)
+    }
+
+    fn boolean(&mut self, v: &Value<'_>, key: &str) -> Option<bool> {
+        if self.is_damaged(v) {
+            return None;
+        }
+        if !v.get_ref().is_bool() {
+            self.wrong_type(v, key, "true or false");
+            return None;
+        }
+        de::<bool>(v).map_err(|e| self.error(v.span(), key, e)).ok()
+    }
+
+    fn integer(&mut self, v: &Value<'_>, key: &str) -> Option<i64> {
+        if self.is_damaged(v) {
+            return None;
+        }
+        if !v.get_ref().is_integer() {
+            self.wrong_type(v, key, "an integer");
+            return None;
+        }
+        de::<i64>(v).map_err(|e| self.error(v.span(), key, e)).ok()
+    }
+
+    fn integer_in(&mut self, v: &Value<'_>, key: &str, range: RangeInclusive<i64>) -> Option<i64> {
+        let n = self.integer(v, key)?;
+        if !range.contains(&n) {
+            self.error(
+                v.span(),
+                key,
+                format!("{n} is out of range: must be {}..={}", range.start(), range.end()),
+            );
+            return None;
+        }
+        Some(n)
+    }
+
+    /// A duration within `min..=max`. A bare number is rejected with the string to write
+    /// instead, in the first unit among s, ms, m and h that puts it within the limits.
+    fn duration_in(
+        &mut self,
+        v: &Value<'_>,
+        key: &str,
+        min: Option<Duration>,
+        max: Option<Duration>,
+    ) -> Option<Duration> {
+        if self.is_damaged(v) {
+            return None;
+        }
+        let within = |d: Duration| min.is_none_or(|min| d >= min) && max.is_none_or(|max| d <= max);
+        if matches!(v.get_ref(), DeValue::Integer(_) | DeValue::Float(_)) {
+            let number = self.src.get(v.span()).unwrap_or_default().to_owned();
+            let written = ["s", "ms", "m", "h"]
+                .into_iter()
+                .map(|unit| format!("{number}{unit}"))
+                .find(|d| parse_duration(d).is_ok_and(within))
+                .or_else(|| Some(format!("{number}s")).filter(|d| parse_duration(d).is_ok()))
+                .unwrap_or_else(|| "5s".to_owned());
+            let kind = v.get_ref().type_str();
+            let message = format!(
+                "found {kind} {number}: a duration is a string with a unit, write \"{written}\" \
+                 (units: ms, s, m, h)"
+            );
+            self.error(v.span(), key, message);
+            return None;
+        }
+        let s = self.string(v, key)?;
+        let d = parse_duration(&s).map_err(|e| self.error(v.span(), key, e)).ok()?;
+        let message = match (min, max) {
+            _ if within(d) => return Some(d),
+            (Some(min), Some(max)) => format!("{d:?} is out of range: must be {min:?}..={max:?}"),
+            (Some(min), None) => format!("{d:?} is too short: must be at least {min:?}"),
+            (None, Some(max)) => format!("{d:?} is too long: must be at most {max:?}"),
+            (None, None) => return Some(d),
+        };
+        self.error(v.span(), key, message);
+        None
+    }
+
+    /// The elements of a top-level array of tables (`[[bus]]`), with their index. None when
+    /// the key is absent.
+    fn elements<'t, 'i>(
+        &mut self,
+        root: &'t DeTable<'i>,
+        key: &str,
+    ) -> Option<Vec<(usize, &'t Value<'i>, &'t DeTable<'i>)>> {
+        let v = root.get(key)?;
+        let Some(items) = v.get_ref().as_array() else {
+            if self.is_damaged(v) {
+                return Some(Vec::new());
+            }
+            let message = if v.get_ref().is_table() {
+                format!("expected an array of tables: write [[{key}]], not [{key}]")
+            } else {
+                format!("expected an array of tables [[{key}]], found {}", self.describe(v))
+            };
+            self.error(v.span(), key, message);
+            return Some(Vec::new());
+        };
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            match item.get_ref().as_table() {
+                Some(t) => out.push((i, item, t)),
+                None if self.is_damaged(item) => {}
+                None => self.wrong_type(item, &format!("{key}[{i}]"), "a table"),
+            }
+        }
+        Some(out)
+    }
+
+    fn config(&mut self, root: &DeTable<'_>) -> Option<Config> {
+        self.check_keys(root, "", TOP_LEVEL_KEYS);
+
+        let gateway = self.gateway(root.get("gateway"));
+
+        let buses: Vec<BusDraft> = match self.elements(root, "bus") {
+            Some(elements) => elements.into_iter().map(|(i, v, t)| self.bus(i, v, t)).collect(),
+            None => Vec::new(),
+        };
+
+        if root.get("meter").is_none_or(|v| v.get_ref().as_array().is_some_and(|a| a.is_empty())) {
+            self.error(0..0, "meter", "no [[meter]] declared");
+        }
+        let mut meters: Vec<MeterDraft> = match self.elements(root, "meter") {
+            Some(elements) => elements.into_iter().map(|(i, v, t)| self.meter(i, v, t)).collect(),
+            None => Vec::new(),
+        };
+
+        self.cross_check(&buses, &mut meters);
+        if !self.errors.is_empty() {
+            return None;
+        }
+        self.assemble(gateway, buses, meters)
+    }
+
+    fn gateway(&mut self, v: Option<&Value<'_>>) -> Gateway {
+        let mut gateway =
+            Gateway { name: String::new(), state_dir: PathBuf::from(DEFAULT_STATE_DIR), log_readings: true };
+        let mut name = None;
+        if let Some(v) = v {
+            if let Some(t) = v.get_ref().as_table() {
+                self.check_keys(t, "gateway", GATEWAY_KEYS);
+                if let Some(v) = t.get("name") {
+                    name = self.non_empty_string(v, "gateway.name");
+                }
+                if let Some(dir) =
+                    t.get("state_dir").and_then(|v| self.non_empty_string(v, "gateway.state_dir"))
+                {
+                    gateway.state_dir = PathBuf::from(dir);
+                }
+                if let Some(b) = t.get("log_readings").and_then(|v| self.boolean(v, "gateway.log_readings")) {
+                    gateway.log_readings = b;
+                }
+            } else if !self.is_damaged(v) {
+                self.wrong_type(v, "gateway", "a table [gateway]");
+            }
+        }
+        gateway.name = name.unwrap_or_else(default_gateway_name);
+        gateway
+    }
+
+    fn bus(&mut self, index: usize, element: &Value<'_>, t: &DeTable<'_>) -> BusDraft {
+        let path = element_path("bus", index, t);
+        self.check_keys(t, &path, BUS_KEYS);
+        let key = |k: &str| format!("{path}.{k}");
+        let mut bus = BusDraft {
+            path: path.clone(),
+            name: None,
+            ports: None,
+            baud: None,
+            parity: None,
+            data_bits: None,
+            stop_bits: None,
+            timeout: None,
+            retries: None,
+            frame_gap: None,
+            max_backoff: None,
+            rescan: None,
+        };
+        match t.get("name") {
+            Some(v) => bus.name = self.non_empty_string(v, &key("name")).map(|n| (n, v.span())),
+            None => self.error(element.span(), key("name"), "missing required key"),
+        }
+        match (t.get_key_value("port"), t.get_key_value("ports")) {
+            (Some((pk, _)), Some((sk, _))) => {
+                let (second, name) =
+                    if pk.span().start > sk.span().start { (pk, "port") } else { (sk, "ports") };
+                self.error(second.span(), key(name), "give either `port` or `ports`, not both");
+            }
+            (Some((_, v)), None) => {
+                bus.ports = self.port_pattern(v, &key("port")).map(|p| vec![p]);
+            }
+            (None, Some((_, v))) => bus.ports = self.port_list(v, &key("ports")),
+            (None, None) => self.error(
+                element.span(),
+                key("ports"),
+                "missing required key (or `port` for a single one), e.g. ports = [\"/dev/ttyUSB*\"]",
+            ),
+        }
+        if let Some(v) = t.get("baud") {
+            if let Some(n) = self.integer(v, &key("baud")) {
+                match u32::try_from(n).ok().filter(|b| BAUD_RATES.contains(b)) {
+                    Some(b) => bus.baud = Some(b),
+                    None => {
+                        let rates: Vec<String> = BAUD_RATES.iter().map(u32::to_string).collect();
+                        self.error(
+                            v.span(),
+                            key("baud"),
+                            format!("unsupported baud rate {n}, expected one of {}", rates.join(", ")),
+                        );
+                    }
+                }
+            }
+        }
+        if let Some(v) = t.get("parity") {
+            bus.parity = self.parity(v, &key("parity"));
+        }
+        if let Some(v) = t.get("data_bits") {
+            bus.data_bits = self.one_of(v, &key("data_bits"), &[7, 8], "7 or 8");
+        }
+        if let Some(v) = t.get("stop_bits") {
+            bus.stop_bits = self.one_of(v, &key("stop_bits"), &[1, 2], "1 or 2");
+        }
+        if let Some(v) = t.get("timeout") {
+            bus.timeout = self.duration_in(v, &key("timeout"), Some(MIN_TIMEOUT), Some(MAX_TIMEOUT));
+        }
+        if let Some(v) = t.get("retries") {
+            bus.retries =
+                self.integer_in(v, &key("retries"), 0..=MAX_RETRIES).and_then(|n| u32::try_from(n).ok());
+        }
+        if let Some(v) = t.get("frame_gap") {
+            bus.frame_gap = self.duration_in(v, &key("frame_gap"), None, Some(MAX_FRAME_GAP));
+        }
+        if let Some(v) = t.get("max_backoff") {
+            bus.max_backoff = self.duration_in(v, &key("max_backoff"), Some(MIN_PERIOD), None);
+        }
+        if let Some(v) = t.get("rescan") {
+            bus.rescan = self.duration_in(v, &key("rescan"), Some(MIN_PERIOD), None);
+        }
+        bus
+    }
+
+    fn port_pattern(&mut self, v: &Value<'_>, key: &str) -> Option<String> {
+        let p = self.non_empty_string(v, key)?;
+        if let Err(e) = glob::Pattern::new(&p) {
+            self.error(v.span(), key, format!("invalid glob pattern {p:?}: {e}"));
+            return None;
+        }
+        Some(p)
+    }
+
+    fn port_list(&mut self, v: &Value<'_>, key: &str) -> Option<Vec<String>> {
+        if self.is_damaged(v) {
+            return None;
+        }
+        let Some(items) = v.get_ref().as_array() else {
+            let message = if v.get_ref().is_str() {
+                "an array of strings (or use `port` for one)"
+            } else {
+                "an array of strings"
+            };
+            self.wrong_type(v, key, message);
+            return None;
+        };
+        if items.is_empty() {
+            self.error(v.span(), key, "must not be empty: give at least one port path or pattern");
+            return None;
+        }
+        let mut ports = Vec::new();
+        let mut ok = true;
+        for (i, item) in items.iter().enumerate() {
+            match self.port_pattern(item, &format!("{key}[{i}]")) {
+                Some(p) => ports.push(p),
+                None => ok = false,
+            }
+        }
+        ok.then_some(ports)
+    }
+
+    fn parity(&mut self, v: &Value<'_>, key: &str) -> Option<Parity> {
+        if self.is_damaged(v) {
+            return None;
+        }
+        if !v.get_ref().is_str() {
+            self.wrong_type(v, key, "\"none\", \"even\" or \"odd\"");
+            return None;
+        }
+        match de::<Parity>(v) {
+            Ok(p) => Some(p),
+            Err(_) => {
+                let s = v.get_ref().as_str().unwrap_or_default();
+                let words = ["none", "even", "odd"];
+                let hint = match s.to_ascii_lowercase().as_str() {
+                    "n" => Some("none"),
+                    "e" => Some("even"),
+                    "o" => Some("odd"),
+                    _ => suggest(s, words),
+                };
+                let mut message = format!("unknown parity {s:?}, expected \"none\", \"even\" or \"odd\"");
+                if let Some(h) = hint {
+                    message.push_str(&format!(" (did you mean \"{h}\"?)"));
+                }
+                self.error(v.span(), key, message);
+                None
+            }
+        }
+    }
+
+    fn one_of(&mut self, v: &Value<'_>, key: &str, allowed: &[u8], text: &str) -> Option<u8> {
+        let n = self.integer(v, key)?;
+        match u8::try_from(n).ok().filter(|n| allowed.contains(n)) {
+            Some(n) => Some(n),
+            None => {
+                self.error(v.span(), key, format!("{n} is not supported: must be {text}"));
+                None
+            }
+        }
+    }
+
+    fn meter(&mut self, index: usize, element: &Value<'_>, t: &DeTable<'_>) -> MeterDraft {
+        let path = element_path("meter", index, t);
+        self.check_keys(t, &path, METER_KEYS);
+        let key = |k: &str| format!("{path}.{k}");
+        let mut meter = MeterDraft {
+            path: path.clone(),
+            span: element.span(),
+            name: None,
+            model: None,
+            address: None,
+            bus: None,
+            bus_written: t.contains_key("bus"),
+            poll: None,
+            phase: None,
+        };
+        for required in ["name", "model", "address"] {
+            if !t.contains_key(required) {
+                self.error(element.span(), key(required), "missing required key");
+            }
+        }
+        if let Some(v) = t.get("name") {
+            if let Some(name) = self.non_empty_string(v, &key("name")) {
+                if is_bare_key(&name) {
+                    meter.name = Some((name, v.span()));
+                } else {
+                    self.error(
+                        v.span(),
+                        key("name"),
+                        format!(
+                            "invalid name {name:?}: use only letters, digits, `_` and `-` \
+                             (it becomes a tag and an expression prefix)"
+                        ),
+                    );
+                }
+            }
+        }
+        if let Some(v) = t.get("model") {
+            if let Some(s) = self.string(v, &key("model")) {
+                meter.model = Model::parse(&s);
+                if meter.model.is_none() {
+                    let names: Vec<&str> = Model::ALL.iter().map(|m| m.name()).collect();
+                    let mut message = format!("unknown model {s:?}, expected one of: {}", names.join(", "));
+                    if let Some(h) = suggest(&s, names.iter().copied()) {
+                        message.push_str(&format!(" (did you mean `{h}`?)"));
+                    }
+                    self.error(v.span(), key("model"), message);
+                }
+            }
+        }
+        if let Some(v) = t.get("address") {
+            if let Some(n) = self.integer(v, &key("address")) {
+                match n {
+                    1..=247 => meter.address = Some((n as u8, v.span())),
+                    0 => self.error(
+                        v.span(),
+                        key("address"),
+                        "0 is the broadcast address, slaves never answer: use 1..=247",
+                    ),
+                    PZEM_GENERAL_ADDRESS => self.error(
+                        v.span(),
+                        key("address"),
+                        "0xF8 is the PZEM general address, answered by every PZEM: only for set-up with one \
+                         device, use `pmtr pzem set-address`",
+                    ),
+                    _ => self.error(
+                        v.span(),
+                        key("address"),
+                        format!("{n} is not a slave address: use 1..=247"),
+                    ),
+                }
+            }
+        }
+        if let Some(v) = t.get("bus") {
+            meter.bus = self.non_empty_string(v, &key("bus")).map(|b| (b, v.span()));
+        }
+        if let Some(v) = t.get("poll") {
+            meter.poll = self.duration_in(v, &key("poll"), Some(MIN_POLL), None);
+        }
+        if let Some(v) = t.get("phase") {
+            if let Some(s) = self.string(v, &key("phase")) {
+                let phase = match s.to_ascii_uppercase().as_str() {
+                    "L1" => Some(Phase::L1),
+                    "L2" => Some(Phase::L2),
+                    "L3" => Some(Phase::L3),
+                    _ => None,
+                };
+                match phase {
+                    Some(p) => meter.phase = Some((p, v.span())),
+                    None => self.error(
+                        v.span(),
+                        key("phase"),
+                        format!("unknown phase {s:?}, expected \"L1\", \"L2\" or \"L3\""),
+                    ),
+                }
+            }
+        }
+        if let (Some(model), Some((_, span))) = (meter.model, &meter.phase) {
+            if !model.is_pzem() {
+                self.error(
+                    span.clone(),
+                    key("phase"),
+                    format!(
+                        "`phase` is only for single-phase PZEM meters; an {model} measures all three \
+                         phases: remove this key"
+                    ),
+                );
+            }
+        }
+        meter
+    }
+
+    fn cross_check(&mut self, buses: &[BusDraft], meters: &mut [MeterDraft]) {
+        let mut bus_names: HashMap<&str, &BusDraft> = HashMap::new();
+        for b in buses {
+            let Some((name, span)) = &b.name else { continue };
+            if let Some(first) = bus_names.get(name.as_str()) {
+                let line = first.name.as_ref().map_or(0, |(_, s)| self.line(s.start));
+                let message =
+                    format!("duplicate bus name {name:?}: already used by {} at line {line}", first.path);
+                self.error(span.clone(), format!("{}.name", b.path), message);
+            } else {
+                bus_names.insert(name, b);
+            }
+        }
+        let declared: Vec<String> =
+            buses.iter().filter_map(|b| b.name.as_ref()).map(|(n, _)| format!("{n:?}")).collect();
+
+        let mut meter_names: HashMap<String, (String, usize)> = HashMap::new();
+        let mut addresses: HashMap<(String, u8), (String, usize)> = HashMap::new();
+        for m in meters.iter_mut() {
+            if let Some((name, span)) = &m.name {
+                if let Some((path, line)) = meter_names.get(name) {
+                    let message =
+                        format!("duplicate meter name {name:?}: already used by {path} at line {line}");
+                    self.error(span.clone(), format!("{}.name", m.path), message);
+                } else {
+                    meter_names.insert(name.clone(), (m.path.clone(), self.line(span.start)));
+                }
+            }
+
+            // Resolve the bus.
+            // A bus without a valid name (already reported) might be the one meant.
+            let all_named = buses.iter().all(|b| b.name.is_some());
+            match &m.bus {
+                Some((bus, span)) if !bus_names.contains_key(bus.as_str()) && all_named => {
+                    let message = if buses.is_empty() {
+                        format!("unknown bus {bus:?}: no [[bus]] is declared")
+                    } else {
+                        let mut message = format!("unknown bus {bus:?}");
+                        if let Some(s) = suggest(bus, bus_names.keys().copied()) {
+                            message.push_str(&format!(" (did you mean {s:?}?)"));
+                        }
+                        message.push_str(&format!("; declared: {}", declared.join(", ")));
+                        message
+                    };
+                    self.error(span.clone(), format!("{}.bus", m.path), message);
+                    m.bus = None;
+                }
+                Some((bus, _)) if !bus_names.contains_key(bus.as_str()) => m.bus = None,
+                Some(_) => {}
+                None if m.bus_written => {}
+                None => match buses {
+                    [] => self.error(
+                        m.span.clone(),
+                        format!("{}.bus", m.path),
+                        "missing required key: no [[bus]] is declared",
+                    ),
+                    [only] => m.bus = only.name.clone(),
+                    _ => self.error(
+                        m.span.clone(),
+                        format!("{}.bus", m.path),
+                        format!(
+                            "missing required key: there are {} buses ({})",
+                            buses.len(),
+                            declared.join(", ")
+                        ),
+                    ),
+                },
+            }
+
+            if let (Some((bus, _)), Some((address, span))) = (&m.bus, &m.address) {
+                let line = self.line(span.start);
+                match addresses.get(&(bus.clone(), *address)) {
+                    Some((first, first_line)) => {
+                        let message = format!(
+                            "address {address} is already used on bus {bus:?} by {first} (line {first_line})"
+                        );
+                        self.error(span.clone(), format!("{}.address", m.path), message);
+                    }
+                    None => {
+                        addresses.insert((bus.clone(), *address), (m.path.clone(), line));
+                    }
+                }
+            }
+        }
+    }
+
+    fn assemble(
+        &mut self,
+        gateway: Gateway,
+        buses: Vec<BusDraft>,
+        meters: Vec<MeterDraft>,
+    ) -> Option<Config> {
+        let mut config = Config { gateway, buses: Vec::new(), meters: Vec::new() };
+        for m in meters {
+            let (Some((name, _)), Some(model), Some((address, _)), Some((bus, _))) =
+                (m.name, m.model, m.address, m.bus)
+            else {
+                self.error(m.span, m.path, "internal error: incomplete meter");
+                return None;
+            };
+            config.meters.push(Meter {
+                name,
+                model,
+                address,
+                bus,
+                poll: m.poll.unwrap_or(DEFAULT_POLL),
+                phase: m.phase.map_or(Phase::L1, |(p, _)| p),
+            });
+        }
+        for b in buses {
+            let (Some((name, _)), Some(ports)) = (b.name, b.ports) else {
+                self.error(0..0, b.path, "internal error: incomplete bus");
+                return None;
+            };
+            let models: Vec<Model> = config.meters_on(&name).map(|m| m.model).collect();
+            let baud = b.baud.or_else(|| agreed(&models, |m| m.default_line().0)).unwrap_or(FALLBACK_BAUD);
+            let parity = b
+                .parity
+                .or_else(|| agreed(&models, |m| parity_of(m.default_line().1)))
+                .unwrap_or(FALLBACK_PARITY);
+            config.buses.push(Bus {
+                name,
+                ports,
+                line: LineSettings {
+                    baud,
+                    data_bits: b.data_bits.unwrap_or(DEFAULT_DATA_BITS),
+                    parity,
+                    stop_bits: b.stop_bits.unwrap_or(DEFAULT_STOP_BITS),
+                },
+                timeout: b.timeout.unwrap_or(DEFAULT_TIMEOUT),
+                retries: b.retries.unwrap_or(DEFAULT_RETRIES),
+                frame_gap: b.frame_gap,
+                max_backoff: b.max_backoff.unwrap_or(DEFAULT_MAX_BACKOFF),
+                rescan: b.rescan.unwrap_or(DEFAULT_RESCAN),
+            });
+        }
+        Some(config)
+    }
+}
+
+/// What every model says, if they all say the same.
+fn agreed<T: PartialEq>(models: &[Model], f: impl Fn(Model) -> T) -> Option<T> {
+    let first = f(*models.first()?);
+    models.iter().all(|&m| f(m) == first).then_some(first)
+}
+
+/// The parity letter of [`Model::default_line`].
+fn parity_of(letter: char) -> Parity {
+    match letter {
+        'E' => Parity::Even,
+        'O' => Parity::Odd,
+        _ => Parity::None,
+    }
+}
+
+/// The host name from `/etc/hostname`, or `pmtr`.
+fn default_gateway_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .and_then(|s| s.lines().next().map(|l| l.trim().to_owned()))
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| FALLBACK_GATEWAY_NAME.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../config/pmtr.toml");
+
+    fn errors(src: &str) -> Vec<String> {
+        match load_str(src, "t.toml") {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn the_example_loads() {
+        let config = load_str(EXAMPLE, "pmtr.toml").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.meters.len(), 3);
+        let names: Vec<&str> = config.meters.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["mainA", "mainB", "gen"]);
+        let addresses: Vec<u8> = config.meters.iter().map(|m| m.address).collect();
+        assert_eq!(addresses, [4, 5, 6]);
+        assert!(config.meters.iter().all(|m| m.model == Model::Pzem016 && m.poll == Duration::from_secs(5)));
+        let house = config.bus("house").unwrap();
+        assert_eq!(house.ports, ["/dev/ttyUSB*"]);
+        assert_eq!(house.line.to_string(), "9600 8N1");
+    }
+
+    #[test]
+    fn the_commented_out_rx380_block_loads_too() {
+        // Uncomment every line that is commented-out TOML in the RX380 block.
+        let mut out = String::new();
+        let mut in_block = false;
+        for line in EXAMPLE.lines() {
+            if line.contains("RX380 three-phase meter") {
+                in_block = true;
+            }
+            match line.strip_prefix("# ") {
+                Some(code) if in_block && (code.starts_with('[') || code.contains(" = ")) => {
+                    out.push_str(code)
+                }
+                _ => out.push_str(line),
+            }
+            out.push('\n');
+        }
+        let config = load_str(&out, "pmtr.toml").unwrap_or_else(|e| panic!("{e}\n{out}"));
+        let rx = config.meter("rx380").unwrap();
+        assert_eq!((rx.model, rx.address, rx.poll), (Model::Rx380, 1, Duration::from_secs(10)));
+        assert_eq!(config.bus(&rx.bus).unwrap().line.to_string(), "19200 8E1");
+    }
+
+    #[test]
+    fn durations() {
+        let ok = [
+            ("500ms", Duration::from_millis(500)),
+            ("5s", Duration::from_secs(5)),
+            ("1m", Duration::from_secs(60)),
+            ("1h", Duration::from_secs(3600)),
+            ("1.5s", Duration::from_millis(1500)),
+            ("0.25ms", Duration::from_micros(250)),
+            (" 10 s ", Duration::from_secs(10)),
+            ("0s", Duration::ZERO),
+        ];
+        for (s, d) in ok {
+            assert_eq!(parse_duration(s), Ok(d), "{s}");
+        }
+        assert_eq!(parse_duration("2.s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration(".5s"), Ok(Duration::from_millis(500)));
+        for bad in
+            ["", "s", "5", "5sec", "-5s", "1.2.3s", "5 x", "1e3s", "ms", ".s", "99999999999999999999999h"]
+        {
+            assert!(parse_duration(bad).is_err(), "{bad:?} should be rejected");
+        }
+        assert!(parse_duration("5").unwrap_err().contains("\"5s\""));
+        assert!(parse_duration("5sec").unwrap_err().contains("units: ms, s, m, h"));
+    }
+
+    #[test]
+    fn bare_integer_durations_suggest_a_string() {
+        let src = "[[bus]]\nname = \"b\"\nport = \"/dev/x\"\n[[meter]]\nname = \"m\"\nmodel = \"rx380\"\naddress = 1\npoll = 5\n";
+        assert_eq!(
+            errors(src),
+            [
+                r#"t.toml:8:8: meter[0] "m".poll: found integer 5: a duration is a string with a unit, write "5s" (units: ms, s, m, h)"#
+            ]
+        );
+    }
+
+    #[test]
+    fn line_and_column() {
+        let src = "ab\ncdé\n\nxyz";
+        let lines = Lines::new(src);
+        let at = |offset| lines.line_col(src, offset);
+        assert_eq!(at(0), (1, 1));
+        assert_eq!(at(1), (1, 2));
+        assert_eq!(at(2), (1, 3)); // the newline itself
+        assert_eq!(at(3), (2, 1));
+        assert_eq!(at(5), (2, 3)); // 'é', two bytes
+        assert_eq!(at(6), (2, 3)); // inside 'é': back to its start
+        assert_eq!(at(7), (2, 4));
+        assert_eq!(at(8), (3, 1));
+        assert_eq!(at(9), (4, 1));
+        assert_eq!(at(12), (4, 4)); // end of text
+        assert_eq!(at(1000), (4, 4)); // clamped
+        assert_eq!(Lines::new("").line_col("", 0), (1, 1));
+        assert_eq!(Lines::new("a\r\nb").line_col("a\r\nb", 3), (2, 1));
+    }
+
+    #[test]
+    fn syntax_errors_in_a_value_do_not_give_a_second_error() {
+        // `5 5` is recovered as a string: no "expected an integer" on top of the syntax error.
+        let e = errors("[[bus]]\nname = \"b\"\nport = \"/dev/x\"\n[[meter]]\nname = \"m\"\nmodel = \"rx380\"\naddress = 5 5\n");
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].starts_with("t.toml:7:11: meter[0] \"m\".address: "), "{e:?}");
+    }
+
+    #[test]
+    fn a_duplicate_key_is_named_after_its_section() {
+        let e = errors("[[bus]]\nname = \"b\"\nport = \"/dev/x\"\n[[meter]]\nname = \"m\"\nmodel = \"rx380\"\naddress = 1\nname = \"n\"\n");
+        assert_eq!(e, ["t.toml:8:1: meter[0] \"m\".name: duplicate key"]);
+    }
+
+    #[test]
+    fn suggestions() {
+        assert_eq!(suggest("adress", METER_KEYS.iter().copied()), Some("address"));
+        assert_eq!(suggest("meters", TOP_LEVEL_KEYS.iter().copied()), Some("meter"));
+        assert_eq!(suggest("buss", TOP_LEVEL_KEYS.iter().copied()), Some("bus"));
+        assert_eq!(suggest("Baud", BUS_KEYS.iter().copied()), Some("baud"));
+        assert_eq!(suggest("bsu", TOP_LEVEL_KEYS.iter().copied()), Some("bus")); // a transposition is one edit
+        assert_eq!(suggest("stopbits", BUS_KEYS.iter().copied()), Some("stop_bits"));
+        assert_eq!(suggest("pzem16", Model::ALL.iter().map(|m| m.name())), Some("pzem-016"));
+        assert_eq!(suggest("x", TOP_LEVEL_KEYS.iter().copied()), None);
+        assert_eq!(suggest("influxdb", TOP_LEVEL_KEYS.iter().copied()), None);
+        assert_eq!(suggest("", TOP_LEVEL_KEYS.iter().copied()), None);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("ab", "ba"), 1);
+        assert_eq!(edit_distance("", "abc"), 3);
+    }
+
+    #[test]
+    fn unknown_keys_say_what_is_expected_when_nothing_is_close() {
+        let e = errors("[gateway]\nzzz = 1\n");
+        assert!(e.contains(
+            &"t.toml:2:1: gateway.zzz: unknown key (expected one of: name, state_dir, log_readings)"
+                .to_owned()
+        ));
+    }
+
+    #[test]
+    fn syntax_errors_are_named_after_their_key() {
+        let e = errors(
+            "[[bus]]\nname = \"b\"\nport = \"/dev/x\"\n[[meter]]\nname = \"m\"\nmodel = rx380\naddress = 1\n",
+        );
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].starts_with("t.toml:6:9: meter[0] \"m\".model: "), "{e:?}");
+    }
+
+    #[test]
+    fn display() {
+        let e = ConfigError {
+            file: "pmtr.toml".into(),
+            line: 14,
+            column: 1,
+            key: "meter[1].adress".into(),
+            message: "unknown key (did you mean `address`?)".into(),
+        };
+        assert_eq!(e.to_string(), "pmtr.toml:14:1: meter[1].adress: unknown key (did you mean `address`?)");
+        let both = ConfigErrors(vec![e.clone(), e]);
+        assert_eq!(both.to_string().lines().count(), 2);
+    }
+
+    #[test]
+    fn unreadable_file() {
+        let e = load_file(Path::new("/nonexistent/pmtr.toml")).unwrap_err();
+        assert_eq!(e.0.len(), 1);
+        assert_eq!((e.0[0].line, e.0[0].column), (0, 0));
+        assert!(e.to_string().starts_with("/nonexistent/pmtr.toml:0:0: cannot read the file: "), "{e}");
+    }
+
+    #[test]
+    fn defaults() {
+        let c = load_str(
+            "[[bus]]\nname = \"b\"\nport = \"/dev/x\"\n[[meter]]\nname = \"m\"\nmodel = \"pzem-004t\"\naddress = 1\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(c.gateway.state_dir, PathBuf::from("/var/lib/pmtr"));
+        assert!(c.gateway.log_readings);
+        assert!(!c.gateway.name.is_empty());
+        let b = &c.buses[0];
+        assert_eq!(b.line.to_string(), "9600 8N1");
+        assert_eq!((b.timeout, b.retries, b.frame_gap), (Duration::from_millis(300), 2, None));
+        assert_eq!((b.max_backoff, b.rescan), (Duration::from_secs(60), Duration::from_secs(5)));
+        let m = &c.meters[0];
+        assert_eq!((m.bus.as_str(), m.poll, m.phase), ("b", Duration::from_secs(1), Phase::L1));
+    }
+
+    #[test]
+    fn mixed_models_fall_back_to_9600_8n1() {
+        let c = load_str(
+            "[[bus]]\nname = \"b\"\nport = \"/dev/x\"\n\
+             [[meter]]\nname = \"p\"\nmodel = \"pzem-016\"\naddress = 1\n\
+             [[meter]]\nname = \"r\"\nmodel = \"rx380\"\naddress = 2\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(c.buses[0].line.to_string(), "9600 8N1");
+    }
 }

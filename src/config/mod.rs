@@ -3,7 +3,7 @@
 
 mod load;
 
-pub use load::{load_file, load_str, ConfigError, ConfigErrors};
+pub use load::{load_file, load_str, parse_duration, ConfigError, ConfigErrors};
 
 use crate::meter::Model;
 use crate::reading::Phase;

@@ -1,0 +1,184 @@
+//! Fixture-driven tests of the configuration loader, in the style of Telegraf's.
+//!
+//! Every directory under `tests/cases/config/` is one case, named after what it guards. It holds
+//! a `pmtr.toml` and exactly one of:
+//!
+//! - `expected.txt`: the exact error lines `load_str` must give, one per line, in order, with the
+//!   file shown as `pmtr.toml`;
+//! - `ok.txt`: the file must load, and each `key = value` line is a fact about the result, with
+//!   keys in the file's own vocabulary (`bus[0].baud = 19200`, `meter "gen".address = 6`,
+//!   `meters = 3`). A file holding only the word `ok` checks nothing more. Lines starting with
+//!   `#` are comments.
+//!
+//! After a deliberate change of messages, `PMTR_BLESS=1 cargo test --test config_cases` rewrites
+//! every `expected.txt` from the current output (review the diff before committing).
+
+use pmtr::config::{load_str, Bus, Config, Meter};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+fn cases_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cases/config")
+}
+
+/// Picks an element by `[index]` or by ` "name"`, returning it and the rest of the key.
+fn select<'a, 'k, T>(items: &'a [T], name_of: fn(&T) -> &str, sel: &'k str) -> Option<(&'a T, &'k str)> {
+    if let Some(rest) = sel.strip_prefix('[') {
+        let (index, rest) = rest.split_once(']')?;
+        Some((items.get(index.parse::<usize>().ok()?)?, rest))
+    } else {
+        let rest = sel.strip_prefix(" \"")?;
+        let (name, rest) = rest.split_once('"')?;
+        Some((items.iter().find(|x| name_of(x) == name)?, rest))
+    }
+}
+
+fn bus_fact(b: &Bus, key: &str) -> Option<String> {
+    Some(match key {
+        "name" => b.name.clone(),
+        "ports" => format!("{:?}", b.ports),
+        "baud" => b.line.baud.to_string(),
+        "parity" => format!("{:?}", b.line.parity).to_lowercase(),
+        "data_bits" => b.line.data_bits.to_string(),
+        "stop_bits" => b.line.stop_bits.to_string(),
+        "line" => b.line.to_string(),
+        "timeout" => format!("{:?}", b.timeout),
+        "retries" => b.retries.to_string(),
+        "frame_gap" => b.frame_gap.map_or("none".to_owned(), |d| format!("{d:?}")),
+        "max_backoff" => format!("{:?}", b.max_backoff),
+        "rescan" => format!("{:?}", b.rescan),
+        _ => return None,
+    })
+}
+
+fn meter_fact(m: &Meter, key: &str) -> Option<String> {
+    Some(match key {
+        "name" => m.name.clone(),
+        "model" => m.model.to_string(),
+        "address" => m.address.to_string(),
+        "bus" => m.bus.clone(),
+        "poll" => format!("{:?}", m.poll),
+        "phase" => format!("{:?}", m.phase),
+        _ => return None,
+    })
+}
+
+/// The value of a fact key, rendered as `ok.txt` writes it.
+fn fact(c: &Config, key: &str) -> Option<String> {
+    match key {
+        "buses" => return Some(c.buses.len().to_string()),
+        "meters" => return Some(c.meters.len().to_string()),
+        "gateway.name" => return Some(c.gateway.name.clone()),
+        "gateway.state_dir" => return Some(c.gateway.state_dir.display().to_string()),
+        "gateway.log_readings" => return Some(c.gateway.log_readings.to_string()),
+        _ => {}
+    }
+    if let Some(sel) = key.strip_prefix("bus") {
+        let (b, rest) = select(&c.buses, |b| &b.name, sel)?;
+        return bus_fact(b, rest.strip_prefix('.')?);
+    }
+    if let Some(sel) = key.strip_prefix("meter") {
+        let (m, rest) = select(&c.meters, |m| &m.name, sel)?;
+        return meter_fact(m, rest.strip_prefix('.')?);
+    }
+    None
+}
+
+fn lines(text: &str) -> Vec<&str> {
+    text.lines().map(str::trim_end).filter(|l| !l.is_empty()).collect()
+}
+
+/// Checks one case; returns what is wrong with it.
+fn check(dir: &Path, bless: bool) -> Result<(), String> {
+    let src = fs::read_to_string(dir.join("pmtr.toml")).map_err(|e| format!("cannot read pmtr.toml: {e}"))?;
+    let expected = fs::read_to_string(dir.join("expected.txt")).ok();
+    let ok = fs::read_to_string(dir.join("ok.txt")).ok();
+    let result = load_str(&src, "pmtr.toml");
+    match (expected, ok) {
+        (None, None) => Err("has neither expected.txt nor ok.txt".into()),
+        (Some(_), Some(_)) => Err("has both expected.txt and ok.txt".into()),
+        (Some(expected), None) => {
+            let actual = match &result {
+                Ok(_) => String::new(),
+                Err(e) => e.to_string(),
+            };
+            if bless && !actual.is_empty() {
+                fs::write(dir.join("expected.txt"), format!("{actual}\n")).map_err(|e| e.to_string())?;
+                return Ok(());
+            }
+            let (want, got) = (lines(&expected), lines(&actual));
+            if want.is_empty() {
+                return Err("expected.txt is empty: use ok.txt for a file that must load".into());
+            }
+            if want != got {
+                return Err(format!(
+                    "errors differ\n--- expected\n{}\n--- actual{}\n{}",
+                    want.join("\n"),
+                    if result.is_ok() { " (the file loads)" } else { "" },
+                    got.join("\n")
+                ));
+            }
+            Ok(())
+        }
+        (None, Some(ok)) => {
+            let config = result.map_err(|e| format!("should load, but:\n{e}"))?;
+            let mut wrong = Vec::new();
+            for line in lines(&ok) {
+                let line = line.trim();
+                if line == "ok" || line.starts_with('#') {
+                    continue;
+                }
+                let Some((key, want)) = line.split_once(" = ") else {
+                    wrong.push(format!("ok.txt: not `key = value`: {line}"));
+                    continue;
+                };
+                match fact(&config, key.trim()) {
+                    Some(got) if got == want.trim() => {}
+                    Some(got) => wrong.push(format!("{key}: expected {}, got {got}", want.trim())),
+                    None => wrong.push(format!("{key}: no such fact")),
+                }
+            }
+            if wrong.is_empty() {
+                Ok(())
+            } else {
+                Err(wrong.join("\n"))
+            }
+        }
+    }
+}
+
+#[test]
+fn config_cases() {
+    let bless = std::env::var_os("PMTR_BLESS").is_some();
+    let root = cases_dir();
+    let mut dirs: Vec<PathBuf> = fs::read_dir(&root)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", root.display()))
+        .map(|entry| entry.expect("directory entry").path())
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    assert!(!dirs.is_empty(), "no case under {}", root.display());
+    let failures: Vec<String> = dirs
+        .iter()
+        .filter_map(|dir| {
+            let name = dir.file_name().unwrap_or_default().to_string_lossy().into_owned();
+            check(dir, bless).err().map(|why| format!("== case {name}: {why}"))
+        })
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        dirs.len(),
+        failures.join("\n\n")
+    );
+    eprintln!("{} configuration cases passed", dirs.len());
+}
+
+#[test]
+fn the_shipped_example_loads() {
+    let src = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/pmtr.toml")).unwrap();
+    let config = load_str(&src, "pmtr.toml").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(fact(&config, "meter \"gen\".address").as_deref(), Some("6"));
+    assert_eq!(fact(&config, "bus[0].line").as_deref(), Some("9600 8N1"));
+}
