@@ -97,7 +97,7 @@ async fn progress_bar(done: Arc<AtomicUsize>, total: usize) {
 
 fn bar_line(done: usize, total: usize) -> String {
     let width = 30;
-    let filled = if total == 0 { width } else { done * width / total };
+    let filled = (done * width).checked_div(total).unwrap_or(width);
     format!("[{}{}] {done}/{total}", "#".repeat(filled), "-".repeat(width - filled))
 }
 

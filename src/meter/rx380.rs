@@ -134,16 +134,21 @@ mod tests {
     #[test]
     fn reference_frames() {
         let v = Request::read_input(1, 4034, 2);
-        let img = RegisterImage::from_replies(&[v.clone()], &[regs(&v, "01 04 04 00 00 09 1A 7C 1F")]);
+        let img =
+            RegisterImage::from_replies(std::slice::from_ref(&v), &[regs(&v, "01 04 04 00 00 09 1A 7C 1F")]);
         assert_eq!(img.u32_hw(4034), Some(2330));
 
         let pf = Request::read_input(1, 4018, 2);
-        let img = RegisterImage::from_replies(&[pf.clone()], &[regs(&pf, "01 04 04 03 84 13 88 B6 BF")]);
+        let img = RegisterImage::from_replies(
+            std::slice::from_ref(&pf),
+            &[regs(&pf, "01 04 04 03 84 13 88 B6 BF")],
+        );
         assert_eq!(img.get(4018), Some(900));
         assert_eq!(img.get(4019), Some(5000));
 
         let p = Request::read_input(1, 4012, 2);
-        let img = RegisterImage::from_replies(&[p.clone()], &[regs(&p, "01 04 04 FF FF FA 24 B9 1B")]);
+        let img =
+            RegisterImage::from_replies(std::slice::from_ref(&p), &[regs(&p, "01 04 04 FF FF FA 24 B9 1B")]);
         assert_eq!(img.u32_hw(4012).map(|v| v as i32), Some(-1500));
     }
 
