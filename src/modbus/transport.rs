@@ -88,6 +88,13 @@ impl<L: Line> Transport<L> {
                         self.quiet_since = Instant::now();
                         return Ok(Outcome { result, stale_bytes, noise_bytes: skipped });
                     }
+                    // Once the header tells the reply's length, sleep through the bytes still
+                    // on the wire instead of waking for each one (a USB adapter or a pty hands
+                    // them over one by one at low baud rates).
+                    if let Some(rest) = remaining_time(req, &self.buf, self.char_time) {
+                        let wake = (Instant::now() + rest).min(deadline);
+                        tokio::time::sleep_until(wake).await;
+                    }
                     if self.buf.len() > 4096 {
                         // A babbling line: give up on this transaction.
                         let n = self.buf.len();
@@ -112,17 +119,23 @@ impl<L: Line> Transport<L> {
         }
     }
 
-    /// Reads and counts whatever is already waiting, then asks the driver to drop the rest.
+    /// Reads and counts whatever is already waiting, without waiting for more, then asks the
+    /// driver to drop the rest. (A zero timeout would wait for the next timer tick.)
     async fn drain_input(&mut self) -> io::Result<usize> {
+        use std::task::{Context, Poll, Waker};
         let mut total = 0;
         let mut chunk = [0u8; 256];
+        let mut cx = Context::from_waker(Waker::noop());
         loop {
-            match tokio::time::timeout(Duration::ZERO, self.line.read(&mut chunk)).await {
-                Ok(Ok(0)) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "port closed")),
-                Ok(Ok(n)) => total += n,
-                Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Ok(Err(e)) => return Err(e),
-                Err(_) => break,
+            let mut rb = tokio::io::ReadBuf::new(&mut chunk);
+            match std::pin::Pin::new(&mut self.line).poll_read(&mut cx, &mut rb) {
+                Poll::Ready(Ok(())) if rb.filled().is_empty() => {
+                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "port closed"))
+                }
+                Poll::Ready(Ok(())) => total += rb.filled().len(),
+                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Pending => break,
             }
         }
         self.line.clear_input()?;
@@ -132,6 +145,25 @@ impl<L: Line> Transport<L> {
     pub fn line_mut(&mut self) -> &mut L {
         &mut self.line
     }
+}
+
+/// How long the rest of a reply takes on the wire, less a margin for the timer's resolution,
+/// once its header gives its length; `None` when that is unknown or too short to sleep for.
+fn remaining_time(req: &Request, buf: &[u8], char_time: Duration) -> Option<Duration> {
+    let (&addr, &function) = (buf.first()?, buf.get(1)?);
+    if addr != req.address {
+        return None;
+    }
+    let total = if function & 0x80 != 0 {
+        5
+    } else if matches!(req.pdu, crate::modbus::Pdu::ReadInput { .. } | crate::modbus::Pdu::ReadHolding { .. })
+    {
+        5 + *buf.get(2)? as usize
+    } else {
+        req.pdu.reply_len()
+    };
+    let rest = char_time * total.checked_sub(buf.len())? as u32;
+    rest.checked_sub(Duration::from_micros(1500)).filter(|d| *d >= Duration::from_millis(1))
 }
 
 /// A port that could not be opened with the settings asked for.
