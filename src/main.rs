@@ -141,7 +141,17 @@ fn main() -> ExitCode {
         _ => "warn",
     };
     app::init_logging(level);
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    // The daemon waits on serial ports nearly all the time: one thread serves every port and
+    // costs the fewest wake-ups. The one-shot tools and the demo use two.
+    let builder = match cli.cmd {
+        Cmd::Run { .. } => tokio::runtime::Builder::new_current_thread(),
+        _ => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(2);
+            b
+        }
+    };
+    let rt = match { builder }.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

@@ -7,22 +7,137 @@
 //! every request itself; tokio-modbus has no per-request timeout and resynchronises silently.
 //! tokio-modbus is used in the tests as the independent client our simulators must satisfy.
 
-use super::frame::{classify_timeout, scan_reply, FrameError, Reply, Request, Scan};
+use super::frame::{classify_timeout, scan_reply, FrameError, Pdu, Reply, Request, Scan};
 use crate::config::{LineSettings, Parity};
 use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Instant;
 
 /// A byte stream that can drop what is waiting in its input buffer.
 pub trait Line: AsyncRead + AsyncWrite + Unpin + Send {
     fn clear_input(&mut self) -> io::Result<()>;
+
+    /// Stop watching for input for a while (the rest of a reply is known to be on the wire).
+    fn park(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// Watch for input again.
+    fn unpark(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
-impl Line for tokio_serial::SerialStream {
+/// A serial port registered with tokio by pmtr itself, so that it can leave epoll while the
+/// rest of a reply is on the wire: at 9600 baud a USB adapter (or a pty) hands bytes over one
+/// at a time, and every byte would otherwise wake the gateway.
+pub struct SerialLine {
+    // Declared first so that it deregisters before `port` closes the descriptor.
+    watch: Option<AsyncFd<RawFd>>,
+    port: serialport::TTYPort,
+}
+
+impl std::fmt::Debug for SerialLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use serialport::SerialPort;
+        f.debug_struct("SerialLine")
+            .field("port", &self.port.name())
+            .field("watched", &self.watch.is_some())
+            .finish()
+    }
+}
+
+/// Registers `fd` with the runtime's reactor.
+fn register(fd: RawFd) -> io::Result<AsyncFd<RawFd>> {
+    // SAFETY: `fd` belongs to the SerialLine's port, which stays open while the registration
+    // lives (the registration is dropped first, see the field order).
+    unsafe { AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)
+}
+
+impl SerialLine {
+    fn new(port: serialport::TTYPort) -> io::Result<Self> {
+        use nix::fcntl::{fcntl, FcntlArg, OFlag};
+        let fd = port.as_raw_fd();
+        let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL).map_err(io::Error::from)?);
+        fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK)).map_err(io::Error::from)?;
+        Ok(SerialLine { watch: Some(register(fd)?), port })
+    }
+
+    fn watch(&mut self) -> io::Result<&AsyncFd<RawFd>> {
+        if self.watch.is_none() {
+            self.watch = Some(register(self.port.as_raw_fd())?);
+        }
+        Ok(self.watch.as_ref().expect("just set"))
+    }
+}
+
+fn raw_io(r: nix::Result<usize>) -> io::Result<usize> {
+    r.map_err(io::Error::from)
+}
+
+impl AsyncRead for SerialLine {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let watch = this.watch()?;
+        loop {
+            let mut guard = ready!(watch.poll_read_ready(cx))?;
+            let unfilled = buf.initialize_unfilled();
+            match guard.try_io(|fd| raw_io(nix::unistd::read(fd.as_raw_fd(), unfilled))) {
+                Ok(Ok(n)) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Ok(Err(e)) => return Poll::Ready(Err(e)),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
+impl AsyncWrite for SerialLine {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let watch = this.watch()?;
+        loop {
+            let mut guard = ready!(watch.poll_write_ready(cx))?;
+            // SAFETY: the descriptor is open for as long as the guard's AsyncFd.
+            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(guard.get_inner().as_raw_fd()) };
+            match guard.try_io(|_| raw_io(nix::unistd::write(fd, data))) {
+                Ok(r) => return Poll::Ready(r),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Line for SerialLine {
     fn clear_input(&mut self) -> io::Result<()> {
-        use tokio_serial::SerialPort;
-        self.clear(tokio_serial::ClearBuffer::Input).map_err(io::Error::from)
+        use serialport::SerialPort;
+        self.port.clear(serialport::ClearBuffer::Input).map_err(io::Error::from)
+    }
+
+    fn park(&mut self) -> io::Result<()> {
+        if let Some(w) = self.watch.take() {
+            let _fd = w.into_inner(); // deregisters; the port keeps the descriptor open
+        }
+        Ok(())
+    }
+
+    fn unpark(&mut self) -> io::Result<()> {
+        self.watch().map(|_| ())
     }
 }
 
@@ -66,7 +181,10 @@ impl<L: Line> Transport<L> {
     /// Runs one transaction. `Err` means the port itself failed (unplugged, closed); every
     /// protocol failure is an `Ok(Outcome)` with an `Err` result.
     pub async fn transact(&mut self, req: &Request, timeout: Duration) -> io::Result<Outcome> {
-        tokio::time::sleep_until(self.quiet_since + self.gap).await;
+        let quiet = self.quiet_since + self.gap;
+        if Instant::now() < quiet {
+            tokio::time::sleep_until(quiet).await;
+        }
         let stale_bytes = self.drain_input().await?;
         let frame = req.encode();
         self.line.write_all(&frame).await?;
@@ -93,7 +211,9 @@ impl<L: Line> Transport<L> {
                     // them over one by one at low baud rates).
                     if let Some(rest) = remaining_time(req, &self.buf, self.char_time) {
                         let wake = (Instant::now() + rest).min(deadline);
+                        self.line.park()?;
                         tokio::time::sleep_until(wake).await;
+                        self.line.unpark()?;
                     }
                     if self.buf.len() > 4096 {
                         // A babbling line: give up on this transaction.
@@ -122,7 +242,7 @@ impl<L: Line> Transport<L> {
     /// Reads and counts whatever is already waiting, without waiting for more, then asks the
     /// driver to drop the rest. (A zero timeout would wait for the next timer tick.)
     async fn drain_input(&mut self) -> io::Result<usize> {
-        use std::task::{Context, Poll, Waker};
+        use std::task::Waker;
         let mut total = 0;
         let mut chunk = [0u8; 256];
         let mut cx = Context::from_waker(Waker::noop());
@@ -147,23 +267,26 @@ impl<L: Line> Transport<L> {
     }
 }
 
-/// How long the rest of a reply takes on the wire, less a margin for the timer's resolution,
-/// once its header gives its length; `None` when that is unknown or too short to sleep for.
+/// How long the bytes of a reply still on the wire take, less a margin for the timer's
+/// resolution. With only the address byte in, the shortest reply (an exception, or a 4-byte
+/// echo) is assumed; once the header gives the length, the rest of it. `None` when the bytes
+/// are not our reply or there is too little left to sleep for.
 fn remaining_time(req: &Request, buf: &[u8], char_time: Duration) -> Option<Duration> {
-    let (&addr, &function) = (buf.first()?, buf.get(1)?);
-    if addr != req.address {
+    if *buf.first()? != req.address {
         return None;
     }
-    let total = if function & 0x80 != 0 {
-        5
-    } else if matches!(req.pdu, crate::modbus::Pdu::ReadInput { .. } | crate::modbus::Pdu::ReadHolding { .. })
-    {
-        5 + *buf.get(2)? as usize
-    } else {
-        req.pdu.reply_len()
+    let shortest = if matches!(req.pdu, Pdu::EchoCommand { .. }) { 4 } else { 5 };
+    let total = match buf.get(1) {
+        None => shortest,
+        Some(f) if f & 0x80 != 0 => 5,
+        Some(_) if matches!(req.pdu, Pdu::ReadInput { .. } | Pdu::ReadHolding { .. }) => match buf.get(2) {
+            Some(&bc) => 5 + bc as usize,
+            None => shortest,
+        },
+        Some(_) => req.pdu.reply_len(),
     };
     let rest = char_time * total.checked_sub(buf.len())? as u32;
-    rest.checked_sub(Duration::from_micros(1500)).filter(|d| *d >= Duration::from_millis(1))
+    rest.checked_sub(Duration::from_millis(1)).filter(|d| *d >= Duration::from_millis(1))
 }
 
 /// A port that could not be opened with the settings asked for.
@@ -185,8 +308,8 @@ pub enum OpenError {
 
 /// Some ports (pseudo-terminals among them) accept settings they cannot do and drop them
 /// silently: read the settings back and name the first one that did not stick.
-fn refused_setting(s: &tokio_serial::SerialStream, line: &LineSettings) -> Option<String> {
-    use tokio_serial::SerialPort;
+fn refused_setting(s: &serialport::TTYPort, line: &LineSettings) -> Option<String> {
+    use serialport::SerialPort;
     let want_parity = match line.parity {
         Parity::None => tokio_serial::Parity::None,
         Parity::Even => tokio_serial::Parity::Even,
@@ -227,7 +350,7 @@ fn refused_setting(s: &tokio_serial::SerialStream, line: &LineSettings) -> Optio
 }
 
 /// Opens `port` with `line` settings, naming the refused setting when the port refuses one.
-pub fn open_serial(port: &str, line: &LineSettings) -> Result<tokio_serial::SerialStream, OpenError> {
+pub fn open_serial(port: &str, line: &LineSettings) -> Result<SerialLine, OpenError> {
     let builder = |parity: Parity| {
         tokio_serial::new(port, line.baud)
             .data_bits(match line.data_bits {
@@ -245,21 +368,19 @@ pub fn open_serial(port: &str, line: &LineSettings) -> Result<tokio_serial::Seri
             })
             .timeout(Duration::from_millis(10))
     };
-    match tokio_serial::SerialStream::open(&builder(line.parity)) {
+    match builder(line.parity).open_native() {
         Ok(s) => match refused_setting(&s, line) {
-            None => Ok(s),
+            None => SerialLine::new(s).map_err(|e| OpenError::Open { port: port.into(), source: e.into() }),
             Some(setting) => Err(OpenError::Ignored { port: port.into(), setting }),
         },
-        Err(source) if line.parity != Parity::None => {
-            match tokio_serial::SerialStream::open(&builder(Parity::None)) {
-                Ok(_) => Err(OpenError::Setting {
-                    port: port.into(),
-                    setting: format!("parity {:?}", line.parity).to_lowercase(),
-                    source,
-                }),
-                Err(_) => Err(OpenError::Open { port: port.into(), source }),
-            }
-        }
+        Err(source) if line.parity != Parity::None => match builder(Parity::None).open_native() {
+            Ok(_) => Err(OpenError::Setting {
+                port: port.into(),
+                setting: format!("parity {:?}", line.parity).to_lowercase(),
+                source,
+            }),
+            Err(_) => Err(OpenError::Open { port: port.into(), source }),
+        },
         Err(source) => Err(OpenError::Open { port: port.into(), source }),
     }
 }
@@ -358,6 +479,25 @@ mod tests {
         t.transact(&req, Duration::from_millis(100)).await.unwrap();
         let times = slave.await.unwrap();
         assert!(times[1] - replied >= Duration::from_micros(3645), "{:?}", times[1] - replied);
+    }
+
+    #[test]
+    fn sleeps_only_through_bytes_known_to_be_on_the_wire() {
+        let c = Duration::from_millis(1); // 1 ms a character, for round figures
+        let read = Request::read_input(1, 0, 10);
+        // Address only: at least an exception's 5 bytes are coming, 4 still on the wire.
+        assert_eq!(remaining_time(&read, &[1], c), Some(Duration::from_millis(3)));
+        // Header known: 25 bytes in all.
+        assert_eq!(remaining_time(&read, &[1, 4, 20], c), Some(Duration::from_millis(21)));
+        assert_eq!(remaining_time(&read, &[1, 0x84], c), Some(Duration::from_millis(2)));
+        // Nearly done, someone else's bytes, or more than announced: read as they come.
+        let mut nearly = vec![1, 4, 20];
+        nearly.resize(24, 0);
+        assert_eq!(remaining_time(&read, &nearly, c), None);
+        assert_eq!(remaining_time(&read, &[7, 4, 20], c), None);
+        assert_eq!(remaining_time(&read, &[1, 4, 0, 0, 0, 0, 0], c), None);
+        let reset = Request { address: 1, pdu: Pdu::EchoCommand { function: 0x42 } };
+        assert_eq!(remaining_time(&reset, &[1], c), Some(Duration::from_millis(2)));
     }
 
     #[tokio::test(start_paused = true)]
