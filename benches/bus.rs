@@ -5,7 +5,8 @@
 //! 3. footprint: `pmtr run` polling 30 meters on 3 ports every second (RSS, CPU);
 //! 4. start to first reading with known ports.
 //!
-//! `cargo bench --bench bus` (BENCH_SECONDS=N to change the measuring window, default 20).
+//! `cargo bench --bench bus [-- efficiency|parallel|footprint|start]` (BENCH_SECONDS=N to
+//! change the measuring window, default 20).
 
 use pmtr::bus::Engine;
 use pmtr::config::{LineSettings, Parity};
@@ -211,6 +212,8 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
+    let wanted: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let run = |name: &str| wanted.is_empty() || wanted.iter().any(|w| w == name);
     let window = Duration::from_secs(seconds());
     let bin = env!("CARGO_BIN_EXE_pmtr");
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
@@ -228,34 +231,39 @@ fn main() {
         per_read * 1e3,
         limit
     );
-    let one = rt.block_on(reads_per_second(1, 8, window));
-    println!(
-        "measured: {one:.2} reads/s = {:.1} % of the limit ({}s window)",
-        one / limit * 100.0,
-        window.as_secs()
-    );
+    if run("efficiency") || run("parallel") {
+        let one = rt.block_on(reads_per_second(1, 8, window));
+        println!(
+            "measured: {one:.2} reads/s = {:.1} % of the limit ({}s window)",
+            one / limit * 100.0,
+            window.as_secs()
+        );
+        if run("parallel") {
+            println!("\n## Ports in parallel (4 buses × 8 PZEMs)");
+            let four = rt.block_on(reads_per_second(4, 8, window));
+            println!("1 bus {one:.2} reads/s, 4 buses {four:.2} reads/s: {:.2} ×", four / one);
+        }
+    }
 
-    println!("\n## Ports in parallel (4 buses × 8 PZEMs)");
-    let four = rt.block_on(reads_per_second(4, 8, window));
-    println!("1 bus {one:.2} reads/s, 4 buses {four:.2} reads/s: {:.2} ×", four / one);
+    if run("footprint") {
+        let w = window.max(Duration::from_secs(30));
+        println!("\n## Footprint: pmtr run, 30 meters on 3 ports, 1 s poll ({}s window)", w.as_secs());
+        let (cpu, rss, hwm) = footprint(bin, w);
+        println!(
+            "CPU {cpu:.2} % of one core; RSS max {:.2} MiB (VmHWM {:.2} MiB)",
+            rss as f64 / 1024.0,
+            hwm as f64 / 1024.0
+        );
+    }
 
-    println!(
-        "\n## Footprint: pmtr run, 30 meters on 3 ports, 1 s poll ({}s window)",
-        window.as_secs().max(30)
-    );
-    let (cpu, rss, hwm) = footprint(bin, window.max(Duration::from_secs(30)));
-    println!(
-        "CPU {cpu:.2} % of one core; RSS max {:.2} MiB (VmHWM {:.2} MiB)",
-        rss as f64 / 1024.0,
-        hwm as f64 / 1024.0
-    );
-
-    println!("\n## Start to first reading, ports known (5 runs)");
-    let t = start_to_first_reading(bin, 5);
-    println!(
-        "min {:.0} ms, median {:.0} ms, max {:.0} ms",
-        t[0].as_secs_f64() * 1e3,
-        t[t.len() / 2].as_secs_f64() * 1e3,
-        t[t.len() - 1].as_secs_f64() * 1e3
-    );
+    if run("start") {
+        println!("\n## Start to first reading, ports known (5 runs)");
+        let t = start_to_first_reading(bin, 5);
+        println!(
+            "min {:.0} ms, median {:.0} ms, max {:.0} ms",
+            t[0].as_secs_f64() * 1e3,
+            t[t.len() / 2].as_secs_f64() * 1e3,
+            t[t.len() - 1].as_secs_f64() * 1e3
+        );
+    }
 }

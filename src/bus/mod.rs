@@ -157,11 +157,12 @@ impl Engine {
         let remembered = memory.load();
         let claimed = Arc::new(Mutex::new(HashSet::new()));
         let mut tasks = vec![];
-        for bus in &config.buses {
+        // Buses without meters claim no port.
+        let active: Vec<Bus> =
+            config.buses.iter().filter(|b| config.meters_on(&b.name).next().is_some()).cloned().collect();
+        let active = Arc::new(active);
+        for (index, bus) in active.iter().enumerate() {
             let meters: Vec<Meter> = config.meters_on(&bus.name).cloned().collect();
-            if meters.is_empty() {
-                continue;
-            }
             for m in &meters {
                 status.register(
                     &m.name,
@@ -188,7 +189,8 @@ impl Engine {
                 readings: readings.clone(),
                 memory: Some(memory.clone()),
             });
-            tasks.push(tokio::spawn(supervise(shared, claimed.clone(), shutdown.clone())));
+            let all = Arc::clone(&active);
+            tasks.push(tokio::spawn(supervise(shared, index, all, claimed.clone(), shutdown.clone())));
         }
         Engine { status, tasks }
     }
@@ -199,6 +201,41 @@ impl Engine {
             let _ = t.await;
         }
     }
+}
+
+/// How sure a pattern is about the device it names: an exact path, then a stable
+/// `/dev/serial/` name, then any glob.
+fn specificity(pattern: &str) -> u8 {
+    if !pattern.contains(['*', '?', '[']) {
+        2
+    } else if pattern.starts_with("/dev/serial/") {
+        1
+    } else {
+        0
+    }
+}
+
+fn device_of(path: &str) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| PathBuf::from(path))
+}
+
+/// Which of `buses` a device belongs to when several buses' patterns match it: the most
+/// specific match wins (see [`specificity`]), and among equals the bus declared first. So
+/// `/dev/serial/by-id/usb-FTDI_…` on an RX380 bus beats `/dev/ttyUSB*` on a PZEM bus.
+pub fn port_owner(device: &Path, buses: &[Bus]) -> Option<usize> {
+    let mut best: Option<(u8, usize)> = None;
+    for (i, bus) in buses.iter().enumerate() {
+        for pattern in &bus.ports {
+            let score = specificity(pattern);
+            if best.is_some_and(|(s, _)| s >= score) {
+                continue;
+            }
+            if expand_ports(std::slice::from_ref(pattern)).iter().any(|p| device_of(p) == device) {
+                best = Some((score, i));
+            }
+        }
+    }
+    best.map(|(_, i)| i)
 }
 
 /// Paths matching the bus patterns now, in a stable order.
@@ -228,6 +265,8 @@ pub fn expand_ports(patterns: &[String]) -> Vec<String> {
 /// task ended (unplugged), so that a re-plugged adapter is picked up under its new name.
 async fn supervise(
     shared: Arc<BusShared>,
+    index: usize,
+    buses: Arc<Vec<Bus>>,
     claimed: Arc<Mutex<HashSet<PathBuf>>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -260,7 +299,16 @@ async fn supervise(
             if running.contains_key(&path) {
                 continue;
             }
-            let canon = std::fs::canonicalize(&path).unwrap_or_else(|_| PathBuf::from(&path));
+            let canon = device_of(&path);
+            if let Some(owner) = port_owner(&canon, &buses).filter(|&o| o != index) {
+                if complained.insert(path.clone()) {
+                    tracing::info!(
+                        bus = %shared.bus.name, port = %path, owner = %buses[owner].name,
+                        "the port also matches another bus, whose pattern names it more precisely: left to it"
+                    );
+                }
+                continue;
+            }
             if !claimed.lock().unwrap_or_else(|e| e.into_inner()).insert(canon.clone()) {
                 continue; // another bus (or another name of this port) has it
             }
@@ -290,5 +338,56 @@ async fn supervise(
     }
     for (_, (_, h)) in running {
         let _ = h.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn bus(name: &str, ports: &[String]) -> Bus {
+        Bus {
+            name: name.into(),
+            ports: ports.to_vec(),
+            line: crate::config::LineSettings {
+                baud: 9600,
+                data_bits: 8,
+                parity: crate::config::Parity::None,
+                stop_bits: 1,
+            },
+            timeout: Duration::from_millis(300),
+            retries: 2,
+            frame_gap: None,
+            max_backoff: Duration::from_secs(60),
+            rescan: Duration::from_secs(5),
+        }
+    }
+
+    #[test]
+    fn the_most_specific_pattern_owns_a_port() {
+        let dir = tempfile::tempdir().unwrap();
+        for n in ["ttyUSB0", "ttyUSB1"] {
+            std::fs::write(dir.path().join(n), b"").unwrap();
+        }
+        std::os::unix::fs::symlink(dir.path().join("ttyUSB1"), dir.path().join("rx380-adapter")).unwrap();
+        let glob = dir.path().join("ttyUSB*").display().to_string();
+        let exact = dir.path().join("rx380-adapter").display().to_string();
+        let buses = [bus("house", std::slice::from_ref(&glob)), bus("plant", &[exact])];
+        let dev = |n: &str| device_of(&dir.path().join(n).display().to_string());
+        assert_eq!(port_owner(&dev("ttyUSB0"), &buses), Some(0));
+        // Both match ttyUSB1; the exact name (through its link) wins over the glob.
+        assert_eq!(port_owner(&dev("ttyUSB1"), &buses), Some(1));
+        // Equal patterns: the bus declared first.
+        let twins = [bus("a", std::slice::from_ref(&glob)), bus("b", &[glob])];
+        assert_eq!(port_owner(&dev("ttyUSB1"), &twins), Some(0));
+        assert_eq!(port_owner(&dev("nothing"), &twins), None);
+    }
+
+    #[test]
+    fn stable_names_are_more_specific_than_globs() {
+        assert_eq!(specificity("/dev/ttyAMA0"), 2);
+        assert_eq!(specificity("/dev/serial/by-id/usb-FTDI_*"), 1);
+        assert_eq!(specificity("/dev/ttyUSB*"), 0);
     }
 }

@@ -73,9 +73,12 @@ pub async fn run<L: Line>(
                 _ = shutdown.changed() => break PortExit::Shutdown,
             }
         };
-        tokio::select! {
-            _ = tokio::time::sleep_until(due) => {}
-            _ = shutdown.changed() => break PortExit::Shutdown,
+        // On a saturated bus the next meter is already due: go on without a timer round trip.
+        if due > Instant::now() {
+            tokio::select! {
+                _ = tokio::time::sleep_until(due) => {}
+                _ = shutdown.changed() => break PortExit::Shutdown,
+            }
         }
         let owners = shared.owners();
         let mine = owners[i].as_deref() == Some(port.as_str());

@@ -272,6 +272,9 @@ impl<L: Line> Transport<L> {
 /// echo) is assumed; once the header gives the length, the rest of it. `None` when the bytes
 /// are not our reply or there is too little left to sleep for.
 fn remaining_time(req: &Request, buf: &[u8], char_time: Duration) -> Option<Duration> {
+    // tokio's timer fires up to a millisecond late; waking early costs a wake-up or two,
+    // waking late costs bus time.
+    const MARGIN: Duration = Duration::from_micros(1500);
     if *buf.first()? != req.address {
         return None;
     }
@@ -286,7 +289,7 @@ fn remaining_time(req: &Request, buf: &[u8], char_time: Duration) -> Option<Dura
         Some(_) => req.pdu.reply_len(),
     };
     let rest = char_time * total.checked_sub(buf.len())? as u32;
-    rest.checked_sub(Duration::from_millis(1)).filter(|d| *d >= Duration::from_millis(1))
+    rest.checked_sub(MARGIN).filter(|d| *d >= Duration::from_millis(1))
 }
 
 /// A port that could not be opened with the settings asked for.
@@ -486,10 +489,10 @@ mod tests {
         let c = Duration::from_millis(1); // 1 ms a character, for round figures
         let read = Request::read_input(1, 0, 10);
         // Address only: at least an exception's 5 bytes are coming, 4 still on the wire.
-        assert_eq!(remaining_time(&read, &[1], c), Some(Duration::from_millis(3)));
+        assert_eq!(remaining_time(&read, &[1], c), Some(Duration::from_micros(2500)));
         // Header known: 25 bytes in all.
-        assert_eq!(remaining_time(&read, &[1, 4, 20], c), Some(Duration::from_millis(21)));
-        assert_eq!(remaining_time(&read, &[1, 0x84], c), Some(Duration::from_millis(2)));
+        assert_eq!(remaining_time(&read, &[1, 4, 20], c), Some(Duration::from_micros(20500)));
+        assert_eq!(remaining_time(&read, &[1, 0x84], c), Some(Duration::from_micros(1500)));
         // Nearly done, someone else's bytes, or more than announced: read as they come.
         let mut nearly = vec![1, 4, 20];
         nearly.resize(24, 0);
@@ -497,7 +500,7 @@ mod tests {
         assert_eq!(remaining_time(&read, &[7, 4, 20], c), None);
         assert_eq!(remaining_time(&read, &[1, 4, 0, 0, 0, 0, 0], c), None);
         let reset = Request { address: 1, pdu: Pdu::EchoCommand { function: 0x42 } };
-        assert_eq!(remaining_time(&reset, &[1], c), Some(Duration::from_millis(2)));
+        assert_eq!(remaining_time(&reset, &[1], c), Some(Duration::from_micros(1500)));
     }
 
     #[tokio::test(start_paused = true)]
