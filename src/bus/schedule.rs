@@ -14,11 +14,20 @@ pub struct Schedule {
     max_backoff: Duration,
     due: Instant,
     failures: u32,
+    /// Added once, after the first success, to spread the meters of a bus over the period.
+    phase: Duration,
 }
 
 impl Schedule {
     pub fn new(poll: Duration, max_backoff: Duration, due: Instant) -> Self {
-        Schedule { poll, max_backoff: max_backoff.max(poll), due, failures: 0 }
+        Schedule { poll, max_backoff: max_backoff.max(poll), due, failures: 0, phase: Duration::ZERO }
+    }
+
+    /// Shifts the cadence by `phase` after the first success: meter `i` of `n` on a bus gets
+    /// `i × poll / n`, so that meters found together are not read back to back for ever.
+    pub fn with_phase(mut self, phase: Duration) -> Self {
+        self.phase = phase.min(self.poll);
+        self
     }
 
     pub fn due(&self) -> Instant {
@@ -48,7 +57,7 @@ impl Schedule {
     /// the earliest-due rule shares the bus round-robin: there is no burst to catch up.
     pub fn succeeded(&mut self, now: Instant) {
         self.failures = 0;
-        self.due = (self.due + self.poll).max(now);
+        self.due = (self.due + self.poll + std::mem::take(&mut self.phase)).max(now);
     }
 
     /// The poll failed at `now`: wait `poll × 2^failures`, capped at `max_backoff`.
@@ -87,6 +96,16 @@ mod tests {
         assert_eq!(s.due(), t0 + S);
         s.succeeded(t0 + S + Duration::from_millis(40));
         assert_eq!(s.due(), t0 + 2 * S);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_phase_spreads_meters_once() {
+        let t0 = Instant::now();
+        let mut s = Schedule::new(S, 60 * S, t0).with_phase(S / 4);
+        s.succeeded(t0);
+        assert_eq!(s.due(), t0 + S + S / 4);
+        s.succeeded(t0 + S + S / 4);
+        assert_eq!(s.due(), t0 + 2 * S + S / 4);
     }
 
     #[tokio::test(start_paused = true)]
