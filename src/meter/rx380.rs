@@ -114,6 +114,24 @@ pub fn encode(v: &Snapshot) -> [u16; BLOCK_LEN as usize] {
     r
 }
 
+/// A snapshot with every sign worth testing (export power, negative PF), for tests.
+#[cfg(test)]
+pub(crate) fn test_snapshot() -> Snapshot {
+    Snapshot {
+        kwh: 123456.789,
+        kvah: 130000.0,
+        kvarh: 4000.5,
+        watts: -1500.0,
+        va: 1600.0,
+        var: -200.0,
+        pf: -0.9,
+        hz: 50.0,
+        amps: [1.5, 2.25, 3.0, 0.125],
+        line_volts: [400.1, 401.2, 399.9],
+        phase_volts: [233.0, 231.5, 230.0],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,21 +170,7 @@ mod tests {
         assert_eq!(img.u32_hw(4012).map(|v| v as i32), Some(-1500));
     }
 
-    fn snapshot() -> Snapshot {
-        Snapshot {
-            kwh: 123456.789,
-            kvah: 130000.0,
-            kvarh: 4000.5,
-            watts: -1500.0,
-            va: 1600.0,
-            var: -200.0,
-            pf: -0.9,
-            hz: 50.0,
-            amps: [1.5, 2.25, 3.0, 0.125],
-            line_volts: [400.1, 401.2, 399.9],
-            phase_volts: [233.0, 231.5, 230.0],
-        }
-    }
+    use super::test_snapshot as snapshot;
 
     #[test]
     fn decodes_every_quantity_in_both_plans() {

@@ -1144,21 +1144,7 @@ mod tests {
         assert_eq!(s.address(), 5);
     }
 
-    fn rx_snapshot() -> rx380::Snapshot {
-        rx380::Snapshot {
-            kwh: 123456.789,
-            kvah: 130000.0,
-            kvarh: 4000.5,
-            watts: -1500.0,
-            va: 1600.0,
-            var: -200.0,
-            pf: -0.9,
-            hz: 50.0,
-            amps: [1.5, 2.25, 3.0, 0.125],
-            line_volts: [400.1, 401.2, 399.9],
-            phase_volts: [233.0, 231.5, 230.0],
-        }
-    }
+    use crate::meter::rx380::test_snapshot as rx_snapshot;
 
     #[test]
     fn rx380_reads() {
