@@ -16,7 +16,9 @@ fi
 if ! python3 -c 'import pymodbus, serial, sys; sys.exit(pymodbus.__version__ != "3.16.1")' 2>/dev/null; then
     python3 -m pip install --quiet "pymodbus[serial]==3.16.1"
 fi
-rustup component add rustfmt clippy >/dev/null 2>&1 || true
+for tool in rustfmt clippy-driver; do
+    command -v "$tool" >/dev/null || { echo "missing $tool: rustup component add ${tool%-driver}" >&2; exit 1; }
+done
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
