@@ -47,8 +47,10 @@ pub async fn run<L: Line>(
             // waiting for other meters' probe timeouts.
             let first = remembered.get(i).and_then(|p| p.as_deref()) == Some(port.as_str());
             let due = if first { start } else { start + Duration::from_millis(1) };
+            // Meter i of n is read i/n of a period later than the first, once found.
+            let phase = m.poll * i as u32 / shared.meters.len().max(1) as u32;
             Slot {
-                schedule: Schedule::new(m.poll, bus.max_backoff, due),
+                schedule: Schedule::new(m.poll, bus.max_backoff, due).with_phase(phase),
                 plan: 0,
                 guard: EnergyGuard::default(),
             }
