@@ -11,3 +11,4 @@ pub mod meter;
 pub mod modbus;
 pub mod reading;
 pub mod sim;
+pub mod trigger;
