@@ -11,4 +11,5 @@ pub mod meter;
 pub mod modbus;
 pub mod reading;
 pub mod sim;
+pub mod store;
 pub mod trigger;

@@ -66,7 +66,17 @@ model = "rx380"
 address = 1
 bus = "factory"
 poll = "2s"
+
+# No database needed: daily CSV files, one per meter, kept after the demo ends.
+[[sink]]
+type = "csv"
+dir = "{csv}"
 "#;
+
+/// Where the demo's CSV files go (kept after it ends, unlike its scratch directory).
+pub fn demo_csv_dir() -> PathBuf {
+    std::env::temp_dir().join("pmtr-demo-csv")
+}
 
 fn line(baud: u32) -> LineSettings {
     LineSettings { baud, data_bits: 8, parity: Parity::None, stop_bits: 1 }
@@ -100,8 +110,12 @@ async fn run_in(dir: &std::path::Path, duration: Option<Duration>) -> anyhow::Re
     let _c = port("ttyUSB2", 9600, "pzem-016@5,volts=119.8,amps=7.25,pf=0.9,profile=noise:2")?;
     let _rx = port("ttyRX0", 19200, "rx380@1,profile=noise:1")?;
 
-    let text = DEMO_CONFIG.replace("{dir}", &dir.display().to_string());
+    let text = DEMO_CONFIG
+        .replace("{dir}", &dir.display().to_string())
+        .replace("{csv}", &demo_csv_dir().display().to_string());
     let config = crate::config::load_str(&text, "demo.toml").map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (store_tx, store_rx) = mpsc::channel::<Reading>(4096);
+    let storage = crate::store::Storage::start(&config, store_rx)?;
     let (tx, mut rx) = mpsc::channel::<Reading>(256);
     let (stop_tx, stop_rx) = watch::channel(false);
     let engine = Engine::start(&config, tx, stop_rx);
@@ -122,6 +136,7 @@ async fn run_in(dir: &std::path::Path, duration: Option<Duration>) -> anyhow::Re
                 if !tty {
                     println!("{r}");
                 }
+                let _ = store_tx.send(r.clone()).await;
                 latest.insert(r.meter.to_string(), r);
             }
             _ = tick.tick() => {
@@ -152,6 +167,11 @@ async fn run_in(dir: &std::path::Path, duration: Option<Duration>) -> anyhow::Re
     }
     let _ = stop_tx.send(true);
     engine.join().await;
+    while let Ok(r) = rx.try_recv() {
+        let _ = store_tx.send(r).await;
+    }
+    drop(store_tx);
+    storage.join().await;
     let snap = status.snapshot();
     println!();
     for (name, s) in &snap {
@@ -164,6 +184,7 @@ async fn run_in(dir: &std::path::Path, duration: Option<Duration>) -> anyhow::Re
             s.counters.crc_errors
         );
     }
+    println!("\nReadings were written as CSV to {}/", demo_csv_dir().display());
     Ok(())
 }
 

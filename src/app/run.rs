@@ -3,6 +3,7 @@
 use crate::bus::Engine;
 use crate::config::Config;
 use crate::reading::Reading;
+use crate::store::Storage;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
@@ -15,6 +16,9 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
         tracing::warn!(dir = %config.gateway.state_dir.display(), error = %e,
             "cannot create the state directory; the port map will not be remembered");
     }
+    let (store_tx, store_rx) = mpsc::channel::<Reading>(4096);
+    let storage = Storage::start(&config, store_rx)?;
+    let sinks = storage.sinks.clone();
     let (tx, mut rx) = mpsc::channel::<Reading>(1024);
     let (stop_tx, stop_rx) = watch::channel(false);
     let engine = Engine::start(&config, tx, stop_rx);
@@ -32,6 +36,10 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
             if log_readings {
                 tracing::info!("{r}");
             }
+            if store_tx.send(r).await.is_err() {
+                tracing::error!("storage stopped: readings are no longer written");
+                break;
+            }
         }
     });
     let summary = tokio::spawn(async move {
@@ -47,6 +55,14 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
                     exceptions = c.exceptions, "meter summary"
                 );
             }
+            for sink in &sinks {
+                let s = sink.snapshot();
+                tracing::info!(
+                    sink = %sink.name, healthy = s.healthy, readings = s.readings_written, points = s.points_written,
+                    spooled = s.spool_readings, spool_bytes = s.spool_bytes, dropped = s.spool_dropped,
+                    rejected = s.rejected, "sink summary"
+                );
+            }
         }
     });
     stop.await;
@@ -55,6 +71,7 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
     engine.join().await;
     summary.abort();
     let _ = consumer.await;
+    storage.join().await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -13,6 +13,8 @@
 //! Elements of `[[bus]]` and `[[meter]]` are named by their position in their array, followed
 //! by their name when it is known: `meter[2] "gen".address`, `bus[0].ports`.
 
+mod sink;
+
 use super::{Bus, Config, Gateway, LineSettings, Meter, Parity};
 use crate::meter::Model;
 use crate::reading::Phase;
@@ -28,7 +30,7 @@ use toml::Spanned;
 /// Every top-level key of the file. The loader reads `gateway`, `bus` and `meter` itself; any
 /// other key listed here is accepted and left alone, for the subsystem that owns it to read.
 /// A subsystem that adds a section adds its key here.
-pub const TOP_LEVEL_KEYS: &[&str] = &["gateway", "bus", "meter"];
+pub const TOP_LEVEL_KEYS: &[&str] = &["gateway", "bus", "meter", "sink"];
 
 const GATEWAY_KEYS: &[&str] = &["name", "state_dir", "log_readings"];
 const BUS_KEYS: &[&str] = &[
@@ -682,10 +684,13 @@ impl<'s> Loader<'s> {
         };
 
         self.cross_check(&buses, &mut meters);
+        let sinks = self.sinks(root, &gateway);
         if !self.errors.is_empty() {
             return None;
         }
-        self.assemble(gateway, buses, meters)
+        let mut config = self.assemble(gateway, buses, meters)?;
+        config.sinks = sinks;
+        Some(config)
     }
 
     fn gateway(&mut self, v: Option<&Value<'_>>) -> Gateway {
@@ -1075,7 +1080,7 @@ impl<'s> Loader<'s> {
         buses: Vec<BusDraft>,
         meters: Vec<MeterDraft>,
     ) -> Option<Config> {
-        let mut config = Config { gateway, buses: Vec::new(), meters: Vec::new() };
+        let mut config = Config { gateway, buses: Vec::new(), meters: Vec::new(), sinks: Vec::new() };
         for m in meters {
             let (Some((name, _)), Some(model), Some((address, _)), Some((bus, _))) =
                 (m.name, m.model, m.address, m.bus)

@@ -17,6 +17,9 @@ pub struct Config {
     pub gateway: Gateway,
     pub buses: Vec<Bus>,
     pub meters: Vec<Meter>,
+    /// Where readings are written. A file with no `[[sink]]` gets one CSV sink in
+    /// `<state_dir>/csv`.
+    pub sinks: Vec<Sink>,
 }
 
 impl Config {
@@ -118,4 +121,65 @@ pub struct Meter {
     pub poll: Duration,
     /// Where a single-phase meter is connected (L1, L2 or L3). Default L1.
     pub phase: Phase,
+}
+
+/// `[[sink]]`: one destination of the readings, with its own batch, spool and retries.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Sink {
+    /// Names the spool folder (`<state_dir>/spool/<name>`) and the logs. Default: the type.
+    pub name: String,
+    pub kind: SinkKind,
+    /// Readings per write. Default 1000.
+    pub batch: usize,
+    /// The longest a reading waits in memory before it is written. Default 1 s.
+    pub flush_interval: Duration,
+    /// HTTP request timeout. Default 10 s.
+    pub timeout: Duration,
+    /// When readings touch the disk. Default `outage`.
+    pub durability: crate::store::sink::Durability,
+    /// How often spool appends are made power-cut safe (fsync). Default 1 s.
+    pub sync_interval: Duration,
+    /// The longest wait between two tries while the database is away. Default 60 s.
+    pub max_backoff: Duration,
+    /// The most disk the spool may use. Default 512 MiB.
+    pub spool_max: u64,
+    /// InfluxDB measurement. Default `pmtr`.
+    pub measurement: String,
+}
+
+/// The type of a sink and its own settings.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum SinkKind {
+    /// InfluxDB 1.x, `/write`.
+    #[serde(rename = "influxdb1")]
+    InfluxDb1 {
+        url: String,
+        database: String,
+        retention_policy: Option<String>,
+        username: Option<String>,
+        #[serde(skip_serializing)]
+        password: Option<String>,
+    },
+    /// InfluxDB 2.x and 3.x, `/api/v2/write`.
+    #[serde(rename = "influxdb2")]
+    InfluxDb2 {
+        url: String,
+        org: String,
+        bucket: String,
+        #[serde(skip_serializing)]
+        token: String,
+    },
+    /// Daily CSV files.
+    Csv { dir: PathBuf, group_by: crate::store::csv::GroupBy, timezone: crate::store::csv::TimeZone },
+}
+
+impl SinkKind {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            SinkKind::InfluxDb1 { .. } => "influxdb1",
+            SinkKind::InfluxDb2 { .. } => "influxdb2",
+            SinkKind::Csv { .. } => "csv",
+        }
+    }
 }

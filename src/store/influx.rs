@@ -1,0 +1,246 @@
+//! InfluxDB writers: v2 (`/api/v2/write`, InfluxDB 2.x and 3.x) through the `influxdb2` crate,
+//! v1 (`/write`, InfluxDB 1.x) through the same `reqwest`. Both send the line protocol of
+//! [`super::schema`] with millisecond timestamps.
+
+use super::schema::LineProtocol;
+use super::sink::{WriteError, WriteFuture, Writer};
+use crate::reading::Reading;
+use std::time::Duration;
+
+/// What an HTTP status means for the sink. Pure, shared by both versions.
+pub fn classify(status: u16, body: &str, retry_after: Option<Duration>) -> WriteError {
+    let text = body.trim();
+    let text = if text.len() > 300 { &text[..text.floor_char_boundary_compat(300)] } else { text };
+    let message = if text.is_empty() { format!("HTTP {status}") } else { format!("HTTP {status}: {text}") };
+    match status {
+        401 | 403 => WriteError::Refused { message: format!("{message} (wrong or missing token/password?)") },
+        404 => WriteError::Refused { message: format!("{message} (unknown database, bucket or org?)") },
+        413 => WriteError::TooLarge,
+        408 | 429 => WriteError::Retry { message, after: retry_after },
+        400 | 422 => {
+            // InfluxDB 1.x answers 404 "database not found", but some proxies and 1.8's v2
+            // endpoint answer 400 for a missing bucket: that is the configuration, not the data.
+            let lower = text.to_ascii_lowercase();
+            if lower.contains("not found") && (lower.contains("database") || lower.contains("bucket")) {
+                WriteError::Refused { message }
+            } else {
+                WriteError::Rejected { message }
+            }
+        }
+        400..=499 => WriteError::Refused { message },
+        _ => WriteError::Retry { message, after: retry_after },
+    }
+}
+
+trait FloorBoundary {
+    fn floor_char_boundary_compat(&self, i: usize) -> usize;
+}
+
+impl FloorBoundary for str {
+    fn floor_char_boundary_compat(&self, mut i: usize) -> usize {
+        while !self.is_char_boundary(i) {
+            i -= 1;
+        }
+        i
+    }
+}
+
+fn network_error(e: &reqwest::Error) -> WriteError {
+    let what = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "cannot connect"
+    } else {
+        "request failed"
+    };
+    let mut message = format!("{what}: {e}");
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        message.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    WriteError::Retry { message, after: None }
+}
+
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let v = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    v.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+/// Settings of an InfluxDB v1 sink.
+#[derive(Debug, Clone)]
+pub struct V1Settings {
+    pub url: String,
+    pub database: String,
+    pub retention_policy: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub timeout: Duration,
+}
+
+pub struct InfluxV1 {
+    client: reqwest::Client,
+    endpoint: reqwest::Url,
+    settings: V1Settings,
+    lp: LineProtocol,
+}
+
+impl InfluxV1 {
+    pub fn new(settings: V1Settings, lp: LineProtocol) -> Result<Self, String> {
+        let base = reqwest::Url::parse(&settings.url).map_err(|e| format!("url {:?}: {e}", settings.url))?;
+        let mut endpoint = base.join("write").map_err(|e| format!("url {:?}: {e}", settings.url))?;
+        if !base.path().ends_with('/') {
+            // `http://host:8086/influx` means `/influx/write`.
+            endpoint.set_path(&format!("{}/write", base.path()));
+        }
+        {
+            let mut q = endpoint.query_pairs_mut();
+            q.append_pair("db", &settings.database);
+            q.append_pair("precision", "ms");
+            if let Some(rp) = &settings.retention_policy {
+                q.append_pair("rp", rp);
+            }
+        }
+        let client = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .user_agent(concat!("pmtr/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| format!("HTTP client: {e}"))?;
+        Ok(InfluxV1 { client, endpoint, settings, lp })
+    }
+}
+
+impl Writer for InfluxV1 {
+    fn kind(&self) -> &'static str {
+        "influxdb1"
+    }
+
+    fn target(&self) -> String {
+        format!("{} database {}", self.settings.url, self.settings.database)
+    }
+
+    fn write(&mut self, batch: &[Reading]) -> WriteFuture {
+        let (body, _) = self.lp.encode_batch(batch);
+        let mut request = self.client.post(self.endpoint.clone()).body(body);
+        if let Some(user) = &self.settings.username {
+            request = request.basic_auth(user, self.settings.password.as_ref());
+        }
+        Box::pin(async move {
+            let response = request.send().await.map_err(|e| network_error(&e))?;
+            let status = response.status().as_u16();
+            if (200..300).contains(&status) {
+                return Ok(());
+            }
+            let after = retry_after(response.headers());
+            let text = response.text().await.unwrap_or_default();
+            Err(classify(status, &text, after))
+        })
+    }
+
+    fn render(&self, batch: &[Reading]) -> String {
+        self.lp.encode_batch(batch).0
+    }
+}
+
+/// Settings of an InfluxDB v2/v3 sink.
+#[derive(Debug, Clone)]
+pub struct V2Settings {
+    pub url: String,
+    pub org: String,
+    pub bucket: String,
+    pub token: String,
+    pub timeout: Duration,
+}
+
+pub struct InfluxV2 {
+    client: influxdb2::Client,
+    settings: V2Settings,
+    lp: LineProtocol,
+}
+
+impl InfluxV2 {
+    pub fn new(settings: V2Settings, lp: LineProtocol) -> Result<Self, String> {
+        // The crate panics on a URL it cannot parse: check first.
+        reqwest::Url::parse(&settings.url).map_err(|e| format!("url {:?}: {e}", settings.url))?;
+        let builder = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .user_agent(concat!("pmtr/", env!("CARGO_PKG_VERSION")));
+        let client = influxdb2::ClientBuilder::with_builder(
+            builder,
+            settings.url.clone(),
+            settings.org.clone(),
+            settings.token.clone(),
+        )
+        .build()
+        .map_err(|e| format!("HTTP client: {e}"))?;
+        Ok(InfluxV2 { client, settings, lp })
+    }
+}
+
+impl Writer for InfluxV2 {
+    fn kind(&self) -> &'static str {
+        "influxdb2"
+    }
+
+    fn target(&self) -> String {
+        format!("{} org {} bucket {}", self.settings.url, self.settings.org, self.settings.bucket)
+    }
+
+    fn write(&mut self, batch: &[Reading]) -> WriteFuture {
+        let (body, _) = self.lp.encode_batch(batch);
+        let client = self.client.clone();
+        let org = self.settings.org.clone();
+        let bucket = self.settings.bucket.clone();
+        Box::pin(async move {
+            let result = client
+                .write_line_protocol_with_precision(
+                    &org,
+                    &bucket,
+                    body,
+                    influxdb2::api::write::TimestampPrecision::Milliseconds,
+                )
+                .await;
+            match result {
+                Ok(()) => Ok(()),
+                Err(influxdb2::RequestError::Http { status, text }) => {
+                    Err(classify(status.as_u16(), &text, None))
+                }
+                Err(influxdb2::RequestError::ReqwestProcessing { source }) => Err(network_error(&source)),
+                Err(e) => Err(WriteError::Retry { message: e.to_string(), after: None }),
+            }
+        })
+    }
+
+    fn render(&self, batch: &[Reading]) -> String {
+        self.lp.encode_batch(batch).0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses() {
+        assert!(matches!(classify(401, "unauthorized", None), WriteError::Refused { .. }));
+        assert!(matches!(classify(403, "", None), WriteError::Refused { .. }));
+        assert!(matches!(classify(404, r#"{"error":"database not found: \"x\""}"#, None), WriteError::Refused { .. }));
+        assert!(matches!(
+            classify(400, r#"{"code":"not found","message":"bucket \"x\" not found"}"#, None),
+            WriteError::Refused { .. }
+        ));
+        assert!(matches!(
+            classify(400, r#"{"error":"partial write: field type conflict"}"#, None),
+            WriteError::Rejected { .. }
+        ));
+        assert_eq!(classify(413, "", None), WriteError::TooLarge);
+        assert_eq!(
+            classify(429, "slow down", Some(Duration::from_secs(7))),
+            WriteError::Retry { message: "HTTP 429: slow down".into(), after: Some(Duration::from_secs(7)) }
+        );
+        assert!(matches!(classify(500, "", None), WriteError::Retry { .. }));
+        assert!(matches!(classify(503, "", None), WriteError::Retry { .. }));
+        let long = "é".repeat(400);
+        assert!(classify(500, &long, None).to_string().len() < 400);
+    }
+}

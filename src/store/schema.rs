@@ -1,0 +1,293 @@
+//! The storage schema, the same for every writer: how a [`Reading`] becomes InfluxDB points
+//! (line protocol) and CSV rows. Pure.
+//!
+//! One reading gives one point per phase it measured:
+//!
+//! ```text
+//! pmtr,gateway=house,meter=kitchen,model=pzem-016,phase=l1 voltage=229.8,current=1.234,power=270.1,energy=1234.567,frequency=50,power_factor=0.95,alarm=0i 1763726400123
+//! ```
+//!
+//! - measurement: `pmtr` (per sink: `measurement = "..."`);
+//! - tags: `gateway`, `meter`, `model`, `phase` (`l1 l2 l3 n l12 l23 l31 total`);
+//! - fields: every [`Quantity`] by its [`Quantity::field`] name, always a float, except `alarm`
+//!   (integer 0/1) and `energy_backwards` (integer 1, only on the points that carry an energy
+//!   counter, only when the counter went backwards since the previous reading);
+//! - time: the moment the meter's reply arrived, in milliseconds.
+
+use crate::reading::{Phase, Quantity, Reading, Sample};
+use std::fmt::Write as _;
+
+/// Line-protocol encoder for one sink's measurement and gateway tag.
+#[derive(Debug, Clone)]
+pub struct LineProtocol {
+    /// Measurement name, escaped, followed by `,gateway=<escaped>`.
+    prefix: String,
+}
+
+impl LineProtocol {
+    pub fn new(measurement: &str, gateway: &str) -> Self {
+        let mut prefix = String::new();
+        escape_into(&mut prefix, measurement, &[',', ' ']);
+        prefix.push_str(",gateway=");
+        escape_into(&mut prefix, gateway, &[',', '=', ' ']);
+        LineProtocol { prefix }
+    }
+
+    /// Appends the points of `reading`, one line each, to `out`. Returns the number of points.
+    /// Non-finite values cannot be written in line protocol and are left out.
+    pub fn encode(&self, reading: &Reading, out: &mut String) -> usize {
+        let mut points = 0;
+        let millis = reading.time.timestamp_millis();
+        for phase in phases_of(&reading.samples) {
+            let mut fields = 0;
+            let start = out.len();
+            out.push_str(&self.prefix);
+            out.push_str(",meter=");
+            escape_into(out, &reading.meter, &[',', '=', ' ']);
+            out.push_str(",model=");
+            out.push_str(reading.model.name());
+            out.push_str(",phase=");
+            out.push_str(phase.tag());
+            let mut has_counter = false;
+            for s in reading.samples.iter().filter(|s| s.phase == phase) {
+                if !s.value.is_finite() {
+                    continue;
+                }
+                out.push(if fields == 0 { ' ' } else { ',' });
+                out.push_str(s.quantity.field());
+                out.push('=');
+                push_value(out, s);
+                has_counter |= s.quantity.is_counter();
+                fields += 1;
+            }
+            if fields == 0 {
+                out.truncate(start);
+                continue;
+            }
+            if has_counter && reading.quality.energy_backwards {
+                out.push_str(",energy_backwards=1i");
+            }
+            let _ = writeln!(out, " {millis}");
+            points += 1;
+        }
+        points
+    }
+
+    /// The whole batch as one request body.
+    pub fn encode_batch(&self, readings: &[Reading]) -> (String, usize) {
+        let mut out = String::with_capacity(readings.len() * 160);
+        let points = readings.iter().map(|r| self.encode(r, &mut out)).sum();
+        (out, points)
+    }
+}
+
+/// The phases present in `samples`, in the fixed [`Phase`] order.
+pub fn phases_of(samples: &[Sample]) -> Vec<Phase> {
+    let mut phases: Vec<Phase> = samples.iter().map(|s| s.phase).collect();
+    phases.sort_unstable();
+    phases.dedup();
+    phases
+}
+
+/// How many points [`LineProtocol::encode`] makes of `reading`.
+pub fn point_count(reading: &Reading) -> usize {
+    phases_of(&reading.samples).len()
+}
+
+/// Field types are fixed: `alarm` is an integer, everything else a float.
+pub fn is_integer_field(q: Quantity) -> bool {
+    q == Quantity::Alarm
+}
+
+/// The value as stored: rounded to 1e-6 (far below any meter's resolution) so that scaled
+/// register values print as the meter shows them (`225.7`, not `225.70000000000002`).
+pub fn stored_value(v: f64) -> f64 {
+    if v.abs() < 1e9 {
+        (v * 1e6).round() / 1e6
+    } else {
+        v
+    }
+}
+
+fn push_value(out: &mut String, s: &Sample) {
+    if is_integer_field(s.quantity) {
+        let _ = write!(out, "{}i", s.value.round() as i64);
+    } else {
+        // `{}` of an f64 is the shortest text that reads back to the same number; a whole
+        // number prints without a dot, which line protocol still reads as a float.
+        let _ = write!(out, "{}", stored_value(s.value));
+    }
+}
+
+fn escape_into(out: &mut String, s: &str, special: &[char]) {
+    for c in s.chars() {
+        if c == '\\' || special.contains(&c) {
+            out.push('\\');
+        }
+        if c == '\n' {
+            out.push_str("\\n");
+            continue;
+        }
+        out.push(c);
+    }
+}
+
+/// CSV columns after `time,meter,model,phase`: one per quantity, with its unit.
+pub fn csv_header(quantities: &[Quantity]) -> String {
+    let mut h = String::from("time,meter,model,phase");
+    for q in quantities {
+        h.push(',');
+        h.push_str(q.field());
+        if !q.unit().is_empty() {
+            let _ = write!(h, " ({})", q.unit());
+        }
+    }
+    h.push_str(",energy_backwards\n");
+    h
+}
+
+/// The quantities a model reports, in column order.
+pub fn quantities_of(model: crate::meter::Model) -> &'static [Quantity] {
+    use Quantity::*;
+    if model.is_pzem() {
+        &[Voltage, Current, ActivePower, ActiveEnergy, Frequency, PowerFactor, Alarm]
+    } else {
+        &[
+            Voltage,
+            Current,
+            ActivePower,
+            ApparentPower,
+            ReactivePower,
+            ActiveEnergy,
+            ApparentEnergy,
+            ReactiveEnergy,
+            Frequency,
+            PowerFactor,
+        ]
+    }
+}
+
+/// One CSV row per point of `reading`, `time` already formatted.
+pub fn csv_rows(reading: &Reading, time: &str, columns: &[Quantity], out: &mut String) -> usize {
+    let mut rows = 0;
+    for phase in phases_of(&reading.samples) {
+        let _ = write!(out, "{time},{},{},{}", reading.meter, reading.model.name(), phase.tag());
+        let mut has_counter = false;
+        for q in columns {
+            out.push(',');
+            let sample = reading.samples.iter().find(|s| s.phase == phase && s.quantity == *q);
+            if let Some(s) = sample.filter(|s| s.value.is_finite()) {
+                has_counter |= q.is_counter();
+                if is_integer_field(*q) {
+                    let _ = write!(out, "{}", s.value.round() as i64);
+                } else {
+                    let _ = write!(out, "{}", stored_value(s.value));
+                }
+            }
+        }
+        out.push(',');
+        if has_counter && reading.quality.energy_backwards {
+            out.push('1');
+        }
+        out.push('\n');
+        rows += 1;
+    }
+    rows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meter::Model;
+    use crate::reading::Quality;
+    use chrono::TimeZone;
+
+    fn reading(samples: Vec<Sample>) -> Reading {
+        Reading {
+            meter: "kitchen".into(),
+            model: Model::Pzem016,
+            time: chrono::Utc.timestamp_millis_opt(1_763_726_400_123).unwrap(),
+            samples,
+            quality: Quality::default(),
+        }
+    }
+
+    #[test]
+    fn one_line_per_phase_with_fixed_types() {
+        let r = reading(vec![
+            Sample::new(Phase::L2, Quantity::Voltage, 2257.0 * 0.1),
+            Sample::new(Phase::L2, Quantity::Current, 1.0),
+            Sample::new(Phase::L2, Quantity::ActiveEnergy, 38.0 / 1000.0),
+            Sample::new(Phase::L2, Quantity::Alarm, 1.0),
+        ]);
+        let lp = LineProtocol::new("pmtr", "house");
+        let mut out = String::new();
+        assert_eq!(lp.encode(&r, &mut out), 1);
+        assert_eq!(
+            out,
+            "pmtr,gateway=house,meter=kitchen,model=pzem-016,phase=l2 \
+             voltage=225.7,current=1,energy=0.038,alarm=1i 1763726400123\n"
+        );
+    }
+
+    #[test]
+    fn three_phase_meter_gives_a_point_per_phase_in_order() {
+        let mut r = reading(vec![
+            Sample::new(Phase::Total, Quantity::ActiveEnergy, 5.0),
+            Sample::new(Phase::L1, Quantity::Voltage, 230.0),
+            Sample::new(Phase::L12, Quantity::Voltage, 400.0),
+            Sample::new(Phase::N, Quantity::Current, 0.5),
+        ]);
+        r.model = Model::Rx380;
+        r.quality.energy_backwards = true;
+        let (body, points) = LineProtocol::new("pmtr", "g").encode_batch(&[r]);
+        assert_eq!(points, 4);
+        let phases: Vec<&str> =
+            body.lines().map(|l| l.split(' ').next().unwrap().rsplit('=').next().unwrap()).collect();
+        assert_eq!(phases, ["l1", "n", "l12", "total"]);
+        assert!(body.lines().last().unwrap().contains("energy=5,energy_backwards=1i "));
+        assert!(!body.lines().next().unwrap().contains("energy_backwards"), "only on counter points");
+    }
+
+    #[test]
+    fn escaping_and_non_finite_values() {
+        let lp = LineProtocol::new("my meas", "gw,1=a b");
+        let r = reading(vec![
+            Sample::new(Phase::L1, Quantity::Voltage, f64::NAN),
+            Sample::new(Phase::L1, Quantity::Current, 2.5),
+            Sample::new(Phase::L3, Quantity::Voltage, f64::INFINITY),
+        ]);
+        let mut out = String::new();
+        assert_eq!(lp.encode(&r, &mut out), 1, "a phase with nothing finite is left out");
+        assert!(out.starts_with("my\\ meas,gateway=gw\\,1\\=a\\ b,meter=kitchen"), "{out}");
+        assert!(out.contains(" current=2.5 "));
+    }
+
+    #[test]
+    fn stored_values_are_the_meters_digits() {
+        assert_eq!(stored_value(2257.0 * 0.1), 225.7);
+        assert_eq!(stored_value(123456.789), 123456.789);
+        assert_eq!(stored_value(-0.9), -0.9);
+        assert_eq!(stored_value(1e12 + 0.5), 1e12 + 0.5);
+    }
+
+    #[test]
+    fn csv_rows_follow_the_header() {
+        let cols = quantities_of(Model::Pzem016);
+        let header = csv_header(cols);
+        assert_eq!(
+            header,
+            "time,meter,model,phase,voltage (V),current (A),power (W),energy (kWh),frequency (Hz),\
+             power_factor,alarm,energy_backwards\n"
+        );
+        let r = reading(vec![
+            Sample::new(Phase::L1, Quantity::Voltage, 230.0),
+            Sample::new(Phase::L1, Quantity::ActiveEnergy, 1.5),
+            Sample::new(Phase::L1, Quantity::Alarm, 0.0),
+        ]);
+        let mut out = String::new();
+        assert_eq!(csv_rows(&r, "2026-11-21T12:00:00.123+01:00", cols, &mut out), 1);
+        assert_eq!(out, "2026-11-21T12:00:00.123+01:00,kitchen,pzem-016,l1,230,,,1.5,,,0,\n");
+        assert_eq!(out.split(',').count(), header.split(',').count());
+    }
+}
