@@ -530,3 +530,235 @@ async fn sleep_until(t: Option<Instant>) {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meter::Model;
+    use crate::reading::{Phase, Quality, Quantity, Sample};
+    use crate::store::spool::SpoolLimits;
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct Fake {
+        /// What the next writes answer; empty means Ok.
+        script: VecDeque<Result<(), WriteError>>,
+        /// The answer once the script is used up.
+        then: Option<WriteError>,
+        written: Vec<u64>,
+        attempts: Vec<(Instant, usize)>,
+    }
+
+    struct FakeWriter(Arc<Mutex<Fake>>);
+
+    impl Writer for FakeWriter {
+        fn kind(&self) -> &'static str {
+            "fake"
+        }
+        fn target(&self) -> String {
+            "nowhere".into()
+        }
+        fn write(&mut self, batch: &[Reading]) -> WriteFuture {
+            let mut f = self.0.lock().unwrap();
+            f.attempts.push((Instant::now(), batch.len()));
+            let result = match f.script.pop_front() {
+                Some(r) => r,
+                None => f.then.clone().map_or(Ok(()), Err),
+            };
+            if result.is_ok() {
+                f.written.extend(batch.iter().map(|r| r.samples[0].value as u64));
+            }
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                result
+            })
+        }
+        fn render(&self, batch: &[Reading]) -> String {
+            format!("{} readings\n", batch.len())
+        }
+    }
+
+    fn reading(i: u64) -> Reading {
+        Reading {
+            meter: "m".into(),
+            model: Model::Pzem016,
+            time: chrono::DateTime::from_timestamp_millis(1_700_000_000_000 + i as i64).unwrap(),
+            samples: vec![Sample::new(Phase::L1, Quantity::Voltage, i as f64)],
+            quality: Quality::default(),
+        }
+    }
+
+    struct Rig {
+        fake: Arc<Mutex<Fake>>,
+        status: Arc<SinkStatus>,
+        events: broadcast::Receiver<StoreEvent>,
+        tx: mpsc::Sender<Reading>,
+        task: tokio::task::JoinHandle<()>,
+        dir: tempfile::TempDir,
+    }
+
+    fn rig(fake: Fake, durability: Durability, dir: Option<tempfile::TempDir>) -> Rig {
+        let dir = dir.unwrap_or_else(|| tempfile::tempdir().unwrap());
+        let fake = Arc::new(Mutex::new(fake));
+        let spool = Spool::open(dir.path(), SpoolLimits::new(64 << 20)).unwrap();
+        let status = Arc::new(SinkStatus {
+            name: "t".into(),
+            kind: "fake",
+            target: "nowhere".into(),
+            state: std::sync::Mutex::new(SinkState::default()),
+        });
+        let (events_tx, events) = broadcast::channel(64);
+        let opts = SinkOptions {
+            name: "t".into(),
+            batch: 10,
+            flush_interval: Duration::from_secs(1),
+            durability,
+            sync_interval: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(60),
+        };
+        let sink = Sink::new(Box::new(FakeWriter(fake.clone())), spool, opts, status.clone(), events_tx);
+        let (tx, rx) = mpsc::channel(1000);
+        let task = tokio::spawn(sink.run(rx));
+        Rig { fake, status, events, tx, task, dir }
+    }
+
+    async fn feed(rig: &Rig, range: std::ops::Range<u64>, every: Duration) {
+        for i in range {
+            rig.tx.send(reading(i)).await.unwrap();
+            tokio::time::sleep(every).await;
+        }
+    }
+
+    fn retry() -> WriteError {
+        WriteError::Retry { message: "connection refused".into(), after: None }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn keeping_up_touches_no_disk_and_batches_by_size_and_time() {
+        let rig = rig(Fake::default(), Durability::Outage, None);
+        feed(&rig, 0..25, Duration::from_millis(10)).await; // 25 readings in 250 ms
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        {
+            let f = rig.fake.lock().unwrap();
+            assert_eq!(f.written, (0..25).collect::<Vec<_>>());
+            let sizes: Vec<usize> = f.attempts.iter().map(|a| a.1).collect();
+            assert_eq!(sizes, [10, 10, 5], "two full batches, then the rest after flush_interval");
+        }
+        let s = rig.status.snapshot();
+        assert_eq!((s.disk_bytes_written, s.spool_readings, s.readings_written), (0, 0, 25));
+        assert_eq!(std::fs::read_dir(rig.dir.path()).unwrap().count(), 0);
+        drop(rig.tx);
+        rig.task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_outage_spools_backs_off_and_replays_everything_once() {
+        let fake = Fake { script: VecDeque::from(vec![Err(retry()); 8]), ..Fake::default() };
+        let mut rig = rig(fake, Durability::Outage, None);
+        feed(&rig, 0..300, Duration::from_millis(200)).await; // one minute of readings
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        let f = rig.fake.lock().unwrap();
+        let mut written = f.written.clone();
+        written.sort_unstable();
+        assert_eq!(written, (0..300).collect::<Vec<_>>(), "every reading once");
+        // Back-off: 8 failures, each wait at least half of 1, 2, 4, ... 60 s.
+        let fails: Vec<Instant> = f.attempts.iter().take(9).map(|a| a.0).collect();
+        for (i, w) in fails.windows(2).enumerate() {
+            let min = Duration::from_secs(1 << i).min(Duration::from_secs(60)) / 2;
+            assert!(w[1] - w[0] >= min, "wait {i}: {:?} < {min:?}", w[1] - w[0]);
+        }
+        let s = rig.status.snapshot();
+        assert!(s.healthy);
+        assert_eq!(s.spool_readings, 0);
+        assert!(s.disk_bytes_written > 0);
+        assert!(s.last_error.as_ref().is_some_and(|e| e.1.contains("connection refused")));
+        assert!(matches!(rig.events.try_recv(), Ok(StoreEvent::Down { .. })));
+        assert!(matches!(rig.events.try_recv(), Ok(StoreEvent::Back { .. })));
+        assert!(rig.events.try_recv().is_err(), "one event each way, not one per failure");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_is_reported_once_and_not_retried_in_a_loop() {
+        let fake = Fake { then: Some(WriteError::Refused { message: "HTTP 401".into() }), ..Fake::default() };
+        let mut rig = rig(fake, Durability::Outage, None);
+        feed(&rig, 0..100, Duration::from_secs(1)).await;
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        let attempts = rig.fake.lock().unwrap().attempts.len();
+        // One try, then one every 5 minutes for the rest of the hour and a bit.
+        assert!((2..=15).contains(&attempts), "{attempts} attempts in an hour");
+        let s = rig.status.snapshot();
+        assert_eq!(s.spool_readings, 100, "everything kept");
+        assert!(!s.healthy);
+        assert!(matches!(rig.events.try_recv(), Ok(StoreEvent::Refused { .. })));
+        assert!(rig.events.try_recv().is_err());
+        // The user fixes the token: everything goes.
+        rig.fake.lock().unwrap().then = None;
+        tokio::time::sleep(Duration::from_secs(400)).await;
+        assert_eq!(rig.fake.lock().unwrap().written, (0..100).collect::<Vec<_>>());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rejected_points_are_set_aside_and_the_rest_goes_on() {
+        let fake = Fake {
+            script: VecDeque::from(vec![Err(WriteError::Rejected { message: "type conflict".into() })]),
+            ..Fake::default()
+        };
+        let mut rig = rig(fake, Durability::Outage, None);
+        feed(&rig, 0..30, Duration::from_millis(1)).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(rig.fake.lock().unwrap().written, (10..30).collect::<Vec<_>>());
+        assert_eq!(rig.status.snapshot().rejected, 10);
+        let kept = std::fs::read_to_string(rig.dir.path().join("rejected.txt")).unwrap();
+        assert_eq!(kept, "# type conflict\n10 readings\n");
+        assert!(matches!(rig.events.try_recv(), Ok(StoreEvent::Rejected { readings: 10, .. })));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn too_large_halves_the_batch() {
+        let fake = Fake { script: VecDeque::from(vec![Err(WriteError::TooLarge)]), ..Fake::default() };
+        let rig = rig(fake, Durability::Outage, None);
+        feed(&rig, 0..10, Duration::from_millis(1)).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let f = rig.fake.lock().unwrap();
+        assert_eq!(f.written, (0..10).collect::<Vec<_>>());
+        assert_eq!(f.attempts.iter().map(|a| a.1).collect::<Vec<_>>(), [10, 5, 5]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stop_during_an_outage_keeps_everything_for_the_next_start() {
+        let fake = Fake { then: Some(retry()), ..Fake::default() };
+        let rig1 = rig(fake, Durability::Outage, None);
+        feed(&rig1, 0..50, Duration::from_millis(100)).await;
+        drop(rig1.tx);
+        rig1.task.await.unwrap();
+        assert_eq!(rig1.status.snapshot().spool_readings, 50);
+        // Next start, database back.
+        let rig2 = rig(Fake::default(), Durability::Outage, Some(rig1.dir));
+        feed(&rig2, 50..60, Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let mut written = rig2.fake.lock().unwrap().written.clone();
+        written.sort_unstable();
+        assert_eq!(written, (0..60).collect::<Vec<_>>());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stop_while_healthy_writes_what_is_in_memory() {
+        let rig = rig(Fake::default(), Durability::Outage, None);
+        feed(&rig, 0..5, Duration::from_millis(1)).await;
+        drop(rig.tx);
+        rig.task.await.unwrap();
+        assert_eq!(rig.fake.lock().unwrap().written, [0, 1, 2, 3, 4]);
+        assert_eq!(rig.status.snapshot().spool_readings, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn always_durability_writes_ahead_and_sends_in_order() {
+        let rig = rig(Fake::default(), Durability::Always, None);
+        feed(&rig, 0..25, Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(rig.fake.lock().unwrap().written, (0..25).collect::<Vec<_>>());
+        let s = rig.status.snapshot();
+        assert_eq!(s.spool_readings, 0);
+        assert!(s.disk_bytes_written >= 25 * 29, "every reading went to disk first");
+    }
+}

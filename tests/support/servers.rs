@@ -24,7 +24,7 @@
 #![allow(dead_code)]
 
 use std::collections::HashSet;
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -360,23 +360,18 @@ pub struct Influx1 {
 impl Influx1 {
     /// Starts influxd and waits until `GET /ping` answers 204 (panics after 15 s with the log).
     pub fn start() -> Influx1 {
-        let dir = tempfile::Builder::new().prefix("pmtr-influx1-").tempdir().expect("tempdir");
         for attempt in 1..=3 {
+            let dir = tempfile::Builder::new().prefix("pmtr-influx1-").tempdir().expect("tempdir");
             let mut server =
                 Influx1 { proc: None, http_port: free_port(), rpc_port: free_port(), startup: Duration::ZERO, dir };
             server.write_config();
             match server.launch() {
                 Ready::Up => return server,
-                Ready::Exited(true) if attempt < 3 => dir = server.take_dir(),
+                Ready::Exited(true) if attempt < 3 => continue, // a port was taken meanwhile
                 Ready::Exited(_) => server.fail("exited during start"),
             }
         }
         unreachable!()
-    }
-
-    fn take_dir(mut self) -> TempDir {
-        self.proc = None;
-        std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"))
     }
 
     fn config_path(&self) -> PathBuf {
@@ -556,15 +551,12 @@ pub struct VictoriaMetrics {
 impl VictoriaMetrics {
     /// Starts VictoriaMetrics and waits until `GET /health` answers `OK` (panics after 15 s).
     pub fn start() -> VictoriaMetrics {
-        let mut dir = tempfile::Builder::new().prefix("pmtr-vm-").tempdir().expect("tempdir");
         for attempt in 1..=3 {
+            let dir = tempfile::Builder::new().prefix("pmtr-vm-").tempdir().expect("tempdir");
             let mut server = VictoriaMetrics { proc: None, port: free_port(), startup: Duration::ZERO, dir };
             match server.launch() {
                 Ready::Up => return server,
-                Ready::Exited(true) if attempt < 3 => {
-                    server.proc = None;
-                    dir = std::mem::replace(&mut server.dir, tempfile::tempdir().expect("tempdir"));
-                }
+                Ready::Exited(true) if attempt < 3 => continue, // the port was taken meanwhile
                 Ready::Exited(_) => server.fail("exited during start"),
             }
         }
@@ -739,15 +731,18 @@ impl VmAuth {
     /// Starts vmauth in front of `backend_url` (e.g. [`VictoriaMetrics::url`]) accepting
     /// `bearer_token`, and waits until its `/health` answers (panics after 15 s).
     pub fn start(backend_url: &str, bearer_token: &str) -> VmAuth {
-        let mut dir = tempfile::Builder::new().prefix("pmtr-vmauth-").tempdir().expect("tempdir");
         let yaml_token = bearer_token.replace('\\', "\\\\").replace('"', "\\\"");
         for attempt in 1..=3 {
+            let dir = tempfile::Builder::new().prefix("pmtr-vmauth-").tempdir().expect("tempdir");
             let mut server = VmAuth { proc: None, port: free_port(), startup: Duration::ZERO, dir };
             let auth = server.dir.path().join("auth.yml");
-            std::fs::write(&auth, format!("users:\n- bearer_token: \"{yaml_token}\"\n  url_prefix: \"{backend_url}\"\n"))
-                .expect("write auth.yml");
+            let yaml = format!("users:\n- bearer_token: \"{yaml_token}\"\n  url_prefix: \"{backend_url}\"\n");
+            std::fs::write(&auth, yaml).expect("write auth.yml");
             let t0 = Instant::now();
-            let args = vec![format!("-auth.config={}", auth.display()), format!("-httpListenAddr=127.0.0.1:{}", server.port)];
+            let args = vec![
+                format!("-auth.config={}", auth.display()),
+                format!("-httpListenAddr=127.0.0.1:{}", server.port),
+            ];
             let log = server.log_path();
             let mut proc = Proc::spawn("vmauth", &args, server.dir.path(), &log, "apt-get install victoria-metrics");
             let health = format!("{}/health", server.url());
@@ -756,10 +751,7 @@ impl VmAuth {
             server.proc = Some(proc);
             match ready {
                 Ready::Up => return server,
-                Ready::Exited(true) if attempt < 3 => {
-                    server.proc = None;
-                    dir = std::mem::replace(&mut server.dir, tempfile::tempdir().expect("tempdir"));
-                }
+                Ready::Exited(true) if attempt < 3 => continue, // the port was taken meanwhile
                 Ready::Exited(_) => panic!("vmauth exited during start; log:\n{}", log_tail(&log, 40)),
             }
         }
@@ -799,6 +791,3 @@ impl Drop for VmAuth {
         }
     }
 }
-
-#[allow(unused)]
-fn _log_file_type_check(_: File) {}
