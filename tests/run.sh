@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian machine: installs what the tests need (socat,
-# pymodbus), then formatting, lints, and every test. CI runs exactly this (.ci/run).
+# pymodbus, influxdb, victoria-metrics), then formatting, lints, and every test. CI runs exactly this (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +9,11 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 echo "== installing test components"
 missing=()
 command -v socat >/dev/null || missing+=(socat)
+# Real database servers for the storage tests (tests/support/servers.rs): InfluxDB 1.6, and
+# VictoriaMetrics (its package also ships vmauth) as the InfluxDB 2 write endpoint.
+command -v influxd >/dev/null || missing+=(influxdb)
+command -v influx >/dev/null || missing+=(influxdb-client)
+{ command -v victoria-metrics >/dev/null && command -v vmauth >/dev/null; } || missing+=(victoria-metrics)
 if [ ${#missing[@]} -gt 0 ]; then
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"

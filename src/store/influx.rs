@@ -20,9 +20,12 @@ pub fn classify(status: u16, body: &str, retry_after: Option<Duration>) -> Write
         400 | 422 => {
             // InfluxDB 1.x answers 404 "database not found", but some proxies and 1.8's v2
             // endpoint answer 400 for a missing bucket: that is the configuration, not the data.
+            // vmauth answers 400 "cannot find the provided auth token" to a wrong token.
             let lower = text.to_ascii_lowercase();
             if lower.contains("not found") && (lower.contains("database") || lower.contains("bucket")) {
                 WriteError::Refused { message }
+            } else if lower.contains("auth") || lower.contains("token") {
+                WriteError::Refused { message: format!("{message} (wrong token?)") }
             } else {
                 WriteError::Rejected { message }
             }
@@ -224,7 +227,10 @@ mod tests {
     fn statuses() {
         assert!(matches!(classify(401, "unauthorized", None), WriteError::Refused { .. }));
         assert!(matches!(classify(403, "", None), WriteError::Refused { .. }));
-        assert!(matches!(classify(404, r#"{"error":"database not found: \"x\""}"#, None), WriteError::Refused { .. }));
+        assert!(matches!(
+            classify(404, r#"{"error":"database not found: \"x\""}"#, None),
+            WriteError::Refused { .. }
+        ));
         assert!(matches!(
             classify(400, r#"{"code":"not found","message":"bucket \"x\" not found"}"#, None),
             WriteError::Refused { .. }
@@ -232,6 +238,10 @@ mod tests {
         assert!(matches!(
             classify(400, r#"{"error":"partial write: field type conflict"}"#, None),
             WriteError::Rejected { .. }
+        ));
+        assert!(matches!(
+            classify(400, r#"cannot find the provided auth token "Bearer x" in config"#, None),
+            WriteError::Refused { .. }
         ));
         assert_eq!(classify(413, "", None), WriteError::TooLarge);
         assert_eq!(

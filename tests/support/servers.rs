@@ -111,8 +111,9 @@ pub fn try_http(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) 
         head.push_str(&format!("{k}: {v}\r\n"));
     }
     head.push_str("\r\n");
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(body)?;
+    let mut request = head.into_bytes();
+    request.extend_from_slice(body);
+    stream.write_all(&request)?;
     stream.flush()?;
 
     let mut raw = Vec::new();
@@ -172,7 +173,8 @@ fn parse_response(raw: &[u8], head_request: bool) -> io::Result<HttpResponse> {
 fn dechunk(mut data: &[u8]) -> io::Result<Vec<u8>> {
     let mut out = Vec::new();
     loop {
-        let eol = data.windows(2).position(|w| w == b"\r\n").ok_or_else(|| bad("chunk size line cut short"))?;
+        let eol =
+            data.windows(2).position(|w| w == b"\r\n").ok_or_else(|| bad("chunk size line cut short"))?;
         let line = std::str::from_utf8(&data[..eol]).map_err(|_| bad("chunk size is not UTF-8"))?;
         let hex = line.split(';').next().unwrap_or_default().trim();
         let size = usize::from_str_radix(hex, 16).map_err(|_| bad(format!("bad chunk size {line:?}")))?;
@@ -215,7 +217,8 @@ pub fn free_port() -> u16 {
     let mut handed = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
     let handed = handed.get_or_insert_with(HashSet::new);
     for _ in 0..100 {
-        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind 127.0.0.1:0").port();
+        let port =
+            TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("bind 127.0.0.1:0").port();
         if handed.insert(port) {
             return port;
         }
@@ -295,15 +298,17 @@ impl Proc {
 
 /// The last `lines` lines of a log file.
 fn log_tail(log: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(log).unwrap_or_else(|e| format!("(cannot read {}: {e})", log.display()));
+    let text =
+        std::fs::read_to_string(log).unwrap_or_else(|e| format!("(cannot read {}: {e})", log.display()));
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 enum Ready {
     Up,
-    /// The process exited; true when the log says the address was taken (worth a retry).
-    Exited(bool),
+    /// The process exited (its status); true when the log says the address was taken, which is
+    /// worth a retry on other ports.
+    Exited(String, bool),
 }
 
 /// Polls `probe` until it is true, the process exits, or the start timeout passes (panic).
@@ -311,10 +316,11 @@ fn wait_ready(proc: &mut Proc, log: &Path, mut probe: impl FnMut() -> bool) -> R
     let start = Instant::now();
     loop {
         if let Some(status) = proc.exited() {
-            let text = std::fs::read_to_string(log).unwrap_or_default();
-            let taken = text.contains("address already in use");
-            eprintln!("{} exited during start ({status}); log tail:\n{}", proc.what, log_tail(log, 30));
-            return Ready::Exited(taken);
+            let taken = std::fs::read_to_string(log).unwrap_or_default().contains("address already in use");
+            if taken {
+                eprintln!("{}: a port was taken meanwhile ({status})", proc.what);
+            }
+            return Ready::Exited(status.to_string(), taken);
         }
         if probe() {
             return Ready::Up;
@@ -322,10 +328,9 @@ fn wait_ready(proc: &mut Proc, log: &Path, mut probe: impl FnMut() -> bool) -> R
         if start.elapsed() > START_TIMEOUT {
             proc.kill();
             panic!(
-                "{} did not become ready within {:?}; log {}:\n{}",
+                "{} did not become ready within {:?}; its log ends:\n{}",
                 proc.what,
                 START_TIMEOUT,
-                log.display(),
                 log_tail(log, 40)
             );
         }
@@ -362,13 +367,18 @@ impl Influx1 {
     pub fn start() -> Influx1 {
         for attempt in 1..=3 {
             let dir = tempfile::Builder::new().prefix("pmtr-influx1-").tempdir().expect("tempdir");
-            let mut server =
-                Influx1 { proc: None, http_port: free_port(), rpc_port: free_port(), startup: Duration::ZERO, dir };
+            let mut server = Influx1 {
+                proc: None,
+                http_port: free_port(),
+                rpc_port: free_port(),
+                startup: Duration::ZERO,
+                dir,
+            };
             server.write_config();
             match server.launch() {
                 Ready::Up => return server,
-                Ready::Exited(true) if attempt < 3 => continue, // a port was taken meanwhile
-                Ready::Exited(_) => server.fail("exited during start"),
+                Ready::Exited(_, true) if attempt < 3 => continue,
+                Ready::Exited(status, _) => server.fail(&format!("exited during start ({status})")),
             }
         }
         unreachable!()
@@ -436,13 +446,8 @@ bind-address = "127.0.0.1:{rpc}"
     fn launch(&mut self) -> Ready {
         let t0 = Instant::now();
         let args = vec!["-config".to_string(), self.config_path().display().to_string()];
-        let mut proc = Proc::spawn(
-            "influxd",
-            &args,
-            self.dir.path(),
-            &self.log_path(),
-            "apt-get install influxdb influxdb-client",
-        );
+        let mut proc =
+            Proc::spawn("influxd", &args, self.dir.path(), &self.log_path(), "apt-get install influxdb");
         let ping = format!("{}/ping", self.url());
         let ready = wait_ready(&mut proc, &self.log_path(), || get_is(&ping, 204, None));
         self.startup = t0.elapsed();
@@ -451,7 +456,7 @@ bind-address = "127.0.0.1:{rpc}"
     }
 
     fn fail(&self, what: &str) -> ! {
-        panic!("influxd {what}; log {}:\n{}", self.log_path().display(), log_tail(&self.log_path(), 40))
+        panic!("influxd {what}; its log ends:\n{}", log_tail(&self.log_path(), 40))
     }
 
     /// `http://127.0.0.1:PORT`
@@ -519,8 +524,8 @@ bind-address = "127.0.0.1:{rpc}"
     /// Starts again on the same ports with the same data (stops first if still running).
     pub fn restart(&mut self) {
         self.stop();
-        if let Ready::Exited(_) = self.launch() {
-            self.fail("exited during restart (port taken?)");
+        if let Ready::Exited(status, _) = self.launch() {
+            self.fail(&format!("exited during restart ({status})"));
         }
     }
 }
@@ -556,8 +561,8 @@ impl VictoriaMetrics {
             let mut server = VictoriaMetrics { proc: None, port: free_port(), startup: Duration::ZERO, dir };
             match server.launch() {
                 Ready::Up => return server,
-                Ready::Exited(true) if attempt < 3 => continue, // the port was taken meanwhile
-                Ready::Exited(_) => server.fail("exited during start"),
+                Ready::Exited(_, true) if attempt < 3 => continue,
+                Ready::Exited(status, _) => server.fail(&format!("exited during start ({status})")),
             }
         }
         unreachable!()
@@ -604,11 +609,7 @@ impl VictoriaMetrics {
     }
 
     fn fail(&self, what: &str) -> ! {
-        panic!(
-            "victoria-metrics {what}; log {}:\n{}",
-            self.log_path().display(),
-            log_tail(&self.log_path(), 40)
-        )
+        panic!("victoria-metrics {what}; its log ends:\n{}", log_tail(&self.log_path(), 40))
     }
 
     /// `http://127.0.0.1:PORT`
@@ -685,8 +686,8 @@ impl VictoriaMetrics {
     /// Starts again on the same port with the same storage (stops first if still running).
     pub fn restart(&mut self) {
         self.stop();
-        if let Ready::Exited(_) = self.launch() {
-            self.fail("exited during restart (port taken?)");
+        if let Ready::Exited(status, _) = self.launch() {
+            self.fail(&format!("exited during restart ({status})"));
         }
     }
 }
@@ -744,15 +745,18 @@ impl VmAuth {
                 format!("-httpListenAddr=127.0.0.1:{}", server.port),
             ];
             let log = server.log_path();
-            let mut proc = Proc::spawn("vmauth", &args, server.dir.path(), &log, "apt-get install victoria-metrics");
+            let mut proc =
+                Proc::spawn("vmauth", &args, server.dir.path(), &log, "apt-get install victoria-metrics");
             let health = format!("{}/health", server.url());
             let ready = wait_ready(&mut proc, &log, || get_is(&health, 200, None));
             server.startup = t0.elapsed();
             server.proc = Some(proc);
             match ready {
                 Ready::Up => return server,
-                Ready::Exited(true) if attempt < 3 => continue, // the port was taken meanwhile
-                Ready::Exited(_) => panic!("vmauth exited during start; log:\n{}", log_tail(&log, 40)),
+                Ready::Exited(_, true) if attempt < 3 => continue,
+                Ready::Exited(status, _) => {
+                    panic!("vmauth exited during start ({status}); its log ends:\n{}", log_tail(&log, 40))
+                }
             }
         }
         unreachable!()
