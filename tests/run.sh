@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian machine: installs what the tests need (socat,
-# pymodbus, influxdb, victoria-metrics), then formatting, lints, and every test. CI runs exactly this (.ci/run).
+# pymodbus, influxdb, victoria-metrics), then formatting, lints, and every test. CI runs
+# exactly this (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

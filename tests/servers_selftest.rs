@@ -71,6 +71,22 @@ fn influx1_stop_and_restart_keep_port_and_data() {
     assert_eq!(influx_rows(&influx, "meter", "SELECT w FROM power"), json!([[TS, 1.5], [TS + 1000, 2.5]]));
 }
 
+/// restart() waits for its port when something else holds it for a moment.
+#[test]
+fn restart_waits_for_a_port_held_briefly() {
+    let mut vm = VictoriaMetrics::start();
+    vm.stop();
+    let squatter = TcpListener::bind(("127.0.0.1", vm.port())).unwrap();
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(700));
+        drop(squatter);
+    });
+    vm.restart();
+    release.join().unwrap();
+    assert!(vm.log().contains("address already in use"), "the port was not taken after all");
+    assert_eq!(http("GET", &format!("{}/health", vm.url()), &[], b""), (200, "OK".to_string()));
+}
+
 #[test]
 fn victoria_metrics_takes_influx2_writes() {
     let vm = VictoriaMetrics::start();

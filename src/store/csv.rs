@@ -154,7 +154,10 @@ impl Writer for CsvWriter {
         let result = self.write_now(batch).map_err(|e| {
             // A dropped file handle is reopened on the next try (a remounted stick).
             self.open.clear();
-            WriteError::Retry { message: format!("cannot write CSV in {}: {e}", self.dir.display()), after: None }
+            WriteError::Retry {
+                message: format!("cannot write CSV in {}: {e}", self.dir.display()),
+                after: None,
+            }
         });
         Box::pin(async move { result })
     }
@@ -212,7 +215,9 @@ mod tests {
         assert!(f1.lines().nth(1).unwrap().starts_with("2025-11-21T00:00:00.001Z,a,pzem-016,l1,230.1,"));
         let header_cols = f1.lines().next().unwrap().split(',').count();
         assert!(f1.lines().chain(f2.lines()).all(|l| l.split(',').count() == header_cols));
-        assert!(f1.starts_with("time,meter,model,phase,voltage (V),current (A),power (W),apparent_power (VA)"));
+        assert!(
+            f1.starts_with("time,meter,model,phase,voltage (V),current (A),power (W),apparent_power (VA)")
+        );
     }
 
     #[test]

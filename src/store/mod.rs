@@ -80,6 +80,15 @@ pub struct SinkStatus {
 }
 
 impl SinkStatus {
+    pub fn new(name: &str, kind: &'static str, target: String) -> Self {
+        SinkStatus {
+            name: name.to_owned(),
+            kind,
+            target,
+            state: Mutex::new(SinkState { healthy: true, ..SinkState::default() }),
+        }
+    }
+
     pub fn lock(&self) -> MutexGuard<'_, SinkState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -156,16 +165,12 @@ impl Storage {
         let mut sinks = Vec::new();
         let mut statuses = Vec::new();
         for s in &config.sinks {
-            let writer = writer_for(config, s).map_err(|error| StartError::Writer { sink: s.name.clone(), error })?;
+            let writer =
+                writer_for(config, s).map_err(|error| StartError::Writer { sink: s.name.clone(), error })?;
             let dir = spool_dir(config, &s.name);
             let spool = Spool::open(&dir, SpoolLimits::new(s.spool_max))
                 .map_err(|error| StartError::Spool { sink: s.name.clone(), dir: dir.clone(), error })?;
-            let status = Arc::new(SinkStatus {
-                name: s.name.clone(),
-                kind: writer.kind(),
-                target: writer.target(),
-                state: Mutex::new(SinkState { healthy: true, ..SinkState::default() }),
-            });
+            let status = Arc::new(SinkStatus::new(&s.name, writer.kind(), writer.target()));
             tracing::info!(sink = %s.name, kind = writer.kind(), target = %writer.target(),
                 spool = %dir.display(), "sink ready");
             let opts = SinkOptions {

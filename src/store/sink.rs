@@ -384,12 +384,16 @@ impl Sink {
                             "{} {message}. Check the sink's settings (token, org, bucket, database) and \
                              restart; readings are kept in the spool at {}, tried again every {:?}",
                             self.writer.kind(), self.spool.dir().display(), self.opts.max_backoff * 5);
-                        let _ = self.events.send(StoreEvent::Refused { sink: self.opts.name.clone(), error: message });
+                        let _ = self
+                            .events
+                            .send(StoreEvent::Refused { sink: self.opts.name.clone(), error: message });
                     } else {
                         tracing::warn!(sink = %self.opts.name, target = %self.writer.target(),
                             "cannot write to {}: {message}; readings go to the spool at {} until it is back",
                             self.writer.kind(), self.spool.dir().display());
-                        let _ = self.events.send(StoreEvent::Down { sink: self.opts.name.clone(), error: message });
+                        let _ = self
+                            .events
+                            .send(StoreEvent::Down { sink: self.opts.name.clone(), error: message });
                     }
                 } else {
                     tracing::debug!(sink = %self.opts.name, "write failed again: {message}");
@@ -434,7 +438,9 @@ impl Sink {
                 if dropped > 0 {
                     tracing::warn!(sink = %self.opts.name, dropped, total_dropped = self.spool.dropped,
                         "spool full: the oldest readings were dropped (raise spool_max?)");
-                    let _ = self.events.send(StoreEvent::Dropped { sink: self.opts.name.clone(), readings: dropped });
+                    let _ = self
+                        .events
+                        .send(StoreEvent::Dropped { sink: self.opts.name.clone(), readings: dropped });
                 }
                 if self.sync_at.is_none() {
                     self.sync_at = Some(Instant::now() + self.opts.sync_interval);

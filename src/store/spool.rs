@@ -360,7 +360,13 @@ impl Spool {
         if self.segments.is_empty() {
             self.cursor = Cursor { segment: id, offset: FILE_MAGIC.len() as u64, done: 0 };
         }
-        self.segments.push_back(Segment { id, path, bytes: FILE_MAGIC.len() as u64, readings: 0, sealed: false });
+        self.segments.push_back(Segment {
+            id,
+            path,
+            bytes: FILE_MAGIC.len() as u64,
+            readings: 0,
+            sealed: false,
+        });
         self.active = Some(file);
         Ok(())
     }
@@ -429,8 +435,11 @@ impl Spool {
                     Item::Record { range, payload } => {
                         match record::decode(&chunk[payload], &mut self.names) {
                             Ok(r) => batch.readings.push(r),
-                            Err(e) => tracing::warn!(segment = id, offset = cursor.offset + pos as u64,
-                                "spool: {e}; skipped"),
+                            Err(e) => tracing::warn!(
+                                segment = id,
+                                offset = cursor.offset + pos as u64,
+                                "spool: {e}; skipped"
+                            ),
                         }
                         pos = range.end;
                         cursor.done += 1;
@@ -441,8 +450,12 @@ impl Spool {
                             break; // a good record may start beyond this chunk
                         }
                         let offset = cursor.offset + r.start as u64;
-                        tracing::warn!(segment = id, offset, bytes = r.len(),
-                            "spool: damaged bytes skipped (the records they held are lost)");
+                        tracing::warn!(
+                            segment = id,
+                            offset,
+                            bytes = r.len(),
+                            "spool: damaged bytes skipped (the records they held are lost)"
+                        );
                         self.recoveries.push(Recovery::Damage { segment: id, offset, bytes: r.len() as u64 });
                         pos = r.end;
                     }

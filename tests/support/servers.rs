@@ -230,6 +230,8 @@ pub fn free_port() -> u16 {
 struct Proc {
     child: Child,
     what: &'static str,
+    /// Where this run's output starts in the (appended) log.
+    log_offset: usize,
 }
 
 impl Proc {
@@ -238,6 +240,7 @@ impl Proc {
     fn spawn(bin: &'static str, args: &[String], cwd: &Path, log: &Path, install: &str) -> Proc {
         let mut out = OpenOptions::new().create(true).append(true).open(log).expect("open server log");
         let _ = writeln!(out, "=== {bin} {}", args.join(" "));
+        let log_offset = out.metadata().map_or(0, |m| m.len() as usize);
         let err = out.try_clone().expect("clone log handle");
         let mut cmd = Command::new(bin);
         cmd.args(args).current_dir(cwd).stdin(Stdio::null()).stdout(out).stderr(err);
@@ -248,7 +251,7 @@ impl Proc {
             }
         }
         match cmd.spawn() {
-            Ok(child) => Proc { child, what: bin },
+            Ok(child) => Proc { child, what: bin, log_offset },
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 panic!("{bin} not found: install it with `{install}` (tests/run.sh does this)")
             }
@@ -316,7 +319,9 @@ fn wait_ready(proc: &mut Proc, log: &Path, mut probe: impl FnMut() -> bool) -> R
     let start = Instant::now();
     loop {
         if let Some(status) = proc.exited() {
-            let taken = std::fs::read_to_string(log).unwrap_or_default().contains("address already in use");
+            let text = std::fs::read(log).unwrap_or_default();
+            let this_run = String::from_utf8_lossy(text.get(proc.log_offset..).unwrap_or_default());
+            let taken = this_run.contains("address already in use");
             if taken {
                 eprintln!("{}: a port was taken meanwhile ({status})", proc.what);
             }
@@ -522,10 +527,17 @@ bind-address = "127.0.0.1:{rpc}"
     }
 
     /// Starts again on the same ports with the same data (stops first if still running).
+    ///
+    /// While the server was down, some outgoing connection may have been given its port as a
+    /// local port; a start that finds the port taken is retried for up to 2 s.
     pub fn restart(&mut self) {
         self.stop();
-        if let Ready::Exited(status, _) = self.launch() {
-            self.fail(&format!("exited during restart ({status})"));
+        for attempt in 1..=10 {
+            match self.launch() {
+                Ready::Up => return,
+                Ready::Exited(_, true) if attempt < 10 => std::thread::sleep(Duration::from_millis(200)),
+                Ready::Exited(status, _) => self.fail(&format!("exited during restart ({status})")),
+            }
         }
     }
 }
@@ -684,10 +696,17 @@ impl VictoriaMetrics {
     }
 
     /// Starts again on the same port with the same storage (stops first if still running).
+    ///
+    /// While the server was down, some outgoing connection may have been given its port as a
+    /// local port; a start that finds the port taken is retried for up to 2 s.
     pub fn restart(&mut self) {
         self.stop();
-        if let Ready::Exited(status, _) = self.launch() {
-            self.fail(&format!("exited during restart ({status})"));
+        for attempt in 1..=10 {
+            match self.launch() {
+                Ready::Up => return,
+                Ready::Exited(_, true) if attempt < 10 => std::thread::sleep(Duration::from_millis(200)),
+                Ready::Exited(status, _) => self.fail(&format!("exited during restart ({status})")),
+            }
         }
     }
 }

@@ -21,7 +21,8 @@ const COMMON_KEYS: &[&str] = &[
     "spool_max",
     "measurement",
 ];
-const INFLUXDB1_KEYS: &[&str] = &["url", "database", "retention_policy", "username", "password", "password_file"];
+const INFLUXDB1_KEYS: &[&str] =
+    &["url", "database", "retention_policy", "username", "password", "password_file"];
 const INFLUXDB2_KEYS: &[&str] = &["url", "org", "bucket", "token", "token_file"];
 const CSV_KEYS: &[&str] = &["dir", "group_by", "timezone"];
 const TYPES: &[&str] = &["influxdb1", "influxdb2", "csv"];
@@ -42,7 +43,8 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (number, unit) = t.split_at(split);
-    let n: u64 = number.parse().map_err(|_| format!("invalid size {s:?}: write e.g. \"512MiB\" or \"2GB\""))?;
+    let n: u64 =
+        number.parse().map_err(|_| format!("invalid size {s:?}: write e.g. \"512MiB\" or \"2GB\""))?;
     let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "b" => 1,
         "k" | "kb" => 1000,
@@ -86,7 +88,13 @@ impl Loader<'_> {
         sinks
     }
 
-    fn sink(&mut self, index: usize, element: &Value<'_>, t: &DeTable<'_>, gateway: &Gateway) -> Option<Sink> {
+    fn sink(
+        &mut self,
+        index: usize,
+        element: &Value<'_>,
+        t: &DeTable<'_>,
+        gateway: &Gateway,
+    ) -> Option<Sink> {
         let path = element_path("sink", index, t);
         let key = |k: &str| format!("{path}.{k}");
         let kind_name = match t.get("type") {
@@ -103,9 +111,12 @@ impl Loader<'_> {
                 match TYPES.iter().find(|k| k.eq_ignore_ascii_case(&s)) {
                     Some(k) => Some(*k),
                     None => {
-                        let mut message = format!("unknown sink type {s:?}, expected one of: {}", TYPES.join(", "));
+                        let mut message =
+                            format!("unknown sink type {s:?}, expected one of: {}", TYPES.join(", "));
                         let hint = match s.to_ascii_lowercase().as_str() {
-                            "influxdb" | "influx" => Some("influxdb1 (InfluxDB 1.x) or influxdb2 (2.x and 3.x)"),
+                            "influxdb" | "influx" => {
+                                Some("influxdb1 (InfluxDB 1.x) or influxdb2 (2.x and 3.x)")
+                            }
                             "influxdb3" => Some("influxdb2 (InfluxDB 3 takes the v2 write API)"),
                             _ => None,
                         };
@@ -136,7 +147,9 @@ impl Loader<'_> {
                     self.error(
                         v.span(),
                         key("name"),
-                        format!("invalid name {n:?}: use only letters, digits, `_` and `-` (it names a folder)"),
+                        format!(
+                            "invalid name {n:?}: use only letters, digits, `_` and `-` (it names a folder)"
+                        ),
                     );
                     return None;
                 }
@@ -157,7 +170,8 @@ impl Loader<'_> {
             measurement: DEFAULT_MEASUREMENT.to_owned(),
         };
         if let Some(v) = t.get("batch") {
-            sink.batch = self.integer_in(v, &key("batch"), 1..=MAX_BATCH).map_or(DEFAULT_BATCH, |n| n as usize);
+            sink.batch =
+                self.integer_in(v, &key("batch"), 1..=MAX_BATCH).map_or(DEFAULT_BATCH, |n| n as usize);
         }
         let ms = Duration::from_millis;
         if let Some(v) = t.get("flush_interval") {
@@ -224,12 +238,14 @@ impl Loader<'_> {
             "influxdb1" => {
                 let url = required(self, "url").and_then(|u| self.url(t, &u, &key("url")));
                 let database = required(self, "database");
-                let retention_policy =
-                    t.get("retention_policy").and_then(|v| self.non_empty_string(v, &key("retention_policy")));
+                let retention_policy = t
+                    .get("retention_policy")
+                    .and_then(|v| self.non_empty_string(v, &key("retention_policy")));
                 let username = t.get("username").and_then(|v| self.non_empty_string(v, &key("username")));
                 let password = self.secret(t, "password", "password_file", &path);
                 if password.is_some() && username.is_none() {
-                    let span = t.get("password").or(t.get("password_file")).map_or(element.span(), |v| v.span());
+                    let span =
+                        t.get("password").or(t.get("password_file")).map_or(element.span(), |v| v.span());
                     self.error(span, key("username"), "a password needs a `username`");
                 }
                 SinkKind::InfluxDb1 { url: url?, database: database?, retention_policy, username, password }
@@ -263,7 +279,9 @@ impl Loader<'_> {
                         Some(other) => self.error(
                             v.span(),
                             key("group_by"),
-                            format!("unknown grouping {other:?}: \"meter\", \"bus\" or \"gateway\" (one file)"),
+                            format!(
+                                "unknown grouping {other:?}: \"meter\", \"bus\" or \"gateway\" (one file)"
+                            ),
                         ),
                         None => {}
                     }
@@ -273,9 +291,11 @@ impl Loader<'_> {
                     match self.string(v, &key("timezone")).as_deref() {
                         Some("local") => timezone = TimeZone::Local,
                         Some("utc") | Some("UTC") => timezone = TimeZone::Utc,
-                        Some(other) => {
-                            self.error(v.span(), key("timezone"), format!("unknown {other:?}: \"local\" or \"utc\""))
-                        }
+                        Some(other) => self.error(
+                            v.span(),
+                            key("timezone"),
+                            format!("unknown {other:?}: \"local\" or \"utc\""),
+                        ),
                         None => {}
                     }
                 }
@@ -298,7 +318,11 @@ impl Loader<'_> {
                 None
             }
             Err(e) => {
-                self.error(span, key, format!("invalid URL {url:?}: {e} (write e.g. \"http://127.0.0.1:8086\")"));
+                self.error(
+                    span,
+                    key,
+                    format!("invalid URL {url:?}: {e} (write e.g. \"http://127.0.0.1:8086\")"),
+                );
                 None
             }
         }
@@ -344,7 +368,11 @@ impl Loader<'_> {
 fn default_csv(gateway: &Gateway) -> Sink {
     Sink {
         name: "csv".to_owned(),
-        kind: SinkKind::Csv { dir: gateway.state_dir.join("csv"), group_by: GroupBy::Meter, timezone: TimeZone::Local },
+        kind: SinkKind::Csv {
+            dir: gateway.state_dir.join("csv"),
+            group_by: GroupBy::Meter,
+            timezone: TimeZone::Local,
+        },
         batch: DEFAULT_BATCH,
         flush_interval: DEFAULT_FLUSH_INTERVAL,
         timeout: DEFAULT_HTTP_TIMEOUT,
