@@ -695,7 +695,7 @@ impl<'s> Loader<'s> {
 
     fn gateway(&mut self, v: Option<&Value<'_>>) -> Gateway {
         let mut gateway =
-            Gateway { name: String::new(), state_dir: PathBuf::from(DEFAULT_STATE_DIR), log_readings: true };
+            Gateway { name: String::new(), state_dir: PathBuf::from(DEFAULT_STATE_DIR), log_readings: false };
         let mut name = None;
         if let Some(v) = v {
             if let Some(t) = v.get_ref().as_table() {
@@ -1180,6 +1180,30 @@ mod tests {
     }
 
     #[test]
+    fn the_commented_out_sink_examples_load_too() {
+        let mut out = String::new();
+        let mut in_block = false;
+        for line in EXAMPLE.lines() {
+            if line.contains("[[sink]]: where readings are written") {
+                in_block = true;
+            }
+            match line.strip_prefix("# ") {
+                Some(code) if in_block && code.contains("password_file") => out.push_str(line),
+                Some(code) if in_block && code.starts_with("token_file") => out.push_str("token = \"x\""),
+                Some(code) if in_block && code.starts_with("[[sink]]:") => out.push_str(line),
+                Some(code) if in_block && (code.starts_with("[[") || code.contains(" = ")) => out.push_str(code),
+                _ => out.push_str(line),
+            }
+            out.push('\n');
+        }
+        let config = load_str(&out, "pmtr.toml").unwrap_or_else(|e| panic!("{e}\n{out}"));
+        let kinds: Vec<&str> = config.sinks.iter().map(|s| s.kind.type_name()).collect();
+        assert_eq!(kinds, ["influxdb1", "influxdb2", "csv"]);
+        let names: Vec<&str> = config.sinks.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["influx", "influx2", "csv"]);
+    }
+
+    #[test]
     fn the_commented_out_rx380_block_loads_too() {
         // Uncomment every line that is commented-out TOML in the RX380 block.
         let mut out = String::new();
@@ -1187,6 +1211,9 @@ mod tests {
         for line in EXAMPLE.lines() {
             if line.contains("RX380 three-phase meter") {
                 in_block = true;
+            }
+            if line.contains("[[sink]]: where readings are written") {
+                in_block = false;
             }
             match line.strip_prefix("# ") {
                 Some(code) if in_block && (code.starts_with('[') || code.contains(" = ")) => {
@@ -1338,7 +1365,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.gateway.state_dir, PathBuf::from("/var/lib/pmtr"));
-        assert!(c.gateway.log_readings);
+        assert!(!c.gateway.log_readings);
         assert!(!c.gateway.name.is_empty());
         let b = &c.buses[0];
         assert_eq!(b.line.to_string(), "9600 8N1");

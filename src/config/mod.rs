@@ -41,7 +41,8 @@ pub struct Gateway {
     pub name: String,
     /// Where pmtr keeps its state (port map, spool). Default `/var/lib/pmtr`.
     pub state_dir: PathBuf,
-    /// Log every reading at info level (`pmtr run` with no sinks). Default true.
+    /// Log every reading at info level (for a first look; journald on an SD card does not
+    /// need a line per reading). Default false.
     pub log_readings: bool,
 }
 
