@@ -1191,7 +1191,9 @@ mod tests {
                 Some(code) if in_block && code.contains("password_file") => out.push_str(line),
                 Some(code) if in_block && code.starts_with("token_file") => out.push_str("token = \"x\""),
                 Some(code) if in_block && code.starts_with("[[sink]]:") => out.push_str(line),
-                Some(code) if in_block && (code.starts_with("[[") || code.contains(" = ")) => out.push_str(code),
+                Some(code) if in_block && (code.starts_with("[[") || code.contains(" = ")) => {
+                    out.push_str(code)
+                }
                 _ => out.push_str(line),
             }
             out.push('\n');

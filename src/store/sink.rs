@@ -268,7 +268,10 @@ impl Sink {
         }
         let down = self.retry_at.is_some();
         let due = self.flush_at.is_some_and(|t| t <= now) || self.memory.len() >= self.batch;
-        if !down && !self.memory.is_empty() && due {
+        // While down, readings stay in memory only when the spool could not take them: then
+        // they are the probe.
+        let send_memory = if down { self.spool.is_empty() } else { due };
+        if !self.memory.is_empty() && send_memory {
             let n = self.memory.len().min(self.batch);
             let batch: Vec<Reading> = self.memory.drain(..n).collect();
             if self.memory.is_empty() {
