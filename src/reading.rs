@@ -21,6 +21,10 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// The spool stores positions in this array: add new phases at the end only.
+    pub const ALL: [Phase; 8] =
+        [Phase::L1, Phase::L2, Phase::L3, Phase::N, Phase::L12, Phase::L23, Phase::L31, Phase::Total];
+
     /// The prefix of trigger variables: `L1`, `L12`, `N`, or empty for totals.
     pub fn prefix(self) -> &'static str {
         match self {
@@ -78,6 +82,22 @@ pub enum Quantity {
 }
 
 impl Quantity {
+    /// Every quantity, in the column order of storage. The spool stores positions in this
+    /// array: add new quantities at the end only.
+    pub const ALL: [Quantity; 11] = [
+        Quantity::Voltage,
+        Quantity::Current,
+        Quantity::ActivePower,
+        Quantity::ApparentPower,
+        Quantity::ReactivePower,
+        Quantity::ActiveEnergy,
+        Quantity::ApparentEnergy,
+        Quantity::ReactiveEnergy,
+        Quantity::Frequency,
+        Quantity::PowerFactor,
+        Quantity::Alarm,
+    ];
+
     /// The suffix of trigger variables, after the PMTR names: `U I P e f pf`.
     pub fn symbol(self) -> &'static str {
         match self {

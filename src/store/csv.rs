@@ -43,23 +43,9 @@ pub struct CsvWriter {
     open: HashMap<String, (NaiveDate, File)>,
 }
 
-const ORDER: [Quantity; 11] = [
-    Quantity::Voltage,
-    Quantity::Current,
-    Quantity::ActivePower,
-    Quantity::ApparentPower,
-    Quantity::ReactivePower,
-    Quantity::ActiveEnergy,
-    Quantity::ApparentEnergy,
-    Quantity::ReactiveEnergy,
-    Quantity::Frequency,
-    Quantity::PowerFactor,
-    Quantity::Alarm,
-];
-
 fn columns_for(models: impl IntoIterator<Item = Model>) -> Vec<Quantity> {
     let models: Vec<Model> = models.into_iter().collect();
-    ORDER.into_iter().filter(|q| models.iter().any(|m| quantities_of(*m).contains(q))).collect()
+    Quantity::ALL.into_iter().filter(|q| models.iter().any(|m| quantities_of(*m).contains(q))).collect()
 }
 
 impl CsvWriter {

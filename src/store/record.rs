@@ -24,21 +24,8 @@ pub const MAGIC: u8 = 0xA7;
 pub const HEADER: usize = 7;
 pub const MAX_PAYLOAD: usize = u16::MAX as usize;
 
-const PHASES: [Phase; 8] =
-    [Phase::L1, Phase::L2, Phase::L3, Phase::N, Phase::L12, Phase::L23, Phase::L31, Phase::Total];
-const QUANTITIES: [Quantity; 11] = [
-    Quantity::Voltage,
-    Quantity::Current,
-    Quantity::ActivePower,
-    Quantity::ApparentPower,
-    Quantity::ReactivePower,
-    Quantity::ActiveEnergy,
-    Quantity::ApparentEnergy,
-    Quantity::ReactiveEnergy,
-    Quantity::Frequency,
-    Quantity::PowerFactor,
-    Quantity::Alarm,
-];
+const PHASES: [Phase; 8] = Phase::ALL;
+const QUANTITIES: [Quantity; 11] = Quantity::ALL;
 
 fn index_of<T: PartialEq>(all: &[T], x: &T) -> u8 {
     all.iter().position(|a| a == x).expect("every variant is listed") as u8
