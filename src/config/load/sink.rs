@@ -174,24 +174,14 @@ impl Loader<'_> {
                 self.integer_in(v, &key("batch"), 1..=MAX_BATCH).map_or(DEFAULT_BATCH, |n| n as usize);
         }
         let ms = Duration::from_millis;
-        if let Some(v) = t.get("flush_interval") {
-            if let Some(d) = self.duration_in(v, &key("flush_interval"), Some(ms(10)), Some(ms(3_600_000))) {
-                sink.flush_interval = d;
-            }
-        }
-        if let Some(v) = t.get("timeout") {
-            if let Some(d) = self.duration_in(v, &key("timeout"), Some(ms(100)), Some(ms(600_000))) {
-                sink.timeout = d;
-            }
-        }
-        if let Some(v) = t.get("sync_interval") {
-            if let Some(d) = self.duration_in(v, &key("sync_interval"), Some(ms(10)), Some(ms(3_600_000))) {
-                sink.sync_interval = d;
-            }
-        }
-        if let Some(v) = t.get("max_backoff") {
-            if let Some(d) = self.duration_in(v, &key("max_backoff"), Some(ms(1000)), Some(ms(3_600_000))) {
-                sink.max_backoff = d;
+        for (name, min, max, field) in [
+            ("flush_interval", ms(10), ms(3_600_000), &mut sink.flush_interval),
+            ("timeout", ms(100), ms(600_000), &mut sink.timeout),
+            ("sync_interval", ms(10), ms(3_600_000), &mut sink.sync_interval),
+            ("max_backoff", ms(1000), ms(3_600_000), &mut sink.max_backoff),
+        ] {
+            if let Some(d) = t.get(name).and_then(|v| self.duration_in(v, &key(name), Some(min), Some(max))) {
+                *field = d;
             }
         }
         if let Some(v) = t.get("durability") {
