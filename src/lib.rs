@@ -7,9 +7,11 @@
 pub mod app;
 pub mod bus;
 pub mod config;
+pub mod control;
 pub mod meter;
 pub mod modbus;
 pub mod reading;
+pub mod relay;
 pub mod sim;
 pub mod store;
 pub mod trigger;

@@ -222,6 +222,149 @@ fn trim(v: f64) -> String {
     }
 }
 
+/// What storage writes: a meter's reading, or a change of state of a trigger or a relay.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Record {
+    Reading(Reading),
+    Change(StateChange),
+}
+
+impl Record {
+    pub fn time(&self) -> DateTime<Utc> {
+        match self {
+            Record::Reading(r) => r.time,
+            Record::Change(c) => c.time,
+        }
+    }
+}
+
+impl From<Reading> for Record {
+    fn from(r: Reading) -> Self {
+        Record::Reading(r)
+    }
+}
+
+impl From<StateChange> for Record {
+    fn from(c: StateChange) -> Self {
+        Record::Change(c)
+    }
+}
+
+/// Whose state changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Subject {
+    Trigger,
+    Relay,
+}
+
+impl Subject {
+    /// The spool stores positions in this array: add at the end only.
+    pub const ALL: [Subject; 2] = [Subject::Trigger, Subject::Relay];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Subject::Trigger => "trigger",
+            Subject::Relay => "relay",
+        }
+    }
+}
+
+/// What happened to a trigger or a relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeEvent {
+    /// Trigger: the condition held for `hold`.
+    Tripped,
+    /// Trigger: the condition stayed false for `recovery` (or a latch was reset).
+    Released,
+    /// Trigger: tripped with `latch`; stays until reset by hand.
+    Latched,
+    /// Trigger: a latch reset by hand.
+    Reset,
+    /// Trigger in a dry run: would have tripped (no relay touched).
+    WouldTrip,
+    /// Trigger in a dry run: would have released.
+    WouldRelease,
+    /// Trigger: a meter it reads went silent.
+    Stale,
+    /// Trigger: every meter it reads answers again.
+    Fresh,
+    /// Trigger or relay: state restored from the state file at start.
+    Restored,
+    /// Relay: driven to a new level by its triggers (or to its default at start or stop).
+    Switched,
+    /// Relay: forced on or off by hand.
+    Forced,
+    /// Relay: a force released by hand (or expired); its triggers decide again.
+    Unforced,
+}
+
+impl ChangeEvent {
+    /// The spool stores positions in this array: add at the end only.
+    pub const ALL: [ChangeEvent; 12] = [
+        ChangeEvent::Tripped,
+        ChangeEvent::Released,
+        ChangeEvent::Latched,
+        ChangeEvent::Reset,
+        ChangeEvent::WouldTrip,
+        ChangeEvent::WouldRelease,
+        ChangeEvent::Stale,
+        ChangeEvent::Fresh,
+        ChangeEvent::Restored,
+        ChangeEvent::Switched,
+        ChangeEvent::Forced,
+        ChangeEvent::Unforced,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeEvent::Tripped => "tripped",
+            ChangeEvent::Released => "released",
+            ChangeEvent::Latched => "latched",
+            ChangeEvent::Reset => "reset",
+            ChangeEvent::WouldTrip => "would_trip",
+            ChangeEvent::WouldRelease => "would_release",
+            ChangeEvent::Stale => "stale",
+            ChangeEvent::Fresh => "fresh",
+            ChangeEvent::Restored => "restored",
+            ChangeEvent::Switched => "switched",
+            ChangeEvent::Forced => "forced",
+            ChangeEvent::Unforced => "unforced",
+        }
+    }
+}
+
+/// A change of state of a trigger or a relay: logged, stored (measurements `pmtr_trigger` and
+/// `pmtr_relay`), and sent to the alerts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StateChange {
+    pub time: DateTime<Utc>,
+    pub subject: Subject,
+    /// The trigger's or the relay's name.
+    pub name: Arc<str>,
+    pub event: ChangeEvent,
+    /// Relay: on (coil energised). Trigger: tripped, or would be in a dry run.
+    pub active: bool,
+    /// Relay: forced by hand. Trigger: latched.
+    pub held: bool,
+    /// Trigger: in a dry run (never touches a relay). Relay: always false.
+    pub dry_run: bool,
+    /// What caused it, for people: the values of the expression's variables
+    /// (`L1U=254.2 L2U=231.0`), `manual (uid 1000)`, `trigger overvoltage`, `start`.
+    pub cause: String,
+}
+
+impl fmt::Display for StateChange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {} {}", self.subject.as_str(), self.name, self.event.as_str())?;
+        if !self.cause.is_empty() {
+            write!(f, " ({})", self.cause)?;
+        }
+        Ok(())
+    }
+}
+
 /// Watches energy counters of one meter and flags any step backwards.
 #[derive(Debug, Default, Clone)]
 pub struct EnergyGuard {

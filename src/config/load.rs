@@ -15,7 +15,7 @@
 
 mod sink;
 
-use super::{Bus, Config, Gateway, LineSettings, Meter, Parity};
+use super::{Bus, Config, Gateway, GpioBackend, LineSettings, Meter, Parity};
 use crate::meter::Model;
 use crate::reading::Phase;
 use serde::de::DeserializeOwned;
@@ -30,9 +30,9 @@ use toml::Spanned;
 /// Every top-level key of the file. The loader reads `gateway`, `bus` and `meter` itself; any
 /// other key listed here is accepted and left alone, for the subsystem that owns it to read.
 /// A subsystem that adds a section adds its key here.
-pub const TOP_LEVEL_KEYS: &[&str] = &["gateway", "bus", "meter", "sink"];
+pub const TOP_LEVEL_KEYS: &[&str] = &["gateway", "bus", "meter", "sink", "relay", "trigger"];
 
-const GATEWAY_KEYS: &[&str] = &["name", "state_dir", "log_readings"];
+const GATEWAY_KEYS: &[&str] = &["name", "state_dir", "log_readings", "gpio", "control_socket"];
 const BUS_KEYS: &[&str] = &[
     "name",
     "port",
@@ -694,9 +694,15 @@ impl<'s> Loader<'s> {
     }
 
     fn gateway(&mut self, v: Option<&Value<'_>>) -> Gateway {
-        let mut gateway =
-            Gateway { name: String::new(), state_dir: PathBuf::from(DEFAULT_STATE_DIR), log_readings: false };
+        let mut gateway = Gateway {
+            name: String::new(),
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            log_readings: false,
+            gpio: GpioBackend::Rppal,
+            control_socket: PathBuf::new(),
+        };
         let mut name = None;
+        let mut socket = None;
         if let Some(v) = v {
             if let Some(t) = v.get_ref().as_table() {
                 self.check_keys(t, "gateway", GATEWAY_KEYS);
@@ -711,11 +717,33 @@ impl<'s> Loader<'s> {
                 if let Some(b) = t.get("log_readings").and_then(|v| self.boolean(v, "gateway.log_readings")) {
                     gateway.log_readings = b;
                 }
+                if let Some(v) = t.get("gpio") {
+                    if let Some(s) = self.string(v, "gateway.gpio") {
+                        match s.as_str() {
+                            "rppal" => gateway.gpio = GpioBackend::Rppal,
+                            "fake" => gateway.gpio = GpioBackend::Fake,
+                            _ => self.error(
+                                v.span(),
+                                "gateway.gpio",
+                                format!(
+                                    "unknown GPIO backend {s:?}: \"rppal\" (the Pi's pins) or \"fake\" \
+                                     (no hardware: levels go to the log and <state_dir>/fake-gpio.log)"
+                                ),
+                            ),
+                        }
+                    }
+                }
+                if let Some(path) =
+                    t.get("control_socket").and_then(|v| self.non_empty_string(v, "gateway.control_socket"))
+                {
+                    socket = Some(PathBuf::from(path));
+                }
             } else if !self.is_damaged(v) {
                 self.wrong_type(v, "gateway", "a table [gateway]");
             }
         }
         gateway.name = name.unwrap_or_else(default_gateway_name);
+        gateway.control_socket = socket.unwrap_or_else(|| gateway.state_dir.join("control.sock"));
         gateway
     }
 
@@ -1080,7 +1108,14 @@ impl<'s> Loader<'s> {
         buses: Vec<BusDraft>,
         meters: Vec<MeterDraft>,
     ) -> Option<Config> {
-        let mut config = Config { gateway, buses: Vec::new(), meters: Vec::new(), sinks: Vec::new() };
+        let mut config = Config {
+            gateway,
+            buses: Vec::new(),
+            meters: Vec::new(),
+            sinks: Vec::new(),
+            relays: Vec::new(),
+            triggers: Vec::new(),
+        };
         for m in meters {
             let (Some((name, _)), Some(model), Some((address, _)), Some((bus, _))) =
                 (m.name, m.model, m.address, m.bus)

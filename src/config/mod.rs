@@ -20,6 +20,8 @@ pub struct Config {
     /// Where readings are written. A file with no `[[sink]]` gets one CSV sink in
     /// `<state_dir>/csv`.
     pub sinks: Vec<Sink>,
+    pub relays: Vec<Relay>,
+    pub triggers: Vec<Trigger>,
 }
 
 impl Config {
@@ -28,6 +30,12 @@ impl Config {
     }
     pub fn meter(&self, name: &str) -> Option<&Meter> {
         self.meters.iter().find(|m| m.name == name)
+    }
+    pub fn relay(&self, name: &str) -> Option<&Relay> {
+        self.relays.iter().find(|r| r.name == name)
+    }
+    pub fn trigger(&self, name: &str) -> Option<&Trigger> {
+        self.triggers.iter().find(|t| t.name == name)
     }
     pub fn meters_on<'a>(&'a self, bus: &'a str) -> impl Iterator<Item = &'a Meter> + 'a {
         self.meters.iter().filter(move |m| m.bus == bus)
@@ -44,6 +52,11 @@ pub struct Gateway {
     /// Log every reading at info level (for a first look; journald on an SD card does not
     /// need a line per reading). Default false.
     pub log_readings: bool,
+    /// How relays are reached. Default rppal.
+    pub gpio: GpioBackend,
+    /// The control socket of `pmtr relay` and `pmtr trigger`. Default
+    /// `<state_dir>/control.sock`.
+    pub control_socket: PathBuf,
 }
 
 /// `[[bus]]`: one or more serial ports with the same line settings, where meters are looked for.
@@ -183,4 +196,83 @@ impl SinkKind {
             SinkKind::Csv { .. } => "csv",
         }
     }
+}
+
+/// How the gateway reaches its relays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GpioBackend {
+    /// The Pi's GPIO through rppal.
+    Rppal,
+    /// No hardware: levels are logged and written to `<state_dir>/fake-gpio.log`.
+    Fake,
+}
+
+/// What a relay does when pmtr stops (a crash leaves every pin as it was, whatever this says).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnShutdown {
+    /// Keep the level it has: a restart or an upgrade never glitches the load.
+    Hold,
+    /// Go to the relay's `default` level.
+    Default,
+}
+
+/// `[[relay]]`: one relay on a GPIO pin.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Relay {
+    pub name: String,
+    /// BCM GPIO number, 0..=27.
+    pub pin: u8,
+    /// The pin is driven low to switch the relay on (most relay boards). Default false.
+    pub active_low: bool,
+    /// The level while none of its triggers is tripped, and at start when nothing was saved.
+    /// Default off.
+    pub default: crate::relay::Level,
+    /// Default hold.
+    pub on_shutdown: OnShutdown,
+}
+
+/// What a trigger does when a meter it reads goes silent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnStale {
+    /// Keep the state the data last justified (the default).
+    Hold,
+    /// Trip (or latch), as if the condition had held: for protections that must fail safe.
+    Trip,
+    /// Release.
+    Release,
+}
+
+/// `[[trigger]]`: an expression on moving averages, with hysteresis, driving relays.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Trigger {
+    pub name: String,
+    /// The expression, evalexpr syntax (`L1U > 253 || L2U > 253`).
+    pub when: String,
+    /// Whose values the unprefixed variables are. None when every variable is prefixed or a
+    /// time of day.
+    pub meter: Option<String>,
+    /// Every meter the expression reads (`meter` and the prefixes), found at load.
+    pub meters: Vec<String>,
+    /// Moving-average window, 1 s to 1 h; None: the latest reading.
+    pub average: Option<Duration>,
+    /// How long the condition must stay true before the trigger trips. Default 0.
+    pub hold: Duration,
+    /// How long it must stay false before the trigger releases. Default 0.
+    pub recovery: Duration,
+    /// The level of its relays while tripped: the opposite of their default.
+    pub level: crate::relay::Level,
+    pub relays: Vec<String>,
+    /// Evaluate and log, never touch a relay. Default false.
+    pub dry_run: bool,
+    /// Stay tripped until reset by hand. Default false.
+    pub latch: bool,
+    /// Its transitions raise an alert. Default true.
+    pub alert: bool,
+    /// How long a meter may stay silent before the trigger calls its data stale. Default 30 s.
+    pub stale_after: Duration,
+    /// Default hold.
+    pub on_stale: OnStale,
 }

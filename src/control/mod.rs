@@ -1,0 +1,103 @@
+//! Manual control of the running daemon: reset a latch, force a relay for maintenance, release
+//! the force, list triggers and relays. `pmtr relay …` and `pmtr trigger …` talk to the daemon
+//! over a Unix socket (`gateway.control_socket`), one JSON request and one JSON response per
+//! line. The socket's file permissions (0660) are the access control; every action is logged
+//! with the caller's uid and pid.
+
+use crate::relay::Level;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+/// What a client asks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "request", rename_all = "snake_case")]
+pub enum Request {
+    /// Every trigger and relay, as they stand.
+    Status,
+    /// Force a relay to `level` whatever its triggers say, for `seconds` (None: until released).
+    Force { relay: String, level: Level, seconds: Option<u64> },
+    /// Release a force: the relay's triggers decide again.
+    Release { relay: String },
+    /// Reset a latched trigger.
+    Reset { trigger: String },
+}
+
+/// The daemon's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "response", rename_all = "snake_case")]
+pub enum Response {
+    /// Done; `message` says what changed ("relay motor forced off until 14:05").
+    Done {
+        message: String,
+    },
+    Status {
+        triggers: Vec<TriggerStatus>,
+        relays: Vec<RelayStatus>,
+    },
+    /// Refused or failed, with the reason (unknown relay, not latched, not allowed…).
+    Error {
+        message: String,
+    },
+}
+
+/// Who is asking (from the socket's peer credentials).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peer {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: i32,
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "uid {} pid {}", self.uid, self.pid)
+    }
+}
+
+/// A request on its way to the trigger engine, with the channel for its response.
+#[derive(Debug)]
+pub struct Command {
+    pub request: Request,
+    pub peer: Peer,
+    pub reply: oneshot::Sender<Response>,
+}
+
+/// One trigger, as `pmtr trigger list` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TriggerStatus {
+    pub name: String,
+    pub when: String,
+    /// released, pending, tripped, recovering, latched.
+    pub state: String,
+    pub dry_run: bool,
+    /// A meter it reads is silent.
+    pub stale: bool,
+    /// When it last changed state.
+    pub since: Option<DateTime<Utc>>,
+    /// The values of its variables at the last evaluation (`L1U=254.2 L2U=231`).
+    pub values: String,
+    pub relays: Vec<String>,
+}
+
+/// One relay, as `pmtr relay list` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RelayStatus {
+    pub name: String,
+    pub pin: u8,
+    pub active_low: bool,
+    pub level: Level,
+    pub default: Level,
+    /// Forced by hand: the level, and until when (None: until released).
+    pub forced: Option<Forced>,
+    /// The triggers that hold it tripped now.
+    pub tripped_by: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Forced {
+    pub level: Level,
+    pub until: Option<DateTime<Utc>>,
+    /// Who forced it (`uid 1000 pid 4242`).
+    pub by: String,
+}

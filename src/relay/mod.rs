@@ -1,0 +1,73 @@
+//! Relays: a [`Gpio`] trait with an rppal backend for the Pi and a fake one for tests and the
+//! demo, and the [`RelayBank`] that drives the configured relays through it.
+//!
+//! Levels are logical: [`Level::On`] energises the relay's coil. `active_low` relays (most
+//! relay boards) are switched on by driving their pin low.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// A relay's logical level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Off,
+    On,
+}
+
+impl Level {
+    pub fn opposite(self) -> Level {
+        match self {
+            Level::Off => Level::On,
+            Level::On => Level::Off,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Off => "off",
+            Level::On => "on",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Level> {
+        match s.to_ascii_lowercase().as_str() {
+            "on" => Some(Level::On),
+            "off" => Some(Level::Off),
+            _ => None,
+        }
+    }
+
+    /// The pin voltage that gives this level: high for on, unless `active_low`.
+    pub fn pin_high(self, active_low: bool) -> bool {
+        (self == Level::On) != active_low
+    }
+}
+
+impl fmt::Display for Level {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a relay could not be claimed or switched.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RelayError {
+    #[error("GPIO {pin}: {message}")]
+    Pin { pin: u8, message: String },
+    #[error("cannot open the GPIO: {0}")]
+    Open(String),
+}
+
+/// Access to the GPIO pins (BCM numbers).
+pub trait Gpio: Send {
+    /// Claims `pin` as an output driven `high` (or low) from the first instant: no glitch to
+    /// the other level while it is being set up. When the returned pin is dropped, the pin
+    /// keeps its level (pmtr decides what to do on shutdown itself).
+    fn claim(&mut self, pin: u8, high: bool) -> Result<Box<dyn Pin>, RelayError>;
+}
+
+/// One claimed output pin.
+pub trait Pin: Send {
+    fn write(&mut self, high: bool) -> Result<(), RelayError>;
+}
