@@ -14,6 +14,7 @@
 //! by their name when it is known: `meter[2] "gen".address`, `bus[0].ports`.
 
 mod sink;
+mod trigger;
 
 use super::{Bus, Config, Gateway, GpioBackend, LineSettings, Meter, Parity};
 use crate::meter::Model;
@@ -685,11 +686,17 @@ impl<'s> Loader<'s> {
 
         self.cross_check(&buses, &mut meters);
         let sinks = self.sinks(root, &gateway);
+        // Triggers are checked against the meters as they will be (assemble fills defaults);
+        // while a meter has an error, expressions are not checked (they would only repeat it).
+        let mut config = if self.errors.is_empty() { self.assemble(gateway, buses, meters) } else { None };
+        let (relays, triggers) = self.relays_and_triggers(root, config.as_ref().map(|c| &c.meters[..]));
         if !self.errors.is_empty() {
             return None;
         }
-        let mut config = self.assemble(gateway, buses, meters)?;
+        let mut config = config.take()?;
         config.sinks = sinks;
+        config.relays = relays;
+        config.triggers = triggers;
         Some(config)
     }
 

@@ -89,6 +89,26 @@ impl Model {
     }
 }
 
+impl Model {
+    /// What a reading of this model holds, as (phase, quantity) pairs in reading order:
+    /// decoded from an all-zero reply, so it always agrees with [`Model::decode`].
+    pub fn sample_set(self, phase: Phase) -> Vec<(Phase, crate::reading::Quantity)> {
+        let replies: Vec<Vec<u16>> = self
+            .poll_requests(1, 0)
+            .iter()
+            .map(|r| match r.pdu {
+                crate::modbus::Pdu::ReadInput { count, .. } | crate::modbus::Pdu::ReadHolding { count, .. } => {
+                    vec![0; usize::from(count)]
+                }
+                _ => Vec::new(),
+            })
+            .collect();
+        self.decode(1, 0, &replies, phase)
+            .map(|samples| samples.iter().map(|s| (s.phase, s.quantity)).collect())
+            .unwrap_or_default()
+    }
+}
+
 impl fmt::Display for Model {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())

@@ -1,53 +1,69 @@
-//! Triggers, the pure core: expressions, moving averages and the hysteresis state machine.
+//! Triggers: user expressions on moving averages, with hold/recovery hysteresis and latches,
+//! driving relays.
 //!
-//! - [`Expression`] (evalexpr 11.3, MIT): compiled once, every variable checked against the
-//!   known names; evaluates to `Some(bool)`, or `None` when a variable has no value (a gap is
-//!   unknown, never false).
-//! - [`MovingAverage`]: simple mean of the samples inside a window (1 s to 1 h) over the
-//!   readings' timestamps; no sample in the window, no value. Energy counters
-//!   ([`Quantity::is_counter`](crate::reading::Quantity::is_counter)) are never averaged.
-//! - [`Hysteresis`]: `hold`, `recovery` and `latch`; the clock is a `Duration` passed in.
+//! The pure core, tested without ports or clocks:
+//! - [`Expression`] (evalexpr 11.3, MIT): compiled and checked once; a gap makes it unknown,
+//!   never false. [`vars`]: what each variable name reads.
+//! - [`MovingAverage`]: the mean of the samples inside a window (1 s to 1 h); no sample, no
+//!   value. Energy counters are never averaged.
+//! - [`Hysteresis`]: `hold`, `recovery` and `latch` of one trigger.
+//! - [`Engine`]: every trigger and relay of a config: readings and ticks in, relay levels and
+//!   [`StateChange`](crate::reading::StateChange)s out. [`saved`]: what survives a restart.
 //!
-//! Variables keep the PMTR names in SI units ([`Sample::variable`](crate::reading::Sample::variable)):
-//! `L1U L2U L3U` V, `L1I` A, `L1P` W, `L1e` kWh, `L1f` Hz, `L1pf`, `L12U L23U L31U`, totals
-//! with no prefix (`P`, `e`, `f`, `pf`). Another meter's values carry its name as a prefix
-//! (`gen.L1I`), and `hour`, `minute`, `weekday` (1 = Monday .. 7) give the time of day.
-//! Relays, configuration, dry runs and the daemon wiring live elsewhere.
+//! The shell that runs it against real relays, storage and the control socket is
+//! [`run`](crate::trigger::run).
 
 pub mod average;
+pub mod engine;
 pub mod expr;
+pub mod run;
+pub mod saved;
 pub mod state;
+pub mod vars;
 
 pub use average::MovingAverage;
-pub use expr::{ExprError, Expression};
+pub use engine::{Engine, Now, Output};
+pub use expr::{ExprError, Expression, Kind};
 pub use state::{Hysteresis, State, Transition};
 
-use crate::reading::Reading;
+/// " (did you mean X, Y?)" for the candidates within edit distance 2 of `word`
+/// (case-insensitive, closest first, at most 3), or "".
+pub fn expr_hint(word: &str, candidates: &[&str]) -> String {
+    let mut scored: Vec<(usize, &str)> = candidates
+        .iter()
+        .map(|c| (distance(&word.to_lowercase(), &c.to_lowercase()), *c))
+        .filter(|(d, _)| *d <= 2)
+        .collect();
+    scored.sort();
+    let close: Vec<&str> = scored.into_iter().take(3).map(|(_, c)| c).collect();
+    if close.is_empty() {
+        String::new()
+    } else {
+        format!(" (did you mean {}?)", close.join(", "))
+    }
+}
 
-/// The trigger variables of one reading, by their PMTR names (`L1U`, `P`, …), unprefixed.
-pub fn variables_of(reading: &Reading) -> impl Iterator<Item = (String, f64)> + '_ {
-    reading.samples.iter().map(|s| (s.variable(), s.value))
+fn distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reading::{Phase, Quantity, Sample};
 
     #[test]
-    fn variables_of_a_reading() {
-        let samples = vec![
-            Sample::new(Phase::L1, Quantity::Voltage, 230.0),
-            Sample::new(Phase::Total, Quantity::ActivePower, 100.0),
-        ];
-        let r = Reading {
-            meter: "main".into(),
-            model: crate::meter::Model::Rx380,
-            time: chrono::Utc::now(),
-            samples,
-            quality: Default::default(),
-        };
-        let v: Vec<_> = variables_of(&r).collect();
-        assert_eq!(v, vec![("L1U".to_string(), 230.0), ("P".to_string(), 100.0)]);
+    fn hints() {
+        assert_eq!(expr_hint("L1V", &["L1U", "L1I", "P"]), " (did you mean L1I, L1U?)");
+        assert_eq!(expr_hint("zzzz", &["L1U"]), "");
     }
 }

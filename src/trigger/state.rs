@@ -23,6 +23,18 @@ pub enum State {
     Latched,
 }
 
+impl State {
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Released => "released",
+            State::Pending { .. } => "pending",
+            State::Tripped => "tripped",
+            State::Recovering { .. } => "recovering",
+            State::Latched => "latched",
+        }
+    }
+}
+
 /// What changed on an update.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transition {
@@ -63,6 +75,44 @@ impl Hysteresis {
         } else {
             None
         }
+    }
+
+    /// Trips now, whatever the condition (stale data with `on_stale = "trip"`): latches when
+    /// `latch` is set. Returns the transition when the output was off.
+    pub fn force_trip(&mut self) -> Option<Transition> {
+        match self.state {
+            State::Released | State::Pending { .. } => {
+                self.state = if self.latch { State::Latched } else { State::Tripped };
+                Some(if self.latch { Transition::Latched } else { Transition::Tripped })
+            }
+            State::Recovering { .. } => {
+                self.state = State::Tripped;
+                None
+            }
+            State::Tripped | State::Latched => None,
+        }
+    }
+
+    /// Releases now (stale data with `on_stale = "release"`). A latch is only ever reset by
+    /// hand: a latched trigger stays latched.
+    pub fn force_release(&mut self) -> Option<Transition> {
+        match self.state {
+            State::Tripped | State::Recovering { .. } => {
+                self.state = State::Released;
+                Some(Transition::Released)
+            }
+            State::Pending { .. } => {
+                self.state = State::Released;
+                None
+            }
+            State::Released | State::Latched => None,
+        }
+    }
+
+    /// Puts back a state saved before a restart: `Tripped` or `Latched` (a latched state on a
+    /// trigger whose config no longer latches comes back tripped). Timers start afresh.
+    pub fn restore(&mut self, latched: bool) {
+        self.state = if latched && self.latch { State::Latched } else { State::Tripped };
     }
 
     /// Feeds the condition at `now` (non-decreasing). `None` condition: see the module docs.
@@ -191,6 +241,32 @@ mod tests {
         let mut h = Hysteresis::new(Duration::ZERO, Duration::ZERO, false);
         assert_eq!(h.update(Some(true), s(7)), Some(Transition::Tripped));
         assert_eq!(h.update(Some(false), s(8)), Some(Transition::Released));
+    }
+
+    #[test]
+    fn forced_trip_and_release() {
+        let mut h = Hysteresis::new(s(5), s(5), false);
+        assert_eq!(h.update(Some(true), s(0)), None);
+        assert_eq!(h.force_trip(), Some(Transition::Tripped), "a pending hold trips at once");
+        assert_eq!(h.force_trip(), None);
+        assert_eq!(h.force_release(), Some(Transition::Released));
+        assert_eq!(h.force_release(), None);
+        let mut l = Hysteresis::new(s(5), s(5), true);
+        assert_eq!(l.force_trip(), Some(Transition::Latched));
+        assert_eq!(l.force_release(), None, "a latch is reset by hand only");
+        assert_eq!(l.state(), State::Latched);
+    }
+
+    #[test]
+    fn restore_puts_back_tripped_or_latched() {
+        let mut h = Hysteresis::new(s(5), s(5), true);
+        h.restore(true);
+        assert_eq!(h.state(), State::Latched);
+        let mut h = Hysteresis::new(s(5), s(5), false);
+        h.restore(true);
+        assert_eq!(h.state(), State::Tripped, "no longer latching: tripped, recovery applies");
+        assert_eq!(h.update(Some(false), s(10)), None);
+        assert_eq!(h.update(Some(false), s(15)), Some(Transition::Released));
     }
 
     #[test]

@@ -1,0 +1,184 @@
+//! Trigger variables: what each name in an expression reads. Pure.
+//!
+//! - `L1U`, `L12U`, `P`, `L1e`…: the trigger's own `meter`, by the PMTR names
+//!   ([`Sample::variable`](crate::reading::Sample::variable)), in SI units, energy in kWh.
+//! - `gen.L1I`: meter `gen`'s value. A meter whose name has `-` is written with `_`
+//!   (`house_l2.L2U` for meter `house-l2`), since `-` is a minus in an expression.
+//! - `hour` (0–23), `minute` (0–59), `weekday` (1 = Monday … 7 = Sunday), `day` (1–31),
+//!   `month` (1–12): the gateway's local time, whole numbers.
+
+use super::expr::Kind;
+use crate::config::Meter;
+use crate::reading::{Phase, Quantity};
+use chrono::{Datelike, Timelike};
+
+/// A time-of-day variable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClockVar {
+    Hour,
+    Minute,
+    Weekday,
+    Day,
+    Month,
+}
+
+impl ClockVar {
+    pub const ALL: [(&'static str, ClockVar); 5] = [
+        ("hour", ClockVar::Hour),
+        ("minute", ClockVar::Minute),
+        ("weekday", ClockVar::Weekday),
+        ("day", ClockVar::Day),
+        ("month", ClockVar::Month),
+    ];
+
+    /// Its value at local time `t`.
+    pub fn value<T: Datelike + Timelike>(self, t: &T) -> f64 {
+        f64::from(match self {
+            ClockVar::Hour => t.hour(),
+            ClockVar::Minute => t.minute(),
+            ClockVar::Weekday => t.weekday().number_from_monday(),
+            ClockVar::Day => t.day(),
+            ClockVar::Month => t.month(),
+        })
+    }
+}
+
+/// Where a variable's value comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// `meter` is an index into the config's meters.
+    Meter { meter: usize, phase: Phase, quantity: Quantity },
+    Clock(ClockVar),
+}
+
+impl Source {
+    pub fn kind(self) -> Kind {
+        match self {
+            Source::Meter { quantity: Quantity::Alarm, .. } | Source::Clock(_) => Kind::Integer,
+            Source::Meter { .. } => Kind::Number,
+        }
+    }
+}
+
+/// How meter `name` is written as a prefix.
+pub fn prefix_of(name: &str) -> String {
+    name.replace('-', "_")
+}
+
+/// The variable names a meter offers, unprefixed, with what they read.
+pub fn meter_variables(m: &Meter) -> Vec<(String, Phase, Quantity)> {
+    m.model
+        .sample_set(m.phase)
+        .into_iter()
+        .map(|(p, q)| (format!("{}{}", p.prefix(), q.symbol()), p, q))
+        .collect()
+}
+
+/// Resolves `name` for a trigger whose unprefixed variables read meter `own` (an index into
+/// `meters`). The error says why, in the user's words, with close names when there are any.
+pub fn resolve(name: &str, own: Option<usize>, meters: &[Meter]) -> Result<Source, String> {
+    if let Some((_, c)) = ClockVar::ALL.iter().find(|(n, _)| *n == name) {
+        return Ok(Source::Clock(*c));
+    }
+    let (meter, var) = match name.split_once('.') {
+        Some((prefix, var)) => {
+            let Some(i) = meters.iter().position(|m| prefix_of(&m.name) == prefix) else {
+                let names: Vec<String> = meters.iter().map(|m| prefix_of(&m.name)).collect();
+                return Err(format!(
+                    "no meter is named `{prefix}`{}",
+                    hint(prefix, names.iter().map(String::as_str), "meters")
+                ));
+            };
+            (i, var)
+        }
+        None => match own {
+            Some(i) => (i, name),
+            None => {
+                let clock: Vec<&str> = ClockVar::ALL.iter().map(|(n, _)| *n).collect();
+                return Err(format!(
+                    "not a time variable ({}), and the trigger has no `meter` for unprefixed names: \
+                     set `meter = \"…\"` or write `<meter>.{name}`",
+                    clock.join(", ")
+                ));
+            }
+        },
+    };
+    let m = &meters[meter];
+    let offered = meter_variables(m);
+    if let Some((_, phase, quantity)) = offered.iter().find(|(n, _, _)| n == var) {
+        return Ok(Source::Meter { meter, phase: *phase, quantity: *quantity });
+    }
+    let names: Vec<&str> = offered.iter().map(|(n, _, _)| n.as_str()).collect();
+    let close = super::expr_hint(var, &names);
+    let on = if m.model.is_pzem() { format!(" on {:?}", m.phase) } else { String::new() };
+    Err(format!(
+        "meter \"{}\" ({}{on}) has no `{var}`{close}; it has {}",
+        m.name,
+        m.model,
+        names.join(" ")
+    ))
+}
+
+fn hint<'a>(word: &str, candidates: impl Iterator<Item = &'a str>, _what: &str) -> String {
+    let c: Vec<&str> = candidates.collect();
+    let close = super::expr_hint(word, &c);
+    if close.is_empty() && !c.is_empty() {
+        format!(" (meters: {})", c.join(", "))
+    } else {
+        close
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meter::Model;
+    use std::time::Duration;
+
+    fn meter(name: &str, model: Model, phase: Phase) -> Meter {
+        Meter { name: name.into(), model, address: 1, bus: "b".into(), poll: Duration::from_secs(1), phase }
+    }
+
+    fn meters() -> Vec<Meter> {
+        vec![
+            meter("main", Model::Rx380, Phase::L1),
+            meter("house-l2", Model::Pzem016, Phase::L2),
+        ]
+    }
+
+    #[test]
+    fn names_resolve() {
+        let m = meters();
+        let s = |n: &str| resolve(n, Some(0), &m);
+        assert_eq!(s("L12U"), Ok(Source::Meter { meter: 0, phase: Phase::L12, quantity: Quantity::Voltage }));
+        assert_eq!(s("P"), Ok(Source::Meter { meter: 0, phase: Phase::Total, quantity: Quantity::ActivePower }));
+        assert_eq!(
+            s("house_l2.L2I"),
+            Ok(Source::Meter { meter: 1, phase: Phase::L2, quantity: Quantity::Current })
+        );
+        assert_eq!(s("hour"), Ok(Source::Clock(ClockVar::Hour)));
+        assert_eq!(s("house_l2.L2alarm").unwrap().kind(), Kind::Integer);
+    }
+
+    #[test]
+    fn errors_say_why() {
+        let m = meters();
+        let e = resolve("house_l2.L1U", Some(0), &m).unwrap_err();
+        assert!(e.contains("pzem-016 on L2") && e.contains("(did you mean L2U") && e.contains("L2pf"), "{e}");
+        let e = resolve("gen.L1I", Some(0), &m).unwrap_err();
+        assert!(e.contains("no meter is named `gen`") && e.contains("main"), "{e}");
+        let e = resolve("L1U", None, &m).unwrap_err();
+        assert!(e.contains("set `meter"), "{e}");
+        let e = resolve("e", Some(1), &m).unwrap_err();
+        assert!(e.contains("has no `e`"), "{e}");
+    }
+
+    #[test]
+    fn clock_values() {
+        let t = chrono::NaiveDate::from_ymd_opt(2026, 11, 21).unwrap().and_hms_opt(22, 30, 0).unwrap();
+        assert_eq!(ClockVar::Hour.value(&t), 22.0);
+        assert_eq!(ClockVar::Minute.value(&t), 30.0);
+        assert_eq!(ClockVar::Weekday.value(&t), 6.0, "2026-11-21 is a Saturday");
+        assert_eq!(ClockVar::Month.value(&t), 11.0);
+    }
+}
