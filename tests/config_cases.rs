@@ -13,7 +13,7 @@
 //! After a deliberate change of messages, `PMTR_BLESS=1 cargo test --test config_cases` rewrites
 //! every `expected.txt` from the current output (review the diff before committing).
 
-use pmtr::config::{load_str, Bus, Config, Meter};
+use pmtr::config::{load_str, Bus, Config, Meter, Relay, Trigger};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -63,6 +63,35 @@ fn meter_fact(m: &Meter, key: &str) -> Option<String> {
     })
 }
 
+fn relay_fact(r: &Relay, key: &str) -> Option<String> {
+    Some(match key {
+        "pin" => r.pin.to_string(),
+        "active_low" => r.active_low.to_string(),
+        "default" => r.default.to_string(),
+        "on_shutdown" => format!("{:?}", r.on_shutdown).to_lowercase(),
+        _ => return None,
+    })
+}
+
+fn trigger_fact(t: &Trigger, key: &str) -> Option<String> {
+    Some(match key {
+        "when" => t.when.clone(),
+        "meter" => t.meter.clone().unwrap_or_else(|| "none".to_owned()),
+        "meters" => format!("{:?}", t.meters),
+        "average" => t.average.map_or("none".to_owned(), |d| format!("{d:?}")),
+        "hold" => format!("{:?}", t.hold),
+        "recovery" => format!("{:?}", t.recovery),
+        "level" => t.level.to_string(),
+        "relays" => format!("{:?}", t.relays),
+        "dry_run" => t.dry_run.to_string(),
+        "latch" => t.latch.to_string(),
+        "alert" => t.alert.to_string(),
+        "stale_after" => format!("{:?}", t.stale_after),
+        "on_stale" => format!("{:?}", t.on_stale).to_lowercase(),
+        _ => return None,
+    })
+}
+
 /// The value of a fact key, rendered as `ok.txt` writes it.
 fn fact(c: &Config, key: &str) -> Option<String> {
     match key {
@@ -71,11 +100,23 @@ fn fact(c: &Config, key: &str) -> Option<String> {
         "gateway.name" => return Some(c.gateway.name.clone()),
         "gateway.state_dir" => return Some(c.gateway.state_dir.display().to_string()),
         "gateway.log_readings" => return Some(c.gateway.log_readings.to_string()),
+        "gateway.gpio" => return Some(format!("{:?}", c.gateway.gpio).to_lowercase()),
+        "gateway.control_socket" => return Some(c.gateway.control_socket.display().to_string()),
+        "relays" => return Some(c.relays.len().to_string()),
+        "triggers" => return Some(c.triggers.len().to_string()),
         _ => {}
     }
     if let Some(sel) = key.strip_prefix("bus") {
         let (b, rest) = select(&c.buses, |b| &b.name, sel)?;
         return bus_fact(b, rest.strip_prefix('.')?);
+    }
+    if let Some(sel) = key.strip_prefix("relay") {
+        let (r, rest) = select(&c.relays, |r| &r.name, sel)?;
+        return relay_fact(r, rest.strip_prefix('.')?);
+    }
+    if let Some(sel) = key.strip_prefix("trigger") {
+        let (t, rest) = select(&c.triggers, |t| &t.name, sel)?;
+        return trigger_fact(t, rest.strip_prefix('.')?);
     }
     if let Some(sel) = key.strip_prefix("meter") {
         let (m, rest) = select(&c.meters, |m| &m.name, sel)?;

@@ -97,7 +97,8 @@ impl Model {
             .poll_requests(1, 0)
             .iter()
             .map(|r| match r.pdu {
-                crate::modbus::Pdu::ReadInput { count, .. } | crate::modbus::Pdu::ReadHolding { count, .. } => {
+                crate::modbus::Pdu::ReadInput { count, .. }
+                | crate::modbus::Pdu::ReadHolding { count, .. } => {
                     vec![0; usize::from(count)]
                 }
                 _ => Vec::new(),

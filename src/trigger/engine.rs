@@ -266,7 +266,9 @@ impl Engine {
             match self.relays.iter_mut().find(|r| &*r.name == name) {
                 Some(r) if f.until.is_none_or(|u| u > now.wall) => r.forced = Some(f.clone()),
                 Some(_) => {}
-                None => tracing::warn!(relay = %name, "a saved force of a relay that is no longer configured is dropped"),
+                None => {
+                    tracing::warn!(relay = %name, "a saved force of a relay that is no longer configured is dropped")
+                }
             }
         }
         for i in 0..self.relays.len() {
@@ -347,7 +349,8 @@ impl Engine {
             }
         }
         for i in 0..self.relays.len() {
-            let expired = self.relays[i].forced.as_ref().is_some_and(|f| f.until.is_some_and(|u| u <= now.wall));
+            let expired =
+                self.relays[i].forced.as_ref().is_some_and(|f| f.until.is_some_and(|u| u <= now.wall));
             if expired {
                 self.relays[i].forced = None;
                 out.save = true;
@@ -557,7 +560,8 @@ impl Engine {
         if stale == t.stale {
             return;
         }
-        let names: Vec<&str> = self.meter_index.iter().filter(|(_, i)| silent.contains(i)).map(|(n, _)| n.as_str()).collect();
+        let names: Vec<&str> =
+            self.meter_index.iter().filter(|(_, i)| silent.contains(i)).map(|(n, _)| n.as_str()).collect();
         let t = &mut self.triggers[ti];
         t.stale = stale;
         let (event, cause) = if stale {
@@ -676,7 +680,10 @@ fn change(
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("triggers", &self.triggers.len()).field("relays", &self.relays.len()).finish()
+        f.debug_struct("Engine")
+            .field("triggers", &self.triggers.len())
+            .field("relays", &self.relays.len())
+            .finish()
     }
 }
 
@@ -739,7 +746,11 @@ pin = 18
 
     /// Feeds one reading of `main` per second from `from` with the voltages given; returns
     /// (second, relay, level) of every switch and the events.
-    fn script(e: &mut Engine, from: u64, voltages: &[f64]) -> (Vec<(u64, usize, Level)>, Vec<(u64, ChangeEvent)>) {
+    fn script(
+        e: &mut Engine,
+        from: u64,
+        voltages: &[f64],
+    ) -> (Vec<(u64, usize, Level)>, Vec<(u64, ChangeEvent)>) {
         let mut switches = Vec::new();
         let mut events = Vec::new();
         for (k, v) in voltages.iter().enumerate() {
@@ -853,7 +864,7 @@ relays = ["heater"]
         let (switches, events) = script(&mut e, 0, &v);
         assert_eq!(switches, vec![(5, 0, Level::Off)]);
         assert_eq!(events, vec![(5, ChangeEvent::Latched)]);
-        assert_eq!(e.saved().triggers["overvoltage"].latched, true);
+        assert!(e.saved().triggers["overvoltage"].latched);
         let out = e.reset("overvoltage", "uid 0 pid 1", at(200.0)).unwrap();
         assert_eq!(out.switches, vec![(0, Level::On)]);
         assert!(out.save);
@@ -890,14 +901,14 @@ relays = ["heater"]
 
     #[test]
     fn stale_data_hold_trip_release() {
-        for (on_stale, want_level, want_event) in [
-            ("hold", Level::On, None),
-            ("trip", Level::Off, Some(ChangeEvent::Tripped)),
-        ] {
-            let mut e = engine(&OVERVOLTAGE.replace(
-                "relays =",
-                &format!("stale_after = \"10s\"\non_stale = \"{on_stale}\"\nrelays ="),
-            ));
+        for (on_stale, want_level, want_event) in
+            [("hold", Level::On, None), ("trip", Level::Off, Some(ChangeEvent::Tripped))]
+        {
+            let mut e =
+                engine(&OVERVOLTAGE.replace(
+                    "relays =",
+                    &format!("stale_after = \"10s\"\non_stale = \"{on_stale}\"\nrelays ="),
+                ));
             script(&mut e, 0, &[230.0; 3]);
             assert!(e.tick(at(12.0)).changes.is_empty(), "2 is the last reading: not stale at 12");
             let out = e.tick(at(12.5));
@@ -923,7 +934,11 @@ relays = ["heater"]
 
     #[test]
     fn stale_values_are_unknown_not_last_known() {
-        let mut e = engine(&OVERVOLTAGE.replace("hold = \"5s\"", "hold = \"0s\"").replace("relays =", "stale_after = \"10s\"\nrelays ="));
+        let mut e = engine(
+            &OVERVOLTAGE
+                .replace("hold = \"5s\"", "hold = \"0s\"")
+                .replace("relays =", "stale_after = \"10s\"\nrelays ="),
+        );
         script(&mut e, 0, &[230.0]);
         e.tick(at(15.0));
         // A reading of another meter must not evaluate `main`'s old value.
@@ -995,7 +1010,8 @@ when = "hour >= 22 || hour < 6"
 relays = ["heater"]
 "#,
         );
-        let local = |h: u32| chrono::NaiveDate::from_ymd_opt(2026, 11, 21).unwrap().and_hms_opt(h, 0, 0).unwrap();
+        let local =
+            |h: u32| chrono::NaiveDate::from_ymd_opt(2026, 11, 21).unwrap().and_hms_opt(h, 0, 0).unwrap();
         let now = |h: u32| Now { local: local(h), ..at(f64::from(h) * 3600.0) };
         assert!(e.tick(now(21)).switches.is_empty());
         assert_eq!(e.tick(now(22)).switches, vec![(1, Level::On)]);

@@ -13,9 +13,7 @@
 //! Evaluation reuses one small context, filled with the expression's own variables only: no
 //! allocation per variable, no hash map.
 
-use evalexpr::{
-    Context, EvalexprError, EvalexprResult, FloatType, IntType, Node, Operator, Value,
-};
+use evalexpr::{Context, EvalexprError, EvalexprResult, FloatType, IntType, Node, Operator, Value};
 
 /// The type of a variable's values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,7 +115,7 @@ impl Expression {
                 return Err(ExprError::Type {
                     offset: None,
                     message: format!(
-                        "gives {} ({other}), not true or false: compare it, e.g. `{} > 0`",
+                        "gives {}, not true or false: compare it, e.g. `{} > 0`",
                         type_name(&other),
                         text.trim()
                     ),
@@ -315,7 +313,10 @@ mod tests {
     #[test]
     fn unknown_variable_is_named_with_its_position() {
         let err = compile("L1U > 3 && L1V < 2").unwrap_err();
-        assert_eq!(err, ExprError::Variable { name: "L1V".into(), offset: 11, message: "unknown variable".into() });
+        assert_eq!(
+            err,
+            ExprError::Variable { name: "L1V".into(), offset: 11, message: "unknown variable".into() }
+        );
     }
 
     #[test]

@@ -36,7 +36,10 @@ pub enum Loaded {
     /// First start: nothing saved.
     Missing,
     /// The file could not be read or parsed; it was moved to `moved_to`.
-    Damaged { error: String, moved_to: Option<PathBuf> },
+    Damaged {
+        error: String,
+        moved_to: Option<PathBuf>,
+    },
 }
 
 pub fn path_in(state_dir: &Path) -> PathBuf {

@@ -47,7 +47,11 @@ impl ClockVar {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
     /// `meter` is an index into the config's meters.
-    Meter { meter: usize, phase: Phase, quantity: Quantity },
+    Meter {
+        meter: usize,
+        phase: Phase,
+        quantity: Quantity,
+    },
     Clock(ClockVar),
 }
 
@@ -111,12 +115,7 @@ pub fn resolve(name: &str, own: Option<usize>, meters: &[Meter]) -> Result<Sourc
     let names: Vec<&str> = offered.iter().map(|(n, _, _)| n.as_str()).collect();
     let close = super::expr_hint(var, &names);
     let on = if m.model.is_pzem() { format!(" on {:?}", m.phase) } else { String::new() };
-    Err(format!(
-        "meter \"{}\" ({}{on}) has no `{var}`{close}; it has {}",
-        m.name,
-        m.model,
-        names.join(" ")
-    ))
+    Err(format!("meter \"{}\" ({}{on}) has no `{var}`{close}; it has {}", m.name, m.model, names.join(" ")))
 }
 
 fn hint<'a>(word: &str, candidates: impl Iterator<Item = &'a str>, _what: &str) -> String {
@@ -140,10 +139,7 @@ mod tests {
     }
 
     fn meters() -> Vec<Meter> {
-        vec![
-            meter("main", Model::Rx380, Phase::L1),
-            meter("house-l2", Model::Pzem016, Phase::L2),
-        ]
+        vec![meter("main", Model::Rx380, Phase::L1), meter("house-l2", Model::Pzem016, Phase::L2)]
     }
 
     #[test]
@@ -151,7 +147,10 @@ mod tests {
         let m = meters();
         let s = |n: &str| resolve(n, Some(0), &m);
         assert_eq!(s("L12U"), Ok(Source::Meter { meter: 0, phase: Phase::L12, quantity: Quantity::Voltage }));
-        assert_eq!(s("P"), Ok(Source::Meter { meter: 0, phase: Phase::Total, quantity: Quantity::ActivePower }));
+        assert_eq!(
+            s("P"),
+            Ok(Source::Meter { meter: 0, phase: Phase::Total, quantity: Quantity::ActivePower })
+        );
         assert_eq!(
             s("house_l2.L2I"),
             Ok(Source::Meter { meter: 1, phase: Phase::L2, quantity: Quantity::Current })

@@ -59,7 +59,10 @@ impl Loader<'_> {
                 let path = element_path("relay", i, t);
                 if let Some(&first) = names.get(&r.name) {
                     let f = &relays[first];
-                    let message = format!("duplicate relay name {:?}: already used by {} at line {}", r.name, f.path, f.line);
+                    let message = format!(
+                        "duplicate relay name {:?}: already used by {} at line {}",
+                        r.name, f.path, f.line
+                    );
                     self.error(t.get("name").map_or(v.span(), |n| n.span()), format!("{path}.name"), message);
                     continue;
                 }
@@ -85,8 +88,10 @@ impl Loader<'_> {
                 let path = element_path("trigger", i, t);
                 let Some(trigger) = self.trigger(i, v, t, meters, &relays) else { continue };
                 if let Some((first, line)) = names.get(&trigger.name) {
-                    let message =
-                        format!("duplicate trigger name {:?}: already used by {first} at line {line}", trigger.name);
+                    let message = format!(
+                        "duplicate trigger name {:?}: already used by {first} at line {line}",
+                        trigger.name
+                    );
                     self.error(t.get("name").map_or(v.span(), |n| n.span()), format!("{path}.name"), message);
                     continue;
                 }
@@ -107,7 +112,9 @@ impl Loader<'_> {
             self.error(
                 v.span(),
                 format!("{path}.name"),
-                format!("invalid name {n:?}: use only letters, digits, `_` and `-` (it becomes the {what} tag)"),
+                format!(
+                    "invalid name {n:?}: use only letters, digits, `_` and `-` (it becomes the {what} tag)"
+                ),
             );
             return None;
         }
@@ -119,8 +126,10 @@ impl Loader<'_> {
         let level = Level::parse(&s);
         if level.is_none() {
             let hint = match s.to_ascii_lowercase().as_str() {
-                "high" | "low" => " (levels are the relay's, not the pin's: \"on\" energises the coil; set \
-                                   `active_low = true` on a relay board switched by a low pin)",
+                "high" | "low" => {
+                    " (levels are the relay's, not the pin's: \"on\" energises the coil; set \
+                                   `active_low = true` on a relay board switched by a low pin)"
+                }
                 _ => "",
             };
             self.error(v.span(), key, format!("unknown level {s:?}: \"on\" or \"off\"{hint}"));
@@ -151,8 +160,13 @@ impl Loader<'_> {
                 None
             }
         };
-        let mut relay =
-            Relay { name: String::new(), pin: 0, active_low: false, default: Level::Off, on_shutdown: OnShutdown::Hold };
+        let mut relay = Relay {
+            name: String::new(),
+            pin: 0,
+            active_low: false,
+            default: Level::Off,
+            on_shutdown: OnShutdown::Hold,
+        };
         if let Some(b) = t.get("active_low").and_then(|v| self.boolean(v, &key("active_low"))) {
             relay.active_low = b;
         }
@@ -172,7 +186,14 @@ impl Loader<'_> {
         Some(relay)
     }
 
-    fn duration_key(&mut self, t: &DeTable<'_>, path: &str, k: &str, min: Duration, max: Duration) -> Option<Option<Duration>> {
+    fn duration_key(
+        &mut self,
+        t: &DeTable<'_>,
+        path: &str,
+        k: &str,
+        min: Duration,
+        max: Duration,
+    ) -> Option<Option<Duration>> {
         match t.get(k) {
             None => Some(None),
             Some(v) => self.duration_in(v, &format!("{path}.{k}"), Some(min), Some(max)).map(Some),
@@ -269,13 +290,14 @@ impl Loader<'_> {
                 None => ok = false,
             }
         }
-        let stale_after = match self.duration_key(t, &path, "stale_after", Duration::from_secs(1), MAX_AVERAGE) {
-            Some(d) => d,
-            None => {
-                ok = false;
-                None
-            }
-        };
+        let stale_after =
+            match self.duration_key(t, &path, "stale_after", Duration::from_secs(1), MAX_AVERAGE) {
+                Some(d) => d,
+                None => {
+                    ok = false;
+                    None
+                }
+            };
         let slowest = read.iter().map(|&m| meters[m].poll).max().unwrap_or(Duration::ZERO);
         let stale_after = match stale_after {
             Some(d) if d < slowest * 2 && expr_ok => {
@@ -343,7 +365,8 @@ impl Loader<'_> {
                                 let hint = suggest(&r, relays.iter().map(|d| d.relay.name.as_str()))
                                     .map(|s| format!(" (did you mean {s:?}?)"))
                                     .unwrap_or_else(|| {
-                                        let all: Vec<&str> = relays.iter().map(|d| d.relay.name.as_str()).collect();
+                                        let all: Vec<&str> =
+                                            relays.iter().map(|d| d.relay.name.as_str()).collect();
                                         format!(" (relays: {})", all.join(", "))
                                     });
                                 format!("no relay named {r:?}{hint}")
