@@ -746,11 +746,9 @@ pin = 18
 
     /// Feeds one reading of `main` per second from `from` with the voltages given; returns
     /// (second, relay, level) of every switch and the events.
-    fn script(
-        e: &mut Engine,
-        from: u64,
-        voltages: &[f64],
-    ) -> (Vec<(u64, usize, Level)>, Vec<(u64, ChangeEvent)>) {
+    type Script = (Vec<(u64, usize, Level)>, Vec<(u64, ChangeEvent)>);
+
+    fn script(e: &mut Engine, from: u64, voltages: &[f64]) -> Script {
         let mut switches = Vec::new();
         let mut events = Vec::new();
         for (k, v) in voltages.iter().enumerate() {
