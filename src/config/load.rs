@@ -1358,7 +1358,7 @@ mod tests {
     fn unknown_keys_say_what_is_expected_when_nothing_is_close() {
         let e = errors("[gateway]\nzzz = 1\n");
         assert!(e.contains(
-            &"t.toml:2:1: gateway.zzz: unknown key (expected one of: name, state_dir, log_readings)"
+            &"t.toml:2:1: gateway.zzz: unknown key (expected one of: name, state_dir, log_readings, gpio, control_socket)"
                 .to_owned()
         ));
     }
