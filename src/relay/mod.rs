@@ -71,3 +71,25 @@ pub trait Gpio: Send {
 pub trait Pin: Send {
     fn write(&mut self, high: bool) -> Result<(), RelayError>;
 }
+
+pub mod bank;
+pub mod fake;
+mod rppal;
+
+pub use self::rppal::RppalGpio;
+pub use bank::RelayBank;
+pub use fake::{FakeBoard, FakeGpio};
+
+/// The GPIO the configuration asks for: the Pi's through rppal, or a fake one that logs to
+/// `<state_dir>/fake-gpio.log` (returned with its board, for the demo).
+pub fn open_gpio(gateway: &crate::config::Gateway) -> Result<(Box<dyn Gpio>, Option<FakeBoard>), RelayError> {
+    match gateway.gpio {
+        crate::config::GpioBackend::Rppal => Ok((Box::new(RppalGpio::open()?), None)),
+        crate::config::GpioBackend::Fake => {
+            let path = gateway.state_dir.join("fake-gpio.log");
+            let board = FakeBoard::with_log(&path)
+                .map_err(|e| RelayError::Open(format!("fake GPIO: cannot open {}: {e}", path.display())))?;
+            Ok((Box::new(board.gpio()), Some(board)))
+        }
+    }
+}
