@@ -1,1 +1,257 @@
-//! placeholder
+//! The shell around the [`Engine`]: one task owns the engine and the relays; readings, a
+//! one-second tick and control commands come in; relay writes, state changes (log, storage,
+//! alerts) and the saved-state file go out.
+//!
+//! What happens to a relay on every path:
+//!
+//! | path | relay |
+//! |---|---|
+//! | start | claimed at the level the saved state gives (a latched or tripped trigger, a force), else its `default`: before the first reading, with no glitch |
+//! | reading | switched when a trigger trips or releases (after `hold` / `recovery`) |
+//! | stale data | per trigger `on_stale`: hold (default), trip or release; a latch is never released |
+//! | manual | `pmtr relay force/release`, `pmtr trigger reset`: at once, logged with the caller |
+//! | stop (SIGTERM) | `on_shutdown`: hold (default) keeps the level, default drives the default level |
+//! | crash, kill -9, power kept | the pin keeps its level; the next start restores the saved state |
+//! | config change | takes effect at the next start, with the saved state restored by trigger name |
+
+use super::engine::{Engine, Now, Output};
+use super::saved::{self, Loaded, Saved, SavedTrigger};
+use crate::config::{Config, OnShutdown};
+use crate::control::{Command, Request, Response};
+use crate::reading::{ChangeEvent, Reading, Record, StateChange, Subject};
+use crate::relay::{bank::RelayBank, Gpio, Level, RelayError};
+use chrono::Utc;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc};
+use tokio::time::Instant;
+
+/// Why the triggers could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(String),
+    #[error("relays: {0}")]
+    Relay(#[from] RelayError),
+}
+
+/// The running trigger task.
+pub struct Triggers {
+    /// Every reading goes here, as soon as it arrives.
+    pub readings: mpsc::Sender<Reading>,
+    /// Control commands (from the control socket).
+    pub commands: mpsc::Sender<Command>,
+    /// Every state change, for the alerts.
+    pub events: broadcast::Sender<StateChange>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+struct Shell {
+    engine: Engine,
+    bank: RelayBank,
+    on_shutdown: Vec<(OnShutdown, Level)>,
+    store: mpsc::Sender<Record>,
+    events: broadcast::Sender<StateChange>,
+    saved_path: PathBuf,
+    origin: Instant,
+}
+
+impl Triggers {
+    /// Restores the saved state, claims every relay at the level it gives (before any
+    /// reading), and starts the task. Changes go to `store` and to [`Triggers::events`].
+    pub fn start(config: &Config, gpio: &mut dyn Gpio, store: mpsc::Sender<Record>) -> Result<Triggers, StartError> {
+        let origin = Instant::now();
+        let mut engine = Engine::new(config, Duration::ZERO).map_err(StartError::Config)?;
+        let saved_path = saved::path_in(&config.gateway.state_dir);
+        let saved = match saved::load(&saved_path) {
+            Loaded::Found(s) => s,
+            Loaded::Missing => Saved::default(),
+            Loaded::Damaged { error, moved_to } => {
+                // Nothing says which latches were set: every latching trigger starts latched,
+                // so that a damaged file never releases a protection.
+                tracing::error!(file = %saved_path.display(), error = %error,
+                    moved_to = ?moved_to.as_ref().map(|p| p.display().to_string()),
+                    "the saved trigger state is unreadable: every latching trigger starts latched; \
+                     reset them with `pmtr trigger reset NAME` once checked");
+                let mut s = Saved::default();
+                for t in config.triggers.iter().filter(|t| t.latch) {
+                    s.triggers.insert(
+                        t.name.clone(),
+                        SavedTrigger { latched: true, since: Utc::now(), when: t.when.clone() },
+                    );
+                }
+                s
+            }
+        };
+        let now = now(origin);
+        let restored = engine.restore(&saved, now);
+        let levels: Vec<(&str, Level)> =
+            config.relays.iter().enumerate().map(|(i, r)| (r.name.as_str(), engine.relay_level(i))).collect();
+        let bank = RelayBank::open(&config.relays, gpio, |r| {
+            levels.iter().find(|(n, _)| *n == r.name).map_or(r.default, |(_, l)| *l)
+        })?;
+        let (readings_tx, readings) = mpsc::channel(1024);
+        let (commands_tx, commands) = mpsc::channel(16);
+        let (events, _) = broadcast::channel(256);
+        let shell = Shell {
+            engine,
+            bank,
+            on_shutdown: config.relays.iter().map(|r| (r.on_shutdown, r.default)).collect(),
+            store,
+            events: events.clone(),
+            saved_path,
+            origin,
+        };
+        let task = tokio::spawn(shell.run(restored, readings, commands));
+        Ok(Triggers { readings: readings_tx, commands: commands_tx, events, task })
+    }
+
+    /// Waits until the task has stopped (after the readings channel closed): relays set per
+    /// `on_shutdown`, state saved.
+    pub async fn join(self) {
+        let Triggers { readings, commands, task, .. } = self;
+        drop(readings);
+        drop(commands);
+        let _ = task.await;
+    }
+}
+
+fn now(origin: Instant) -> Now {
+    let wall = Utc::now();
+    Now { mono: origin.elapsed(), wall, local: wall.with_timezone(&chrono::Local).naive_local() }
+}
+
+impl Shell {
+    async fn run(mut self, restored: Output, mut readings: mpsc::Receiver<Reading>, mut commands: mpsc::Receiver<Command>) {
+        self.apply(restored).await;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut commands_open = true;
+        loop {
+            tokio::select! {
+                biased;
+                r = readings.recv() => match r {
+                    Some(r) => {
+                        let out = self.engine.on_reading(&r, now(self.origin));
+                        if !out.is_empty() {
+                            self.apply(out).await;
+                        }
+                    }
+                    None => break,
+                },
+                c = commands.recv(), if commands_open => match c {
+                    Some(c) => self.command(c).await,
+                    None => commands_open = false,
+                },
+                _ = tick.tick() => {
+                    let out = self.engine.tick(now(self.origin));
+                    if !out.is_empty() {
+                        self.apply(out).await;
+                    }
+                }
+            }
+        }
+        self.shutdown().await;
+    }
+
+    async fn command(&mut self, c: Command) {
+        let now = now(self.origin);
+        let by = c.peer.to_string();
+        let result = match &c.request {
+            Request::Status => {
+                let _ = c.reply.send(Response::Status {
+                    triggers: self.engine.trigger_status(),
+                    relays: self.engine.relay_status(),
+                });
+                return;
+            }
+            Request::Force { relay, level, seconds } => {
+                let until = seconds.map(|s| now.wall + chrono::Duration::seconds(s.min(i64::MAX as u64) as i64));
+                self.engine.force(relay, *level, until, &by, now).map(|out| {
+                    let how = until.map_or("until released".to_owned(), |u| {
+                        format!("until {}", u.with_timezone(&chrono::Local).format("%Y-%m-%d %H:%M:%S"))
+                    });
+                    (out, format!("relay {relay} forced {level} {how}"))
+                })
+            }
+            Request::Release { relay } => self
+                .engine
+                .release(relay, &by, now)
+                .map(|out| (out, format!("relay {relay} released: its triggers decide again"))),
+            Request::Reset { trigger } => self
+                .engine
+                .reset(trigger, &by, now)
+                .map(|out| (out, format!("trigger {trigger} reset: it trips again only after its hold"))),
+        };
+        let response = match result {
+            Ok((out, message)) => {
+                tracing::info!(request = ?c.request, by = %by, "{message}");
+                self.apply(out).await;
+                Response::Done { message }
+            }
+            Err(message) => {
+                tracing::warn!(request = ?c.request, by = %by, "refused: {message}");
+                Response::Error { message }
+            }
+        };
+        let _ = c.reply.send(response);
+    }
+
+    async fn apply(&mut self, out: Output) {
+        for (i, level) in out.switches {
+            if let Err(e) = self.bank.set(i, level) {
+                tracing::error!(error = %e, level = %level, "a relay could not be switched");
+            }
+        }
+        for c in out.changes {
+            self.record(c).await;
+        }
+        if out.save {
+            if let Err(e) = saved::save(&self.saved_path, &self.engine.saved()) {
+                tracing::error!(file = %self.saved_path.display(), error = %e,
+                    "cannot save the trigger state: a restart now would not restore it");
+            }
+        }
+    }
+
+    async fn record(&mut self, c: StateChange) {
+        let loud = matches!(
+            c.event,
+            ChangeEvent::Tripped | ChangeEvent::Latched | ChangeEvent::Stale | ChangeEvent::WouldTrip | ChangeEvent::Forced
+        );
+        if loud {
+            tracing::warn!(dry_run = c.dry_run, "{c}");
+        } else {
+            tracing::info!(dry_run = c.dry_run, "{c}");
+        }
+        let _ = self.events.send(c.clone());
+        if self.store.send(Record::Change(c)).await.is_err() {
+            tracing::error!("storage stopped: state changes are no longer written");
+        }
+    }
+
+    async fn shutdown(mut self) {
+        if let Err(e) = saved::save(&self.saved_path, &self.engine.saved()) {
+            tracing::error!(file = %self.saved_path.display(), error = %e, "cannot save the trigger state");
+        }
+        let wall = Utc::now();
+        let status = self.engine.relay_status();
+        let on_shutdown = std::mem::take(&mut self.on_shutdown);
+        for (r, (on_shutdown, default)) in status.iter().zip(&on_shutdown) {
+            if *on_shutdown == OnShutdown::Default && r.level != *default {
+                self.record(StateChange {
+                    time: wall,
+                    subject: Subject::Relay,
+                    name: r.name.as_str().into(),
+                    event: ChangeEvent::Switched,
+                    active: *default == Level::On,
+                    held: false,
+                    dry_run: false,
+                    cause: "stop: on_shutdown = default".into(),
+                })
+                .await;
+            }
+        }
+        self.bank.shutdown();
+    }
+}
