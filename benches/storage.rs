@@ -12,7 +12,7 @@
 mod servers;
 
 use pmtr::meter::Model;
-use pmtr::reading::{Phase, Quality, Quantity, Reading, Sample};
+use pmtr::reading::{Phase, Quality, Quantity, Reading, Record, Sample};
 use pmtr::store::influx::{InfluxV2, V2Settings};
 use pmtr::store::schema::LineProtocol;
 use pmtr::store::sink::{Durability, Sink, SinkOptions};
@@ -48,12 +48,12 @@ fn fill(spool: &mut Spool, n: u64, base: i64, one_by_one: bool) -> Duration {
     let t0 = Instant::now();
     if one_by_one {
         for i in 0..n {
-            spool.append(&[reading(base, i)]).unwrap();
+            spool.append(&[reading(base, i).into()]).unwrap();
         }
     } else {
         let mut i = 0;
         while i < n {
-            let batch: Vec<Reading> = (i..(i + 1000).min(n)).map(|k| reading(base, k)).collect();
+            let batch: Vec<Record> = (i..(i + 1000).min(n)).map(|k| reading(base, k).into()).collect();
             spool.append(&batch).unwrap();
             i += 1000;
         }

@@ -7,7 +7,7 @@ mod servers;
 
 use pmtr::config::{load_str, Config, LineSettings, Parity};
 use pmtr::meter::Model;
-use pmtr::reading::{Phase, Quality, Quantity, Reading, Sample};
+use pmtr::reading::{Phase, Quality, Quantity, Reading, Record, Sample};
 use pmtr::sim::{SimPort, SimPortOptions};
 use pmtr::store::schema::stored_value;
 use pmtr::store::spool::{Spool, SpoolLimits};
@@ -107,14 +107,14 @@ fn expected(readings: &[Reading]) -> BTreeMap<(String, String, String, i64), f64
     m
 }
 
-/// Runs storage on `readings`, then closes the channel and waits for it to finish.
-fn write_all(config: &Config, readings: Vec<Reading>) -> Vec<pmtr::store::SinkState> {
+/// Runs storage on `records`, then closes the channel and waits for it to finish.
+fn write_all(config: &Config, records: Vec<Record>) -> Vec<pmtr::store::SinkState> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
-        let (tx, rx) = mpsc::channel(readings.len() + 1);
+        let (tx, rx) = mpsc::channel(records.len() + 1);
         let storage = Storage::start(config, rx).unwrap();
         let sinks = storage.sinks.clone();
-        for r in readings {
+        for r in records {
             tx.send(r).await.unwrap();
         }
         drop(tx);
@@ -136,7 +136,7 @@ fn influxdb1_stores_every_value_tag_and_type() {
     let mut readings: Vec<Reading> = (0..20).map(|i| pzem(base, i)).collect();
     readings.extend((0..5).map(|i| rx380(base, i)));
     let want = expected(&readings);
-    let states = write_all(&cfg, readings);
+    let states = write_all(&cfg, readings.into_iter().map(Record::from).collect());
     assert_eq!(states[0].readings_written, 25);
     assert_eq!(states[0].points_written, 20 + 5 * 8, "RX380: 8 phases");
     assert_eq!(states[0].disk_bytes_written, 0, "no disk writes while the database keeps up");
@@ -224,7 +224,7 @@ fn influxdb2_writes_through_the_token_check_and_a_wrong_token_keeps_everything()
         let storage = Storage::start(&cfg, rx).unwrap();
         let mut events = storage.events.subscribe();
         for r in readings.clone() {
-            tx.send(r).await.unwrap();
+            tx.send(r.into()).await.unwrap();
         }
         let deadline = Instant::now() + Duration::from_secs(10);
         while storage.sinks[0].snapshot().spool_readings < readings.len() as u64 && Instant::now() < deadline
@@ -282,7 +282,7 @@ fn an_outage_loses_nothing_and_duplicates_nothing() {
                 during = storage.sinks[0].snapshot().spool_readings;
                 vm.restart();
             }
-            tx.send(r.clone()).await.unwrap();
+            tx.send(r.clone().into()).await.unwrap();
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -307,7 +307,7 @@ fn an_outage_loses_nothing_and_duplicates_nothing() {
     assert_eq!(got, want);
 }
 
-fn spooled(dir: &Path) -> Vec<Reading> {
+fn spooled(dir: &Path) -> Vec<Record> {
     let copy = tempfile::tempdir().unwrap();
     for e in std::fs::read_dir(dir).unwrap() {
         let e = e.unwrap();
@@ -318,7 +318,7 @@ fn spooled(dir: &Path) -> Vec<Reading> {
     loop {
         let b = s.read(10_000).unwrap();
         let Some(end) = b.end else { break };
-        out.extend(b.readings);
+        out.extend(b.records);
         s.commit(end).unwrap();
     }
     out
@@ -380,7 +380,7 @@ fn kill_9_during_an_outage_loses_nothing_that_was_spooled() {
 
     vm.restart();
     let mut p = start_pmtr(&cfg, &log.with_extension("2.log"));
-    let want: BTreeSet<i64> = before.iter().map(|r| r.time.timestamp_millis()).collect();
+    let want: BTreeSet<i64> = before.iter().map(|r| r.time().timestamp_millis()).collect();
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut got = BTreeSet::new();
     while Instant::now() < deadline {

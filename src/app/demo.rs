@@ -114,7 +114,7 @@ async fn run_in(dir: &std::path::Path, duration: Option<Duration>) -> anyhow::Re
         .replace("{dir}", &dir.display().to_string())
         .replace("{csv}", &demo_csv_dir().display().to_string());
     let config = crate::config::load_str(&text, "demo.toml").map_err(|e| anyhow::anyhow!("{e}"))?;
-    let (store_tx, store_rx) = mpsc::channel::<Reading>(4096);
+    let (store_tx, store_rx) = mpsc::channel::<crate::reading::Record>(4096);
     let storage = crate::store::Storage::start(&config, store_rx)?;
     let (tx, mut rx) = mpsc::channel::<Reading>(256);
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -136,7 +136,7 @@ async fn run_in(dir: &std::path::Path, duration: Option<Duration>) -> anyhow::Re
                 if !tty {
                     println!("{r}");
                 }
-                let _ = store_tx.send(r.clone()).await;
+                let _ = store_tx.send(r.clone().into()).await;
                 latest.insert(r.meter.to_string(), r);
             }
             _ = tick.tick() => {
@@ -168,7 +168,7 @@ async fn run_in(dir: &std::path::Path, duration: Option<Duration>) -> anyhow::Re
     let _ = stop_tx.send(true);
     engine.join().await;
     while let Ok(r) = rx.try_recv() {
-        let _ = store_tx.send(r).await;
+        let _ = store_tx.send(r.into()).await;
     }
     drop(store_tx);
     storage.join().await;

@@ -16,7 +16,7 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
         tracing::warn!(dir = %config.gateway.state_dir.display(), error = %e,
             "cannot create the state directory; the port map will not be remembered");
     }
-    let (store_tx, store_rx) = mpsc::channel::<Reading>(4096);
+    let (store_tx, store_rx) = mpsc::channel::<crate::reading::Record>(4096);
     let storage = Storage::start(&config, store_rx)?;
     let sinks = storage.sinks.clone();
     let (tx, mut rx) = mpsc::channel::<Reading>(1024);
@@ -36,7 +36,7 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
             if log_readings {
                 tracing::info!("{r}");
             }
-            if store_tx.send(r).await.is_err() {
+            if store_tx.send(r.into()).await.is_err() {
                 tracing::error!("storage stopped: readings are no longer written");
                 break;
             }

@@ -3,11 +3,16 @@
 //! `<dir>/<group>-<YYYY-MM-DD>.csv`, one per day and meter group (each meter, each bus, or
 //! all meters in one file), a header row, ISO 8601 timestamps with their UTC offset, one row
 //! per point (the same points as InfluxDB), `.` as decimal separator and `,` between columns.
+//!
+//! State changes of triggers and relays go to `<dir>/changes-<YYYY-MM-DD>.csv` (same clock,
+//! same day boundary), one row each: `time,subject,name,event,active,held,dry_run,cause`. A
+//! meter group that happens to be called `changes` writes its readings to
+//! `changes.readings-<YYYY-MM-DD>.csv` instead, so that the two never share a file.
 
-use super::schema::{csv_header, csv_rows, quantities_of};
+use super::schema::{csv_change_row, csv_header, csv_rows, quantities_of, CSV_CHANGES_HEADER};
 use super::sink::{WriteError, WriteFuture, Writer};
 use crate::meter::Model;
-use crate::reading::{Quantity, Reading};
+use crate::reading::{Quantity, Record};
 use chrono::{DateTime, Local, NaiveDate, SecondsFormat, Utc};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -41,7 +46,12 @@ pub struct CsvWriter {
     /// group → columns.
     columns: HashMap<String, Vec<Quantity>>,
     open: HashMap<String, (NaiveDate, File)>,
+    /// The open file of state changes.
+    changes: Option<(NaiveDate, File)>,
 }
+
+/// The file name stem of state changes.
+const CHANGES: &str = "changes";
 
 fn columns_for(models: impl IntoIterator<Item = Model>) -> Vec<Quantity> {
     let models: Vec<Model> = models.into_iter().collect();
@@ -69,7 +79,7 @@ impl CsvWriter {
             groups.insert(meter.clone(), group);
         }
         let columns = models.into_iter().map(|(g, ms)| (g, columns_for(ms))).collect();
-        CsvWriter { dir, zone, groups, columns, open: HashMap::new() }
+        CsvWriter { dir, zone, groups, columns, open: HashMap::new(), changes: None }
     }
 
     fn stamp(&self, t: DateTime<Utc>) -> (NaiveDate, String) {
@@ -86,20 +96,45 @@ impl CsvWriter {
         let stale = self.open.get(group).is_none_or(|(d, _)| *d != day);
         if stale {
             std::fs::create_dir_all(&self.dir)?;
-            let path = self.dir.join(format!("{group}-{day}.csv"));
-            let mut f = OpenOptions::new().create(true).append(true).open(&path)?;
-            if f.metadata()?.len() == 0 {
-                f.write_all(csv_header(&self.columns[group]).as_bytes())?;
-            }
+            let stem = if group == CHANGES { "changes.readings" } else { group };
+            let f = open_with_header(
+                &self.dir.join(format!("{stem}-{day}.csv")),
+                &csv_header(&self.columns[group]),
+            )?;
             self.open.insert(group.to_owned(), (day, f));
         }
         Ok(&mut self.open.get_mut(group).expect("just opened").1)
     }
 
-    fn write_now(&mut self, batch: &[Reading]) -> std::io::Result<()> {
-        // Rows per (group, day), in arrival order.
+    fn changes_file(&mut self, day: NaiveDate) -> std::io::Result<&mut File> {
+        if self.changes.as_ref().is_none_or(|(d, _)| *d != day) {
+            std::fs::create_dir_all(&self.dir)?;
+            let f = open_with_header(&self.dir.join(format!("{CHANGES}-{day}.csv")), CSV_CHANGES_HEADER)?;
+            self.changes = Some((day, f));
+        }
+        Ok(&mut self.changes.as_mut().expect("just opened").1)
+    }
+
+    fn write_now(&mut self, batch: &[Record]) -> std::io::Result<()> {
+        // Rows per (group, day), in arrival order; state changes per day.
         let mut out: Vec<(String, NaiveDate, String)> = Vec::new();
+        let mut changes: Vec<(NaiveDate, String)> = Vec::new();
         for r in batch {
+            let r = match r {
+                Record::Reading(r) => r,
+                Record::Change(c) => {
+                    let (day, time) = self.stamp(c.time);
+                    let i = match changes.iter().position(|(d, _)| *d == day) {
+                        Some(i) => i,
+                        None => {
+                            changes.push((day, String::new()));
+                            changes.len() - 1
+                        }
+                    };
+                    csv_change_row(c, &time, &mut changes[i].1);
+                    continue;
+                }
+            };
             let group = match self.groups.get(&*r.meter) {
                 Some(g) => g.clone(),
                 None => {
@@ -123,8 +158,20 @@ impl CsvWriter {
             let f = self.file(&group, day)?;
             f.write_all(text.as_bytes())?;
         }
+        for (day, text) in changes {
+            self.changes_file(day)?.write_all(text.as_bytes())?;
+        }
         Ok(())
     }
+}
+
+/// Opens `path` to append, writing `header` first when the file is new or empty.
+fn open_with_header(path: &std::path::Path, header: &str) -> std::io::Result<File> {
+    let mut f = OpenOptions::new().create(true).append(true).open(path)?;
+    if f.metadata()?.len() == 0 {
+        f.write_all(header.as_bytes())?;
+    }
+    Ok(f)
 }
 
 impl Writer for CsvWriter {
@@ -136,10 +183,11 @@ impl Writer for CsvWriter {
         self.dir.display().to_string()
     }
 
-    fn write(&mut self, batch: &[Reading]) -> WriteFuture {
+    fn write(&mut self, batch: &[Record]) -> WriteFuture {
         let result = self.write_now(batch).map_err(|e| {
             // A dropped file handle is reopened on the next try (a remounted stick).
             self.open.clear();
+            self.changes = None;
             WriteError::Retry {
                 message: format!("cannot write CSV in {}: {e}", self.dir.display()),
                 after: None,
@@ -148,10 +196,15 @@ impl Writer for CsvWriter {
         Box::pin(async move { result })
     }
 
-    fn render(&self, batch: &[Reading]) -> String {
+    fn render(&self, batch: &[Record]) -> String {
         let mut s = String::new();
         for r in batch {
-            csv_rows(r, &r.time.to_rfc3339(), &columns_for([r.model]), &mut s);
+            match r {
+                Record::Reading(r) => {
+                    csv_rows(r, &r.time.to_rfc3339(), &columns_for([r.model]), &mut s);
+                }
+                Record::Change(c) => csv_change_row(c, &c.time.to_rfc3339(), &mut s),
+            }
         }
         s
     }
@@ -160,11 +213,11 @@ impl Writer for CsvWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reading::{Phase, Quality, Sample};
+    use crate::reading::{ChangeEvent, Phase, Quality, Reading, Sample, StateChange, Subject};
     use chrono::TimeZone as _;
 
-    fn reading(meter: &str, model: Model, ms: i64) -> Reading {
-        Reading {
+    fn reading(meter: &str, model: Model, ms: i64) -> Record {
+        Record::Reading(Reading {
             meter: meter.into(),
             model,
             time: Utc.timestamp_millis_opt(ms).unwrap(),
@@ -173,7 +226,20 @@ mod tests {
                 Sample::new(Phase::Total, Quantity::ActiveEnergy, 12.5),
             ],
             quality: Quality::default(),
-        }
+        })
+    }
+
+    fn change(subject: Subject, name: &str, event: ChangeEvent, ms: i64, cause: &str) -> Record {
+        Record::Change(StateChange {
+            time: Utc.timestamp_millis_opt(ms).unwrap(),
+            subject,
+            name: name.into(),
+            event,
+            active: event != ChangeEvent::Released,
+            held: event == ChangeEvent::Forced,
+            dry_run: false,
+            cause: cause.into(),
+        })
     }
 
     #[test]
@@ -214,6 +280,80 @@ mod tests {
         let mut w = CsvWriter::new(file.join("csv"), GroupBy::Meter, TimeZone::Local, "gw", &[]);
         let r = tokio_test_block_on(w.write(&[reading("a", Model::Pzem016, 0)]));
         assert!(matches!(r, Err(WriteError::Retry { .. })), "{r:?}");
+    }
+
+    #[test]
+    fn state_changes_go_to_a_daily_changes_file_with_one_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let meters = vec![("a".to_string(), "bus1".to_string(), Model::Pzem016)];
+        let day1 = 1_763_683_200_000; // 2025-11-21T00:00:00Z
+        let day2 = day1 + 86_400_000;
+        let new = || CsvWriter::new(dir.path().into(), GroupBy::Meter, TimeZone::Utc, "gw", &meters);
+        let mut w = new();
+        w.write_now(&[
+            reading("a", Model::Pzem016, day1 + 1),
+            change(Subject::Trigger, "overvoltage", ChangeEvent::Tripped, day1 + 2, "L1U=254.2 \"high\""),
+            change(Subject::Relay, "boiler", ChangeEvent::Switched, day1 + 2, "trigger overvoltage"),
+            change(Subject::Trigger, "overvoltage", ChangeEvent::Released, day2 - 1, "L1U=230,0"),
+        ])
+        .unwrap();
+        w.write_now(&[change(Subject::Relay, "boiler", ChangeEvent::Forced, day2 + 7, "manual\n(uid 1000)")])
+            .unwrap();
+        drop(w);
+        // A restart appends without a second header.
+        new().write_now(&[change(Subject::Relay, "boiler", ChangeEvent::Unforced, day2 + 8, "")]).unwrap();
+
+        let c1 = std::fs::read_to_string(dir.path().join("changes-2025-11-21.csv")).unwrap();
+        let c2 = std::fs::read_to_string(dir.path().join("changes-2025-11-22.csv")).unwrap();
+        assert_eq!(
+            c1,
+            "time,subject,name,event,active,held,dry_run,cause\n\
+             2025-11-21T00:00:00.002Z,trigger,overvoltage,tripped,1,0,0,\"L1U=254.2 \"\"high\"\"\"\n\
+             2025-11-21T00:00:00.002Z,relay,boiler,switched,1,0,0,\"trigger overvoltage\"\n\
+             2025-11-21T23:59:59.999Z,trigger,overvoltage,released,0,0,0,\"L1U=230,0\"\n"
+        );
+        assert_eq!(
+            c2,
+            "time,subject,name,event,active,held,dry_run,cause\n\
+             2025-11-22T00:00:00.007Z,relay,boiler,forced,1,1,0,\"manual (uid 1000)\"\n\
+             2025-11-22T00:00:00.008Z,relay,boiler,unforced,1,0,0,\"\"\n"
+        );
+        let a = std::fs::read_to_string(dir.path().join("a-2025-11-21.csv")).unwrap();
+        assert_eq!(a.lines().count(), 1 + 2, "the reading stays in its own file");
+        assert!(!dir.path().join("a-2025-11-22.csv").exists());
+    }
+
+    #[test]
+    fn state_changes_follow_the_local_clock_like_readings() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = CsvWriter::new(dir.path().into(), GroupBy::Gateway, TimeZone::Local, "gw", &[]);
+        let t = Utc.timestamp_millis_opt(1_763_726_400_123).unwrap();
+        let local = t.with_timezone(&Local);
+        w.write_now(&[change(Subject::Relay, "boiler", ChangeEvent::Switched, 1_763_726_400_123, "x")])
+            .unwrap();
+        let f = dir.path().join(format!("changes-{}.csv", local.date_naive()));
+        let text = std::fs::read_to_string(&f).unwrap();
+        let stamp = local.to_rfc3339_opts(SecondsFormat::Millis, false);
+        assert!(text.lines().nth(1).unwrap().starts_with(&format!("{stamp},relay,boiler,")), "{text}");
+    }
+
+    #[test]
+    fn a_meter_called_changes_keeps_its_readings_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let meters = vec![("changes".to_string(), "bus1".to_string(), Model::Pzem016)];
+        let mut w = CsvWriter::new(dir.path().into(), GroupBy::Meter, TimeZone::Utc, "gw", &meters);
+        let day = 1_763_683_200_000;
+        w.write_now(&[
+            reading("changes", Model::Pzem016, day),
+            change(Subject::Relay, "boiler", ChangeEvent::Switched, day, ""),
+        ])
+        .unwrap();
+        let readings = std::fs::read_to_string(dir.path().join("changes.readings-2025-11-21.csv")).unwrap();
+        let changes = std::fs::read_to_string(dir.path().join("changes-2025-11-21.csv")).unwrap();
+        assert!(readings.starts_with("time,meter,model,phase,"));
+        assert_eq!(readings.lines().count(), 3);
+        assert_eq!(changes.lines().count(), 2);
+        assert!(changes.starts_with(CSV_CHANGES_HEADER));
     }
 
     fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {

@@ -1,10 +1,10 @@
 //! InfluxDB writers: v2 (`/api/v2/write`, InfluxDB 2.x and 3.x) through the `influxdb2` crate,
 //! v1 (`/write`, InfluxDB 1.x) through the same `reqwest`. Both send the line protocol of
-//! [`super::schema`] with millisecond timestamps.
+//! [`super::schema`] with millisecond timestamps: readings and state changes in one body.
 
 use super::schema::LineProtocol;
 use super::sink::{WriteError, WriteFuture, Writer};
-use crate::reading::Reading;
+use crate::reading::Record;
 use std::time::Duration;
 
 /// What an HTTP status means for the sink. Pure, shared by both versions.
@@ -122,7 +122,7 @@ impl Writer for InfluxV1 {
         format!("{} database {}", self.settings.url, self.settings.database)
     }
 
-    fn write(&mut self, batch: &[Reading]) -> WriteFuture {
+    fn write(&mut self, batch: &[Record]) -> WriteFuture {
         let (body, _) = self.lp.encode_batch(batch);
         let mut request = self.client.post(self.endpoint.clone()).body(body);
         if let Some(user) = &self.settings.username {
@@ -140,7 +140,7 @@ impl Writer for InfluxV1 {
         })
     }
 
-    fn render(&self, batch: &[Reading]) -> String {
+    fn render(&self, batch: &[Record]) -> String {
         self.lp.encode_batch(batch).0
     }
 }
@@ -189,7 +189,7 @@ impl Writer for InfluxV2 {
         format!("{} org {} bucket {}", self.settings.url, self.settings.org, self.settings.bucket)
     }
 
-    fn write(&mut self, batch: &[Reading]) -> WriteFuture {
+    fn write(&mut self, batch: &[Record]) -> WriteFuture {
         let (body, _) = self.lp.encode_batch(batch);
         let client = self.client.clone();
         let org = self.settings.org.clone();
@@ -214,7 +214,7 @@ impl Writer for InfluxV2 {
         })
     }
 
-    fn render(&self, batch: &[Reading]) -> String {
+    fn render(&self, batch: &[Record]) -> String {
         self.lp.encode_batch(batch).0
     }
 }

@@ -1,12 +1,19 @@
-//! Storage: every reading to every sink, exactly once, across outages, restarts and power cuts.
+//! Storage: every reading and every state change to every sink, exactly once, across outages,
+//! restarts and power cuts.
 //!
 //! ```text
-//!  buses ─ Reading ─▶ fan-out ─▶ sink "influx" : memory batch ─▶ writer (InfluxDB v2)
-//!                          │                        └─▶ spool (disk, only when needed)
-//!                          └───▶ sink "csv"    : memory batch ─▶ writer (daily CSV)
+//!  buses ─ Reading ──────┐
+//!                        ├─ Record ─▶ fan-out ─▶ sink "influx" : memory batch ─▶ writer (InfluxDB v2)
+//!  triggers, relays ─────┘                │                        └─▶ spool (disk, only when needed)
+//!    StateChange                          └───▶ sink "csv"    : memory batch ─▶ writer (daily CSV)
 //! ```
 //!
-//! - [`schema`]: readings as points and rows (pure); [`record`]: the spool's record format
+//! A [`Record`] is a meter's [`Reading`](crate::reading::Reading) or a trigger's or relay's
+//! [`StateChange`](crate::reading::StateChange); both take the same way through batches, retries
+//! and the spool, and each sink writes both (InfluxDB: measurements `pmtr`, `pmtr_trigger`,
+//! `pmtr_relay`; CSV: the meter files and `changes-YYYY-MM-DD.csv`).
+//!
+//! - [`schema`]: records as points and rows (pure); [`record`]: the spool's record format
 //!   (pure); [`spool`]: segment files; [`sink`]: the loop of one sink and its decisions;
 //!   [`influx`] and [`csv`]: the writers.
 //! - Storage runs on its own thread with its own runtime, so that a slow SD card or a large
@@ -20,7 +27,7 @@ pub mod sink;
 pub mod spool;
 
 use crate::config::{Config, SinkKind};
-use crate::reading::Reading;
+use crate::reading::Record;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sink::{Sink, SinkOptions, Writer};
@@ -33,15 +40,16 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum StoreEvent {
-    /// Writes fail; readings go to the spool.
+    /// Writes fail; readings and state changes go to the spool.
     Down { sink: String, error: String },
-    /// The server refuses the sink's settings (token, bucket…); readings are kept.
+    /// The server refuses the sink's settings (token, bucket…); records are kept.
     Refused { sink: String, error: String },
-    /// Writes succeed again; `spooled` readings are being replayed.
+    /// Writes succeed again; `spooled` records are being replayed.
     Back { sink: String, spooled: u64 },
-    /// The spool was full: the oldest readings were dropped.
+    /// The spool was full: the oldest records (readings and state changes) were dropped.
     Dropped { sink: String, readings: u64 },
-    /// The server refused points that can never be written; set aside in `rejected.txt`.
+    /// The server refused points that can never be written; set aside in `rejected.txt`
+    /// (`readings` counts records, state changes included).
     Rejected { sink: String, readings: u64, error: String },
     /// The spool itself failed (disk full, read-only).
     SpoolError { sink: String, error: String },
@@ -52,20 +60,24 @@ pub enum StoreEvent {
 pub struct SinkState {
     /// False while writes fail.
     pub healthy: bool,
+    /// Meter readings written.
     pub readings_written: u64,
+    /// Trigger and relay state changes written.
+    pub changes_written: u64,
+    /// Points written: one per phase of each reading, one per state change.
     pub points_written: u64,
-    /// Readings waiting in memory.
+    /// Records (readings and state changes) waiting in memory.
     pub in_memory: u64,
-    /// Readings waiting in the spool, and its size on disk.
+    /// Records waiting in the spool, and its size on disk.
     pub spool_readings: u64,
     pub spool_bytes: u64,
-    /// Readings lost to a full spool since start.
+    /// Records lost to a full spool since start.
     pub spool_dropped: u64,
-    /// Readings the server refused for good (kept in `rejected.txt`).
+    /// Records the server refused for good (kept in `rejected.txt`).
     pub rejected: u64,
     /// Bytes written to the spool since start.
     pub disk_bytes_written: u64,
-    /// The time of the oldest reading not yet written.
+    /// The time of the oldest record not yet written.
     pub oldest_unsent: Option<DateTime<Utc>>,
     pub last_write: Option<DateTime<Utc>>,
     pub last_error: Option<(DateTime<Utc>, String)>,
@@ -158,9 +170,9 @@ pub fn writer_for(config: &Config, sink: &crate::config::Sink) -> Result<Box<dyn
 
 impl Storage {
     /// Opens every sink's spool (recovering what a crash left) and starts writing what
-    /// arrives on `readings`. Returns when the sinks are ready; fails if a spool cannot be
-    /// opened, so that pmtr never runs without its safety net.
-    pub fn start(config: &Config, readings: mpsc::Receiver<Reading>) -> Result<Storage, StartError> {
+    /// arrives on `records` (readings and state changes). Returns when the sinks are ready;
+    /// fails if a spool cannot be opened, so that pmtr never runs without its safety net.
+    pub fn start(config: &Config, records: mpsc::Receiver<Record>) -> Result<Storage, StartError> {
         let (events, _) = broadcast::channel(256);
         let mut sinks = Vec::new();
         let mut statuses = Vec::new();
@@ -192,22 +204,22 @@ impl Storage {
                     .enable_all()
                     .build()
                     .expect("a current-thread runtime builds");
-                runtime.block_on(run(sinks, readings));
+                runtime.block_on(run(sinks, records));
                 let _ = done_tx.send(());
             })
             .map_err(StartError::Thread)?;
         Ok(Storage { sinks: statuses, events, done })
     }
 
-    /// Waits until every sink has written or spooled what it had (after the reading channel
+    /// Waits until every sink has written or spooled what it had (after the record channel
     /// closed).
     pub async fn join(self) {
         let _ = self.done.await;
     }
 }
 
-/// Fans readings out to the sinks until `readings` closes, then lets each finish.
-pub async fn run(sinks: Vec<Sink>, mut readings: mpsc::Receiver<Reading>) {
+/// Fans records out to the sinks until `records` closes, then lets each finish.
+pub async fn run(sinks: Vec<Sink>, mut records: mpsc::Receiver<Record>) {
     let mut senders = Vec::new();
     let mut tasks = tokio::task::JoinSet::new();
     for sink in sinks {
@@ -215,7 +227,7 @@ pub async fn run(sinks: Vec<Sink>, mut readings: mpsc::Receiver<Reading>) {
         senders.push(tx);
         tasks.spawn(sink.run(rx));
     }
-    while let Some(r) = readings.recv().await {
+    while let Some(r) = records.recv().await {
         if let Some((last, rest)) = senders.split_last() {
             for tx in rest {
                 let _ = tx.send(r.clone()).await;

@@ -1,20 +1,32 @@
-//! Spool records: one reading in a checksummed, length-prefixed binary record, and a scanner
-//! that finds the good records in a file that may have been cut short or damaged. Pure.
+//! Spool records: one [`Record`] (a reading or a state change) in a checksummed,
+//! length-prefixed binary record, and a scanner that finds the good records in a file that may
+//! have been cut short or damaged. Pure.
 //!
 //! ```text
 //! record  = 0xA7 | len: u16 LE | crc32: u32 LE | payload (len bytes)
 //!           crc32 covers the two length bytes and the payload
-//! payload = flags: u8 (bit 0: energy counter went backwards)
+//! payload = flags: u8, then by bit 7 of flags:
+//!   bit 7 clear: a reading (flags bit 0: energy counter went backwards)
 //!         | time: i64 LE, nanoseconds since 1970 UTC
 //!         | model: u8 | name length: u8 | name (UTF-8)
 //!         | sample count: u8 | per sample: phase << 4 | quantity: u8, value: f64 LE
+//!   bit 7 set: a state change (flags bit 0: active, bit 1: held, bit 2: dry run)
+//!         | time: i64 LE, nanoseconds since 1970 UTC
+//!         | subject: u8 | event: u8 | name length: u8 | name (UTF-8)
+//!         | cause length: u16 LE | cause (UTF-8, at most 1 KiB)
 //! ```
 //!
+//! Model, phase, quantity, subject and event are positions in [`Model::ALL`], [`Phase::ALL`],
+//! [`Quantity::ALL`], [`Subject::ALL`] and [`ChangeEvent::ALL`]. Unknown bits of the flags byte
+//! are ignored.
+//!
 //! A PZEM reading (7 samples, a 7-letter name) takes 7 + 1 + 8 + 1 + 1 + 7 + 1 + 7 × 9 = 89
-//! bytes.
+//! bytes; a state change with an 11-letter name and a 20-byte cause 7 + 1 + 8 + 2 + 1 + 11 + 2 +
+//! 20 = 52. Reading records are the same as before state changes existed, so older spools
+//! replay; an older pmtr, which ignores bit 7, must not replay a spool holding state changes.
 
 use crate::meter::Model;
-use crate::reading::{Phase, Quality, Quantity, Reading, Sample};
+use crate::reading::{ChangeEvent, Phase, Quality, Quantity, Reading, Record, Sample, StateChange, Subject};
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 use std::ops::Range;
@@ -23,6 +35,10 @@ use std::sync::Arc;
 pub const MAGIC: u8 = 0xA7;
 pub const HEADER: usize = 7;
 pub const MAX_PAYLOAD: usize = u16::MAX as usize;
+/// Flags bit 7: the payload is a state change.
+pub const CHANGE_FLAG: u8 = 0x80;
+/// The longest cause kept; a longer one is cut at a character boundary.
+pub const MAX_CAUSE: usize = 1024;
 
 const PHASES: [Phase; 8] = Phase::ALL;
 const QUANTITIES: [Quantity; 11] = Quantity::ALL;
@@ -31,27 +47,24 @@ fn index_of<T: PartialEq>(all: &[T], x: &T) -> u8 {
     all.iter().position(|a| a == x).expect("every variant is listed") as u8
 }
 
-/// Appends the record of `reading` to `out`. Names longer than 255 bytes and more than 255
+/// The longest start of `s` of at most `max` bytes that ends at a character boundary.
+fn cut(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Appends the record of `record` to `out`. Names longer than 255 bytes and more than 255
 /// samples cannot occur (config names are short, meters have a fixed sample set); they are
-/// cut rather than refused so that a reading is never lost.
-pub fn encode(reading: &Reading, out: &mut Vec<u8>) {
+/// cut rather than refused so that a record is never lost. So is a cause over [`MAX_CAUSE`].
+pub fn encode(record: &Record, out: &mut Vec<u8>) {
     let start = out.len();
     out.extend_from_slice(&[MAGIC, 0, 0, 0, 0, 0, 0]);
-    out.push(u8::from(reading.quality.energy_backwards));
-    let nanos = reading.time.timestamp_nanos_opt().unwrap_or(i64::MAX);
-    out.extend_from_slice(&nanos.to_le_bytes());
-    out.push(index_of(&Model::ALL, &reading.model));
-    let mut name = &reading.meter[..reading.meter.len().min(255)];
-    while !reading.meter.is_char_boundary(name.len()) {
-        name = &name[..name.len() - 1];
-    }
-    out.push(name.len() as u8);
-    out.extend_from_slice(name.as_bytes());
-    let samples = &reading.samples[..reading.samples.len().min(255)];
-    out.push(samples.len() as u8);
-    for s in samples {
-        out.push(index_of(&PHASES, &s.phase) << 4 | index_of(&QUANTITIES, &s.quantity));
-        out.extend_from_slice(&s.value.to_le_bytes());
+    match record {
+        Record::Reading(r) => encode_reading(r, out),
+        Record::Change(c) => encode_change(c, out),
     }
     let len = (out.len() - start - HEADER) as u16;
     out[start + 1..start + 3].copy_from_slice(&len.to_le_bytes());
@@ -61,12 +74,50 @@ pub fn encode(reading: &Reading, out: &mut Vec<u8>) {
     out[start + 3..start + 7].copy_from_slice(&h.finalize().to_le_bytes());
 }
 
-/// Why a payload with a good checksum still is not a reading (written by a newer version).
+fn push_time(time: &DateTime<Utc>, out: &mut Vec<u8>) {
+    let nanos = time.timestamp_nanos_opt().unwrap_or(i64::MAX);
+    out.extend_from_slice(&nanos.to_le_bytes());
+}
+
+fn push_name(name: &str, out: &mut Vec<u8>) {
+    let name = cut(name, 255);
+    out.push(name.len() as u8);
+    out.extend_from_slice(name.as_bytes());
+}
+
+fn encode_reading(reading: &Reading, out: &mut Vec<u8>) {
+    out.push(u8::from(reading.quality.energy_backwards));
+    push_time(&reading.time, out);
+    out.push(index_of(&Model::ALL, &reading.model));
+    push_name(&reading.meter, out);
+    let samples = &reading.samples[..reading.samples.len().min(255)];
+    out.push(samples.len() as u8);
+    for s in samples {
+        out.push(index_of(&PHASES, &s.phase) << 4 | index_of(&QUANTITIES, &s.quantity));
+        out.extend_from_slice(&s.value.to_le_bytes());
+    }
+}
+
+fn encode_change(change: &StateChange, out: &mut Vec<u8>) {
+    out.push(
+        CHANGE_FLAG | u8::from(change.active) | u8::from(change.held) << 1 | u8::from(change.dry_run) << 2,
+    );
+    push_time(&change.time, out);
+    out.push(index_of(&Subject::ALL, &change.subject));
+    out.push(index_of(&ChangeEvent::ALL, &change.event));
+    push_name(&change.name, out);
+    let cause = cut(&change.cause, MAX_CAUSE);
+    out.extend_from_slice(&(cause.len() as u16).to_le_bytes());
+    out.extend_from_slice(cause.as_bytes());
+}
+
+/// Why a payload with a good checksum still is not a record (written by a newer version).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unreadable spool record: {0}")]
 pub struct PayloadError(&'static str);
 
-/// Meter names repeat in every record; one `Arc<str>` per name is shared by all readings.
+/// Meter, trigger and relay names repeat in every record; one `Arc<str>` per name is shared
+/// by all records.
 #[derive(Debug, Default)]
 pub struct Names(HashMap<Box<str>, Arc<str>>);
 
@@ -81,41 +132,95 @@ impl Names {
     }
 }
 
-/// Decodes a payload (the bytes after the header).
-pub fn decode(payload: &[u8], names: &mut Names) -> Result<Reading, PayloadError> {
-    let mut p = payload;
-    let mut take = |n: usize| -> Result<&[u8], PayloadError> {
-        if p.len() < n {
+/// The bytes of a payload not read yet.
+struct Payload<'a>(&'a [u8]);
+
+impl<'a> Payload<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], PayloadError> {
+        if self.0.len() < n {
             return Err(PayloadError("too short"));
         }
-        let (a, b) = p.split_at(n);
-        p = b;
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
         Ok(a)
-    };
-    let flags = take(1)?[0];
-    let nanos = i64::from_le_bytes(take(8)?.try_into().expect("8 bytes"));
-    let model = *Model::ALL.get(usize::from(take(1)?[0])).ok_or(PayloadError("unknown model"))?;
-    let name_len = usize::from(take(1)?[0]);
-    let name = std::str::from_utf8(take(name_len)?).map_err(|_| PayloadError("meter name"))?;
-    let meter = names.get(name);
-    let count = usize::from(take(1)?[0]);
+    }
+
+    fn u8(&mut self) -> Result<u8, PayloadError> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], PayloadError> {
+        Ok(self.take(N)?.try_into().expect("N bytes"))
+    }
+
+    fn time(&mut self) -> Result<DateTime<Utc>, PayloadError> {
+        Ok(DateTime::<Utc>::from_timestamp_nanos(i64::from_le_bytes(self.array()?)))
+    }
+
+    fn str(&mut self, len: usize, what: &'static str) -> Result<&'a str, PayloadError> {
+        std::str::from_utf8(self.take(len)?).map_err(|_| PayloadError(what))
+    }
+
+    fn end(&self) -> Result<(), PayloadError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(PayloadError("trailing bytes"))
+        }
+    }
+}
+
+fn lookup<T: Copy>(all: &[T], i: u8, what: &'static str) -> Result<T, PayloadError> {
+    all.get(usize::from(i)).copied().ok_or(PayloadError(what))
+}
+
+/// Decodes a payload (the bytes after the header).
+pub fn decode(payload: &[u8], names: &mut Names) -> Result<Record, PayloadError> {
+    let mut p = Payload(payload);
+    let flags = p.u8()?;
+    if flags & CHANGE_FLAG != 0 {
+        decode_change(flags, p, names).map(Record::Change)
+    } else {
+        decode_reading(flags, p, names).map(Record::Reading)
+    }
+}
+
+fn decode_reading(flags: u8, mut p: Payload<'_>, names: &mut Names) -> Result<Reading, PayloadError> {
+    let time = p.time()?;
+    let model = lookup(&Model::ALL, p.u8()?, "unknown model")?;
+    let name_len = usize::from(p.u8()?);
+    let meter = names.get(p.str(name_len, "meter name")?);
+    let count = usize::from(p.u8()?);
     let mut samples = Vec::with_capacity(count);
     for _ in 0..count {
-        let code = take(1)?[0];
-        let phase = *PHASES.get(usize::from(code >> 4)).ok_or(PayloadError("unknown phase"))?;
-        let quantity = *QUANTITIES.get(usize::from(code & 15)).ok_or(PayloadError("unknown quantity"))?;
-        let value = f64::from_le_bytes(take(8)?.try_into().expect("8 bytes"));
+        let code = p.u8()?;
+        let phase = lookup(&PHASES, code >> 4, "unknown phase")?;
+        let quantity = lookup(&QUANTITIES, code & 15, "unknown quantity")?;
+        let value = f64::from_le_bytes(p.array()?);
         samples.push(Sample { phase, quantity, value });
     }
-    if !p.is_empty() {
-        return Err(PayloadError("trailing bytes"));
-    }
-    Ok(Reading {
-        meter,
-        model,
-        time: DateTime::<Utc>::from_timestamp_nanos(nanos),
-        samples,
-        quality: Quality { energy_backwards: flags & 1 != 0 },
+    p.end()?;
+    Ok(Reading { meter, model, time, samples, quality: Quality { energy_backwards: flags & 1 != 0 } })
+}
+
+fn decode_change(flags: u8, mut p: Payload<'_>, names: &mut Names) -> Result<StateChange, PayloadError> {
+    let time = p.time()?;
+    let subject = lookup(&Subject::ALL, p.u8()?, "unknown subject")?;
+    let event = lookup(&ChangeEvent::ALL, p.u8()?, "unknown event")?;
+    let name_len = usize::from(p.u8()?);
+    let name = names.get(p.str(name_len, "trigger or relay name")?);
+    let cause_len = usize::from(u16::from_le_bytes(p.array()?));
+    let cause = p.str(cause_len, "cause")?.to_owned();
+    p.end()?;
+    Ok(StateChange {
+        time,
+        subject,
+        name,
+        event,
+        active: flags & 1 != 0,
+        held: flags & 2 != 0,
+        dry_run: flags & 4 != 0,
+        cause,
     })
 }
 
@@ -203,8 +308,8 @@ mod tests {
     use chrono::TimeZone;
     use proptest::prelude::*;
 
-    fn reading(i: u32) -> Reading {
-        Reading {
+    fn reading(i: u32) -> Record {
+        Record::Reading(Reading {
             meter: format!("meter{}", i % 3).into(),
             model: Model::ALL[i as usize % 4],
             time: Utc.timestamp_nanos(1_763_726_400_123_456_789 + i64::from(i)),
@@ -214,7 +319,22 @@ mod tests {
                 Sample::new(Phase::L31, Quantity::Alarm, 1.0),
             ],
             quality: Quality { energy_backwards: i % 2 == 0 },
-        }
+        })
+    }
+
+    /// Every subject, event and flag combination as `i` goes from 0 to 191.
+    fn change(i: u32) -> Record {
+        let i = i as usize;
+        Record::Change(StateChange {
+            time: Utc.timestamp_nanos(1_763_726_400_987_654_321 + i as i64),
+            subject: Subject::ALL[i % 2],
+            name: ["overvoltage", "boiler", "ünïcode-name"][i % 3].into(),
+            event: ChangeEvent::ALL[(i / 2) % 12],
+            active: i & 8 != 0,
+            held: i & 16 != 0,
+            dry_run: i & 32 != 0,
+            cause: if i % 5 == 0 { String::new() } else { format!("L1U=254.{i} \"quoted\"\nline 2 ⚡") },
+        })
     }
 
     fn records(n: u32) -> Vec<u8> {
@@ -225,7 +345,7 @@ mod tests {
         buf
     }
 
-    fn decoded(buf: &[u8]) -> Vec<Reading> {
+    fn decoded(buf: &[u8]) -> Vec<Record> {
         let mut names = Names::default();
         scan(buf)
             .into_iter()
@@ -236,6 +356,23 @@ mod tests {
             .collect()
     }
 
+    /// readings and changes in turn: `[r0, c0, r1, c1, ...]`, with where each record starts.
+    fn mixed(n: u32) -> (Vec<Record>, Vec<u8>, Vec<usize>) {
+        let all: Vec<Record> = (0..n).flat_map(|i| [reading(i), change(i)]).collect();
+        let mut buf = Vec::new();
+        let mut starts = Vec::new();
+        for r in &all {
+            starts.push(buf.len());
+            encode(r, &mut buf);
+        }
+        starts.push(buf.len());
+        (all, buf, starts)
+    }
+
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     #[test]
     fn round_trip_is_exact() {
         let buf = records(10);
@@ -244,14 +381,111 @@ mod tests {
     }
 
     #[test]
+    fn readings_and_changes_round_trip_exactly() {
+        let (all, buf, _) = mixed(192);
+        assert_eq!(decoded(&buf), all);
+        for e in ChangeEvent::ALL {
+            assert!(all.iter().any(|r| matches!(r, Record::Change(c) if c.event == e)));
+        }
+    }
+
+    #[test]
+    fn reading_records_are_byte_for_byte_as_before_state_changes() {
+        // Written by the encoder before state changes existed: old spools must still read.
+        let r = Record::Reading(Reading {
+            meter: "kitchen".into(),
+            model: Model::Pzem016,
+            time: Utc.timestamp_nanos(1_763_726_400_123_456_789),
+            samples: vec![
+                Sample::new(Phase::L2, Quantity::Voltage, 229.8),
+                Sample::new(Phase::Total, Quantity::ActiveEnergy, 1234.567),
+            ],
+            quality: Quality { energy_backwards: true },
+        });
+        let old = "a72500f4efde7a01154d56f8d0037a1802076b69746368656e02109a99999999b96c407554e3a59b444a9340";
+        let mut buf = Vec::new();
+        encode(&r, &mut buf);
+        assert_eq!(hex(&buf), old);
+        assert_eq!(decoded(&buf), [r]);
+    }
+
+    #[test]
+    fn state_change_layout() {
+        let c = Record::Change(StateChange {
+            time: Utc.timestamp_nanos(1_763_726_400_123_456_789),
+            subject: Subject::Relay,
+            name: "boiler-pump".into(),
+            event: ChangeEvent::Forced,
+            active: true,
+            held: true,
+            dry_run: false,
+            cause: "manual (uid 1000) é".into(),
+        });
+        let mut buf = Vec::new();
+        encode(&c, &mut buf);
+        assert_eq!(buf.len(), 52, "the size the module documentation states");
+        let payload = &buf[HEADER..];
+        assert_eq!(payload[0], 0x83, "bit 7: a change; bits 0 and 1: active and held");
+        assert_eq!(payload[1..9], 1_763_726_400_123_456_789i64.to_le_bytes());
+        assert_eq!(payload[9..11], [1, 10], "Subject::ALL[1], ChangeEvent::ALL[10]");
+        assert_eq!(payload[11], 11);
+        assert_eq!(&payload[12..23], b"boiler-pump");
+        assert_eq!(payload[23..25], [20, 0]);
+        assert_eq!(&payload[25..], "manual (uid 1000) é".as_bytes());
+        assert_eq!(decoded(&buf), [c]);
+    }
+
+    #[test]
+    fn a_long_cause_and_name_are_cut_at_a_character_boundary() {
+        let Record::Change(mut c) = change(1) else { unreachable!() };
+        c.cause = format!("x{}", "é".repeat(600)); // 1201 bytes
+        c.name = "ü".repeat(200).into(); // 400 bytes
+        let mut buf = Vec::new();
+        encode(&Record::Change(c.clone()), &mut buf);
+        let Record::Change(back) = &decoded(&buf)[0] else { panic!("not a change") };
+        assert_eq!(back.cause.len(), 1023, "1 + 511 × 2 bytes: the last whole character within 1 KiB");
+        assert!(c.cause.starts_with(&back.cause));
+        assert_eq!(back.name.len(), 254);
+        assert!(c.name.starts_with(&*back.name));
+        assert_eq!((back.time, back.event, back.active), (c.time, c.event, c.active));
+    }
+
+    #[test]
+    fn unknown_subject_or_event_or_bad_text_is_a_payload_error() {
+        let mut buf = Vec::new();
+        encode(&change(3), &mut buf);
+        let payload = buf[HEADER..].to_vec();
+        let mut names = Names::default();
+        assert!(decode(&payload, &mut names).is_ok());
+        let with = |at: usize, byte: u8| {
+            let mut p = payload.clone();
+            p[at] = byte;
+            decode(&p, &mut Names::default())
+        };
+        assert_eq!(with(9, Subject::ALL.len() as u8), Err(PayloadError("unknown subject")));
+        assert_eq!(with(9, 0xff), Err(PayloadError("unknown subject")));
+        assert_eq!(with(10, ChangeEvent::ALL.len() as u8), Err(PayloadError("unknown event")));
+        assert_eq!(with(12, 0xff), Err(PayloadError("trigger or relay name")));
+        let cause_at = 12 + usize::from(payload[11]) + 2;
+        assert_eq!(with(cause_at, 0xc3), Err(PayloadError("cause")));
+        assert!(with(11, payload[11] + 1).is_err(), "a name length that eats into the cause");
+        for len in 0..payload.len() {
+            assert!(decode(&payload[..len], &mut names).is_err(), "cut to {len} bytes");
+        }
+        let mut longer = payload.clone();
+        longer.push(0);
+        assert_eq!(decode(&longer, &mut names), Err(PayloadError("trailing bytes")));
+    }
+
+    #[test]
     fn pzem_reading_size() {
-        let r = Reading {
+        let r = Record::Reading(Reading {
             meter: "kitchen".into(),
             model: Model::Pzem016,
             time: Utc::now(),
             samples: (0..7).map(|i| Sample::new(Phase::L1, QUANTITIES[i], 1.0)).collect(),
             quality: Quality::default(),
-        };
+        });
         let mut buf = Vec::new();
         encode(&r, &mut buf);
         assert_eq!(buf.len(), 89, "the size the module documentation states");
@@ -273,6 +507,15 @@ mod tests {
     }
 
     #[test]
+    fn a_torn_state_change_at_the_end_costs_only_itself() {
+        let (all, buf, starts) = mixed(3);
+        let last = starts[starts.len() - 2];
+        for end in last + 1..buf.len() {
+            assert_eq!(decoded(&buf[..end]), all[..all.len() - 1], "cut at {end}");
+        }
+    }
+
+    #[test]
     fn a_flipped_bit_costs_one_record() {
         let buf = records(5);
         let one = buf.len() / 5;
@@ -288,6 +531,30 @@ mod tests {
         }
     }
 
+    #[test]
+    fn damage_in_a_state_change_costs_it_alone_and_the_scanner_resyncs() {
+        let (all, buf, starts) = mixed(3);
+        // The second change (index 3) lies between readings 1 and 2.
+        let (from, to) = (starts[3], starts[4]);
+        for byte in from..to {
+            for bit in 0..8 {
+                let mut bad = buf.clone();
+                bad[byte] ^= 1 << bit;
+                let mut want = all.clone();
+                want.remove(3);
+                assert_eq!(decoded(&bad), want, "byte {byte} bit {bit}");
+            }
+        }
+        // Garbage in its place, and a change cut in half before the next record.
+        let mut bad = buf[..from].to_vec();
+        bad.extend_from_slice(b"\xa7\xa7\x00garbage");
+        bad.extend_from_slice(&buf[from..from + (to - from) / 2]);
+        bad.extend_from_slice(&buf[to..]);
+        let mut want = all.clone();
+        want.remove(3);
+        assert_eq!(decoded(&bad), want);
+    }
+
     proptest! {
         #[test]
         fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
@@ -300,6 +567,17 @@ mod tests {
         }
 
         #[test]
+        fn any_payload_decodes_or_errs_without_panicking(
+            mut bytes in proptest::collection::vec(any::<u8>(), 0..200),
+            change in any::<bool>(),
+        ) {
+            if let Some(flags) = bytes.first_mut() {
+                *flags = if change { *flags | CHANGE_FLAG } else { *flags & !CHANGE_FLAG };
+            }
+            let _ = decode(&bytes, &mut Names::default());
+        }
+
+        #[test]
         fn garbage_between_records_is_skipped(junk in proptest::collection::vec(any::<u8>(), 0..64)) {
             let mut buf = records(2);
             let one = buf.len() / 2;
@@ -309,6 +587,20 @@ mod tests {
             let back = decoded(&buf);
             prop_assert!(back.contains(&reading(0)));
             prop_assert!(back.contains(&reading(1)));
+        }
+
+        #[test]
+        fn garbage_around_state_changes_is_skipped(
+            junk in proptest::collection::vec(any::<u8>(), 0..64),
+            i in 0u32..192,
+        ) {
+            let mut buf = Vec::new();
+            encode(&change(i), &mut buf);
+            buf.extend_from_slice(&junk);
+            encode(&change(i + 1), &mut buf);
+            let back = decoded(&buf);
+            prop_assert!(back.contains(&change(i)));
+            prop_assert!(back.contains(&change(i + 1)));
         }
     }
 }

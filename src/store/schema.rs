@@ -1,4 +1,4 @@
-//! The storage schema, the same for every writer: how a [`Reading`] becomes InfluxDB points
+//! The storage schema, the same for every writer: how a [`Record`] becomes InfluxDB points
 //! (line protocol) and CSV rows. Pure.
 //!
 //! One reading gives one point per phase it measured:
@@ -13,29 +13,65 @@
 //!   (integer 0/1) and `energy_backwards` (integer 1, only on the points that carry an energy
 //!   counter, only when the counter went backwards since the previous reading);
 //! - time: the moment the meter's reply arrived, in milliseconds.
+//!
+//! One state change gives one point, in its own measurement per subject:
+//!
+//! ```text
+//! pmtr_trigger,gateway=house,trigger=overvoltage event="tripped",tripped=1i,latched=0i,dry_run=0i,cause="L1U=254.2" 1763726400123
+//! pmtr_relay,gateway=house,relay=boiler event="switched",on=0i,forced=0i,cause="trigger overvoltage" 1763726400123
+//! ```
+//!
+//! - measurement: `<measurement>_trigger` and `<measurement>_relay`;
+//! - tags: `gateway`, and `trigger` or `relay` (its name);
+//! - fields: `event` (string, [`ChangeEvent::as_str`](crate::reading::ChangeEvent::as_str)) and `cause` (string, newlines made
+//!   spaces); trigger: `tripped` (active), `latched` (held), `dry_run`; relay: `on` (active),
+//!   `forced` (held); each an integer 0/1;
+//! - time: the moment of the change, in milliseconds.
 
-use crate::reading::{Phase, Quantity, Reading, Sample};
+use crate::reading::{Phase, Quantity, Reading, Record, Sample, StateChange, Subject};
 use std::fmt::Write as _;
+
+/// What must be escaped in a measurement name and in a tag key or value.
+const MEASUREMENT_SPECIAL: &[char] = &[',', ' '];
+const TAG_SPECIAL: &[char] = &[',', '=', ' '];
 
 /// Line-protocol encoder for one sink's measurement and gateway tag.
 #[derive(Debug, Clone)]
 pub struct LineProtocol {
     /// Measurement name, escaped, followed by `,gateway=<escaped>`.
     prefix: String,
+    /// The same for `<measurement>_trigger` and `<measurement>_relay`.
+    trigger_prefix: String,
+    relay_prefix: String,
 }
 
 impl LineProtocol {
     pub fn new(measurement: &str, gateway: &str) -> Self {
-        let mut prefix = String::new();
-        escape_into(&mut prefix, measurement, &[',', ' ']);
-        prefix.push_str(",gateway=");
-        escape_into(&mut prefix, gateway, &[',', '=', ' ']);
-        LineProtocol { prefix }
+        let with_gateway = |measurement: &str| {
+            let mut prefix = String::new();
+            escape_into(&mut prefix, measurement, MEASUREMENT_SPECIAL);
+            prefix.push_str(",gateway=");
+            escape_into(&mut prefix, gateway, TAG_SPECIAL);
+            prefix
+        };
+        LineProtocol {
+            prefix: with_gateway(measurement),
+            trigger_prefix: with_gateway(&format!("{measurement}_trigger")),
+            relay_prefix: with_gateway(&format!("{measurement}_relay")),
+        }
     }
 
-    /// Appends the points of `reading`, one line each, to `out`. Returns the number of points.
-    /// Non-finite values cannot be written in line protocol and are left out.
-    pub fn encode(&self, reading: &Reading, out: &mut String) -> usize {
+    /// Appends the points of `record`, one line each, to `out`. Returns the number of points.
+    pub fn encode(&self, record: &Record, out: &mut String) -> usize {
+        match record {
+            Record::Reading(r) => self.encode_reading(r, out),
+            Record::Change(c) => self.encode_change(c, out),
+        }
+    }
+
+    /// Appends the points of `reading`, one line per phase, to `out`. Returns the number of
+    /// points. Non-finite values cannot be written in line protocol and are left out.
+    pub fn encode_reading(&self, reading: &Reading, out: &mut String) -> usize {
         let mut points = 0;
         let millis = reading.time.timestamp_millis();
         for phase in phases_of(&reading.samples) {
@@ -43,7 +79,7 @@ impl LineProtocol {
             let start = out.len();
             out.push_str(&self.prefix);
             out.push_str(",meter=");
-            escape_into(out, &reading.meter, &[',', '=', ' ']);
+            escape_into(out, &reading.meter, TAG_SPECIAL);
             out.push_str(",model=");
             out.push_str(reading.model.name());
             out.push_str(",phase=");
@@ -73,10 +109,42 @@ impl LineProtocol {
         points
     }
 
+    /// Appends the one point of a state change to `out`. Returns 1.
+    pub fn encode_change(&self, change: &StateChange, out: &mut String) -> usize {
+        let (trigger, relay);
+        let (prefix, flags): (&str, &[(&str, bool)]) = match change.subject {
+            Subject::Trigger => {
+                trigger = [("tripped", change.active), ("latched", change.held), ("dry_run", change.dry_run)];
+                (&self.trigger_prefix, &trigger)
+            }
+            Subject::Relay => {
+                relay = [("on", change.active), ("forced", change.held)];
+                (&self.relay_prefix, &relay)
+            }
+        };
+        out.push_str(prefix);
+        if !change.name.is_empty() {
+            // An empty tag value is not line protocol: a nameless change has no name tag.
+            out.push(',');
+            out.push_str(change.subject.as_str());
+            out.push('=');
+            escape_into(out, &change.name, TAG_SPECIAL);
+        }
+        out.push_str(" event=");
+        push_string_field(out, change.event.as_str());
+        for (field, on) in flags {
+            let _ = write!(out, ",{field}={}i", u8::from(*on));
+        }
+        out.push_str(",cause=");
+        push_string_field(out, &change.cause);
+        let _ = writeln!(out, " {}", change.time.timestamp_millis());
+        1
+    }
+
     /// The whole batch as one request body.
-    pub fn encode_batch(&self, readings: &[Reading]) -> (String, usize) {
-        let mut out = String::with_capacity(readings.len() * 160);
-        let points = readings.iter().map(|r| self.encode(r, &mut out)).sum();
+    pub fn encode_batch(&self, records: &[Record]) -> (String, usize) {
+        let mut out = String::with_capacity(records.len() * 160);
+        let points = records.iter().map(|r| self.encode(r, &mut out)).sum();
         (out, points)
     }
 }
@@ -89,9 +157,13 @@ pub fn phases_of(samples: &[Sample]) -> Vec<Phase> {
     phases
 }
 
-/// How many points [`LineProtocol::encode`] makes of `reading`.
-pub fn point_count(reading: &Reading) -> usize {
-    phases_of(&reading.samples).len()
+/// How many points [`LineProtocol::encode`] makes of `record`: a reading one per phase, a
+/// state change one.
+pub fn point_count(record: &Record) -> usize {
+    match record {
+        Record::Reading(r) => phases_of(&r.samples).len(),
+        Record::Change(_) => 1,
+    }
 }
 
 /// Field types are fixed: `alarm` is an integer, everything else a float.
@@ -117,6 +189,23 @@ fn push_value(out: &mut String, s: &Sample) {
         // number prints without a dot, which line protocol still reads as a float.
         let _ = write!(out, "{}", stored_value(s.value));
     }
+}
+
+/// A line-protocol string field value: in double quotes, `"` and `\` escaped, line breaks
+/// (which would end the line) made spaces.
+fn push_string_field(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '\n' | '\r' => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 fn escape_into(out: &mut String, s: &str, special: &[char]) {
@@ -195,12 +284,64 @@ pub fn csv_rows(reading: &Reading, time: &str, columns: &[Quantity], out: &mut S
     rows
 }
 
+/// The header of the CSV file of state changes.
+pub const CSV_CHANGES_HEADER: &str = "time,subject,name,event,active,held,dry_run,cause\n";
+
+/// The CSV row of a state change, `time` already formatted. The name is quoted when it must
+/// be, the cause always (RFC 4180: in double quotes, a quote doubled); line breaks in either
+/// are made spaces, so that a row is a line.
+pub fn csv_change_row(change: &StateChange, time: &str, out: &mut String) {
+    let _ = write!(out, "{time},{},", change.subject.as_str());
+    let name_needs_quotes = change.name.contains([',', '"', '\n', '\r']);
+    push_csv_text(out, &change.name, name_needs_quotes);
+    let bit = |b: bool| u8::from(b);
+    let _ = write!(
+        out,
+        ",{},{},{},{},",
+        change.event.as_str(),
+        bit(change.active),
+        bit(change.held),
+        bit(change.dry_run)
+    );
+    push_csv_text(out, &change.cause, true);
+    out.push('\n');
+}
+
+fn push_csv_text(out: &mut String, s: &str, quoted: bool) {
+    if quoted {
+        out.push('"');
+    }
+    for c in s.chars() {
+        match c {
+            '"' if quoted => out.push_str("\"\""),
+            '\n' | '\r' => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    if quoted {
+        out.push('"');
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::meter::Model;
-    use crate::reading::Quality;
+    use crate::reading::{ChangeEvent, Quality};
     use chrono::TimeZone;
+
+    fn change(subject: Subject, name: &str, event: ChangeEvent, cause: &str) -> StateChange {
+        StateChange {
+            time: chrono::Utc.timestamp_millis_opt(1_763_726_400_123).unwrap(),
+            subject,
+            name: name.into(),
+            event,
+            active: true,
+            held: false,
+            dry_run: false,
+            cause: cause.into(),
+        }
+    }
 
     fn reading(samples: Vec<Sample>) -> Reading {
         Reading {
@@ -222,7 +363,7 @@ mod tests {
         ]);
         let lp = LineProtocol::new("pmtr", "house");
         let mut out = String::new();
-        assert_eq!(lp.encode(&r, &mut out), 1);
+        assert_eq!(lp.encode_reading(&r, &mut out), 1);
         assert_eq!(
             out,
             "pmtr,gateway=house,meter=kitchen,model=pzem-016,phase=l2 \
@@ -240,7 +381,7 @@ mod tests {
         ]);
         r.model = Model::Rx380;
         r.quality.energy_backwards = true;
-        let (body, points) = LineProtocol::new("pmtr", "g").encode_batch(&[r]);
+        let (body, points) = LineProtocol::new("pmtr", "g").encode_batch(&[r.into()]);
         assert_eq!(points, 4);
         let phases: Vec<&str> =
             body.lines().map(|l| l.split(' ').next().unwrap().rsplit('=').next().unwrap()).collect();
@@ -258,7 +399,7 @@ mod tests {
             Sample::new(Phase::L3, Quantity::Voltage, f64::INFINITY),
         ]);
         let mut out = String::new();
-        assert_eq!(lp.encode(&r, &mut out), 1, "a phase with nothing finite is left out");
+        assert_eq!(lp.encode_reading(&r, &mut out), 1, "a phase with nothing finite is left out");
         assert!(out.starts_with("my\\ meas,gateway=gw\\,1\\=a\\ b,meter=kitchen"), "{out}");
         assert!(out.contains(" current=2.5 "));
     }
@@ -289,5 +430,100 @@ mod tests {
         assert_eq!(csv_rows(&r, "2026-11-21T12:00:00.123+01:00", cols, &mut out), 1);
         assert_eq!(out, "2026-11-21T12:00:00.123+01:00,kitchen,pzem-016,l1,230,,,1.5,,,0,\n");
         assert_eq!(out.split(',').count(), header.split(',').count());
+    }
+
+    #[test]
+    fn a_trigger_change_is_one_point_of_its_own_measurement() {
+        let lp = LineProtocol::new("pmtr", "house");
+        let mut c = change(Subject::Trigger, "overvoltage", ChangeEvent::Tripped, "L1U=254.2 L2U=231");
+        let mut out = String::new();
+        assert_eq!(lp.encode_change(&c, &mut out), 1);
+        c.active = false;
+        c.held = true;
+        c.dry_run = true;
+        c.event = ChangeEvent::WouldRelease;
+        c.time += chrono::Duration::milliseconds(1500);
+        lp.encode(&Record::Change(c), &mut out);
+        assert_eq!(
+            out,
+            "pmtr_trigger,gateway=house,trigger=overvoltage \
+             event=\"tripped\",tripped=1i,latched=0i,dry_run=0i,cause=\"L1U=254.2 L2U=231\" 1763726400123\n\
+             pmtr_trigger,gateway=house,trigger=overvoltage \
+             event=\"would_release\",tripped=0i,latched=1i,dry_run=1i,cause=\"L1U=254.2 L2U=231\" 1763726401623\n"
+        );
+    }
+
+    #[test]
+    fn a_relay_change_is_one_point_of_its_own_measurement() {
+        let lp = LineProtocol::new("energy", "house");
+        let mut c = change(Subject::Relay, "boiler", ChangeEvent::Switched, "trigger overvoltage");
+        c.active = false;
+        let mut out = String::new();
+        lp.encode_change(&c, &mut out);
+        c.event = ChangeEvent::Forced;
+        c.active = true;
+        c.held = true;
+        c.dry_run = true; // never written for a relay
+        c.cause = String::new();
+        lp.encode_change(&c, &mut out);
+        assert_eq!(
+            out,
+            "energy_relay,gateway=house,relay=boiler \
+             event=\"switched\",on=0i,forced=0i,cause=\"trigger overvoltage\" 1763726400123\n\
+             energy_relay,gateway=house,relay=boiler event=\"forced\",on=1i,forced=1i,cause=\"\" 1763726400123\n"
+        );
+    }
+
+    #[test]
+    fn state_change_tags_and_strings_are_escaped_and_stay_on_one_line() {
+        let lp = LineProtocol::new("my meas", "gw,1=a b");
+        let c =
+            change(Subject::Trigger, "a b,c=d\\", ChangeEvent::Latched, "say \"hi\"\nC:\\temp\\\r\nend\\");
+        let mut out = String::new();
+        lp.encode_change(&c, &mut out);
+        assert_eq!(
+            out,
+            "my\\ meas_trigger,gateway=gw\\,1\\=a\\ b,trigger=a\\ b\\,c\\=d\\\\ \
+             event=\"latched\",tripped=1i,latched=0i,dry_run=0i,\
+             cause=\"say \\\"hi\\\" C:\\\\temp\\\\  end\\\\\" 1763726400123\n"
+        );
+        assert_eq!(out.lines().count(), 1);
+        // A change without a name has no name tag rather than an empty one.
+        let mut out = String::new();
+        lp.encode_change(&change(Subject::Relay, "", ChangeEvent::Unforced, ""), &mut out);
+        assert!(out.starts_with("my\\ meas_relay,gateway=gw\\,1\\=a\\ b event=\"unforced\","), "{out}");
+    }
+
+    #[test]
+    fn a_batch_mixes_readings_and_changes() {
+        let r = reading(vec![Sample::new(Phase::L1, Quantity::Voltage, 230.0)]);
+        let records = [
+            Record::Reading(r),
+            Record::Change(change(Subject::Relay, "boiler", ChangeEvent::Restored, "start")),
+        ];
+        let (body, points) = LineProtocol::new("pmtr", "g").encode_batch(&records);
+        assert_eq!(points, 2);
+        assert_eq!(records.iter().map(point_count).sum::<usize>(), 2);
+        let measurements: Vec<&str> = body.lines().map(|l| l.split(',').next().unwrap()).collect();
+        assert_eq!(measurements, ["pmtr", "pmtr_relay"]);
+    }
+
+    #[test]
+    fn csv_change_rows_follow_their_header() {
+        let mut out = String::from(CSV_CHANGES_HEADER);
+        let mut c =
+            change(Subject::Trigger, "overvoltage", ChangeEvent::WouldTrip, "L1U=254.2, \"high\"\r\nagain");
+        c.dry_run = true;
+        csv_change_row(&c, "2025-11-21T12:00:00.123Z", &mut out);
+        let mut c = change(Subject::Relay, "odd,name", ChangeEvent::Unforced, "");
+        c.active = false;
+        c.held = true;
+        csv_change_row(&c, "2025-11-21T12:00:01.000Z", &mut out);
+        assert_eq!(
+            out,
+            "time,subject,name,event,active,held,dry_run,cause\n\
+             2025-11-21T12:00:00.123Z,trigger,overvoltage,would_trip,1,0,1,\"L1U=254.2, \"\"high\"\"  again\"\n\
+             2025-11-21T12:00:01.000Z,relay,\"odd,name\",unforced,0,1,0,\"\"\n"
+        );
     }
 }

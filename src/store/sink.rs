@@ -1,5 +1,6 @@
-//! One sink's loop: batches readings in memory, writes them, spools what cannot be written,
-//! replays the spool, and decides what each failure means.
+//! One sink's loop: batches records (readings and state changes) in memory, writes them,
+//! spools what cannot be written, replays the spool, and decides what each failure means. A
+//! state change goes the same way as a reading; "readings" below means both.
 //!
 //! The decisions, in one place:
 //! - **Database keeping up** (durability `outage`): readings wait in memory for at most
@@ -28,7 +29,7 @@
 
 use super::spool::{Cursor, Spool};
 use super::{SinkState, SinkStatus, StoreEvent};
-use crate::reading::Reading;
+use crate::reading::Record;
 use rand::Rng;
 use std::collections::VecDeque;
 use std::future::Future;
@@ -39,7 +40,7 @@ use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
 
-/// Readings held in memory before a slow database makes them go to the spool.
+/// Records held in memory before a slow database makes them go to the spool.
 pub const MEMORY_LIMIT: usize = 20_000;
 /// Rejected points kept for a human, at most.
 const REJECTED_MAX_BYTES: u64 = 16 << 20;
@@ -77,11 +78,11 @@ pub trait Writer: Send {
     fn kind(&self) -> &'static str;
     /// Where it writes (URL and database, folder), for logs and status.
     fn target(&self) -> String;
-    fn write(&mut self, batch: &[Reading]) -> WriteFuture;
+    fn write(&mut self, batch: &[Record]) -> WriteFuture;
     /// The batch as text for `rejected.txt`.
-    fn render(&self, batch: &[Reading]) -> String;
-    /// Points in a batch (InfluxDB: one per phase of each reading).
-    fn points(&self, batch: &[Reading]) -> usize {
+    fn render(&self, batch: &[Record]) -> String;
+    /// Points in a batch (InfluxDB: one per phase of each reading, one per state change).
+    fn points(&self, batch: &[Record]) -> usize {
         batch.iter().map(super::schema::point_count).sum()
     }
 }
@@ -101,7 +102,7 @@ pub enum Durability {
 #[derive(Debug, Clone)]
 pub struct SinkOptions {
     pub name: String,
-    /// Readings per write.
+    /// Records per write.
     pub batch: usize,
     pub flush_interval: Duration,
     pub durability: Durability,
@@ -111,15 +112,21 @@ pub struct SinkOptions {
 }
 
 enum Source {
-    Memory(Vec<Reading>),
+    Memory(Vec<Record>),
     Spool(Cursor),
 }
 
 struct Flight {
     source: Source,
-    readings: usize,
+    /// Records in the batch, and how many of them are state changes.
+    records: usize,
+    changes: usize,
     points: usize,
     future: WriteFuture,
+}
+
+fn changes_in(batch: &[Record]) -> usize {
+    batch.iter().filter(|r| matches!(r, Record::Change(_))).count()
 }
 
 /// The state of one running sink.
@@ -129,7 +136,7 @@ pub struct Sink {
     opts: SinkOptions,
     status: Arc<SinkStatus>,
     events: broadcast::Sender<StoreEvent>,
-    memory: VecDeque<Reading>,
+    memory: VecDeque<Record>,
     flush_at: Option<Instant>,
     sync_at: Option<Instant>,
     /// Set while the database is failing: when to try again.
@@ -181,7 +188,7 @@ impl Sink {
     }
 
     /// Runs until `rx` closes (the buses stopped), then flushes or spools what is left.
-    pub async fn run(mut self, mut rx: mpsc::Receiver<Reading>) {
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Record>) {
         let mut flight: Option<Flight> = None;
         let mut open = true;
         loop {
@@ -213,8 +220,8 @@ impl Sink {
             self.publish();
         }
         // Shut down: what is still in memory goes to the spool.
-        let rest: Vec<Reading> = self.memory.drain(..).collect();
-        self.spool_readings(&rest);
+        let rest: Vec<Record> = self.memory.drain(..).collect();
+        self.spool_records(&rest);
         self.sync();
         self.publish();
         tracing::debug!(sink = %self.opts.name, spooled = self.spool.len(), "sink stopped");
@@ -236,10 +243,10 @@ impl Sink {
         wake
     }
 
-    fn accept(&mut self, r: Reading) {
+    fn accept(&mut self, r: Record) {
         let down = self.retry_at.is_some();
         if self.opts.durability == Durability::Always || down {
-            self.spool_readings(std::slice::from_ref(&r));
+            self.spool_records(std::slice::from_ref(&r));
             if self.flush_at.is_none() {
                 self.flush_at = Some(Instant::now() + self.opts.flush_interval);
             }
@@ -251,8 +258,8 @@ impl Sink {
         }
         if self.memory.len() > MEMORY_LIMIT {
             tracing::debug!(sink = %self.opts.name, "database slower than the meters: spooling");
-            let all: Vec<Reading> = self.memory.drain(..).collect();
-            self.spool_readings(&all);
+            let all: Vec<Record> = self.memory.drain(..).collect();
+            self.spool_records(&all);
         }
     }
 
@@ -273,13 +280,14 @@ impl Sink {
         let send_memory = if down { self.spool.is_empty() } else { due };
         if !self.memory.is_empty() && send_memory {
             let n = self.memory.len().min(self.batch);
-            let batch: Vec<Reading> = self.memory.drain(..n).collect();
+            let batch: Vec<Record> = self.memory.drain(..n).collect();
             if self.memory.is_empty() {
                 self.flush_at = None;
             }
             let future = self.writer.write(&batch);
             return Some(Flight {
-                readings: batch.len(),
+                records: batch.len(),
+                changes: changes_in(&batch),
                 points: self.writer.points(&batch),
                 source: Source::Memory(batch),
                 future,
@@ -303,20 +311,21 @@ impl Sink {
         match self.spool.read(self.batch) {
             Ok(b) => {
                 let end = b.end?;
-                if b.readings.is_empty() {
+                if b.records.is_empty() {
                     // Only damaged bytes: step over them.
                     if let Err(e) = self.spool.commit(end) {
                         self.spool_error("cannot move the spool cursor", &e);
                     }
                     return None;
                 }
-                if self.spool.is_empty() || self.spool.len() as usize <= b.readings.len() {
+                if self.spool.is_empty() || self.spool.len() as usize <= b.records.len() {
                     self.flush_at = None;
                 }
-                let future = self.writer.write(&b.readings);
+                let future = self.writer.write(&b.records);
                 Some(Flight {
-                    readings: b.readings.len(),
-                    points: self.writer.points(&b.readings),
+                    records: b.records.len(),
+                    changes: changes_in(&b.records),
+                    points: self.writer.points(&b.records),
                     source: Source::Spool(end),
                     future,
                 })
@@ -340,7 +349,8 @@ impl Sink {
                 }
                 {
                     let mut s = self.status.lock();
-                    s.readings_written += f.readings as u64;
+                    s.readings_written += (f.records - f.changes) as u64;
+                    s.changes_written += f.changes as u64;
                     s.points_written += f.points as u64;
                     s.last_write = Some(chrono::Utc::now());
                 }
@@ -360,7 +370,7 @@ impl Sink {
                 self.put_back(f.source);
             }
             Err(WriteError::TooLarge) => {
-                let e = WriteError::Rejected { message: "a single reading is too large".into() };
+                let e = WriteError::Rejected { message: "a single record is too large".into() };
                 self.finish(Flight { future: Box::pin(async { Ok(()) }), ..f }, Err(e), stopping);
             }
             Err(WriteError::Rejected { message }) => {
@@ -412,11 +422,11 @@ impl Sink {
                 };
                 self.retry_at = Some(now + wait);
                 if let Source::Memory(batch) = f.source {
-                    self.spool_readings(&batch);
+                    self.spool_records(&batch);
                 }
                 if !stopping || self.opts.durability == Durability::Always {
-                    let rest: Vec<Reading> = self.memory.drain(..).collect();
-                    self.spool_readings(&rest);
+                    let rest: Vec<Record> = self.memory.drain(..).collect();
+                    self.spool_records(&rest);
                 }
             }
         }
@@ -430,13 +440,13 @@ impl Sink {
         }
     }
 
-    /// Appends to the spool. When the disk refuses, the readings stay in memory (up to a
+    /// Appends to the spool. When the disk refuses, the records stay in memory (up to a
     /// limit) and the error is reported.
-    fn spool_readings(&mut self, readings: &[Reading]) {
-        if readings.is_empty() {
+    fn spool_records(&mut self, records: &[Record]) {
+        if records.is_empty() {
             return;
         }
-        match self.spool.append(readings) {
+        match self.spool.append(records) {
             Ok(dropped) => {
                 if dropped > 0 {
                     tracing::warn!(sink = %self.opts.name, dropped, total_dropped = self.spool.dropped,
@@ -451,7 +461,7 @@ impl Sink {
             }
             Err(e) => {
                 self.spool_error("cannot append to the spool", &e);
-                for r in readings {
+                for r in records {
                     if self.memory.len() >= MEMORY_LIMIT * 5 {
                         self.memory.pop_front();
                         self.spool.dropped += 1;
@@ -476,11 +486,11 @@ impl Sink {
         let _ = self.events.send(StoreEvent::SpoolError { sink: self.opts.name.clone(), error: message });
     }
 
-    fn set_aside(&mut self, memory_batch: &[Reading], f: &Flight, message: &str) {
+    fn set_aside(&mut self, memory_batch: &[Record], f: &Flight, message: &str) {
         let text = if memory_batch.is_empty() {
             // The batch came from the spool and is still there (not committed yet).
-            match self.spool.read(f.readings) {
-                Ok(b) => self.writer.render(&b.readings),
+            match self.spool.read(f.records) {
+                Ok(b) => self.writer.render(&b.records),
                 Err(_) => String::new(),
             }
         } else {
@@ -498,8 +508,8 @@ impl Sink {
                 tracing::warn!(file = %path.display(), "cannot keep the rejected points: {e}");
             }
         }
-        self.status.lock().rejected += f.readings as u64;
-        self.rejected_since_log += f.readings as u64;
+        self.status.lock().rejected += f.records as u64;
+        self.rejected_since_log += f.records as u64;
         let now = Instant::now();
         if self.rejected_logged_at.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(600)) {
             tracing::error!(sink = %self.opts.name, readings = self.rejected_since_log, file = %path.display(),
@@ -516,7 +526,7 @@ impl Sink {
     }
 
     fn publish(&mut self) {
-        let oldest_memory = self.memory.front().map(|r| r.time);
+        let oldest_memory = self.memory.front().map(Record::time);
         let oldest_spool = self.spool.oldest();
         let mut s = self.status.lock();
         let state: &mut SinkState = &mut s;
@@ -544,7 +554,7 @@ async fn sleep_until(t: Option<Instant>) {
 mod tests {
     use super::*;
     use crate::meter::Model;
-    use crate::reading::{Phase, Quality, Quantity, Sample};
+    use crate::reading::{ChangeEvent, Phase, Quality, Quantity, Reading, Sample, StateChange, Subject};
     use crate::store::spool::SpoolLimits;
     use std::sync::Mutex;
 
@@ -567,7 +577,7 @@ mod tests {
         fn target(&self) -> String {
             "nowhere".into()
         }
-        fn write(&mut self, batch: &[Reading]) -> WriteFuture {
+        fn write(&mut self, batch: &[Record]) -> WriteFuture {
             let mut f = self.0.lock().unwrap();
             f.attempts.push((Instant::now(), batch.len()));
             let result = match f.script.pop_front() {
@@ -575,33 +585,54 @@ mod tests {
                 None => f.then.clone().map_or(Ok(()), Err),
             };
             if result.is_ok() {
-                f.written.extend(batch.iter().map(|r| r.samples[0].value as u64));
+                f.written.extend(batch.iter().map(id));
             }
             Box::pin(async move {
                 tokio::time::sleep(Duration::from_millis(5)).await;
                 result
             })
         }
-        fn render(&self, batch: &[Reading]) -> String {
+        fn render(&self, batch: &[Record]) -> String {
             format!("{} readings\n", batch.len())
         }
     }
 
-    fn reading(i: u64) -> Reading {
-        Reading {
+    /// The number a test record carries.
+    fn id(r: &Record) -> u64 {
+        match r {
+            Record::Reading(r) => r.samples[0].value as u64,
+            Record::Change(c) => c.cause.parse().unwrap(),
+        }
+    }
+
+    fn reading(i: u64) -> Record {
+        Record::Reading(Reading {
             meter: "m".into(),
             model: Model::Pzem016,
             time: chrono::DateTime::from_timestamp_millis(1_700_000_000_000 + i as i64).unwrap(),
             samples: vec![Sample::new(Phase::L1, Quantity::Voltage, i as f64)],
             quality: Quality::default(),
-        }
+        })
+    }
+
+    fn change(i: u64) -> Record {
+        Record::Change(StateChange {
+            time: chrono::DateTime::from_timestamp_millis(1_700_000_000_000 + i as i64).unwrap(),
+            subject: Subject::Relay,
+            name: "boiler".into(),
+            event: ChangeEvent::Switched,
+            active: i % 2 == 0,
+            held: false,
+            dry_run: false,
+            cause: i.to_string(),
+        })
     }
 
     struct Rig {
         fake: Arc<Mutex<Fake>>,
         status: Arc<SinkStatus>,
         events: broadcast::Receiver<StoreEvent>,
-        tx: mpsc::Sender<Reading>,
+        tx: mpsc::Sender<Record>,
         task: tokio::task::JoinHandle<()>,
         dir: tempfile::TempDir,
     }
@@ -769,5 +800,26 @@ mod tests {
         let s = rig.status.snapshot();
         assert_eq!(s.spool_readings, 0);
         assert!(s.disk_bytes_written >= 25 * 29, "every reading went to disk first");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn state_changes_go_the_way_of_readings_and_are_counted_apart() {
+        let fake = Fake { script: VecDeque::from(vec![Err(retry()); 2]), ..Fake::default() };
+        let rig = rig(fake, Durability::Outage, None);
+        for i in 0..30 {
+            let r = if i % 3 == 2 { change(i) } else { reading(i) };
+            rig.tx.send(r).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let mut written = rig.fake.lock().unwrap().written.clone();
+        written.sort_unstable();
+        assert_eq!(written, (0..30).collect::<Vec<_>>(), "every record once, through the spool");
+        let s = rig.status.snapshot();
+        assert!(s.disk_bytes_written > 0, "the outage went through the spool");
+        assert_eq!((s.readings_written, s.changes_written, s.points_written), (20, 10, 30));
+        assert_eq!((s.spool_readings, s.in_memory), (0, 0));
+        drop(rig.tx);
+        rig.task.await.unwrap();
     }
 }

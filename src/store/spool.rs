@@ -1,16 +1,17 @@
 //! The disk spool of one sink: an append-only queue of [`record`]s in segment files under
 //! `<state_dir>/spool/<sink>/`, read from a cursor that moves as the database acknowledges.
 //!
-//! - Segment files are `<id>.seg` while written and `<id>.<readings>.seg` once full (the
-//!   rename is the seal; the count lets a restart know the depth without reading them).
+//! - Segment files are `<id>.seg` while written and `<id>.<records>.seg` once full (the
+//!   rename is the seal; the count lets a restart know the depth without reading them). A
+//!   record is a reading or a state change ([`Record`]).
 //!   Each starts with the 8 bytes `PMTRSPL1`.
-//! - The cursor file `cursor` holds the first unsent position (segment, offset, readings
+//! - The cursor file `cursor` holds the first unsent position (segment, offset, records
 //!   before it in that segment) with a checksum. It is replaced by rename after every
 //!   acknowledged batch. A lost or damaged cursor restarts at the oldest segment: some points
 //!   are sent twice, which InfluxDB stores once (same series, same time: the same point).
 //! - A segment is deleted as soon as the cursor leaves it; when everything is sent the folder
 //!   is empty again.
-//! - Full (`max_bytes`): the oldest segment is deleted, its unsent readings counted as dropped.
+//! - Full (`max_bytes`): the oldest segment is deleted, its unsent records counted as dropped.
 //! - Opening recovers: a torn record at the end of the segment being written (power cut during
 //!   a write) is cut off; damaged bytes inside a segment are skipped when read, with a log line;
 //!   each costs only the records it hit.
@@ -18,7 +19,7 @@
 //!   was appended; [`Spool::sync`] makes them survive a power cut.
 
 use super::record::{self, Item, Names};
-use crate::reading::Reading;
+use crate::reading::Record;
 use chrono::{DateTime, Utc};
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
@@ -53,7 +54,7 @@ impl SpoolLimits {
 pub struct Cursor {
     pub segment: u64,
     pub offset: u64,
-    /// Readings before `offset` in that segment.
+    /// Records before `offset` in that segment.
     pub done: u64,
 }
 
@@ -62,7 +63,7 @@ struct Segment {
     id: u64,
     path: PathBuf,
     bytes: u64,
-    readings: u64,
+    records: u64,
     sealed: bool,
 }
 
@@ -79,10 +80,10 @@ pub enum Recovery {
     CursorReset,
 }
 
-/// A batch read from the spool: the readings and where the cursor goes once they are sent.
+/// A batch read from the spool: the records and where the cursor goes once they are sent.
 #[derive(Debug, Default)]
 pub struct Batch {
-    pub readings: Vec<Reading>,
+    pub records: Vec<Record>,
     pub end: Option<Cursor>,
 }
 
@@ -101,7 +102,7 @@ pub struct Spool {
     oldest: Option<Option<DateTime<Utc>>>,
     /// Everything repaired since opening.
     pub recoveries: Vec<Recovery>,
-    /// Readings lost because the spool was full, since opening.
+    /// Records lost because the spool was full, since opening.
     pub dropped: u64,
     /// Bytes written to segment files since opening (the SD card's share).
     pub bytes_written: u64,
@@ -169,9 +170,7 @@ impl Spool {
                 continue;
             }
             match count {
-                Some(readings) => {
-                    spool.segments.push_back(Segment { id, path, bytes, readings, sealed: true })
-                }
+                Some(records) => spool.segments.push_back(Segment { id, path, bytes, records, sealed: true }),
                 None => {
                     let seg = spool.recover_open_segment(id, path)?;
                     spool.segments.push_back(seg);
@@ -196,14 +195,14 @@ impl Spool {
     fn recover_open_segment(&mut self, id: u64, path: PathBuf) -> io::Result<Segment> {
         let buf = fs::read(&path)?;
         let body = &buf[FILE_MAGIC.len()..];
-        let mut readings = 0;
+        let mut records = 0;
         let mut good_end = 0;
         let mut pos = 0;
         while let Some(item) = record::next_item(body, pos) {
             match item {
                 Item::Record { range, payload } => {
                     if record::decode(&body[payload], &mut self.names).is_ok() {
-                        readings += 1;
+                        records += 1;
                     }
                     pos = range.end;
                     good_end = pos;
@@ -231,7 +230,7 @@ impl Spool {
             OpenOptions::new().write(true).open(&path)?.set_len(keep)?;
             self.recoveries.push(Recovery::TornTail { segment: id, bytes: cut });
         }
-        Ok(Segment { id, path, bytes: keep, readings, sealed: false })
+        Ok(Segment { id, path, bytes: keep, records, sealed: false })
     }
 
     fn seal_back_of(&mut self, index: usize) -> io::Result<()> {
@@ -239,7 +238,7 @@ impl Spool {
         if seg.sealed {
             return Ok(());
         }
-        let sealed = self.dir.join(segment_name(seg.id, Some(seg.readings)));
+        let sealed = self.dir.join(segment_name(seg.id, Some(seg.records)));
         fs::rename(&seg.path, &sealed)?;
         seg.path = sealed;
         seg.sealed = true;
@@ -272,7 +271,7 @@ impl Spool {
             fs::remove_file(&s.path)?;
         }
         match self.segments.front() {
-            Some(s) if s.id == c.segment && c.offset <= s.bytes && c.done <= s.readings => self.cursor = c,
+            Some(s) if s.id == c.segment && c.offset <= s.bytes && c.done <= s.records => self.cursor = c,
             Some(s) => {
                 if s.id == c.segment {
                     tracing::warn!(dir = %self.dir.display(), "spool cursor past the end of its segment: replaying it");
@@ -285,14 +284,14 @@ impl Spool {
         Ok(())
     }
 
-    /// Readings waiting to be sent.
+    /// Records waiting to be sent.
     pub fn len(&self) -> u64 {
-        self.segments.iter().map(|s| s.readings).sum::<u64>() - self.cursor_done()
+        self.segments.iter().map(|s| s.records).sum::<u64>() - self.cursor_done()
     }
 
     fn cursor_done(&self) -> u64 {
         match self.segments.front() {
-            Some(s) if s.id == self.cursor.segment => self.cursor.done.min(s.readings),
+            Some(s) if s.id == self.cursor.segment => self.cursor.done.min(s.records),
             _ => 0,
         }
     }
@@ -310,10 +309,10 @@ impl Spool {
         &self.dir
     }
 
-    /// Appends readings. Returns how many older readings were dropped to stay within the size
+    /// Appends records. Returns how many older records were dropped to stay within the size
     /// limit.
-    pub fn append(&mut self, readings: &[Reading]) -> io::Result<u64> {
-        if readings.is_empty() {
+    pub fn append(&mut self, records: &[Record]) -> io::Result<u64> {
+        if records.is_empty() {
             return Ok(0);
         }
         let was_empty = self.is_empty();
@@ -325,7 +324,7 @@ impl Spool {
             self.start_segment()?;
         }
         self.encoded.clear();
-        for r in readings {
+        for r in records {
             record::encode(r, &mut self.encoded);
         }
         let file = self.active.as_mut().expect("an active segment was just ensured");
@@ -336,7 +335,7 @@ impl Spool {
             return Err(e);
         }
         seg.bytes += self.encoded.len() as u64;
-        seg.readings += readings.len() as u64;
+        seg.records += records.len() as u64;
         self.bytes_written += self.encoded.len() as u64;
         self.unsynced = true;
         if was_empty {
@@ -364,7 +363,7 @@ impl Spool {
             id,
             path,
             bytes: FILE_MAGIC.len() as u64,
-            readings: 0,
+            records: 0,
             sealed: false,
         });
         self.active = Some(file);
@@ -374,7 +373,7 @@ impl Spool {
     fn enforce_limit(&mut self) -> io::Result<u64> {
         let mut dropped = 0;
         while self.bytes() > self.limits.max_bytes && self.segments.len() > 1 {
-            let lost = self.segments.front().map_or(0, |s| s.readings) - self.cursor_done();
+            let lost = self.segments.front().map_or(0, |s| s.records) - self.cursor_done();
             let s = self.segments.pop_front().expect("more than one");
             fs::remove_file(&s.path)?;
             if self.reader.as_ref().is_some_and(|(id, _)| *id == s.id) {
@@ -406,7 +405,7 @@ impl Spool {
         self.unsynced
     }
 
-    /// Up to `max` readings from the cursor, without moving it (see [`Spool::commit`]). A batch
+    /// Up to `max` records from the cursor, without moving it (see [`Spool::commit`]). A batch
     /// never spans two segments.
     pub fn read(&mut self, max: usize) -> io::Result<Batch> {
         let mut batch = Batch::default();
@@ -421,7 +420,7 @@ impl Spool {
             self.reader = Some((id, File::open(path)?));
         }
         let mut chunk = Vec::new();
-        while batch.readings.len() < max && cursor.offset < seg_bytes {
+        while batch.records.len() < max && cursor.offset < seg_bytes {
             let want = ((seg_bytes - cursor.offset) as usize).min(READ_CHUNK.max(chunk.len() * 2));
             chunk.resize(want, 0);
             let file = &mut self.reader.as_mut().expect("opened above").1;
@@ -429,12 +428,12 @@ impl Spool {
             file.read_exact(&mut chunk)?;
             let at_end = cursor.offset + want as u64 == seg_bytes;
             let mut pos = 0;
-            while batch.readings.len() < max {
+            while batch.records.len() < max {
                 let Some(item) = record::next_item(&chunk, pos) else { break };
                 match item {
                     Item::Record { range, payload } => {
                         match record::decode(&chunk[payload], &mut self.names) {
-                            Ok(r) => batch.readings.push(r),
+                            Ok(r) => batch.records.push(r),
                             Err(e) => tracing::warn!(
                                 segment = id,
                                 offset = cursor.offset + pos as u64,
@@ -468,13 +467,13 @@ impl Spool {
             }
             cursor.offset += pos as u64;
         }
-        if cursor != self.cursor || !batch.readings.is_empty() {
+        if cursor != self.cursor || !batch.records.is_empty() {
             batch.end = Some(cursor);
         }
         Ok(batch)
     }
 
-    /// The readings of a batch were sent: move the cursor to its end.
+    /// The records of a batch were sent: move the cursor to its end.
     pub fn commit(&mut self, end: Cursor) -> io::Result<()> {
         let Some(front) = self.segments.front() else { return Ok(()) };
         if end.segment != front.id {
@@ -518,12 +517,12 @@ impl Spool {
         fs::rename(&tmp, self.dir.join(CURSOR_FILE))
     }
 
-    /// The time of the oldest unsent reading.
+    /// The time of the oldest unsent record.
     pub fn oldest(&mut self) -> Option<DateTime<Utc>> {
         if let Some(o) = self.oldest {
             return o;
         }
-        let o = self.read(1).ok().and_then(|b| b.readings.first().map(|r| r.time));
+        let o = self.read(1).ok().and_then(|b| b.records.first().map(Record::time));
         self.oldest = Some(o);
         o
     }
@@ -551,21 +550,39 @@ fn decode_cursor(b: &[u8]) -> Option<Cursor> {
 mod tests {
     use super::*;
     use crate::meter::Model;
-    use crate::reading::{Phase, Quality, Quantity, Sample};
+    use crate::reading::{Phase, Quality, Quantity, Reading, Sample};
     use chrono::TimeZone;
 
-    fn reading(i: u64) -> Reading {
-        Reading {
+    fn reading(i: u64) -> Record {
+        Record::Reading(Reading {
             meter: "m1".into(),
             model: Model::Pzem016,
             time: Utc.timestamp_millis_opt(1_700_000_000_000 + i as i64).unwrap(),
             samples: vec![Sample::new(Phase::L1, Quantity::Voltage, i as f64)],
             quality: Quality::default(),
-        }
+        })
     }
 
-    fn ids(rs: &[Reading]) -> Vec<u64> {
-        rs.iter().map(|r| r.samples[0].value as u64).collect()
+    fn ids(rs: &[Record]) -> Vec<u64> {
+        rs.iter()
+            .map(|r| match r {
+                Record::Reading(r) => r.samples[0].value as u64,
+                Record::Change(c) => c.cause.parse().unwrap(),
+            })
+            .collect()
+    }
+
+    fn change(i: u64) -> Record {
+        Record::Change(crate::reading::StateChange {
+            time: Utc.timestamp_millis_opt(1_700_000_000_000 + i as i64).unwrap(),
+            subject: crate::reading::Subject::ALL[i as usize % 2],
+            name: "overvoltage".into(),
+            event: crate::reading::ChangeEvent::ALL[i as usize % 12],
+            active: i % 3 == 0,
+            held: false,
+            dry_run: false,
+            cause: i.to_string(),
+        })
     }
 
     /// Reads and commits everything, `step` at a time.
@@ -574,7 +591,7 @@ mod tests {
         loop {
             let b = s.read(step).unwrap();
             let Some(end) = b.end else { break };
-            out.extend(ids(&b.readings));
+            out.extend(ids(&b.records));
             s.commit(end).unwrap();
         }
         out
@@ -593,10 +610,33 @@ mod tests {
         }
         assert!(s.segments.len() >= 3, "several segments: {}", s.segments.len());
         assert_eq!(s.len(), 100);
-        assert_eq!(s.oldest(), Some(reading(0).time));
+        assert_eq!(s.oldest(), Some(reading(0).time()));
         assert_eq!(drain(&mut s, 7), (0..100).collect::<Vec<_>>());
         assert!(s.is_empty());
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0, "folder empty once all is sent");
+    }
+
+    #[test]
+    fn state_changes_queue_with_readings_across_segments_and_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = |i: u64| if i % 4 == 1 { change(i) } else { reading(i) };
+        let mut sent = Vec::new();
+        {
+            let mut s = Spool::open(dir.path(), small()).unwrap();
+            for i in 0..100 {
+                s.append(&[record(i)]).unwrap();
+            }
+            assert!(s.segments.len() >= 3, "several segments: {}", s.segments.len());
+            let b = s.read(10).unwrap();
+            assert_eq!(b.records, (0..10).map(record).collect::<Vec<_>>(), "exactly what went in");
+            sent.extend(ids(&b.records));
+            s.commit(b.end.unwrap()).unwrap();
+        }
+        let mut s = Spool::open(dir.path(), small()).unwrap();
+        assert_eq!(s.len(), 90);
+        s.append(&(100..110).map(record).collect::<Vec<_>>()).unwrap();
+        sent.extend(drain(&mut s, 7));
+        assert_eq!(sent, (0..110).collect::<Vec<_>>());
     }
 
     #[test]
@@ -607,10 +647,10 @@ mod tests {
             s.append(&(0..50).map(reading).collect::<Vec<_>>()).unwrap();
             s.append(&(50..60).map(reading).collect::<Vec<_>>()).unwrap();
             let b = s.read(25).unwrap();
-            assert_eq!(ids(&b.readings), (0..25).collect::<Vec<_>>());
+            assert_eq!(ids(&b.records), (0..25).collect::<Vec<_>>());
             s.commit(b.end.unwrap()).unwrap();
             let b = s.read(5).unwrap(); // read but never acknowledged
-            assert_eq!(b.readings.len(), 5);
+            assert_eq!(b.records.len(), 5);
         }
         let mut s = Spool::open(dir.path(), small()).unwrap();
         assert_eq!(s.len(), 35);
