@@ -2,8 +2,10 @@
 
 use crate::bus::Engine;
 use crate::config::Config;
-use crate::reading::Reading;
+use crate::reading::{Reading, Record};
+use crate::relay::{FakeBoard, Gpio};
 use crate::store::Storage;
+use crate::trigger::run::Triggers;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
@@ -12,13 +14,37 @@ const SUMMARY_EVERY: Duration = Duration::from_secs(600);
 
 /// Runs the gateway until SIGINT/SIGTERM (or until `stop` resolves).
 pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    run_with(config, None, stop).await
+}
+
+/// As [`run`], with the relays on `gpio` instead of the configured backend (tests, demo).
+pub async fn run_with(
+    config: Config,
+    gpio: Option<Box<dyn Gpio>>,
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     if let Err(e) = std::fs::create_dir_all(&config.gateway.state_dir) {
         tracing::warn!(dir = %config.gateway.state_dir.display(), error = %e,
             "cannot create the state directory; the port map will not be remembered");
     }
-    let (store_tx, store_rx) = mpsc::channel::<crate::reading::Record>(4096);
+    let (store_tx, store_rx) = mpsc::channel::<Record>(4096);
     let storage = Storage::start(&config, store_rx)?;
     let sinks = storage.sinks.clone();
+    // Triggers and relays come up before the buses: every relay is at its restored level
+    // before the first reading.
+    let triggers = if config.relays.is_empty() && config.triggers.is_empty() {
+        None
+    } else {
+        let mut gpio = match gpio {
+            Some(g) => g,
+            None if config.relays.is_empty() => Box::new(FakeBoard::new().gpio()),
+            None => crate::relay::open_gpio(&config.gateway)?.0,
+        };
+        let t = Triggers::start(&config, gpio.as_mut(), store_tx.clone())?;
+        tracing::info!(relays = config.relays.len(), triggers = config.triggers.len(), "triggers ready");
+        Some(t)
+    };
+    let trigger_tx = triggers.as_ref().map(|t| t.readings.clone());
     let (tx, mut rx) = mpsc::channel::<Reading>(1024);
     let (stop_tx, stop_rx) = watch::channel(false);
     let engine = Engine::start(&config, tx, stop_rx);
@@ -35,6 +61,12 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
         while let Some(r) = rx.recv().await {
             if log_readings {
                 tracing::info!("{r}");
+            }
+            // Triggers first: a relay never waits for the database.
+            if let Some(t) = &trigger_tx {
+                if t.send(r.clone()).await.is_err() {
+                    tracing::error!("the trigger task stopped: relays are no longer driven");
+                }
             }
             if store_tx.send(r.into()).await.is_err() {
                 tracing::error!("storage stopped: readings are no longer written");
@@ -71,6 +103,9 @@ pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) ->
     engine.join().await;
     summary.abort();
     let _ = consumer.await;
+    if let Some(t) = triggers {
+        t.join().await;
+    }
     storage.join().await;
     tracing::info!("stopped");
     Ok(())

@@ -59,7 +59,11 @@ struct Shell {
 impl Triggers {
     /// Restores the saved state, claims every relay at the level it gives (before any
     /// reading), and starts the task. Changes go to `store` and to [`Triggers::events`].
-    pub fn start(config: &Config, gpio: &mut dyn Gpio, store: mpsc::Sender<Record>) -> Result<Triggers, StartError> {
+    pub fn start(
+        config: &Config,
+        gpio: &mut dyn Gpio,
+        store: mpsc::Sender<Record>,
+    ) -> Result<Triggers, StartError> {
         let origin = Instant::now();
         let mut engine = Engine::new(config, Duration::ZERO).map_err(StartError::Config)?;
         let saved_path = saved::path_in(&config.gateway.state_dir);
@@ -122,7 +126,12 @@ fn now(origin: Instant) -> Now {
 }
 
 impl Shell {
-    async fn run(mut self, restored: Output, mut readings: mpsc::Receiver<Reading>, mut commands: mpsc::Receiver<Command>) {
+    async fn run(
+        mut self,
+        restored: Output,
+        mut readings: mpsc::Receiver<Reading>,
+        mut commands: mpsc::Receiver<Command>,
+    ) {
         self.apply(restored).await;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -166,7 +175,8 @@ impl Shell {
                 return;
             }
             Request::Force { relay, level, seconds } => {
-                let until = seconds.map(|s| now.wall + chrono::Duration::seconds(s.min(i64::MAX as u64) as i64));
+                let until =
+                    seconds.map(|s| now.wall + chrono::Duration::seconds(s.min(i64::MAX as u64) as i64));
                 self.engine.force(relay, *level, until, &by, now).map(|out| {
                     let how = until.map_or("until released".to_owned(), |u| {
                         format!("until {}", u.with_timezone(&chrono::Local).format("%Y-%m-%d %H:%M:%S"))
@@ -217,7 +227,11 @@ impl Shell {
     async fn record(&mut self, c: StateChange) {
         let loud = matches!(
             c.event,
-            ChangeEvent::Tripped | ChangeEvent::Latched | ChangeEvent::Stale | ChangeEvent::WouldTrip | ChangeEvent::Forced
+            ChangeEvent::Tripped
+                | ChangeEvent::Latched
+                | ChangeEvent::Stale
+                | ChangeEvent::WouldTrip
+                | ChangeEvent::Forced
         );
         if loud {
             tracing::warn!(dry_run = c.dry_run, "{c}");
