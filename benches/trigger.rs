@@ -1,0 +1,253 @@
+//! Trigger benchmarks:
+//!
+//! 1. `eval`: evaluations per second of the seeds' example expressions, compiled once, on one
+//!    core, with the values changing at every evaluation;
+//! 2. `reading`: a reading through the engine (averages, expressions, hysteresis, arbitration)
+//!    to the relay write, timed for each reading, on the calling thread;
+//! 3. `task`: the same through the daemon's path: the readings channel, the trigger task, the
+//!    relay bank and the fake GPIO's write, from `send` to the write's timestamp.
+//!
+//! `cargo bench --bench trigger [-- eval|reading|task]` (BENCH_N=N evaluations per expression).
+
+use chrono::Utc;
+use pmtr::meter::Model;
+use pmtr::reading::{Phase, Quality, Reading, Record};
+use pmtr::relay::{FakeBoard, RelayBank};
+use pmtr::trigger::run::Triggers;
+use pmtr::trigger::vars;
+use pmtr::trigger::{Engine, Expression, Now};
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+/// The examples of ../shared/seeds (000, "relay actions"), with their typos fixed, and two
+/// of the issue's.
+const SEED_EXPRESSIONS: &[&str] = &[
+    "(L1U > 253) || (L2U > 253) || (L3U > 253)",
+    "L1I > 16",
+    "L1P > 1200",
+    "L2e > 10",
+    "(L1f < 49.1) && (L2f < 49.1) && (L3f < 49.1)",
+    "L1I > 16 && hour >= 22",
+    "gen.L1I > 0.3 && (L1U + L2U + L3U) / 3 < 207",
+];
+
+fn n() -> usize {
+    std::env::var("BENCH_N").ok().and_then(|s| s.parse().ok()).unwrap_or(5_000_000)
+}
+
+const CONFIG: &str = r#"
+[gateway]
+gpio = "fake"
+[[bus]]
+name = "b"
+port = "/dev/null"
+[[meter]]
+name = "main"
+model = "pzem-016"
+address = 4
+[[meter]]
+name = "gen"
+model = "pzem-016"
+address = 5
+[[relay]]
+name = "motor"
+pin = 17
+default = "on"
+[[relay]]
+name = "heater"
+pin = 18
+"#;
+
+fn bench_eval() {
+    let n = n();
+    println!("expression evaluations, {n} per expression, one core:");
+    let mut total = 0.0;
+    for text in SEED_EXPRESSIONS {
+        let mut kinds = Vec::new();
+        let mut e = Expression::compile(text, &mut |name| {
+            let k = if vars::ClockVar::ALL.iter().any(|(c, _)| *c == name) {
+                pmtr::trigger::Kind::Integer
+            } else {
+                pmtr::trigger::Kind::Number
+            };
+            kinds.push(k);
+            Ok(k)
+        })
+        .unwrap();
+        let vars = e.variables().len();
+        // 64 value sets, so that no evaluation sees the same values as the one before.
+        let sets: Vec<Vec<Option<f64>>> = (0..64)
+            .map(|i| (0..vars).map(|v| Some(200.0 + ((i * 7 + v * 13) % 64) as f64)).collect())
+            .collect();
+        let mut trues = 0u64;
+        let t0 = Instant::now();
+        for i in 0..n {
+            if e.eval(black_box(&sets[i % 64])).unwrap() == Some(true) {
+                trues += 1;
+            }
+        }
+        let dt = t0.elapsed().as_secs_f64();
+        let rate = n as f64 / dt;
+        total += rate;
+        println!("  {:>12.0} evals/s  {:>6.0} ns  {text}  ({trues} true)", rate, dt * 1e9 / n as f64);
+    }
+    println!("  mean {:.0} evals/s", total / SEED_EXPRESSIONS.len() as f64);
+}
+
+fn pzem(meter: &str, volts: f64, amps: f64) -> Reading {
+    let regs = pmtr::meter::pzem::encode(volts, amps, volts * amps, 12.0, 50.0, 0.95, false);
+    Reading {
+        meter: meter.into(),
+        model: Model::Pzem016,
+        time: Utc::now(),
+        samples: pmtr::meter::pzem::decode(&regs, Phase::L1).unwrap(),
+        quality: Quality::default(),
+    }
+}
+
+fn triggers_config() -> pmtr::config::Config {
+    // Five triggers on `main`, like a motor protection: one of them switches at every reading
+    // (no hold, no recovery, the voltage alternating across its threshold).
+    let text = format!(
+        "{CONFIG}{}",
+        r#"
+[[trigger]]
+name = "flip"
+meter = "main"
+when = "L1U > 240"
+relays = ["motor"]
+[[trigger]]
+name = "overcurrent"
+meter = "main"
+when = "L1I > 16"
+average = "10s"
+hold = "5s"
+recovery = "1m"
+relays = ["heater"]
+[[trigger]]
+name = "power"
+meter = "main"
+when = "L1P > 1200"
+average = "5s"
+relays = ["heater"]
+[[trigger]]
+name = "frequency"
+meter = "main"
+when = "L1f < 49.1 || L1f > 50.9"
+average = "2s"
+hold = "1s"
+relays = ["heater"]
+[[trigger]]
+name = "generator"
+meter = "main"
+when = "gen.L1I > 0.3 && L1U < 207"
+hold = "2s"
+dry_run = true
+"#
+    );
+    pmtr::config::load_str(&text, "bench.toml").unwrap()
+}
+
+fn percentiles(mut ns: Vec<u64>) -> String {
+    ns.sort_unstable();
+    let p = |q: f64| ns[((ns.len() as f64 * q) as usize).min(ns.len() - 1)] as f64 / 1000.0;
+    format!(
+        "p50 {:.2} µs, p99 {:.2} µs, p99.9 {:.2} µs, max {:.1} µs ({} samples)",
+        p(0.5),
+        p(0.99),
+        p(0.999),
+        *ns.last().unwrap() as f64 / 1000.0,
+        ns.len()
+    )
+}
+
+fn bench_reading() {
+    let config = triggers_config();
+    let board = FakeBoard::new();
+    let mut gpio = board.gpio();
+    let mut engine = Engine::new(&config, Duration::ZERO).unwrap();
+    let mut bank = RelayBank::open(&config.relays, &mut gpio, |r| r.default).unwrap();
+    let readings: Vec<Reading> =
+        (0..1000).map(|i| pzem("main", if i % 2 == 0 { 250.0 } else { 230.0 }, 10.0)).collect();
+    let count = 200_000;
+    let t_start = Instant::now();
+    let mut all = Vec::with_capacity(count);
+    let mut switching = Vec::with_capacity(count);
+    for i in 0..count {
+        let wall = Utc::now();
+        let now = Now { mono: Duration::from_millis(i as u64 * 200), wall, local: wall.naive_utc() };
+        let t0 = Instant::now();
+        let out = engine.on_reading(&readings[i % readings.len()], now);
+        for (relay, level) in &out.switches {
+            bank.set(*relay, *level).unwrap();
+        }
+        let dt = t0.elapsed().as_nanos() as u64;
+        black_box(&out);
+        all.push(dt);
+        if !out.switches.is_empty() {
+            switching.push(dt);
+        }
+    }
+    let secs = t_start.elapsed().as_secs_f64();
+    println!("reading → relay write, in the engine (5 triggers, 2 relays, fake GPIO):");
+    println!("  every reading:       {}", percentiles(all));
+    println!("  readings that switch: {}", percentiles(switching));
+    println!("  {:.0} readings/s through the engine on one core", count as f64 / secs);
+}
+
+fn bench_task() {
+    let config = triggers_config();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config;
+    config.gateway.state_dir = dir.path().to_path_buf();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let board = FakeBoard::new();
+        let mut gpio = board.gpio();
+        let (store_tx, mut store_rx) = tokio::sync::mpsc::channel::<Record>(100_000);
+        tokio::spawn(async move { while store_rx.recv().await.is_some() {} });
+        let triggers = Triggers::start(&config, &mut gpio, store_tx).unwrap();
+        let tx = triggers.readings.clone();
+        let mut latencies = Vec::new();
+        let rounds = 5000;
+        for i in 0..rounds {
+            let r = pzem("main", if i % 2 == 0 { 250.0 } else { 230.0 }, 10.0);
+            let before = board.events_of(17).len();
+            let sent = Utc::now();
+            tx.send(r).await.unwrap();
+            // Wait for the write, then note how long after the send it was made.
+            let want = i % 2 == 0;
+            let mut spins = 0;
+            while board.events_of(17).len() == before {
+                spins += 1;
+                if spins > 1000 {
+                    tokio::time::sleep(Duration::from_micros(50)).await;
+                } else {
+                    tokio::task::yield_now().await;
+                }
+            }
+            let ev = board.events_of(17).last().cloned().unwrap();
+            assert_eq!(!ev.high, want, "motor is on by default and goes off above 240 V");
+            latencies.push((ev.time - sent).num_nanoseconds().unwrap_or(i64::MAX).max(0) as u64);
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        drop(tx);
+        println!("reading sent to the trigger task → relay write (mpsc, task, bank, fake GPIO):");
+        println!("  {}", percentiles(latencies));
+        triggers.join().await;
+    });
+}
+
+fn main() {
+    let which: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let run = |name: &str| which.is_empty() || which.iter().any(|w| w == name);
+    if run("eval") {
+        bench_eval();
+    }
+    if run("reading") {
+        bench_reading();
+    }
+    if run("task") {
+        bench_task();
+    }
+}
