@@ -1,9 +1,11 @@
 //! The `pmtr` command line: parse, then call into the library.
 
 use clap::{Parser, Subcommand};
-use pmtr::app::{self, tools};
+use pmtr::app::{self, control, tools};
 use pmtr::config::{self, Parity};
+use pmtr::control::Request;
 use pmtr::meter::Model;
+use pmtr::relay::Level;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -89,6 +91,76 @@ enum Cmd {
         #[arg(required = true)]
         meters: Vec<String>,
     },
+    /// The relays of the running daemon: list them, force one by hand, release it.
+    Relay {
+        #[command(subcommand)]
+        cmd: RelayCmd,
+    },
+    /// The triggers of the running daemon: list them, reset a latched one.
+    Trigger {
+        #[command(subcommand)]
+        cmd: TriggerCmd,
+    },
+}
+
+/// Where the running daemon listens.
+#[derive(clap::Args)]
+struct Daemon {
+    /// The configuration whose `gateway.control_socket` to use.
+    #[arg(long, short, default_value = "/etc/pmtr/pmtr.toml")]
+    config: PathBuf,
+    /// The daemon's control socket (wins over --config).
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum RelayCmd {
+    /// Every relay: pin, level, default, force, the triggers holding it.
+    List {
+        #[command(flatten)]
+        daemon: Daemon,
+        /// Print the relays as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Force a relay on or off whatever its triggers say (until released, or for a while).
+    Force {
+        /// The relay's name from the configuration.
+        name: String,
+        /// on or off.
+        #[arg(value_parser = parse_level)]
+        level: Level,
+        /// Release the force by itself after this long (e.g. 30m, 2h).
+        #[arg(long = "for", value_name = "DURATION", value_parser = parse_force_duration)]
+        duration: Option<Duration>,
+        #[command(flatten)]
+        daemon: Daemon,
+    },
+    /// Release a force: the relay's triggers decide again.
+    Release {
+        name: String,
+        #[command(flatten)]
+        daemon: Daemon,
+    },
+}
+
+#[derive(Subcommand)]
+enum TriggerCmd {
+    /// Every trigger: state, since when, stale, dry run, the values it last saw.
+    List {
+        #[command(flatten)]
+        daemon: Daemon,
+        /// Print the triggers as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Reset a latched trigger.
+    Reset {
+        name: String,
+        #[command(flatten)]
+        daemon: Daemon,
+    },
 }
 
 #[derive(Subcommand)]
@@ -124,6 +196,48 @@ fn parse_model(s: &str) -> Result<Model, String> {
         let names: Vec<_> = Model::ALL.iter().map(|m| m.name()).collect();
         format!("unknown model `{s}` (known: {})", names.join(", "))
     })
+}
+
+fn parse_level(s: &str) -> Result<Level, String> {
+    Level::parse(s).ok_or_else(|| format!("`{s}`: say on or off"))
+}
+
+fn parse_force_duration(s: &str) -> Result<Duration, String> {
+    let d = app::parse_duration_arg(s)?;
+    if d < Duration::from_secs(1) {
+        return Err(format!("`{s}`: a force lasts at least 1s"));
+    }
+    Ok(d)
+}
+
+/// The control socket: --socket, or the configuration's.
+fn socket_of(daemon: Daemon) -> Result<PathBuf, ExitCode> {
+    if let Some(socket) = daemon.socket {
+        return Ok(socket);
+    }
+    let cfg = load(&daemon.config)?;
+    Ok(cfg.gateway.control_socket)
+}
+
+/// Runs one control command: Err is the message for stderr, and exit status 1.
+async fn ask_daemon(
+    daemon: Daemon,
+    ask: impl AsyncFnOnce(&std::path::Path) -> Result<(), String>,
+) -> ExitCode {
+    let socket = match socket_of(daemon) {
+        Ok(s) => s,
+        Err(code) => {
+            eprintln!("(or give the daemon's control socket with --socket PATH)");
+            return code;
+        }
+    };
+    match ask(&socket).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn load(path: &std::path::Path) -> Result<config::Config, ExitCode> {
@@ -233,6 +347,35 @@ fn main() -> ExitCode {
             }
             Cmd::Simulate { link, baud, turnaround, meters } => {
                 app::demo::simulate(link, baud, turnaround, meters).await?;
+            }
+            Cmd::Relay { cmd } => {
+                return Ok(match cmd {
+                    RelayCmd::List { daemon, json } => {
+                        ask_daemon(daemon, async |s| control::list(s, control::List::Relays, json).await)
+                            .await
+                    }
+                    RelayCmd::Force { name, level, duration, daemon } => {
+                        let seconds = duration.map(|d| d.as_secs_f64().ceil() as u64);
+                        let request = Request::Force { relay: name, level, seconds };
+                        ask_daemon(daemon, async |s| control::act(s, &request).await).await
+                    }
+                    RelayCmd::Release { name, daemon } => {
+                        let request = Request::Release { relay: name };
+                        ask_daemon(daemon, async |s| control::act(s, &request).await).await
+                    }
+                });
+            }
+            Cmd::Trigger { cmd } => {
+                return Ok(match cmd {
+                    TriggerCmd::List { daemon, json } => {
+                        ask_daemon(daemon, async |s| control::list(s, control::List::Triggers, json).await)
+                            .await
+                    }
+                    TriggerCmd::Reset { name, daemon } => {
+                        let request = Request::Reset { trigger: name };
+                        ask_daemon(daemon, async |s| control::act(s, &request).await).await
+                    }
+                });
             }
         }
         Ok(ExitCode::SUCCESS)

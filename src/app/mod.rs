@@ -1,5 +1,6 @@
 //! The commands behind the `pmtr` binary. `main.rs` only parses the command line.
 
+pub mod control;
 pub mod demo;
 pub mod run;
 pub mod tools;

@@ -4,6 +4,12 @@
 //! line. The socket's file permissions (0660) are the access control; every action is logged
 //! with the caller's uid and pid.
 
+pub mod client;
+pub mod server;
+
+pub use client::ClientError;
+pub use server::ControlServer;
+
 use crate::relay::Level;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

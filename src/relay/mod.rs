@@ -93,3 +93,40 @@ pub fn open_gpio(gateway: &crate::config::Gateway) -> Result<(Box<dyn Gpio>, Opt
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Gateway, GpioBackend};
+
+    fn gateway(dir: &std::path::Path, gpio: GpioBackend) -> Gateway {
+        Gateway {
+            name: "t".into(),
+            state_dir: dir.join("state"),
+            log_readings: false,
+            gpio,
+            control_socket: dir.join("state/control.sock"),
+        }
+    }
+
+    #[test]
+    fn the_fake_backend_logs_to_the_state_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut gpio, board) = open_gpio(&gateway(dir.path(), GpioBackend::Fake)).unwrap();
+        let board = board.expect("the fake's board");
+        gpio.claim(17, true).unwrap().write(false).unwrap();
+        assert_eq!(board.level(17), Some(false));
+        let log = std::fs::read_to_string(dir.path().join("state/fake-gpio.log")).unwrap();
+        assert_eq!(log.lines().count(), 2, "{log}");
+    }
+
+    #[test]
+    fn the_rppal_backend_off_a_pi_is_an_error() {
+        if std::fs::read_to_string("/proc/device-tree/model").is_ok_and(|m| m.contains("Raspberry Pi")) {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let err = open_gpio(&gateway(dir.path(), GpioBackend::Rppal)).err().expect("no GPIO here");
+        assert!(err.to_string().contains("gateway.gpio = \"fake\""), "{err}");
+    }
+}
