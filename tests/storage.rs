@@ -1,17 +1,19 @@
 //! Storage against real servers on 127.0.0.1: InfluxDB 1.x (Debian `influxdb`),
 //! VictoriaMetrics as the InfluxDB v2 write endpoint, with `vmauth` checking the token.
 //! Outages are real: the server process is stopped and started again; `kill -9` is real.
+//! Readings and trigger/relay state changes go the same way and are read back field by field.
 
 #[path = "support/servers.rs"]
 mod servers;
 
 use pmtr::config::{load_str, Config, LineSettings, Parity};
 use pmtr::meter::Model;
-use pmtr::reading::{Phase, Quality, Quantity, Reading, Record, Sample};
+use pmtr::reading::{ChangeEvent, Phase, Quality, Quantity, Reading, Record, Sample, StateChange, Subject};
 use pmtr::sim::{SimPort, SimPortOptions};
 use pmtr::store::schema::stored_value;
 use pmtr::store::spool::{Spool, SpoolLimits};
 use pmtr::store::{Storage, StoreEvent};
+use serde_json::{json, Value};
 use servers::{Influx1, VictoriaMetrics, VmAuth};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -77,6 +79,65 @@ fn rx380(base: i64, i: i64) -> Reading {
         samples,
         quality: Quality::default(),
     }
+}
+
+/// Triggers tripping and releasing, relays switched and forced, in the order a day might bring
+/// them; names and causes with the characters line protocol must escape. `k` shifts the times
+/// (10 ms steps, between the readings' times).
+fn changes(base: i64, k: i64) -> Vec<StateChange> {
+    let change = |n: i64, subject, name: &str, event, active, held, dry_run, cause: &str| StateChange {
+        time: chrono::DateTime::from_timestamp_millis(base + (k + n) * 10 + 3).unwrap(),
+        subject,
+        name: name.into(),
+        event,
+        active,
+        held,
+        dry_run,
+        cause: cause.into(),
+    };
+    use ChangeEvent::*;
+    use Subject::{Relay, Trigger};
+    vec![
+        change(0, Trigger, "overvoltage", Tripped, true, false, false, "L1U=254.2 L2U=231"),
+        change(0, Relay, "boiler", Switched, false, false, false, "trigger overvoltage"),
+        change(1, Trigger, "undervoltage", WouldTrip, true, false, true, "L1U=190.5"),
+        change(2, Relay, "pump 2,a=b", Forced, true, true, false, "manual (uid 1000) \"now\"\nC:\\x ⚡"),
+        change(3, Trigger, "overvoltage", Released, false, false, false, ""),
+        change(3, Relay, "boiler", Switched, true, false, false, "trigger overvoltage released"),
+        change(4, Trigger, "alarm", Latched, true, true, false, "alarm=1"),
+        change(5, Relay, "pump 2,a=b", Unforced, false, false, false, "manual (uid 0)"),
+        change(6, Trigger, "alarm", Reset, false, false, false, "manual (uid 1000)"),
+    ]
+}
+
+/// The fields of a state change as InfluxDB 1.x answers them: (measurement, name, ms) → fields.
+fn expected_changes(changes: &[StateChange]) -> BTreeMap<(String, String, i64), BTreeMap<String, Value>> {
+    let mut m = BTreeMap::new();
+    for c in changes {
+        let bit = |b: bool| json!(i64::from(b));
+        let mut fields = BTreeMap::from([
+            ("event".to_owned(), json!(c.event.as_str())),
+            ("cause".to_owned(), json!(c.cause.replace('\n', " "))),
+        ]);
+        let flags = match c.subject {
+            Subject::Trigger => vec![("tripped", c.active), ("latched", c.held), ("dry_run", c.dry_run)],
+            Subject::Relay => vec![("on", c.active), ("forced", c.held)],
+        };
+        for (f, b) in flags {
+            fields.insert(f.to_owned(), bit(b));
+        }
+        let key = (format!("pmtr_{}", c.subject.as_str()), c.name.to_string(), c.time.timestamp_millis());
+        assert!(m.insert(key, fields).is_none(), "test data: one change per name and time");
+    }
+    m
+}
+
+/// Readings and state changes in turn, as the consumer and the triggers would send them.
+fn mixed(readings: &[Reading], changes: &[StateChange]) -> Vec<Record> {
+    let mut all: Vec<Record> = readings.iter().cloned().map(Record::from).collect();
+    all.extend(changes.iter().cloned().map(Record::from));
+    all.sort_by_key(Record::time);
+    all
 }
 
 /// (measurement_field, meter, phase, ms) → value of every point the readings make.
@@ -181,7 +242,7 @@ fn influxdb1_stores_every_value_tag_and_type() {
 }
 
 fn vm_points(vm: &VictoriaMetrics, expect: usize) -> BTreeMap<(String, String, String, i64), f64> {
-    let rows = vm.wait_for_samples("{__name__=~\"pmtr_.*\"}", expect, Duration::from_secs(15));
+    let rows = vm.wait_for_samples("{__name__=~\"pmtr_.*\",meter!=\"\"}", expect, Duration::from_secs(15));
     let mut got = BTreeMap::new();
     for row in rows {
         let m = &row["metric"];
@@ -305,6 +366,251 @@ fn an_outage_loses_nothing_and_duplicates_nothing() {
     let got = vm_points(&vm, want.len());
     assert_eq!(got.len(), want.len(), "every point once");
     assert_eq!(got, want);
+}
+
+/// The rows of one measurement: (measurement, name tag, ms) → the other columns.
+fn influx1_changes(
+    db: &Influx1,
+    measurement: &str,
+    tag: &str,
+) -> BTreeMap<(String, String, i64), BTreeMap<String, Value>> {
+    let v = db.query("meters", &format!("SELECT * FROM {measurement}"));
+    let series = &v["results"][0]["series"][0];
+    let columns: Vec<&str> =
+        series["columns"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
+    let mut got = BTreeMap::new();
+    for row in series["values"].as_array().unwrap() {
+        let mut fields = BTreeMap::new();
+        let (mut name, mut t) = (String::new(), 0);
+        for (c, v) in columns.iter().zip(row.as_array().unwrap()) {
+            match *c {
+                "time" => t = v.as_i64().unwrap(),
+                "gateway" => assert_eq!(v, "testgw"),
+                c if c == tag => name = v.as_str().unwrap().to_owned(),
+                _ if v.is_null() => {}
+                c => {
+                    fields.insert(c.to_owned(), v.clone());
+                }
+            }
+        }
+        assert!(got.insert((measurement.to_owned(), name, t), fields).is_none());
+    }
+    got
+}
+
+fn influx1_keys(db: &Influx1, what: &str, measurement: &str) -> Vec<Vec<String>> {
+    let v = db.query("meters", &format!("SHOW {what} KEYS FROM {measurement}"));
+    v["results"][0]["series"][0]["values"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{v}"))
+        .iter()
+        .map(|r| r.as_array().unwrap().iter().map(|x| x.as_str().unwrap().to_owned()).collect())
+        .collect()
+}
+
+#[test]
+fn influxdb1_stores_state_changes_beside_readings() {
+    let db = Influx1::start();
+    db.create_database("meters");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        &format!(
+            "[[sink]]\ntype = \"influxdb1\"\nurl = \"{}\"\ndatabase = \"meters\"\nbatch = 4\n",
+            db.url()
+        ),
+    );
+    let base = base_ms();
+    let readings: Vec<Reading> = (0..10).map(|i| pzem(base, i)).collect();
+    let changes = changes(base, 0);
+    let records = mixed(&readings, &changes);
+    assert!(matches!(records[1], Record::Change(_)), "readings and changes interleave");
+    let states = write_all(&cfg, records);
+    assert_eq!(states[0].readings_written, 10);
+    assert_eq!(states[0].changes_written, changes.len() as u64);
+    assert_eq!(states[0].points_written, 10 + changes.len() as u64, "one point per PZEM reading and change");
+    assert_eq!(states[0].rejected, 0);
+
+    let mut got = influx1_changes(&db, "pmtr_trigger", "trigger");
+    got.extend(influx1_changes(&db, "pmtr_relay", "relay"));
+    assert_eq!(got, expected_changes(&changes));
+    // The readings are all there, untouched by the changes beside them.
+    let count = db.query("meters", "SELECT count(voltage) FROM pmtr");
+    assert_eq!(count["results"][0]["series"][0]["values"][0][1], 10);
+
+    let keys = |what, m| influx1_keys(&db, what, m);
+    assert_eq!(keys("TAG", "pmtr_trigger"), [["gateway"], ["trigger"]]);
+    assert_eq!(keys("TAG", "pmtr_relay"), [["gateway"], ["relay"]]);
+    let types = |m| -> Vec<(String, String)> {
+        keys("FIELD", m).into_iter().map(|r| (r[0].clone(), r[1].clone())).collect()
+    };
+    let field = |n: &str, t: &str| (n.to_owned(), t.to_owned());
+    assert_eq!(
+        types("pmtr_trigger"),
+        [
+            field("cause", "string"),
+            field("dry_run", "integer"),
+            field("event", "string"),
+            field("latched", "integer"),
+            field("tripped", "integer")
+        ]
+    );
+    assert_eq!(
+        types("pmtr_relay"),
+        [
+            field("cause", "string"),
+            field("event", "string"),
+            field("forced", "integer"),
+            field("on", "integer")
+        ]
+    );
+}
+
+/// (series, trigger or relay name, ms) → value of the state-change series in VictoriaMetrics.
+fn vm_changes(vm: &VictoriaMetrics, expect: usize) -> BTreeMap<(String, String, i64), f64> {
+    let rows =
+        vm.wait_for_samples("{__name__=~\"pmtr_(trigger|relay)_.*\"}", expect, Duration::from_secs(15));
+    let mut got = BTreeMap::new();
+    for row in rows {
+        let m = &row["metric"];
+        assert_eq!(m["gateway"], "testgw");
+        let series = m["__name__"].as_str().unwrap().to_owned();
+        let subject = if series.starts_with("pmtr_trigger_") { "trigger" } else { "relay" };
+        let name = m[subject].as_str().unwrap_or_else(|| panic!("no {subject} label: {m}")).to_owned();
+        assert!(m.get("meter").is_none(), "{m}");
+        let ts = row["timestamps"].as_array().unwrap();
+        let vs = row["values"].as_array().unwrap();
+        for (t, v) in ts.iter().zip(vs) {
+            let key = (series.clone(), name.clone(), t.as_i64().unwrap());
+            assert!(got.insert(key.clone(), v.as_f64().unwrap()).is_none(), "{key:?} twice");
+        }
+    }
+    got
+}
+
+/// What VictoriaMetrics makes of the changes: a series `<measurement>_<field>` per field; it
+/// keeps numbers only, so the string fields `event` and `cause` become series of 0.
+fn vm_expected_changes(changes: &[StateChange]) -> BTreeMap<(String, String, i64), f64> {
+    let mut m = BTreeMap::new();
+    for ((measurement, name, t), fields) in expected_changes(changes) {
+        for (field, v) in fields {
+            m.insert((format!("{measurement}_{field}"), name.clone(), t), v.as_f64().unwrap_or(0.0));
+        }
+    }
+    m
+}
+
+#[test]
+fn influxdb2_state_changes_reach_victoria_metrics_through_the_token_check() {
+    let vm = VictoriaMetrics::start();
+    let auth = VmAuth::start(&vm.url(), "s3cret-token");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        &format!(
+            "[[sink]]\ntype = \"influxdb2\"\nurl = \"{}\"\norg = \"home\"\nbucket = \"meters\"\n\
+             token = \"s3cret-token\"\nbatch = 5\n",
+            auth.url()
+        ),
+    );
+    let base = base_ms();
+    let readings: Vec<Reading> = (0..12).map(|i| pzem(base, i)).collect();
+    let changes = changes(base, 0);
+    let states = write_all(&cfg, mixed(&readings, &changes));
+    assert!(states[0].healthy, "{:?}", states[0]);
+    assert_eq!((states[0].readings_written, states[0].changes_written), (12, changes.len() as u64));
+    let want = vm_expected_changes(&changes);
+    assert_eq!(want.len(), 5 * 5 + 4 * 4, "5 trigger changes of 5 series, 4 relay changes of 4");
+    assert_eq!(vm_changes(&vm, want.len()), want);
+    let readings_want = expected(&readings);
+    assert_eq!(vm_points(&vm, readings_want.len()), readings_want);
+    let log = vm.log();
+    assert!(!log.contains("cannot parse"), "VictoriaMetrics refused a line:\n{log}");
+}
+
+#[test]
+fn state_changes_spooled_during_an_outage_arrive_once_after_it() {
+    let mut vm = VictoriaMetrics::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        &format!(
+            "[[sink]]\nname = \"vm\"\ntype = \"influxdb2\"\nurl = \"{}\"\norg = \"o\"\nbucket = \"b\"\n\
+             token = \"t\"\nflush_interval = \"50ms\"\nmax_backoff = \"1s\"\ntimeout = \"2s\"\n",
+            vm.url()
+        ),
+    );
+    let base = base_ms();
+    let readings: Vec<Reading> = (0..60).map(|i| pzem(base, i)).collect();
+    // Each set falls among the times of the readings sent with it.
+    let before = changes(base, 0);
+    let during = changes(base, 20);
+    let after = changes(base, 40);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+
+    // First run: the database is up, then goes away; what follows is spooled; pmtr stops.
+    let first = rt.block_on(async {
+        let (tx, rx) = mpsc::channel(1000);
+        let storage = Storage::start(&cfg, rx).unwrap();
+        for r in mixed(&readings[..20], &before) {
+            tx.send(r).await.unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while storage.sinks[0].snapshot().points_written < 20 + before.len() as u64
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        vm.stop();
+        for r in mixed(&readings[20..40], &during) {
+            tx.send(r).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop(tx);
+        let sinks = storage.sinks.clone();
+        storage.join().await;
+        sinks[0].snapshot()
+    });
+    assert_eq!(first.changes_written, before.len() as u64, "{first:?}");
+    assert!(!first.healthy);
+    let spool: Vec<Record> = spooled(&dir.path().join("spool/vm"));
+    let spooled_changes: Vec<&StateChange> =
+        spool.iter().filter_map(|r| if let Record::Change(c) = r { Some(c) } else { None }).collect();
+    assert_eq!(spooled_changes, during.iter().collect::<Vec<_>>(), "the changes of the outage, on disk");
+
+    // The database is back; pmtr starts again, replays the spool and writes new records.
+    vm.restart();
+    let second = rt.block_on(async {
+        let (tx, rx) = mpsc::channel(1000);
+        let storage = Storage::start(&cfg, rx).unwrap();
+        for r in mixed(&readings[40..], &after) {
+            tx.send(r).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let s = storage.sinks[0].snapshot();
+            if (s.spool_readings == 0 && s.in_memory == 0 && s.healthy) || Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        drop(tx);
+        let sinks = storage.sinks.clone();
+        storage.join().await;
+        sinks[0].snapshot()
+    });
+    assert!(second.healthy, "{second:?}");
+    assert_eq!(second.changes_written, (during.len() + after.len()) as u64, "{second:?}");
+    assert_eq!(first.readings_written + second.readings_written, 60);
+
+    let all: Vec<StateChange> = [before, during, after].concat();
+    let want = vm_expected_changes(&all);
+    let got = vm_changes(&vm, want.len());
+    assert_eq!(got.len(), want.len(), "every change once");
+    assert_eq!(got, want);
+    let readings_want = expected(&readings);
+    assert_eq!(vm_points(&vm, readings_want.len()), readings_want);
 }
 
 fn spooled(dir: &Path) -> Vec<Record> {
