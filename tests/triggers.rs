@@ -31,7 +31,11 @@ fn sim(dir: &Path, volts: f64) -> SimPort {
 }
 
 fn config(dir: &Path, extra: &str) -> Config {
-    let text = format!(
+    pmtr::config::load_str(&toml_of(dir, extra), "test.toml").unwrap()
+}
+
+fn toml_of(dir: &Path, extra: &str) -> String {
+    format!(
         r#"
 [gateway]
 name = "t"
@@ -67,8 +71,7 @@ relays = ["motor"]
         state = dir.join("state").display(),
         ports = dir.join("ttyUSB*").display(),
         csv = dir.join("csv").display(),
-    );
-    pmtr::config::load_str(&text, "test.toml").unwrap()
+    )
 }
 
 /// `pmtr run` in this process, with the relays on `board`.
@@ -116,6 +119,14 @@ fn csv_rows(dir: &Path, prefix: &str) -> Vec<Vec<String>> {
         .filter(|l| !l.starts_with("time"))
         .map(|l| l.split(',').map(str::to_owned).collect())
         .collect()
+}
+
+/// Runs the `pmtr` binary; returns its standard output, failing on a non-zero exit.
+async fn pmtr(args: &[&str]) -> String {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_pmtr")).args(args).output().await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "pmtr {args:?}: {}{}", text, String::from_utf8_lossy(&out.stderr));
+    text
 }
 
 fn time_of(row: &[String]) -> chrono::DateTime<chrono::Utc> {
@@ -195,10 +206,23 @@ async fn a_latched_trip_comes_back_before_the_first_reading_after_a_restart() {
     let daemon = Daemon::start(config(dir.path(), latching), &board);
     board.wait_level(PIN, false, Duration::from_secs(5)).await.expect("claimed");
     tokio::time::sleep(Duration::from_secs(3)).await;
-    daemon.stop().await;
-
     let events = board.events_of(PIN);
     assert_eq!(events.len(), 1, "claimed off and never switched: {events:?}");
+
+    // Reset by hand, with the command line, through the daemon's control socket.
+    let socket = dir.path().join("state/control.sock");
+    let out = pmtr(&["trigger", "list", "--socket", socket.to_str().unwrap()]).await;
+    assert!(out.contains("overvoltage") && out.contains("latched"), "{out}");
+    let out = pmtr(&["trigger", "reset", "overvoltage", "--socket", socket.to_str().unwrap()]).await;
+    assert!(out.contains("reset"), "{out}");
+    board.wait_level(PIN, true, Duration::from_secs(5)).await.expect("reset: the relay goes back on");
+    // Forced off for maintenance, then handed back.
+    pmtr(&["relay", "force", "motor", "off", "--socket", socket.to_str().unwrap()]).await;
+    board.wait_level(PIN, false, Duration::from_secs(5)).await.expect("forced off");
+    pmtr(&["relay", "release", "motor", "--socket", socket.to_str().unwrap()]).await;
+    board.wait_level(PIN, true, Duration::from_secs(5)).await.expect("released: its triggers decide");
+    daemon.stop().await;
+    assert!(!socket.exists(), "the socket is removed at stop");
     assert!(!events[0].high);
     let first_reading = csv_rows(dir.path(), "main-")
         .iter()
@@ -216,8 +240,68 @@ async fn a_latched_trip_comes_back_before_the_first_reading_after_a_restart() {
         .filter(|r| time_of(r) >= restart)
         .map(|r| (r[2].clone(), r[3].clone()))
         .collect::<Vec<_>>();
+    let s = |a: &str, b: &str| (a.to_owned(), b.to_owned());
     assert_eq!(
         restored,
-        vec![("overvoltage".to_owned(), "restored".to_owned()), ("motor".to_owned(), "switched".to_owned())]
+        vec![
+            s("overvoltage", "restored"),
+            s("motor", "switched"),
+            s("overvoltage", "reset"),
+            s("motor", "switched"),
+            s("motor", "forced"),
+            s("motor", "switched"),
+            s("motor", "unforced"),
+            s("motor", "switched"),
+        ]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_after_a_latch_the_next_start_claims_the_relay_tripped() {
+    use pmtr::relay::fake::wait_log_level;
+    let dir = tempfile::tempdir().unwrap();
+    let port = sim(dir.path(), 260.0);
+    let text = toml_of(dir.path(), "latch = true");
+    let file = dir.path().join("pmtr.toml");
+    std::fs::write(&file, text).unwrap();
+    let log = dir.path().join("state/fake-gpio.log");
+    let start = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_pmtr"))
+            .args(["run", "--config", file.to_str().unwrap()])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+
+    let mut first = start();
+    let seen = wait_log_level(&log, PIN, false, Duration::from_secs(10)).await;
+    assert!(seen.is_ok(), "no trip in the fake GPIO log: {seen:?}");
+    // The save is written off the trigger task: give it its moment, then crash hard.
+    let saved = dir.path().join("state/triggers.json");
+    for _ in 0..100 {
+        if std::fs::read_to_string(&saved).is_ok_and(|s| s.contains("\"latched\": true")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.kill().unwrap(); // SIGKILL
+    first.wait().unwrap();
+    let lines_before = std::fs::read_to_string(&log).unwrap().lines().count();
+
+    set_volts(&port, 230.0);
+    let mut second = start();
+    let claimed = loop {
+        let text = std::fs::read_to_string(&log).unwrap();
+        if let Some(line) = text.lines().nth(lines_before) {
+            break line.to_owned();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after: Vec<String> =
+        std::fs::read_to_string(&log).unwrap().lines().skip(lines_before).map(str::to_owned).collect();
+    second.kill().unwrap();
+    second.wait().unwrap();
+    assert!(claimed.ends_with(&format!("pin {PIN} low claim")), "the restart claimed {claimed:?}");
+    assert_eq!(after.len(), 1, "and never switched it with good data: {after:?}");
 }

@@ -2,6 +2,7 @@
 
 use crate::bus::Engine;
 use crate::config::Config;
+use crate::control::ControlServer;
 use crate::reading::{Reading, Record};
 use crate::relay::{FakeBoard, Gpio};
 use crate::store::Storage;
@@ -32,9 +33,19 @@ pub async fn run_with(
     let sinks = storage.sinks.clone();
     // Triggers and relays come up before the buses: every relay is at its restored level
     // before the first reading.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut control = None;
     let triggers = if config.relays.is_empty() && config.triggers.is_empty() {
         None
     } else {
+        // The control socket first: a second pmtr on the same state folder stops here, before
+        // it touches a relay.
+        match ControlServer::bind(&config.gateway.control_socket) {
+            Ok(server) => control = Some(server),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => return Err(e.into()),
+            Err(e) => tracing::error!(error = %e,
+                "no control socket: `pmtr relay` and `pmtr trigger` will not reach this daemon"),
+        }
         let mut gpio = match gpio {
             Some(g) => g,
             None if config.relays.is_empty() => Box::new(FakeBoard::new().gpio()),
@@ -44,9 +55,15 @@ pub async fn run_with(
         tracing::info!(relays = config.relays.len(), triggers = config.triggers.len(), "triggers ready");
         Some(t)
     };
+    let control = match (control, &triggers) {
+        (Some(server), Some(t)) => {
+            tracing::info!(socket = %server.path().display(), "control socket ready");
+            Some(tokio::spawn(server.run(t.commands.clone(), stop_rx.clone())))
+        }
+        _ => None,
+    };
     let trigger_tx = triggers.as_ref().map(|t| t.readings.clone());
     let (tx, mut rx) = mpsc::channel::<Reading>(1024);
-    let (stop_tx, stop_rx) = watch::channel(false);
     let engine = Engine::start(&config, tx, stop_rx);
     let status = engine.status.clone();
     tracing::info!(
@@ -103,6 +120,9 @@ pub async fn run_with(
     engine.join().await;
     summary.abort();
     let _ = consumer.await;
+    if let Some(c) = control {
+        let _ = c.await;
+    }
     if let Some(t) = triggers {
         t.join().await;
     }

@@ -23,7 +23,7 @@ use crate::relay::{bank::RelayBank, Gpio, Level, RelayError};
 use chrono::Utc;
 use std::path::PathBuf;
 use std::time::Duration;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::Instant;
 
 /// Why the triggers could not start.
@@ -53,6 +53,9 @@ struct Shell {
     store: mpsc::Sender<Record>,
     events: broadcast::Sender<StateChange>,
     saved_path: PathBuf,
+    /// The newest state to save; the saver task writes it off the trigger task, so that a
+    /// slow SD card never delays a relay.
+    saver: Option<watch::Sender<Saved>>,
     origin: Instant,
 }
 
@@ -97,7 +100,10 @@ impl Triggers {
         let (readings_tx, readings) = mpsc::channel(1024);
         let (commands_tx, commands) = mpsc::channel(16);
         let (events, _) = broadcast::channel(256);
+        let (saver, saver_rx) = watch::channel(engine.saved());
+        let saver_task = tokio::spawn(save_each(saved_path.clone(), saver_rx));
         let shell = Shell {
+            saver: Some(saver),
             engine,
             bank,
             on_shutdown: config.relays.iter().map(|r| (r.on_shutdown, r.default)).collect(),
@@ -106,7 +112,7 @@ impl Triggers {
             saved_path,
             origin,
         };
-        let task = tokio::spawn(shell.run(restored, readings, commands));
+        let task = tokio::spawn(shell.run(restored, readings, commands, saver_task));
         Ok(Triggers { readings: readings_tx, commands: commands_tx, events, task })
     }
 
@@ -117,6 +123,20 @@ impl Triggers {
         drop(readings);
         drop(commands);
         let _ = task.await;
+    }
+}
+
+/// Writes each new saved state (the newest only, when several came while writing).
+async fn save_each(path: PathBuf, mut rx: watch::Receiver<Saved>) {
+    while rx.changed().await.is_ok() {
+        let s = rx.borrow_and_update().clone();
+        let p = path.clone();
+        match tokio::task::spawn_blocking(move || saved::save(&p, &s)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(file = %path.display(), error = %e,
+                "cannot save the trigger state: a restart now would not restore it"),
+            Err(e) => tracing::error!(error = %e, "the trigger state saver failed"),
+        }
     }
 }
 
@@ -131,6 +151,7 @@ impl Shell {
         restored: Output,
         mut readings: mpsc::Receiver<Reading>,
         mut commands: mpsc::Receiver<Command>,
+        saver: tokio::task::JoinHandle<()>,
     ) {
         self.apply(restored).await;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -160,6 +181,9 @@ impl Shell {
                 }
             }
         }
+        // The saver finishes what it has, then the final state is written here.
+        self.saver = None;
+        let _ = saver.await;
         self.shutdown().await;
     }
 
@@ -217,9 +241,8 @@ impl Shell {
             self.record(c).await;
         }
         if out.save {
-            if let Err(e) = saved::save(&self.saved_path, &self.engine.saved()) {
-                tracing::error!(file = %self.saved_path.display(), error = %e,
-                    "cannot save the trigger state: a restart now would not restore it");
+            if let Some(saver) = &self.saver {
+                saver.send_replace(self.engine.saved());
             }
         }
     }
