@@ -358,6 +358,9 @@ pub struct StateChange {
 impl fmt::Display for StateChange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} {} {}", self.subject.as_str(), self.name, self.event.as_str())?;
+        if self.subject == Subject::Relay && self.event != ChangeEvent::Unforced {
+            f.write_str(if self.active { " on" } else { " off" })?;
+        }
         if !self.cause.is_empty() {
             write!(f, " ({})", self.cause)?;
         }

@@ -5,7 +5,7 @@ use crate::bus::status::MeterState;
 use crate::bus::Engine;
 use crate::config::{LineSettings, Parity};
 use crate::reading::{Phase, Quantity, Reading};
-use crate::sim::{SimMeterSpec, SimPort, SimPortOptions};
+use crate::sim::{Profile, SimMeterSpec, SimPort, SimPortOptions};
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -71,6 +71,22 @@ poll = "2s"
 [[sink]]
 type = "csv"
 dir = "{csv}"
+
+# A relay on GPIO 17 (a fake board in the demo) feeding a water heater, on by default, cut when
+# mainB's voltage stays high: the demo raises it to 130 V from t=20 s to t=32 s.
+[[relay]]
+name = "water-heater"
+pin = 17
+default = "on"
+
+[[trigger]]
+name = "overvoltage-B"
+meter = "mainB"
+when = "L2U > 126"
+average = "2s"
+hold = "3s"
+recovery = "5s"
+relays = ["water-heater"]
 "#;
 
 /// Where the demo's CSV files go (kept after it ends, unlike its scratch directory).
@@ -107,7 +123,8 @@ async fn run_in(dir: &std::path::Path, duration: Option<Duration>) -> anyhow::Re
     // Deliberately not in address order: the dongle names say nothing about the meters.
     let _a = port("ttyUSB0", 9600, "pzem-016@6,volts=120.1,amps=0,pf=1")?;
     let mut b = port("ttyUSB1", 9600, "pzem-016@4,volts=121.3,amps=12.5,pf=0.95,profile=noise:2")?;
-    let _c = port("ttyUSB2", 9600, "pzem-016@5,volts=119.8,amps=7.25,pf=0.9,profile=noise:2")?;
+    let c = port("ttyUSB2", 9600, "pzem-016@5,volts=119.8,amps=7.25,pf=0.9")?;
+    c.with_slave(5, |s| s.set_profile(Profile::Script(vec![(20.0, 130.0), (32.0, 119.8)])));
     let _rx = port("ttyRX0", 19200, "rx380@1,profile=noise:1")?;
 
     let text = DEMO_CONFIG
@@ -116,6 +133,9 @@ async fn run_in(dir: &std::path::Path, duration: Option<Duration>) -> anyhow::Re
     let config = crate::config::load_str(&text, "demo.toml").map_err(|e| anyhow::anyhow!("{e}"))?;
     let (store_tx, store_rx) = mpsc::channel::<crate::reading::Record>(4096);
     let storage = crate::store::Storage::start(&config, store_rx)?;
+    let board = crate::relay::FakeBoard::new();
+    let triggers = crate::trigger::run::Triggers::start(&config, &mut board.gpio(), store_tx.clone())?;
+    let mut changes = triggers.events.subscribe();
     let (tx, mut rx) = mpsc::channel::<Reading>(256);
     let (stop_tx, stop_rx) = watch::channel(false);
     let engine = Engine::start(&config, tx, stop_rx);
@@ -136,8 +156,17 @@ async fn run_in(dir: &std::path::Path, duration: Option<Duration>) -> anyhow::Re
                 if !tty {
                     println!("{r}");
                 }
+                let _ = triggers.readings.send(r.clone()).await;
                 let _ = store_tx.send(r.clone().into()).await;
                 latest.insert(r.meter.to_string(), r);
+            }
+            Ok(c) = changes.recv() => {
+                let t = start.elapsed().as_secs();
+                let line = format!("t={t}s: {c}");
+                if !tty {
+                    println!("# {line}");
+                }
+                events.push(line);
             }
             _ = tick.tick() => {
                 let t = start.elapsed().as_secs();
@@ -170,6 +199,7 @@ async fn run_in(dir: &std::path::Path, duration: Option<Duration>) -> anyhow::Re
     while let Ok(r) = rx.try_recv() {
         let _ = store_tx.send(r.into()).await;
     }
+    triggers.join().await;
     drop(store_tx);
     storage.join().await;
     let snap = status.snapshot();
@@ -184,7 +214,7 @@ async fn run_in(dir: &std::path::Path, duration: Option<Duration>) -> anyhow::Re
             s.counters.crc_errors
         );
     }
-    println!("\nReadings were written as CSV to {}/", demo_csv_dir().display());
+    println!("\nReadings, trigger and relay changes were written as CSV to {}/", demo_csv_dir().display());
     Ok(())
 }
 

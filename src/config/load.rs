@@ -1197,6 +1197,7 @@ fn default_gateway_name() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::relay::Level;
 
     const EXAMPLE: &str = include_str!("../../config/pmtr.toml");
 
@@ -1229,6 +1230,9 @@ mod tests {
             if line.contains("[[sink]]: where readings are written") {
                 in_block = true;
             }
+            if line.contains("Relays and triggers: relays") {
+                in_block = false;
+            }
             match line.strip_prefix("# ") {
                 Some(code) if in_block && code.contains("password_file") => out.push_str(line),
                 Some(code) if in_block && code.starts_with("token_file") => out.push_str("token = \"x\""),
@@ -1245,6 +1249,37 @@ mod tests {
         assert_eq!(kinds, ["influxdb1", "influxdb2", "csv"]);
         let names: Vec<&str> = config.sinks.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["influx", "influx2", "csv"]);
+    }
+
+    #[test]
+    fn the_commented_out_relay_and_trigger_load_too() {
+        let mut out = String::new();
+        let mut in_block = false;
+        for line in EXAMPLE.lines() {
+            if line.contains("Relays and triggers: relays") {
+                in_block = true;
+            }
+            match line.strip_prefix("# ") {
+                Some(code) if in_block && (code.starts_with("[[") || code.contains(" = ")) => {
+                    out.push_str(code)
+                }
+                _ => out.push_str(line),
+            }
+            out.push('\n');
+        }
+        let config = load_str(&out, "pmtr.toml").unwrap_or_else(|e| panic!("{e}\n{out}"));
+        assert_eq!(config.gateway.gpio, crate::config::GpioBackend::Rppal);
+        let r = &config.relays[0];
+        assert_eq!((r.name.as_str(), r.pin, r.active_low, r.default), ("water-heater", 17, true, Level::On));
+        let t = &config.triggers[0];
+        assert_eq!(
+            (t.name.as_str(), t.level, t.meters.clone()),
+            ("heater-guard", Level::Off, vec!["mainA".to_owned()])
+        );
+        assert_eq!(
+            (t.hold, t.recovery, t.average),
+            (Duration::from_secs(5), Duration::from_secs(120), Some(Duration::from_secs(10)))
+        );
     }
 
     #[test]
