@@ -4,8 +4,9 @@
 //!    core, with the values changing at every evaluation;
 //! 2. `reading`: a reading through the engine (averages, expressions, hysteresis, arbitration)
 //!    to the relay write, timed for each reading, on the calling thread;
-//! 3. `task`: the same through the daemon's path: the readings channel, the trigger task, the
-//!    relay bank and the fake GPIO's write, from `send` to the write's timestamp.
+//! 3. `task`: the same through the daemon's path on its single-threaded runtime: the readings
+//!    channel, the trigger task, the relay bank and the fake GPIO's write, from `send` to the
+//!    write's timestamp; and the floor of that path (a task that writes the pin at once).
 //!
 //! `cargo bench --bench trigger [-- eval|reading|task]` (BENCH_N=N evaluations per expression).
 
@@ -195,44 +196,60 @@ fn bench_reading() {
     println!("  {:.0} readings/s through the engine on one core", count as f64 / secs);
 }
 
+/// Sends switching readings to `tx` every 20 ms and times each from the send to the write of
+/// GPIO 17 on `board` (on by default, off above 240 V).
+async fn send_to_write(tx: &tokio::sync::mpsc::Sender<Reading>, board: &FakeBoard) -> Vec<u64> {
+    let mut latencies = Vec::new();
+    for i in 0..2000 {
+        let r = pzem("main", if i % 2 == 0 { 250.0 } else { 230.0 }, 10.0);
+        let sent = Utc::now();
+        tx.send(r).await.unwrap();
+        let want_high = i % 2 != 0;
+        board.wait_level(17, want_high, Duration::from_secs(1)).await.expect("the relay switches");
+        let ev = board.events_of(17).last().cloned().unwrap();
+        assert_eq!(ev.high, want_high);
+        latencies.push((ev.time - sent).num_nanoseconds().unwrap_or(i64::MAX).max(0) as u64);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    latencies
+}
+
 fn bench_task() {
     let config = triggers_config();
     let dir = tempfile::tempdir().unwrap();
     let mut config = config;
     config.gateway.state_dir = dir.path().to_path_buf();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    // `pmtr run`'s runtime: one thread (the bus tasks, the consumer and the trigger task take
+    // turns on it; storage has its own thread).
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
+        // The floor: a task that writes the pin as soon as a reading arrives, no engine.
+        let board = FakeBoard::new();
+        let mut pin = pmtr::relay::Gpio::claim(&mut board.gpio(), 17, true).unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Reading>(1024);
+        let floor = tokio::spawn(async move {
+            while let Some(r) = rx.recv().await {
+                let volts = r.get(Phase::L1, pmtr::reading::Quantity::Voltage).unwrap();
+                pin.write(volts <= 240.0).unwrap();
+            }
+        });
+        let latencies = send_to_write(&tx, &board).await;
+        drop(tx);
+        let _ = floor.await;
+        println!("reading sent to a task → pin write, no engine (the runtime's floor on this machine):");
+        println!("  {}", percentiles(latencies));
+
+        // The daemon's path: the trigger task with its engine, bank, storage and saved state.
         let board = FakeBoard::new();
         let mut gpio = board.gpio();
         let (store_tx, mut store_rx) = tokio::sync::mpsc::channel::<Record>(100_000);
         tokio::spawn(async move { while store_rx.recv().await.is_some() {} });
-        let triggers = Triggers::start(&config, &mut gpio, store_tx).unwrap();
+        let triggers = Triggers::start(&config, &mut gpio, store_tx, true).unwrap();
         let tx = triggers.readings.clone();
-        let mut latencies = Vec::new();
-        let rounds = 5000;
-        for i in 0..rounds {
-            let r = pzem("main", if i % 2 == 0 { 250.0 } else { 230.0 }, 10.0);
-            let before = board.events_of(17).len();
-            let sent = Utc::now();
-            tx.send(r).await.unwrap();
-            // Wait for the write, then note how long after the send it was made.
-            let want = i % 2 == 0;
-            let mut spins = 0;
-            while board.events_of(17).len() == before {
-                spins += 1;
-                if spins > 1000 {
-                    tokio::time::sleep(Duration::from_micros(50)).await;
-                } else {
-                    tokio::task::yield_now().await;
-                }
-            }
-            let ev = board.events_of(17).last().cloned().unwrap();
-            assert_eq!(!ev.high, want, "motor is on by default and goes off above 240 V");
-            latencies.push((ev.time - sent).num_nanoseconds().unwrap_or(i64::MAX).max(0) as u64);
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        let latencies = send_to_write(&tx, &board).await;
         drop(tx);
-        println!("reading sent to the trigger task → relay write (mpsc, task, bank, fake GPIO):");
+        println!("reading sent to the trigger task → relay write (engine, bank, fake GPIO; every");
+        println!("switch also stored, broadcast and saved to disk):");
         println!("  {}", percentiles(latencies));
         triggers.join().await;
     });

@@ -134,7 +134,7 @@ async fn run_in(dir: &std::path::Path, duration: Option<Duration>) -> anyhow::Re
     let (store_tx, store_rx) = mpsc::channel::<crate::reading::Record>(4096);
     let storage = crate::store::Storage::start(&config, store_rx)?;
     let board = crate::relay::FakeBoard::new();
-    let triggers = crate::trigger::run::Triggers::start(&config, &mut board.gpio(), store_tx.clone())?;
+    let triggers = crate::trigger::run::Triggers::start(&config, &mut board.gpio(), store_tx.clone(), false)?;
     let mut changes = triggers.events.subscribe();
     let (tx, mut rx) = mpsc::channel::<Reading>(256);
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -51,7 +51,7 @@ pub async fn run_with(
             None if config.relays.is_empty() => Box::new(FakeBoard::new().gpio()),
             None => crate::relay::open_gpio(&config.gateway)?.0,
         };
-        let t = Triggers::start(&config, gpio.as_mut(), store_tx.clone())?;
+        let t = Triggers::start(&config, gpio.as_mut(), store_tx.clone(), true)?;
         tracing::info!(relays = config.relays.len(), triggers = config.triggers.len(), "triggers ready");
         Some(t)
     };
@@ -62,9 +62,16 @@ pub async fn run_with(
         }
         _ => None,
     };
-    let trigger_tx = triggers.as_ref().map(|t| t.readings.clone());
+    // With triggers, readings go straight from the buses to the trigger task, which passes
+    // each on to storage once the relays have seen it: no hop stands before a relay.
     let (tx, mut rx) = mpsc::channel::<Reading>(1024);
-    let engine = Engine::start(&config, tx, stop_rx);
+    let engine = match &triggers {
+        Some(t) => {
+            drop(tx); // the consumer below then ends at once, letting go of its storage sender
+            Engine::start(&config, t.readings.clone(), stop_rx)
+        }
+        None => Engine::start(&config, tx, stop_rx),
+    };
     let status = engine.status.clone();
     tracing::info!(
         gateway = %config.gateway.name,
@@ -78,12 +85,6 @@ pub async fn run_with(
         while let Some(r) = rx.recv().await {
             if log_readings {
                 tracing::info!("{r}");
-            }
-            // Triggers first: a relay never waits for the database.
-            if let Some(t) = &trigger_tx {
-                if t.send(r.clone()).await.is_err() {
-                    tracing::error!("the trigger task stopped: relays are no longer driven");
-                }
             }
             if store_tx.send(r.into()).await.is_err() {
                 tracing::error!("storage stopped: readings are no longer written");

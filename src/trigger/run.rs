@@ -57,15 +57,21 @@ struct Shell {
     /// slow SD card never delays a relay.
     saver: Option<watch::Sender<Saved>>,
     origin: Instant,
+    /// Pass each reading on to storage after the triggers have seen it (`pmtr run`: the
+    /// trigger task is where readings arrive, so no extra hop stands before a relay).
+    forward: bool,
+    log_readings: bool,
 }
 
 impl Triggers {
     /// Restores the saved state, claims every relay at the level it gives (before any
-    /// reading), and starts the task. Changes go to `store` and to [`Triggers::events`].
+    /// reading), and starts the task. Changes go to `store` and to [`Triggers::events`]; with
+    /// `forward`, so does every reading, once the triggers have seen it.
     pub fn start(
         config: &Config,
         gpio: &mut dyn Gpio,
         store: mpsc::Sender<Record>,
+        forward: bool,
     ) -> Result<Triggers, StartError> {
         let origin = Instant::now();
         let mut engine = Engine::new(config, Duration::ZERO).map_err(StartError::Config)?;
@@ -104,6 +110,8 @@ impl Triggers {
         let saver_task = tokio::spawn(save_each(saved_path.clone(), saver_rx));
         let shell = Shell {
             saver: Some(saver),
+            forward,
+            log_readings: config.gateway.log_readings,
             engine,
             bank,
             on_shutdown: config.relays.iter().map(|r| (r.on_shutdown, r.default)).collect(),
@@ -140,9 +148,19 @@ async fn save_each(path: PathBuf, mut rx: watch::Receiver<Saved>) {
     }
 }
 
-fn now(origin: Instant) -> Now {
+/// The time now; `offset` is the local time's offset from UTC (looked up once a second, not
+/// per reading: the lookup costs more than a whole evaluation).
+fn now_at(origin: Instant, offset: chrono::FixedOffset) -> Now {
     let wall = Utc::now();
-    Now { mono: origin.elapsed(), wall, local: wall.with_timezone(&chrono::Local).naive_local() }
+    Now { mono: origin.elapsed(), wall, local: wall.with_timezone(&offset).naive_local() }
+}
+
+fn local_offset() -> chrono::FixedOffset {
+    *chrono::Local::now().offset()
+}
+
+fn now(origin: Instant) -> Now {
+    now_at(origin, local_offset())
 }
 
 impl Shell {
@@ -157,14 +175,23 @@ impl Shell {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut commands_open = true;
+        let mut offset = local_offset();
         loop {
             tokio::select! {
                 biased;
                 r = readings.recv() => match r {
                     Some(r) => {
-                        let out = self.engine.on_reading(&r, now(self.origin));
+                        let out = self.engine.on_reading(&r, now_at(self.origin, offset));
                         if !out.is_empty() {
                             self.apply(out).await;
+                        }
+                        if self.forward {
+                            if self.log_readings {
+                                tracing::info!("{r}");
+                            }
+                            if self.store.send(Record::Reading(r)).await.is_err() {
+                                tracing::error!("storage stopped: readings are no longer written");
+                            }
                         }
                     }
                     None => break,
@@ -174,7 +201,8 @@ impl Shell {
                     None => commands_open = false,
                 },
                 _ = tick.tick() => {
-                    let out = self.engine.tick(now(self.origin));
+                    offset = local_offset();
+                    let out = self.engine.tick(now_at(self.origin, offset));
                     if !out.is_empty() {
                         self.apply(out).await;
                     }
