@@ -288,10 +288,12 @@ fn main() -> ExitCode {
                     Err(code) => return Ok(code),
                 };
                 println!(
-                    "{}: ok ({} bus(es), {} meter(s))",
+                    "{}: ok ({} bus(es), {} meter(s), {} relay(s), {} trigger(s))",
                     file.display(),
                     cfg.buses.len(),
-                    cfg.meters.len()
+                    cfg.meters.len(),
+                    cfg.relays.len(),
+                    cfg.triggers.len()
                 );
             }
             Cmd::Scan { ports, addresses, baud, parity, timeout } => {

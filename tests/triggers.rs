@@ -216,6 +216,18 @@ async fn a_latched_trip_comes_back_before_the_first_reading_after_a_restart() {
     let out = pmtr(&["trigger", "reset", "overvoltage", "--socket", socket.to_str().unwrap()]).await;
     assert!(out.contains("reset"), "{out}");
     board.wait_level(PIN, true, Duration::from_secs(5)).await.expect("reset: the relay goes back on");
+    // A force for longer than anyone means is refused, not a panic of the daemon.
+    let huge = pmtr::control::Request::Force {
+        relay: "motor".into(),
+        level: pmtr::relay::Level::Off,
+        seconds: Some(u64::MAX),
+    };
+    match pmtr::control::client::request(&socket, &huge).await.unwrap() {
+        pmtr::control::Response::Error { message } => {
+            assert!(message.contains("at most 366 days"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
     // Forced off for maintenance, then handed back.
     pmtr(&["relay", "force", "motor", "off", "--socket", socket.to_str().unwrap()]).await;
     board.wait_level(PIN, false, Duration::from_secs(5)).await.expect("forced off");

@@ -560,8 +560,9 @@ impl Engine {
         if stale == t.stale {
             return;
         }
-        let names: Vec<&str> =
+        let mut names: Vec<&str> =
             self.meter_index.iter().filter(|(_, i)| silent.contains(i)).map(|(n, _)| n.as_str()).collect();
+        names.sort_unstable();
         let t = &mut self.triggers[ti];
         t.stale = stale;
         let (event, cause) = if stale {

@@ -26,6 +26,9 @@ use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::Instant;
 
+/// The longest a force may be given for: a year.
+const MAX_FORCE_SECONDS: u64 = 366 * 86_400;
+
 /// Why the triggers could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -227,13 +230,23 @@ impl Shell {
                 return;
             }
             Request::Force { relay, level, seconds } => {
-                let until =
-                    seconds.map(|s| now.wall + chrono::Duration::seconds(s.min(i64::MAX as u64) as i64));
-                self.engine.force(relay, *level, until, &by, now).map(|out| {
-                    let how = until.map_or("until released".to_owned(), |u| {
-                        format!("until {}", u.with_timezone(&chrono::Local).format("%Y-%m-%d %H:%M:%S"))
-                    });
-                    (out, format!("relay {relay} forced {level} {how}"))
+                let until = match seconds {
+                    None => Ok(None),
+                    Some(s) if *s <= MAX_FORCE_SECONDS => {
+                        Ok(Some(now.wall + chrono::Duration::seconds(*s as i64)))
+                    }
+                    Some(_) => Err(format!(
+                        "a force lasts at most {} days; leave the duration out to force until released",
+                        MAX_FORCE_SECONDS / 86_400
+                    )),
+                };
+                until.and_then(|until| {
+                    self.engine.force(relay, *level, until, &by, now).map(|out| {
+                        let how = until.map_or("until released".to_owned(), |u| {
+                            format!("until {}", u.with_timezone(&chrono::Local).format("%Y-%m-%d %H:%M:%S"))
+                        });
+                        (out, format!("relay {relay} forced {level} {how}"))
+                    })
                 })
             }
             Request::Release { relay } => self
