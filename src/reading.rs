@@ -212,7 +212,8 @@ impl fmt::Display for Reading {
     }
 }
 
-fn trim(v: f64) -> String {
+/// A value with at most three decimals and no trailing zeros (`254.2`, `0`).
+pub(crate) fn trim(v: f64) -> String {
     let s = format!("{v:.3}");
     let s = s.trim_end_matches('0').trim_end_matches('.');
     if s.is_empty() || s == "-" {

@@ -17,7 +17,7 @@ use super::vars::{self, Source};
 use super::MovingAverage;
 use crate::config::{Config, OnStale};
 use crate::control::{Forced, RelayStatus, TriggerStatus};
-use crate::reading::{ChangeEvent, Reading, StateChange, Subject};
+use crate::reading::{trim, ChangeEvent, Reading, StateChange, Subject};
 use crate::relay::Level;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use std::collections::HashMap;
@@ -113,16 +113,6 @@ impl TriggerRt {
     }
 }
 
-fn trim(v: f64) -> String {
-    let s = format!("{v:.3}");
-    let s = s.trim_end_matches('0').trim_end_matches('.');
-    if s.is_empty() || s == "-" {
-        "0".into()
-    } else {
-        s.to_owned()
-    }
-}
-
 struct RelayRt {
     name: Arc<str>,
     pin: u8,
@@ -187,12 +177,7 @@ impl Engine {
                     },
                 })
                 .collect();
-            let mut meters: Vec<usize> = sources
-                .iter()
-                .filter_map(|s| if let Source::Meter { meter, .. } = s { Some(*meter) } else { None })
-                .collect();
-            meters.sort_unstable();
-            meters.dedup();
+            let meters = vars::meters_of(&sources);
             for &m in &meters {
                 readers[m].push(ti);
             }
@@ -251,14 +236,10 @@ impl Engine {
             t.hyst.restore(s.latched);
             t.since = Some(s.since);
             let latched = t.hyst.state() == State::Latched;
-            out.changes.push(change(
-                Subject::Trigger,
-                &t.name,
+            out.changes.push(trigger_change(
+                t,
                 ChangeEvent::Restored,
                 now.wall,
-                true,
-                latched,
-                t.dry_run,
                 format!("{} since {}", if latched { "latched" } else { "tripped" }, s.since.to_rfc3339()),
             ));
         }
@@ -280,16 +261,7 @@ impl Engine {
                 _ => "start".to_owned(),
             };
             let r = &self.relays[i];
-            out.changes.push(change(
-                Subject::Relay,
-                &r.name,
-                ChangeEvent::Switched,
-                now.wall,
-                level == Level::On,
-                r.forced.is_some(),
-                false,
-                cause,
-            ));
+            out.changes.push(relay_change(r, ChangeEvent::Switched, now.wall, cause));
         }
         out
     }
@@ -355,14 +327,10 @@ impl Engine {
                 self.relays[i].forced = None;
                 out.save = true;
                 let r = &self.relays[i];
-                out.changes.push(change(
-                    Subject::Relay,
-                    &r.name,
+                out.changes.push(relay_change(
+                    r,
                     ChangeEvent::Unforced,
                     now.wall,
-                    r.level == Level::On,
-                    false,
-                    false,
                     "the force expired".into(),
                 ));
                 self.update_relay(i, now, "force expired", &mut out);
@@ -388,16 +356,10 @@ impl Engine {
             Some(u) => format!("forced {level} by {by} until {}", u.to_rfc3339()),
             None => format!("forced {level} by {by} until released"),
         };
-        out.changes.push(change(
-            Subject::Relay,
-            &r.name,
-            ChangeEvent::Forced,
-            now.wall,
-            level == Level::On,
-            true,
-            false,
-            cause,
-        ));
+        out.changes.push(StateChange {
+            active: level == Level::On,
+            ..relay_change(r, ChangeEvent::Forced, now.wall, cause)
+        });
         self.update_relay(i, now, &format!("forced by {by}"), &mut out);
         Ok(out)
     }
@@ -410,16 +372,7 @@ impl Engine {
         }
         let mut out = Output { save: true, ..Output::default() };
         let r = &self.relays[i];
-        out.changes.push(change(
-            Subject::Relay,
-            &r.name,
-            ChangeEvent::Unforced,
-            now.wall,
-            r.level == Level::On,
-            false,
-            false,
-            format!("released by {by}"),
-        ));
+        out.changes.push(relay_change(r, ChangeEvent::Unforced, now.wall, format!("released by {by}")));
         self.update_relay(i, now, &format!("force released by {by}"), &mut out);
         Ok(out)
     }
@@ -440,16 +393,7 @@ impl Engine {
         }
         t.since = Some(now.wall);
         let mut out = Output { save: true, ..Output::default() };
-        out.changes.push(change(
-            Subject::Trigger,
-            &t.name,
-            ChangeEvent::Reset,
-            now.wall,
-            false,
-            false,
-            t.dry_run,
-            format!("reset by {by}"),
-        ));
+        out.changes.push(trigger_change(t, ChangeEvent::Reset, now.wall, format!("reset by {by}")));
         self.update_relays_of(ti, now, &mut out);
         Ok(out)
     }
@@ -525,16 +469,7 @@ impl Engine {
         }
         r.level = level;
         out.switches.push((i, level));
-        out.changes.push(change(
-            Subject::Relay,
-            &r.name,
-            ChangeEvent::Switched,
-            now.wall,
-            level == Level::On,
-            r.forced.is_some(),
-            false,
-            cause.to_owned(),
-        ));
+        out.changes.push(relay_change(r, ChangeEvent::Switched, now.wall, cause.to_owned()));
     }
 
     fn update_relays_of(&mut self, ti: usize, now: Now, out: &mut Output) {
@@ -578,16 +513,7 @@ impl Engine {
         } else {
             (ChangeEvent::Fresh, "every meter answers again".to_owned())
         };
-        out.changes.push(change(
-            Subject::Trigger,
-            &t.name,
-            event,
-            now.wall,
-            t.hyst.is_tripped(),
-            t.hyst.state() == State::Latched,
-            t.dry_run,
-            cause,
-        ));
+        out.changes.push(trigger_change(t, event, now.wall, cause));
         if !stale {
             return;
         }
@@ -651,32 +577,37 @@ impl Engine {
             (Transition::Released, true) => ChangeEvent::WouldRelease,
         };
         out.save = true;
-        out.changes.push(change(
-            Subject::Trigger,
-            &t.name,
-            event,
-            now.wall,
-            t.hyst.is_tripped(),
-            t.hyst.state() == State::Latched,
-            t.dry_run,
-            cause.to_owned(),
-        ));
+        out.changes.push(trigger_change(t, event, now.wall, cause.to_owned()));
         self.update_relays_of(ti, now, out);
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn change(
-    subject: Subject,
-    name: &Arc<str>,
-    event: ChangeEvent,
-    time: DateTime<Utc>,
-    active: bool,
-    held: bool,
-    dry_run: bool,
-    cause: String,
-) -> StateChange {
-    StateChange { time, subject, name: name.clone(), event, active, held, dry_run, cause }
+/// A change of trigger `t`, as it stands now.
+fn trigger_change(t: &TriggerRt, event: ChangeEvent, time: DateTime<Utc>, cause: String) -> StateChange {
+    StateChange {
+        time,
+        subject: Subject::Trigger,
+        name: t.name.clone(),
+        event,
+        active: t.hyst.is_tripped(),
+        held: t.hyst.state() == State::Latched,
+        dry_run: t.dry_run,
+        cause,
+    }
+}
+
+/// A change of relay `r`, as it stands now.
+fn relay_change(r: &RelayRt, event: ChangeEvent, time: DateTime<Utc>, cause: String) -> StateChange {
+    StateChange {
+        time,
+        subject: Subject::Relay,
+        name: r.name.clone(),
+        event,
+        active: r.level == Level::On,
+        held: r.forced.is_some(),
+        dry_run: false,
+        cause,
+    }
 }
 
 impl std::fmt::Debug for Engine {

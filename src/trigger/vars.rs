@@ -64,6 +64,17 @@ impl Source {
     }
 }
 
+/// The meters (indices) that `sources` read, in order, once each.
+pub fn meters_of(sources: &[Source]) -> Vec<usize> {
+    let mut meters: Vec<usize> = sources
+        .iter()
+        .filter_map(|s| if let Source::Meter { meter, .. } = s { Some(*meter) } else { None })
+        .collect();
+    meters.sort_unstable();
+    meters.dedup();
+    meters
+}
+
 /// How meter `name` is written as a prefix.
 pub fn prefix_of(name: &str) -> String {
     name.replace('-', "_")

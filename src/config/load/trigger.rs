@@ -4,7 +4,7 @@ use super::{element_path, suggest, Loader, Value};
 use crate::config::{Meter, OnShutdown, OnStale, Relay, Trigger};
 use crate::relay::Level;
 use crate::trigger::expr::{ExprError, Expression};
-use crate::trigger::vars::{self, Source};
+use crate::trigger::vars;
 use std::collections::HashMap;
 use std::ops::Range;
 use std::time::Duration;
@@ -269,12 +269,7 @@ impl Loader<'_> {
             },
         };
         ok &= expr_ok;
-        let mut read: Vec<usize> = sources
-            .iter()
-            .filter_map(|s| if let Source::Meter { meter, .. } = s { Some(*meter) } else { None })
-            .collect();
-        read.sort_unstable();
-        read.dedup();
+        let read = vars::meters_of(&sources);
 
         let average = match self.duration_key(t, &path, "average", MIN_AVERAGE, MAX_AVERAGE) {
             Some(a) => a,
