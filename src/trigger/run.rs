@@ -333,3 +333,98 @@ impl Shell {
         self.bank.shutdown();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meter::{pzem, Model};
+    use crate::reading::Phase;
+    use crate::relay::FakeBoard;
+
+    fn config(dir: &std::path::Path) -> Config {
+        let text = format!(
+            r#"
+[gateway]
+state_dir = "{}"
+gpio = "fake"
+[[bus]]
+name = "b"
+port = "/dev/null"
+[[meter]]
+name = "main"
+model = "pzem-016"
+address = 4
+[[relay]]
+name = "motor"
+pin = 17
+default = "on"
+[[trigger]]
+name = "overvoltage"
+meter = "main"
+when = "L1U > 253"
+hold = "5s"
+recovery = "10s"
+stale_after = "10s"
+on_stale = "trip"
+relays = ["motor"]
+"#,
+            dir.display()
+        );
+        crate::config::load_str(&text, "t.toml").unwrap()
+    }
+
+    fn reading(volts: f64) -> Reading {
+        let regs = pzem::encode(volts, 1.0, volts, 1.0, 50.0, 1.0, false);
+        Reading {
+            meter: "main".into(),
+            model: Model::Pzem016,
+            time: Utc::now(),
+            samples: pzem::decode(&regs, Phase::L1).unwrap(),
+            quality: Default::default(),
+        }
+    }
+
+    /// The task on tokio's paused clock: one reading a second, over 253 V from 3 s to 12 s,
+    /// then silence. The relay is off from 8 s (3 + hold) to 23 s (13 + recovery), and off
+    /// again once the meter has been silent for `stale_after` (on_stale = trip).
+    #[tokio::test(start_paused = true)]
+    async fn the_task_keeps_hold_recovery_and_stale_to_the_second() {
+        let dir = tempfile::tempdir().unwrap();
+        let board = FakeBoard::new();
+        let (store, mut stored) = mpsc::channel(1024);
+        let drain = tokio::spawn(async move {
+            let mut changes = Vec::new();
+            while let Some(r) = stored.recv().await {
+                if let Record::Change(c) = r {
+                    changes.push((c.name.to_string(), c.event));
+                }
+            }
+            changes
+        });
+        let t = Triggers::start(&config(dir.path()), &mut board.gpio(), store, false).unwrap();
+        let mut off = Vec::new();
+        for second in 0..30 {
+            let volts = if (3..=12).contains(&second) { 260.0 } else { 230.0 };
+            t.readings.send(reading(volts)).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            if board.level(17) == Some(false) {
+                off.push(second);
+            }
+            tokio::time::sleep(Duration::from_millis(990)).await;
+        }
+        assert_eq!(off, (8..23).collect::<Vec<_>>());
+        // Silence: the last reading came at 29 s; stale after more than 10 s.
+        tokio::time::sleep(Duration::from_millis(9_500)).await;
+        assert_eq!(board.level(17), Some(true), "not stale yet");
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        assert_eq!(board.level(17), Some(false), "stale: tripped");
+        t.join().await;
+        let changes = drain.await.unwrap();
+        let events: Vec<ChangeEvent> =
+            changes.iter().filter(|(n, _)| n == "overvoltage").map(|(_, e)| *e).collect();
+        use ChangeEvent::*;
+        assert_eq!(events, vec![Tripped, Released, Stale, Tripped]);
+        let saved = saved::load(&saved::path_in(dir.path()));
+        assert!(matches!(saved, Loaded::Found(s) if s.triggers.contains_key("overvoltage")), "saved at stop");
+    }
+}
