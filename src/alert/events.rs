@@ -1,0 +1,76 @@
+//! Which state changes are alerts, and how they read. Pure.
+
+use super::policy::{Alert, AlertKind};
+use crate::reading::{ChangeEvent, StateChange, Subject};
+
+/// The alert of a trigger's or relay's change, if it is one. `trigger_alerts` is the
+/// trigger's `alert` setting (relays always alert when forced by hand).
+pub fn from_change(c: &StateChange, trigger_alerts: bool) -> Option<Alert> {
+    let (kind, what) = match (c.subject, c.event) {
+        (Subject::Trigger, _) if !trigger_alerts => return None,
+        (Subject::Trigger, ChangeEvent::Tripped) => (AlertKind::TriggerTripped, "tripped"),
+        (Subject::Trigger, ChangeEvent::Latched) => (AlertKind::TriggerTripped, "tripped and latched"),
+        (Subject::Trigger, ChangeEvent::WouldTrip) => (AlertKind::TriggerTripped, "would trip (dry run)"),
+        (Subject::Trigger, ChangeEvent::Released) => (AlertKind::TriggerReleased, "released"),
+        (Subject::Trigger, ChangeEvent::Reset) => (AlertKind::TriggerReleased, "reset by hand"),
+        (Subject::Trigger, ChangeEvent::WouldRelease) => {
+            (AlertKind::TriggerReleased, "would release (dry run)")
+        }
+        (Subject::Relay, ChangeEvent::Forced) => {
+            (AlertKind::RelayForced, if c.active { "forced on" } else { "forced off" })
+        }
+        (Subject::Relay, ChangeEvent::Unforced) => (AlertKind::RelayForced, "handed back to its triggers"),
+        _ => return None,
+    };
+    // Evaluations give `L1U=254.2 L2U=231`; hands and stale data give words.
+    let label = if c.cause.contains('=') { "values" } else { "cause" };
+    let mut details = Vec::new();
+    if !c.cause.is_empty() {
+        details.push((label.to_owned(), c.cause.clone()));
+    }
+    Some(Alert {
+        kind,
+        time: c.time,
+        subject: c.name.to_string(),
+        summary: format!("{} {} {what}", c.subject.as_str(), c.name),
+        details,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(subject: Subject, event: ChangeEvent, active: bool, cause: &str) -> StateChange {
+        StateChange {
+            time: chrono::DateTime::UNIX_EPOCH,
+            subject,
+            name: "x".into(),
+            event,
+            active,
+            held: false,
+            dry_run: false,
+            cause: cause.into(),
+        }
+    }
+
+    #[test]
+    fn transitions_that_matter_are_alerts_with_their_values() {
+        let a =
+            from_change(&change(Subject::Trigger, ChangeEvent::Tripped, true, "L1U=254.2"), true).unwrap();
+        assert_eq!((a.kind, a.summary.as_str()), (AlertKind::TriggerTripped, "trigger x tripped"));
+        assert_eq!(a.details, vec![("values".to_owned(), "L1U=254.2".to_owned())]);
+        let a = from_change(&change(Subject::Relay, ChangeEvent::Forced, false, "forced off by uid 0"), true);
+        assert_eq!(a.unwrap().summary, "relay x forced off");
+        let a =
+            from_change(&change(Subject::Trigger, ChangeEvent::Reset, false, "reset by uid 0 pid 1"), true);
+        assert_eq!(a.unwrap().details[0].0, "cause");
+    }
+
+    #[test]
+    fn switches_restores_and_quiet_triggers_are_not() {
+        assert_eq!(from_change(&change(Subject::Relay, ChangeEvent::Switched, true, "start"), true), None);
+        assert_eq!(from_change(&change(Subject::Trigger, ChangeEvent::Restored, true, ""), true), None);
+        assert_eq!(from_change(&change(Subject::Trigger, ChangeEvent::Tripped, true, "L1U=1"), false), None);
+    }
+}
