@@ -4,6 +4,7 @@
 //! found on it) → [`reading::Reading`]s → consumers. Pure logic (frames, decoders, schedules)
 //! lives apart from I/O so that most of it is tested without ports or clocks.
 
+pub mod alert;
 pub mod app;
 pub mod bus;
 pub mod config;
