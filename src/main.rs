@@ -91,6 +91,15 @@ enum Cmd {
         #[arg(required = true)]
         meters: Vec<String>,
     },
+    /// Send one test mail with [alerts.email] and report each step (DNS, connect, TLS, AUTH,
+    /// message). Exit status 0 only when the server accepted it.
+    TestEmail {
+        #[arg(long, short, default_value = "/etc/pmtr/pmtr.toml")]
+        config: PathBuf,
+        /// Send to this address instead of the configured `to` (repeat for several).
+        #[arg(long, value_name = "ADDR")]
+        to: Vec<String>,
+    },
     /// The relays of the running daemon: list them, force one by hand, release it.
     Relay {
         #[command(subcommand)]
@@ -349,6 +358,14 @@ fn main() -> ExitCode {
             }
             Cmd::Simulate { link, baud, turnaround, meters } => {
                 app::demo::simulate(link, baud, turnaround, meters).await?;
+            }
+            Cmd::TestEmail { config, to } => {
+                let cfg = match load(&config) {
+                    Ok(c) => c,
+                    Err(code) => return Ok(code),
+                };
+                let accepted = app::test_email::test_email(&cfg, &to, &mut std::io::stdout()).await?;
+                return Ok(if accepted { ExitCode::SUCCESS } else { ExitCode::from(1) });
             }
             Cmd::Relay { cmd } => {
                 return Ok(match cmd {

@@ -7,13 +7,13 @@
 //!   file shown as `pmtr.toml`;
 //! - `ok.txt`: the file must load, and each `key = value` line is a fact about the result, with
 //!   keys in the file's own vocabulary (`bus[0].baud = 19200`, `meter "gen".address = 6`,
-//!   `meters = 3`). A file holding only the word `ok` checks nothing more. Lines starting with
+//!   `meters = 3`, `alerts.email.port = 587`). A file holding only the word `ok` checks nothing more. Lines starting with
 //!   `#` are comments.
 //!
 //! After a deliberate change of messages, `PMTR_BLESS=1 cargo test --test config_cases` rewrites
 //! every `expected.txt` from the current output (review the diff before committing).
 
-use pmtr::config::{load_str, Bus, Config, Meter, Relay, Trigger};
+use pmtr::config::{load_str, Bus, Config, EmailSettings, Meter, Relay, Trigger};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -92,6 +92,23 @@ fn trigger_fact(t: &Trigger, key: &str) -> Option<String> {
     })
 }
 
+fn email_fact(e: &EmailSettings, key: &str) -> Option<String> {
+    Some(match key {
+        "host" => e.host.clone(),
+        "port" => e.port.to_string(),
+        "tls" => e.tls.name().to_owned(),
+        "username" => e.username.clone().unwrap_or_else(|| "none".to_owned()),
+        // Never the password itself: whether there is one.
+        "password" => if e.password.is_some() { "set" } else { "none" }.to_owned(),
+        "from" => e.from.clone(),
+        "to" => format!("{:?}", e.to),
+        "subject_prefix" => e.subject_prefix.clone(),
+        "ca_file" => e.ca_file.as_ref().map_or("none".to_owned(), |p| p.display().to_string()),
+        "timeout" => format!("{:?}", e.timeout),
+        _ => return None,
+    })
+}
+
 /// The value of a fact key, rendered as `ok.txt` writes it.
 fn fact(c: &Config, key: &str) -> Option<String> {
     match key {
@@ -104,7 +121,11 @@ fn fact(c: &Config, key: &str) -> Option<String> {
         "gateway.control_socket" => return Some(c.gateway.control_socket.display().to_string()),
         "relays" => return Some(c.relays.len().to_string()),
         "triggers" => return Some(c.triggers.len().to_string()),
+        "alerts.email" => return Some(if c.email.is_some() { "set" } else { "none" }.to_owned()),
         _ => {}
+    }
+    if let Some(k) = key.strip_prefix("alerts.email.") {
+        return email_fact(c.email.as_ref()?, k);
     }
     if let Some(sel) = key.strip_prefix("bus") {
         let (b, rest) = select(&c.buses, |b| &b.name, sel)?;

@@ -38,3 +38,30 @@ fn no_openssl_no_libudev() {
         );
     }
 }
+
+/// lettre's default features pull native-tls (OpenSSL on Linux): pmtr uses
+/// `tokio1-rustls-tls` with `default-features = false`.
+#[test]
+fn lettre_uses_rustls_not_native_tls() {
+    let packages = locked_packages();
+    assert!(packages.iter().any(|(n, _)| n == "lettre"), "lettre is not in Cargo.lock");
+    let lock =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.lock")).expect("Cargo.lock");
+    let lettre = lock
+        .split("[[package]]")
+        .find(|p| p.contains("name = \"lettre\""))
+        .expect("lettre's entry in Cargo.lock");
+    // Dependency lines read ` "rustls 0.23.46",` (the version only when two are locked).
+    let deps: Vec<&str> = lettre
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix('"'))
+        .filter_map(|l| l.trim_end_matches(',').trim_end_matches('"').split(' ').next())
+        .collect();
+    for forbidden in ["native-tls", "tokio-native-tls", "openssl", "boring"] {
+        assert!(
+            !deps.contains(&forbidden),
+            "lettre depends on {forbidden}: keep default-features = false and the tokio1-rustls-tls feature"
+        );
+    }
+    assert!(deps.contains(&"rustls"), "lettre has no rustls dependency: {deps:?}");
+}

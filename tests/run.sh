@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian machine: installs what the tests need (socat,
-# pymodbus, influxdb, victoria-metrics), then formatting, lints, and every test. CI runs
+# pymodbus, influxdb, victoria-metrics, aiosmtpd, openssl), then formatting, lints, and every test. CI runs
 # exactly this (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,12 +15,18 @@ command -v socat >/dev/null || missing+=(socat)
 command -v influxd >/dev/null || missing+=(influxdb)
 command -v influx >/dev/null || missing+=(influxdb-client)
 { command -v victoria-metrics >/dev/null && command -v vmauth >/dev/null; } || missing+=(victoria-metrics)
+# The email tests (tests/support/smtp.rs) make their server's certificate with `openssl req`.
+command -v openssl >/dev/null || missing+=(openssl)
 if [ ${#missing[@]} -gt 0 ]; then
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 if ! python3 -c 'import pymodbus, serial, sys; sys.exit(pymodbus.__version__ != "3.16.1")' 2>/dev/null; then
     python3 -m pip install --quiet "pymodbus[serial]==3.16.1"
+fi
+# The SMTP server of the email tests (STARTTLS, implicit TLS and AUTH through its Controller).
+if ! python3 -c 'import aiosmtpd, sys; sys.exit(aiosmtpd.__version__ != "1.4.6")' 2>/dev/null; then
+    python3 -m pip install --quiet "aiosmtpd==1.4.6"
 fi
 for tool in rustfmt clippy-driver; do
     command -v "$tool" >/dev/null || { echo "missing $tool: rustup component add ${tool%-driver}" >&2; exit 1; }

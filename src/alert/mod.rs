@@ -1,7 +1,11 @@
-//! Alerts (groundwork): the policy that turns alert events into few, readable emails, and the
-//! on-disk queue of the emails waiting for the SMTP server.
-//! Nothing in the daemon uses it yet; see the README ("Alerts").
+//! Alerts (groundwork; nothing in the daemon uses them yet, see the README "Alerts"):
+//! - [`events`]: which trigger and relay changes are alerts, and how they read (pure);
+//! - [`policy`]: digests, the minimum interval per kind and subject, the hourly cap, and the
+//!   plain-text message (pure);
+//! - [`queue`]: the bounded on-disk queue of emails waiting for the SMTP server;
+//! - [`email`]: the SMTP transport through lettre (rustls), and the steps of `pmtr test-email`.
 
+pub mod email;
 pub mod events;
 pub mod policy;
 pub mod queue;

@@ -13,6 +13,7 @@
 //! Elements of `[[bus]]` and `[[meter]]` are named by their position in their array, followed
 //! by their name when it is known: `meter[2] "gen".address`, `bus[0].ports`.
 
+mod email;
 mod sink;
 mod trigger;
 
@@ -31,7 +32,7 @@ use toml::Spanned;
 /// Every top-level key of the file. The loader reads `gateway`, `bus` and `meter` itself; any
 /// other key listed here is accepted and left alone, for the subsystem that owns it to read.
 /// A subsystem that adds a section adds its key here.
-pub const TOP_LEVEL_KEYS: &[&str] = &["gateway", "bus", "meter", "sink", "relay", "trigger"];
+pub const TOP_LEVEL_KEYS: &[&str] = &["gateway", "bus", "meter", "sink", "relay", "trigger", "alerts"];
 
 const GATEWAY_KEYS: &[&str] = &["name", "state_dir", "log_readings", "gpio", "control_socket"];
 const BUS_KEYS: &[&str] = &[
@@ -690,6 +691,7 @@ impl<'s> Loader<'s> {
         // while a meter has an error, expressions are not checked (they would only repeat it).
         let mut config = if self.errors.is_empty() { self.assemble(gateway, buses, meters) } else { None };
         let (relays, triggers) = self.relays_and_triggers(root, config.as_ref().map(|c| &c.meters[..]));
+        let email = self.alerts(root);
         if !self.errors.is_empty() {
             return None;
         }
@@ -697,6 +699,7 @@ impl<'s> Loader<'s> {
         config.sinks = sinks;
         config.relays = relays;
         config.triggers = triggers;
+        config.email = email;
         Some(config)
     }
 
@@ -1122,6 +1125,7 @@ impl<'s> Loader<'s> {
             sinks: Vec::new(),
             relays: Vec::new(),
             triggers: Vec::new(),
+            email: None,
         };
         for m in meters {
             let (Some((name, _)), Some(model), Some((address, _)), Some((bus, _))) =
@@ -1259,6 +1263,9 @@ mod tests {
             if line.contains("Relays and triggers: relays") {
                 in_block = true;
             }
+            if line.contains("[alerts.email]: alert mail") {
+                in_block = false;
+            }
             match line.strip_prefix("# ") {
                 Some(code) if in_block && (code.starts_with("[[") || code.contains(" = ")) => {
                     out.push_str(code)
@@ -1280,6 +1287,41 @@ mod tests {
             (t.hold, t.recovery, t.average),
             (Duration::from_secs(5), Duration::from_secs(120), Some(Duration::from_secs(10)))
         );
+    }
+
+    #[test]
+    fn the_commented_out_email_block_loads_too() {
+        let mut out = String::new();
+        let mut in_block = false;
+        for line in EXAMPLE.lines() {
+            if line.contains("[alerts.email]: alert mail") {
+                in_block = true;
+            }
+            match line.strip_prefix("# ") {
+                // The files it names do not exist here.
+                Some(code) if in_block && code.starts_with("password_file") => {
+                    out.push_str("password = \"x\"")
+                }
+                Some(code) if in_block && code.starts_with("ca_file") => out.push_str(line),
+                Some(code) if in_block && (code == "[alerts.email]" || code.contains(" = ")) => {
+                    out.push_str(code)
+                }
+                _ => out.push_str(line),
+            }
+            out.push('\n');
+        }
+        let config = load_str(&out, "pmtr.toml").unwrap_or_else(|e| panic!("{e}\n{out}"));
+        let e = config.email.expect("[alerts.email]");
+        assert_eq!(
+            (e.host.as_str(), e.port, e.tls),
+            ("smtp.example.org", 587, crate::config::EmailTls::Starttls)
+        );
+        assert_eq!((e.username.as_deref(), e.password.as_deref()), (Some("gateway@example.org"), Some("x")));
+        assert_eq!(
+            (e.from.as_str(), e.to.clone()),
+            ("pmtr <gateway@example.org>", vec!["ops@example.org".to_owned()])
+        );
+        assert_eq!((e.subject_prefix.as_str(), e.timeout), ("[pmtr]", Duration::from_secs(30)));
     }
 
     #[test]

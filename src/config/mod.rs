@@ -22,6 +22,8 @@ pub struct Config {
     pub sinks: Vec<Sink>,
     pub relays: Vec<Relay>,
     pub triggers: Vec<Trigger>,
+    /// `[alerts.email]`: how alert mail is sent. None when the file has no such table.
+    pub email: Option<EmailSettings>,
 }
 
 impl Config {
@@ -275,4 +277,81 @@ pub struct Trigger {
     pub stale_after: Duration,
     /// Default hold.
     pub on_stale: OnStale,
+}
+
+/// How the connection to the mail server is secured (`tls` in `[alerts.email]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EmailTls {
+    /// Plain connection upgraded with STARTTLS, which the server must offer (port 587).
+    Starttls,
+    /// TLS from the first byte, "implicit TLS" or SMTPS (port 465).
+    Tls,
+    /// No encryption at all (port 25): only for a relay on the same host or network, and never
+    /// with credentials.
+    Plain,
+}
+
+impl EmailTls {
+    /// The usual port of each kind: 587, 465, 25.
+    pub fn default_port(self) -> u16 {
+        match self {
+            EmailTls::Starttls => 587,
+            EmailTls::Tls => 465,
+            EmailTls::Plain => 25,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            EmailTls::Starttls => "starttls",
+            EmailTls::Tls => "tls",
+            EmailTls::Plain => "plain",
+        }
+    }
+}
+
+/// `[alerts.email]`: the mail server and the addresses of alert mail. The password is never
+/// serialized nor shown by `Debug`.
+#[derive(Clone, PartialEq, Serialize)]
+pub struct EmailSettings {
+    /// The mail server's host name or address.
+    pub host: String,
+    /// Default: 587 for starttls, 465 for tls, 25 for plain.
+    pub port: u16,
+    /// Default starttls.
+    pub tls: EmailTls,
+    /// Set together with the password, or neither.
+    pub username: Option<String>,
+    /// From `password`, `password_file` (first line, read at load) or `password_env`.
+    #[serde(skip_serializing)]
+    pub password: Option<String>,
+    /// The sender mailbox, `pmtr <gw@example.org>` or `gw@example.org`.
+    pub from: String,
+    /// At least one recipient mailbox.
+    pub to: Vec<String>,
+    /// Put before every subject, followed by a space. Default `[pmtr]`.
+    pub subject_prefix: String,
+    /// A PEM file of certificates trusted in addition to the built-in web roots (for a
+    /// self-signed server). Relative paths were resolved against the config file's folder.
+    pub ca_file: Option<PathBuf>,
+    /// For connecting and for each reply of the server. Default 30 s.
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for EmailSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmailSettings")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("tls", &self.tls)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "(hidden)"))
+            .field("from", &self.from)
+            .field("to", &self.to)
+            .field("subject_prefix", &self.subject_prefix)
+            .field("ca_file", &self.ca_file)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }

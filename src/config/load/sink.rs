@@ -320,7 +320,7 @@ impl Loader<'_> {
 
     /// A secret given inline (`token`) or in a file (`token_file`, first line). Relative
     /// paths are relative to the config file.
-    fn secret(&mut self, t: &DeTable<'_>, inline: &str, file: &str, path: &str) -> Option<String> {
+    pub(super) fn secret(&mut self, t: &DeTable<'_>, inline: &str, file: &str, path: &str) -> Option<String> {
         let key = |k: &str| format!("{path}.{k}");
         match (t.get(inline), t.get(file)) {
             (Some(v), Some(_)) => {
