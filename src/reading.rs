@@ -299,11 +299,13 @@ pub enum ChangeEvent {
     Forced,
     /// Relay: a force released by hand (or expired); its triggers decide again.
     Unforced,
+    /// Relay: could not be switched (the GPIO refused the write).
+    Failed,
 }
 
 impl ChangeEvent {
     /// The spool stores positions in this array: add at the end only.
-    pub const ALL: [ChangeEvent; 12] = [
+    pub const ALL: [ChangeEvent; 13] = [
         ChangeEvent::Tripped,
         ChangeEvent::Released,
         ChangeEvent::Latched,
@@ -316,6 +318,7 @@ impl ChangeEvent {
         ChangeEvent::Switched,
         ChangeEvent::Forced,
         ChangeEvent::Unforced,
+        ChangeEvent::Failed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -332,6 +335,7 @@ impl ChangeEvent {
             ChangeEvent::Switched => "switched",
             ChangeEvent::Forced => "forced",
             ChangeEvent::Unforced => "unforced",
+            ChangeEvent::Failed => "failed",
         }
     }
 }

@@ -20,6 +20,10 @@ pub fn from_change(c: &StateChange, trigger_alerts: bool) -> Option<Alert> {
             (AlertKind::RelayForced, if c.active { "forced on" } else { "forced off" })
         }
         (Subject::Relay, ChangeEvent::Unforced) => (AlertKind::RelayForced, "handed back to its triggers"),
+        (Subject::Relay, ChangeEvent::Failed) => (
+            AlertKind::RelayFailed,
+            if c.active { "could not be switched on" } else { "could not be switched off" },
+        ),
         _ => return None,
     };
     // Evaluations give `L1U=254.2 L2U=231`; hands and stale data give words.

@@ -9,3 +9,5 @@ pub mod email;
 pub mod events;
 pub mod policy;
 pub mod queue;
+pub mod run;
+pub mod watch;

@@ -181,12 +181,13 @@ impl Policy {
 }
 
 /// The subject and plain-text body of a digest, for people: what happened, where, the values,
-/// and the time in local time and UTC.
+/// and the time in local time and UTC. `prefix` may be empty (the mailer adds its own).
 pub fn render(d: &Digest, gateway: &str, prefix: &str, offset: FixedOffset) -> (String, String) {
     let subject = match d.alerts.as_slice() {
         [one] => format!("{prefix} {gateway}: {}", one.summary),
         many => format!("{prefix} {gateway}: {} alerts, first: {}", many.len(), many[0].summary),
     };
+    let subject = subject.trim_start().to_owned();
     let mut body = String::new();
     let _ = writeln!(body, "Gateway {gateway}\n");
     for a in &d.alerts {

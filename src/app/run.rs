@@ -28,12 +28,23 @@ pub async fn run_with(
         tracing::warn!(dir = %config.gateway.state_dir.display(), error = %e,
             "cannot create the state directory; the port map will not be remembered");
     }
+    // A marker of the run in progress: found at start, the previous run did not stop cleanly.
+    let marker = crate::alert::run::running_marker(&config);
+    let unclean = marker.exists();
+    if unclean {
+        tracing::warn!("the previous run did not stop cleanly (a crash, a kill or a power cut)");
+    }
+    if let Err(e) = std::fs::write(&marker, format!("{}\n", std::process::id())) {
+        tracing::warn!(file = %marker.display(), error = %e, "cannot write the run marker");
+    }
     let (store_tx, store_rx) = mpsc::channel::<Record>(4096);
     let storage = Storage::start(&config, store_rx)?;
+    let store_events = storage.events.subscribe();
     let sinks = storage.sinks.clone();
     // Triggers and relays come up before the buses: every relay is at its restored level
     // before the first reading.
     let (stop_tx, stop_rx) = watch::channel(false);
+    let stop_rx_alerts = stop_rx.clone();
     let mut control = None;
     let triggers = if config.relays.is_empty() && config.triggers.is_empty() {
         None
@@ -73,6 +84,19 @@ pub async fn run_with(
         None => Engine::start(&config, tx, stop_rx),
     };
     let status = engine.status.clone();
+    let alerting = match &config.email {
+        Some(email) => {
+            let sources = crate::alert::run::Sources {
+                changes: triggers.as_ref().map(|t| t.events.subscribe()),
+                store: store_events,
+                sinks: sinks.clone(),
+                meters: status.clone(),
+                unclean,
+            };
+            Some(crate::alert::run::Alerting::start(&config, email, sources, stop_rx_alerts)?)
+        }
+        None => None,
+    };
     tracing::info!(
         gateway = %config.gateway.name,
         buses = config.buses.len(),
@@ -128,6 +152,10 @@ pub async fn run_with(
         t.join().await;
     }
     storage.join().await;
+    if let Some(a) = alerting {
+        a.join().await;
+    }
+    let _ = std::fs::remove_file(&marker);
     tracing::info!("stopped");
     Ok(())
 }

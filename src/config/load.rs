@@ -691,7 +691,7 @@ impl<'s> Loader<'s> {
         // while a meter has an error, expressions are not checked (they would only repeat it).
         let mut config = if self.errors.is_empty() { self.assemble(gateway, buses, meters) } else { None };
         let (relays, triggers) = self.relays_and_triggers(root, config.as_ref().map(|c| &c.meters[..]));
-        let email = self.alerts(root);
+        let (alerts, email) = self.alerts(root);
         if !self.errors.is_empty() {
             return None;
         }
@@ -700,6 +700,7 @@ impl<'s> Loader<'s> {
         config.relays = relays;
         config.triggers = triggers;
         config.email = email;
+        config.alerts = alerts;
         Some(config)
     }
 
@@ -1126,6 +1127,7 @@ impl<'s> Loader<'s> {
             relays: Vec::new(),
             triggers: Vec::new(),
             email: None,
+            alerts: Default::default(),
         };
         for m in meters {
             let (Some((name, _)), Some(model), Some((address, _)), Some((bus, _))) =
@@ -1303,7 +1305,10 @@ mod tests {
                     out.push_str("password = \"x\"")
                 }
                 Some(code) if in_block && code.starts_with("ca_file") => out.push_str(line),
-                Some(code) if in_block && (code == "[alerts.email]" || code.contains(" = ")) => {
+                Some(code)
+                    if in_block
+                        && (code == "[alerts.email]" || code == "[alerts]" || code.contains(" = ")) =>
+                {
                     out.push_str(code)
                 }
                 _ => out.push_str(line),
@@ -1311,6 +1316,14 @@ mod tests {
             out.push('\n');
         }
         let config = load_str(&out, "pmtr.toml").unwrap_or_else(|e| panic!("{e}\n{out}"));
+        let a = &config.alerts;
+        assert_eq!(
+            (a.digest, a.min_interval, a.max_per_hour),
+            (Duration::from_secs(30), Duration::from_secs(300), 20)
+        );
+        assert_eq!((a.spool_mark, a.queue_max, a.kinds.len()), (80, 1000, 11));
+        let boss = a.recipients(crate::alert::policy::AlertKind::TriggerTripped, &[]);
+        assert_eq!(boss, ["ops@example.org", "boss@example.org"]);
         let e = config.email.expect("[alerts.email]");
         assert_eq!(
             (e.host.as_str(), e.port, e.tls),

@@ -24,6 +24,8 @@ pub struct Config {
     pub triggers: Vec<Trigger>,
     /// `[alerts.email]`: how alert mail is sent. None when the file has no such table.
     pub email: Option<EmailSettings>,
+    /// `[alerts]`: which events are mailed, and the limits against floods.
+    pub alerts: Alerts,
 }
 
 impl Config {
@@ -353,5 +355,57 @@ impl std::fmt::Debug for EmailSettings {
             .field("ca_file", &self.ca_file)
             .field("timeout", &self.timeout)
             .finish()
+    }
+}
+
+/// `[alerts]`: which events become mail, to whom, and the limits against floods.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Alerts {
+    /// Alerts within this time of the first one waiting go out as one mail. Default 30 s.
+    pub digest: Duration,
+    /// The same kind of alert about the same subject at most once in this time. Default 5 min.
+    pub min_interval: Duration,
+    /// At most this many mails an hour. Default 20.
+    pub max_per_hour: u32,
+    /// A database unreachable for this long is an alert. Default 5 min.
+    pub database_after: Duration,
+    /// A meter that has not answered for this long is an alert. Default 1 min.
+    pub meter_after: Duration,
+    /// A spool fuller than this percentage of its `spool_max` is an alert. Default 80.
+    pub spool_mark: u8,
+    /// The kinds that are mailed. Default: all.
+    #[serde(skip)]
+    pub kinds: Vec<crate::alert::policy::AlertKind>,
+    /// Recipients of a kind instead of `email.to`.
+    #[serde(skip)]
+    pub route: Vec<(crate::alert::policy::AlertKind, Vec<String>)>,
+    /// The most mails kept waiting for the server (on disk). Default 1000.
+    pub queue_max: usize,
+}
+
+impl Default for Alerts {
+    fn default() -> Self {
+        Alerts {
+            digest: Duration::from_secs(30),
+            min_interval: Duration::from_secs(300),
+            max_per_hour: 20,
+            database_after: Duration::from_secs(300),
+            meter_after: Duration::from_secs(60),
+            spool_mark: 80,
+            kinds: crate::alert::policy::AlertKind::ALL.to_vec(),
+            route: Vec::new(),
+            queue_max: 1000,
+        }
+    }
+}
+
+impl Alerts {
+    /// Who gets alerts of `kind`, given the default recipients.
+    pub fn recipients<'a>(
+        &'a self,
+        kind: crate::alert::policy::AlertKind,
+        default: &'a [String],
+    ) -> &'a [String] {
+        self.route.iter().find(|(k, _)| *k == kind).map_or(default, |(_, to)| to)
     }
 }

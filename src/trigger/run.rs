@@ -276,6 +276,18 @@ impl Shell {
         for (i, level) in out.switches {
             if let Err(e) = self.bank.set(i, level) {
                 tracing::error!(error = %e, level = %level, "a relay could not be switched");
+                let relay = self.bank.relay(i);
+                let failed = StateChange {
+                    time: Utc::now(),
+                    subject: Subject::Relay,
+                    name: relay.name.as_str().into(),
+                    event: ChangeEvent::Failed,
+                    active: level == Level::On,
+                    held: false,
+                    dry_run: false,
+                    cause: format!("could not switch {level}: {e}"),
+                };
+                self.record(failed).await;
             }
         }
         for c in out.changes {
@@ -335,13 +347,12 @@ impl Shell {
 }
 
 #[cfg(test)]
-mod tests {
+mod tests_support {
     use super::*;
     use crate::meter::{pzem, Model};
     use crate::reading::Phase;
-    use crate::relay::FakeBoard;
 
-    fn config(dir: &std::path::Path) -> Config {
+    pub fn config(dir: &std::path::Path) -> Config {
         let text = format!(
             r#"
 [gateway]
@@ -373,7 +384,7 @@ relays = ["motor"]
         crate::config::load_str(&text, "t.toml").unwrap()
     }
 
-    fn reading(volts: f64) -> Reading {
+    pub fn reading(volts: f64) -> Reading {
         let regs = pzem::encode(volts, 1.0, volts, 1.0, 50.0, 1.0, false);
         Reading {
             meter: "main".into(),
@@ -383,6 +394,13 @@ relays = ["motor"]
             quality: Default::default(),
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tests_support::*;
+    use super::*;
+    use crate::relay::FakeBoard;
 
     /// The task on tokio's paused clock: one reading a second, over 253 V from 3 s to 12 s,
     /// then silence. The relay is off from 8 s (3 + hold) to 23 s (13 + recovery), and off
@@ -426,5 +444,40 @@ relays = ["motor"]
         assert_eq!(events, vec![Tripped, Released, Stale, Tripped]);
         let saved = saved::load(&saved::path_in(dir.path()));
         assert!(matches!(saved, Loaded::Found(s) if s.triggers.contains_key("overvoltage")), "saved at stop");
+    }
+}
+
+#[cfg(test)]
+mod failing {
+    use super::tests_support::*;
+    use super::*;
+
+    /// A relay whose pin refuses the write: logged, stored and sent to the alerts as `failed`.
+    #[tokio::test(start_paused = true)]
+    async fn a_relay_that_cannot_be_switched_is_a_failed_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let board = crate::relay::FakeBoard::new();
+        let (store, mut stored) = mpsc::channel(1024);
+        let t = Triggers::start(&config(dir.path()), &mut board.gpio(), store, false).unwrap();
+        let mut events = t.events.subscribe();
+        board.set_failing(17, true);
+        for _ in 0..7 {
+            t.readings.send(reading(260.0)).await.unwrap();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        t.join().await;
+        let mut failed = Vec::new();
+        while let Ok(Record::Change(c)) = stored.try_recv() {
+            if c.event == ChangeEvent::Failed {
+                failed.push(c);
+            }
+        }
+        assert_eq!(failed.len(), 1, "{failed:?}");
+        assert!(failed[0].cause.starts_with("could not switch off"), "{}", failed[0].cause);
+        let mut seen = false;
+        while let Ok(c) = events.try_recv() {
+            seen |= c.event == ChangeEvent::Failed;
+        }
+        assert!(seen, "sent to the alerts");
     }
 }

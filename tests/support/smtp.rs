@@ -144,6 +144,11 @@ pub fn make_certificate(dir: &Path) -> (PathBuf, PathBuf) {
 impl Smtp {
     /// Starts aiosmtpd in `mode` on a free port and waits until the port accepts.
     pub fn start(mode: Mode) -> Smtp {
+        Smtp::start_on(mode, free_port())
+    }
+
+    /// As [`Smtp::start`], on `port` (a server that comes up where a client already waits).
+    pub fn start_on(mode: Mode, port: u16) -> Smtp {
         require_aiosmtpd();
         let t0 = Instant::now();
         let dir = tempfile::Builder::new().prefix("pmtr-smtp-").tempdir().expect("tempdir");
@@ -155,7 +160,6 @@ impl Smtp {
             Mode::StarttlsAuth => "starttls",
             Mode::ImplicitTlsAuth => "tls",
         };
-        let port = free_port();
         let mut cmd = Command::new("python3");
         cmd.arg(&script).arg(mode_word).arg(port.to_string()).arg(&maildir);
         if mode != Mode::Plain {

@@ -1,15 +1,26 @@
-//! `[alerts.email]`: the mail server alert mail goes through.
-//!
-//! `[alerts]` will hold the alert policy later; for now it accepts only its `email` table.
+//! `[alerts]`: which events become mail and the limits against floods, and `[alerts.email]`,
+//! the mail server alert mail goes through.
 
 use super::{suggest, Loader, Value};
-use crate::config::{EmailSettings, EmailTls};
+use crate::alert::policy::AlertKind;
+use crate::config::{Alerts, EmailSettings, EmailTls};
 use lettre::message::Mailbox;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use toml::de::{DeTable, DeValue};
 
-const ALERTS_KEYS: &[&str] = &["email"];
+const ALERTS_KEYS: &[&str] = &[
+    "email",
+    "digest",
+    "min_interval",
+    "max_per_hour",
+    "database_after",
+    "meter_after",
+    "spool_mark",
+    "kinds",
+    "route",
+    "queue_max",
+];
 const EMAIL_KEYS: &[&str] = &[
     "host",
     "port",
@@ -32,23 +43,114 @@ const MAX_EMAIL_TIMEOUT: Duration = Duration::from_secs(600);
 
 impl Loader<'_> {
     /// `[alerts]` and its `email` table, if any.
-    pub(super) fn alerts(&mut self, root: &DeTable<'_>) -> Option<EmailSettings> {
-        let v = root.get("alerts")?;
+    pub(super) fn alerts(&mut self, root: &DeTable<'_>) -> (Alerts, Option<EmailSettings>) {
+        let mut alerts = Alerts::default();
+        let Some(v) = root.get("alerts") else { return (alerts, None) };
         let Some(t) = v.get_ref().as_table() else {
             if !self.is_damaged(v) {
                 self.wrong_type(v, "alerts", "a table [alerts]");
             }
-            return None;
+            return (alerts, None);
         };
         self.check_keys(t, "alerts", ALERTS_KEYS);
-        let e = t.get("email")?;
+        self.alert_limits(t, &mut alerts);
+        let Some(e) = t.get("email") else { return (alerts, None) };
         let Some(et) = e.get_ref().as_table() else {
             if !self.is_damaged(e) {
                 self.wrong_type(e, "alerts.email", "a table [alerts.email]");
             }
-            return None;
+            return (alerts, None);
         };
-        self.email(e, et)
+        (alerts, self.email(e, et))
+    }
+
+    fn alert_limits(&mut self, t: &DeTable<'_>, a: &mut Alerts) {
+        let s = Duration::from_secs;
+        for (k, min, max, field) in [
+            ("digest", Duration::ZERO, s(600), &mut a.digest),
+            ("min_interval", Duration::ZERO, s(86_400), &mut a.min_interval),
+            ("database_after", Duration::ZERO, s(86_400), &mut a.database_after),
+            ("meter_after", s(1), s(86_400), &mut a.meter_after),
+        ] {
+            if let Some(d) =
+                t.get(k).and_then(|v| self.duration_in(v, &format!("alerts.{k}"), Some(min), Some(max)))
+            {
+                *field = d;
+            }
+        }
+        if let Some(n) =
+            t.get("max_per_hour").and_then(|v| self.integer_in(v, "alerts.max_per_hour", 1..=1000))
+        {
+            a.max_per_hour = n as u32;
+        }
+        if let Some(n) = t.get("spool_mark").and_then(|v| self.integer_in(v, "alerts.spool_mark", 1..=100)) {
+            a.spool_mark = n as u8;
+        }
+        if let Some(n) = t.get("queue_max").and_then(|v| self.integer_in(v, "alerts.queue_max", 1..=100_000))
+        {
+            a.queue_max = n as usize;
+        }
+        let names: Vec<&str> = AlertKind::ALL.iter().map(|k| k.name()).collect();
+        if let Some(v) = t.get("kinds") {
+            match v.get_ref().as_array() {
+                Some(items) => {
+                    a.kinds.clear();
+                    for (i, item) in items.iter().enumerate() {
+                        let key = format!("alerts.kinds[{i}]");
+                        if let Some(k) =
+                            self.string(item, &key).and_then(|n| self.alert_kind(item, &n, &key, &names))
+                        {
+                            a.kinds.push(k);
+                        }
+                    }
+                }
+                None if self.is_damaged(v) => {}
+                None => {
+                    self.wrong_type(v, "alerts.kinds", "an array of alert kinds, e.g. [\"trigger_tripped\"]")
+                }
+            }
+        }
+        if let Some(v) = t.get("route") {
+            match v.get_ref().as_table() {
+                Some(rt) => {
+                    for (k, to) in rt.iter() {
+                        let name: &str = k.get_ref();
+                        let key = format!("alerts.route.{name}");
+                        let Some(kind) = self.alert_kind_at(k.span(), name, &key, &names) else { continue };
+                        if let Some(list) = self.mailboxes(to, &key) {
+                            a.route.push((kind, list));
+                        }
+                    }
+                }
+                None if self.is_damaged(v) => {}
+                None => self.wrong_type(
+                    v,
+                    "alerts.route",
+                    "a table of kind = [recipients], e.g. [alerts.route] trigger_tripped = [\"ops@example.org\"]",
+                ),
+            }
+        }
+    }
+
+    fn alert_kind(&mut self, v: &Value<'_>, name: &str, key: &str, names: &[&str]) -> Option<AlertKind> {
+        self.alert_kind_at(v.span(), name, key, names)
+    }
+
+    fn alert_kind_at(
+        &mut self,
+        span: std::ops::Range<usize>,
+        name: &str,
+        key: &str,
+        names: &[&str],
+    ) -> Option<AlertKind> {
+        let kind = AlertKind::parse(name);
+        if kind.is_none() {
+            let hint = suggest(name, names.iter().copied())
+                .map(|s| format!(" (did you mean {s:?}?)"))
+                .unwrap_or_else(|| format!(" (kinds: {})", names.join(", ")));
+            self.error(span, key, format!("unknown alert kind {name:?}{hint}"));
+        }
+        kind
     }
 
     fn email(&mut self, element: &Value<'_>, t: &DeTable<'_>) -> Option<EmailSettings> {

@@ -1,0 +1,302 @@
+//! The alert task: events in (trigger and relay changes, storage events, the meters' counters,
+//! an unclean stop), the policy, the on-disk queue, and a sender that never blocks anything
+//! else: polling and relays do not wait for mail, and an unreachable server is retried with
+//! back-off while the queue (bounded, on disk) keeps what waits.
+
+use super::email::{Mailer, SendError};
+use super::events;
+use super::policy::{render, Alert, AlertKind, Limits, Policy};
+use super::queue::Queue;
+use super::watch::{MeterWatch, StorageWatch};
+use crate::bus::status::StatusBoard;
+use crate::config::{Alerts, Config, EmailSettings};
+use crate::reading::StateChange;
+use crate::store::{SinkStatus, StoreEvent};
+use chrono::Utc;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{broadcast, watch, Notify};
+use tokio::time::Instant;
+
+/// The first wait after a failed send; it doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_secs(5);
+const MAX_BACKOFF: Duration = Duration::from_secs(600);
+
+/// Where alerts come from.
+pub struct Sources {
+    pub changes: Option<broadcast::Receiver<StateChange>>,
+    pub store: broadcast::Receiver<StoreEvent>,
+    pub sinks: Vec<Arc<SinkStatus>>,
+    pub meters: Arc<StatusBoard>,
+    /// The previous run did not stop cleanly.
+    pub unclean: bool,
+}
+
+/// Counters of the alert task (for status pages).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AlertCounters {
+    pub alerts: u64,
+    pub mails_queued: u64,
+    pub mails_sent: u64,
+    /// Refused for good by the server (logged).
+    pub mails_refused: u64,
+    /// Dropped from a full queue.
+    pub mails_dropped: u64,
+}
+
+/// The running alert task.
+pub struct Alerting {
+    pub counters: Arc<Mutex<AlertCounters>>,
+    task: tokio::task::JoinHandle<()>,
+    sender: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("alert mail: {0}")]
+    Mailer(#[from] super::email::EmailError),
+    #[error("alert queue {dir}: {error}")]
+    Queue { dir: PathBuf, error: std::io::Error },
+}
+
+/// The marker of a run in progress: present at start means the last run did not stop cleanly.
+pub fn running_marker(config: &Config) -> PathBuf {
+    config.gateway.state_dir.join("running")
+}
+
+impl Alerting {
+    /// Starts the alert task and its sender. Stops when `stop` turns true: alerts still inside
+    /// their digest window are queued (and sent at the next start if not now).
+    pub fn start(
+        config: &Config,
+        email: &EmailSettings,
+        sources: Sources,
+        stop: watch::Receiver<bool>,
+    ) -> Result<Alerting, StartError> {
+        let mailer = Mailer::new(email)?;
+        let dir = config.gateway.state_dir.join("alerts");
+        let (queue, warnings) = Queue::open(&dir, config.alerts.queue_max)
+            .map_err(|error| StartError::Queue { dir: dir.clone(), error })?;
+        for w in warnings {
+            tracing::warn!("alert queue: {w}");
+        }
+        if !queue.is_empty() {
+            tracing::info!(waiting = queue.len(), "alert mails from the previous run are waiting to be sent");
+        }
+        let queue = Arc::new(Mutex::new(queue));
+        let wake = Arc::new(Notify::new());
+        let counters = Arc::new(Mutex::new(AlertCounters::default()));
+        let sender =
+            tokio::spawn(send_loop(mailer, queue.clone(), wake.clone(), counters.clone(), stop.clone()));
+        let producer = Producer {
+            settings: config.alerts.clone(),
+            to: email.to.clone(),
+            gateway: config.gateway.name.clone(),
+            trigger_alerts: config.triggers.iter().map(|t| (t.name.clone(), t.alert)).collect(),
+            spool_max: config.sinks.iter().map(|s| (s.name.clone(), s.spool_max)).collect(),
+            policies: HashMap::new(),
+            queue,
+            wake,
+            counters: counters.clone(),
+            origin: Instant::now(),
+        };
+        let task = tokio::spawn(producer.run(sources, stop));
+        Ok(Alerting { counters, task, sender })
+    }
+
+    pub async fn join(self) {
+        let _ = self.task.await;
+        let _ = self.sender.await;
+    }
+}
+
+struct Producer {
+    settings: Alerts,
+    to: Vec<String>,
+    gateway: String,
+    trigger_alerts: HashMap<String, bool>,
+    spool_max: HashMap<String, u64>,
+    /// One policy per set of recipients: a digest goes to the people of its alerts.
+    policies: HashMap<Vec<String>, Policy>,
+    queue: Arc<Mutex<Queue>>,
+    wake: Arc<Notify>,
+    counters: Arc<Mutex<AlertCounters>>,
+    origin: Instant,
+}
+
+impl Producer {
+    async fn run(mut self, mut s: Sources, mut stop: watch::Receiver<bool>) {
+        let mut storage = StorageWatch::new(self.settings.database_after, self.settings.spool_mark);
+        let mut meters = MeterWatch::new(self.settings.meter_after);
+        if s.unclean {
+            self.push(Alert {
+                kind: AlertKind::UncleanStop,
+                time: Utc::now(),
+                subject: String::new(),
+                summary: "pmtr started after an unclean stop (a crash, a kill or a power cut)".into(),
+                details: vec![(
+                    "what was kept".into(),
+                    "latched and tripped triggers, forced relays and spooled readings were restored".into(),
+                )],
+            });
+        }
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut changes_open = s.changes.is_some();
+        let mut store_open = true;
+        loop {
+            tokio::select! {
+                c = async { s.changes.as_mut().expect("open").recv().await }, if changes_open => match c {
+                    Ok(c) => {
+                        let alerts = self.trigger_alerts.get(&*c.name).copied().unwrap_or(true);
+                        if let Some(a) = events::from_change(&c, alerts) {
+                            self.push(a);
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!("the alert task missed {n} trigger and relay changes (too many at once)");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => changes_open = false,
+                },
+                e = s.store.recv(), if store_open => match e {
+                    Ok(e) => {
+                        for a in storage.event(&e, self.mono(), Utc::now()) {
+                            self.push(a);
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!("the alert task missed {n} storage events");
+                    }
+                    Err(broadcast::error::RecvError::Closed) => store_open = false,
+                },
+                _ = tick.tick() => {
+                    let now = self.mono();
+                    let wall = Utc::now();
+                    let spools: Vec<(String, u64, u64)> = s
+                        .sinks
+                        .iter()
+                        .map(|k| {
+                            let st = k.snapshot();
+                            (k.name.clone(), st.spool_bytes, self.spool_max.get(&k.name).copied().unwrap_or(0))
+                        })
+                        .collect();
+                    for a in storage.tick(now, wall, spools.iter().map(|(n, b, m)| (n.as_str(), *b, *m))) {
+                        self.push(a);
+                    }
+                    let snapshot = s.meters.snapshot();
+                    let counts = snapshot
+                        .iter()
+                        .map(|(n, m)| (n.as_str(), m.counters.readings, m.last_error.as_deref()));
+                    for a in meters.tick(now, wall, counts) {
+                        self.push(a);
+                    }
+                    self.flush(false);
+                }
+                _ = stop.changed() => break,
+            }
+        }
+        // Whatever waits in a digest window goes to the queue now: nothing is lost at a stop.
+        self.flush(true);
+    }
+
+    fn mono(&self) -> Duration {
+        self.origin.elapsed()
+    }
+
+    fn push(&mut self, a: Alert) {
+        if !self.settings.kinds.contains(&a.kind) {
+            return;
+        }
+        tracing::info!(kind = a.kind.name(), "alert: {}", a.summary);
+        self.counters.lock().unwrap_or_else(|e| e.into_inner()).alerts += 1;
+        let to = self.settings.recipients(a.kind, &self.to).to_vec();
+        let limits = Limits {
+            digest: self.settings.digest,
+            min_interval: self.settings.min_interval,
+            per_hour: self.settings.max_per_hour,
+        };
+        let now = self.mono();
+        self.policies.entry(to).or_insert_with(|| Policy::new(limits)).push(a, now);
+        if self.settings.digest.is_zero() {
+            self.flush(false);
+        }
+    }
+
+    /// Queues the digests that are due (all of them when `all`).
+    fn flush(&mut self, all: bool) {
+        let now = self.mono();
+        let offset = *chrono::Local::now().offset();
+        let mut queued = false;
+        for (to, policy) in &mut self.policies {
+            let at = if all { policy.next_due().map_or(now, |d| d.max(now)) } else { now };
+            let Some(d) = policy.due(at) else { continue };
+            let (subject, body) = render(&d, &self.gateway, "", offset);
+            let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            let mut c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+            match q.push(to.clone(), subject, body, Utc::now()) {
+                Ok(dropped) => {
+                    c.mails_queued += 1;
+                    if let Some(m) = dropped {
+                        c.mails_dropped += 1;
+                        tracing::warn!(subject = %m.subject, "the alert queue is full: its oldest mail was dropped");
+                    }
+                    queued = true;
+                }
+                Err(e) => tracing::error!(error = %e, "cannot queue an alert mail"),
+            }
+        }
+        if queued {
+            self.wake.notify_one();
+        }
+    }
+}
+
+/// Sends the queue's mails in order; waits with back-off while the server is unreachable.
+async fn send_loop(
+    mailer: Mailer,
+    queue: Arc<Mutex<Queue>>,
+    wake: Arc<Notify>,
+    counters: Arc<Mutex<AlertCounters>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let next = queue.lock().unwrap_or_else(|e| e.into_inner()).front().cloned();
+        let Some(m) = next else {
+            tokio::select! {
+                _ = wake.notified() => continue,
+                _ = stop.changed() => return,
+            }
+        };
+        let result = tokio::select! {
+            r = mailer.send(&m.to, &m.subject, &m.body) => r,
+            _ = stop.changed() => return,
+        };
+        match result {
+            Ok(()) => {
+                backoff = FIRST_BACKOFF;
+                tracing::info!(subject = %m.subject, to = ?m.to, "alert mail sent");
+                counters.lock().unwrap_or_else(|e| e.into_inner()).mails_sent += 1;
+                if let Err(e) = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front() {
+                    tracing::error!(error = %e, "cannot remove a sent alert mail from the queue: it may go twice");
+                }
+            }
+            Err(e @ SendError::Permanent { .. }) => {
+                tracing::error!(error = %e, subject = %m.subject,
+                    "the mail server refused an alert mail for good; it is dropped (check with `pmtr test-email`)");
+                counters.lock().unwrap_or_else(|e| e.into_inner()).mails_refused += 1;
+                let _ = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "alert mail not sent; it waits in the queue");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.changed() => return,
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
