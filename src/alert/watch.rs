@@ -123,7 +123,7 @@ impl StorageWatch {
         }
         for (sink, bytes, max) in spools {
             let w = self.sinks.entry(sink.to_owned()).or_default();
-            let percent = if max == 0 { 0 } else { bytes.saturating_mul(100) / max };
+            let percent = bytes.saturating_mul(100).checked_div(max).unwrap_or(0);
             if !w.filling && percent >= u64::from(self.mark_percent) {
                 w.filling = true;
                 out.push(alert(
