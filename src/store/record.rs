@@ -329,7 +329,7 @@ mod tests {
             time: Utc.timestamp_nanos(1_763_726_400_987_654_321 + i as i64),
             subject: Subject::ALL[i % 2],
             name: ["overvoltage", "boiler", "ünïcode-name"][i % 3].into(),
-            event: ChangeEvent::ALL[(i / 2) % 12],
+            event: ChangeEvent::ALL[(i / 2) % ChangeEvent::ALL.len()],
             active: i & 8 != 0,
             held: i & 16 != 0,
             dry_run: i & 32 != 0,

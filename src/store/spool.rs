@@ -577,7 +577,7 @@ mod tests {
             time: Utc.timestamp_millis_opt(1_700_000_000_000 + i as i64).unwrap(),
             subject: crate::reading::Subject::ALL[i as usize % 2],
             name: "overvoltage".into(),
-            event: crate::reading::ChangeEvent::ALL[i as usize % 12],
+            event: crate::reading::ChangeEvent::ALL[i as usize % crate::reading::ChangeEvent::ALL.len()],
             active: i % 3 == 0,
             held: false,
             dry_run: false,
