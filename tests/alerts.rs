@@ -8,53 +8,18 @@
 #[path = "support/smtp.rs"]
 mod smtp;
 
+#[path = "support/gateway.rs"]
+mod gateway;
+
+use gateway::{set_volts, sim, Daemon};
 use pmtr::relay::FakeBoard;
-use pmtr::sim::{Profile, SimPort, SimPortOptions};
 use smtp::{Mode, Smtp};
 use std::path::Path;
 use std::time::Duration;
-use tokio::sync::oneshot;
-
-fn sim(dir: &Path, volts: f64) -> SimPort {
-    let line = pmtr::config::LineSettings {
-        baud: 9600,
-        data_bits: 8,
-        parity: pmtr::config::Parity::None,
-        stop_bits: 1,
-    };
-    SimPort::spawn(SimPortOptions {
-        link: Some(dir.join("ttyUSB0")),
-        line,
-        turnaround: Duration::from_millis(5),
-        meters: vec![format!("pzem-016@4,volts={volts}").parse().unwrap()],
-    })
-    .unwrap()
-}
 
 fn config(dir: &Path, alerts: &str, email: &str) -> pmtr::config::Config {
-    let text = format!(
+    let rest = format!(
         r#"
-[gateway]
-name = "house-pi"
-state_dir = "{state}"
-gpio = "fake"
-[[bus]]
-name = "b"
-ports = ["{ports}"]
-timeout = "100ms"
-rescan = "200ms"
-[[meter]]
-name = "main"
-model = "pzem-016"
-address = 4
-poll = "200ms"
-[[sink]]
-type = "csv"
-dir = "{csv}"
-[[relay]]
-name = "motor"
-pin = 17
-default = "on"
 [[trigger]]
 name = "overvoltage"
 meter = "main"
@@ -65,37 +30,10 @@ relays = ["motor"]
 {alerts}
 [alerts.email]
 {email}
-"#,
-        state = dir.join("state").display(),
-        ports = dir.join("ttyUSB*").display(),
-        csv = dir.join("csv").display(),
+"#
     );
-    std::fs::write(dir.join("pmtr.toml"), &text).unwrap();
+    std::fs::write(dir.join("pmtr.toml"), gateway::toml(dir, "house-pi", &rest)).unwrap();
     pmtr::config::load_file(&dir.join("pmtr.toml")).unwrap_or_else(|e| panic!("{e}"))
-}
-
-struct Daemon {
-    stop: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-impl Daemon {
-    fn start(config: pmtr::config::Config, board: &FakeBoard) -> Daemon {
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(pmtr::app::run::run_with(config, Some(Box::new(board.gpio())), async move {
-            let _ = stopped.await;
-        }));
-        Daemon { stop, task }
-    }
-
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        self.task.await.unwrap().unwrap();
-    }
-}
-
-fn set_volts(port: &SimPort, volts: f64) {
-    port.with_slave(4, |s| s.set_profile(Profile::Script(vec![(0.0, volts)]))).unwrap();
 }
 
 async fn wait_for_mails(server: &Smtp, n: usize, within: Duration) -> Vec<smtp::Mail> {
@@ -135,7 +73,15 @@ async fn a_tripped_trigger_sends_exactly_one_mail_with_its_values() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_mail_server_away_alerts_wait_on_disk_across_a_restart_and_arrive_once_in_order() {
     let dir = tempfile::tempdir().unwrap();
-    let smtp_port = smtp::free_port(); // nothing listens there yet
+    // The port stays ours while the server is "away": something accepts there and hangs up at
+    // once, so that no other test's server can take it meanwhile.
+    let away = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let smtp_port = away.local_addr().unwrap().port();
+    let hang_up = tokio::spawn(async move {
+        while let Ok((conn, _)) = away.accept().await {
+            drop(conn);
+        }
+    });
     let email = format!(
         "host = \"127.0.0.1\"\nport = {smtp_port}\ntls = \"plain\"\nfrom = \"gw@example.test\"\n\
          to = [\"ops@example.test\"]\ntimeout = \"2s\"\n"
@@ -155,6 +101,8 @@ async fn with_the_mail_server_away_alerts_wait_on_disk_across_a_restart_and_arri
     assert_eq!(queued, 2, "two mails wait on disk");
 
     // The server comes up; the daemon restarts: the queue is sent, in order, once.
+    hang_up.abort();
+    let _ = hang_up.await;
     let server = Smtp::start_on(Mode::Plain, smtp_port);
     let board = FakeBoard::new();
     let daemon = Daemon::start(config(dir.path(), alerts, &email), &board);

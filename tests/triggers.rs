@@ -4,61 +4,17 @@
 //! in storage. A latched trip must survive a restart, with the relay back at its tripped level
 //! before the first reading.
 
+#[path = "support/gateway.rs"]
+mod gateway;
+
+use gateway::{set_volts, sim, Daemon, PIN};
 use pmtr::config::Config;
 use pmtr::relay::FakeBoard;
-use pmtr::sim::{Profile, SimPort, SimPortOptions};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-const PIN: u8 = 17;
-
-fn sim(dir: &Path, volts: f64) -> SimPort {
-    let line = pmtr::config::LineSettings {
-        baud: 9600,
-        data_bits: 8,
-        parity: pmtr::config::Parity::None,
-        stop_bits: 1,
-    };
-    SimPort::spawn(SimPortOptions {
-        link: Some(dir.join("ttyUSB0")),
-        line,
-        turnaround: Duration::from_millis(5),
-        meters: vec![format!("pzem-016@4,volts={volts}").parse().unwrap()],
-    })
-    .unwrap()
-}
-
-fn config(dir: &Path, extra: &str) -> Config {
-    pmtr::config::load_str(&toml_of(dir, extra), "test.toml").unwrap()
-}
-
-fn toml_of(dir: &Path, extra: &str) -> String {
-    format!(
-        r#"
-[gateway]
-name = "t"
-state_dir = "{state}"
-gpio = "fake"
-[[bus]]
-name = "b"
-ports = ["{ports}"]
-timeout = "100ms"
-rescan = "200ms"
-[[meter]]
-name = "main"
-model = "pzem-016"
-address = 4
-poll = "200ms"
-[[sink]]
-type = "csv"
-dir = "{csv}"
-flush_interval = "100ms"
-[[relay]]
-name = "motor"
-pin = {PIN}
-default = "on"
+const TRIGGER: &str = r#"
 [[trigger]]
 name = "overvoltage"
 meter = "main"
@@ -66,38 +22,14 @@ when = "L1U > 253"
 hold = "1s"
 recovery = "1s"
 relays = ["motor"]
-{extra}
-"#,
-        state = dir.join("state").display(),
-        ports = dir.join("ttyUSB*").display(),
-        csv = dir.join("csv").display(),
-    )
+"#;
+
+fn config(dir: &Path, extra: &str) -> Config {
+    pmtr::config::load_str(&toml_of(dir, extra), "test.toml").unwrap()
 }
 
-/// `pmtr run` in this process, with the relays on `board`.
-struct Daemon {
-    stop: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-impl Daemon {
-    fn start(config: Config, board: &FakeBoard) -> Daemon {
-        let (stop, stopped) = oneshot::channel::<()>();
-        let gpio = Box::new(board.gpio());
-        let task = tokio::spawn(pmtr::app::run::run_with(config, Some(gpio), async move {
-            let _ = stopped.await;
-        }));
-        Daemon { stop, task }
-    }
-
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        self.task.await.unwrap().unwrap();
-    }
-}
-
-fn set_volts(port: &SimPort, volts: f64) {
-    port.with_slave(4, |s| s.set_profile(Profile::Script(vec![(0.0, volts)]))).unwrap();
+fn toml_of(dir: &Path, extra: &str) -> String {
+    gateway::toml(dir, "t", &format!("{TRIGGER}{extra}"))
 }
 
 fn csv_files(dir: &Path, prefix: &str) -> Vec<PathBuf> {

@@ -480,6 +480,16 @@ impl<'s> Loader<'s> {
         }
     }
 
+    /// A path as written in the config file: relative paths are relative to the file's folder.
+    fn relative_to_config(&self, name: &str) -> PathBuf {
+        let p = Path::new(name);
+        if p.is_relative() {
+            Path::new(self.file).parent().unwrap_or(Path::new(".")).join(p)
+        } else {
+            p.to_path_buf()
+        }
+    }
+
     fn line(&self, offset: usize) -> usize {
         self.lines.line_col(self.src, offset).0
     }

@@ -5,7 +5,7 @@ use super::{suggest, Loader, Value};
 use crate::alert::policy::AlertKind;
 use crate::config::{Alerts, EmailSettings, EmailTls};
 use lettre::message::Mailbox;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 use toml::de::{DeTable, DeValue};
 
@@ -396,12 +396,7 @@ impl Loader<'_> {
     /// certificate.
     fn ca_file(&mut self, v: &Value<'_>, key: &str) -> Option<PathBuf> {
         let name = self.non_empty_string(v, key)?;
-        let p = Path::new(&name);
-        let p = if p.is_relative() {
-            Path::new(self.file).parent().unwrap_or(Path::new(".")).join(p)
-        } else {
-            p.to_path_buf()
-        };
+        let p = self.relative_to_config(&name);
         match std::fs::read_to_string(&p) {
             Ok(text) if text.contains("-----BEGIN CERTIFICATE-----") => Some(p),
             Ok(_) => {

@@ -5,7 +5,7 @@ use crate::config::{Gateway, Sink, SinkKind};
 use crate::store::csv::{GroupBy, TimeZone};
 use crate::store::sink::Durability;
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 use toml::de::DeTable;
 
@@ -330,12 +330,7 @@ impl Loader<'_> {
             (Some(v), None) => self.non_empty_string(v, &key(inline)),
             (None, Some(v)) => {
                 let name = self.non_empty_string(v, &key(file))?;
-                let p = Path::new(&name);
-                let p = if p.is_relative() {
-                    Path::new(self.file).parent().unwrap_or(Path::new(".")).join(p)
-                } else {
-                    p.to_path_buf()
-                };
+                let p = self.relative_to_config(&name);
                 match std::fs::read_to_string(&p) {
                     Ok(text) => match text.lines().next().map(str::trim).filter(|l| !l.is_empty()) {
                         Some(secret) => Some(secret.to_owned()),
