@@ -213,14 +213,25 @@ impl Smtp {
         std::fs::read_to_string(self.dir.path().join("smtp.log")).unwrap_or_default()
     }
 
-    /// Every mail in the Maildir's `new/`, oldest file name first, decoded.
+    /// Every mail in the Maildir's `new/`, in the order they arrived, decoded.
     pub fn mails(&self) -> Vec<Mail> {
         let new = self.dir.path().join("maildir/new");
         let mut files: Vec<PathBuf> = match std::fs::read_dir(&new) {
             Ok(entries) => entries.filter_map(|e| e.ok()).map(|e| e.path()).collect(),
             Err(_) => return Vec::new(),
         };
-        files.sort();
+        // Maildir names are `<seconds>.M<microseconds>P<pid>Q<n>.<host>`, the microseconds not
+        // zero-padded: sort by the numbers, in delivery order.
+        files.sort_by_key(|f| {
+            let name = f.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+            let secs: u64 = name.split('.').next().and_then(|s| s.parse().ok()).unwrap_or(u64::MAX);
+            let usec: u64 = name
+                .split_once(".M")
+                .and_then(|(_, rest)| rest.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|d| d.parse().ok())
+                .unwrap_or(u64::MAX);
+            (secs, usec, name)
+        });
         files
             .iter()
             .map(|f| {
