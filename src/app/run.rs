@@ -95,7 +95,10 @@ pub async fn run_with(
             };
             Some(crate::alert::run::Alerting::start(&config, email, sources, stop_rx_alerts)?)
         }
-        None => None,
+        None => {
+            tracing::info!("no [alerts.email]: nothing is mailed (the events are in this log)");
+            None
+        }
     };
     tracing::info!(
         gateway = %config.gateway.name,
