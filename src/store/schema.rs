@@ -235,25 +235,11 @@ pub fn csv_header(quantities: &[Quantity]) -> String {
     h
 }
 
-/// The quantities a model reports, in column order.
-pub fn quantities_of(model: crate::meter::Model) -> &'static [Quantity] {
-    use Quantity::*;
-    if model.is_pzem() {
-        &[Voltage, Current, ActivePower, ActiveEnergy, Frequency, PowerFactor, Alarm]
-    } else {
-        &[
-            Voltage,
-            Current,
-            ActivePower,
-            ApparentPower,
-            ReactivePower,
-            ActiveEnergy,
-            ApparentEnergy,
-            ReactiveEnergy,
-            Frequency,
-            PowerFactor,
-        ]
-    }
+/// The quantities a model reports, in column order: what its decoder gives
+/// ([`Model::sample_set`](crate::meter::Model::sample_set)), in the order of [`Quantity::ALL`].
+pub fn quantities_of(model: crate::meter::Model) -> Vec<Quantity> {
+    let set = model.sample_set(crate::reading::Phase::L1);
+    Quantity::ALL.into_iter().filter(|q| set.iter().any(|(_, x)| x == q)).collect()
 }
 
 /// One CSV row per point of `reading`, `time` already formatted.
@@ -413,9 +399,33 @@ mod tests {
     }
 
     #[test]
+    fn columns_follow_the_decoders() {
+        use Quantity::*;
+        assert_eq!(
+            quantities_of(Model::Pzem004t),
+            [Voltage, Current, ActivePower, ActiveEnergy, Frequency, PowerFactor, Alarm]
+        );
+        assert_eq!(
+            quantities_of(Model::Rx380),
+            [
+                Voltage,
+                Current,
+                ActivePower,
+                ApparentPower,
+                ReactivePower,
+                ActiveEnergy,
+                ApparentEnergy,
+                ReactiveEnergy,
+                Frequency,
+                PowerFactor
+            ]
+        );
+    }
+
+    #[test]
     fn csv_rows_follow_the_header() {
         let cols = quantities_of(Model::Pzem016);
-        let header = csv_header(cols);
+        let header = csv_header(&cols);
         assert_eq!(
             header,
             "time,meter,model,phase,voltage (V),current (A),power (W),energy (kWh),frequency (Hz),\
@@ -427,7 +437,7 @@ mod tests {
             Sample::new(Phase::L1, Quantity::Alarm, 0.0),
         ]);
         let mut out = String::new();
-        assert_eq!(csv_rows(&r, "2026-11-21T12:00:00.123+01:00", cols, &mut out), 1);
+        assert_eq!(csv_rows(&r, "2026-11-21T12:00:00.123+01:00", &cols, &mut out), 1);
         assert_eq!(out, "2026-11-21T12:00:00.123+01:00,kitchen,pzem-016,l1,230,,,1.5,,,0,\n");
         assert_eq!(out.split(',').count(), header.split(',').count());
     }
