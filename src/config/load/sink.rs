@@ -157,18 +157,10 @@ impl Loader<'_> {
             }
             None => None,
         };
-        let mut sink = Sink {
-            name: String::new(),
-            kind: SinkKind::Csv { dir: PathBuf::new(), group_by: GroupBy::Meter, timezone: TimeZone::Local },
-            batch: DEFAULT_BATCH,
-            flush_interval: DEFAULT_FLUSH_INTERVAL,
-            timeout: DEFAULT_HTTP_TIMEOUT,
-            durability: Durability::Outage,
-            sync_interval: DEFAULT_SYNC_INTERVAL,
-            max_backoff: DEFAULT_SINK_BACKOFF,
-            spool_max: DEFAULT_SPOOL_MAX,
-            measurement: DEFAULT_MEASUREMENT.to_owned(),
-        };
+        let mut sink = with_defaults(
+            "",
+            SinkKind::Csv { dir: PathBuf::new(), group_by: GroupBy::Meter, timezone: TimeZone::Local },
+        );
         if let Some(v) = t.get("batch") {
             sink.batch =
                 self.integer_in(v, &key("batch"), 1..=MAX_BATCH).map_or(DEFAULT_BATCH, |n| n as usize);
@@ -350,14 +342,11 @@ impl Loader<'_> {
     }
 }
 
-fn default_csv(gateway: &Gateway) -> Sink {
+/// A sink of `kind` with every common setting at its default.
+fn with_defaults(name: &str, kind: SinkKind) -> Sink {
     Sink {
-        name: "csv".to_owned(),
-        kind: SinkKind::Csv {
-            dir: gateway.state_dir.join("csv"),
-            group_by: GroupBy::Meter,
-            timezone: TimeZone::Local,
-        },
+        name: name.to_owned(),
+        kind,
         batch: DEFAULT_BATCH,
         flush_interval: DEFAULT_FLUSH_INTERVAL,
         timeout: DEFAULT_HTTP_TIMEOUT,
@@ -369,17 +358,13 @@ fn default_csv(gateway: &Gateway) -> Sink {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
-        assert_eq!(parse_size("2GB"), Ok(2_000_000_000));
-        assert_eq!(parse_size("100 k"), Ok(100_000));
-        assert!(parse_size("12").unwrap_err().contains("no unit"));
-        assert!(parse_size("1.5GB").is_err());
-        assert!(parse_size("9999999999999GiB").unwrap_err().contains("too large"));
-    }
+fn default_csv(gateway: &Gateway) -> Sink {
+    with_defaults(
+        "csv",
+        SinkKind::Csv {
+            dir: gateway.state_dir.join("csv"),
+            group_by: GroupBy::Meter,
+            timezone: TimeZone::Local,
+        },
+    )
 }
