@@ -7,7 +7,7 @@
 mod servers;
 
 use serde_json::json;
-use servers::{http, try_http, Influx1, VictoriaMetrics, VmAuth};
+use servers::{http, try_http, Influx1, Managed, VictoriaMetrics, VmAuth};
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::time::{Duration, Instant};

@@ -14,7 +14,7 @@ use pmtr::store::schema::stored_value;
 use pmtr::store::spool::{Spool, SpoolLimits};
 use pmtr::store::{Storage, StoreEvent};
 use serde_json::{json, Value};
-use servers::{Influx1, VictoriaMetrics, VmAuth};
+use servers::{Influx1, Managed, VictoriaMetrics, VmAuth};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::{Child, Command};

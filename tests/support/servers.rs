@@ -227,7 +227,7 @@ pub fn free_port() -> u16 {
 }
 
 /// A running server process with its log file.
-struct Proc {
+pub struct Proc {
     child: Child,
     what: &'static str,
     /// Where this run's output starts in the (appended) log.
@@ -307,7 +307,7 @@ fn log_tail(log: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-enum Ready {
+pub enum Ready {
     Up,
     /// The process exited (its status); true when the log says the address was taken, which is
     /// worth a retry on other ports.
@@ -347,6 +347,49 @@ fn get_is(url: &str, want_status: u16, want_body: Option<&str>) -> bool {
     match try_http("GET", url, &[], b"") {
         Ok(r) => r.status == want_status && want_body.is_none_or(|b| r.text().trim() == b),
         Err(_) => false,
+    }
+}
+
+/// A server the tests stop, crash and start again by PID, keeping its data and ports.
+pub trait Managed {
+    /// The program's name, for messages.
+    const NAME: &'static str;
+    /// Its process while it runs.
+    fn slot(&mut self) -> &mut Option<Proc>;
+    /// Starts it on its ports with its data, and waits until it answers.
+    fn launch(&mut self) -> Ready;
+    /// Fails the test, with the end of the server's log.
+    fn fail(&self, what: &str) -> !;
+
+    /// Graceful stop: SIGTERM by PID and wait (SIGKILL after 15 s). The data stays.
+    fn stop(&mut self) {
+        if let Some(mut p) = self.slot().take() {
+            if !p.terminate(STOP_GRACE) {
+                eprintln!("{} needed SIGKILL to stop", Self::NAME);
+            }
+        }
+    }
+
+    /// Crash: SIGKILL by PID and wait. The data stays (what was not yet flushed may be lost).
+    fn kill(&mut self) {
+        if let Some(mut p) = self.slot().take() {
+            p.kill();
+        }
+    }
+
+    /// Starts again on the same ports with the same data (stops first if still running).
+    ///
+    /// While the server was down, some outgoing connection may have been given its port as a
+    /// local port; a start that finds the port taken is retried for up to 2 s.
+    fn restart(&mut self) {
+        self.stop();
+        for attempt in 1..=10 {
+            match self.launch() {
+                Ready::Up => return,
+                Ready::Exited(_, true) if attempt < 10 => std::thread::sleep(Duration::from_millis(200)),
+                Ready::Exited(status, _) => self.fail(&format!("exited during restart ({status})")),
+            }
+        }
     }
 }
 
@@ -448,22 +491,6 @@ bind-address = "127.0.0.1:{rpc}"
         std::fs::write(self.config_path(), conf).expect("write influxdb.conf");
     }
 
-    fn launch(&mut self) -> Ready {
-        let t0 = Instant::now();
-        let args = vec!["-config".to_string(), self.config_path().display().to_string()];
-        let mut proc =
-            Proc::spawn("influxd", &args, self.dir.path(), &self.log_path(), "apt-get install influxdb");
-        let ping = format!("{}/ping", self.url());
-        let ready = wait_ready(&mut proc, &self.log_path(), || get_is(&ping, 204, None));
-        self.startup = t0.elapsed();
-        self.proc = Some(proc);
-        ready
-    }
-
-    fn fail(&self, what: &str) -> ! {
-        panic!("influxd {what}; its log ends:\n{}", log_tail(&self.log_path(), 40))
-    }
-
     /// `http://127.0.0.1:PORT`
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.http_port)
@@ -509,36 +536,27 @@ bind-address = "127.0.0.1:{rpc}"
         assert_eq!(status, 200, "influxd query {influxql:?} failed: {text}");
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("influxd answered non-JSON ({e}): {text}"))
     }
+}
 
-    /// Graceful stop: SIGTERM by PID and wait (SIGKILL after 15 s). The data directory stays.
-    pub fn stop(&mut self) {
-        if let Some(mut p) = self.proc.take() {
-            if !p.terminate(STOP_GRACE) {
-                eprintln!("influxd needed SIGKILL to stop");
-            }
-        }
+impl Managed for Influx1 {
+    const NAME: &'static str = "influxd";
+    fn slot(&mut self) -> &mut Option<Proc> {
+        &mut self.proc
+    }
+    fn launch(&mut self) -> Ready {
+        let t0 = Instant::now();
+        let args = vec!["-config".to_string(), self.config_path().display().to_string()];
+        let mut proc =
+            Proc::spawn("influxd", &args, self.dir.path(), &self.log_path(), "apt-get install influxdb");
+        let ping = format!("{}/ping", self.url());
+        let ready = wait_ready(&mut proc, &self.log_path(), || get_is(&ping, 204, None));
+        self.startup = t0.elapsed();
+        self.proc = Some(proc);
+        ready
     }
 
-    /// Crash: SIGKILL by PID and wait. The data directory stays.
-    pub fn kill(&mut self) {
-        if let Some(mut p) = self.proc.take() {
-            p.kill();
-        }
-    }
-
-    /// Starts again on the same ports with the same data (stops first if still running).
-    ///
-    /// While the server was down, some outgoing connection may have been given its port as a
-    /// local port; a start that finds the port taken is retried for up to 2 s.
-    pub fn restart(&mut self) {
-        self.stop();
-        for attempt in 1..=10 {
-            match self.launch() {
-                Ready::Up => return,
-                Ready::Exited(_, true) if attempt < 10 => std::thread::sleep(Duration::from_millis(200)),
-                Ready::Exited(status, _) => self.fail(&format!("exited during restart ({status})")),
-            }
-        }
+    fn fail(&self, what: &str) -> ! {
+        panic!("influxd {what}; its log ends:\n{}", log_tail(&self.log_path(), 40))
     }
 }
 
@@ -597,33 +615,6 @@ impl VictoriaMetrics {
         self.dir.path()
     }
 
-    fn launch(&mut self) -> Ready {
-        let t0 = Instant::now();
-        let args = vec![
-            format!("-storageDataPath={}", self.data_path().display()),
-            format!("-httpListenAddr=127.0.0.1:{}", self.port),
-            "-retentionPeriod=100y".to_string(),
-            "-search.latencyOffset=0s".to_string(),
-            "-search.disableCache".to_string(),
-        ];
-        let mut proc = Proc::spawn(
-            "victoria-metrics",
-            &args,
-            self.dir.path(),
-            &self.log_path(),
-            "apt-get install victoria-metrics",
-        );
-        let health = format!("{}/health", self.url());
-        let ready = wait_ready(&mut proc, &self.log_path(), || get_is(&health, 200, Some("OK")));
-        self.startup = t0.elapsed();
-        self.proc = Some(proc);
-        ready
-    }
-
-    fn fail(&self, what: &str) -> ! {
-        panic!("victoria-metrics {what}; its log ends:\n{}", log_tail(&self.log_path(), 40))
-    }
-
     /// `http://127.0.0.1:PORT`
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
@@ -678,36 +669,38 @@ impl VictoriaMetrics {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
 
-    /// Graceful stop: SIGTERM by PID and wait (SIGKILL after 15 s). The data stays.
-    pub fn stop(&mut self) {
-        if let Some(mut p) = self.proc.take() {
-            if !p.terminate(STOP_GRACE) {
-                eprintln!("victoria-metrics needed SIGKILL to stop");
-            }
-        }
+impl Managed for VictoriaMetrics {
+    const NAME: &'static str = "victoria-metrics";
+    fn slot(&mut self) -> &mut Option<Proc> {
+        &mut self.proc
+    }
+    fn launch(&mut self) -> Ready {
+        let t0 = Instant::now();
+        let args = vec![
+            format!("-storageDataPath={}", self.data_path().display()),
+            format!("-httpListenAddr=127.0.0.1:{}", self.port),
+            "-retentionPeriod=100y".to_string(),
+            "-search.latencyOffset=0s".to_string(),
+            "-search.disableCache".to_string(),
+        ];
+        let mut proc = Proc::spawn(
+            "victoria-metrics",
+            &args,
+            self.dir.path(),
+            &self.log_path(),
+            "apt-get install victoria-metrics",
+        );
+        let health = format!("{}/health", self.url());
+        let ready = wait_ready(&mut proc, &self.log_path(), || get_is(&health, 200, Some("OK")));
+        self.startup = t0.elapsed();
+        self.proc = Some(proc);
+        ready
     }
 
-    /// Crash: SIGKILL by PID and wait. Samples not yet flushed may be lost.
-    pub fn kill(&mut self) {
-        if let Some(mut p) = self.proc.take() {
-            p.kill();
-        }
-    }
-
-    /// Starts again on the same port with the same storage (stops first if still running).
-    ///
-    /// While the server was down, some outgoing connection may have been given its port as a
-    /// local port; a start that finds the port taken is retried for up to 2 s.
-    pub fn restart(&mut self) {
-        self.stop();
-        for attempt in 1..=10 {
-            match self.launch() {
-                Ready::Up => return,
-                Ready::Exited(_, true) if attempt < 10 => std::thread::sleep(Duration::from_millis(200)),
-                Ready::Exited(status, _) => self.fail(&format!("exited during restart ({status})")),
-            }
-        }
+    fn fail(&self, what: &str) -> ! {
+        panic!("victoria-metrics {what}; its log ends:\n{}", log_tail(&self.log_path(), 40))
     }
 }
 
