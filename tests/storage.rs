@@ -21,6 +21,19 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
+/// Waits until the first sink has written everything (spool and memory empty, healthy), at
+/// most `within`; the caller's assertions say what was missing.
+async fn until_drained(storage: &Storage, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let s = storage.sinks[0].snapshot();
+        if (s.spool_readings == 0 && s.in_memory == 0 && s.healthy) || Instant::now() > deadline {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn config(state_dir: &Path, sink: &str) -> Config {
     let text = format!(
         "[gateway]\nname = \"testgw\"\nstate_dir = \"{}\"\n\
@@ -346,14 +359,7 @@ fn an_outage_loses_nothing_and_duplicates_nothing() {
             tx.send(r.clone().into()).await.unwrap();
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let s = storage.sinks[0].snapshot();
-            if (s.spool_readings == 0 && s.in_memory == 0 && s.healthy) || Instant::now() > deadline {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        until_drained(&storage, Duration::from_secs(30)).await;
         drop(tx);
         let sinks = storage.sinks.clone();
         storage.join().await;
@@ -587,14 +593,7 @@ fn state_changes_spooled_during_an_outage_arrive_once_after_it() {
             tx.send(r).await.unwrap();
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let s = storage.sinks[0].snapshot();
-            if (s.spool_readings == 0 && s.in_memory == 0 && s.healthy) || Instant::now() > deadline {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        until_drained(&storage, Duration::from_secs(20)).await;
         drop(tx);
         let sinks = storage.sinks.clone();
         storage.join().await;
