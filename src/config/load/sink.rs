@@ -368,3 +368,18 @@ fn default_csv(gateway: &Gateway) -> Sink {
         },
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("2GB"), Ok(2_000_000_000));
+        assert_eq!(parse_size("100 k"), Ok(100_000));
+        assert!(parse_size("12").unwrap_err().contains("no unit"));
+        assert!(parse_size("1.5GB").is_err());
+        assert!(parse_size("9999999999999GiB").unwrap_err().contains("too large"));
+    }
+}
