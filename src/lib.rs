@@ -11,6 +11,7 @@ pub mod config;
 pub mod control;
 pub mod meter;
 pub mod modbus;
+pub mod pmtr;
 pub mod reading;
 pub mod relay;
 pub mod sim;

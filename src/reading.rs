@@ -79,12 +79,24 @@ pub enum Quantity {
     PowerFactor,
     /// 1 when the meter's own alarm is raised, else 0.
     Alarm,
+    /// Volts of a meter's own 5 V supply (PMTR_001_SRV).
+    Supply5V,
+    /// Volts of a meter's own 12 V supply (PMTR_001_SRV; below 10.8 V it saves power).
+    Supply12V,
+    /// 1 while the meter runs in low-power mode and refreshes only its voltages, else 0.
+    LowPower,
+    /// The meter's own moving averages (PMTR_001_SRV: 5 s), in the units of the quantity.
+    VoltageAvg,
+    CurrentAvg,
+    ActivePowerAvg,
+    FrequencyAvg,
+    PowerFactorAvg,
 }
 
 impl Quantity {
     /// Every quantity, in the column order of storage. The spool stores positions in this
     /// array: add new quantities at the end only.
-    pub const ALL: [Quantity; 11] = [
+    pub const ALL: [Quantity; 19] = [
         Quantity::Voltage,
         Quantity::Current,
         Quantity::ActivePower,
@@ -96,6 +108,14 @@ impl Quantity {
         Quantity::Frequency,
         Quantity::PowerFactor,
         Quantity::Alarm,
+        Quantity::Supply5V,
+        Quantity::Supply12V,
+        Quantity::LowPower,
+        Quantity::VoltageAvg,
+        Quantity::CurrentAvg,
+        Quantity::ActivePowerAvg,
+        Quantity::FrequencyAvg,
+        Quantity::PowerFactorAvg,
     ];
 
     /// The suffix of trigger variables, after the PMTR names: `U I P e f pf`.
@@ -112,6 +132,14 @@ impl Quantity {
             Quantity::Frequency => "f",
             Quantity::PowerFactor => "pf",
             Quantity::Alarm => "alarm",
+            Quantity::Supply5V => "V5",
+            Quantity::Supply12V => "V12",
+            Quantity::LowPower => "lowpower",
+            Quantity::VoltageAvg => "Uavg",
+            Quantity::CurrentAvg => "Iavg",
+            Quantity::ActivePowerAvg => "Pavg",
+            Quantity::FrequencyAvg => "favg",
+            Quantity::PowerFactorAvg => "pfavg",
         }
     }
 
@@ -129,22 +157,30 @@ impl Quantity {
             Quantity::Frequency => "frequency",
             Quantity::PowerFactor => "power_factor",
             Quantity::Alarm => "alarm",
+            Quantity::Supply5V => "supply_5v",
+            Quantity::Supply12V => "supply_12v",
+            Quantity::LowPower => "low_power",
+            Quantity::VoltageAvg => "voltage_avg",
+            Quantity::CurrentAvg => "current_avg",
+            Quantity::ActivePowerAvg => "power_avg",
+            Quantity::FrequencyAvg => "frequency_avg",
+            Quantity::PowerFactorAvg => "power_factor_avg",
         }
     }
 
     pub fn unit(self) -> &'static str {
         match self {
-            Quantity::Voltage => "V",
-            Quantity::Current => "A",
-            Quantity::ActivePower => "W",
+            Quantity::Voltage | Quantity::VoltageAvg | Quantity::Supply5V | Quantity::Supply12V => "V",
+            Quantity::Current | Quantity::CurrentAvg => "A",
+            Quantity::ActivePower | Quantity::ActivePowerAvg => "W",
             Quantity::ApparentPower => "VA",
             Quantity::ReactivePower => "var",
             Quantity::ActiveEnergy => "kWh",
             Quantity::ApparentEnergy => "kVAh",
             Quantity::ReactiveEnergy => "kvarh",
-            Quantity::Frequency => "Hz",
-            Quantity::PowerFactor => "",
-            Quantity::Alarm => "",
+            Quantity::Frequency | Quantity::FrequencyAvg => "Hz",
+            Quantity::PowerFactor | Quantity::PowerFactorAvg => "",
+            Quantity::Alarm | Quantity::LowPower => "",
         }
     }
 

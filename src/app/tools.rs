@@ -194,6 +194,7 @@ pub fn adhoc_meter(model: Model, address: u8) -> Meter {
         bus: "cli".into(),
         poll: Duration::from_secs(1),
         phase: Phase::L1,
+        server: None,
     }
 }
 

@@ -361,6 +361,7 @@ mod tests {
             frame_gap: None,
             max_backoff: Duration::from_secs(60),
             rescan: Duration::from_secs(5),
+            kind: crate::config::BusKind::Rs485,
         }
     }
 

@@ -44,7 +44,7 @@ pub async fn poll<L: Line>(
                         got = Some(r);
                         break;
                     }
-                    Ok(Reply::Echo) => return Ok(Err(PollError::Unexpected)),
+                    Ok(Reply::Echo | Reply::Bits(_)) => return Ok(Err(PollError::Unexpected)),
                     Err(FrameError::Exception(code @ (2 | 3))) if *plan + 1 < meter.model.plans() => {
                         tracing::info!(
                             meter = %meter.name,

@@ -34,7 +34,7 @@ pub async fn probe<L: Line>(
             return Ok(Some((Some(Model::Pzem016), format!("{:.1} V, {:.3} A", s[0].value, s[1].value))));
         }
         Err(FrameError::Timeout) => return Ok(None),
-        Ok(Reply::Echo) => "an echo".to_string(),
+        Ok(Reply::Echo | Reply::Bits(_)) => "an echo".to_string(),
         Err(e) => e.to_string(),
     };
     // Something is there but it is no PZEM: try the RX380 map.

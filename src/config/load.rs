@@ -14,10 +14,11 @@
 //! by their name when it is known: `meter[2] "gen".address`, `bus[0].ports`.
 
 mod email;
+mod server;
 mod sink;
 mod trigger;
 
-use super::{Bus, Config, Gateway, GpioBackend, LineSettings, Meter, Parity};
+use super::{Bus, BusKind, Config, Gateway, GpioBackend, LineSettings, Meter, Parity};
 use crate::meter::Model;
 use crate::reading::Phase;
 use serde::de::DeserializeOwned;
@@ -48,8 +49,20 @@ const BUS_KEYS: &[&str] = &[
     "frame_gap",
     "max_backoff",
     "rescan",
+    "kind",
 ];
-const METER_KEYS: &[&str] = &["name", "model", "address", "bus", "poll", "phase"];
+const METER_KEYS: &[&str] = &[
+    "name",
+    "model",
+    "address",
+    "bus",
+    "poll",
+    "phase",
+    "multiplier",
+    "time_sync",
+    "push_actions",
+    "action",
+];
 
 /// The baud rates a `[[bus]]` may use.
 pub const BAUD_RATES: [u32; 9] = [1200, 2400, 4800, 9600, 14400, 19200, 38400, 57600, 115200];
@@ -72,6 +85,12 @@ const DEFAULT_RESCAN: Duration = Duration::from_secs(5);
 const MIN_PERIOD: Duration = Duration::from_millis(100);
 const DEFAULT_POLL: Duration = Duration::from_secs(1);
 const MIN_POLL: Duration = Duration::from_millis(100);
+/// A PMTR_001_SRV answers once per main loop (about 1.2 s): each is read every 5 s by default,
+/// and never more often than every 2 s.
+const DEFAULT_SERVER_POLL: Duration = Duration::from_secs(5);
+const MIN_SERVER_POLL: Duration = Duration::from_secs(2);
+/// A power-line request waits for the server's next loop and the modem's transit both ways.
+const DEFAULT_POWER_LINE_TIMEOUT: Duration = Duration::from_secs(5);
 const PZEM_GENERAL_ADDRESS: i64 = 0xF8;
 /// The largest edit distance at which an unknown word gets a "did you mean".
 const MAX_SUGGESTION_DISTANCE: usize = 2;
@@ -434,6 +453,7 @@ struct BusDraft {
     frame_gap: Option<Duration>,
     max_backoff: Option<Duration>,
     rescan: Option<Duration>,
+    kind: Option<(BusKind, Range<usize>)>,
 }
 
 struct MeterDraft {
@@ -445,8 +465,9 @@ struct MeterDraft {
     /// The bus as written; after the cross-checks, the bus it is on (None if unknown).
     bus: Option<(String, Range<usize>)>,
     bus_written: bool,
-    poll: Option<Duration>,
+    poll: Option<(Duration, Range<usize>)>,
     phase: Option<(Phase, Range<usize>)>,
+    server: Option<crate::config::ServerSettings>,
 }
 
 struct Loader<'s> {
@@ -785,6 +806,7 @@ impl<'s> Loader<'s> {
             frame_gap: None,
             max_backoff: None,
             rescan: None,
+            kind: None,
         };
         match t.get("name") {
             Some(v) => bus.name = self.non_empty_string(v, &key("name")).map(|n| (n, v.span())),
@@ -845,6 +867,29 @@ impl<'s> Loader<'s> {
         }
         if let Some(v) = t.get("rescan") {
             bus.rescan = self.duration_in(v, &key("rescan"), Some(MIN_PERIOD), None);
+        }
+        if let Some(v) = t.get("kind") {
+            if let Some(s) = self.string(v, &key("kind")) {
+                match s.as_str() {
+                    "rs485" => bus.kind = Some((BusKind::Rs485, v.span())),
+                    "power-line" => bus.kind = Some((BusKind::PowerLine, v.span())),
+                    _ => {
+                        let hint = match s.to_ascii_lowercase().replace(['_', ' '], "-").as_str() {
+                            "powerline" | "plc" | "power-line" => " (did you mean \"power-line\"?)",
+                            "rs-485" | "rs485" | "modbus" | "rtu" => " (did you mean \"rs485\"?)",
+                            _ => "",
+                        };
+                        self.error(
+                            v.span(),
+                            key("kind"),
+                            format!(
+                                "unknown bus kind {s:?}: \"rs485\" (the default) or \"power-line\" \
+                                 (PMTR_001_SRV servers behind a power-line modem){hint}"
+                            ),
+                        );
+                    }
+                }
+            }
         }
         bus
     }
@@ -940,6 +985,7 @@ impl<'s> Loader<'s> {
             bus_written: t.contains_key("bus"),
             poll: None,
             phase: None,
+            server: None,
         };
         for required in ["name", "model", "address"] {
             if !t.contains_key(required) {
@@ -1002,7 +1048,21 @@ impl<'s> Loader<'s> {
             meter.bus = self.non_empty_string(v, &key("bus")).map(|b| (b, v.span()));
         }
         if let Some(v) = t.get("poll") {
-            meter.poll = self.duration_in(v, &key("poll"), Some(MIN_POLL), None);
+            let min = if meter.model == Some(Model::PmtrSrv) { MIN_SERVER_POLL } else { MIN_POLL };
+            meter.poll = self.duration_in(v, &key("poll"), Some(min), None).map(|d| (d, v.span()));
+        }
+        if meter.model == Some(Model::PmtrSrv) {
+            meter.server = Some(self.server(&path, t));
+        } else if meter.model.is_some() {
+            for k in server::SERVER_KEYS {
+                if let Some((kk, _)) = t.get_key_value(*k) {
+                    self.error(
+                        kk.span(),
+                        key(k),
+                        format!("`{k}` is only for PMTR_001_SRV servers (`model = \"pmtr-srv\"`)"),
+                    );
+                }
+            }
         }
         if let Some(v) = t.get("phase") {
             if let Some(s) = self.string(v, &key("phase")) {
@@ -1106,6 +1166,21 @@ impl<'s> Loader<'s> {
                 },
             }
 
+            let kind =
+                m.bus.as_ref().and_then(|(b, _)| bus_names.get(b.as_str())).and_then(|b| b.kind.clone());
+            if let (Some((BusKind::PowerLine, kind_span)), Some(model)) = (kind, m.model) {
+                if model != Model::PmtrSrv {
+                    let line = self.line(kind_span.start);
+                    self.error(
+                        m.span.clone(),
+                        format!("{}.model", m.path),
+                        format!(
+                            "a {model} cannot be reached on a power-line bus (line {line}): only PMTR_001_SRV \
+                             servers (`model = \"pmtr-srv\"`) answer behind the modem; give it an RS-485 bus"
+                        ),
+                    );
+                }
+            }
             if let (Some((bus, _)), Some((address, span))) = (&m.bus, &m.address) {
                 let line = self.line(span.start);
                 match addresses.get(&(bus.clone(), *address)) {
@@ -1151,7 +1226,12 @@ impl<'s> Loader<'s> {
                 model,
                 address,
                 bus,
-                poll: m.poll.unwrap_or(DEFAULT_POLL),
+                poll: m.poll.map(|(d, _)| d).unwrap_or(if model == Model::PmtrSrv {
+                    DEFAULT_SERVER_POLL
+                } else {
+                    DEFAULT_POLL
+                }),
+                server: m.server,
                 phase: m.phase.map_or(Phase::L1, |(p, _)| p),
             });
         }
@@ -1161,6 +1241,7 @@ impl<'s> Loader<'s> {
                 return None;
             };
             let models: Vec<Model> = config.meters_on(&name).map(|m| m.model).collect();
+            let kind = b.kind.map_or(BusKind::Rs485, |(k, _)| k);
             let baud = b.baud.or_else(|| agreed(&models, |m| m.default_line().0)).unwrap_or(FALLBACK_BAUD);
             let parity = b
                 .parity
@@ -1175,7 +1256,11 @@ impl<'s> Loader<'s> {
                     parity,
                     stop_bits: b.stop_bits.unwrap_or(DEFAULT_STOP_BITS),
                 },
-                timeout: b.timeout.unwrap_or(DEFAULT_TIMEOUT),
+                timeout: b.timeout.unwrap_or(match kind {
+                    BusKind::PowerLine => DEFAULT_POWER_LINE_TIMEOUT,
+                    BusKind::Rs485 => DEFAULT_TIMEOUT,
+                }),
+                kind,
                 retries: b.retries.unwrap_or(DEFAULT_RETRIES),
                 frame_gap: b.frame_gap,
                 max_backoff: b.max_backoff.unwrap_or(DEFAULT_MAX_BACKOFF),

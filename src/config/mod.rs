@@ -81,6 +81,30 @@ pub struct Bus {
     /// How often the port patterns are matched again to find new or re-plugged adapters.
     /// Default 5 s.
     pub rescan: Duration,
+    /// What the port is: an RS-485 adapter (default) or a power-line modem to PMTR_001_SRV
+    /// servers.
+    pub kind: BusKind,
+}
+
+/// `[[bus]] kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BusKind {
+    /// Meters on RS-485 (or TTL): answers within milliseconds.
+    Rs485,
+    /// PMTR_001_SRV servers behind a power-line modem (ES-1642NC): 9600 8N1, a server answers
+    /// once per main loop (about 1.2 s), long timeouts, and the bus is resynchronised after
+    /// every request that got no reply.
+    PowerLine,
+}
+
+impl BusKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            BusKind::Rs485 => "rs485",
+            BusKind::PowerLine => "power-line",
+        }
+    }
 }
 
 /// Serial line settings.
@@ -139,6 +163,68 @@ pub struct Meter {
     pub poll: Duration,
     /// Where a single-phase meter is connected (L1, L2 or L3). Default L1.
     pub phase: Phase,
+    /// A PMTR_001_SRV's settings (`model = "pmtr-srv"` only).
+    pub server: Option<ServerSettings>,
+}
+
+impl Meter {
+    /// What active power and energy are multiplied by (1 but for a server with `multiplier`).
+    pub fn multiplier(&self) -> f64 {
+        self.server.as_ref().map_or(1.0, |s| s.multiplier)
+    }
+}
+
+/// A PMTR_001_SRV's own settings, on its `[[meter]]`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ServerSettings {
+    /// Multiplies active power and energy (√3 ≈ 1.732 for a meter across a delta). Default 1.
+    pub multiplier: f64,
+    /// How often the server's clock is set again, besides at start and after a reboot.
+    /// Default 24 h; None with `time_sync = "off"`.
+    pub time_sync: Option<Duration>,
+    /// Whether pmtr owns the server's five relay-action slots: pushes the configured actions
+    /// and neutralises the other slots. Default true.
+    pub push_actions: bool,
+    /// `[[meter.action]]`, at most five.
+    pub actions: Vec<ServerAction>,
+}
+
+/// `[[meter.action]]`: a relay action evaluated by the server itself.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ServerAction {
+    /// As written, in SI units.
+    pub when: String,
+    /// Converted to the current firmware's units, checked against its grammar.
+    pub firmware_text: String,
+    /// For the legacy float firmware (SI units), or why it cannot run there.
+    pub legacy_text: Result<String, String>,
+    /// The server's moving-average window: 5 or 10 s.
+    pub average: u8,
+    /// The Arduino pins driven, 1 to 8.
+    pub pins: Vec<u8>,
+    /// The level driven while the condition is true.
+    pub level_high: bool,
+    /// How long the condition must stay false before the pins go back.
+    pub recovery: Duration,
+    /// Stay tripped until the server reboots.
+    pub latch: bool,
+    pub dry_run: bool,
+}
+
+impl ServerAction {
+    /// The slot as sent to a server with the current (`legacy` false) or the legacy firmware.
+    pub fn slot(&self, legacy: bool) -> Result<crate::pmtr::action::Slot, String> {
+        let text = if legacy { self.legacy_text.clone()? } else { self.firmware_text.clone() };
+        Ok(crate::pmtr::action::Slot {
+            text,
+            window: self.average,
+            pins: crate::pmtr::action::pin_entries(&self.pins),
+            recovery: crate::pmtr::action::recovery_passes(self.recovery.as_secs_f64()),
+            level_high: self.level_high,
+            dry_run: self.dry_run,
+            auto: !self.latch,
+        })
+    }
 }
 
 /// `[[sink]]`: one destination of the readings, with its own batch, spool and retries.

@@ -19,10 +19,16 @@ pub enum Model {
     Pzem016,
     #[serde(rename = "rx380")]
     Rx380,
+    /// A PMTR_001_SRV server (Arduino, three PZEM-004T, relays), usually behind a power-line
+    /// modem.
+    #[serde(rename = "pmtr-srv")]
+    PmtrSrv,
 }
 
 impl Model {
-    pub const ALL: [Model; 4] = [Model::Pzem004t, Model::Pzem014, Model::Pzem016, Model::Rx380];
+    /// The spool stores positions in this array: add at the end only.
+    pub const ALL: [Model; 5] =
+        [Model::Pzem004t, Model::Pzem014, Model::Pzem016, Model::Rx380, Model::PmtrSrv];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -30,6 +36,7 @@ impl Model {
             Model::Pzem014 => "pzem-014",
             Model::Pzem016 => "pzem-016",
             Model::Rx380 => "rx380",
+            Model::PmtrSrv => "pmtr-srv",
         }
     }
 
@@ -53,7 +60,17 @@ impl Model {
     pub fn plans(self) -> usize {
         match self {
             Model::Rx380 => 2,
+            Model::PmtrSrv => crate::pmtr::registers::Plan::ALL.len(),
             _ => 1,
+        }
+    }
+
+    /// The plan to start with, given how many meters share the bus (a PMTR_001_SRV alone on
+    /// its bus is read in one block, else in chunks that spare the others' receive buffers).
+    pub fn first_plan(self, meters_on_bus: usize) -> usize {
+        match self {
+            Model::PmtrSrv => crate::pmtr::registers::Plan::first(meters_on_bus).index(),
+            _ => 0,
         }
     }
 
@@ -62,6 +79,9 @@ impl Model {
     pub fn poll_requests(self, address: u8, plan: usize) -> Vec<Request> {
         match self {
             Model::Rx380 => rx380::requests(address, plan),
+            Model::PmtrSrv => {
+                crate::pmtr::registers::requests(address, crate::pmtr::registers::Plan::of(plan))
+            }
             _ => vec![pzem::read_request(address)],
         }
     }
@@ -84,6 +104,11 @@ impl Model {
                 let image = RegisterImage::from_replies(&requests, replies);
                 rx380::decode(&image)
             }
+            Model::PmtrSrv => {
+                let image = RegisterImage::from_replies(&requests, replies);
+                let plan = crate::pmtr::registers::Plan::of(plan);
+                crate::pmtr::registers::decode(&image, plan, 1.0).map(|t| t.samples)
+            }
             _ => pzem::decode(&replies[0], phase),
         }
     }
@@ -91,15 +116,18 @@ impl Model {
 
 impl Model {
     /// What a reading of this model holds, as (phase, quantity) pairs in reading order:
-    /// decoded from an all-zero reply, so it always agrees with [`Model::decode`].
+    /// decoded from a reply of equal registers (zeros; for a PMTR_001_SRV 12000, which reads as
+    /// a server on its 12 V supply whose three PZEMs answer), so it always agrees with
+    /// [`Model::decode`].
     pub fn sample_set(self, phase: Phase) -> Vec<(Phase, crate::reading::Quantity)> {
+        let fill = if self == Model::PmtrSrv { 12_000 } else { 0 };
         let replies: Vec<Vec<u16>> = self
             .poll_requests(1, 0)
             .iter()
             .map(|r| match r.pdu {
                 crate::modbus::Pdu::ReadInput { count, .. }
                 | crate::modbus::Pdu::ReadHolding { count, .. } => {
-                    vec![0; usize::from(count)]
+                    vec![fill; usize::from(count)]
                 }
                 _ => Vec::new(),
             })

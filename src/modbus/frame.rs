@@ -6,9 +6,15 @@ use std::fmt;
 
 /// Function codes the gateway speaks.
 pub mod fc {
+    pub const READ_COILS: u8 = 0x01;
     pub const READ_HOLDING: u8 = 0x03;
     pub const READ_INPUT: u8 = 0x04;
+    pub const WRITE_COIL: u8 = 0x05;
     pub const WRITE_SINGLE: u8 = 0x06;
+    pub const WRITE_COILS: u8 = 0x0F;
+    pub const WRITE_MULTIPLE: u8 = 0x10;
+    /// Report slave id.
+    pub const REPORT_ID: u8 = 0x11;
     /// PZEM "reset energy" (user-defined range).
     pub const PZEM_RESET_ENERGY: u8 = 0x42;
 }
@@ -32,6 +38,26 @@ pub enum Pdu {
     EchoCommand {
         function: u8,
     },
+    /// FC 01: coils as bits.
+    ReadCoils {
+        start: u16,
+        count: u16,
+    },
+    /// FC 05: one coil on or off; the reply echoes the request.
+    WriteCoil {
+        coil: u16,
+        on: bool,
+    },
+    /// FC 0F: consecutive coils; the reply repeats start and quantity.
+    WriteCoils {
+        start: u16,
+        values: Vec<bool>,
+    },
+    /// FC 10: consecutive holding registers; the reply repeats start and quantity.
+    WriteRegisters {
+        start: u16,
+        values: Vec<u16>,
+    },
 }
 
 impl Pdu {
@@ -41,6 +67,10 @@ impl Pdu {
             Pdu::ReadInput { .. } => fc::READ_INPUT,
             Pdu::WriteSingle { .. } => fc::WRITE_SINGLE,
             Pdu::EchoCommand { function } => *function,
+            Pdu::ReadCoils { .. } => fc::READ_COILS,
+            Pdu::WriteCoil { .. } => fc::WRITE_COIL,
+            Pdu::WriteCoils { .. } => fc::WRITE_COILS,
+            Pdu::WriteRegisters { .. } => fc::WRITE_MULTIPLE,
         }
     }
 
@@ -48,9 +78,16 @@ impl Pdu {
     pub fn reply_len(&self) -> usize {
         match self {
             Pdu::ReadHolding { count, .. } | Pdu::ReadInput { count, .. } => 5 + 2 * *count as usize,
-            Pdu::WriteSingle { .. } => 8,
+            Pdu::ReadCoils { count, .. } => 5 + (*count as usize).div_ceil(8),
+            Pdu::WriteSingle { .. } | Pdu::WriteCoil { .. } | Pdu::WriteCoils { .. } => 8,
+            Pdu::WriteRegisters { .. } => 8,
             Pdu::EchoCommand { .. } => 4,
         }
+    }
+
+    /// Whether the reply carries a byte count (reads).
+    fn counted_reply(&self) -> bool {
+        matches!(self, Pdu::ReadHolding { .. } | Pdu::ReadInput { .. } | Pdu::ReadCoils { .. })
     }
 }
 
@@ -71,20 +108,53 @@ impl Request {
     pub fn write_single(address: u8, register: u16, value: u16) -> Self {
         Request { address, pdu: Pdu::WriteSingle { register, value } }
     }
+    pub fn read_coils(address: u8, start: u16, count: u16) -> Self {
+        Request { address, pdu: Pdu::ReadCoils { start, count } }
+    }
+    pub fn write_coil(address: u8, coil: u16, on: bool) -> Self {
+        Request { address, pdu: Pdu::WriteCoil { coil, on } }
+    }
+    pub fn write_coils(address: u8, start: u16, values: Vec<bool>) -> Self {
+        Request { address, pdu: Pdu::WriteCoils { start, values } }
+    }
+    pub fn write_registers(address: u8, start: u16, values: Vec<u16>) -> Self {
+        Request { address, pdu: Pdu::WriteRegisters { start, values } }
+    }
 
     /// The request as it goes on the wire, CRC included.
     pub fn encode(&self) -> Vec<u8> {
         let mut f = Vec::with_capacity(8);
         f.push(self.address);
         f.push(self.pdu.function());
-        match self.pdu {
-            Pdu::ReadHolding { start, count } | Pdu::ReadInput { start, count } => {
+        match &self.pdu {
+            Pdu::ReadHolding { start, count }
+            | Pdu::ReadInput { start, count }
+            | Pdu::ReadCoils { start, count } => {
                 f.extend_from_slice(&start.to_be_bytes());
                 f.extend_from_slice(&count.to_be_bytes());
             }
             Pdu::WriteSingle { register, value } => {
                 f.extend_from_slice(&register.to_be_bytes());
                 f.extend_from_slice(&value.to_be_bytes());
+            }
+            Pdu::WriteCoil { coil, on } => {
+                f.extend_from_slice(&coil.to_be_bytes());
+                f.extend_from_slice(&(if *on { 0xFF00u16 } else { 0 }).to_be_bytes());
+            }
+            Pdu::WriteCoils { start, values } => {
+                f.extend_from_slice(&start.to_be_bytes());
+                f.extend_from_slice(&(values.len() as u16).to_be_bytes());
+                let bytes = pack_bits(values);
+                f.push(bytes.len() as u8);
+                f.extend_from_slice(&bytes);
+            }
+            Pdu::WriteRegisters { start, values } => {
+                f.extend_from_slice(&start.to_be_bytes());
+                f.extend_from_slice(&(values.len() as u16).to_be_bytes());
+                f.push((2 * values.len()) as u8);
+                for v in values {
+                    f.extend_from_slice(&v.to_be_bytes());
+                }
             }
             Pdu::EchoCommand { .. } => {}
         }
@@ -98,10 +168,23 @@ impl Request {
     }
 }
 
+/// Coils packed eight to a byte, the first in the lowest bit.
+pub fn pack_bits(values: &[bool]) -> Vec<u8> {
+    let mut bytes = vec![0u8; values.len().div_ceil(8)];
+    for (i, &v) in values.iter().enumerate() {
+        if v {
+            bytes[i / 8] |= 1 << (i % 8);
+        }
+    }
+    bytes
+}
+
 /// A good reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
     Registers(Vec<u16>),
+    /// Coils read, in order.
+    Bits(Vec<bool>),
     /// The slave echoed a write or a command.
     Echo,
 }
@@ -174,14 +257,13 @@ pub fn scan_reply(req: &Request, buf: &[u8]) -> Scan {
         let want = if f == function | 0x80 {
             5
         } else if f == function {
-            match req.pdu {
-                Pdu::ReadHolding { .. } | Pdu::ReadInput { .. } => {
-                    let Some(&bc) = buf.get(start + 2) else {
-                        return Scan::NeedMore;
-                    };
-                    5 + bc as usize
-                }
-                _ => req.pdu.reply_len(),
+            if req.pdu.counted_reply() {
+                let Some(&bc) = buf.get(start + 2) else {
+                    return Scan::NeedMore;
+                };
+                5 + bc as usize
+            } else {
+                req.pdu.reply_len()
             }
         } else {
             continue;
@@ -217,16 +299,32 @@ fn parse_frame(req: &Request, frame: &[u8]) -> Result<Reply, FrameError> {
     if f & 0x80 != 0 {
         return Err(FrameError::Exception(frame[2]));
     }
-    match req.pdu {
+    match &req.pdu {
         Pdu::ReadHolding { count, .. } | Pdu::ReadInput { count, .. } => {
             let bc = frame[2] as usize;
-            if bc != 2 * count as usize {
+            if bc != 2 * *count as usize {
                 return Err(FrameError::Malformed("byte count differs from the registers asked for"));
             }
             let regs = frame[3..3 + bc].chunks_exact(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect();
             Ok(Reply::Registers(regs))
         }
-        Pdu::WriteSingle { .. } | Pdu::EchoCommand { .. } => {
+        Pdu::ReadCoils { count, .. } => {
+            let bc = frame[2] as usize;
+            if bc != (*count as usize).div_ceil(8) {
+                return Err(FrameError::Malformed("byte count differs from the coils asked for"));
+            }
+            let bits = (0..*count as usize).map(|i| frame[3 + i / 8] & (1 << (i % 8)) != 0).collect();
+            Ok(Reply::Bits(bits))
+        }
+        Pdu::WriteCoils { .. } | Pdu::WriteRegisters { .. } => {
+            // Address, function, start and quantity, as in the request.
+            if frame[..6] == req.encode()[..6] {
+                Ok(Reply::Echo)
+            } else {
+                Err(FrameError::Malformed("the reply names other registers than the request"))
+            }
+        }
+        Pdu::WriteSingle { .. } | Pdu::WriteCoil { .. } | Pdu::EchoCommand { .. } => {
             if frame == req.encode().as_slice() {
                 Ok(Reply::Echo)
             } else {

@@ -166,6 +166,17 @@ pub struct Transport<L> {
     quiet_since: Instant,
     precise_gap: bool,
     buf: Vec<u8>,
+    resync: Option<Resync>,
+}
+
+/// What a shared power-line bus needs after a request that got no proper reply: the servers'
+/// Modbus library then takes the next frame it hears for the missing reply and drops it, which
+/// may be a request for one of them. So: wait for late bytes, drop them, and broadcast a
+/// harmless frame of a reply's length for them to drop instead (pmtr-server.md §11).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resync {
+    pub pause: Duration,
+    pub frame: Request,
 }
 
 impl<L: Line> Transport<L> {
@@ -177,7 +188,27 @@ impl<L: Line> Transport<L> {
             quiet_since: Instant::now(),
             precise_gap: true,
             buf: Vec::with_capacity(256),
+            resync: None,
         }
+    }
+
+    /// Resynchronises the bus after every failed transaction (see [`Resync`]).
+    pub fn with_resync(mut self, resync: Option<Resync>) -> Self {
+        self.resync = resync;
+        self
+    }
+
+    async fn resync_now(&mut self) -> io::Result<()> {
+        let Some(r) = self.resync.clone() else { return Ok(()) };
+        tokio::time::sleep(r.pause).await;
+        let late = self.drain_input().await?;
+        self.keep_gap().await;
+        let frame = r.frame.encode();
+        self.line.write_all(&frame).await?;
+        self.line.flush().await?;
+        self.quiet_since = Instant::now() + self.char_time * frame.len() as u32;
+        tracing::debug!(late_bytes = late, "bus resynchronised after a failed request");
+        Ok(())
     }
 
     /// Runs one transaction. `Err` means the port itself failed (unplugged, closed); every
@@ -228,11 +259,9 @@ impl<L: Line> Transport<L> {
                 Ok(Err(e)) => return Err(e),
                 Err(_) => {
                     self.quiet_since = Instant::now();
-                    return Ok(Outcome {
-                        result: Err(classify_timeout(req, &self.buf)),
-                        stale_bytes,
-                        noise_bytes: 0,
-                    });
+                    let result = Err(classify_timeout(req, &self.buf));
+                    self.resync_now().await?;
+                    return Ok(Outcome { result, stale_bytes, noise_bytes: 0 });
                 }
             }
         }
@@ -312,10 +341,14 @@ fn remaining_time(req: &Request, buf: &[u8], char_time: Duration) -> Option<Dura
     let total = match buf.get(1) {
         None => shortest,
         Some(f) if f & 0x80 != 0 => 5,
-        Some(_) if matches!(req.pdu, Pdu::ReadInput { .. } | Pdu::ReadHolding { .. }) => match buf.get(2) {
-            Some(&bc) => 5 + bc as usize,
-            None => shortest,
-        },
+        Some(_)
+            if matches!(req.pdu, Pdu::ReadInput { .. } | Pdu::ReadHolding { .. } | Pdu::ReadCoils { .. }) =>
+        {
+            match buf.get(2) {
+                Some(&bc) => 5 + bc as usize,
+                None => shortest,
+            }
+        }
         Some(_) => req.pdu.reply_len(),
     };
     let rest = char_time * total.checked_sub(buf.len())? as u32;

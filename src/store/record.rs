@@ -9,7 +9,9 @@
 //!   bit 7 clear: a reading (flags bit 0: energy counter went backwards)
 //!         | time: i64 LE, nanoseconds since 1970 UTC
 //!         | model: u8 | name length: u8 | name (UTF-8)
-//!         | sample count: u8 | per sample: phase << 4 | quantity: u8, value: f64 LE
+//!         | sample count: u8 | per sample: code: u8, value: f64 LE
+//!           code = phase << 4 | quantity for quantities 0..15,
+//!                  0x80 | phase << 4 | (quantity - 16) for quantities 16..31
 //!   bit 7 set: a state change (flags bit 0: active, bit 1: held, bit 2: dry run)
 //!         | time: i64 LE, nanoseconds since 1970 UTC
 //!         | subject: u8 | event: u8 | name length: u8 | name (UTF-8)
@@ -41,7 +43,22 @@ pub const CHANGE_FLAG: u8 = 0x80;
 pub const MAX_CAUSE: usize = 1024;
 
 const PHASES: [Phase; 8] = Phase::ALL;
-const QUANTITIES: [Quantity; 11] = Quantity::ALL;
+const QUANTITIES: [Quantity; 19] = Quantity::ALL;
+
+/// The code byte of a sample: phase in bits 4..6, the quantity's position in the low nibble,
+/// and bit 7 for the quantities past the sixteenth (so records of the first sixteen are the
+/// same as before there were more).
+fn sample_code(phase: Phase, quantity: Quantity) -> u8 {
+    let q = index_of(&QUANTITIES, &quantity);
+    let high = if q >= 16 { 0x80 } else { 0 };
+    high | index_of(&PHASES, &phase) << 4 | (q & 15)
+}
+
+fn sample_of(code: u8) -> Result<(Phase, Quantity), PayloadError> {
+    let phase = lookup(&PHASES, (code >> 4) & 7, "unknown phase")?;
+    let q = (code & 15) + if code & 0x80 != 0 { 16 } else { 0 };
+    Ok((phase, lookup(&QUANTITIES, q, "unknown quantity")?))
+}
 
 fn index_of<T: PartialEq>(all: &[T], x: &T) -> u8 {
     all.iter().position(|a| a == x).expect("every variant is listed") as u8
@@ -93,7 +110,7 @@ fn encode_reading(reading: &Reading, out: &mut Vec<u8>) {
     let samples = &reading.samples[..reading.samples.len().min(255)];
     out.push(samples.len() as u8);
     for s in samples {
-        out.push(index_of(&PHASES, &s.phase) << 4 | index_of(&QUANTITIES, &s.quantity));
+        out.push(sample_code(s.phase, s.quantity));
         out.extend_from_slice(&s.value.to_le_bytes());
     }
 }
@@ -194,8 +211,7 @@ fn decode_reading(flags: u8, mut p: Payload<'_>, names: &mut Names) -> Result<Re
     let mut samples = Vec::with_capacity(count);
     for _ in 0..count {
         let code = p.u8()?;
-        let phase = lookup(&PHASES, code >> 4, "unknown phase")?;
-        let quantity = lookup(&QUANTITIES, code & 15, "unknown quantity")?;
+        let (phase, quantity) = sample_of(code)?;
         let value = f64::from_le_bytes(p.array()?);
         samples.push(Sample { phase, quantity, value });
     }

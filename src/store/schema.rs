@@ -9,7 +9,7 @@
 //!
 //! - measurement: `pmtr` (per sink: `measurement = "..."`);
 //! - tags: `gateway`, `meter`, `model`, `phase` (`l1 l2 l3 n l12 l23 l31 total`);
-//! - fields: every [`Quantity`] by its [`Quantity::field`] name, always a float, except `alarm`
+//! - fields: every [`Quantity`] by its [`Quantity::field`] name, always a float, except `alarm` and `low_power`
 //!   (integer 0/1) and `energy_backwards` (integer 1, only on the points that carry an energy
 //!   counter, only when the counter went backwards since the previous reading);
 //! - time: the moment the meter's reply arrived, in milliseconds.
@@ -166,9 +166,10 @@ pub fn point_count(record: &Record) -> usize {
     }
 }
 
-/// Field types are fixed: `alarm` is an integer, everything else a float.
+/// Field types are fixed: the flags `alarm` and `low_power` are integers, everything else a
+/// float.
 pub fn is_integer_field(q: Quantity) -> bool {
-    q == Quantity::Alarm
+    matches!(q, Quantity::Alarm | Quantity::LowPower)
 }
 
 /// The value as stored: rounded to 1e-6 (far below any meter's resolution) so that scaled

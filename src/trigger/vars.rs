@@ -146,7 +146,15 @@ mod tests {
     use std::time::Duration;
 
     fn meter(name: &str, model: Model, phase: Phase) -> Meter {
-        Meter { name: name.into(), model, address: 1, bus: "b".into(), poll: Duration::from_secs(1), phase }
+        Meter {
+            name: name.into(),
+            model,
+            address: 1,
+            bus: "b".into(),
+            poll: Duration::from_secs(1),
+            phase,
+            server: None,
+        }
     }
 
     fn meters() -> Vec<Meter> {

@@ -449,7 +449,7 @@ impl Loader<'_> {
 
     /// The span of what an expression error is about, inside the TOML string that holds the
     /// expression; the whole string when it cannot be found.
-    fn span_in_string(&self, span: Range<usize>, text: &str, e: &ExprError) -> Range<usize> {
+    pub(super) fn span_in_string(&self, span: Range<usize>, text: &str, e: &ExprError) -> Range<usize> {
         let Some(offset) = e.offset() else { return span };
         let raw = &self.src[span.clone()];
         let rest = &text[offset..];
