@@ -144,7 +144,7 @@ pub async fn run_read(target: ReadTarget) -> anyhow::Result<Reading> {
             let mut t = Transport::new(stream, &line, None);
             let mut plan = 0;
             match poll(&mut t, &meter, &mut plan, 1 + retries, timeout, &mut |_| {}).await {
-                Ok(Ok(samples)) => Ok((port, samples)),
+                Ok(Ok(polled)) => Ok((port, polled.samples)),
                 Ok(Err(e)) => Err(format!("{port}: {e}")),
                 Err(e) => Err(format!("{port}: {e}")),
             }

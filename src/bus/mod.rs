@@ -176,6 +176,7 @@ impl Engine {
                         last_success: None,
                         last_error: None,
                         last_reading: None,
+                        server: (m.model == crate::meter::Model::PmtrSrv).then(Default::default),
                     },
                 );
             }

@@ -18,6 +18,14 @@ pub enum PollError {
     Unexpected,
 }
 
+/// What a good poll gave.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Polled {
+    pub samples: Vec<Sample>,
+    /// A PMTR_001_SRV's reboot sentinel and low-power flag.
+    pub server: Option<(u16, bool)>,
+}
+
 /// Polls `meter`: every request of its current `plan`, each with up to `attempts` tries.
 /// `observe` sees every transaction (for counters). A meter that refuses the block read of
 /// plan 0 with "illegal address/value" moves to the next plan for good.
@@ -29,7 +37,7 @@ pub async fn poll<L: Line>(
     attempts: u32,
     timeout: Duration,
     observe: &mut (dyn FnMut(&Outcome) + Send),
-) -> io::Result<Result<Vec<Sample>, PollError>> {
+) -> io::Result<Result<Polled, PollError>> {
     'plans: loop {
         let requests = meter.model.poll_requests(meter.address, *plan);
         let mut replies = Vec::with_capacity(requests.len());
@@ -63,6 +71,17 @@ pub async fn poll<L: Line>(
                 None => return Ok(Err(PollError::Frame(last))),
             }
         }
-        return Ok(meter.model.decode(meter.address, *plan, &replies, meter.phase).map_err(PollError::from));
+        if meter.model == crate::meter::Model::PmtrSrv {
+            let image = crate::meter::RegisterImage::from_replies(&requests, &replies);
+            let plan = crate::pmtr::registers::Plan::of(*plan);
+            return Ok(crate::pmtr::registers::decode(&image, plan, meter.multiplier())
+                .map(|t| Polled { samples: t.samples, server: Some((t.sentinel, t.low_power)) })
+                .map_err(PollError::from));
+        }
+        return Ok(meter
+            .model
+            .decode(meter.address, *plan, &replies, meter.phase)
+            .map(|samples| Polled { samples, server: None })
+            .map_err(PollError::from));
     }
 }

@@ -5,7 +5,9 @@ use super::poll::{poll, PollError};
 use super::schedule::Schedule;
 use super::status::MeterState;
 use super::BusShared;
-use crate::modbus::transport::{Line, Transport};
+use crate::config::BusKind;
+use crate::modbus::transport::{Line, Resync, Transport};
+use crate::pmtr::duty::{Duties, Duty, Restart};
 use crate::reading::{EnergyGuard, Quality, Reading};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +19,8 @@ struct Slot {
     schedule: Schedule,
     plan: usize,
     guard: EnergyGuard,
+    /// A PMTR_001_SRV's duties (time, relay actions, reboot sentinel).
+    duties: Option<Duties>,
 }
 
 /// Why a port task ended.
@@ -35,7 +39,13 @@ pub async fn run<L: Line>(
     mut shutdown: watch::Receiver<bool>,
 ) -> PortExit {
     let bus = &shared.bus;
-    let mut t = Transport::new(line, &bus.line, bus.frame_gap);
+    // Several servers behind one modem: resynchronise their receivers after every miss.
+    let resync = (bus.kind == BusKind::PowerLine && shared.meters.len() > 1).then(|| Resync {
+        pause: RESYNC_PAUSE,
+        frame: crate::modbus::Request::write_coil(0, crate::pmtr::registers::COIL_RESYNC, false),
+    });
+    let mut t = Transport::new(line, &bus.line, bus.frame_gap).with_resync(resync);
+    let sentinel = sentinel_value();
     let start = Instant::now();
     let remembered = shared.remembered_port_of();
     let mut slots: Vec<Slot> = shared
@@ -51,8 +61,9 @@ pub async fn run<L: Line>(
             let phase = m.poll * i as u32 / shared.meters.len().max(1) as u32;
             Slot {
                 schedule: Schedule::new(m.poll, bus.max_backoff, due).with_phase(phase),
-                plan: 0,
+                plan: m.model.first_plan(shared.meters.len()),
                 guard: EnergyGuard::default(),
+                duties: m.server.as_ref().map(|s| Duties::new(s.time_sync, s.push_actions, sentinel)),
             }
         })
         .collect();
@@ -61,6 +72,10 @@ pub async fn run<L: Line>(
             break PortExit::Shutdown;
         }
         let owners = shared.owners();
+        // A server's duties (time, relay actions), one per turn, between polls.
+        if let Err(e) = run_duties(&mut t, &shared, &port, &owners, &mut slots).await {
+            break PortExit::Failed(e);
+        }
         // Meters of ours, and meters nobody has: the earliest due goes next.
         let next = slots
             .iter()
@@ -110,10 +125,35 @@ pub async fn run<L: Line>(
         };
         let now = Instant::now();
         match result {
-            Ok(samples) => {
+            Ok(polled) => {
                 slot.schedule.succeeded(now);
                 if !mine && !shared.claim(i, &port) {
                     continue;
+                }
+                let samples = polled.samples;
+                if let (Some(d), Some((sentinel, low_power))) = (slot.duties.as_mut(), polled.server) {
+                    if let Some(Restart::Rebooted { read }) = d.on_telemetry(sentinel, low_power) {
+                        tracing::warn!(
+                            meter = %meter.name, sentinel = read,
+                            "server rebooted (its registers were wiped): setting its clock and pushing its relay actions again"
+                        );
+                        status.update(&meter.name, |s| {
+                            if let Some(srv) = s.server.as_mut() {
+                                srv.reboots += 1;
+                                srv.slots_pushed = 0;
+                            }
+                        });
+                    }
+                    let legacy = crate::pmtr::registers::Plan::of(slot.plan).is_legacy();
+                    status.update(&meter.name, |s| {
+                        if let Some(srv) = s.server.as_mut() {
+                            if low_power && !srv.low_power {
+                                tracing::warn!(meter = %meter.name, "server in low-power mode (12 V supply under 10.8 V): only its voltages are fresh");
+                            }
+                            srv.low_power = low_power;
+                            srv.firmware = Some(if legacy { "legacy" } else { "current" });
+                        }
+                    });
                 }
                 let backwards = slot.guard.check(&samples);
                 let reading = Reading {
@@ -169,4 +209,115 @@ pub async fn run<L: Line>(
     // gives its meters up so that the other ports look for them.
     shared.port_ended(&port, matches!(exit, PortExit::Failed(_)));
     exit
+}
+
+/// The wait after a miss on a power-line bus before the resync frame goes out: late bytes
+/// arrive, and each server finishes its loop.
+const RESYNC_PAUSE: Duration = Duration::from_secs(1);
+
+/// A non-zero value for this run's reboot sentinels (a server with another value was set up by
+/// an earlier run, or by someone else).
+fn sentinel_value() -> u16 {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    ((t.subsec_nanos() ^ std::process::id()) as u16).max(1)
+}
+
+/// Runs the first duty due of a server on this port. True when one ran.
+async fn run_duties<L: Line>(
+    t: &mut Transport<L>,
+    shared: &BusShared,
+    port: &str,
+    owners: &[Option<String>],
+    slots: &mut [Slot],
+) -> std::io::Result<bool> {
+    let now = Instant::now();
+    let due = slots.iter().enumerate().find_map(|(i, s)| {
+        let mine = owners[i].as_deref() == Some(port);
+        mine.then(|| s.duties.as_ref().and_then(|d| d.next(now)).map(|d| (i, d))).flatten()
+    });
+    let Some((i, duty)) = due else { return Ok(false) };
+    let meter = &shared.meters[i];
+    let Some(server) = meter.server.as_ref() else { return Ok(false) };
+    let slot = &mut slots[i];
+    let Some(duties) = slot.duties.as_mut() else { return Ok(false) };
+    let legacy = crate::pmtr::registers::Plan::of(slot.plan).is_legacy();
+    let bus = &shared.bus;
+    let link =
+        crate::pmtr::master::Link { address: meter.address, timeout: bus.timeout, attempts: 1 + bus.retries };
+    let status = &shared.status;
+    let mut observe = |out: &crate::modbus::transport::Outcome| {
+        status.update(&meter.name, |s| s.counters.count(out));
+    };
+    let result = match duty {
+        Duty::SyncTime => {
+            crate::pmtr::master::sync_time(t, &link, duties.ms_field(), &mut observe).await.map(|synced| {
+                tracing::info!(
+                    meter = %meter.name, round_trip = ?synced.round_trip,
+                    "server clock set (it takes the time about 1.5 round trips after it is sent)"
+                );
+                status.update(&meter.name, |s| {
+                    if let Some(srv) = s.server.as_mut() {
+                        srv.time_synced = Some(chrono::Utc::now());
+                        srv.time_syncs += 1;
+                    }
+                });
+            })
+        }
+        Duty::PushSlot(n) => {
+            let all: Result<Vec<_>, String> = server.actions.iter().map(|a| a.slot(legacy)).collect();
+            match all {
+                Err(why) => {
+                    // Only for the legacy firmware, which compares SI values: the current
+                    // firmware's text was checked at load.
+                    tracing::error!(meter = %meter.name, "the server runs the legacy firmware, which cannot take this relay action: {why}");
+                    Err(crate::pmtr::master::DutyError::Unexpected {
+                        step: "relay action for the legacy firmware",
+                    })
+                }
+                Ok(configured) => {
+                    let slots_to_send = crate::pmtr::duty::all_slots(&configured);
+                    let poll_every = Duration::from_millis(crate::pmtr::action::LOOP_PASS_MS);
+                    let max_wait = (bus.timeout * 4).max(Duration::from_secs(10));
+                    let s = &slots_to_send[usize::from(n)];
+                    crate::pmtr::master::push_slot(t, &link, n, s, poll_every, max_wait, &mut observe).await.map(|()| {
+                        match server.actions.get(usize::from(n)) {
+                            Some(a) => tracing::info!(meter = %meter.name, slot = n, when = %a.when, sent = %s.text, "relay action taken by the server"),
+                            None => tracing::debug!(meter = %meter.name, slot = n, "unused relay-action slot neutralised"),
+                        }
+                        status.update(&meter.name, |st| {
+                            if let Some(srv) = st.server.as_mut() {
+                                srv.slots_pushed = n + 1;
+                                srv.slots_total += 1;
+                            }
+                        });
+                    })
+                }
+            }
+        }
+        Duty::WriteSentinel => {
+            let register = crate::pmtr::registers::Plan::of(slot.plan).sentinel_register();
+            crate::pmtr::master::write_sentinel(t, &link, register, duties.sentinel(), &mut observe).await
+        }
+    };
+    let now = Instant::now();
+    match result {
+        Ok(()) => duties.done(duty, now),
+        Err(crate::pmtr::master::DutyError::Port(e)) => return Err(e),
+        Err(e) => {
+            let wait = duties.failed(now);
+            let failures = duties.failures();
+            if failures == 1 || failures % 10 == 0 {
+                tracing::warn!(meter = %meter.name, duty = %duty, error = %e, retry_in = ?wait, failures, "server duty failed");
+            } else {
+                tracing::debug!(meter = %meter.name, duty = %duty, error = %e, retry_in = ?wait, "server duty failed again");
+            }
+            status.update(&meter.name, |s| {
+                if let Some(srv) = s.server.as_mut() {
+                    srv.duty_failures += 1;
+                    srv.last_duty_error = Some(format!("{duty}: {e}"));
+                }
+            });
+        }
+    }
+    Ok(true)
 }
