@@ -2,10 +2,59 @@
 // TypeScript expression checked with `satisfies Json<Dashboard>` (Grafana's own type from
 // @grafana/schema, string enums spelled as JSON spells them: see json.ts). The JSON is inlined rather than imported: an imported JSON file has its
 // strings widened to `string`, which no enum-typed field (variable `type`, `graphTooltip`)
-// would accept. `npm run check` (tests/run.sh) then runs tsc over them.
+// would accept. Each panel's options and field config are checked against its panel type's
+// own types as well. `npm run check` (tests/run.sh) then runs tsc over them.
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+
+// Panel options and field config are loosely typed in Dashboard (Record<string, unknown>):
+// each panel type's own types are checked too. A panel type missing here stops the check, so a
+// new kind of panel is added here, not left unchecked.
+// `custom`: the type has its own field config (`fieldConfig.defaults.custom`, checked when set).
+const panelTypes = {
+  timeseries: { module: 'timeseries/panelcfg/x/TimeSeriesPanelCfg_types.gen', custom: true },
+  'state-timeline': { module: 'statetimeline/panelcfg/x/StateTimelinePanelCfg_types.gen', custom: true },
+  bargauge: { module: 'bargauge/panelcfg/x/BarGaugePanelCfg_types.gen', custom: false },
+  table: { module: 'table/panelcfg/x/TablePanelCfg_types.gen', custom: true },
+};
+
+function panelsOf(dashboard) {
+  const out = [];
+  for (const p of dashboard.panels ?? []) {
+    if (p.type === 'row') out.push(...(p.panels ?? []));
+    else out.push(p);
+  }
+  return out;
+}
+
+function panelChecks(file, dashboard) {
+  const imports = new Set();
+  const checks = [];
+  for (const p of panelsOf(dashboard)) {
+    const kind = panelTypes[p.type];
+    if (!kind) {
+      console.error(`${file}: panel "${p.title}" has type ${p.type}: add its options type to generate.mjs`);
+      process.exit(1);
+    }
+    const name = p.type.replace(/[^a-z]/g, '');
+    const names = kind.custom ? `Options as ${name}Options, FieldConfig as ${name}FieldConfig` : `Options as ${name}Options`;
+    imports.add(`import type { ${names} } from '@grafana/schema/dist/esm/raw/composable/${kind.module}';\n`);
+    let check =
+      `// panel ${p.id} "${p.title}"\n` +
+      `export const options${p.id} = (${JSON.stringify(p.options ?? {}, null, 2)}) satisfies Json<${name}Options>;\n`;
+    const custom = p.fieldConfig?.defaults?.custom;
+    if (custom !== undefined) {
+      if (!kind.custom) {
+        console.error(`${file}: panel "${p.title}" (${p.type}) has fieldConfig.defaults.custom, which its type does not have`);
+        process.exit(1);
+      }
+      check += `export const custom${p.id} = (${JSON.stringify(custom, null, 2)}) satisfies Json<${name}FieldConfig>;\n`;
+    }
+    checks.push(check);
+  }
+  return [...imports].join('') + checks.join('');
+}
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const dashboards = path.join(here, '..', 'dashboards');
@@ -19,8 +68,9 @@ if (files.length === 0) {
 }
 for (const f of files) {
   const text = fs.readFileSync(path.join(dashboards, f), 'utf8');
+  let parsed;
   try {
-    JSON.parse(text);
+    parsed = JSON.parse(text);
   } catch (e) {
     console.error(`${f}: not JSON: ${e.message}`);
     process.exit(1);
@@ -30,7 +80,8 @@ for (const f of files) {
     `import type { Dashboard } from '@grafana/schema';\n` +
     `import type { Json } from '../json';\n` +
     `const dashboard = (${text.trim()}) satisfies Json<Dashboard>;\n` +
-    `export default dashboard;\n`;
+    `export default dashboard;\n` +
+    panelChecks(f, parsed);
   fs.writeFileSync(path.join(out, f.replace(/\.json$/, '.ts')), ts);
   console.log(`generated/${f.replace(/\.json$/, '.ts')}`);
 }
