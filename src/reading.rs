@@ -259,11 +259,13 @@ pub(crate) fn trim(v: f64) -> String {
     }
 }
 
-/// What storage writes: a meter's reading, or a change of state of a trigger or a relay.
+/// What storage writes: a meter's reading, a change of state of a trigger or a relay, or a
+/// periodic health point of the gateway itself.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Record {
     Reading(Reading),
     Change(StateChange),
+    Health(Health),
 }
 
 impl Record {
@@ -271,6 +273,168 @@ impl Record {
         match self {
             Record::Reading(r) => r.time,
             Record::Change(c) => c.time,
+            Record::Health(h) => h.time(),
+        }
+    }
+}
+
+impl From<Health> for Record {
+    fn from(h: Health) -> Self {
+        Record::Health(h)
+    }
+}
+
+/// A health point, written every `gateway.health_interval`: the cumulative counters of one
+/// meter's polls (measurement `pmtr_bus`) or the state of one sink (`pmtr_sink`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Health {
+    Meter(MeterHealth),
+    Sink(SinkHealth),
+}
+
+impl Health {
+    pub fn time(&self) -> DateTime<Utc> {
+        match self {
+            Health::Meter(m) => m.time,
+            Health::Sink(s) => s.time,
+        }
+    }
+
+    /// The integer fields in their fixed order (storage column order, spool order).
+    pub fn fields(&self) -> Vec<(&'static str, u64)> {
+        match self {
+            Health::Meter(m) => MeterHealth::FIELDS.iter().copied().zip(m.values()).collect(),
+            Health::Sink(s) => SinkHealth::FIELDS.iter().copied().zip(s.values()).collect(),
+        }
+    }
+}
+
+/// One meter's poll counters since pmtr started (cumulative: they only grow until a restart).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeterHealth {
+    pub time: DateTime<Utc>,
+    pub bus: Arc<str>,
+    pub meter: Arc<str>,
+    pub requests: u64,
+    pub replies: u64,
+    pub timeouts: u64,
+    pub crc_errors: u64,
+    /// Exception replies of the meter.
+    pub exceptions: u64,
+    /// Other bad frames: from another address, short, garbled, malformed.
+    pub frame_errors: u64,
+    pub readings: u64,
+    /// Readings the consumers could not take in time.
+    pub readings_dropped: u64,
+    /// 1 while the meter answers, 0 while it is searched for or failing.
+    pub answering: u64,
+}
+
+impl MeterHealth {
+    /// Field names; the spool stores the values in this order: add at the end only.
+    pub const FIELDS: [&'static str; 9] = [
+        "requests",
+        "replies",
+        "timeouts",
+        "crc_errors",
+        "exceptions",
+        "frame_errors",
+        "readings",
+        "readings_dropped",
+        "answering",
+    ];
+
+    pub fn values(&self) -> [u64; 9] {
+        [
+            self.requests,
+            self.replies,
+            self.timeouts,
+            self.crc_errors,
+            self.exceptions,
+            self.frame_errors,
+            self.readings,
+            self.readings_dropped,
+            self.answering,
+        ]
+    }
+
+    pub fn from_values(time: DateTime<Utc>, bus: Arc<str>, meter: Arc<str>, v: [u64; 9]) -> Self {
+        let [requests, replies, timeouts, crc_errors, exceptions, frame_errors, readings, readings_dropped, answering] =
+            v;
+        MeterHealth {
+            time,
+            bus,
+            meter,
+            requests,
+            replies,
+            timeouts,
+            crc_errors,
+            exceptions,
+            frame_errors,
+            readings,
+            readings_dropped,
+            answering,
+        }
+    }
+}
+
+/// One sink's state when the point was made. The sink writes this point itself, so what it
+/// says is at most one batch old (the point was made before the sink wrote it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SinkHealth {
+    pub time: DateTime<Utc>,
+    pub sink: Arc<str>,
+    /// 1 while writes succeed, 0 during an outage.
+    pub healthy: u64,
+    /// Points written since start.
+    pub points_written: u64,
+    /// Records waiting in the spool (the spool depth), and its size on disk.
+    pub spool_records: u64,
+    pub spool_bytes: u64,
+    /// Records lost to a full spool since start.
+    pub spool_dropped: u64,
+    /// Records the server refused for good since start.
+    pub rejected: u64,
+    /// Records waiting in memory.
+    pub in_memory: u64,
+}
+
+impl SinkHealth {
+    /// Field names; the spool stores the values in this order: add at the end only.
+    pub const FIELDS: [&'static str; 7] = [
+        "healthy",
+        "points_written",
+        "spool_records",
+        "spool_bytes",
+        "spool_dropped",
+        "rejected",
+        "in_memory",
+    ];
+
+    pub fn values(&self) -> [u64; 7] {
+        [
+            self.healthy,
+            self.points_written,
+            self.spool_records,
+            self.spool_bytes,
+            self.spool_dropped,
+            self.rejected,
+            self.in_memory,
+        ]
+    }
+
+    pub fn from_values(time: DateTime<Utc>, sink: Arc<str>, v: [u64; 7]) -> Self {
+        let [healthy, points_written, spool_records, spool_bytes, spool_dropped, rejected, in_memory] = v;
+        SinkHealth {
+            time,
+            sink,
+            healthy,
+            points_written,
+            spool_records,
+            spool_bytes,
+            spool_dropped,
+            rejected,
+            in_memory,
         }
     }
 }

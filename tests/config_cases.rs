@@ -119,6 +119,9 @@ fn fact(c: &Config, key: &str) -> Option<String> {
         "gateway.log_readings" => return Some(c.gateway.log_readings.to_string()),
         "gateway.gpio" => return Some(format!("{:?}", c.gateway.gpio).to_lowercase()),
         "gateway.control_socket" => return Some(c.gateway.control_socket.display().to_string()),
+        "gateway.health_interval" => {
+            return Some(c.gateway.health_interval.map_or("off".to_owned(), |d| format!("{d:?}")))
+        }
         "relays" => return Some(c.relays.len().to_string()),
         "triggers" => return Some(c.triggers.len().to_string()),
         "alerts.email" => return Some(if c.email.is_some() { "set" } else { "none" }.to_owned()),

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian machine: installs what the tests need (socat,
-# pymodbus, influxdb, victoria-metrics, aiosmtpd, openssl), then formatting, lints, and every test. CI runs
+# pymodbus, influxdb, victoria-metrics, aiosmtpd, openssl, node and npm), then formatting, lints, the type
+# check of the Grafana dashboards, and every test. CI runs
 # exactly this (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +18,9 @@ command -v influx >/dev/null || missing+=(influxdb-client)
 { command -v victoria-metrics >/dev/null && command -v vmauth >/dev/null; } || missing+=(victoria-metrics)
 # The email tests (tests/support/smtp.rs) make their server's certificate with `openssl req`.
 command -v openssl >/dev/null || missing+=(openssl)
+# The type check of the Grafana dashboards (grafana/check: @grafana/schema and tsc from npm).
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
@@ -28,6 +32,9 @@ fi
 if ! python3 -c 'import aiosmtpd, sys; sys.exit(aiosmtpd.__version__ != "1.4.6")' 2>/dev/null; then
     python3 -m pip install --quiet "aiosmtpd==1.4.6"
 fi
+for tool in node npm; do
+    command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install nodejs npm (the Grafana dashboard check needs it)" >&2; exit 1; }
+done
 for tool in rustfmt clippy-driver; do
     command -v "$tool" >/dev/null || { echo "missing $tool: rustup component add ${tool%-driver}" >&2; exit 1; }
 done
@@ -36,6 +43,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
+echo "== grafana dashboards: type check against @grafana/schema (grafana/check)"
+( cd grafana/check && npm ci --no-audit --no-fund --loglevel=error && npm run --silent check )
 echo "== cargo test"
 cargo test --locked --all-features 2>&1 | tee target/test-output.txt
 echo "== summary"

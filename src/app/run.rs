@@ -107,6 +107,16 @@ pub async fn run_with(
         version = env!("CARGO_PKG_VERSION"),
         "pmtr started"
     );
+    // Health points (`pmtr_bus`, `pmtr_sink`) through storage, like readings.
+    let health = config.gateway.health_interval.map(|every| {
+        tokio::spawn(crate::store::health::run(
+            every,
+            status.clone(),
+            sinks.clone(),
+            store_tx.clone(),
+            stop_tx.subscribe(),
+        ))
+    });
     let log_readings = config.gateway.log_readings;
     let consumer = tokio::spawn(async move {
         while let Some(r) = rx.recv().await {
@@ -147,6 +157,9 @@ pub async fn run_with(
     let _ = stop_tx.send(true);
     engine.join().await;
     summary.abort();
+    if let Some(h) = health {
+        let _ = h.await;
+    }
     let _ = consumer.await;
     if let Some(c) = control {
         let _ = c.await;

@@ -35,7 +35,12 @@ use toml::Spanned;
 /// A subsystem that adds a section adds its key here.
 pub const TOP_LEVEL_KEYS: &[&str] = &["gateway", "bus", "meter", "sink", "relay", "trigger", "alerts"];
 
-const GATEWAY_KEYS: &[&str] = &["name", "state_dir", "log_readings", "gpio", "control_socket"];
+const GATEWAY_KEYS: &[&str] =
+    &["name", "state_dir", "log_readings", "gpio", "control_socket", "health_interval"];
+/// `gateway.health_interval`: the default, and the limits of a duration.
+const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(60);
+const HEALTH_INTERVAL_MIN: Duration = Duration::from_secs(1);
+const HEALTH_INTERVAL_MAX: Duration = Duration::from_secs(3600);
 const BUS_KEYS: &[&str] = &[
     "name",
     "port",
@@ -742,6 +747,7 @@ impl<'s> Loader<'s> {
             log_readings: false,
             gpio: GpioBackend::Rppal,
             control_socket: PathBuf::new(),
+            health_interval: Some(DEFAULT_HEALTH_INTERVAL),
         };
         let mut name = None;
         let mut socket = None;
@@ -779,6 +785,18 @@ impl<'s> Loader<'s> {
                     t.get("control_socket").and_then(|v| self.non_empty_string(v, "gateway.control_socket"))
                 {
                     socket = Some(PathBuf::from(path));
+                }
+                if let Some(v) = t.get("health_interval") {
+                    if v.get_ref().as_str().is_some_and(|s| s.trim() == "off") {
+                        gateway.health_interval = None;
+                    } else if let Some(d) = self.duration_in(
+                        v,
+                        "gateway.health_interval",
+                        Some(HEALTH_INTERVAL_MIN),
+                        Some(HEALTH_INTERVAL_MAX),
+                    ) {
+                        gateway.health_interval = Some(d);
+                    }
                 }
             } else if !self.is_damaged(v) {
                 self.wrong_type(v, "gateway", "a table [gateway]");
@@ -1550,9 +1568,33 @@ mod tests {
     fn unknown_keys_say_what_is_expected_when_nothing_is_close() {
         let e = errors("[gateway]\nzzz = 1\n");
         assert!(e.contains(
-            &"t.toml:2:1: gateway.zzz: unknown key (expected one of: name, state_dir, log_readings, gpio, control_socket)"
+            &"t.toml:2:1: gateway.zzz: unknown key (expected one of: name, state_dir, log_readings, gpio, control_socket, health_interval)"
                 .to_owned()
         ));
+    }
+
+    #[test]
+    fn health_interval_is_a_duration_or_off() {
+        let with = |v: &str| {
+            let text = format!(
+                "[gateway]\nhealth_interval = {v}\n[[bus]]\nname = \"b\"\nport = \"/dev/x\"\n\
+                 [[meter]]\nname = \"m\"\nmodel = \"pzem-016\"\naddress = 1\n"
+            );
+            load_str(&text, "t.toml").map(|c| c.gateway.health_interval).map_err(|e| e.to_string())
+        };
+        assert_eq!(with("\"10s\""), Ok(Some(Duration::from_secs(10))));
+        assert_eq!(with("\"1h\""), Ok(Some(Duration::from_secs(3600))));
+        assert_eq!(with("\"off\""), Ok(None));
+        let e = with("\"500ms\"").unwrap_err();
+        assert!(e.starts_with("t.toml:2:19: gateway.health_interval: 500ms is out of range"), "{e}");
+        let e = with("60").unwrap_err();
+        assert!(e.contains("gateway.health_interval: found integer 60: a duration is a string"), "{e}");
+        let e = with("\"2h\"").unwrap_err();
+        assert!(e.contains("out of range"), "{e}");
+        let e = with("\"never\"").unwrap_err();
+        assert!(e.starts_with("t.toml:2:19: gateway.health_interval: "), "{e}");
+        let e = with("true").unwrap_err();
+        assert!(e.starts_with("t.toml:2:19: gateway.health_interval: "), "{e}");
     }
 
     #[test]
@@ -1596,6 +1638,7 @@ mod tests {
         assert_eq!(c.gateway.state_dir, PathBuf::from("/var/lib/pmtr"));
         assert!(!c.gateway.log_readings);
         assert!(!c.gateway.name.is_empty());
+        assert_eq!(c.gateway.health_interval, Some(Duration::from_secs(60)));
         let b = &c.buses[0];
         assert_eq!(b.line.to_string(), "9600 8N1");
         assert_eq!((b.timeout, b.retries, b.frame_gap), (Duration::from_millis(300), 2, None));

@@ -61,6 +61,9 @@ pub struct Gateway {
     /// The control socket of `pmtr relay` and `pmtr trigger`. Default
     /// `<state_dir>/control.sock`.
     pub control_socket: PathBuf,
+    /// How often the health points (`pmtr_bus` per meter, `pmtr_sink` per sink) are written;
+    /// None (`"off"`) writes none. Default 60 s, 1 s to 1 h.
+    pub health_interval: Option<Duration>,
 }
 
 /// `[[bus]]`: one or more serial ports with the same line settings, where meters are looked for.

@@ -106,6 +106,7 @@ mod tests {
             log_readings: false,
             gpio,
             control_socket: dir.join("state/control.sock"),
+            health_interval: None,
         }
     }
 

@@ -8,8 +8,16 @@
 //! same day boundary), one row each: `time,subject,name,event,active,held,dry_run,cause`. A
 //! meter group that happens to be called `changes` writes its readings to
 //! `changes.readings-<YYYY-MM-DD>.csv` instead, so that the two never share a file.
+//!
+//! Health points (every `gateway.health_interval`) go to `<dir>/health-<YYYY-MM-DD>.csv`, one
+//! row per meter and per sink: `time,subject,name,bus,` then every counter (see
+//! [`csv_health_header`]). A meter group called `health` writes to
+//! `health.readings-<YYYY-MM-DD>.csv`.
 
-use super::schema::{csv_change_row, csv_header, csv_rows, quantities_of, CSV_CHANGES_HEADER};
+use super::schema::{
+    csv_change_row, csv_header, csv_health_header, csv_health_row, csv_rows, quantities_of,
+    CSV_CHANGES_HEADER,
+};
 use super::sink::{WriteError, WriteFuture, Writer};
 use crate::meter::Model;
 use crate::reading::{Quantity, Record};
@@ -48,10 +56,14 @@ pub struct CsvWriter {
     open: HashMap<String, (NaiveDate, File)>,
     /// The open file of state changes.
     changes: Option<(NaiveDate, File)>,
+    /// The open file of health points.
+    health: Option<(NaiveDate, File)>,
 }
 
 /// The file name stem of state changes.
 const CHANGES: &str = "changes";
+/// The file name stem of health points.
+const HEALTH: &str = "health";
 
 fn columns_for(models: impl IntoIterator<Item = Model>) -> Vec<Quantity> {
     let models: Vec<Model> = models.into_iter().collect();
@@ -79,7 +91,7 @@ impl CsvWriter {
             groups.insert(meter.clone(), group);
         }
         let columns = models.into_iter().map(|(g, ms)| (g, columns_for(ms))).collect();
-        CsvWriter { dir, zone, groups, columns, open: HashMap::new(), changes: None }
+        CsvWriter { dir, zone, groups, columns, open: HashMap::new(), changes: None, health: None }
     }
 
     fn stamp(&self, t: DateTime<Utc>) -> (NaiveDate, String) {
@@ -96,7 +108,13 @@ impl CsvWriter {
         let stale = self.open.get(group).is_none_or(|(d, _)| *d != day);
         if stale {
             std::fs::create_dir_all(&self.dir)?;
-            let stem = if group == CHANGES { "changes.readings" } else { group };
+            let renamed;
+            let stem = if group == CHANGES || group == HEALTH {
+                renamed = format!("{group}.readings");
+                &renamed
+            } else {
+                group
+            };
             let f = open_with_header(
                 &self.dir.join(format!("{stem}-{day}.csv")),
                 &csv_header(&self.columns[group]),
@@ -115,10 +133,20 @@ impl CsvWriter {
         Ok(&mut self.changes.as_mut().expect("just opened").1)
     }
 
+    fn health_file(&mut self, day: NaiveDate) -> std::io::Result<&mut File> {
+        if self.health.as_ref().is_none_or(|(d, _)| *d != day) {
+            std::fs::create_dir_all(&self.dir)?;
+            let f = open_with_header(&self.dir.join(format!("{HEALTH}-{day}.csv")), &csv_health_header())?;
+            self.health = Some((day, f));
+        }
+        Ok(&mut self.health.as_mut().expect("just opened").1)
+    }
+
     fn write_now(&mut self, batch: &[Record]) -> std::io::Result<()> {
         // Rows per (group, day), in arrival order; state changes per day.
         let mut out: Vec<(String, NaiveDate, String)> = Vec::new();
         let mut changes: Vec<(NaiveDate, String)> = Vec::new();
+        let mut health: Vec<(NaiveDate, String)> = Vec::new();
         for r in batch {
             let r = match r {
                 Record::Reading(r) => r,
@@ -132,6 +160,18 @@ impl CsvWriter {
                         }
                     };
                     csv_change_row(c, &time, &mut changes[i].1);
+                    continue;
+                }
+                Record::Health(h) => {
+                    let (day, time) = self.stamp(h.time());
+                    let i = match health.iter().position(|(d, _)| *d == day) {
+                        Some(i) => i,
+                        None => {
+                            health.push((day, String::new()));
+                            health.len() - 1
+                        }
+                    };
+                    csv_health_row(h, &time, &mut health[i].1);
                     continue;
                 }
             };
@@ -161,6 +201,9 @@ impl CsvWriter {
         for (day, text) in changes {
             self.changes_file(day)?.write_all(text.as_bytes())?;
         }
+        for (day, text) in health {
+            self.health_file(day)?.write_all(text.as_bytes())?;
+        }
         Ok(())
     }
 }
@@ -188,6 +231,7 @@ impl Writer for CsvWriter {
             // A dropped file handle is reopened on the next try (a remounted stick).
             self.open.clear();
             self.changes = None;
+            self.health = None;
             WriteError::Retry {
                 message: format!("cannot write CSV in {}: {e}", self.dir.display()),
                 after: None,
@@ -204,6 +248,7 @@ impl Writer for CsvWriter {
                     csv_rows(r, &r.time.to_rfc3339(), &columns_for([r.model]), &mut s);
                 }
                 Record::Change(c) => csv_change_row(c, &c.time.to_rfc3339(), &mut s),
+                Record::Health(h) => csv_health_row(h, &h.time().to_rfc3339(), &mut s),
             }
         }
         s
@@ -335,6 +380,36 @@ mod tests {
         let text = std::fs::read_to_string(&f).unwrap();
         let stamp = local.to_rfc3339_opts(SecondsFormat::Millis, false);
         assert!(text.lines().nth(1).unwrap().starts_with(&format!("{stamp},relay,boiler,")), "{text}");
+    }
+
+    #[test]
+    fn health_points_go_to_a_daily_health_file_apart_from_a_meter_called_health() {
+        use crate::reading::{Health, MeterHealth, SinkHealth};
+        let dir = tempfile::tempdir().unwrap();
+        let meters = vec![("health".to_string(), "bus1".to_string(), Model::Pzem016)];
+        let day = 1_763_683_200_000;
+        let t = Utc.timestamp_millis_opt(day + 5).unwrap();
+        let meter = Health::Meter(MeterHealth::from_values(
+            t,
+            "bus1".into(),
+            "health".into(),
+            [3, 2, 1, 0, 0, 0, 2, 0, 1],
+        ));
+        let sink = Health::Sink(SinkHealth::from_values(t, "csv".into(), [1, 10, 0, 0, 0, 0, 1]));
+        let new = || CsvWriter::new(dir.path().into(), GroupBy::Meter, TimeZone::Utc, "gw", &meters);
+        new().write_now(&[reading("health", Model::Pzem016, day), meter.into()]).unwrap();
+        new().write_now(&[sink.into()]).unwrap();
+        let health = std::fs::read_to_string(dir.path().join("health-2025-11-21.csv")).unwrap();
+        assert_eq!(
+            health,
+            format!(
+                "{}2025-11-21T00:00:00.005Z,meter,health,bus1,3,2,1,0,0,0,2,0,1,,,,,,,\n\
+                 2025-11-21T00:00:00.005Z,sink,csv,,,,,,,,,,,1,10,0,0,0,0,1\n",
+                csv_health_header()
+            )
+        );
+        let readings = std::fs::read_to_string(dir.path().join("health.readings-2025-11-21.csv")).unwrap();
+        assert_eq!(readings.lines().count(), 1 + 2);
     }
 
     #[test]

@@ -11,7 +11,8 @@
 //! A [`Record`] is a meter's [`Reading`](crate::reading::Reading) or a trigger's or relay's
 //! [`StateChange`](crate::reading::StateChange); both take the same way through batches, retries
 //! and the spool, and each sink writes both (InfluxDB: measurements `pmtr`, `pmtr_trigger`,
-//! `pmtr_relay`; CSV: the meter files and `changes-YYYY-MM-DD.csv`).
+//! `pmtr_relay`; CSV: the meter files and `changes-YYYY-MM-DD.csv`). So do the periodic
+//! [`Health`](crate::reading::Health) points (`pmtr_bus`, `pmtr_sink`; `health-YYYY-MM-DD.csv`).
 //!
 //! - [`schema`]: records as points and rows (pure); [`record`]: the spool's record format
 //!   (pure); [`spool`]: segment files; [`sink`]: the loop of one sink and its decisions;
@@ -20,6 +21,7 @@
 //!   request never delays a poll on the buses.
 
 pub mod csv;
+pub mod health;
 pub mod influx;
 pub mod record;
 pub mod schema;
@@ -64,6 +66,8 @@ pub struct SinkState {
     pub readings_written: u64,
     /// Trigger and relay state changes written.
     pub changes_written: u64,
+    /// Health points written (`gateway.health_interval`).
+    pub health_written: u64,
     /// Points written: one per phase of each reading, one per state change.
     pub points_written: u64,
     /// Records (readings and state changes) waiting in memory.

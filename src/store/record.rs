@@ -16,6 +16,13 @@
 //!         | time: i64 LE, nanoseconds since 1970 UTC
 //!         | subject: u8 | event: u8 | name length: u8 | name (UTF-8)
 //!         | cause length: u16 LE | cause (UTF-8, at most 1 KiB)
+//!   bits 7 and 6 set (flags = 0xC0): a health point
+//!         | time: i64 LE, nanoseconds since 1970 UTC
+//!         | kind: u8 (0: a meter's polls, 1: a sink)
+//!         | meter: bus name length: u8 | bus name | meter name length: u8 | meter name
+//!           sink: sink name length: u8 | sink name
+//!         | value count: u8 | values: u64 LE each, in the order of
+//!           `MeterHealth::FIELDS` or `SinkHealth::FIELDS`
 //! ```
 //!
 //! Model, phase, quantity, subject and event are positions in [`Model::ALL`], [`Phase::ALL`],
@@ -26,9 +33,17 @@
 //! bytes; a state change with an 11-letter name and a 20-byte cause 7 + 1 + 8 + 2 + 1 + 11 + 2 +
 //! 20 = 52. Reading records are the same as before state changes existed, so older spools
 //! replay; an older pmtr, which ignores bit 7, must not replay a spool holding state changes.
+//! Health points came later still: a state change never has bit 6 set, so readings and state
+//! changes are written as before, and a health point (a PZEM meter on bus `house`: 7 + 1 + 8 + 1 +
+//! 6 + 6 + 1 + 9 × 8 = 102 bytes) is told apart by bits 7 and 6. A pmtr from before health points
+//! must not replay a spool holding them: it would take them for state changes (most of them
+//! unreadable, skipped and logged).
 
 use crate::meter::Model;
-use crate::reading::{ChangeEvent, Phase, Quality, Quantity, Reading, Record, Sample, StateChange, Subject};
+use crate::reading::{
+    ChangeEvent, Health, MeterHealth, Phase, Quality, Quantity, Reading, Record, Sample, SinkHealth,
+    StateChange, Subject,
+};
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 use std::ops::Range;
@@ -39,6 +54,8 @@ pub const HEADER: usize = 7;
 pub const MAX_PAYLOAD: usize = u16::MAX as usize;
 /// Flags bit 7: the payload is a state change.
 pub const CHANGE_FLAG: u8 = 0x80;
+/// Flags bits 7 and 6: the payload is a health point.
+pub const HEALTH_FLAGS: u8 = 0xC0;
 /// The longest cause kept; a longer one is cut at a character boundary.
 pub const MAX_CAUSE: usize = 1024;
 
@@ -82,6 +99,7 @@ pub fn encode(record: &Record, out: &mut Vec<u8>) {
     match record {
         Record::Reading(r) => encode_reading(r, out),
         Record::Change(c) => encode_change(c, out),
+        Record::Health(h) => encode_health(h, out),
     }
     let len = (out.len() - start - HEADER) as u16;
     out[start + 1..start + 3].copy_from_slice(&len.to_le_bytes());
@@ -126,6 +144,28 @@ fn encode_change(change: &StateChange, out: &mut Vec<u8>) {
     let cause = cut(&change.cause, MAX_CAUSE);
     out.extend_from_slice(&(cause.len() as u16).to_le_bytes());
     out.extend_from_slice(cause.as_bytes());
+}
+
+fn encode_health(health: &Health, out: &mut Vec<u8>) {
+    out.push(HEALTH_FLAGS);
+    push_time(&health.time(), out);
+    let values: &[u64] = match health {
+        Health::Meter(m) => {
+            out.push(0);
+            push_name(&m.bus, out);
+            push_name(&m.meter, out);
+            &m.values()
+        }
+        Health::Sink(s) => {
+            out.push(1);
+            push_name(&s.sink, out);
+            &s.values()
+        }
+    };
+    out.push(values.len() as u8);
+    for v in values {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
 }
 
 /// Why a payload with a good checksum still is not a record (written by a newer version).
@@ -195,7 +235,9 @@ fn lookup<T: Copy>(all: &[T], i: u8, what: &'static str) -> Result<T, PayloadErr
 pub fn decode(payload: &[u8], names: &mut Names) -> Result<Record, PayloadError> {
     let mut p = Payload(payload);
     let flags = p.u8()?;
-    if flags & CHANGE_FLAG != 0 {
+    if flags & HEALTH_FLAGS == HEALTH_FLAGS {
+        decode_health(p, names).map(Record::Health)
+    } else if flags & CHANGE_FLAG != 0 {
         decode_change(flags, p, names).map(Record::Change)
     } else {
         decode_reading(flags, p, names).map(Record::Reading)
@@ -238,6 +280,38 @@ fn decode_change(flags: u8, mut p: Payload<'_>, names: &mut Names) -> Result<Sta
         dry_run: flags & 4 != 0,
         cause,
     })
+}
+
+fn health_values<const N: usize>(p: &mut Payload<'_>) -> Result<[u64; N], PayloadError> {
+    if usize::from(p.u8()?) != N {
+        return Err(PayloadError("health value count"));
+    }
+    let mut values = [0; N];
+    for v in &mut values {
+        *v = u64::from_le_bytes(p.array()?);
+    }
+    Ok(values)
+}
+
+fn decode_health(mut p: Payload<'_>, names: &mut Names) -> Result<Health, PayloadError> {
+    let time = p.time()?;
+    let health = match p.u8()? {
+        0 => {
+            let len = usize::from(p.u8()?);
+            let bus = names.get(p.str(len, "bus name")?);
+            let len = usize::from(p.u8()?);
+            let meter = names.get(p.str(len, "meter name")?);
+            Health::Meter(MeterHealth::from_values(time, bus, meter, health_values(&mut p)?))
+        }
+        1 => {
+            let len = usize::from(p.u8()?);
+            let sink = names.get(p.str(len, "sink name")?);
+            Health::Sink(SinkHealth::from_values(time, sink, health_values(&mut p)?))
+        }
+        _ => return Err(PayloadError("unknown health kind")),
+    };
+    p.end()?;
+    Ok(health)
 }
 
 /// What the scanner finds at a position.
@@ -571,6 +645,122 @@ mod tests {
         assert_eq!(decoded(&bad), want);
     }
 
+    fn health(i: u32) -> Record {
+        let time = Utc.timestamp_nanos(1_763_726_401_000_000_000 + i64::from(i));
+        let n = u64::from(i);
+        if i % 2 == 0 {
+            let v = [n, n + 1, n + 2, n + 3, n + 4, n + 5, u64::MAX - n, 0, u64::from(i % 4 == 0)];
+            Record::Health(Health::Meter(MeterHealth::from_values(
+                time,
+                ["house", "ünï"][i as usize % 2].into(),
+                format!("main{}", i % 3).into(),
+                v,
+            )))
+        } else {
+            let v = [u64::from(i % 3 == 0), n * 7, n, n * 89, 0, n / 2, 3];
+            Record::Health(Health::Sink(SinkHealth::from_values(time, "influx".into(), v)))
+        }
+    }
+
+    #[test]
+    fn health_points_round_trip_with_readings_and_changes() {
+        let all: Vec<Record> =
+            (0..40).flat_map(|i| [reading(i), health(i), change(i), health(i + 1)]).collect();
+        let mut buf = Vec::new();
+        for r in &all {
+            encode(r, &mut buf);
+        }
+        assert_eq!(decoded(&buf), all);
+    }
+
+    #[test]
+    fn health_point_layout() {
+        let h = Record::Health(Health::Meter(MeterHealth::from_values(
+            Utc.timestamp_nanos(1_763_726_400_123_456_789),
+            "house".into(),
+            "mainA".into(),
+            [1, 2, 3, 4, 5, 6, 7, 8, 1],
+        )));
+        let mut buf = Vec::new();
+        encode(&h, &mut buf);
+        assert_eq!(buf.len(), 102, "the size the module documentation states");
+        let payload = &buf[HEADER..];
+        assert_eq!(payload[0], 0xC0, "bits 7 and 6: a health point");
+        assert_eq!(payload[1..9], 1_763_726_400_123_456_789i64.to_le_bytes());
+        assert_eq!(payload[9], 0, "kind 0: a meter");
+        assert_eq!(&payload[10..16], b"\x05house");
+        assert_eq!(&payload[16..22], b"\x05mainA");
+        assert_eq!(payload[22], 9);
+        assert_eq!(payload[23..31], 1u64.to_le_bytes());
+        assert_eq!(payload[87..], 1u64.to_le_bytes(), "the last value: answering");
+        assert_eq!(decoded(&buf), [h]);
+
+        let s = health(1);
+        let mut buf = Vec::new();
+        encode(&s, &mut buf);
+        assert_eq!(buf[HEADER + 9], 1, "kind 1: a sink");
+        assert_eq!(buf.len(), HEADER + 1 + 8 + 1 + 7 + 1 + 7 * 8);
+    }
+
+    #[test]
+    fn unknown_health_kind_or_count_or_bad_name_is_a_payload_error() {
+        let mut buf = Vec::new();
+        encode(&health(2), &mut buf);
+        let payload = buf[HEADER..].to_vec();
+        let with = |at: usize, byte: u8| {
+            let mut p = payload.clone();
+            p[at] = byte;
+            decode(&p, &mut Names::default())
+        };
+        assert!(with(0, 0xC0).is_ok());
+        assert_eq!(with(9, 2), Err(PayloadError("unknown health kind")));
+        assert_eq!(with(11, 0xff), Err(PayloadError("bus name")));
+        let count_at =
+            10 + 1 + usize::from(payload[10]) + 1 + usize::from(payload[11 + usize::from(payload[10])]);
+        assert_eq!(with(count_at, 8), Err(PayloadError("health value count")));
+        assert_eq!(with(count_at, 10), Err(PayloadError("health value count")));
+        let mut names = Names::default();
+        for len in 0..payload.len() {
+            assert!(decode(&payload[..len], &mut names).is_err(), "cut to {len} bytes");
+        }
+        let mut longer = payload.clone();
+        longer.push(0);
+        assert_eq!(decode(&longer, &mut names), Err(PayloadError("trailing bytes")));
+    }
+
+    #[test]
+    fn damage_in_a_health_point_costs_it_alone() {
+        let all = [reading(0), health(0), change(1), health(1), reading(2)];
+        let mut buf = Vec::new();
+        let mut starts = Vec::new();
+        for r in &all {
+            starts.push(buf.len());
+            encode(r, &mut buf);
+        }
+        for k in [1usize, 3] {
+            let end = starts.get(k + 1).copied().unwrap_or(buf.len());
+            for byte in starts[k]..end {
+                for bit in 0..8 {
+                    let mut bad = buf.clone();
+                    bad[byte] ^= 1 << bit;
+                    let mut want = all.to_vec();
+                    want.remove(k);
+                    assert_eq!(decoded(&bad), want, "record {k} byte {byte} bit {bit}");
+                }
+            }
+        }
+        // Torn at the end: the health point alone is lost.
+        let mut torn = Vec::new();
+        for r in &all[..4] {
+            encode(r, &mut torn);
+        }
+        let whole = torn.len();
+        let last = whole - (starts[4] - starts[3]);
+        for end in last + 1..whole {
+            assert_eq!(decoded(&torn[..end]), all[..3], "cut at {end}");
+        }
+    }
+
     proptest! {
         #[test]
         fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
@@ -585,10 +775,14 @@ mod tests {
         #[test]
         fn any_payload_decodes_or_errs_without_panicking(
             mut bytes in proptest::collection::vec(any::<u8>(), 0..200),
-            change in any::<bool>(),
+            kind in 0u8..3,
         ) {
             if let Some(flags) = bytes.first_mut() {
-                *flags = if change { *flags | CHANGE_FLAG } else { *flags & !CHANGE_FLAG };
+                *flags = match kind {
+                    0 => *flags & !CHANGE_FLAG,
+                    1 => (*flags | CHANGE_FLAG) & !0x40,
+                    _ => HEALTH_FLAGS,
+                };
             }
             let _ = decode(&bytes, &mut Names::default());
         }

@@ -27,8 +27,22 @@
 //!   spaces); trigger: `tripped` (active), `latched` (held), `dry_run`; relay: `on` (active),
 //!   `forced` (held); each an integer 0/1;
 //! - time: the moment of the change, in milliseconds.
+//!
+//! A health point (every `gateway.health_interval`) gives one point per meter and per sink:
+//!
+//! ```text
+//! pmtr_bus,gateway=house,bus=house,meter=kitchen requests=120i,replies=118i,timeouts=2i,crc_errors=0i,exceptions=0i,frame_errors=0i,readings=118i,readings_dropped=0i,answering=1i 1763726400123
+//! pmtr_sink,gateway=house,sink=influx healthy=1i,points_written=950i,spool_records=0i,spool_bytes=0i,spool_dropped=0i,rejected=0i,in_memory=3i 1763726400123
+//! ```
+//!
+//! - measurement: `<measurement>_bus` and `<measurement>_sink`;
+//! - tags: `gateway`, and `bus` and `meter`, or `sink`;
+//! - fields: every counter of [`MeterHealth::FIELDS`] or [`SinkHealth::FIELDS`], integers,
+//!   cumulative since pmtr started (spool and memory depths are levels).
 
-use crate::reading::{Phase, Quantity, Reading, Record, Sample, StateChange, Subject};
+use crate::reading::{
+    Health, MeterHealth, Phase, Quantity, Reading, Record, Sample, SinkHealth, StateChange, Subject,
+};
 use std::fmt::Write as _;
 
 /// What must be escaped in a measurement name and in a tag key or value.
@@ -43,6 +57,9 @@ pub struct LineProtocol {
     /// The same for `<measurement>_trigger` and `<measurement>_relay`.
     trigger_prefix: String,
     relay_prefix: String,
+    /// The same for `<measurement>_bus` and `<measurement>_sink`.
+    bus_prefix: String,
+    sink_prefix: String,
 }
 
 impl LineProtocol {
@@ -58,6 +75,8 @@ impl LineProtocol {
             prefix: with_gateway(measurement),
             trigger_prefix: with_gateway(&format!("{measurement}_trigger")),
             relay_prefix: with_gateway(&format!("{measurement}_relay")),
+            bus_prefix: with_gateway(&format!("{measurement}_bus")),
+            sink_prefix: with_gateway(&format!("{measurement}_sink")),
         }
     }
 
@@ -66,7 +85,35 @@ impl LineProtocol {
         match record {
             Record::Reading(r) => self.encode_reading(r, out),
             Record::Change(c) => self.encode_change(c, out),
+            Record::Health(h) => self.encode_health(h, out),
         }
+    }
+
+    /// Appends the one point of a health record to `out`. Returns 1.
+    pub fn encode_health(&self, health: &Health, out: &mut String) -> usize {
+        match health {
+            Health::Meter(m) => {
+                out.push_str(&self.bus_prefix);
+                for (tag, value) in [("bus", &m.bus), ("meter", &m.meter)] {
+                    if !value.is_empty() {
+                        let _ = write!(out, ",{tag}=");
+                        escape_into(out, value, TAG_SPECIAL);
+                    }
+                }
+            }
+            Health::Sink(s) => {
+                out.push_str(&self.sink_prefix);
+                if !s.sink.is_empty() {
+                    out.push_str(",sink=");
+                    escape_into(out, &s.sink, TAG_SPECIAL);
+                }
+            }
+        }
+        for (i, (field, value)) in health.fields().into_iter().enumerate() {
+            let _ = write!(out, "{}{field}={value}i", if i == 0 { ' ' } else { ',' });
+        }
+        let _ = writeln!(out, " {}", health.time().timestamp_millis());
+        1
     }
 
     /// Appends the points of `reading`, one line per phase, to `out`. Returns the number of
@@ -162,7 +209,7 @@ pub fn phases_of(samples: &[Sample]) -> Vec<Phase> {
 pub fn point_count(record: &Record) -> usize {
     match record {
         Record::Reading(r) => phases_of(&r.samples).len(),
-        Record::Change(_) => 1,
+        Record::Change(_) | Record::Health(_) => 1,
     }
 }
 
@@ -291,6 +338,37 @@ pub fn csv_change_row(change: &StateChange, time: &str, out: &mut String) {
         bit(change.dry_run)
     );
     push_csv_text(out, &change.cause, true);
+    out.push('\n');
+}
+
+/// The header of the CSV file of health points: every counter of both kinds; a row leaves the
+/// other kind's columns empty.
+pub fn csv_health_header() -> String {
+    let mut h = String::from("time,subject,name,bus");
+    for f in MeterHealth::FIELDS.iter().chain(&SinkHealth::FIELDS) {
+        h.push(',');
+        h.push_str(f);
+    }
+    h.push('\n');
+    h
+}
+
+/// The CSV row of a health point, `time` already formatted: subject `meter` (name: the
+/// meter, bus: its bus) or `sink` (name: the sink, bus empty).
+pub fn csv_health_row(health: &Health, time: &str, out: &mut String) {
+    let (subject, name, bus, before, after) = match health {
+        Health::Meter(m) => ("meter", &m.meter, &*m.bus, 0, SinkHealth::FIELDS.len()),
+        Health::Sink(s) => ("sink", &s.sink, "", MeterHealth::FIELDS.len(), 0),
+    };
+    let _ = write!(out, "{time},{subject},");
+    push_csv_text(out, name, name.contains([',', '"', '\n', '\r']));
+    out.push(',');
+    push_csv_text(out, bus, bus.contains([',', '"', '\n', '\r']));
+    out.push_str(&",".repeat(before));
+    for (_, v) in health.fields() {
+        let _ = write!(out, ",{v}");
+    }
+    out.push_str(&",".repeat(after));
     out.push('\n');
 }
 
@@ -536,5 +614,63 @@ mod tests {
              2025-11-21T12:00:00.123Z,trigger,overvoltage,would_trip,1,0,1,\"L1U=254.2, \"\"high\"\"  again\"\n\
              2025-11-21T12:00:01.000Z,relay,\"odd,name\",unforced,0,1,0,\"\"\n"
         );
+    }
+
+    fn meter_health() -> Health {
+        Health::Meter(MeterHealth::from_values(
+            chrono::Utc.timestamp_millis_opt(1_763_726_400_123).unwrap(),
+            "house bus".into(),
+            "kitchen".into(),
+            [120, 118, 2, 0, 0, 1, 118, 0, 1],
+        ))
+    }
+
+    fn sink_health() -> Health {
+        Health::Sink(SinkHealth::from_values(
+            chrono::Utc.timestamp_millis_opt(1_763_726_400_123).unwrap(),
+            "influx".into(),
+            [0, 950, 12, 1068, 0, 0, 3],
+        ))
+    }
+
+    #[test]
+    fn health_points_are_integers_in_their_own_measurements() {
+        let lp = LineProtocol::new("pmtr", "house");
+        let mut out = String::new();
+        assert_eq!(lp.encode(&Record::Health(meter_health()), &mut out), 1);
+        assert_eq!(lp.encode(&Record::Health(sink_health()), &mut out), 1);
+        assert_eq!(
+            out,
+            "pmtr_bus,gateway=house,bus=house\\ bus,meter=kitchen requests=120i,replies=118i,timeouts=2i,\
+             crc_errors=0i,exceptions=0i,frame_errors=1i,readings=118i,readings_dropped=0i,answering=1i 1763726400123\n\
+             pmtr_sink,gateway=house,sink=influx healthy=0i,points_written=950i,spool_records=12i,\
+             spool_bytes=1068i,spool_dropped=0i,rejected=0i,in_memory=3i 1763726400123\n"
+        );
+        assert_eq!(point_count(&Record::Health(sink_health())), 1);
+        let (body, points) = LineProtocol::new("energy", "g").encode_batch(&[Record::Health(meter_health())]);
+        assert_eq!(points, 1);
+        assert!(body.starts_with("energy_bus,gateway=g,"), "{body}");
+    }
+
+    #[test]
+    fn csv_health_rows_follow_their_header() {
+        let header = csv_health_header();
+        assert_eq!(
+            header,
+            "time,subject,name,bus,requests,replies,timeouts,crc_errors,exceptions,frame_errors,readings,\
+             readings_dropped,answering,healthy,points_written,spool_records,spool_bytes,spool_dropped,rejected,\
+             in_memory\n"
+        );
+        let mut out = String::new();
+        csv_health_row(&meter_health(), "T", &mut out);
+        csv_health_row(&sink_health(), "T", &mut out);
+        assert_eq!(
+            out,
+            "T,meter,kitchen,house bus,120,118,2,0,0,1,118,0,1,,,,,,,\n\
+             T,sink,influx,,,,,,,,,,,0,950,12,1068,0,0,3\n"
+        );
+        for row in out.lines() {
+            assert_eq!(row.split(',').count(), header.trim_end().split(',').count(), "{row}");
+        }
     }
 }

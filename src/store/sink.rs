@@ -118,15 +118,20 @@ enum Source {
 
 struct Flight {
     source: Source,
-    /// Records in the batch, and how many of them are state changes.
+    /// Records in the batch, and how many of them are state changes and health points.
     records: usize,
     changes: usize,
+    health: usize,
     points: usize,
     future: WriteFuture,
 }
 
 fn changes_in(batch: &[Record]) -> usize {
     batch.iter().filter(|r| matches!(r, Record::Change(_))).count()
+}
+
+fn health_in(batch: &[Record]) -> usize {
+    batch.iter().filter(|r| matches!(r, Record::Health(_))).count()
 }
 
 /// The state of one running sink.
@@ -288,6 +293,7 @@ impl Sink {
             return Some(Flight {
                 records: batch.len(),
                 changes: changes_in(&batch),
+                health: health_in(&batch),
                 points: self.writer.points(&batch),
                 source: Source::Memory(batch),
                 future,
@@ -325,6 +331,7 @@ impl Sink {
                 Some(Flight {
                     records: b.records.len(),
                     changes: changes_in(&b.records),
+                    health: health_in(&b.records),
                     points: self.writer.points(&b.records),
                     source: Source::Spool(end),
                     future,
@@ -349,8 +356,9 @@ impl Sink {
                 }
                 {
                     let mut s = self.status.lock();
-                    s.readings_written += (f.records - f.changes) as u64;
+                    s.readings_written += (f.records - f.changes - f.health) as u64;
                     s.changes_written += f.changes as u64;
+                    s.health_written += f.health as u64;
                     s.points_written += f.points as u64;
                     s.last_write = Some(chrono::Utc::now());
                 }
@@ -602,6 +610,7 @@ mod tests {
         match r {
             Record::Reading(r) => r.samples[0].value as u64,
             Record::Change(c) => c.cause.parse().unwrap(),
+            Record::Health(h) => h.fields()[0].1,
         }
     }
 
@@ -626,6 +635,15 @@ mod tests {
             dry_run: false,
             cause: i.to_string(),
         })
+    }
+
+    fn health(i: u64) -> Record {
+        let time = chrono::DateTime::from_timestamp_millis(1_700_000_000_000 + i as i64).unwrap();
+        Record::Health(crate::reading::Health::Sink(crate::reading::SinkHealth::from_values(
+            time,
+            "influx".into(),
+            [i, 0, 0, 0, 0, 0, 0],
+        )))
     }
 
     struct Rig {
@@ -821,5 +839,29 @@ mod tests {
         assert_eq!((s.spool_readings, s.in_memory), (0, 0));
         drop(rig.tx);
         rig.task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn health_points_go_the_way_of_readings_and_are_counted_apart() {
+        let fake = Fake { script: VecDeque::from(vec![Err(retry()); 2]), ..Fake::default() };
+        let rig = rig(fake, Durability::Outage, None);
+        for i in 0..30 {
+            let r = match i % 3 {
+                0 => health(i),
+                1 => change(i),
+                _ => reading(i),
+            };
+            rig.tx.send(r).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let mut written = rig.fake.lock().unwrap().written.clone();
+        written.sort_unstable();
+        assert_eq!(written, (0..30).collect::<Vec<_>>(), "every record once, through the spool");
+        let s = rig.status.snapshot();
+        assert!(s.disk_bytes_written > 0, "the outage went through the spool");
+        assert_eq!((s.readings_written, s.changes_written, s.health_written), (10, 10, 10));
+        assert_eq!(s.points_written, 30);
+        assert_eq!((s.spool_readings, s.in_memory), (0, 0));
     }
 }

@@ -568,6 +568,7 @@ mod tests {
             .map(|r| match r {
                 Record::Reading(r) => r.samples[0].value as u64,
                 Record::Change(c) => c.cause.parse().unwrap(),
+                Record::Health(h) => h.fields()[0].1,
             })
             .collect()
     }

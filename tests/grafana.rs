@@ -1,0 +1,427 @@
+//! The Grafana dashboards against real data: a real InfluxDB 1.x (Debian `influxd`) filled by
+//! `pmtr run` (in process) from simulated meters (two PZEM-016 and an RX380 on a pseudo-terminal),
+//! a relay on a fake GPIO board and a trigger that trips it, with health points every second.
+//! Then every template variable query and every panel query of every dashboard in
+//! `grafana/dashboards/` runs against that database, with the variables filled in as Grafana
+//! does, and must give what its panel draws: no error, at least one series, every selected
+//! column with values, and one series per value of a variable it groups by (every meter,
+//! relay, trigger, sink). A new panel or dashboard is tested without touching this file.
+//!
+//! The type check of the same files against Grafana's schema is `grafana/check` (tests/run.sh).
+
+#[path = "support/gateway.rs"]
+mod gateway;
+#[path = "support/servers.rs"]
+mod servers;
+
+use gateway::Daemon;
+use pmtr::config::{LineSettings, Parity};
+use pmtr::relay::FakeBoard;
+use pmtr::sim::{SimPort, SimPortOptions};
+use serde_json::Value;
+use servers::Influx1;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const DATABASE: &str = "pmtr";
+/// What `$timeFilter` and `$__interval` become: the whole run, one-second buckets (the health
+/// interval of the run, so counters differ from one bucket to the next).
+const TIME_FILTER: &str = "time > now() - 1h";
+const INTERVAL: &str = "1s";
+
+fn dashboards_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("grafana/dashboards")
+}
+
+fn config(dir: &Path, influx_url: &str) -> String {
+    format!(
+        r#"
+[gateway]
+name = "testgw"
+state_dir = "{state}"
+gpio = "fake"
+health_interval = "1s"
+[[bus]]
+name = "house"
+ports = ["{ports}"]
+baud = 9600
+parity = "none"
+timeout = "100ms"
+rescan = "200ms"
+[[meter]]
+name = "mainA"
+model = "pzem-016"
+address = 4
+poll = "200ms"
+[[meter]]
+name = "mainB"
+model = "pzem-016"
+address = 5
+phase = "L2"
+poll = "200ms"
+[[meter]]
+name = "plant"
+model = "rx380"
+address = 1
+poll = "200ms"
+[[sink]]
+name = "influx"
+type = "influxdb1"
+url = "{influx_url}"
+database = "{DATABASE}"
+flush_interval = "100ms"
+[[relay]]
+name = "water-heater"
+pin = {pin}
+default = "on"
+[[trigger]]
+name = "overvoltage-B"
+meter = "mainB"
+when = "L2U > 126"
+relays = ["water-heater"]
+[[trigger]]
+name = "plant-overload"
+meter = "plant"
+when = "P > 1000000"
+dry_run = true
+relays = ["water-heater"]
+"#,
+        state = dir.join("state").display(),
+        ports = dir.join("ttyUSB*").display(),
+        pin = gateway::PIN,
+    )
+}
+
+/// A variable's values as Grafana would put them in a query: all of them (the dashboards'
+/// multi-value variables default to All).
+#[derive(Debug, Clone)]
+struct Var {
+    values: Vec<String>,
+    multi: bool,
+}
+
+/// Characters a regex-escaped value needs escaped, as Grafana's InfluxQL interpolation does.
+fn regex_escape(s: &str) -> String {
+    let mut out = String::new();
+    for c in s.chars() {
+        if "\\^$.|?*+()[]{}/-".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Replaces `$name` (not followed by an identifier character), `${name}` and `[[name]]`.
+fn replace_var(text: &str, name: &str, value: &str) -> String {
+    let text = text.replace(&format!("${{{name}}}"), value).replace(&format!("[[{name}]]"), value);
+    let pattern = format!("${name}");
+    let mut out = String::new();
+    let mut rest = text.as_str();
+    while let Some(i) = rest.find(&pattern) {
+        let after = &rest[i + pattern.len()..];
+        out.push_str(&rest[..i]);
+        if after.starts_with(|c: char| c.is_alphanumeric() || c == '_') {
+            out.push_str(&pattern);
+        } else {
+            out.push_str(value);
+        }
+        rest = after;
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The query with the dashboard's variables and Grafana's built-ins filled in. Panics when a
+/// multi-value variable is used outside a regex (`/^$var$/`), or when a `$` is left over.
+fn interpolate(query: &str, vars: &BTreeMap<String, Var>, what: &str) -> String {
+    let mut q = query.to_owned();
+    // Longest names first: `$meter` must not eat the start of `$meters`.
+    let mut names: Vec<&String> = vars.keys().collect();
+    names.sort_by_key(|n| std::cmp::Reverse(n.len()));
+    for name in names {
+        let var = &vars[name];
+        let escaped: Vec<String> = var.values.iter().map(|v| regex_escape(v)).collect();
+        let in_regex =
+            if escaped.len() == 1 { escaped[0].clone() } else { format!("({})", escaped.join("|")) };
+        q = q.replace(&format!("/^${name}$/"), &format!("/^{in_regex}$/"));
+        q = q.replace(&format!("/^${{{name}}}$/"), &format!("/^{in_regex}$/"));
+        let plain = replace_var(&q, name, &var.values[0]);
+        if plain != q && var.multi {
+            panic!("{what}: the multi-value variable `{name}` is used outside /^${name}$/: {query}");
+        }
+        q = plain;
+    }
+    q = replace_var(&q, "timeFilter", TIME_FILTER);
+    q = replace_var(&q, "__interval_ms", "1000");
+    q = replace_var(&q, "__interval", INTERVAL);
+    // A `$` may remain only as a regex's end anchor.
+    let left = q
+        .match_indices('$')
+        .any(|(i, _)| q[i + 1..].starts_with(|c: char| c.is_alphanumeric() || c == '_' || c == '{'));
+    assert!(
+        !left && !q.contains("[["),
+        "{what}: a variable is left in the query after filling in {vars:?}: {q}"
+    );
+    q
+}
+
+/// The columns a SELECT gives besides `time`: each expression's alias (`AS "x"`), or the name of
+/// a bare field. The dashboards give every computed expression an alias so that the column names
+/// (and the legends) do not depend on InfluxDB's defaults.
+fn selected_columns(query: &str, what: &str) -> Vec<String> {
+    let upper = query.to_ascii_uppercase();
+    let start = upper.find("SELECT ").unwrap_or_else(|| panic!("{what}: not a SELECT: {query}")) + 7;
+    let end = upper.find(" FROM ").unwrap_or_else(|| panic!("{what}: no FROM: {query}"));
+    let list = &query[start..end];
+    let mut items = Vec::new();
+    let (mut depth, mut quoted, mut from) = (0, false, 0);
+    for (i, c) in list.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            '(' if !quoted => depth += 1,
+            ')' if !quoted => depth -= 1,
+            ',' if !quoted && depth == 0 => {
+                items.push(list[from..i].trim());
+                from = i + 1;
+            }
+            _ => {}
+        }
+    }
+    items.push(list[from..].trim());
+    items
+        .into_iter()
+        .map(|item| {
+            let unquote = |s: &str| s.trim().trim_matches('"').to_owned();
+            match item.rfind(" AS ").or_else(|| item.rfind(" as ")) {
+                Some(i) => unquote(&item[i + 4..]),
+                None if item.starts_with('"') && item.ends_with('"') && item.matches('"').count() == 2 => {
+                    unquote(item)
+                }
+                None => panic!("{what}: give `{item}` an alias (AS \"name\"): {query}"),
+            }
+        })
+        .collect()
+}
+
+/// The tags of `GROUP BY` (quoted identifiers; `time(...)` left out).
+fn grouped_tags(query: &str) -> Vec<String> {
+    let upper = query.to_ascii_uppercase();
+    let Some(i) = upper.find("GROUP BY ") else { return Vec::new() };
+    let mut tags = Vec::new();
+    let mut rest = &query[i + 9..];
+    while let Some(a) = rest.find('"') {
+        let Some(b) = rest[a + 1..].find('"') else { break };
+        tags.push(rest[a + 1..a + 1 + b].to_owned());
+        rest = &rest[a + b + 2..];
+    }
+    tags
+}
+
+/// Runs an InfluxQL statement; the first result, or a panic naming `what` with InfluxDB's error.
+fn run(db: &Influx1, query: &str, what: &str) -> Value {
+    let answer = db.query(DATABASE, query);
+    let result = answer.pointer("/results/0").cloned().unwrap_or(Value::Null);
+    if let Some(e) = result.get("error") {
+        panic!("{what}: InfluxDB refused the query: {e}\n  {query}");
+    }
+    result
+}
+
+fn series(result: &Value) -> Vec<Value> {
+    result.get("series").and_then(Value::as_array).cloned().unwrap_or_default()
+}
+
+/// A template variable's values: a query variable runs its query (with the variables before
+/// it filled in), a textbox or constant takes its text.
+fn resolve(db: &Influx1, v: &Value, vars: &BTreeMap<String, Var>, what: &str) -> Var {
+    let kind = v["type"].as_str().unwrap_or_default();
+    let multi = v["multi"].as_bool().unwrap_or(false) || v["includeAll"].as_bool().unwrap_or(false);
+    let values: Vec<String> = match kind {
+        "query" => {
+            let raw = v["query"].as_str().unwrap_or_else(|| panic!("{what}: query variable without a query"));
+            let q = interpolate(raw, vars, what);
+            let mut values = BTreeSet::new();
+            for s in series(&run(db, &q, what)) {
+                for row in s["values"].as_array().into_iter().flatten() {
+                    values.insert(row[1].as_str().unwrap_or_else(|| panic!("{what}: {row}")).to_owned());
+                }
+            }
+            assert!(!values.is_empty(), "{what}: the variable's query gives no values\n  {q}");
+            values.into_iter().collect()
+        }
+        "textbox" | "constant" | "custom" => {
+            let text = v.pointer("/current/value").and_then(Value::as_str).or_else(|| v["query"].as_str());
+            vec![text
+                .unwrap_or_else(|| panic!("{what}: no value"))
+                .split(',')
+                .next()
+                .unwrap()
+                .trim()
+                .to_owned()]
+        }
+        other => panic!("{what}: variables of type {other:?} are not filled in by this test yet"),
+    };
+    Var { values, multi }
+}
+
+/// Every panel with its targets, rows opened (a collapsed row keeps its panels inside).
+fn panels(dashboard: &Value) -> Vec<Value> {
+    let mut out = Vec::new();
+    for p in dashboard["panels"].as_array().into_iter().flatten() {
+        if p["type"] == "row" {
+            out.extend(p["panels"].as_array().into_iter().flatten().cloned());
+        } else {
+            out.push(p.clone());
+        }
+    }
+    out
+}
+
+/// Checks one target; returns a line for the report.
+fn check_target(db: &Influx1, target: &Value, vars: &BTreeMap<String, Var>, what: &str) -> String {
+    assert_eq!(target["rawQuery"], true, "{what}: only raw InfluxQL queries are checked here");
+    let raw = target["query"].as_str().unwrap_or_else(|| panic!("{what}: a target without a query"));
+    let q = interpolate(raw, vars, what);
+    let columns = selected_columns(&q, what);
+    let result = run(db, &q, what);
+    let series = series(&result);
+    assert!(!series.is_empty(), "{what}: the query gives no series\n  {q}");
+    for column in &columns {
+        let mut has_value = false;
+        for s in &series {
+            let names: Vec<&str> =
+                s["columns"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+            let at = names
+                .iter()
+                .position(|n| n == column)
+                .unwrap_or_else(|| panic!("{what}: no column `{column}` in {names:?}\n  {q}"));
+            has_value |= s["values"].as_array().unwrap().iter().any(|row| !row[at].is_null());
+        }
+        assert!(has_value, "{what}: column `{column}` has no value in any series\n  {q}");
+    }
+    for tag in grouped_tags(&q) {
+        let found: BTreeSet<String> = series
+            .iter()
+            .map(|s| {
+                s.pointer(&format!("/tags/{tag}"))
+                    .and_then(Value::as_str)
+                    .unwrap_or_else(|| {
+                        panic!("{what}: a series without the tag `{tag}` it is grouped by: {s}")
+                    })
+                    .to_owned()
+            })
+            .collect();
+        if let Some(var) = vars.get(&tag) {
+            let want: BTreeSet<String> = var.values.iter().cloned().collect();
+            assert_eq!(found, want, "{what}: one series per `{tag}` of the variable\n  {q}");
+        }
+    }
+    let rows: usize = series.iter().map(|s| s["values"].as_array().map_or(0, Vec::len)).sum();
+    format!("{what}: {} series, {rows} rows, columns {columns:?}", series.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_panel_query_of_every_dashboard_gives_its_series() {
+    let db = Influx1::start();
+    db.create_database(DATABASE);
+    let dir = tempfile::tempdir().unwrap();
+    // mainB at 130 V trips `overvoltage-B` at its first reading; the dry-run trigger never does.
+    let _port = SimPort::spawn(SimPortOptions {
+        link: Some(dir.path().join("ttyUSB0")),
+        line: LineSettings { baud: 9600, data_bits: 8, parity: Parity::None, stop_bits: 1 },
+        turnaround: Duration::from_millis(5),
+        meters: vec![
+            "pzem-016@4,volts=121".parse().unwrap(),
+            "pzem-016@5,volts=130".parse().unwrap(),
+            "rx380@1".parse().unwrap(),
+        ],
+    })
+    .unwrap();
+    let config = pmtr::config::load_str(&config(dir.path(), &db.url()), "grafana.toml").unwrap();
+    let board = FakeBoard::new();
+    let daemon = Daemon::start(config, &board);
+    board.wait_level(gateway::PIN, false, Duration::from_secs(10)).await.expect("the trigger cuts the relay");
+    // Several health points (one a second) and a few seconds of readings.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    daemon.stop().await;
+
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dashboards_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    let names: Vec<String> =
+        files.iter().map(|f| f.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    for want in ["pmtr-overview.json", "pmtr-relays.json", "pmtr-health.json"] {
+        assert!(names.iter().any(|n| n == want), "{want} is missing from {names:?}");
+    }
+    let mut report = Vec::new();
+    let mut targets = 0;
+    for file in &files {
+        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(file).unwrap())
+            .unwrap_or_else(|e| panic!("{name}: not JSON: {e}"));
+        let mut vars = BTreeMap::new();
+        for v in dashboard.pointer("/templating/list").and_then(Value::as_array).into_iter().flatten() {
+            let var_name = v["name"].as_str().unwrap().to_owned();
+            let what = format!("{name}: variable `{var_name}`");
+            let var = resolve(&db, v, &vars, &what);
+            report.push(format!("{what}: {:?}", var.values));
+            vars.insert(var_name, var);
+        }
+        for want in ["gateway", "meter"] {
+            assert!(vars.contains_key(want), "{name}: no template variable `{want}`");
+        }
+        assert_eq!(vars["gateway"].values, ["testgw"]);
+        assert_eq!(vars["meter"].values, ["mainA", "mainB", "plant"], "{name}");
+        let panels = panels(&dashboard);
+        assert!(!panels.is_empty(), "{name}: no panels");
+        for panel in panels {
+            let title = panel["title"].as_str().unwrap_or("(untitled)");
+            let list = panel["targets"].as_array().cloned().unwrap_or_default();
+            assert!(!list.is_empty(), "{name}: panel \"{title}\" has no query");
+            for t in &list {
+                let what = format!("{name}: panel \"{title}\" query {}", t["refId"].as_str().unwrap_or("?"));
+                report.push(check_target(&db, t, &vars, &what));
+                targets += 1;
+            }
+        }
+    }
+    println!("{}", report.join("\n"));
+    assert!(targets >= 20, "only {targets} queries checked");
+}
+
+#[test]
+fn variables_are_filled_in_as_grafana_does() {
+    let mut vars = BTreeMap::new();
+    vars.insert("meter".to_owned(), Var { values: vec!["a.b".into(), "c".into()], multi: true });
+    vars.insert("tz".to_owned(), Var { values: vec!["Europe/Berlin".into()], multi: false });
+    let q = interpolate(
+        "SELECT x FROM m WHERE \"meter\" =~ /^$meter$/ AND $timeFilter GROUP BY time($__interval) tz('$tz')",
+        &vars,
+        "t",
+    );
+    assert_eq!(
+        q,
+        "SELECT x FROM m WHERE \"meter\" =~ /^(a\\.b|c)$/ AND time > now() - 1h GROUP BY time(1s) tz('Europe/Berlin')"
+    );
+    assert_eq!(
+        selected_columns("SELECT non_negative_difference(last(\"a\")) AS \"a\", \"b\" FROM \"m\"", "t"),
+        ["a", "b"]
+    );
+    assert_eq!(
+        grouped_tags("SELECT x FROM m GROUP BY time(1s), \"meter\", \"phase\" fill(none)"),
+        ["meter", "phase"]
+    );
+}
+
+#[test]
+#[should_panic(expected = "is used outside")]
+fn a_multi_value_variable_outside_a_regex_is_refused() {
+    let mut vars = BTreeMap::new();
+    vars.insert("meter".to_owned(), Var { values: vec!["a".into(), "b".into()], multi: true });
+    interpolate("SELECT x FROM m WHERE \"meter\" = '$meter'", &vars, "t");
+}
