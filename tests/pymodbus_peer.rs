@@ -124,7 +124,7 @@ async fn pzem_and_rx380_read_from_pymodbus() {
 
     let pz = pmtr::app::tools::adhoc_meter(Model::Pzem016, 4);
     let mut plan = 0;
-    let s = poll(&mut t, &pz, &mut plan, 3, timeout, &mut |_| {}).await.unwrap().unwrap();
+    let s = poll(&mut t, &pz, &mut plan, 3, timeout, &mut |_| {}).await.unwrap().unwrap().samples;
     assert!((get(&s, Phase::L1, Quantity::Voltage) - 229.8).abs() < 1e-9);
     assert!((get(&s, Phase::L1, Quantity::Current) - 4.321).abs() < 1e-9);
     assert!((get(&s, Phase::L1, Quantity::ActivePower) - 950.5).abs() < 1e-9);
@@ -134,7 +134,7 @@ async fn pzem_and_rx380_read_from_pymodbus() {
 
     let rx = pmtr::app::tools::adhoc_meter(Model::Rx380, 1);
     let mut plan = 0;
-    let s = poll(&mut t, &rx, &mut plan, 3, timeout, &mut |_| {}).await.unwrap().unwrap();
+    let s = poll(&mut t, &rx, &mut plan, 3, timeout, &mut |_| {}).await.unwrap().unwrap().samples;
     assert_eq!(plan, 0, "pymodbus serves the whole block");
     let v = rx380_snapshot();
     assert!((get(&s, Phase::Total, Quantity::ActiveEnergy) - v.kwh).abs() < 1e-6);
@@ -153,7 +153,7 @@ async fn pzem_and_rx380_read_from_pymodbus() {
     // read still works.
     let out = t.transact(&Request::read_input(9, 0, 10), Duration::from_millis(300)).await.unwrap();
     assert!(matches!(out.result, Err(FrameError::Timeout | FrameError::Exception(4))), "{out:?}");
-    let s = poll(&mut t, &pz, &mut 0, 3, timeout, &mut |_| {}).await.unwrap().unwrap();
+    let s = poll(&mut t, &pz, &mut 0, 3, timeout, &mut |_| {}).await.unwrap().unwrap().samples;
     assert!((get(&s, Phase::L1, Quantity::Voltage) - 229.8).abs() < 1e-9);
 }
 

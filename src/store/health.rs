@@ -101,6 +101,7 @@ mod tests {
             last_success: None,
             last_error: None,
             last_reading: None,
+            server: None,
         }
     }
 
