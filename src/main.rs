@@ -77,6 +77,12 @@ enum Cmd {
         #[command(subcommand)]
         cmd: PzemCmd,
     },
+    /// PMTR_001_SRV servers behind a power-line modem: find them, set their clocks, push their
+    /// relay actions (with the daemon stopped; it does the last two by itself).
+    Pmtr {
+        #[command(subcommand)]
+        cmd: PmtrCmd,
+    },
     /// Simulated meters on a pseudo-terminal, for tests and trying pmtr without hardware.
     Simulate {
         /// Create this symlink to the pseudo-terminal (e.g. /tmp/pmtr/ttyUSB0).
@@ -197,6 +203,40 @@ enum PzemCmd {
         #[arg(long)]
         address: u8,
         watts: Option<u16>,
+    },
+}
+
+#[derive(Subcommand)]
+enum PmtrCmd {
+    /// Find the servers on a power-line bus (9600 8N1), resynchronising the bus after every
+    /// silent address so that none is missed.
+    Scan {
+        #[arg(long)]
+        port: String,
+        /// Addresses, e.g. "1-247" or "1-32".
+        #[arg(long, default_value = "1-247", value_parser = pmtr::bus::scan::parse_addresses)]
+        addresses: std::vec::Vec<u8>,
+        /// How long to wait at each address (a server answers once per loop, about 1.2 s).
+        #[arg(long, default_value = "5s", value_parser = app::parse_duration_arg)]
+        timeout: Duration,
+        /// Add the servers not yet configured to this configuration file (checked first).
+        #[arg(long, requires = "bus", value_name = "FILE")]
+        add_to: Option<PathBuf>,
+        /// The power-line bus of --add-to.
+        #[arg(long)]
+        bus: Option<String>,
+    },
+    /// Set the clock of the configured servers (all, or those named).
+    SyncTime {
+        #[arg(long, short, default_value = "/etc/pmtr/pmtr.toml")]
+        config: PathBuf,
+        servers: Vec<String>,
+    },
+    /// Push the relay actions of the configured servers (all, or those named): five slots each.
+    PushActions {
+        #[arg(long, short, default_value = "/etc/pmtr/pmtr.toml")]
+        config: PathBuf,
+        servers: Vec<String>,
     },
 }
 
@@ -356,6 +396,28 @@ fn main() -> ExitCode {
                     }
                 }
             }
+            Cmd::Pmtr { cmd } => match cmd {
+                PmtrCmd::Scan { port, addresses, timeout, add_to, bus } => {
+                    let add = add_to.as_deref().zip(bus.as_deref());
+                    app::servers::run_scan(&port, addresses, timeout, add).await?;
+                }
+                PmtrCmd::SyncTime { config, servers } => {
+                    let cfg = match load(&config) {
+                        Ok(c) => c,
+                        Err(code) => return Ok(code),
+                    };
+                    app::servers::refuse_if_daemon_runs(&cfg).await?;
+                    app::servers::run_sync_time(&cfg, &servers).await?;
+                }
+                PmtrCmd::PushActions { config, servers } => {
+                    let cfg = match load(&config) {
+                        Ok(c) => c,
+                        Err(code) => return Ok(code),
+                    };
+                    app::servers::refuse_if_daemon_runs(&cfg).await?;
+                    app::servers::run_push_actions(&cfg, &servers).await?;
+                }
+            },
             Cmd::Simulate { link, baud, turnaround, meters } => {
                 app::demo::simulate(link, baud, turnaround, meters).await?;
             }

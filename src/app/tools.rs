@@ -80,7 +80,7 @@ pub async fn run_scan(
     Ok(found)
 }
 
-async fn progress_bar(done: Arc<AtomicUsize>, total: usize) {
+pub(crate) async fn progress_bar(done: Arc<AtomicUsize>, total: usize) {
     let tty = std::io::stderr().is_terminal();
     let every = if tty { Duration::from_millis(200) } else { Duration::from_secs(5) };
     loop {
@@ -95,7 +95,7 @@ async fn progress_bar(done: Arc<AtomicUsize>, total: usize) {
     }
 }
 
-fn bar_line(done: usize, total: usize) -> String {
+pub(crate) fn bar_line(done: usize, total: usize) -> String {
     let width = 30;
     let filled = (done * width).checked_div(total).unwrap_or(width);
     format!("[{}{}] {done}/{total}", "#".repeat(filled), "-".repeat(width - filled))
