@@ -8,13 +8,17 @@
 //! - [`port`] is the I/O shell: a [`SimPort`] serves slaves on a pseudo-terminal with byte
 //!   timing faithful to the baud rate, and can be unplugged and plugged back in.
 //! - [`pmtr_srv`] is the pure core of a PMTR_001_SRV server ([`PmtrServer`]), firmware quirks
-//!   included; [`pmtr_expr`] its relay-action expression language.
+//!   included; [`pmtr_expr`] its relay-action expression language; [`plc`] the I/O shell, a
+//!   [`PlcBus`] of such servers sharing a simulated power-line medium on a pseudo-terminal.
 
+pub mod plc;
 pub mod pmtr_expr;
 pub mod pmtr_srv;
 pub mod port;
+mod pty;
 pub mod slave;
 
+pub use plc::{PlcBus, PlcBusOptions, PlcStats};
 pub use pmtr_srv::{ActionSlot, Firmware, PmtrServer, ServerCounters, ServerValues};
 pub use port::{SimPort, SimPortOptions, SimStats};
 pub use slave::{Fault, Profile, Response, SimMeterSpec, SimSlave};
