@@ -7,19 +7,17 @@
 //! 3.5 characters of silence); the reply starts `turnaround` later, and its byte i is written
 //! at `start + (i + 1) · char_time`, each against an absolute deadline so no drift builds up.
 
+use super::pty::{self, sleep_until, Served, TICK};
 use super::slave::{request_len, Fault, Response, SimMeterSpec, SimSlave};
 use crate::config::LineSettings;
-use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::termios::{cfmakeraw, tcgetattr, tcsetattr, SetArg};
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::os::fd::AsFd;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// How a simulated port is set up.
@@ -90,36 +88,12 @@ impl Shared {
     }
 }
 
-/// One plugged-in pseudo-terminal and its thread.
-struct Pty {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-    /// Held so that the pty lives on between the gateway's opens.
-    _slave: OwnedFd,
-    link: Option<PathBuf>,
-}
-
-impl Pty {
-    fn close(mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        // The thread owned the master: it is closed now. The slave goes with `self`.
-        if let Some(link) = &self.link {
-            if std::fs::symlink_metadata(link).is_ok_and(|m| m.file_type().is_symlink()) {
-                let _ = std::fs::remove_file(link);
-            }
-        }
-    }
-}
-
 /// Simulated meters on a pseudo-terminal.
 pub struct SimPort {
     shared: Arc<Shared>,
     line: LineSettings,
     turnaround: Duration,
-    pty: Option<Pty>,
+    pty: Option<Served>,
     path: PathBuf,
 }
 
@@ -165,19 +139,10 @@ impl SimPort {
     }
 
     fn plug(&mut self, link: Option<PathBuf>) -> io::Result<()> {
-        let pty = nix::pty::openpty(None, None)?;
-        let mut t = tcgetattr(&pty.slave)?;
-        cfmakeraw(&mut t);
-        tcsetattr(&pty.slave, SetArg::TCSANOW, &t)?;
-        let flags = OFlag::from_bits_truncate(fcntl(pty.master.as_raw_fd(), FcntlArg::F_GETFL)?);
-        fcntl(pty.master.as_raw_fd(), FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
-        let pts = nix::unistd::ttyname(pty.slave.as_fd())?;
-        if let Some(link) = &link {
-            make_link(&pts, link)?;
-        }
+        let pty = pty::open(link.as_deref())?;
         let stop = Arc::new(AtomicBool::new(false));
         let wire = Wire {
-            master: File::from(pty.master),
+            master: pty.master,
             shared: self.shared.clone(),
             stop: stop.clone(),
             char_time: self.line.char_time(),
@@ -196,13 +161,13 @@ impl SimPort {
             Err(e) => {
                 self.shared.lock().stats.running = false;
                 if let Some(link) = &link {
-                    let _ = std::fs::remove_file(link);
+                    pty::remove_link(link);
                 }
                 return Err(e);
             }
         };
-        self.path = link.clone().unwrap_or(pts);
-        self.pty = Some(Pty { stop, thread: Some(thread), _slave: pty.slave, link });
+        self.path = link.clone().unwrap_or(pty.pts);
+        self.pty = Some(Served { stop, thread: Some(thread), _slave: pty.slave, link });
         Ok(())
     }
 
@@ -246,7 +211,7 @@ impl SimPort {
 
     pub fn stats(&self) -> SimStats {
         let mut s = self.shared.lock().stats.clone();
-        s.running = self.pty.as_ref().and_then(|p| p.thread.as_ref()).is_some_and(|t| !t.is_finished());
+        s.running = self.pty.as_ref().is_some_and(Served::running);
         s
     }
 }
@@ -263,35 +228,8 @@ impl std::fmt::Debug for SimPort {
     }
 }
 
-fn make_link(target: &Path, link: &Path) -> io::Result<()> {
-    if let Some(dir) = link.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
-    if std::fs::symlink_metadata(link).is_ok_and(|m| m.file_type().is_symlink()) {
-        std::fs::remove_file(link)?;
-    }
-    std::os::unix::fs::symlink(target, link)
-}
-
 /// The longest Modbus RTU frame.
 const MAX_FRAME: usize = 256;
-
-/// The longest the thread blocks before looking at its stop flag.
-const TICK: Duration = Duration::from_millis(10);
-
-/// Sleeps until `deadline`; false if asked to stop meanwhile.
-fn sleep_until(deadline: Instant, stop: &AtomicBool) -> bool {
-    loop {
-        if stop.load(Ordering::SeqCst) {
-            return false;
-        }
-        let now = Instant::now();
-        if now >= deadline {
-            return true;
-        }
-        std::thread::sleep((deadline - now).min(TICK));
-    }
-}
 
 /// The line thread.
 struct Wire {
