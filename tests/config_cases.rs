@@ -47,6 +47,7 @@ fn bus_fact(b: &Bus, key: &str) -> Option<String> {
         "frame_gap" => b.frame_gap.map_or("none".to_owned(), |d| format!("{d:?}")),
         "max_backoff" => format!("{:?}", b.max_backoff),
         "rescan" => format!("{:?}", b.rescan),
+        "kind" => b.kind.name().to_owned(),
         _ => return None,
     })
 }
@@ -59,7 +60,29 @@ fn meter_fact(m: &Meter, key: &str) -> Option<String> {
         "bus" => m.bus.clone(),
         "poll" => format!("{:?}", m.poll),
         "phase" => format!("{:?}", m.phase),
-        _ => return None,
+        "multiplier" => m.multiplier().to_string(),
+        "time_sync" => {
+            m.server.as_ref()?.time_sync.map_or("off".to_owned(), |d| format!("{d:?}"))
+        }
+        "push_actions" => m.server.as_ref()?.push_actions.to_string(),
+        "actions" => m.server.as_ref()?.actions.len().to_string(),
+        _ => {
+            // `action[N].sent`, `.average`, `.pins`, `.level`, `.recovery`, `.latch`, `.dry_run`.
+            let rest = key.strip_prefix("action[")?;
+            let (i, field) = rest.split_once("].")?;
+            let a = m.server.as_ref()?.actions.get(i.parse::<usize>().ok()?)?;
+            match field {
+                "sent" => a.firmware_text.clone(),
+                "sent_legacy" => a.legacy_text.clone().unwrap_or_else(|e| format!("error: {e}")),
+                "average" => a.average.to_string(),
+                "pins" => format!("{:?}", a.pins),
+                "level" => if a.level_high { "high" } else { "low" }.to_owned(),
+                "recovery" => format!("{:?}", a.recovery),
+                "latch" => a.latch.to_string(),
+                "dry_run" => a.dry_run.to_string(),
+                _ => return None,
+            }
+        }
     })
 }
 

@@ -728,7 +728,7 @@ pub fn convert(text: &str, units: &Units) -> Result<String, ExprError> {
             offset: None,
             message: format!(
                 "`{out}` is {} characters in the server's units; the server keeps {MAX_TEXT}: shorten it, \
-                 or compare each variable with a number so that only numbers are rescaled",
+                 or split it into two actions (a server has five)",
                 out.len()
             ),
         });
