@@ -61,9 +61,7 @@ fn meter_fact(m: &Meter, key: &str) -> Option<String> {
         "poll" => format!("{:?}", m.poll),
         "phase" => format!("{:?}", m.phase),
         "multiplier" => m.multiplier().to_string(),
-        "time_sync" => {
-            m.server.as_ref()?.time_sync.map_or("off".to_owned(), |d| format!("{d:?}"))
-        }
+        "time_sync" => m.server.as_ref()?.time_sync.map_or("off".to_owned(), |d| format!("{d:?}")),
         "push_actions" => m.server.as_ref()?.push_actions.to_string(),
         "actions" => m.server.as_ref()?.actions.len().to_string(),
         _ => {
