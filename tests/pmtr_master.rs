@@ -272,7 +272,18 @@ level = "high"
         port = bus.path().display(),
     );
     let config = load_str(&text, "pmtr.toml").unwrap();
+    // A daemon running on this configuration owns the bus: the commands refuse.
+    let mut other = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+    std::fs::create_dir_all(&config.gateway.state_dir).unwrap();
+    let marker = config.gateway.state_dir.join("running");
+    std::fs::write(&marker, format!("{}\n", other.id())).unwrap();
+    let err = servers::refuse_if_daemon_runs(&config).await.unwrap_err().to_string();
+    assert!(err.contains(&format!("process {}", other.id())) && err.contains("stop it first"), "{err}");
+    other.kill().unwrap();
+    other.wait().unwrap();
+    // A marker left by a crash names a dead process: no refusal.
     servers::refuse_if_daemon_runs(&config).await.unwrap();
+    std::fs::remove_file(&marker).unwrap();
     servers::run_sync_time(&config, &[]).await.unwrap();
     for a in [1, 6] {
         let err = clock_error(&bus, a).unwrap();

@@ -276,16 +276,23 @@ pub async fn run_push_actions(config: &Config, names: &[String]) -> anyhow::Resu
     Ok(())
 }
 
-/// Refuses to run while a daemon answers on the configuration's control socket: it owns the
-/// port, and two masters on one bus garble each other's frames.
+/// Refuses to run while a daemon runs on this configuration (its run marker names a live
+/// process, or its control socket answers): it owns the port, and two masters on one bus garble
+/// each other's frames.
 pub async fn refuse_if_daemon_runs(config: &Config) -> anyhow::Result<()> {
+    let marker = crate::alert::run::running_marker(config);
+    let pid = std::fs::read_to_string(&marker).ok().and_then(|s| s.trim().parse::<u32>().ok());
+    let live = pid.filter(|&p| p != std::process::id() && Path::new(&format!("/proc/{p}")).exists());
     let socket = &config.gateway.control_socket;
-    if tokio::net::UnixStream::connect(socket).await.is_ok() {
+    let answers = tokio::net::UnixStream::connect(socket).await.is_ok();
+    if live.is_some() || answers {
+        let why = match live {
+            Some(p) => format!("process {p}, in {}", marker.display()),
+            None => format!("its control socket {} answers", socket.display()),
+        };
         bail!(
-            "the pmtr daemon is running (its control socket {} answers) and owns the bus: stop it first \
-             (`systemctl stop pmtr`). It sets the servers' clocks and pushes their actions itself, at start, \
-             daily and after a reboot",
-            socket.display()
+            "the pmtr daemon is running ({why}) and owns the bus: stop it first (`systemctl stop pmtr`). \
+             It sets the servers' clocks and pushes their actions itself, at start, daily and after a reboot"
         );
     }
     Ok(())

@@ -1451,6 +1451,36 @@ mod tests {
     }
 
     #[test]
+    fn the_commented_out_power_line_block_loads_too() {
+        let mut out = String::new();
+        let mut in_block = false;
+        for line in EXAMPLE.lines() {
+            if line.contains("PMTR_001_SRV servers behind a power-line modem") {
+                in_block = true;
+            }
+            if line.contains("[[sink]]: where readings are written") {
+                in_block = false;
+            }
+            match line.strip_prefix("# ") {
+                Some(code) if in_block && (code.starts_with('[') || code.contains(" = ")) => {
+                    out.push_str(code)
+                }
+                _ => out.push_str(line),
+            }
+            out.push('\n');
+        }
+        let config = load_str(&out, "pmtr.toml").unwrap_or_else(|e| panic!("{e}\n{out}"));
+        let m = config.meter("panel-1").unwrap();
+        assert_eq!(config.bus(&m.bus).unwrap().kind, BusKind::PowerLine);
+        let action = &m.server.as_ref().unwrap().actions[0];
+        assert_eq!(action.firmware_text, "L1U > 2530 || L2U > 2530 || L3U > 2530");
+        assert_eq!(
+            (action.pins.as_slice(), action.level_high, action.recovery),
+            (&[22u8][..], false, Duration::from_secs(300))
+        );
+    }
+
+    #[test]
     fn the_commented_out_rx380_block_loads_too() {
         // Uncomment every line that is commented-out TOML in the RX380 block.
         let mut out = String::new();
