@@ -3,6 +3,7 @@
 pub mod control;
 pub mod demo;
 pub mod run;
+pub mod status;
 pub mod test_email;
 pub mod tools;
 
