@@ -32,9 +32,16 @@ pub async fn run_with(
         tracing::warn!(dir = %config.gateway.state_dir.display(), error = %e,
             "cannot create the state directory; the port map will not be remembered");
     }
-    // The status API's port first: taken, pmtr stops here, before it touches anything.
+    // The status API only observes (and relays have the control socket): a port that is
+    // taken costs the API, never the metering or the relays.
     let status_server = if config.status.enabled {
-        Some(StatusServer::bind(config.status.listen, config.status.token.clone())?)
+        match StatusServer::bind(config.status.listen, config.status.token.clone()) {
+            Ok(server) => Some(server),
+            Err(e) => {
+                tracing::error!("{e}; running without the status API");
+                None
+            }
+        }
     } else {
         None
     };

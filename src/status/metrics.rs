@@ -41,6 +41,10 @@ type Family<T> = (&'static str, &'static str, fn(&T) -> u64);
 const METER_COUNTERS: &[Family<Counters>] = &[
     ("pmtr_meter_requests_total", "Requests sent to the meter.", |c| c.requests),
     ("pmtr_meter_replies_total", "Good replies from the meter.", |c| c.replies),
+    ("pmtr_meter_probes_total", "Requests that looked for the meter on a port.", |c| c.probes),
+    ("pmtr_meter_probe_misses_total", "Probes the meter did not answer (on another port, or away).", |c| {
+        c.probe_misses
+    }),
     ("pmtr_meter_timeouts_total", "Requests the meter did not answer in time.", |c| c.timeouts),
     ("pmtr_meter_crc_errors_total", "Replies with a bad CRC.", |c| c.crc_errors),
     ("pmtr_meter_exceptions_total", "Modbus exception replies.", |c| c.exceptions),

@@ -118,7 +118,7 @@ impl<'de> Deserialize<'de> for Values {
 pub struct RelayView {
     #[serde(flatten)]
     pub status: RelayStatus,
-    /// Level changes seen since start (by triggers, by hand, at start).
+    /// Level changes since start (by triggers or by hand; the claim at start is not one).
     pub transitions: u64,
 }
 
@@ -233,36 +233,21 @@ impl Snapshot {
 /// Relay level changes counted from the state changes, by relay name.
 #[derive(Debug, Default)]
 pub struct Tally {
-    inner: Mutex<TallyState>,
-}
-
-#[derive(Debug, Default)]
-struct TallyState {
-    transitions: BTreeMap<String, u64>,
-    /// The level last seen of each relay.
-    on: BTreeMap<String, bool>,
+    transitions: Mutex<BTreeMap<String, u64>>,
 }
 
 impl Tally {
-    /// Counts one change: a relay whose level differs from the one last seen, or a `switched`
-    /// (always a new level).
+    /// Counts one change: every `switched` of a relay is a new level of its pin, except its
+    /// claim at start (cause `start…`).
     pub fn count(&self, c: &StateChange) {
-        if c.subject != Subject::Relay || c.event == ChangeEvent::Failed {
-            return;
-        }
-        let mut t = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let before = t.on.insert(c.name.to_string(), c.active);
-        let changed = match before {
-            Some(b) => b != c.active,
-            None => c.event == ChangeEvent::Switched,
-        };
-        if changed {
-            *t.transitions.entry(c.name.to_string()).or_default() += 1;
+        if c.subject == Subject::Relay && c.event == ChangeEvent::Switched && !c.cause.starts_with("start") {
+            let mut t = self.transitions.lock().unwrap_or_else(|e| e.into_inner());
+            *t.entry(c.name.to_string()).or_default() += 1;
         }
     }
 
     pub fn transitions(&self) -> BTreeMap<String, u64> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).transitions.clone()
+        self.transitions.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Counts every change of `changes` until it closes.
@@ -415,7 +400,7 @@ pub(crate) mod tests {
     #[test]
     fn relay_transitions_count_level_changes() {
         let t = Tally::default();
-        let change = |event, active| StateChange {
+        let change = |event, active, cause: &str| StateChange {
             time: Utc::now(),
             subject: Subject::Relay,
             name: "pump".into(),
@@ -423,17 +408,15 @@ pub(crate) mod tests {
             active,
             held: false,
             dry_run: false,
-            cause: String::new(),
+            cause: cause.into(),
         };
-        t.count(&change(ChangeEvent::Restored, true)); // the level at start: no change
-        t.count(&change(ChangeEvent::Switched, false));
-        t.count(&change(ChangeEvent::Forced, false)); // forced to the level it had
-        t.count(&change(ChangeEvent::Forced, true));
-        t.count(&change(ChangeEvent::Failed, false));
-        t.count(&change(ChangeEvent::Unforced, false));
-        assert_eq!(t.transitions().get("pump"), Some(&3));
-        let fresh = Tally::default();
-        fresh.count(&change(ChangeEvent::Switched, true));
-        assert_eq!(fresh.transitions().get("pump"), Some(&1));
+        t.count(&change(ChangeEvent::Switched, true, "start")); // the claim at start
+        t.count(&change(ChangeEvent::Switched, true, "start: forced on by uid 0 pid 1"));
+        t.count(&change(ChangeEvent::Forced, false, "forced off by http 127.0.0.1:5"));
+        t.count(&change(ChangeEvent::Switched, false, "forced by http 127.0.0.1:5"));
+        t.count(&change(ChangeEvent::Failed, true, "could not switch on"));
+        t.count(&change(ChangeEvent::Unforced, false, "released by uid 0 pid 1"));
+        t.count(&change(ChangeEvent::Switched, true, "trigger overvolt"));
+        assert_eq!(t.transitions().get("pump"), Some(&2));
     }
 }
