@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian machine: installs what the tests need (socat,
-# pymodbus, influxdb, victoria-metrics, aiosmtpd, openssl), then formatting, lints, and every test. CI runs
+# pymodbus, influxdb, victoria-metrics, aiosmtpd, openssl, mosquitto), then formatting, lints, and every test. CI runs
 # exactly this (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +17,9 @@ command -v influx >/dev/null || missing+=(influxdb-client)
 { command -v victoria-metrics >/dev/null && command -v vmauth >/dev/null; } || missing+=(victoria-metrics)
 # The email tests (tests/support/smtp.rs) make their server's certificate with `openssl req`.
 command -v openssl >/dev/null || missing+=(openssl)
+# The MQTT tests (tests/mqtt.rs) run a real broker, and its clients help by hand.
+command -v mosquitto >/dev/null || missing+=(mosquitto)
+command -v mosquitto_sub >/dev/null || missing+=(mosquitto-clients)
 if [ ${#missing[@]} -gt 0 ]; then
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"

@@ -14,6 +14,8 @@
 //!   [`VictoriaMetrics::log`]).
 //! * [`VmAuth`]: Debian's `vmauth` (same package as `victoria-metrics`) in front of a
 //!   VictoriaMetrics, to check that a token is really sent.
+//! * [`Mosquitto`]: Debian's `mosquitto` 2.0 MQTT broker, anonymous, without persistence (a
+//!   restart forgets retained messages: what is retained afterwards was published again).
 //!
 //! Every server runs in its own temporary directory (config, data and the server's log), listens
 //! on free loopback ports only, and is killed by PID on drop. A missing binary is a panic that says
@@ -801,6 +803,95 @@ impl VmAuth {
 }
 
 impl Drop for VmAuth {
+    fn drop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.terminate(DROP_GRACE);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mosquitto
+// ---------------------------------------------------------------------------------------------
+
+/// Debian's `mosquitto` 2.0 on a free loopback port, anonymous, `persistence false`, its config
+/// and log in a temporary directory.
+pub struct Mosquitto {
+    proc: Option<Proc>,
+    port: u16,
+    dir: TempDir,
+}
+
+impl Mosquitto {
+    /// Starts mosquitto and waits until it accepts connections (panics after 15 s).
+    pub fn start() -> Mosquitto {
+        for attempt in 1..=3 {
+            let dir = tempfile::Builder::new().prefix("pmtr-mosquitto-").tempdir().expect("tempdir");
+            let mut server = Mosquitto { proc: None, port: free_port(), dir };
+            let conf = format!(
+                "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\n\
+                 log_type error\nlog_type warning\nlog_type notice\nlog_type information\n",
+                server.port
+            );
+            std::fs::write(server.config_path(), conf).expect("write mosquitto.conf");
+            match server.launch() {
+                Ready::Up => return server,
+                Ready::Exited(_, true) if attempt < 3 => continue,
+                Ready::Exited(status, _) => server.fail(&format!("exited during start ({status})")),
+            }
+        }
+        unreachable!()
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.dir.path().join("mosquitto.conf")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("mosquitto.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.proc.as_ref().expect("mosquitto is stopped").pid()
+    }
+}
+
+impl Managed for Mosquitto {
+    const NAME: &'static str = "mosquitto";
+    fn slot(&mut self) -> &mut Option<Proc> {
+        &mut self.proc
+    }
+    fn launch(&mut self) -> Ready {
+        let args = vec!["-c".to_string(), self.config_path().display().to_string()];
+        let mut proc = Proc::spawn(
+            "mosquitto",
+            &args,
+            self.dir.path(),
+            &self.log_path(),
+            "apt-get install mosquitto mosquitto-clients",
+        );
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let ready = wait_ready(&mut proc, &self.log_path(), || {
+            TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+        });
+        self.proc = Some(proc);
+        ready
+    }
+
+    fn fail(&self, what: &str) -> ! {
+        panic!("mosquitto {what}; its log ends:\n{}", log_tail(&self.log_path(), 40))
+    }
+}
+
+impl Drop for Mosquitto {
     fn drop(&mut self) {
         if let Some(mut p) = self.proc.take() {
             p.terminate(DROP_GRACE);
