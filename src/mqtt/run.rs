@@ -170,6 +170,17 @@ impl Mqtt {
     }
 }
 
+/// The wait after `backoff`: doubled, at most `max`.
+pub fn next_backoff(backoff: Duration, max: Duration) -> Duration {
+    backoff.saturating_mul(2).min(max)
+}
+
+/// Between half and all of `backoff` (`random` in 0..1), so that many gateways do not come
+/// back in step after a broker restart.
+pub fn jittered(backoff: Duration, random: f64) -> Duration {
+    backoff.mul_f64(random.clamp(0.0, 1.0) * 0.5 + 0.5)
+}
+
 /// The connection: polls the event loop, waits with back-off after a failure.
 async fn drive(
     mut eventloop: rumqttc::EventLoop,
@@ -227,10 +238,8 @@ async fn drive(
                 } else {
                     tracing::debug!(error = %message, "mqtt: connection attempt failed");
                 }
-                // Between half and all of the back-off, so that many gateways do not come back
-                // in step after a broker restart.
-                let wait = backoff.mul_f64(rand::random::<f64>() * 0.5 + 0.5);
-                backoff = (backoff * 2).min(settings.max_backoff);
+                let wait = jittered(backoff, rand::random::<f64>());
+                backoff = next_backoff(backoff, settings.max_backoff);
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = async { let _ = done.wait_for(|d| *d).await; } => return,
@@ -388,5 +397,66 @@ impl Publisher {
                 self.meters_online.insert(name, online);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn back_off_doubles_to_its_ceiling_with_jitter() {
+        let max = Duration::from_secs(60);
+        let mut b = FIRST_BACKOFF;
+        let mut waits = vec![];
+        for _ in 0..9 {
+            waits.push(b.as_secs());
+            b = next_backoff(b, max);
+        }
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        assert_eq!(jittered(Duration::from_secs(8), 0.0), Duration::from_secs(4));
+        assert_eq!(jittered(Duration::from_secs(8), 1.0), Duration::from_secs(8));
+        assert_eq!(jittered(Duration::from_secs(8), 7.0), Duration::from_secs(8));
+    }
+
+    /// With the broker away, a reading is counted as dropped at once and nothing waits: the
+    /// publisher never blocks on the broker (tokio's paused clock: no real time passes).
+    #[tokio::test(start_paused = true)]
+    async fn a_broker_that_is_away_costs_a_dropped_count_not_a_wait() {
+        let config = crate::config::load_str(
+            "[[bus]]\nname = \"b\"\nport = \"/dev/null\"\n[[meter]]\nname = \"m\"\nmodel = \"pzem-016\"\naddress = 4\n\
+             [mqtt]\nhost = \"127.0.0.1\"\nport = 1\nqueue = 10\n",
+            "t.toml",
+        )
+        .unwrap();
+        let (records, rx) = broadcast::channel(16);
+        let (stop_tx, stop) = watch::channel(false);
+        let meters = Arc::new(StatusBoard::default());
+        let mqtt = Mqtt::start(
+            &config,
+            config.mqtt.as_ref().unwrap(),
+            Sources { records: rx, meters, commands: None },
+            stop,
+        )
+        .unwrap();
+        let reading = crate::reading::Reading {
+            meter: "m".into(),
+            model: crate::meter::Model::Pzem016,
+            time: chrono::Utc::now(),
+            samples: vec![],
+            quality: Default::default(),
+        };
+        for _ in 0..100 {
+            records.send(Record::Reading(reading.clone())).unwrap();
+        }
+        let t0 = tokio::time::Instant::now();
+        while lock(&mqtt.counters).dropped < 100 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(t0.elapsed() < Duration::from_millis(200), "{:?}", t0.elapsed());
+        let c = lock(&mqtt.counters).clone();
+        assert!(!c.connected && c.published == 0, "{c:?}");
+        stop_tx.send(true).unwrap();
+        mqtt.join().await;
     }
 }
