@@ -208,7 +208,6 @@ impl Topics {
             let doc = json!({
                 "name": format!("Relay {}", r.name),
                 "unique_id": format!("{}_{}", self.node, topic_level(&object)),
-                "object_id": format!("{}_{}", self.node, topic_level(&object)),
                 "state_topic": self.relay_state(&r.name),
                 "payload_on": "ON",
                 "payload_off": "OFF",
@@ -225,7 +224,6 @@ impl Topics {
             let doc = json!({
                 "name": format!("Trigger {}", t.name),
                 "unique_id": format!("{}_{}", self.node, topic_level(&object)),
-                "object_id": format!("{}_{}", self.node, topic_level(&object)),
                 "state_topic": self.trigger_state(&t.name),
                 "payload_on": "ON",
                 "payload_off": "OFF",
@@ -263,7 +261,6 @@ impl Topics {
                 let mut doc = json!({
                     "name": entity_name(phase, quantity),
                     "unique_id": id,
-                    "object_id": id,
                     "state_topic": self.meter_state(&m.name),
                     "availability": availability,
                     "availability_mode": "all",
