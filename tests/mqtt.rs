@@ -10,6 +10,8 @@
 mod gateway;
 #[path = "support/servers.rs"]
 mod servers;
+#[path = "support/smtp.rs"]
+mod smtp;
 
 use gateway::{set_volts, sim, Daemon, PIN};
 use pmtr::relay::FakeBoard;
@@ -56,6 +58,11 @@ struct Watcher {
 
 impl Watcher {
     async fn start(port: u16) -> Watcher {
+        Watcher::start_as(port, None).await
+    }
+
+    /// A client with a user name and password.
+    async fn start_as(port: u16, credentials: Option<(&str, &str)>) -> Watcher {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let id = format!(
             "watcher-{}-{}",
@@ -65,6 +72,9 @@ impl Watcher {
         let mut options = MqttOptions::new(id, "127.0.0.1", port);
         options.set_keep_alive(Duration::from_secs(5));
         options.set_max_packet_size(1 << 20, 1 << 20);
+        if let Some((user, password)) = credentials {
+            options.set_credentials(user, password);
+        }
         let (client, mut eventloop) = AsyncClient::new(options, 100);
         let seen = Arc::new(Mutex::new(Vec::new()));
         let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
@@ -140,6 +150,14 @@ impl Drop for Watcher {
 async fn retained(broker: u16, topic: &str) -> Msg {
     let w = Watcher::start(broker).await;
     w.wait(topic, |m| m.retain).await
+}
+
+/// The status, or None while the API is not up yet.
+async fn try_api(port: u16) -> Option<Value> {
+    let url = format!("http://127.0.0.1:{port}/api/status");
+    let r =
+        tokio::task::spawn_blocking(move || servers::try_http("GET", &url, &[], b"")).await.unwrap().ok()?;
+    (r.status == 200).then(|| serde_json::from_slice(&r.body).unwrap())
 }
 
 async fn api(port: u16) -> Value {
@@ -353,4 +371,63 @@ async fn pmtr_connects_again_after_a_broker_restart_and_never_stalls() {
     assert_eq!(after["mqtt"]["connections"], 2, "{}", after["mqtt"]);
     daemon.stop().await;
     drop(broker);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_and_credentials() {
+    let certs = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(certs.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let (cert, key) = smtp::make_certificate(certs.path());
+    let broker = {
+        let (cert, key) = (cert.clone(), key.clone());
+        tokio::task::spawn_blocking(move || Mosquitto::start_secure(&cert, &key, "pmtr", "s3cret-mqtt"))
+            .await
+            .unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let _meter = sim(dir.path(), 230.0);
+    let secure = |password: &str, api: u16| {
+        let rest = format!(
+            "{TRIGGER}\n[status]\nlisten = \"127.0.0.1:{api}\"\n\n[mqtt]\nhost = \"127.0.0.1\"\nport = {}\n\
+             tls = true\nca_file = \"{}\"\nusername = \"pmtr\"\npassword = \"{password}\"\nmax_backoff = \"1s\"\n",
+            broker.tls_port(),
+            cert.display()
+        );
+        pmtr::config::load_str(&gateway::toml(dir.path(), GATEWAY, &rest), "t.toml")
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+
+    // A wrong password: refused, said in the status, and the gateway runs on.
+    let api_port = servers::free_port();
+    let board = FakeBoard::new();
+    let daemon = Daemon::start(secure("wrong", api_port), &board);
+    let deadline = Instant::now() + WAIT;
+    let s = loop {
+        let s = try_api(api_port).await.unwrap_or_default();
+        if s["mqtt"]["last_error"].is_string() && s["meters"][0]["counters"]["readings"].as_u64() > Some(0) {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "no connection error within {WAIT:?}: {s}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(s["mqtt"]["connected"], false);
+    assert!(s["mqtt"]["last_error"].as_str().unwrap().to_lowercase().contains("refused"), "{}", s["mqtt"]);
+    daemon.stop().await;
+
+    // The right one, over TLS with the private certificate: published.
+    let api_port = servers::free_port();
+    let daemon = Daemon::start(secure("s3cret-mqtt", api_port), &board);
+    let w = Watcher::start_as(broker.port(), Some(("pmtr", "s3cret-mqtt"))).await;
+    w.payload(&format!("{PREFIX}/status"), "online").await;
+    let r = w.wait(&format!("{PREFIX}/meter/main/state"), |_| true).await;
+    assert_eq!(json(&r)["L1U"].as_f64(), Some(230.0));
+    let s = api(api_port).await;
+    assert_eq!(s["mqtt"]["connected"], true);
+    assert_eq!(s["mqtt"]["broker"], format!("127.0.0.1:{}", broker.tls_port()));
+    daemon.stop().await;
+    assert!(
+        broker.log().contains("pmtr-mqtt-test") || broker.log().contains("New client"),
+        "{}",
+        broker.log()
+    );
 }

@@ -815,24 +815,74 @@ impl Drop for VmAuth {
 // ---------------------------------------------------------------------------------------------
 
 /// Debian's `mosquitto` 2.0 on a free loopback port, anonymous, `persistence false`, its config
-/// and log in a temporary directory.
+/// and log in a temporary directory; or, with [`Mosquitto::start_secure`], a TLS listener and a
+/// plain one, both requiring a user and password.
 pub struct Mosquitto {
     proc: Option<Proc>,
     port: u16,
+    tls_port: Option<u16>,
     dir: TempDir,
 }
 
 impl Mosquitto {
     /// Starts mosquitto and waits until it accepts connections (panics after 15 s).
     pub fn start() -> Mosquitto {
+        Mosquitto::start_with(None)
+    }
+
+    /// Two listeners, both refusing anonymous clients: TLS with `cert` and `key` on
+    /// [`Mosquitto::tls_port`], plain on [`Mosquitto::port`]. The one account is `user` with
+    /// `password` (made with `mosquitto_passwd`).
+    pub fn start_secure(cert: &Path, key: &Path, user: &str, password: &str) -> Mosquitto {
+        Mosquitto::start_with(Some((cert, key, user, password)))
+    }
+
+    fn start_with(secure: Option<(&Path, &Path, &str, &str)>) -> Mosquitto {
         for attempt in 1..=3 {
             let dir = tempfile::Builder::new().prefix("pmtr-mosquitto-").tempdir().expect("tempdir");
-            let mut server = Mosquitto { proc: None, port: free_port(), dir };
-            let conf = format!(
-                "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\n\
-                 log_type error\nlog_type warning\nlog_type notice\nlog_type information\n",
+            let mut server = Mosquitto { proc: None, port: free_port(), tls_port: None, dir };
+            let mut conf = format!(
+                "per_listener_settings false\npersistence false\nlog_dest stderr\nlog_type error\n\
+                 log_type warning\nlog_type notice\nlog_type information\nlistener {} 127.0.0.1\n",
                 server.port
             );
+            match secure {
+                None => conf.push_str("allow_anonymous true\n"),
+                Some((cert, key, user, password)) => {
+                    let passwd = server.dir.path().join("passwd");
+                    let out = Command::new("mosquitto_passwd")
+                        .arg("-b")
+                        .arg("-c")
+                        .arg(&passwd)
+                        .args([user, password])
+                        .output()
+                        .unwrap_or_else(|e| {
+                            panic!("mosquitto_passwd cannot run ({e}): install it with `apt-get install mosquitto`")
+                        });
+                    assert!(
+                        out.status.success(),
+                        "mosquitto_passwd: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                    // mosquitto drops root for its own user, which must read the files.
+                    for f in [&passwd, cert, key] {
+                        let _ =
+                            std::fs::set_permissions(f, std::os::unix::fs::PermissionsExt::from_mode(0o644));
+                    }
+                    let _ = std::fs::set_permissions(
+                        server.dir.path(),
+                        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+                    );
+                    let tls_port = free_port();
+                    server.tls_port = Some(tls_port);
+                    conf.push_str(&format!(
+                        "allow_anonymous false\npassword_file {}\nlistener {tls_port} 127.0.0.1\ncertfile {}\nkeyfile {}\n",
+                        passwd.display(),
+                        cert.display(),
+                        key.display()
+                    ));
+                }
+            }
             std::fs::write(server.config_path(), conf).expect("write mosquitto.conf");
             match server.launch() {
                 Ready::Up => return server,
@@ -841,6 +891,11 @@ impl Mosquitto {
             }
         }
         unreachable!()
+    }
+
+    /// The TLS listener's port ([`Mosquitto::start_secure`] only).
+    pub fn tls_port(&self) -> u16 {
+        self.tls_port.expect("mosquitto was started without TLS")
     }
 
     fn config_path(&self) -> PathBuf {
@@ -878,9 +933,15 @@ impl Managed for Mosquitto {
             &self.log_path(),
             "apt-get install mosquitto mosquitto-clients",
         );
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let ports: Vec<u16> = std::iter::once(self.port).chain(self.tls_port).collect();
         let ready = wait_ready(&mut proc, &self.log_path(), || {
-            TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+            ports.iter().all(|p| {
+                TcpStream::connect_timeout(
+                    &SocketAddr::from(([127, 0, 0, 1], *p)),
+                    Duration::from_millis(200),
+                )
+                .is_ok()
+            })
         });
         self.proc = Some(proc);
         ready
