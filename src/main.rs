@@ -106,6 +106,19 @@ enum Cmd {
         #[arg(long, value_name = "ADDR")]
         to: Vec<String>,
     },
+    /// The running daemon at a glance: meters and their latest readings, bus counters, relays,
+    /// triggers, sinks and spools, MQTT (from its status API).
+    Status {
+        /// The configuration whose `[status]` (address and token) to use.
+        #[arg(long, short, default_value = "/etc/pmtr/pmtr.toml")]
+        config: PathBuf,
+        /// The status API's URL, e.g. http://127.0.0.1:9780 (wins over --config).
+        #[arg(long)]
+        url: Option<String>,
+        /// Print the whole status as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// The relays of the running daemon: list them, force one by hand, release it.
     Relay {
         #[command(subcommand)]
@@ -428,6 +441,32 @@ fn main() -> ExitCode {
                 };
                 let accepted = app::test_email::test_email(&cfg, &to, &mut std::io::stdout()).await?;
                 return Ok(if accepted { ExitCode::SUCCESS } else { ExitCode::from(1) });
+            }
+            Cmd::Status { config, url, json } => {
+                let (url, token) = match url {
+                    Some(u) => (u, None),
+                    None => match load(&config) {
+                        Ok(c) if !c.status.enabled => {
+                            eprintln!(
+                                "error: the status API is off in {} ([status] enabled = false)",
+                                config.display()
+                            );
+                            return Ok(ExitCode::from(1));
+                        }
+                        Ok(c) => (app::status::url_for(c.status.listen), c.status.token),
+                        Err(code) => {
+                            eprintln!("(or give the daemon's status API with --url http://127.0.0.1:9780)");
+                            return Ok(code);
+                        }
+                    },
+                };
+                return Ok(match app::status::show(&url, token.as_deref(), json).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(message) => {
+                        eprintln!("error: {message}");
+                        ExitCode::from(1)
+                    }
+                });
             }
             Cmd::Relay { cmd } => {
                 return Ok(match cmd {

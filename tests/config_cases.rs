@@ -13,7 +13,7 @@
 //! After a deliberate change of messages, `PMTR_BLESS=1 cargo test --test config_cases` rewrites
 //! every `expected.txt` from the current output (review the diff before committing).
 
-use pmtr::config::{load_str, Bus, Config, EmailSettings, Meter, Relay, Trigger};
+use pmtr::config::{load_str, Bus, Config, EmailSettings, Meter, MqttSettings, Relay, Trigger};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -130,6 +130,28 @@ fn email_fact(e: &EmailSettings, key: &str) -> Option<String> {
     })
 }
 
+fn mqtt_fact(m: &MqttSettings, key: &str) -> Option<String> {
+    Some(match key {
+        "host" => m.host.clone(),
+        "port" => m.port.to_string(),
+        "tls" => m.tls.to_string(),
+        "ca_file" => m.ca_file.as_ref().map_or("none".to_owned(), |p| p.display().to_string()),
+        "username" => m.username.clone().unwrap_or_else(|| "none".to_owned()),
+        // Never the password itself: whether there is one.
+        "password" => if m.password.is_some() { "set" } else { "none" }.to_owned(),
+        "client_id" => m.client_id.clone(),
+        "topic_prefix" => m.topic_prefix.clone(),
+        "discovery" => m.discovery.to_string(),
+        "discovery_prefix" => m.discovery_prefix.clone(),
+        "qos" => m.qos.to_string(),
+        "retain" => m.retain.to_string(),
+        "keep_alive" => format!("{:?}", m.keep_alive),
+        "max_backoff" => format!("{:?}", m.max_backoff),
+        "queue" => m.queue.to_string(),
+        _ => return None,
+    })
+}
+
 /// The value of a fact key, rendered as `ok.txt` writes it.
 fn fact(c: &Config, key: &str) -> Option<String> {
     match key {
@@ -146,7 +168,15 @@ fn fact(c: &Config, key: &str) -> Option<String> {
         "relays" => return Some(c.relays.len().to_string()),
         "triggers" => return Some(c.triggers.len().to_string()),
         "alerts.email" => return Some(if c.email.is_some() { "set" } else { "none" }.to_owned()),
+        "status.enabled" => return Some(c.status.enabled.to_string()),
+        "status.listen" => return Some(c.status.listen.to_string()),
+        // Never the token itself: whether there is one.
+        "status.token" => return Some(if c.status.token.is_some() { "set" } else { "none" }.to_owned()),
+        "mqtt" => return Some(if c.mqtt.is_some() { "set" } else { "none" }.to_owned()),
         _ => {}
+    }
+    if let Some(k) = key.strip_prefix("mqtt.") {
+        return mqtt_fact(c.mqtt.as_ref()?, k);
     }
     if let Some(k) = key.strip_prefix("alerts.email.") {
         return email_fact(c.email.as_ref()?, k);
@@ -267,4 +297,56 @@ fn the_shipped_example_loads() {
     let config = load_str(&src, "pmtr.toml").unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(fact(&config, "meter \"gen\".address").as_deref(), Some("6"));
     assert_eq!(fact(&config, "bus[0].line").as_deref(), Some("9600 8N1"));
+}
+
+/// The commented `[status]` and `[mqtt]` examples of the shipped file, uncommented, load and
+/// give what their comments say.
+#[test]
+fn the_shipped_status_and_mqtt_examples_load_uncommented() {
+    let src = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/pmtr.toml")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = String::new();
+    let mut section = None;
+    for line in src.lines() {
+        if let Some(s) = ["# [status]", "# [mqtt]"].into_iter().find(|s| line.trim_end() == *s) {
+            section = Some(s);
+        } else if !line.starts_with("# ") || line.starts_with("# ---") {
+            section = None;
+        }
+        let Some(_) = section else { continue };
+        let code = line.trim_start_matches("# ");
+        if code.starts_with(' ') || code.starts_with('#') {
+            continue; // a continued comment
+        }
+        // Files the examples name are made in a temporary folder.
+        let code = code.split("  #").next().unwrap().trim_end().to_owned();
+        let code = match code.split_once(" = \"/etc/pmtr/") {
+            Some((key, file)) => {
+                let file = file.trim_end_matches('"');
+                let path = dir.path().join(file);
+                let content = if file.ends_with(".pem") {
+                    fs::read_to_string("/etc/ssl/certs/ca-certificates.crt").unwrap()
+                } else {
+                    "0123456789abcdef0123456789abcdef\n".to_owned()
+                };
+                fs::write(&path, content).unwrap();
+                format!("{key} = \"{}\"", path.display())
+            }
+            None => code,
+        };
+        text.push_str(&code);
+        text.push('\n');
+    }
+    assert!(text.contains("[status]") && text.contains("[mqtt]"), "{text}");
+    let file = format!("[[bus]]\nname = \"b\"\nports = [\"/dev/ttyUSB*\"]\n[[meter]]\nname = \"m\"\nmodel = \"pzem-016\"\naddress = 4\n{text}");
+    // The examples turn TLS on where a CA file is given.
+    let file = file.replace("tls = false", "tls = true").replace("port = 1883", "port = 8883");
+    let config = load_str(&file, "pmtr.toml").unwrap_or_else(|e| panic!("{e}\n{file}"));
+    assert_eq!(fact(&config, "status.listen").as_deref(), Some("127.0.0.1:9780"));
+    assert_eq!(fact(&config, "status.token").as_deref(), Some("set"));
+    assert_eq!(fact(&config, "mqtt.host").as_deref(), Some("192.168.1.10"));
+    assert_eq!(fact(&config, "mqtt.password").as_deref(), Some("set"));
+    assert_eq!(fact(&config, "mqtt.topic_prefix").as_deref(), Some("pmtr/house-pi"));
+    assert_eq!(fact(&config, "mqtt.keep_alive").as_deref(), Some("30s"));
+    assert_eq!(fact(&config, "mqtt.queue").as_deref(), Some("1000"));
 }

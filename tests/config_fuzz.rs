@@ -58,6 +58,8 @@ fn toml_line() -> impl Strategy<Value = String> {
         "[a.b]",
         "[[bus.x]]",
         "[gateway.x]",
+        "[status]",
+        "[mqtt]",
     ])
     .prop_map(str::to_owned);
     let key = prop::sample::select(vec![
@@ -80,6 +82,13 @@ fn toml_line() -> impl Strategy<Value = String> {
         "rescan",
         "state_dir",
         "log_readings",
+        "listen",
+        "token",
+        "host",
+        "tls",
+        "qos",
+        "topic_prefix",
+        "keep_alive",
         "adress",
         "a.b",
         "\"quoted key\"",
@@ -98,6 +107,8 @@ fn toml_line() -> impl Strategy<Value = String> {
             "\"5s\"",
             "\"1.5s\"",
             "\"500ms\"",
+            "\"0.0.0.0:9780\"",
+            "\"pmtr/#\"",
             "\"-1s\"",
             "\"99999999999999999999h\"",
             "\"\"",

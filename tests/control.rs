@@ -3,7 +3,9 @@
 
 use pmtr::control::client::{self, ClientError};
 use pmtr::control::server::{MAX_LINE, SOCKET_MODE};
-use pmtr::control::{Command, ControlServer, Forced, Peer, RelayStatus, Request, Response, TriggerStatus};
+use pmtr::control::{
+    Caller, Command, ControlServer, Forced, Peer, RelayStatus, Request, Response, TriggerStatus,
+};
 use pmtr::relay::Level;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -109,7 +111,8 @@ fn spawn_engine(mut commands: mpsc::Receiver<Command>, mode: Engine) -> Arc<Mute
     tokio::spawn(async move {
         let mut unanswered = vec![];
         while let Some(c) = commands.recv().await {
-            log.lock().unwrap().push((c.request.clone(), c.peer));
+            let Caller::Socket(peer) = c.caller else { panic!("not a socket caller: {}", c.caller) };
+            log.lock().unwrap().push((c.request.clone(), peer));
             match mode {
                 Engine::Answers => {
                     let _ = c.reply.send(engine_answer(&c.request));

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian machine: installs what the tests need (socat,
-# pymodbus, influxdb, victoria-metrics, aiosmtpd, openssl, node and npm), then formatting, lints, the type
-# check of the Grafana dashboards, and every test. CI runs
+# pymodbus, influxdb, victoria-metrics, aiosmtpd, openssl, mosquitto, node and npm), then formatting,
+# lints, the type check of the Grafana dashboards, and every test. CI runs
 # exactly this (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +21,9 @@ command -v openssl >/dev/null || missing+=(openssl)
 # The type check of the Grafana dashboards (grafana/check: @grafana/schema and tsc from npm).
 command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
+# The MQTT tests (tests/mqtt.rs) run a real broker, and its clients help by hand.
+command -v mosquitto >/dev/null || missing+=(mosquitto)
+command -v mosquitto_sub >/dev/null || missing+=(mosquitto-clients)
 if [ ${#missing[@]} -gt 0 ]; then
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"

@@ -89,7 +89,7 @@ fn yes_no(b: bool) -> String {
 }
 
 /// Columns padded to their widest cell, two spaces apart; the last one is not padded.
-fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
+pub(crate) fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {

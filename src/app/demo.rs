@@ -138,6 +138,7 @@ async fn run_in(dir: &std::path::Path, duration: Option<Duration>) -> anyhow::Re
     let mut changes = triggers.events.subscribe();
     let (tx, mut rx) = mpsc::channel::<Reading>(256);
     let (stop_tx, stop_rx) = watch::channel(false);
+    let stop_rx_api = stop_rx.clone();
     let engine = Engine::start(&config, tx, stop_rx);
     let status = engine.status.clone();
     let tty = std::io::stdout().is_terminal();
@@ -146,6 +147,23 @@ async fn run_in(dir: &std::path::Path, duration: Option<Duration>) -> anyhow::Re
     let mut latest: BTreeMap<String, Reading> = BTreeMap::new();
     let mut events: Vec<String> =
         vec!["4 simulated meters on 4 pseudo-terminals; pmtr looks for them by address".into()];
+    // The status API, as `pmtr run` serves it: `pmtr status --url …` or curl …/metrics.
+    let api = match crate::status::http::StatusServer::bind(config.status.listen, None) {
+        Ok(server) => {
+            let url = crate::app::status::url_for(server.local_addr()?);
+            events
+                .push(format!("status API on {url}: try `pmtr status --url {url}` or `curl {url}/metrics`"));
+            let mut sources = crate::status::http::Sources::new(&config, status.clone());
+            sources.sinks = storage.sinks.clone();
+            sources.commands = Some(triggers.commands.clone());
+            tokio::spawn(sources.tally.clone().run(triggers.events.subscribe()));
+            Some(tokio::spawn(server.run(std::sync::Arc::new(sources), stop_rx_api)))
+        }
+        Err(e) => {
+            events.push(format!("no status API: {e}"));
+            None
+        }
+    };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut step = 0;
     let stop = crate::app::stop_signal();
@@ -196,6 +214,9 @@ async fn run_in(dir: &std::path::Path, duration: Option<Duration>) -> anyhow::Re
     }
     let _ = stop_tx.send(true);
     engine.join().await;
+    if let Some(api) = api {
+        let _ = api.await;
+    }
     while let Ok(r) = rx.try_recv() {
         let _ = store_tx.send(r.into()).await;
     }

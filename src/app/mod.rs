@@ -4,6 +4,7 @@ pub mod control;
 pub mod demo;
 pub mod run;
 pub mod servers;
+pub mod status;
 pub mod test_email;
 pub mod tools;
 

@@ -3,12 +3,16 @@
 use crate::bus::Engine;
 use crate::config::Config;
 use crate::control::ControlServer;
+use crate::mqtt::run::Mqtt;
 use crate::reading::{Reading, Record};
 use crate::relay::{FakeBoard, Gpio};
+use crate::status::http::StatusServer;
+use crate::status::Tally;
 use crate::store::Storage;
 use crate::trigger::run::Triggers;
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 
 /// How often a one-line summary per meter is logged (counters instead of log floods).
 const SUMMARY_EVERY: Duration = Duration::from_secs(600);
@@ -28,6 +32,19 @@ pub async fn run_with(
         tracing::warn!(dir = %config.gateway.state_dir.display(), error = %e,
             "cannot create the state directory; the port map will not be remembered");
     }
+    // The status API only observes (and relays have the control socket): a port that is
+    // taken costs the API, never the metering or the relays.
+    let status_server = if config.status.enabled {
+        match StatusServer::bind(config.status.listen, config.status.token.clone()) {
+            Ok(server) => Some(server),
+            Err(e) => {
+                tracing::error!("{e}; running without the status API");
+                None
+            }
+        }
+    } else {
+        None
+    };
     // A marker of the run in progress: found at start, the previous run did not stop cleanly.
     let marker = crate::alert::run::running_marker(&config);
     let unclean = marker.exists();
@@ -38,6 +55,17 @@ pub async fn run_with(
         tracing::warn!(file = %marker.display(), error = %e, "cannot write the run marker");
     }
     let (store_tx, store_rx) = mpsc::channel::<Record>(4096);
+    // With MQTT, records pass a tee on their way to storage: a broadcast that never waits
+    // (a slow MQTT task lags and counts what it missed).
+    let (records, store_rx) = match &config.mqtt {
+        Some(_) => {
+            let (tee_tx, _) = broadcast::channel::<Record>(1024);
+            let (to_storage, from_tee) = mpsc::channel::<Record>(4096);
+            tokio::spawn(tee(store_rx, tee_tx.clone(), to_storage));
+            (Some(tee_tx), from_tee)
+        }
+        None => (None, store_rx),
+    };
     let storage = Storage::start(&config, store_rx)?;
     let store_events = storage.events.subscribe();
     let sinks = storage.sinks.clone();
@@ -45,6 +73,8 @@ pub async fn run_with(
     // before the first reading.
     let (stop_tx, stop_rx) = watch::channel(false);
     let stop_rx_alerts = stop_rx.clone();
+    let stop_rx_mqtt = stop_rx.clone();
+    let stop_rx_status = stop_rx.clone();
     let mut control = None;
     let triggers = if config.relays.is_empty() && config.triggers.is_empty() {
         None
@@ -100,6 +130,35 @@ pub async fn run_with(
             None
         }
     };
+    let tally = Arc::new(Tally::default());
+    if let Some(t) = &triggers {
+        tokio::spawn(tally.clone().run(t.events.subscribe()));
+    }
+    let commands = triggers.as_ref().map(|t| t.commands.clone());
+    let mqtt = match (&config.mqtt, &records) {
+        (Some(settings), Some(records)) => {
+            let sources = crate::mqtt::run::Sources {
+                records: records.subscribe(),
+                meters: status.clone(),
+                commands: commands.clone(),
+            };
+            Some(Mqtt::start(&config, settings, sources, stop_rx_mqtt)?)
+        }
+        _ => None,
+    };
+    drop(records);
+    let status_api = status_server.map(|server| {
+        let mut sources = crate::status::http::Sources::new(&config, status.clone());
+        sources.sinks = sinks.clone();
+        sources.commands = commands.clone();
+        sources.alerts = alerting.as_ref().map(|a| a.counters.clone());
+        sources.mqtt = mqtt.as_ref().map(|m| m.counters.clone());
+        sources.tally = tally.clone();
+        if let Ok(addr) = server.local_addr() {
+            tracing::info!(listen = %addr, token = config.status.token.is_some(), "status API ready");
+        }
+        tokio::spawn(server.run(Arc::new(sources), stop_rx_status))
+    });
     tracing::info!(
         gateway = %config.gateway.name,
         buses = config.buses.len(),
@@ -171,7 +230,29 @@ pub async fn run_with(
     if let Some(a) = alerting {
         a.join().await;
     }
+    if let Some(m) = mqtt {
+        m.join().await;
+    }
+    if let Some(s) = status_api {
+        let _ = s.await;
+    }
     let _ = std::fs::remove_file(&marker);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Passes every record on to storage, and a copy to `copies` (never waiting on it).
+async fn tee(
+    mut from: mpsc::Receiver<Record>,
+    copies: broadcast::Sender<Record>,
+    storage: mpsc::Sender<Record>,
+) {
+    while let Some(r) = from.recv().await {
+        if copies.receiver_count() > 0 {
+            let _ = copies.send(r.clone());
+        }
+        if storage.send(r).await.is_err() {
+            break;
+        }
+    }
 }

@@ -4,13 +4,14 @@ use crate::modbus::transport::Outcome;
 use crate::modbus::FrameError;
 use crate::reading::Reading;
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 /// Counters of one meter's polls. Probes of a meter that is not (yet) on a port count only as
 /// `probes` and `probe_misses`, so a meter found elsewhere shows no timeouts for them.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Counters {
     pub requests: u64,
     pub replies: u64,
@@ -53,7 +54,7 @@ impl Counters {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MeterState {
     /// Not found on any port yet.

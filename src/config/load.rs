@@ -16,6 +16,7 @@
 mod email;
 mod server;
 mod sink;
+mod status;
 mod trigger;
 
 use super::{Bus, BusKind, Config, Gateway, GpioBackend, LineSettings, Meter, Parity};
@@ -33,7 +34,8 @@ use toml::Spanned;
 /// Every top-level key of the file. The loader reads `gateway`, `bus` and `meter` itself; any
 /// other key listed here is accepted and left alone, for the subsystem that owns it to read.
 /// A subsystem that adds a section adds its key here.
-pub const TOP_LEVEL_KEYS: &[&str] = &["gateway", "bus", "meter", "sink", "relay", "trigger", "alerts"];
+pub const TOP_LEVEL_KEYS: &[&str] =
+    &["gateway", "bus", "meter", "sink", "relay", "trigger", "alerts", "status", "mqtt"];
 
 const GATEWAY_KEYS: &[&str] =
     &["name", "state_dir", "log_readings", "gpio", "control_socket", "health_interval"];
@@ -707,6 +709,7 @@ impl<'s> Loader<'s> {
         self.check_keys(root, "", TOP_LEVEL_KEYS);
 
         let gateway = self.gateway(root.get("gateway"));
+        let gateway_name = gateway.name.clone();
 
         let buses: Vec<BusDraft> = match self.elements(root, "bus") {
             Some(elements) => elements.into_iter().map(|(i, v, t)| self.bus(i, v, t)).collect(),
@@ -728,6 +731,8 @@ impl<'s> Loader<'s> {
         let mut config = if self.errors.is_empty() { self.assemble(gateway, buses, meters) } else { None };
         let (relays, triggers) = self.relays_and_triggers(root, config.as_ref().map(|c| &c.meters[..]));
         let (alerts, email) = self.alerts(root);
+        let status = self.status(root);
+        let mqtt = self.mqtt(root, &gateway_name);
         if !self.errors.is_empty() {
             return None;
         }
@@ -737,6 +742,8 @@ impl<'s> Loader<'s> {
         config.triggers = triggers;
         config.email = email;
         config.alerts = alerts;
+        config.status = status;
+        config.mqtt = mqtt;
         Some(config)
     }
 
@@ -1231,6 +1238,8 @@ impl<'s> Loader<'s> {
             triggers: Vec::new(),
             email: None,
             alerts: Default::default(),
+            status: Default::default(),
+            mqtt: None,
         };
         for m in meters {
             let (Some((name, _)), Some(model), Some((address, _)), Some((bus, _))) =
@@ -1411,6 +1420,9 @@ mod tests {
         for line in EXAMPLE.lines() {
             if line.contains("[alerts.email]: alert mail") {
                 in_block = true;
+            }
+            if line.contains("[status]: the local HTTP API") {
+                in_block = false;
             }
             match line.strip_prefix("# ") {
                 // The files it names do not exist here.

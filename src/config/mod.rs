@@ -26,6 +26,11 @@ pub struct Config {
     pub email: Option<EmailSettings>,
     /// `[alerts]`: which events are mailed, and the limits against floods.
     pub alerts: Alerts,
+    /// `[status]`: the local HTTP API and `/metrics`. On by default, on 127.0.0.1.
+    pub status: StatusSettings,
+    /// `[mqtt]`: readings and states to an MQTT broker, with Home Assistant discovery. None
+    /// when the file has no `[mqtt]` table (or `enabled = false`).
+    pub mqtt: Option<MqttSettings>,
 }
 
 impl Config {
@@ -496,5 +501,103 @@ impl Alerts {
         default: &'a [String],
     ) -> &'a [String] {
         self.route.iter().find(|(k, _)| *k == kind).map_or(default, |(_, to)| to)
+    }
+}
+
+/// `[status]`: the local HTTP API (`/api/...`), `/metrics` and what `pmtr status` reads. The
+/// token is never serialized nor shown by `Debug`.
+#[derive(Clone, PartialEq, Serialize)]
+pub struct StatusSettings {
+    /// Default true.
+    pub enabled: bool,
+    /// Default 127.0.0.1:9780. Any address other than a loopback one needs a `token`.
+    pub listen: std::net::SocketAddr,
+    /// From `token` or `token_file`. Needed for every write (relay force/release, trigger
+    /// reset), and for reads from anywhere but the loopback interface.
+    #[serde(skip_serializing)]
+    pub token: Option<String>,
+}
+
+impl Default for StatusSettings {
+    fn default() -> Self {
+        StatusSettings {
+            enabled: true,
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], DEFAULT_STATUS_PORT)),
+            token: None,
+        }
+    }
+}
+
+/// The default port of the status API.
+pub const DEFAULT_STATUS_PORT: u16 = 9780;
+
+impl std::fmt::Debug for StatusSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StatusSettings")
+            .field("enabled", &self.enabled)
+            .field("listen", &self.listen)
+            .field("token", &self.token.as_ref().map(|_| "(hidden)"))
+            .finish()
+    }
+}
+
+/// `[mqtt]`: the broker and the topic tree. The password is never serialized nor shown by
+/// `Debug`.
+#[derive(Clone, PartialEq, Serialize)]
+pub struct MqttSettings {
+    /// The broker's host name or address.
+    pub host: String,
+    /// Default 1883, or 8883 with `tls`.
+    pub port: u16,
+    /// TLS to the broker (rustls; the built-in web roots plus `ca_file`). Default false.
+    pub tls: bool,
+    /// PEM certificates trusted besides the built-in web roots (a private CA).
+    pub ca_file: Option<PathBuf>,
+    /// Set together with the password, or neither.
+    pub username: Option<String>,
+    #[serde(skip_serializing)]
+    pub password: Option<String>,
+    /// Default `pmtr-<gateway>`.
+    pub client_id: String,
+    /// Every topic starts with it. Default `pmtr/<gateway>`.
+    pub topic_prefix: String,
+    /// Publish Home Assistant discovery documents. Default true.
+    pub discovery: bool,
+    /// Default `homeassistant`.
+    pub discovery_prefix: String,
+    /// The QoS of readings (0, 1 or 2). Default 0. Availability, states and discovery
+    /// documents always go with QoS 1.
+    pub qos: u8,
+    /// Retain readings too (states, availability and discovery are always retained). Default
+    /// false.
+    pub retain: bool,
+    /// Default 30 s.
+    pub keep_alive: Duration,
+    /// The longest wait between two connection attempts. Default 60 s.
+    pub max_backoff: Duration,
+    /// The most messages waiting for the connection; beyond, readings are dropped and
+    /// counted. Default 1000.
+    pub queue: usize,
+}
+
+impl std::fmt::Debug for MqttSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MqttSettings")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("tls", &self.tls)
+            .field("ca_file", &self.ca_file)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "(hidden)"))
+            .field("client_id", &self.client_id)
+            .field("topic_prefix", &self.topic_prefix)
+            .field("discovery", &self.discovery)
+            .field("discovery_prefix", &self.discovery_prefix)
+            .field("qos", &self.qos)
+            .field("retain", &self.retain)
+            .field("keep_alive", &self.keep_alive)
+            .field("max_backoff", &self.max_backoff)
+            .field("queue", &self.queue)
+            .finish()
     }
 }

@@ -61,11 +61,32 @@ impl std::fmt::Display for Peer {
     }
 }
 
+/// Who sent a request, as logged and stored with what it changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    /// A process on the control socket (`pmtr relay`, `pmtr trigger`).
+    Socket(Peer),
+    /// A client of the status API that gave the token.
+    Http(std::net::SocketAddr),
+    /// pmtr itself (the MQTT task asking for the states).
+    Internal(&'static str),
+}
+
+impl std::fmt::Display for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Caller::Socket(p) => p.fmt(f),
+            Caller::Http(addr) => write!(f, "http {addr}"),
+            Caller::Internal(what) => f.write_str(what),
+        }
+    }
+}
+
 /// A request on its way to the trigger engine, with the channel for its response.
 #[derive(Debug)]
 pub struct Command {
     pub request: Request,
-    pub peer: Peer,
+    pub caller: Caller,
     pub reply: oneshot::Sender<Response>,
 }
 

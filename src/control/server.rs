@@ -1,7 +1,7 @@
 //! The daemon's end of the control socket: one task per connection reads requests, one JSON
 //! object per line, hands each to the engine as a [`Command`] and writes back its [`Response`].
 
-use super::{Command, Peer, Request, Response};
+use super::{Caller, Command, Peer, Request, Response};
 use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -283,7 +283,7 @@ async fn answer(
     let (reply, answer) = oneshot::channel();
     let exchange = async {
         commands
-            .send(Command { request, peer, reply })
+            .send(Command { request, caller: Caller::Socket(peer), reply })
             .await
             .map_err(|_| "the daemon is stopping".to_string())?;
         answer.await.map_err(|_| "the daemon dropped the request without answering".to_string())

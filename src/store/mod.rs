@@ -31,7 +31,7 @@ pub mod spool;
 use crate::config::{Config, SinkKind};
 use crate::reading::Record;
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sink::{Sink, SinkOptions, Writer};
 use spool::{Spool, SpoolLimits};
 use std::path::PathBuf;
@@ -58,7 +58,8 @@ pub enum StoreEvent {
 }
 
 /// The numbers of one sink, for status pages and metrics.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct SinkState {
     /// False while writes fail.
     pub healthy: bool,

@@ -220,7 +220,7 @@ impl Shell {
 
     async fn command(&mut self, c: Command) {
         let now = now(self.origin);
-        let by = c.peer.to_string();
+        let by = c.caller.to_string();
         let result = match &c.request {
             Request::Status => {
                 let _ = c.reply.send(Response::Status {

@@ -14,6 +14,8 @@
 //!   [`VictoriaMetrics::log`]).
 //! * [`VmAuth`]: Debian's `vmauth` (same package as `victoria-metrics`) in front of a
 //!   VictoriaMetrics, to check that a token is really sent.
+//! * [`Mosquitto`]: Debian's `mosquitto` 2.0 MQTT broker, anonymous, without persistence (a
+//!   restart forgets retained messages: what is retained afterwards was published again).
 //!
 //! Every server runs in its own temporary directory (config, data and the server's log), listens
 //! on free loopback ports only, and is killed by PID on drop. A missing binary is a panic that says
@@ -801,6 +803,156 @@ impl VmAuth {
 }
 
 impl Drop for VmAuth {
+    fn drop(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.terminate(DROP_GRACE);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mosquitto
+// ---------------------------------------------------------------------------------------------
+
+/// Debian's `mosquitto` 2.0 on a free loopback port, anonymous, `persistence false`, its config
+/// and log in a temporary directory; or, with [`Mosquitto::start_secure`], a TLS listener and a
+/// plain one, both requiring a user and password.
+pub struct Mosquitto {
+    proc: Option<Proc>,
+    port: u16,
+    tls_port: Option<u16>,
+    dir: TempDir,
+}
+
+impl Mosquitto {
+    /// Starts mosquitto and waits until it accepts connections (panics after 15 s).
+    pub fn start() -> Mosquitto {
+        Mosquitto::start_with(None)
+    }
+
+    /// Two listeners, both refusing anonymous clients: TLS with `cert` and `key` on
+    /// [`Mosquitto::tls_port`], plain on [`Mosquitto::port`]. The one account is `user` with
+    /// `password` (made with `mosquitto_passwd`).
+    pub fn start_secure(cert: &Path, key: &Path, user: &str, password: &str) -> Mosquitto {
+        Mosquitto::start_with(Some((cert, key, user, password)))
+    }
+
+    fn start_with(secure: Option<(&Path, &Path, &str, &str)>) -> Mosquitto {
+        for attempt in 1..=3 {
+            let dir = tempfile::Builder::new().prefix("pmtr-mosquitto-").tempdir().expect("tempdir");
+            let mut server = Mosquitto { proc: None, port: free_port(), tls_port: None, dir };
+            let mut conf = format!(
+                "per_listener_settings false\npersistence false\nlog_dest stderr\nlog_type error\n\
+                 log_type warning\nlog_type notice\nlog_type information\nlistener {} 127.0.0.1\n",
+                server.port
+            );
+            match secure {
+                None => conf.push_str("allow_anonymous true\n"),
+                Some((cert, key, user, password)) => {
+                    let passwd = server.dir.path().join("passwd");
+                    let out = Command::new("mosquitto_passwd")
+                        .arg("-b")
+                        .arg("-c")
+                        .arg(&passwd)
+                        .args([user, password])
+                        .output()
+                        .unwrap_or_else(|e| {
+                            panic!("mosquitto_passwd cannot run ({e}): install it with `apt-get install mosquitto`")
+                        });
+                    assert!(
+                        out.status.success(),
+                        "mosquitto_passwd: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                    // mosquitto drops root for its own user, which must read the files.
+                    for f in [&passwd, cert, key] {
+                        let _ =
+                            std::fs::set_permissions(f, std::os::unix::fs::PermissionsExt::from_mode(0o644));
+                    }
+                    let _ = std::fs::set_permissions(
+                        server.dir.path(),
+                        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+                    );
+                    let tls_port = free_port();
+                    server.tls_port = Some(tls_port);
+                    conf.push_str(&format!(
+                        "allow_anonymous false\npassword_file {}\nlistener {tls_port} 127.0.0.1\ncertfile {}\nkeyfile {}\n",
+                        passwd.display(),
+                        cert.display(),
+                        key.display()
+                    ));
+                }
+            }
+            std::fs::write(server.config_path(), conf).expect("write mosquitto.conf");
+            match server.launch() {
+                Ready::Up => return server,
+                Ready::Exited(_, true) if attempt < 3 => continue,
+                Ready::Exited(status, _) => server.fail(&format!("exited during start ({status})")),
+            }
+        }
+        unreachable!()
+    }
+
+    /// The TLS listener's port ([`Mosquitto::start_secure`] only).
+    pub fn tls_port(&self) -> u16 {
+        self.tls_port.expect("mosquitto was started without TLS")
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.dir.path().join("mosquitto.conf")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("mosquitto.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.proc.as_ref().expect("mosquitto is stopped").pid()
+    }
+}
+
+impl Managed for Mosquitto {
+    const NAME: &'static str = "mosquitto";
+    fn slot(&mut self) -> &mut Option<Proc> {
+        &mut self.proc
+    }
+    fn launch(&mut self) -> Ready {
+        let args = vec!["-c".to_string(), self.config_path().display().to_string()];
+        let mut proc = Proc::spawn(
+            "mosquitto",
+            &args,
+            self.dir.path(),
+            &self.log_path(),
+            "apt-get install mosquitto mosquitto-clients",
+        );
+        let ports: Vec<u16> = std::iter::once(self.port).chain(self.tls_port).collect();
+        let ready = wait_ready(&mut proc, &self.log_path(), || {
+            ports.iter().all(|p| {
+                TcpStream::connect_timeout(
+                    &SocketAddr::from(([127, 0, 0, 1], *p)),
+                    Duration::from_millis(200),
+                )
+                .is_ok()
+            })
+        });
+        self.proc = Some(proc);
+        ready
+    }
+
+    fn fail(&self, what: &str) -> ! {
+        panic!("mosquitto {what}; its log ends:\n{}", log_tail(&self.log_path(), 40))
+    }
+}
+
+impl Drop for Mosquitto {
     fn drop(&mut self) {
         if let Some(mut p) = self.proc.take() {
             p.terminate(DROP_GRACE);

@@ -394,7 +394,7 @@ impl Loader<'_> {
 
     /// The path, relative to the config file's folder, of a readable PEM file with at least one
     /// certificate.
-    fn ca_file(&mut self, v: &Value<'_>, key: &str) -> Option<PathBuf> {
+    pub(super) fn ca_file(&mut self, v: &Value<'_>, key: &str) -> Option<PathBuf> {
         let name = self.non_empty_string(v, key)?;
         let p = self.relative_to_config(&name);
         match std::fs::read_to_string(&p) {

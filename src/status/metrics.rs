@@ -1,0 +1,344 @@
+//! A [`Snapshot`] as Prometheus text (exposition format 0.0.4), for `GET /metrics`.
+//!
+//! Readings are gauges named after the quantity and its unit (`pmtr_voltage_volts{meter,phase}`),
+//! counters end in `_total`. Every family has its `# HELP` and `# TYPE`, and its samples
+//! together.
+
+use super::Snapshot;
+use crate::bus::status::{Counters, MeterState};
+use crate::reading::Quantity;
+use std::fmt::Write as _;
+
+/// The gauge of each quantity: its name and help.
+pub fn reading_metric(q: Quantity) -> (&'static str, &'static str) {
+    match q {
+        Quantity::Voltage => ("pmtr_voltage_volts", "Voltage of the latest reading."),
+        Quantity::Current => ("pmtr_current_amperes", "Current of the latest reading."),
+        Quantity::ActivePower => {
+            ("pmtr_power_watts", "Active power of the latest reading (negative: export).")
+        }
+        Quantity::ApparentPower => {
+            ("pmtr_apparent_power_voltamperes", "Apparent power of the latest reading.")
+        }
+        Quantity::ReactivePower => ("pmtr_reactive_power_vars", "Reactive power of the latest reading."),
+        Quantity::ActiveEnergy => ("pmtr_energy_kilowatthours", "The meter's active energy counter."),
+        Quantity::ApparentEnergy => {
+            ("pmtr_apparent_energy_kilovoltamperehours", "The meter's apparent energy counter.")
+        }
+        Quantity::ReactiveEnergy => {
+            ("pmtr_reactive_energy_kilovarhours", "The meter's reactive energy counter.")
+        }
+        Quantity::Frequency => ("pmtr_frequency_hertz", "Frequency of the latest reading."),
+        Quantity::PowerFactor => ("pmtr_power_factor", "Power factor of the latest reading (-1..1)."),
+        Quantity::Alarm => ("pmtr_alarm", "The meter's own alarm (1 raised)."),
+        Quantity::Supply5V => ("pmtr_supply_5v_volts", "The meter's own 5 V supply (PMTR_001_SRV)."),
+        Quantity::Supply12V => ("pmtr_supply_12v_volts", "The meter's own 12 V supply (PMTR_001_SRV)."),
+        Quantity::LowPower => ("pmtr_low_power", "The meter saves power and refreshes only voltages (1)."),
+        Quantity::VoltageAvg => ("pmtr_voltage_avg_volts", "The meter's own moving average of the voltage."),
+        Quantity::CurrentAvg => {
+            ("pmtr_current_avg_amperes", "The meter's own moving average of the current.")
+        }
+        Quantity::ActivePowerAvg => ("pmtr_power_avg_watts", "The meter's own moving average of the power."),
+        Quantity::FrequencyAvg => {
+            ("pmtr_frequency_avg_hertz", "The meter's own moving average of the frequency.")
+        }
+        Quantity::PowerFactorAvg => {
+            ("pmtr_power_factor_avg", "The meter's own moving average of the power factor.")
+        }
+    }
+}
+
+/// The per-meter bus counters: name, help, field.
+/// A counter family: its name, help, and how it is read from its source.
+type Family<T> = (&'static str, &'static str, fn(&T) -> u64);
+
+const METER_COUNTERS: &[Family<Counters>] = &[
+    ("pmtr_meter_requests_total", "Requests sent to the meter.", |c| c.requests),
+    ("pmtr_meter_replies_total", "Good replies from the meter.", |c| c.replies),
+    ("pmtr_meter_probes_total", "Requests that looked for the meter on a port.", |c| c.probes),
+    ("pmtr_meter_probe_misses_total", "Probes the meter did not answer (on another port, or away).", |c| {
+        c.probe_misses
+    }),
+    ("pmtr_meter_timeouts_total", "Requests the meter did not answer in time.", |c| c.timeouts),
+    ("pmtr_meter_crc_errors_total", "Replies with a bad CRC.", |c| c.crc_errors),
+    ("pmtr_meter_exceptions_total", "Modbus exception replies.", |c| c.exceptions),
+    ("pmtr_meter_frame_errors_total", "Foreign, short, garbled or malformed frames.", |c| {
+        c.foreign_frames + c.short_frames + c.garbled_frames + c.malformed_frames
+    }),
+    ("pmtr_meter_noise_bytes_total", "Noise bytes before a good reply.", |c| c.noise_bytes),
+    ("pmtr_meter_readings_total", "Readings made.", |c| c.readings),
+    ("pmtr_meter_readings_dropped_total", "Readings the consumers could not take in time.", |c| {
+        c.readings_dropped
+    }),
+    ("pmtr_meter_energy_backwards_total", "Readings whose energy counter went backwards.", |c| {
+        c.energy_backwards
+    }),
+];
+
+/// Escapes a label value: backslash, double quote and line feed.
+fn label(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// A float as Prometheus writes it.
+fn number(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v.is_infinite() {
+        if v > 0.0 { "+Inf" } else { "-Inf" }.into()
+    } else {
+        format!("{v}")
+    }
+}
+
+/// The whole snapshot as Prometheus text.
+pub fn render(s: &Snapshot) -> String {
+    let mut out = String::with_capacity(1024 + 2048 * s.meters.len());
+    let gw = label(&s.gateway);
+    family(&mut out, "pmtr_info", "gauge", "The gateway: its name and pmtr's version.");
+    let _ = writeln!(out, "pmtr_info{{gateway=\"{gw}\",version=\"{}\"}} 1", label(&s.version));
+    family(&mut out, "pmtr_uptime_seconds", "gauge", "Seconds since pmtr started.");
+    let _ = writeln!(out, "pmtr_uptime_seconds {}", s.uptime_seconds);
+
+    // Readings: one family per quantity, in the order of storage.
+    for q in Quantity::ALL {
+        let (name, help) = reading_metric(q);
+        let mut started = false;
+        for m in &s.meters {
+            let Some(r) = &m.reading else { continue };
+            for sample in r.values.0.iter().filter(|x| x.quantity == q) {
+                if !started {
+                    family(&mut out, name, "gauge", help);
+                    started = true;
+                }
+                let _ = writeln!(
+                    out,
+                    "{name}{{meter=\"{}\",phase=\"{}\"}} {}",
+                    label(&m.name),
+                    sample.phase.tag(),
+                    number(sample.value)
+                );
+            }
+        }
+    }
+    family(
+        &mut out,
+        "pmtr_meter_reading_timestamp_seconds",
+        "gauge",
+        "When the latest reading arrived (Unix time).",
+    );
+    for m in &s.meters {
+        if let Some(r) = &m.reading {
+            let t = r.time.timestamp_millis() as f64 / 1000.0;
+            let _ = writeln!(
+                out,
+                "pmtr_meter_reading_timestamp_seconds{{meter=\"{}\"}} {}",
+                label(&m.name),
+                number(t)
+            );
+        }
+    }
+    family(
+        &mut out,
+        "pmtr_meter_up",
+        "gauge",
+        "1 while the meter answers, 0 while it is searched for or failing.",
+    );
+    for m in &s.meters {
+        let _ = writeln!(
+            out,
+            "pmtr_meter_up{{meter=\"{}\",bus=\"{}\",model=\"{}\",address=\"{}\",port=\"{}\"}} {}",
+            label(&m.name),
+            label(&m.bus),
+            m.model.name(),
+            m.address,
+            label(m.port.as_deref().unwrap_or("")),
+            u8::from(m.state == MeterState::Ok)
+        );
+    }
+    for (name, help, field) in METER_COUNTERS {
+        family(&mut out, name, "counter", help);
+        for m in &s.meters {
+            let _ = writeln!(out, "{name}{{meter=\"{}\"}} {}", label(&m.name), field(&m.counters));
+        }
+    }
+
+    if !s.relays.is_empty() {
+        family(&mut out, "pmtr_relay_on", "gauge", "1 while the relay's coil is energised.");
+        for r in &s.relays {
+            let on = r.status.level == crate::relay::Level::On;
+            let _ = writeln!(out, "pmtr_relay_on{{relay=\"{}\"}} {}", label(&r.status.name), u8::from(on));
+        }
+        family(&mut out, "pmtr_relay_forced", "gauge", "1 while the relay is forced by hand.");
+        for r in &s.relays {
+            let _ = writeln!(
+                out,
+                "pmtr_relay_forced{{relay=\"{}\"}} {}",
+                label(&r.status.name),
+                u8::from(r.status.forced.is_some())
+            );
+        }
+        family(
+            &mut out,
+            "pmtr_relay_transitions_total",
+            "counter",
+            "Level changes of the relay since start.",
+        );
+        for r in &s.relays {
+            let _ = writeln!(
+                out,
+                "pmtr_relay_transitions_total{{relay=\"{}\"}} {}",
+                label(&r.status.name),
+                r.transitions
+            );
+        }
+    }
+    if !s.triggers.is_empty() {
+        family(&mut out, "pmtr_trigger_tripped", "gauge", "1 while the trigger is tripped (or latched).");
+        for t in &s.triggers {
+            let tripped = matches!(t.state.as_str(), "tripped" | "recovering" | "latched");
+            let _ =
+                writeln!(out, "pmtr_trigger_tripped{{trigger=\"{}\"}} {}", label(&t.name), u8::from(tripped));
+        }
+        family(&mut out, "pmtr_trigger_stale", "gauge", "1 while a meter the trigger reads is silent.");
+        for t in &s.triggers {
+            let _ =
+                writeln!(out, "pmtr_trigger_stale{{trigger=\"{}\"}} {}", label(&t.name), u8::from(t.stale));
+        }
+    }
+
+    type SinkFamily = (&'static str, &'static str, &'static str, fn(&crate::store::SinkState) -> u64);
+    let sink_families: &[SinkFamily] = &[
+        ("pmtr_sink_up", "gauge", "1 while writes to the sink succeed.", |x| u64::from(x.healthy)),
+        ("pmtr_sink_points_written_total", "counter", "Points written.", |x| x.points_written),
+        ("pmtr_sink_readings_written_total", "counter", "Readings written.", |x| x.readings_written),
+        ("pmtr_sink_changes_written_total", "counter", "Trigger and relay state changes written.", |x| {
+            x.changes_written
+        }),
+        ("pmtr_sink_dropped_total", "counter", "Records lost to a full spool.", |x| x.spool_dropped),
+        ("pmtr_sink_rejected_total", "counter", "Records the server refused for good.", |x| x.rejected),
+        ("pmtr_sink_memory_records", "gauge", "Records waiting in memory.", |x| x.in_memory),
+        ("pmtr_sink_spool_records", "gauge", "Records waiting in the spool (its depth).", |x| {
+            x.spool_readings
+        }),
+        ("pmtr_sink_spool_bytes", "gauge", "Size of the spool on disk.", |x| x.spool_bytes),
+    ];
+    for (name, kind, help, field) in sink_families {
+        family(&mut out, name, kind, help);
+        for sink in &s.sinks {
+            let _ = writeln!(
+                out,
+                "{name}{{sink=\"{}\",kind=\"{}\"}} {}",
+                label(&sink.name),
+                label(&sink.kind),
+                field(&sink.state)
+            );
+        }
+    }
+
+    if let Some(a) = &s.alerts {
+        for (name, help, v) in [
+            ("pmtr_alerts_total", "Alerts raised.", a.alerts),
+            ("pmtr_alert_mails_sent_total", "Alert mails the server accepted.", a.mails_sent),
+            ("pmtr_alert_mails_refused_total", "Alert mails the server refused for good.", a.mails_refused),
+            ("pmtr_alert_mails_dropped_total", "Alert mails dropped from a full queue.", a.mails_dropped),
+        ] {
+            family(&mut out, name, "counter", help);
+            let _ = writeln!(out, "{name} {v}");
+        }
+    }
+    if let Some(m) = &s.mqtt {
+        family(&mut out, "pmtr_mqtt_connected", "gauge", "1 while connected to the MQTT broker.");
+        let _ = writeln!(out, "pmtr_mqtt_connected {}", u8::from(m.connected));
+        for (name, help, v) in [
+            ("pmtr_mqtt_connections_total", "Connections made to the broker.", m.connections),
+            ("pmtr_mqtt_messages_published_total", "Messages handed to the MQTT client.", m.published),
+            ("pmtr_mqtt_messages_dropped_total", "Messages dropped (broker away, queue full).", m.dropped),
+        ] {
+            family(&mut out, name, "counter", help);
+            let _ = writeln!(out, "{name} {v}");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value_of<'a>(text: &'a str, series: &str) -> Option<&'a str> {
+        text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+    }
+
+    #[test]
+    fn readings_and_counters_as_prometheus_text() {
+        let s = Snapshot::assemble(super::super::tests::parts());
+        let text = render(&s);
+        assert_eq!(value_of(&text, r#"pmtr_voltage_volts{meter="mainA",phase="l1"}"#), Some("230.1"));
+        assert_eq!(value_of(&text, r#"pmtr_current_amperes{meter="mainA",phase="l1"}"#), Some("1.5"));
+        assert_eq!(value_of(&text, r#"pmtr_energy_kilowatthours{meter="mainA",phase="l1"}"#), Some("12.25"));
+        assert_eq!(value_of(&text, r#"pmtr_meter_timeouts_total{meter="mainA"}"#), Some("1"));
+        assert_eq!(value_of(&text, r#"pmtr_meter_requests_total{meter="gen"}"#), Some("0"));
+        assert_eq!(
+            value_of(
+                &text,
+                r#"pmtr_meter_up{meter="mainA",bus="house",model="pzem-016",address="4",port="/dev/ttyUSB0"}"#
+            ),
+            Some("1")
+        );
+        assert_eq!(
+            value_of(&text, r#"pmtr_meter_reading_timestamp_seconds{meter="mainA"}"#),
+            Some("1795255200.5")
+        );
+        assert_eq!(value_of(&text, r#"pmtr_relay_on{relay="pump"}"#), Some("0"));
+        assert_eq!(value_of(&text, r#"pmtr_relay_transitions_total{relay="pump"}"#), Some("4"));
+        assert_eq!(value_of(&text, r#"pmtr_trigger_tripped{trigger="overvolt"}"#), Some("1"));
+        assert_eq!(value_of(&text, r#"pmtr_sink_up{sink="influx",kind="influxdb2"}"#), Some("0"));
+        assert_eq!(value_of(&text, r#"pmtr_sink_spool_records{sink="influx",kind="influxdb2"}"#), Some("7"));
+        assert_eq!(value_of(&text, r#"pmtr_sink_dropped_total{sink="influx",kind="influxdb2"}"#), Some("2"));
+        assert_eq!(value_of(&text, "pmtr_alerts_total"), Some("3"));
+        assert_eq!(value_of(&text, "pmtr_uptime_seconds"), Some("7201"));
+        assert!(value_of(&text, "pmtr_mqtt_connected").is_none(), "no MQTT configured");
+    }
+
+    #[test]
+    fn every_family_is_declared_once_with_its_samples_together() {
+        let text = render(&Snapshot::assemble(super::super::tests::parts()));
+        let mut seen = std::collections::HashSet::new();
+        let mut current = String::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let name = rest.split(' ').next().unwrap().to_owned();
+                assert!(seen.insert(name.clone()), "{name} declared twice");
+                current = name;
+            } else if !line.starts_with('#') {
+                let name = line.split(['{', ' ']).next().unwrap();
+                assert_eq!(name, current, "sample {line} outside its family");
+                let value = line.rsplit(' ').next().unwrap();
+                assert!(value.parse::<f64>().is_ok() || value == "NaN", "{line}");
+            }
+        }
+        assert!(seen.len() > 25, "{}", seen.len());
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(label(r#"a"b\c"#), r#"a\"b\\c"#);
+        assert_eq!(label("a\nb"), "a\\nb");
+        assert_eq!(number(f64::NAN), "NaN");
+        assert_eq!(number(f64::NEG_INFINITY), "-Inf");
+    }
+}

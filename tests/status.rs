@@ -1,0 +1,377 @@
+//! The status API, `/metrics` and `pmtr status` against the whole gateway: a simulated PZEM-016
+//! with known values on a pseudo-terminal, `pmtr run` in process with a fake relay board, and
+//! plain HTTP/1.1 requests from outside.
+
+#[path = "support/gateway.rs"]
+mod gateway;
+#[path = "support/servers.rs"]
+mod servers;
+
+use gateway::{Daemon, PIN};
+use pmtr::relay::FakeBoard;
+use pmtr::sim::{SimPort, SimPortOptions};
+use serde_json::Value;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const TOKEN: &str = "test-token-0123456789abcdef";
+/// What the simulated meter serves (PZEM resolution: 0.1 V, 1 mA, 0.1 W, 0.1 Hz, 0.01).
+const VOLTS: f64 = 231.5;
+const AMPS: f64 = 2.345;
+const PF: f64 = 0.9;
+const HZ: f64 = 50.1;
+
+const TRIGGER: &str = r#"
+[[trigger]]
+name = "overvoltage"
+meter = "main"
+when = "L1U > 253"
+relays = ["motor"]
+"#;
+
+fn meter(dir: &Path) -> SimPort {
+    let line = pmtr::config::LineSettings {
+        baud: 9600,
+        data_bits: 8,
+        parity: pmtr::config::Parity::None,
+        stop_bits: 1,
+    };
+    SimPort::spawn(SimPortOptions {
+        link: Some(dir.join("ttyUSB0")),
+        line,
+        turnaround: Duration::from_millis(5),
+        meters: vec![format!("pzem-016@4,volts={VOLTS},amps={AMPS},pf={PF},hz={HZ},kwh=12.5")
+            .parse()
+            .unwrap()],
+    })
+    .unwrap()
+}
+
+/// The gateway with its API on `listen`, plus `status` keys.
+fn config(dir: &Path, listen: &str, status: &str) -> pmtr::config::Config {
+    let rest = format!("{TRIGGER}\n[status]\nlisten = \"{listen}\"\n{status}");
+    pmtr::config::load_str(&gateway::toml(dir, "status-test", &rest), "test.toml")
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// One request, off the runtime's threads.
+async fn request(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> servers::HttpResponse {
+    let (method, url, body) = (method.to_owned(), url.to_owned(), body.to_vec());
+    let headers: Vec<(String, String)> =
+        headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    tokio::task::spawn_blocking(move || {
+        let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        servers::http_response(&method, &url, &h, &body)
+    })
+    .await
+    .unwrap()
+}
+
+async fn get_json(url: &str) -> Value {
+    let r = request("GET", url, &[], b"").await;
+    assert_eq!(r.status, 200, "GET {url}: {}", r.text());
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("GET {url}: {e}: {}", r.text()))
+}
+
+/// Waits until the meter has a reading in the API.
+async fn first_reading(base: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(r) = tokio::task::spawn_blocking({
+            let url = format!("{base}/api/meters/main");
+            move || servers::try_http("GET", &url, &[], b"")
+        })
+        .await
+        .unwrap()
+        {
+            if r.status == 200 {
+                let v: Value = serde_json::from_slice(&r.body).unwrap();
+                if !v["reading"].is_null() {
+                    return v;
+                }
+            }
+        }
+        assert!(Instant::now() < deadline, "no reading in the status API within 15 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The value of one series in Prometheus text.
+fn series(text: &str, name: &str) -> f64 {
+    let line = text.lines().find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '));
+    let line = line.unwrap_or_else(|| panic!("no series {name} in:\n{text}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+fn close(a: f64, b: f64, tolerance: f64) -> bool {
+    (a - b).abs() <= tolerance
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_and_metrics_show_what_the_meter_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let _meter = meter(dir.path());
+    let port = servers::free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let board = FakeBoard::new();
+    let daemon = Daemon::start(config(dir.path(), &format!("127.0.0.1:{port}"), ""), &board);
+
+    let m = first_reading(&base).await;
+    let v = &m["reading"]["values"];
+    assert_eq!(v["L1U"].as_f64(), Some(VOLTS), "{m}");
+    assert_eq!(v["L1I"].as_f64(), Some(AMPS), "{m}");
+    assert_eq!(v["L1f"].as_f64(), Some(HZ), "{m}");
+    assert_eq!(v["L1pf"].as_f64(), Some(PF), "{m}");
+    let watts = v["L1P"].as_f64().unwrap();
+    assert!(close(watts, VOLTS * AMPS * PF, 0.11), "{watts} W");
+    assert!(v["L1e"].as_f64().unwrap() >= 12.5, "{m}");
+    assert_eq!(m["address"], 4);
+    assert_eq!(m["model"], "pzem-016");
+    assert_eq!(m["state"], "ok");
+    let tty = dir.path().join("ttyUSB0").display().to_string();
+    assert_eq!(m["port"].as_str(), Some(tty.as_str()));
+
+    let s = get_json(&format!("{base}/api/status")).await;
+    assert_eq!(s["gateway"], "status-test");
+    assert_eq!(s["version"], env!("CARGO_PKG_VERSION"));
+    assert!(s["uptime_seconds"].as_u64().is_some());
+    assert_eq!(s["ports"][&tty], serde_json::json!(["main"]), "the discovery map: {s}");
+    let c = &s["meters"][0]["counters"];
+    let polls = c["requests"].as_u64().unwrap() + c["probes"].as_u64().unwrap();
+    assert!(polls >= c["readings"].as_u64().unwrap(), "{c}");
+    assert!(c["readings"].as_u64().unwrap() >= 1);
+    assert_eq!(c["crc_errors"], 0);
+    assert_eq!(s["relays"][0]["name"], "motor");
+    assert_eq!(s["relays"][0]["level"], "on");
+    assert_eq!(s["triggers"][0]["name"], "overvoltage");
+    assert_eq!(s["triggers"][0]["state"], "released");
+    assert_eq!(s["sinks"][0]["kind"], "csv");
+    assert!(s["sinks"][0]["spool_readings"].as_u64().is_some());
+    assert_eq!(get_json(&format!("{base}/api/relays")).await[0]["default"], "on");
+    assert_eq!(get_json(&format!("{base}/api/triggers")).await[0]["when"], "L1U > 253");
+    assert_eq!(get_json(&format!("{base}/api/ports")).await[&tty][0], "main");
+    assert_eq!(get_json(&format!("{base}/healthz")).await["status"], "ok");
+
+    let r = request("GET", &format!("{base}/metrics"), &[], b"").await;
+    assert_eq!(r.status, 200);
+    assert!(r.header("content-type").unwrap().starts_with("text/plain; version=0.0.4"));
+    let text = r.text();
+    assert_eq!(series(&text, r#"pmtr_voltage_volts{meter="main",phase="l1"}"#), VOLTS);
+    assert_eq!(series(&text, r#"pmtr_current_amperes{meter="main",phase="l1"}"#), AMPS);
+    assert_eq!(series(&text, r#"pmtr_frequency_hertz{meter="main",phase="l1"}"#), HZ);
+    assert!(close(series(&text, r#"pmtr_power_watts{meter="main",phase="l1"}"#), VOLTS * AMPS * PF, 0.11));
+    let polls = series(&text, r#"pmtr_meter_requests_total{meter="main"}"#)
+        + series(&text, r#"pmtr_meter_probes_total{meter="main"}"#);
+    assert!(polls >= 1.0, "{text}");
+    assert_eq!(series(&text, r#"pmtr_meter_timeouts_total{meter="main"}"#), 0.0);
+    assert_eq!(series(&text, r#"pmtr_meter_crc_errors_total{meter="main"}"#), 0.0);
+    assert_eq!(series(&text, r#"pmtr_relay_on{relay="motor"}"#), 1.0);
+    assert_eq!(series(&text, r#"pmtr_trigger_tripped{trigger="overvoltage"}"#), 0.0);
+    assert_eq!(series(&text, r#"pmtr_sink_up{sink="csv",kind="csv"}"#), 1.0);
+    let written = r#"pmtr_sink_points_written_total{sink="csv",kind="csv"}"#;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = request("GET", &format!("{base}/metrics"), &[], b"").await.text();
+        if series(&text, written) >= 1.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no point written in 5 s:\n{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let relays_on = board.level(PIN);
+    daemon.stop().await;
+    assert_eq!(relays_on, Some(true));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_a_clear_4xx() {
+    let dir = tempfile::tempdir().unwrap();
+    let _meter = meter(dir.path());
+    let port = servers::free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let board = FakeBoard::new();
+    // No token: reads from the loopback work, writes are refused.
+    let daemon = Daemon::start(config(dir.path(), &format!("127.0.0.1:{port}"), ""), &board);
+    first_reading(&base).await;
+
+    let error_of = |r: &servers::HttpResponse| -> String {
+        assert_eq!(r.header("content-type"), Some("application/json"), "{}", r.text());
+        let v: Value = serde_json::from_slice(&r.body).unwrap();
+        v["error"].as_str().unwrap_or_else(|| panic!("no error message: {v}")).to_owned()
+    };
+    let r = request("GET", &format!("{base}/api/nothing"), &[], b"").await;
+    assert_eq!(r.status, 404);
+    assert!(error_of(&r).contains("/api/status"), "the endpoints are listed");
+    let r = request("GET", &format!("{base}/api/meters/nosuch"), &[], b"").await;
+    assert_eq!(r.status, 404);
+    assert!(error_of(&r).contains("nosuch"));
+    let r = request("GET", &format!("{base}/api/relays/motor/force"), &[], b"").await;
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), Some("POST"));
+    error_of(&r);
+    let r = request("DELETE", &format!("{base}/api/status"), &[], b"").await;
+    assert_eq!(r.status, 405);
+    let r = request("POST", &format!("{base}/api/relays/motor/force"), &[], br#"{"level":"off"}"#).await;
+    assert_eq!(r.status, 403);
+    assert!(error_of(&r).contains("token"), "{}", r.text());
+    assert_eq!(board.level(PIN), Some(true), "nothing switched");
+    daemon.stop().await;
+
+    // With a token: wrong or missing tokens, bad bodies, unknown names, refusals.
+    let port = servers::free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let board = FakeBoard::new();
+    let daemon = Daemon::start(
+        config(dir.path(), &format!("127.0.0.1:{port}"), &format!("token = \"{TOKEN}\"")),
+        &board,
+    );
+    first_reading(&base).await;
+    let auth = format!("Bearer {TOKEN}");
+    let good = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
+    let force = format!("{base}/api/relays/motor/force");
+    let r = request("POST", &force, &[], br#"{"level":"off"}"#).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("www-authenticate"), Some("Bearer realm=\"pmtr\""));
+    error_of(&r);
+    let r =
+        request("POST", &force, &[("Authorization", "Bearer not-the-token-at-all")], br#"{"level":"off"}"#)
+            .await;
+    assert_eq!(r.status, 401);
+    assert_eq!(error_of(&r), "wrong token");
+    let r = request("POST", &force, &good, br#"{"level":"sideways"}"#).await;
+    assert_eq!(r.status, 400);
+    assert!(error_of(&r).contains("level"), "{}", r.text());
+    let r = request("POST", &force, &good, b"level=off").await;
+    assert_eq!(r.status, 400);
+    let r = request("POST", &force, &good, br#"{"level":"off","for":"3 fortnights"}"#).await;
+    assert_eq!(r.status, 400);
+    assert!(error_of(&r).contains("for"));
+    let big = vec![b' '; 64 * 1024];
+    let r = request("POST", &force, &good, &big).await;
+    assert_eq!(r.status, 413);
+    error_of(&r);
+    let r = request("POST", &format!("{base}/api/relays/nosuch/force"), &good, br#"{"level":"off"}"#).await;
+    assert_eq!(r.status, 404);
+    let r = request("POST", &format!("{base}/api/triggers/overvoltage/reset"), &good, b"").await;
+    assert_eq!(r.status, 409, "not latched: {}", r.text());
+    assert!(error_of(&r).contains("latch"), "{}", r.text());
+    assert_eq!(board.events_of(PIN).len(), 1, "only the claim at start: {:?}", board.events_of(PIN));
+
+    // And the right request does what it says, logged with who asked.
+    let r = request("POST", &force, &good, br#"{"level":"off","for":"1h"}"#).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v: Value = serde_json::from_slice(&r.body).unwrap();
+    assert!(v["message"].as_str().unwrap().contains("forced off"), "{v}");
+    assert_eq!(board.level(PIN), Some(false));
+    let relays = get_json(&format!("{base}/api/relays")).await;
+    assert_eq!(relays[0]["level"], "off");
+    assert!(relays[0]["forced"]["by"].as_str().unwrap().starts_with("http 127.0.0.1:"), "{relays}");
+    assert!(relays[0]["forced"]["until"].is_string());
+    let r = request("POST", &format!("{base}/api/relays/motor/release"), &good, b"").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(board.level(PIN), Some(true));
+    let text = request("GET", &format!("{base}/metrics"), &[], b"").await.text();
+    assert_eq!(series(&text, r#"pmtr_relay_transitions_total{relay="motor"}"#), 2.0, "off and on again");
+    daemon.stop().await;
+    // The change is in storage with its cause.
+    let changes: String = std::fs::read_dir(dir.path().join("csv"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("changes-"))
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    assert!(changes.contains("forced") && changes.contains("http 127.0.0.1:"), "{changes}");
+}
+
+/// Bound to every address with a token: the loopback reads without it, every write needs it.
+/// (Reads from off the loopback need the token too; that decision is `authorize`'s, tested
+/// with non-loopback peers in `src/status/http.rs`: the tests send no traffic to an address
+/// outside 127.0.0.0/8.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bound_to_every_address_the_token_guards_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let _meter = meter(dir.path());
+    let port = servers::free_port();
+    let board = FakeBoard::new();
+    let daemon = Daemon::start(
+        config(dir.path(), &format!("0.0.0.0:{port}"), &format!("token = \"{TOKEN}\"")),
+        &board,
+    );
+    let local = format!("http://127.0.0.1:{port}");
+    first_reading(&local).await;
+    for path in ["/api/status", "/api/meters/main", "/metrics"] {
+        let r = request("GET", &format!("{local}{path}"), &[], b"").await;
+        assert_eq!(r.status, 200, "the loopback reads without a token");
+        // A wrong token is never ignored, even where none is needed.
+        let r = request(
+            "GET",
+            &format!("{local}{path}"),
+            &[("Authorization", "Bearer wrong-wrong-wrong-wrong")],
+            b"",
+        )
+        .await;
+        assert_eq!(r.status, 401);
+    }
+    assert_eq!(request("GET", &format!("{local}/healthz"), &[], b"").await.status, 200);
+    let r = request("POST", &format!("{local}/api/relays/motor/force"), &[], br#"{"level":"off"}"#).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(board.level(PIN), Some(true));
+    let auth = format!("Bearer {TOKEN}");
+    let r = request(
+        "POST",
+        &format!("{local}/api/relays/motor/force"),
+        &[("Authorization", &auth)],
+        br#"{"level":"off"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    board.wait_level(PIN, false, std::time::Duration::from_secs(5)).await.unwrap();
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pmtr_status_shows_the_running_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    let _meter = meter(dir.path());
+    let port = servers::free_port();
+    let board = FakeBoard::new();
+    let cfg_text = gateway::toml(
+        dir.path(),
+        "status-test",
+        &format!("{TRIGGER}\n[status]\nlisten = \"127.0.0.1:{port}\"\n"),
+    );
+    let cfg = dir.path().join("pmtr.toml");
+    std::fs::write(&cfg, &cfg_text).unwrap();
+    let daemon = Daemon::start(pmtr::config::load_file(&cfg).unwrap(), &board);
+    first_reading(&format!("http://127.0.0.1:{port}")).await;
+
+    let run = |args: Vec<String>| async move {
+        let out =
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_pmtr")).args(&args).output().await.unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = run(vec!["status".into(), "--config".into(), cfg.display().to_string()]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.starts_with(&format!("pmtr {} on status-test, up ", env!("CARGO_PKG_VERSION"))), "{out}");
+    let row = out.lines().find(|l| l.starts_with("main ")).unwrap_or_else(|| panic!("no meter row:\n{out}"));
+    assert!(row.contains("b@4") && row.contains("pzem-016") && row.contains(" ok "), "{row}");
+    assert!(row.contains(&format!("L1U={VOLTS}V")) && row.contains(&format!("L1I={AMPS}A")), "{row}");
+    assert!(out.contains("motor") && out.contains("overvoltage") && out.contains("csv"), "{out}");
+
+    let url = format!("http://127.0.0.1:{port}");
+    let (code, out, err) = run(vec!["status".into(), "--url".into(), url, "--json".into()]).await;
+    assert_eq!(code, Some(0), "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["meters"][0]["reading"]["values"]["L1U"].as_f64(), Some(VOLTS));
+    daemon.stop().await;
+
+    // Nobody there: a clear error, exit 1.
+    let (code, _, err) = run(vec!["status".into(), "--config".into(), cfg.display().to_string()]).await;
+    assert_eq!(code, Some(1));
+    assert!(err.contains("no pmtr daemon answering at") && err.contains("pmtr run"), "{err}");
+}
