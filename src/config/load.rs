@@ -1350,28 +1350,40 @@ mod tests {
         assert_eq!(house.line.to_string(), "9600 8N1");
     }
 
-    #[test]
-    fn the_commented_out_sink_examples_load_too() {
+    /// The example with the commented-out TOML between the line containing `from` and the one
+    /// containing `until` uncommented: each `# code` line there becomes `rewrite(code)`, or stays
+    /// commented when that is None.
+    fn uncommented(from: &str, until: &str, rewrite: impl Fn(&str) -> Option<String>) -> String {
         let mut out = String::new();
         let mut in_block = false;
         for line in EXAMPLE.lines() {
-            if line.contains("[[sink]]: where readings are written") {
+            if line.contains(from) {
                 in_block = true;
             }
-            if line.contains("Relays and triggers: relays") {
+            if line.contains(until) {
                 in_block = false;
             }
-            match line.strip_prefix("# ") {
-                Some(code) if in_block && code.contains("password_file") => out.push_str(line),
-                Some(code) if in_block && code.starts_with("token_file") => out.push_str("token = \"x\""),
-                Some(code) if in_block && code.starts_with("[[sink]]:") => out.push_str(line),
-                Some(code) if in_block && (code.starts_with("[[") || code.contains(" = ")) => {
-                    out.push_str(code)
-                }
-                _ => out.push_str(line),
+            match line.strip_prefix("# ").filter(|_| in_block).and_then(&rewrite) {
+                Some(code) => out.push_str(&code),
+                None => out.push_str(line),
             }
             out.push('\n');
         }
+        out
+    }
+
+    #[test]
+    fn the_commented_out_sink_examples_load_too() {
+        let out =
+            uncommented("[[sink]]: where readings are written", "Relays and triggers: relays", |code| {
+                if code.contains("password_file") || code.starts_with("[[sink]]:") {
+                    None
+                } else if code.starts_with("token_file") {
+                    Some("token = \"x\"".into())
+                } else {
+                    (code.starts_with("[[") || code.contains(" = ")).then(|| code.into())
+                }
+            });
         let config = load_str(&out, "pmtr.toml").unwrap_or_else(|e| panic!("{e}\n{out}"));
         let kinds: Vec<&str> = config.sinks.iter().map(|s| s.kind.type_name()).collect();
         assert_eq!(kinds, ["influxdb1", "influxdb2", "csv"]);
@@ -1381,23 +1393,9 @@ mod tests {
 
     #[test]
     fn the_commented_out_relay_and_trigger_load_too() {
-        let mut out = String::new();
-        let mut in_block = false;
-        for line in EXAMPLE.lines() {
-            if line.contains("Relays and triggers: relays") {
-                in_block = true;
-            }
-            if line.contains("[alerts.email]: alert mail") {
-                in_block = false;
-            }
-            match line.strip_prefix("# ") {
-                Some(code) if in_block && (code.starts_with("[[") || code.contains(" = ")) => {
-                    out.push_str(code)
-                }
-                _ => out.push_str(line),
-            }
-            out.push('\n');
-        }
+        let out = uncommented("Relays and triggers: relays", "[alerts.email]: alert mail", |code| {
+            (code.starts_with("[[") || code.contains(" = ")).then(|| code.into())
+        });
         let config = load_str(&out, "pmtr.toml").unwrap_or_else(|e| panic!("{e}\n{out}"));
         assert_eq!(config.gateway.gpio, crate::config::GpioBackend::Rppal);
         let r = &config.relays[0];
@@ -1415,31 +1413,16 @@ mod tests {
 
     #[test]
     fn the_commented_out_email_block_loads_too() {
-        let mut out = String::new();
-        let mut in_block = false;
-        for line in EXAMPLE.lines() {
-            if line.contains("[alerts.email]: alert mail") {
-                in_block = true;
+        let out = uncommented("[alerts.email]: alert mail", "[status]: the local HTTP API", |code| {
+            // The files it names do not exist here.
+            if code.starts_with("password_file") {
+                Some("password = \"x\"".into())
+            } else if code.starts_with("ca_file") {
+                None
+            } else {
+                (code == "[alerts.email]" || code == "[alerts]" || code.contains(" = ")).then(|| code.into())
             }
-            if line.contains("[status]: the local HTTP API") {
-                in_block = false;
-            }
-            match line.strip_prefix("# ") {
-                // The files it names do not exist here.
-                Some(code) if in_block && code.starts_with("password_file") => {
-                    out.push_str("password = \"x\"")
-                }
-                Some(code) if in_block && code.starts_with("ca_file") => out.push_str(line),
-                Some(code)
-                    if in_block
-                        && (code == "[alerts.email]" || code == "[alerts]" || code.contains(" = ")) =>
-                {
-                    out.push_str(code)
-                }
-                _ => out.push_str(line),
-            }
-            out.push('\n');
-        }
+        });
         let config = load_str(&out, "pmtr.toml").unwrap_or_else(|e| panic!("{e}\n{out}"));
         let a = &config.alerts;
         assert_eq!(
@@ -1464,23 +1447,11 @@ mod tests {
 
     #[test]
     fn the_commented_out_power_line_block_loads_too() {
-        let mut out = String::new();
-        let mut in_block = false;
-        for line in EXAMPLE.lines() {
-            if line.contains("PMTR_001_SRV servers behind a power-line modem") {
-                in_block = true;
-            }
-            if line.contains("[[sink]]: where readings are written") {
-                in_block = false;
-            }
-            match line.strip_prefix("# ") {
-                Some(code) if in_block && (code.starts_with('[') || code.contains(" = ")) => {
-                    out.push_str(code)
-                }
-                _ => out.push_str(line),
-            }
-            out.push('\n');
-        }
+        let out = uncommented(
+            "PMTR_001_SRV servers behind a power-line modem",
+            "[[sink]]: where readings are written",
+            |code| (code.starts_with('[') || code.contains(" = ")).then(|| code.into()),
+        );
         let config = load_str(&out, "pmtr.toml").unwrap_or_else(|e| panic!("{e}\n{out}"));
         let m = config.meter("panel-1").unwrap();
         assert_eq!(config.bus(&m.bus).unwrap().kind, BusKind::PowerLine);
@@ -1495,23 +1466,9 @@ mod tests {
     #[test]
     fn the_commented_out_rx380_block_loads_too() {
         // Uncomment every line that is commented-out TOML in the RX380 block.
-        let mut out = String::new();
-        let mut in_block = false;
-        for line in EXAMPLE.lines() {
-            if line.contains("RX380 three-phase meter") {
-                in_block = true;
-            }
-            if line.contains("[[sink]]: where readings are written") {
-                in_block = false;
-            }
-            match line.strip_prefix("# ") {
-                Some(code) if in_block && (code.starts_with('[') || code.contains(" = ")) => {
-                    out.push_str(code)
-                }
-                _ => out.push_str(line),
-            }
-            out.push('\n');
-        }
+        let out = uncommented("RX380 three-phase meter", "[[sink]]: where readings are written", |code| {
+            (code.starts_with('[') || code.contains(" = ")).then(|| code.into())
+        });
         let config = load_str(&out, "pmtr.toml").unwrap_or_else(|e| panic!("{e}\n{out}"));
         let rx = config.meter("rx380").unwrap();
         assert_eq!((rx.model, rx.address, rx.poll), (Model::Rx380, 1, Duration::from_secs(10)));
