@@ -11,7 +11,7 @@
 
 use pmtr::app::servers::{self, scan_port, FoundServer};
 use pmtr::config::load_str;
-use pmtr::modbus::transport::{open_serial, Resync, Transport};
+use pmtr::modbus::transport::{open_serial, Transport};
 use pmtr::sim::{Firmware, PlcBus, PlcBusOptions, PmtrServer, ServerValues};
 use std::path::Path;
 use std::sync::atomic::AtomicUsize;
@@ -186,11 +186,7 @@ async fn the_daemon_sets_up_every_server_and_again_after_a_reboot() {
 fn modem_transport(path: &Path, resync: bool) -> Transport<pmtr::modbus::transport::SerialLine> {
     let line = servers::modem_line();
     let stream = open_serial(path.to_str().unwrap(), &line).unwrap();
-    let r = resync.then(|| Resync {
-        pause: Duration::from_secs(1),
-        frame: pmtr::modbus::Request::write_coil(0, pmtr::pmtr::registers::COIL_RESYNC, false),
-    });
-    Transport::new(stream, &line, None).with_resync(r)
+    Transport::new(stream, &line, None).with_resync(resync.then(pmtr::pmtr::master::resync))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,9 +3,8 @@
 //! reboot; relay actions at start and after a reboot).
 
 use crate::config::{Config, LineSettings, Meter, Parity};
-use crate::modbus::transport::{open_serial, Line, Resync, Transport};
-use crate::pmtr::master::{self, Link, Probe};
-use crate::pmtr::registers::COIL_RESYNC;
+use crate::modbus::transport::{open_serial, Line, Transport};
+use crate::pmtr::master::{self, resync, Link, Probe};
 use anyhow::{anyhow, bail, Context};
 use std::io::Write;
 use std::path::Path;
@@ -16,10 +15,6 @@ use std::time::Duration;
 /// The power-line modem's line: 9600 8N1.
 pub fn modem_line() -> LineSettings {
     LineSettings { baud: 9600, data_bits: 8, parity: Parity::None, stop_bits: 1 }
-}
-
-fn resync() -> Resync {
-    Resync { pause: Duration::from_secs(1), frame: crate::modbus::Request::write_coil(0, COIL_RESYNC, false) }
 }
 
 /// A server found by a scan.
@@ -251,9 +246,7 @@ pub async fn run_push_actions(config: &Config, names: &[String]) -> anyhow::Resu
                 .collect::<Result<Vec<_>, String>>()
                 .map_err(|why| anyhow!("the legacy firmware cannot take an action: {why}"))?;
             for (n, slot) in crate::pmtr::duty::all_slots(&configured).iter().enumerate() {
-                let poll_every = Duration::from_millis(crate::pmtr::action::LOOP_PASS_MS);
-                let max_wait = (link.timeout * 4).max(Duration::from_secs(10));
-                master::push_slot(&mut t, &link, n as u8, slot, poll_every, max_wait, &mut |_| {})
+                master::push_slot(&mut t, &link, n as u8, slot, &mut |_| {})
                     .await
                     .with_context(|| format!("slot {n}"))?;
                 let what = server.actions.get(n).map_or("(unused: neutralised)".to_string(), |a| {

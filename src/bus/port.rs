@@ -6,7 +6,7 @@ use super::schedule::Schedule;
 use super::status::MeterState;
 use super::BusShared;
 use crate::config::BusKind;
-use crate::modbus::transport::{Line, Resync, Transport};
+use crate::modbus::transport::{Line, Transport};
 use crate::pmtr::duty::{Duties, Duty, Restart};
 use crate::reading::{EnergyGuard, Quality, Reading};
 use std::sync::Arc;
@@ -40,10 +40,8 @@ pub async fn run<L: Line>(
 ) -> PortExit {
     let bus = &shared.bus;
     // Several servers behind one modem: resynchronise their receivers after every miss.
-    let resync = (bus.kind == BusKind::PowerLine && shared.meters.len() > 1).then(|| Resync {
-        pause: RESYNC_PAUSE,
-        frame: crate::modbus::Request::write_coil(0, crate::pmtr::registers::COIL_RESYNC, false),
-    });
+    let resync =
+        (bus.kind == BusKind::PowerLine && shared.meters.len() > 1).then(crate::pmtr::master::resync);
     let mut t = Transport::new(line, &bus.line, bus.frame_gap).with_resync(resync);
     let sentinel = sentinel_value();
     let start = Instant::now();
@@ -211,10 +209,6 @@ pub async fn run<L: Line>(
     exit
 }
 
-/// The wait after a miss on a power-line bus before the resync frame goes out: late bytes
-/// arrive, and each server finishes its loop.
-const RESYNC_PAUSE: Duration = Duration::from_secs(1);
-
 /// A non-zero value for this run's reboot sentinels (a server with another value was set up by
 /// an earlier run, or by someone else).
 fn sentinel_value() -> u16 {
@@ -276,10 +270,8 @@ async fn run_duties<L: Line>(
                 }
                 Ok(configured) => {
                     let slots_to_send = crate::pmtr::duty::all_slots(&configured);
-                    let poll_every = Duration::from_millis(crate::pmtr::action::LOOP_PASS_MS);
-                    let max_wait = (bus.timeout * 4).max(Duration::from_secs(10));
                     let s = &slots_to_send[usize::from(n)];
-                    crate::pmtr::master::push_slot(t, &link, n, s, poll_every, max_wait, &mut observe).await.map(|()| {
+                    crate::pmtr::master::push_slot(t, &link, n, s, &mut observe).await.map(|()| {
                         match server.actions.get(usize::from(n)) {
                             Some(a) => tracing::info!(meter = %meter.name, slot = n, when = %a.when, sent = %s.text, "relay action taken by the server"),
                             None => tracing::debug!(meter = %meter.name, slot = n, "unused relay-action slot neutralised"),

@@ -3,8 +3,8 @@
 //! Each function is a short sequence of transactions; the bus task runs them between polls.
 
 use super::action::Slot;
-use super::registers::{epoch_registers, COIL_COMMIT, COIL_TIME_SYNC, HR_EPOCH};
-use crate::modbus::transport::{Line, Outcome, Transport};
+use super::registers::{epoch_registers, COIL_COMMIT, COIL_RESYNC, COIL_TIME_SYNC, HR_EPOCH};
+use crate::modbus::transport::{Line, Outcome, Resync, Transport};
 use crate::modbus::{FrameError, Reply, Request};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -136,19 +136,26 @@ pub async fn sync_time<L: Line>(
     Ok(Synced { written, round_trip })
 }
 
+/// What a power-line bus with several servers needs after a miss (see [`Resync`]): a 1 s
+/// pause, then a broadcast write of 0 to the unused coil 11, a frame of a reply's length.
+pub fn resync() -> Resync {
+    Resync { pause: Duration::from_secs(1), frame: Request::write_coil(0, COIL_RESYNC, false) }
+}
+
 /// Pushes one slot (§8): waits for the commit coil to be clear (the last commit taken), stages
 /// options, head and text in frames within the receive buffer, commits, and waits until the
-/// server clears the commit coil, which it does once it has stored the slot. `poll_every`
-/// paces the coil reads (one server loop is about 1.2 s); `max_wait` bounds each wait.
+/// server clears the commit coil, which it does once it has stored the slot. The coil is read
+/// once per server loop (about 1.2 s), for at most four reply timeouts (and at least 10 s)
+/// each wait.
 pub async fn push_slot<L: Line>(
     t: &mut Transport<L>,
     link: &Link,
     index: u8,
     slot: &Slot,
-    poll_every: Duration,
-    max_wait: Duration,
     observe: &mut (dyn FnMut(&Outcome) + Send),
 ) -> Result<(), DutyError> {
+    let poll_every = Duration::from_millis(super::action::LOOP_PASS_MS);
+    let max_wait = (link.timeout * 4).max(Duration::from_secs(10));
     wait_commit_clear(t, link, poll_every, max_wait, observe).await?;
     let requests = slot.requests(link.address, index);
     let (commit, staging) = requests.split_last().expect("a slot has requests");
