@@ -119,6 +119,20 @@ fn frames_split_in_transit_still_parse() {
 }
 
 #[test]
+fn a_split_frame_is_never_overtaken_by_the_next_one() {
+    // Two packets 15 ms apart (more than 3.5 characters of silence), each cut in two 40 ms
+    // apart: the second's first half must not arrive between the first's halves.
+    let (bus, mut f) = bus(vec![server(5, 230.0)], true);
+    f.write_all(&write_coil(0, 11, false)).unwrap();
+    std::thread::sleep(Duration::from_millis(15));
+    let r = transact(&mut f, &read_hr(5, 80, 1), 7);
+    assert_eq!(regs(&r), [2300]);
+    assert_eq!(bus.stats().splits, 2);
+    let c = bus.with_server(5, |s| s.counters()).unwrap();
+    assert_eq!((c.requests, c.replies, c.bad_frames), (2, 1, 0), "{c:?}");
+}
+
+#[test]
 fn swallow_quirk_and_coil11_resync() {
     let (bus, mut f) = bus(vec![server(5, 230.0), server(9, 230.0)], false);
     // Nobody at 7; the next request, to 5, is taken for 7's reply by both servers.

@@ -7,7 +7,8 @@
 //! - Bytes the gateway writes go through the modem's UART (one character time each) and are
 //!   gathered into a packet until 3.5 characters of silence; the packet reaches every server
 //!   `transit` after its last byte — or, with `split_frames`, in two halves, the second
-//!   `split_gap` after the first, as a modem may cut a frame.
+//!   `split_gap` after the first, as a modem may cut a frame. The medium keeps the order of
+//!   the bytes: a packet never reaches the servers before the end of the one before it.
 //! - A server's reply leaves its UART byte by byte; each byte reaches the gateway `transit`
 //!   later, and the whole frame reaches every *other* server `transit` after its last byte:
 //!   everyone hears everything, which is what the firmware's shared-bus quirks feed on.
@@ -229,6 +230,9 @@ impl Medium {
         let mut last_end = Instant::now();
         let mut deliveries: Vec<Delivery> = Vec::new();
         let mut to_gateway: VecDeque<(Instant, u8)> = VecDeque::new();
+        // When the last byte the gateway sent reaches the servers: a later packet, or the
+        // second half of a split one, is never delivered before it.
+        let mut gateway_tail = Instant::now();
         let mut chunk = [0u8; 512];
         let tick = Duration::from_millis(5);
         while !self.stop.load(Ordering::SeqCst) {
@@ -274,7 +278,7 @@ impl Medium {
             // A gateway packet ends with 3.5 characters of silence.
             if !packet.is_empty() && now >= last_end + self.gap {
                 let bytes = std::mem::take(&mut packet);
-                let at = last_end + self.transit;
+                let at = (last_end + self.transit).max(gateway_tail);
                 let mut st = self.shared.lock();
                 st.stats.packets += 1;
                 match self.split {
@@ -282,9 +286,13 @@ impl Medium {
                         st.stats.splits += 1;
                         let (a, b) = bytes.split_at(bytes.len() / 2);
                         deliveries.push(Delivery { at, from: None, bytes: a.to_vec() });
-                        deliveries.push(Delivery { at: at + gap, from: None, bytes: b.to_vec() });
+                        gateway_tail = at + gap;
+                        deliveries.push(Delivery { at: gateway_tail, from: None, bytes: b.to_vec() });
                     }
-                    _ => deliveries.push(Delivery { at, from: None, bytes }),
+                    _ => {
+                        gateway_tail = at;
+                        deliveries.push(Delivery { at, from: None, bytes });
+                    }
                 }
             }
             self.step_servers(now, &mut deliveries, &mut to_gateway);
