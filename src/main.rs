@@ -1,5 +1,6 @@
 //! The `pmtr` command line: parse, then call into the library.
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use pmtr::app::{self, control, tools};
 use pmtr::config::{self, Parity};
@@ -341,7 +342,9 @@ fn main() -> ExitCode {
                     Ok(c) => c,
                     Err(code) => return Ok(code),
                 };
-                app::run::run(cfg, app::stop_signal()).await?;
+                let signals = app::signals().context("cannot listen for signals")?;
+                let service = app::run::Service::from_env(config);
+                app::run::serve(service, cfg, None, signals).await?;
             }
             Cmd::Demo { seconds } => app::demo::run(seconds.map(Duration::from_secs)).await?,
             Cmd::CheckConfig { file } => {

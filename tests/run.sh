@@ -24,6 +24,10 @@ command -v npm >/dev/null || missing+=(npm)
 # The MQTT tests (tests/mqtt.rs) run a real broker, and its clients help by hand.
 command -v mosquitto >/dev/null || missing+=(mosquitto)
 command -v mosquitto_sub >/dev/null || missing+=(mosquitto-clients)
+# The unit file's checks (tests/systemd_unit.rs): systemd-analyze verify and security.
+command -v systemd-analyze >/dev/null || missing+=(systemd)
+# SIGHUP/SIGTERM tests (tests/service.rs) and the unit's ExecReload use /bin/kill.
+[ -x /bin/kill ] || missing+=(procps)
 if [ ${#missing[@]} -gt 0 ]; then
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"

@@ -1,5 +1,8 @@
 //! `pmtr run`: the daemon.
 
+use super::systemd::Notifier;
+use crate::bus::liveness::Liveness;
+use crate::bus::status::StatusBoard;
 use crate::bus::Engine;
 use crate::config::Config;
 use crate::control::ControlServer;
@@ -10,14 +13,49 @@ use crate::status::http::StatusServer;
 use crate::status::Tally;
 use crate::store::Storage;
 use crate::trigger::run::Triggers;
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, watch};
+use tokio::task::JoinHandle;
 
 /// How often a one-line summary per meter is logged (counters instead of log floods).
 const SUMMARY_EVERY: Duration = Duration::from_secs(600);
 
-/// Runs the gateway until SIGINT/SIGTERM (or until `stop` resolves).
+/// What the daemon is told from outside: SIGTERM/SIGINT, SIGHUP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    Stop,
+    Reload,
+}
+
+/// How `pmtr run` sits in its service manager.
+pub struct Service {
+    /// The file SIGHUP reads again (none: a reload is refused, the configuration stays).
+    pub config_path: Option<PathBuf>,
+    /// systemd's notification socket (`Type=notify`).
+    pub notifier: Notifier,
+    /// systemd's `WatchdogSec=`: pings at half of it while the bus engine makes progress.
+    pub watchdog: Option<Duration>,
+}
+
+impl Service {
+    /// As systemd (or a terminal) started us: `$NOTIFY_SOCKET`, `$WATCHDOG_USEC`.
+    pub fn from_env(config_path: PathBuf) -> Service {
+        Service {
+            config_path: Some(config_path),
+            notifier: Notifier::from_env(),
+            watchdog: super::systemd::watchdog_interval(),
+        }
+    }
+
+    /// No service manager, no file (tests, the demo).
+    pub fn none() -> Service {
+        Service { config_path: None, notifier: Notifier::none(), watchdog: None }
+    }
+}
+
+/// Runs the gateway until `stop` resolves (no reload, no service manager).
 pub async fn run(config: Config, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
     run_with(config, None, stop).await
 }
@@ -28,23 +66,39 @@ pub async fn run_with(
     gpio: Option<Box<dyn Gpio>>,
     stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let (tx, rx) = mpsc::channel(1);
+    let serve = serve(Service::none(), config, gpio, rx);
+    tokio::pin!(serve);
+    tokio::select! {
+        r = &mut serve => return r,
+        _ = stop => {}
+    }
+    let _ = tx.send(Signal::Stop).await;
+    serve.await
+}
+
+/// The daemon: runs `config` until [`Signal::Stop`] (or until `signals` closes), reloading on
+/// [`Signal::Reload`].
+///
+/// A reload reads the file again. A file with errors is reported (every error, with file,
+/// line and key) and the running configuration stays. A good one replaces the running one in
+/// this process: the buses stop after their transaction in flight, storage writes or spools
+/// what it holds, the trigger state is saved and the relays are handed over at their level
+/// (never per `on_shutdown`); then everything starts again on the new configuration, the
+/// relays claimed at the level the saved state gives. If the new configuration cannot start
+/// (a pin or a port taken, storage refusing), the previous one is started again.
+pub async fn serve(
+    service: Service,
+    config: Config,
+    mut gpio: Option<Box<dyn Gpio>>,
+    mut signals: mpsc::Receiver<Signal>,
+) -> anyhow::Result<()> {
+    let Service { config_path, notifier, watchdog } = service;
+    let notifier = Arc::new(notifier);
     if let Err(e) = std::fs::create_dir_all(&config.gateway.state_dir) {
         tracing::warn!(dir = %config.gateway.state_dir.display(), error = %e,
             "cannot create the state directory; the port map will not be remembered");
     }
-    // The status API only observes (and relays have the control socket): a port that is
-    // taken costs the API, never the metering or the relays.
-    let status_server = if config.status.enabled {
-        match StatusServer::bind(config.status.listen, config.status.token.clone()) {
-            Ok(server) => Some(server),
-            Err(e) => {
-                tracing::error!("{e}; running without the status API");
-                None
-            }
-        }
-    } else {
-        None
-    };
     // A marker of the run in progress: found at start, the previous run did not stop cleanly.
     let marker = crate::alert::run::running_marker(&config);
     let unclean = marker.exists();
@@ -54,191 +108,408 @@ pub async fn run_with(
     if let Err(e) = std::fs::write(&marker, format!("{}\n", std::process::id())) {
         tracing::warn!(file = %marker.display(), error = %e, "cannot write the run marker");
     }
-    let (store_tx, store_rx) = mpsc::channel::<Record>(4096);
-    // With MQTT, records pass a tee on their way to storage: a broadcast that never waits
-    // (a slow MQTT task lags and counts what it missed).
-    let (records, store_rx) = match &config.mqtt {
-        Some(_) => {
-            let (tee_tx, _) = broadcast::channel::<Record>(1024);
-            let (to_storage, from_tee) = mpsc::channel::<Record>(4096);
-            tokio::spawn(tee(store_rx, tee_tx.clone(), to_storage));
-            (Some(tee_tx), from_tee)
-        }
-        None => (None, store_rx),
-    };
-    let storage = Storage::start(&config, store_rx)?;
-    let store_events = storage.events.subscribe();
-    let sinks = storage.sinks.clone();
-    // Triggers and relays come up before the buses: every relay is at its restored level
-    // before the first reading.
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stop_rx_alerts = stop_rx.clone();
-    let stop_rx_mqtt = stop_rx.clone();
-    let stop_rx_status = stop_rx.clone();
-    let mut control = None;
-    let triggers = if config.relays.is_empty() && config.triggers.is_empty() {
-        None
-    } else {
-        // The control socket first: a second pmtr on the same state folder stops here, before
-        // it touches a relay.
-        match ControlServer::bind(&config.gateway.control_socket) {
-            Ok(server) => control = Some(server),
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => return Err(e.into()),
-            Err(e) => tracing::error!(error = %e,
-                "no control socket: `pmtr relay` and `pmtr trigger` will not reach this daemon"),
-        }
-        let mut gpio = match gpio {
-            Some(g) => g,
-            None if config.relays.is_empty() => Box::new(FakeBoard::new().gpio()),
-            None => crate::relay::open_gpio(&config.gateway)?.0,
+    let current: Arc<Mutex<Option<Watched>>> = Arc::new(Mutex::new(None));
+    let dog = watchdog.map(|every| {
+        tracing::info!(interval = ?every, "systemd watchdog on: fed while every bus task makes progress");
+        tokio::spawn(feed_watchdog(every, notifier.clone(), current.clone()))
+    });
+    let mut config = config;
+    let mut previous: Option<Config> = None;
+    let mut first = true;
+    let result = loop {
+        let generation = match Generation::start(&config, gpio.as_deref_mut(), unclean && first).await {
+            Ok(g) => g,
+            Err(e) => match previous.take() {
+                Some(old) => {
+                    tracing::error!(
+                        "the new configuration cannot start: {e:#}; starting the previous one again"
+                    );
+                    config = old;
+                    continue;
+                }
+                None => break Err(e),
+            },
         };
-        let t = Triggers::start(&config, gpio.as_mut(), store_tx.clone(), true)?;
-        tracing::info!(relays = config.relays.len(), triggers = config.triggers.len(), "triggers ready");
-        Some(t)
-    };
-    let control = match (control, &triggers) {
-        (Some(server), Some(t)) => {
-            tracing::info!(socket = %server.path().display(), "control socket ready");
-            Some(tokio::spawn(server.run(t.commands.clone(), stop_rx.clone())))
+        first = false;
+        *lock(&current) =
+            Some(Watched { liveness: generation.liveness.clone(), status: generation.status.clone() });
+        notifier.ready(&summary(&generation.status));
+        let next = loop {
+            match signals.recv().await {
+                None | Some(Signal::Stop) => break None,
+                Some(Signal::Reload) => {
+                    notifier.reloading();
+                    match reload(config_path.as_deref()) {
+                        Some(new) => break Some(new),
+                        None => notifier.ready(&summary(&generation.status)),
+                    }
+                }
+            }
+        };
+        *lock(&current) = None;
+        match next {
+            None => {
+                notifier.stopping();
+                tracing::info!("stopping");
+                generation.stop(false).await;
+                break Ok(());
+            }
+            Some(new) => {
+                tracing::info!("reloading: stopping the running configuration");
+                generation.stop(true).await;
+                previous = Some(std::mem::replace(&mut config, new));
+                tracing::info!("reloaded: starting on the new configuration");
+            }
         }
-        _ => None,
     };
-    // With triggers, readings go straight from the buses to the trigger task, which passes
-    // each on to storage once the relays have seen it: no hop stands before a relay.
-    let (tx, mut rx) = mpsc::channel::<Reading>(1024);
-    let engine = match &triggers {
-        Some(t) => {
-            drop(tx); // the consumer below then ends at once, letting go of its storage sender
-            Engine::start(&config, t.readings.clone(), stop_rx)
-        }
-        None => Engine::start(&config, tx, stop_rx),
+    if let Some(d) = dog {
+        d.abort();
+    }
+    if result.is_ok() {
+        let _ = std::fs::remove_file(&marker);
+        tracing::info!("stopped");
+    }
+    result
+}
+
+/// Reads the configuration again for SIGHUP; `None` (logged) when it cannot be used.
+fn reload(path: Option<&std::path::Path>) -> Option<Config> {
+    let Some(path) = path else {
+        tracing::warn!("reload asked, but this run has no configuration file to read again");
+        return None;
     };
-    let status = engine.status.clone();
-    let alerting = match &config.email {
-        Some(email) => {
-            let sources = crate::alert::run::Sources {
-                changes: triggers.as_ref().map(|t| t.events.subscribe()),
-                store: store_events,
-                sinks: sinks.clone(),
-                meters: status.clone(),
-                unclean,
-            };
-            Some(crate::alert::run::Alerting::start(&config, email, sources, stop_rx_alerts)?)
-        }
-        None => {
-            tracing::info!("no [alerts.email]: nothing is mailed (the events are in this log)");
+    match crate::config::load_file(path) {
+        Ok(c) => Some(c),
+        Err(errors) => {
+            // One event, every error in it: the journal shows them together.
+            tracing::error!(
+                "reload refused, the running configuration stays: {} error(s) in {}\n{errors}",
+                errors.0.len(),
+                path.display()
+            );
             None
         }
-    };
-    let tally = Arc::new(Tally::default());
-    if let Some(t) = &triggers {
-        tokio::spawn(tally.clone().run(t.events.subscribe()));
     }
-    let commands = triggers.as_ref().map(|t| t.commands.clone());
-    let mqtt = match (&config.mqtt, &records) {
-        (Some(settings), Some(records)) => {
-            let sources = crate::mqtt::run::Sources {
-                records: records.subscribe(),
-                meters: status.clone(),
-                commands: commands.clone(),
-            };
-            Some(Mqtt::start(&config, settings, sources, stop_rx_mqtt)?)
-        }
-        _ => None,
-    };
-    drop(records);
-    let status_api = status_server.map(|server| {
-        let mut sources = crate::status::http::Sources::new(&config, status.clone());
-        sources.sinks = sinks.clone();
-        sources.commands = commands.clone();
-        sources.alerts = alerting.as_ref().map(|a| a.counters.clone());
-        sources.mqtt = mqtt.as_ref().map(|m| m.counters.clone());
-        sources.tally = tally.clone();
-        if let Ok(addr) = server.local_addr() {
-            tracing::info!(listen = %addr, token = config.status.token.is_some(), "status API ready");
-        }
-        tokio::spawn(server.run(Arc::new(sources), stop_rx_status))
-    });
-    tracing::info!(
-        gateway = %config.gateway.name,
-        buses = config.buses.len(),
-        meters = config.meters.len(),
-        version = env!("CARGO_PKG_VERSION"),
-        "pmtr started"
-    );
-    // Health points (`pmtr_bus`, `pmtr_sink`) through storage, like readings.
-    let health = config.gateway.health_interval.map(|every| {
-        tokio::spawn(crate::store::health::run(
-            every,
-            status.clone(),
-            sinks.clone(),
-            store_tx.clone(),
-            stop_tx.subscribe(),
-        ))
-    });
-    let log_readings = config.gateway.log_readings;
-    let consumer = tokio::spawn(async move {
-        while let Some(r) = rx.recv().await {
-            if log_readings {
-                tracing::info!("{r}");
-            }
-            if store_tx.send(r.into()).await.is_err() {
-                tracing::error!("storage stopped: readings are no longer written");
-                break;
-            }
-        }
-    });
-    let summary = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(SUMMARY_EVERY);
+}
+
+/// What the watchdog looks at: the running generation's bus engine.
+struct Watched {
+    liveness: Arc<Liveness>,
+    status: Arc<StatusBoard>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A one-line state for `systemctl status`.
+fn summary(status: &StatusBoard) -> String {
+    let meters = status.snapshot();
+    let ok = meters.values().filter(|m| m.state == crate::bus::status::MeterState::Ok).count();
+    format!("{ok} of {} meter(s) answering", meters.len())
+}
+
+/// Pings systemd at half the watchdog interval while every port task makes progress (and
+/// while this runtime runs at all). A stuck task stops the pings: systemd restarts pmtr.
+async fn feed_watchdog(every: Duration, notifier: Arc<Notifier>, current: Arc<Mutex<Option<Watched>>>) {
+    let mut tick = tokio::time::interval(every / 2);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut stuck_logged = false;
+    let mut last_status = String::new();
+    loop {
         tick.tick().await;
-        loop {
-            tick.tick().await;
-            for (name, s) in status.snapshot() {
-                let c = &s.counters;
-                tracing::info!(
-                    meter = %name, port = s.port.as_deref().unwrap_or("-"), state = ?s.state,
-                    readings = c.readings, requests = c.requests, timeouts = c.timeouts, crc_errors = c.crc_errors,
-                    exceptions = c.exceptions, "meter summary"
-                );
+        let (verdict, status) = match &*lock(&current) {
+            Some(w) => (w.liveness.check(tokio::time::Instant::now()), Some(summary(&w.status))),
+            // Between two configurations: nothing is polling, nothing can be stuck.
+            None => (Ok(()), None),
+        };
+        match verdict {
+            Ok(()) => {
+                notifier.watchdog();
+                stuck_logged = false;
+                if let Some(s) = status.filter(|s| *s != last_status) {
+                    notifier.status(&s);
+                    last_status = s;
+                }
             }
-            for sink in &sinks {
-                let s = sink.snapshot();
-                tracing::info!(
-                    sink = %sink.name, healthy = s.healthy, readings = s.readings_written, points = s.points_written,
-                    spooled = s.spool_readings, spool_bytes = s.spool_bytes, dropped = s.spool_dropped,
-                    rejected = s.rejected, "sink summary"
-                );
+            Err(stuck) => {
+                if !stuck_logged {
+                    tracing::error!("bus engine stuck: {stuck}; no longer feeding the systemd watchdog, which restarts pmtr");
+                    notifier.status(&format!("stuck: {stuck}"));
+                    notifier.watchdog_trigger();
+                    stuck_logged = true;
+                }
             }
         }
-    });
-    stop.await;
-    tracing::info!("stopping");
-    let _ = stop_tx.send(true);
-    engine.join().await;
-    summary.abort();
-    if let Some(h) = health {
-        let _ = h.await;
     }
-    let _ = consumer.await;
-    if let Some(c) = control {
-        let _ = c.await;
+}
+
+/// Everything one configuration runs: storage, triggers and relays, the buses, alerts, MQTT,
+/// the status API.
+struct Generation {
+    stop_tx: watch::Sender<bool>,
+    engine: crate::bus::Engine,
+    liveness: Arc<Liveness>,
+    status: Arc<StatusBoard>,
+    summary: JoinHandle<()>,
+    health: Option<JoinHandle<()>>,
+    consumer: JoinHandle<()>,
+    control: Option<JoinHandle<()>>,
+    triggers: Option<Triggers>,
+    storage: Storage,
+    alerting: Option<crate::alert::run::Alerting>,
+    mqtt: Option<Mqtt>,
+    status_api: Option<JoinHandle<()>>,
+}
+
+impl Generation {
+    async fn start(
+        config: &Config,
+        gpio: Option<&mut (dyn Gpio + 'static)>,
+        unclean: bool,
+    ) -> anyhow::Result<Generation> {
+        // The status API only observes (and relays have the control socket): a port that is
+        // taken costs the API, never the metering or the relays.
+        let status_server = if config.status.enabled {
+            match StatusServer::bind(config.status.listen, config.status.token.clone()) {
+                Ok(server) => Some(server),
+                Err(e) => {
+                    tracing::error!("{e}; running without the status API");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let (store_tx, store_rx) = mpsc::channel::<Record>(4096);
+        // With MQTT, records pass a tee on their way to storage: a broadcast that never waits
+        // (a slow MQTT task lags and counts what it missed).
+        let (records, store_rx) = match &config.mqtt {
+            Some(_) => {
+                let (tee_tx, _) = broadcast::channel::<Record>(1024);
+                let (to_storage, from_tee) = mpsc::channel::<Record>(4096);
+                tokio::spawn(tee(store_rx, tee_tx.clone(), to_storage));
+                (Some(tee_tx), from_tee)
+            }
+            None => (None, store_rx),
+        };
+        let storage = Storage::start(config, store_rx)?;
+        let store_events = storage.events.subscribe();
+        let sinks = storage.sinks.clone();
+        // Triggers and relays come up before the buses: every relay is at its restored level
+        // before the first reading.
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut control = None;
+        let triggers = if config.relays.is_empty() && config.triggers.is_empty() {
+            None
+        } else {
+            // The control socket first: a second pmtr on the same state folder stops here,
+            // before it touches a relay.
+            match ControlServer::bind(&config.gateway.control_socket) {
+                Ok(server) => control = Some(server),
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                    storage.join().await;
+                    return Err(e.into());
+                }
+                Err(e) => tracing::error!(error = %e,
+                    "no control socket: `pmtr relay` and `pmtr trigger` will not reach this daemon"),
+            }
+            let mut opened: Box<dyn Gpio>;
+            let gpio: &mut (dyn Gpio + 'static) = match gpio {
+                Some(g) => g,
+                None => {
+                    opened = if config.relays.is_empty() {
+                        Box::new(FakeBoard::new().gpio())
+                    } else {
+                        match crate::relay::open_gpio(&config.gateway) {
+                            Ok((g, _)) => g,
+                            Err(e) => {
+                                storage.join().await;
+                                return Err(e.into());
+                            }
+                        }
+                    };
+                    opened.as_mut()
+                }
+            };
+            let t = match Triggers::start(config, gpio, store_tx.clone(), true) {
+                Ok(t) => t,
+                Err(e) => {
+                    storage.join().await;
+                    return Err(e.into());
+                }
+            };
+            tracing::info!(relays = config.relays.len(), triggers = config.triggers.len(), "triggers ready");
+            Some(t)
+        };
+        let control = match (control, &triggers) {
+            (Some(server), Some(t)) => {
+                tracing::info!(socket = %server.path().display(), "control socket ready");
+                Some(tokio::spawn(server.run(t.commands.clone(), stop_rx.clone())))
+            }
+            _ => None,
+        };
+        // With triggers, readings go straight from the buses to the trigger task, which passes
+        // each on to storage once the relays have seen it: no hop stands before a relay.
+        let (tx, mut rx) = mpsc::channel::<Reading>(1024);
+        let engine = match &triggers {
+            Some(t) => {
+                drop(tx); // the consumer below then ends at once, letting go of its storage sender
+                Engine::start(config, t.readings.clone(), stop_rx.clone())
+            }
+            None => Engine::start(config, tx, stop_rx.clone()),
+        };
+        let status = engine.status.clone();
+        let alerting = match &config.email {
+            Some(email) => {
+                let sources = crate::alert::run::Sources {
+                    changes: triggers.as_ref().map(|t| t.events.subscribe()),
+                    store: store_events,
+                    sinks: sinks.clone(),
+                    meters: status.clone(),
+                    unclean,
+                };
+                Some(crate::alert::run::Alerting::start(config, email, sources, stop_rx.clone())?)
+            }
+            None => {
+                tracing::info!("no [alerts.email]: nothing is mailed (the events are in this log)");
+                None
+            }
+        };
+        let tally = Arc::new(Tally::default());
+        if let Some(t) = &triggers {
+            tokio::spawn(tally.clone().run(t.events.subscribe()));
+        }
+        let commands = triggers.as_ref().map(|t| t.commands.clone());
+        let mqtt = match (&config.mqtt, &records) {
+            (Some(settings), Some(records)) => {
+                let sources = crate::mqtt::run::Sources {
+                    records: records.subscribe(),
+                    meters: status.clone(),
+                    commands: commands.clone(),
+                };
+                Some(Mqtt::start(config, settings, sources, stop_rx.clone())?)
+            }
+            _ => None,
+        };
+        drop(records);
+        let status_api = status_server.map(|server| {
+            let mut sources = crate::status::http::Sources::new(config, status.clone());
+            sources.sinks = sinks.clone();
+            sources.commands = commands.clone();
+            sources.alerts = alerting.as_ref().map(|a| a.counters.clone());
+            sources.mqtt = mqtt.as_ref().map(|m| m.counters.clone());
+            sources.tally = tally.clone();
+            if let Ok(addr) = server.local_addr() {
+                tracing::info!(listen = %addr, token = config.status.token.is_some(), "status API ready");
+            }
+            tokio::spawn(server.run(Arc::new(sources), stop_rx.clone()))
+        });
+        tracing::info!(
+            gateway = %config.gateway.name,
+            buses = config.buses.len(),
+            meters = config.meters.len(),
+            version = env!("CARGO_PKG_VERSION"),
+            "pmtr started"
+        );
+        // Health points (`pmtr_bus`, `pmtr_sink`) through storage, like readings.
+        let health = config.gateway.health_interval.map(|every| {
+            tokio::spawn(crate::store::health::run(
+                every,
+                status.clone(),
+                sinks.clone(),
+                store_tx.clone(),
+                stop_tx.subscribe(),
+            ))
+        });
+        let log_readings = config.gateway.log_readings;
+        let consumer = tokio::spawn(async move {
+            while let Some(r) = rx.recv().await {
+                if log_readings {
+                    tracing::info!("{r}");
+                }
+                if store_tx.send(r.into()).await.is_err() {
+                    tracing::error!("storage stopped: readings are no longer written");
+                    break;
+                }
+            }
+        });
+        let summary = tokio::spawn(log_summaries(status.clone(), sinks));
+        Ok(Generation {
+            stop_tx,
+            liveness: engine.liveness.clone(),
+            status,
+            engine,
+            summary,
+            health,
+            consumer,
+            control,
+            triggers,
+            storage,
+            alerting,
+            mqtt,
+            status_api,
+        })
     }
-    if let Some(t) = triggers {
-        t.join().await;
+
+    /// Stops everything, in the order that loses nothing: the buses after their transaction
+    /// in flight, then the readings they sent through triggers and storage (written, or
+    /// spooled). The relays go per `on_shutdown`, or, for a reload (`handover`), stay as
+    /// they are.
+    async fn stop(self, handover: bool) {
+        let _ = self.stop_tx.send(true);
+        self.engine.join().await;
+        self.summary.abort();
+        if let Some(h) = self.health {
+            let _ = h.await;
+        }
+        let _ = self.consumer.await;
+        if let Some(c) = self.control {
+            let _ = c.await;
+        }
+        if let Some(t) = self.triggers {
+            if handover {
+                t.hand_over().await;
+            } else {
+                t.join().await;
+            }
+        }
+        self.storage.join().await;
+        if let Some(a) = self.alerting {
+            a.join().await;
+        }
+        if let Some(m) = self.mqtt {
+            m.join().await;
+        }
+        if let Some(s) = self.status_api {
+            let _ = s.await;
+        }
     }
-    storage.join().await;
-    if let Some(a) = alerting {
-        a.join().await;
+}
+
+/// One line per meter and per sink every [`SUMMARY_EVERY`]: counters instead of log floods.
+async fn log_summaries(status: Arc<StatusBoard>, sinks: Vec<Arc<crate::store::SinkStatus>>) {
+    let mut tick = tokio::time::interval(SUMMARY_EVERY);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        for (name, s) in status.snapshot() {
+            let c = &s.counters;
+            tracing::info!(
+                meter = %name, port = s.port.as_deref().unwrap_or("-"), state = ?s.state,
+                readings = c.readings, requests = c.requests, timeouts = c.timeouts, crc_errors = c.crc_errors,
+                exceptions = c.exceptions, "meter summary"
+            );
+        }
+        for sink in &sinks {
+            let s = sink.snapshot();
+            tracing::info!(
+                sink = %sink.name, healthy = s.healthy, readings = s.readings_written, points = s.points_written,
+                spooled = s.spool_readings, spool_bytes = s.spool_bytes, dropped = s.spool_dropped,
+                rejected = s.rejected, "sink summary"
+            );
+        }
     }
-    if let Some(m) = mqtt {
-        m.join().await;
-    }
-    if let Some(s) = status_api {
-        let _ = s.await;
-    }
-    let _ = std::fs::remove_file(&marker);
-    tracing::info!("stopped");
-    Ok(())
 }
 
 /// Passes every record on to storage, and a copy to `copies` (never waiting on it).
@@ -254,5 +525,67 @@ async fn tee(
         if storage.send(r).await.is_err() {
             break;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixDatagram;
+
+    fn drain(rx: &UnixDatagram) -> Vec<String> {
+        let mut out = vec![];
+        let mut buf = [0u8; 512];
+        while let Ok(n) = rx.recv(&mut buf) {
+            out.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        out
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_watchdog_is_fed_while_the_ports_make_progress_and_starved_when_one_hangs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let rx = UnixDatagram::bind(&path).unwrap();
+        rx.set_nonblocking(true).unwrap();
+        let notifier = Arc::new(Notifier::to_path(&path).unwrap());
+        let liveness = Arc::new(Liveness::default());
+        let beat = liveness.register("bus house port /dev/ttyUSB0", Duration::from_secs(60));
+        let current = Arc::new(Mutex::new(Some(Watched {
+            liveness: liveness.clone(),
+            status: Arc::new(StatusBoard::default()),
+        })));
+        let dog = tokio::spawn(feed_watchdog(Duration::from_secs(30), notifier, current.clone()));
+        // Busy in short stretches, idle in between: pinged every 15 s.
+        for _ in 0..8 {
+            beat.busy();
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            beat.idle();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+        let fed = drain(&rx);
+        // t = 0, 15 … 105, and 120 if the tick comes before this look.
+        let pings = fed.iter().filter(|m| *m == "WATCHDOG=1").count();
+        assert!((8..=9).contains(&pings), "{fed:?}");
+        assert!(fed.iter().any(|m| m == "STATUS=0 of 0 meter(s) answering"), "{fed:?}");
+        // The port hangs in a transaction: fed until its 60 s are up, then never again.
+        beat.busy();
+        tokio::time::sleep(Duration::from_secs(61)).await;
+        let before = drain(&rx);
+        let pings = before.iter().filter(|m| *m == "WATCHDOG=1").count();
+        assert!((4..=5).contains(&pings), "{before:?}");
+        tokio::time::sleep(Duration::from_secs(300)).await;
+        let after = drain(&rx);
+        assert!(!after.iter().any(|m| m == "WATCHDOG=1"), "{after:?}");
+        assert!(after.iter().any(|m| m == "WATCHDOG=trigger"), "{after:?}");
+        assert!(
+            after.iter().any(|m| m.starts_with("STATUS=stuck: bus house port /dev/ttyUSB0")),
+            "{after:?}"
+        );
+        // Between two configurations (a reload) nothing polls: fed again.
+        *lock(&current) = None;
+        tokio::time::sleep(Duration::from_secs(16)).await;
+        assert!(drain(&rx).iter().any(|m| m == "WATCHDOG=1"));
+        dog.abort();
     }
 }

@@ -7,6 +7,7 @@
 //!        └──── shared: which meter is on which port, status board, remembered ports
 //! ```
 
+pub mod liveness;
 pub mod poll;
 pub mod port;
 pub mod scan;
@@ -33,6 +34,8 @@ pub struct BusShared {
     pub readings: mpsc::Sender<Reading>,
     memory: Option<PortMemory>,
     remembered: Vec<Option<String>>,
+    /// Where the port tasks tell that they make progress (for the systemd watchdog).
+    pub liveness: Arc<liveness::Liveness>,
 }
 
 impl BusShared {
@@ -141,6 +144,8 @@ impl PortMemory {
 /// The running engine.
 pub struct Engine {
     pub status: Arc<StatusBoard>,
+    /// Whether every port task makes progress: see [`liveness`].
+    pub liveness: Arc<liveness::Liveness>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -153,6 +158,7 @@ impl Engine {
         shutdown: watch::Receiver<bool>,
     ) -> Engine {
         let status = Arc::new(StatusBoard::default());
+        let liveness = Arc::new(liveness::Liveness::default());
         let memory = PortMemory::new(&config.gateway.state_dir);
         let remembered = memory.load();
         let claimed = Arc::new(Mutex::new(HashSet::new()));
@@ -189,11 +195,12 @@ impl Engine {
                 status: status.clone(),
                 readings: readings.clone(),
                 memory: Some(memory.clone()),
+                liveness: liveness.clone(),
             });
             let all = Arc::clone(&active);
             tasks.push(tokio::spawn(supervise(shared, index, all, claimed.clone(), shutdown.clone())));
         }
-        Engine { status, tasks }
+        Engine { status, liveness, tasks }
     }
 
     /// Waits for every bus task to end (after shutdown).

@@ -43,6 +43,10 @@ pub async fn run<L: Line>(
     let resync =
         (bus.kind == BusKind::PowerLine && shared.meters.len() > 1).then(crate::pmtr::master::resync);
     let mut t = Transport::new(line, &bus.line, bus.frame_gap).with_resync(resync);
+    let beat = shared.liveness.register(
+        format!("bus {} port {port}", bus.name),
+        super::liveness::port_limit(bus.timeout, bus.retries),
+    );
     let sentinel = sentinel_value();
     let start = Instant::now();
     let remembered = shared.remembered_port_of();
@@ -69,6 +73,7 @@ pub async fn run<L: Line>(
         if *shutdown.borrow() {
             break PortExit::Shutdown;
         }
+        beat.busy();
         let owners = shared.owners();
         // A server's duties (time, relay actions), one per turn, between polls.
         if let Err(e) = run_duties(&mut t, &shared, &port, &owners, &mut slots).await {
@@ -83,6 +88,7 @@ pub async fn run<L: Line>(
             .map(|(i, s)| (i, s.schedule.due()));
         let Some((i, due)) = next else {
             // Every meter of the bus is on another port: wait for one to be released.
+            beat.idle();
             tokio::select! {
                 _ = tokio::time::sleep(bus.rescan) => continue,
                 _ = shutdown.changed() => break PortExit::Shutdown,
@@ -90,10 +96,12 @@ pub async fn run<L: Line>(
         };
         // On a saturated bus the next meter is already due: go on without a timer round trip.
         if due > Instant::now() {
+            beat.idle();
             tokio::select! {
                 _ = tokio::time::sleep_until(due) => {}
                 _ = shutdown.changed() => break PortExit::Shutdown,
             }
+            beat.busy();
         }
         let owners = shared.owners();
         let mine = owners[i].as_deref() == Some(port.as_str());

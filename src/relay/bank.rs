@@ -129,6 +129,14 @@ impl RelayBank {
         }
         // Dropping the pins leaves their levels as they are.
     }
+
+    /// Lets go of every pin at its level, whatever `on_shutdown` says (a configuration
+    /// reload: the next bank claims them again at the level the saved state gives).
+    pub fn hand_over(self) {
+        for s in &self.slots {
+            tracing::debug!(relay = %s.relay.name, level = %s.level, pin = s.relay.pin, "relay handed over as it is");
+        }
+    }
 }
 
 fn in_relay(e: RelayError, relay: &config::Relay, what: &str) -> RelayError {

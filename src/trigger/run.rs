@@ -22,6 +22,8 @@ use crate::reading::{ChangeEvent, Reading, Record, StateChange, Subject};
 use crate::relay::{bank::RelayBank, Gpio, Level, RelayError};
 use chrono::Utc;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::Instant;
@@ -47,6 +49,8 @@ pub struct Triggers {
     /// Every state change, for the alerts.
     pub events: broadcast::Sender<StateChange>,
     task: tokio::task::JoinHandle<()>,
+    /// Set by [`Triggers::hand_over`]: the relays stay as they are for the next configuration.
+    handover: Arc<AtomicBool>,
 }
 
 struct Shell {
@@ -64,6 +68,7 @@ struct Shell {
     /// trigger task is where readings arrive, so no extra hop stands before a relay).
     forward: bool,
     log_readings: bool,
+    handover: Arc<AtomicBool>,
 }
 
 impl Triggers {
@@ -110,6 +115,7 @@ impl Triggers {
         let (commands_tx, commands) = mpsc::channel(16);
         let (events, _) = broadcast::channel(256);
         let (saver, saver_rx) = watch::channel(engine.saved());
+        let handover = Arc::new(AtomicBool::new(false));
         let saver_task = tokio::spawn(save_each(saved_path.clone(), saver_rx));
         let shell = Shell {
             saver: Some(saver),
@@ -122,9 +128,10 @@ impl Triggers {
             events: events.clone(),
             saved_path,
             origin,
+            handover: handover.clone(),
         };
         let task = tokio::spawn(shell.run(restored, readings, commands, saver_task));
-        Ok(Triggers { readings: readings_tx, commands: commands_tx, events, task })
+        Ok(Triggers { readings: readings_tx, commands: commands_tx, events, task, handover })
     }
 
     /// Waits until the task has stopped (after the readings channel closed): relays set per
@@ -134,6 +141,14 @@ impl Triggers {
         drop(readings);
         drop(commands);
         let _ = task.await;
+    }
+
+    /// Stops as [`Triggers::join`] does, but for a configuration reload: the state is saved and
+    /// every relay keeps its level whatever its `on_shutdown`, for the next configuration to
+    /// claim from the saved state.
+    pub async fn hand_over(self) {
+        self.handover.store(true, Ordering::SeqCst);
+        self.join().await
     }
 }
 
@@ -323,6 +338,10 @@ impl Shell {
     async fn shutdown(mut self) {
         if let Err(e) = saved::save(&self.saved_path, &self.engine.saved()) {
             tracing::error!(file = %self.saved_path.display(), error = %e, "cannot save the trigger state");
+        }
+        if self.handover.load(Ordering::SeqCst) {
+            self.bank.hand_over();
+            return;
         }
         let wall = Utc::now();
         let status = self.engine.relay_status();
