@@ -246,6 +246,29 @@ fn notify_watchdog_reload_and_stop_as_under_systemd() {
     assert_eq!(during, [(false, "claim".to_string())], "the relay across the reload");
     assert!(read(&log).contains("reloaded"), "{}", read(&log));
 
+    // SIGHUP with a file that loads but cannot start (its sink's spool folder is taken by a
+    // file): the previous configuration starts again, the relay still handed over as it is.
+    let before_reload = pin_log(dir.path()).len();
+    std::fs::write(dir.path().join("state/spool/blocked"), "not a folder").unwrap();
+    let blocked = config(dir.path(), true).replace("name = \"csv2\"", "name = \"blocked\"");
+    std::fs::write(&cfg, blocked).unwrap();
+    signal(&p, nix::sys::signal::Signal::SIGHUP);
+    notify.wait_for("RELOADING=1", 3, &log);
+    notify.wait_for("READY=1", 4, &log);
+    wait_until(
+        Duration::from_secs(10),
+        || read(&log).contains("starting the previous one again"),
+        || read(&log),
+    );
+    let rows = csv_rows(&dir.path().join("csv2")).len();
+    wait_until(
+        Duration::from_secs(10),
+        || csv_rows(&dir.path().join("csv2")).len() >= rows + 5,
+        || format!("the previous configuration (with csv2) runs again\n{}", read(&log)),
+    );
+    let during: Vec<(bool, String)> = pin_log(dir.path())[before_reload..].to_vec();
+    assert_eq!(during, [(false, "claim".to_string())], "the relay across the failed reload");
+
     // SIGTERM: STOPPING=1, on_shutdown = "default" puts the relay back on, exit 0.
     signal(&p, nix::sys::signal::Signal::SIGTERM);
     let status = wait_exit(&mut p, Duration::from_secs(30), &log);

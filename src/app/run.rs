@@ -360,58 +360,6 @@ impl Generation {
             None => Engine::start(config, tx, stop_rx.clone()),
         };
         let status = engine.status.clone();
-        let alerting = match &config.email {
-            Some(email) => {
-                let sources = crate::alert::run::Sources {
-                    changes: triggers.as_ref().map(|t| t.events.subscribe()),
-                    store: store_events,
-                    sinks: sinks.clone(),
-                    meters: status.clone(),
-                    unclean,
-                };
-                Some(crate::alert::run::Alerting::start(config, email, sources, stop_rx.clone())?)
-            }
-            None => {
-                tracing::info!("no [alerts.email]: nothing is mailed (the events are in this log)");
-                None
-            }
-        };
-        let tally = Arc::new(Tally::default());
-        if let Some(t) = &triggers {
-            tokio::spawn(tally.clone().run(t.events.subscribe()));
-        }
-        let commands = triggers.as_ref().map(|t| t.commands.clone());
-        let mqtt = match (&config.mqtt, &records) {
-            (Some(settings), Some(records)) => {
-                let sources = crate::mqtt::run::Sources {
-                    records: records.subscribe(),
-                    meters: status.clone(),
-                    commands: commands.clone(),
-                };
-                Some(Mqtt::start(config, settings, sources, stop_rx.clone())?)
-            }
-            _ => None,
-        };
-        drop(records);
-        let status_api = status_server.map(|server| {
-            let mut sources = crate::status::http::Sources::new(config, status.clone());
-            sources.sinks = sinks.clone();
-            sources.commands = commands.clone();
-            sources.alerts = alerting.as_ref().map(|a| a.counters.clone());
-            sources.mqtt = mqtt.as_ref().map(|m| m.counters.clone());
-            sources.tally = tally.clone();
-            if let Ok(addr) = server.local_addr() {
-                tracing::info!(listen = %addr, token = config.status.token.is_some(), "status API ready");
-            }
-            tokio::spawn(server.run(Arc::new(sources), stop_rx.clone()))
-        });
-        tracing::info!(
-            gateway = %config.gateway.name,
-            buses = config.buses.len(),
-            meters = config.meters.len(),
-            version = env!("CARGO_PKG_VERSION"),
-            "pmtr started"
-        );
         // Health points (`pmtr_bus`, `pmtr_sink`) through storage, like readings.
         let health = config.gateway.health_interval.map(|every| {
             tokio::spawn(crate::store::health::run(
@@ -434,11 +382,14 @@ impl Generation {
                 }
             }
         });
-        let summary = tokio::spawn(log_summaries(status.clone(), sinks));
-        Ok(Generation {
+        let summary = tokio::spawn(log_summaries(status.clone(), sinks.clone()));
+        let changes = triggers.as_ref().map(|t| t.events.subscribe());
+        let tally_events = triggers.as_ref().map(|t| t.events.subscribe());
+        let commands = triggers.as_ref().map(|t| t.commands.clone());
+        let mut generation = Generation {
             stop_tx,
             liveness: engine.liveness.clone(),
-            status,
+            status: status.clone(),
             engine,
             summary,
             health,
@@ -446,10 +397,79 @@ impl Generation {
             control,
             triggers,
             storage,
-            alerting,
-            mqtt,
-            status_api,
-        })
+            alerting: None,
+            mqtt: None,
+            status_api: None,
+        };
+        // From here on a failure stops what runs, relays handed over as they are.
+        let alerting = match &config.email {
+            Some(email) => {
+                let sources = crate::alert::run::Sources {
+                    changes,
+                    store: store_events,
+                    sinks: sinks.clone(),
+                    meters: status.clone(),
+                    unclean,
+                };
+                match crate::alert::run::Alerting::start(config, email, sources, stop_rx.clone()) {
+                    Ok(a) => Some(a),
+                    Err(e) => {
+                        generation.stop(true).await;
+                        return Err(e.into());
+                    }
+                }
+            }
+            None => {
+                tracing::info!("no [alerts.email]: nothing is mailed (the events are in this log)");
+                None
+            }
+        };
+        let alert_counters = alerting.as_ref().map(|a| a.counters.clone());
+        generation.alerting = alerting;
+        let tally = Arc::new(Tally::default());
+        if let Some(events) = tally_events {
+            tokio::spawn(tally.clone().run(events));
+        }
+        let mqtt = match (&config.mqtt, &records) {
+            (Some(settings), Some(records)) => {
+                let sources = crate::mqtt::run::Sources {
+                    records: records.subscribe(),
+                    meters: status.clone(),
+                    commands: commands.clone(),
+                };
+                match Mqtt::start(config, settings, sources, stop_rx.clone()) {
+                    Ok(m) => Some(m),
+                    Err(e) => {
+                        generation.stop(true).await;
+                        return Err(e.into());
+                    }
+                }
+            }
+            _ => None,
+        };
+        drop(records);
+        let mqtt_counters = mqtt.as_ref().map(|m| m.counters.clone());
+        generation.mqtt = mqtt;
+        generation.status_api = status_server.map(|server| {
+            let mut sources = crate::status::http::Sources::new(config, status.clone());
+            sources.sinks = sinks.clone();
+            sources.commands = commands.clone();
+            sources.alerts = alert_counters;
+            sources.mqtt = mqtt_counters;
+            sources.tally = tally.clone();
+            if let Ok(addr) = server.local_addr() {
+                tracing::info!(listen = %addr, token = config.status.token.is_some(), "status API ready");
+            }
+            tokio::spawn(server.run(Arc::new(sources), stop_rx.clone()))
+        });
+        tracing::info!(
+            gateway = %config.gateway.name,
+            buses = config.buses.len(),
+            meters = config.meters.len(),
+            version = env!("CARGO_PKG_VERSION"),
+            "pmtr started"
+        );
+        Ok(generation)
     }
 
     /// Stops everything, in the order that loses nothing: the buses after their transaction
