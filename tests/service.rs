@@ -336,22 +336,7 @@ fn sigterm_during_an_outage_loses_nothing() {
     vm.restart();
     let log2 = dir.path().join("pmtr2.log");
     let mut p = spawn(&cfg, &log2, None);
-    let mut stored = BTreeSet::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        vm.force_flush();
-        stored = vm
-            .export("pmtr_voltage")
-            .iter()
-            .flat_map(|row| {
-                row["timestamps"].as_array().unwrap().iter().map(|t| t.as_i64().unwrap()).collect::<Vec<_>>()
-            })
-            .collect();
-        if taken.is_subset(&stored) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let stored = vm.timestamps_once_in("pmtr_voltage", &taken, Duration::from_secs(30));
     signal(&p, nix::sys::signal::Signal::SIGTERM);
     wait_exit(&mut p, Duration::from_secs(30), &log2);
     let missing: Vec<&i64> = taken.difference(&stored).collect();

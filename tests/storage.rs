@@ -686,22 +686,7 @@ fn kill_9_during_an_outage_loses_nothing_that_was_spooled() {
     vm.restart();
     let mut p = start_pmtr(&cfg, &log.with_extension("2.log"));
     let want: BTreeSet<i64> = before.iter().map(|r| r.time().timestamp_millis()).collect();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut got = BTreeSet::new();
-    while Instant::now() < deadline {
-        vm.force_flush();
-        got = vm
-            .export("pmtr_voltage")
-            .iter()
-            .flat_map(|row| {
-                row["timestamps"].as_array().unwrap().iter().map(|t| t.as_i64().unwrap()).collect::<Vec<_>>()
-            })
-            .collect();
-        if want.is_subset(&got) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let got = vm.timestamps_once_in("pmtr_voltage", &want, Duration::from_secs(30));
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.id() as i32), nix::sys::signal::Signal::SIGTERM)
         .unwrap();
     p.wait().unwrap();

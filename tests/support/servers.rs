@@ -657,6 +657,36 @@ impl VictoriaMetrics {
             .collect()
     }
 
+    /// The timestamps (ms) of `metric`'s samples, once they include every one of `want` (or
+    /// what there is after `within`).
+    pub fn timestamps_once_in(
+        &self,
+        metric: &str,
+        want: &std::collections::BTreeSet<i64>,
+        within: Duration,
+    ) -> std::collections::BTreeSet<i64> {
+        let deadline = Instant::now() + within;
+        loop {
+            self.force_flush();
+            let got: std::collections::BTreeSet<i64> = self
+                .export(metric)
+                .iter()
+                .flat_map(|row| {
+                    row["timestamps"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|t| t.as_i64().unwrap())
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            if want.is_subset(&got) || Instant::now() > deadline {
+                return got;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// Force-flushes and polls [`export`](Self::export) until the series matching `selector` hold
     /// at least `expected_count` samples in total, or `timeout` passes. Returns what it has then;
     /// the caller asserts. Ingestion is asynchronous: use this rather than one export.
