@@ -181,12 +181,15 @@ fn reload(path: Option<&std::path::Path>) -> Option<Config> {
     match crate::config::load_file(path) {
         Ok(c) => Some(c),
         Err(errors) => {
-            // One event, every error in it: the journal shows them together.
+            // One line each (journald gives each line of its own the default priority).
             tracing::error!(
-                "reload refused, the running configuration stays: {} error(s) in {}\n{errors}",
+                "reload refused, the running configuration stays: {} error(s) in {}",
                 errors.0.len(),
                 path.display()
             );
+            for e in &errors.0 {
+                tracing::error!("{e}");
+            }
             None
         }
     }
