@@ -2,7 +2,8 @@
 # The whole test suite, on a fresh Debian machine: installs what the tests need (socat,
 # pymodbus, influxdb, victoria-metrics, aiosmtpd, openssl, mosquitto, node and npm), then formatting,
 # lints, the type check of the Grafana dashboards, and every test. CI runs
-# exactly this (.ci/run).
+# exactly this (.ci/run). It also builds the Debian packages for the Pi and runs the tests built
+# for aarch64 under qemu (deploy/build-deb.sh, deploy/test-aarch64.sh: see the end).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -52,7 +53,13 @@ echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 echo "== grafana dashboards: type check against @grafana/schema (grafana/check)"
 ( cd grafana/check && npm ci --no-audit --no-fund --loglevel=error && npm run --silent check )
+# The Pi packages first: tests/packages.rs (in cargo test) checks them, and fails without them.
+echo "== Debian packages for the Pi (deploy/build-deb.sh)"
+deploy/build-deb.sh
 echo "== cargo test"
 cargo test --locked --all-features 2>&1 | tee target/test-output.txt
+echo "== aarch64 tests under qemu (deploy/test-aarch64.sh)"
+deploy/test-aarch64.sh
 echo "== summary"
-awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "%d passed, %d failed, %d skipped\n", p, f, i }' target/test-output.txt
+awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "%d passed, %d failed, %d skipped\n", p, f, i }' \
+    target/test-output.txt target/test-output-aarch64.txt
