@@ -131,9 +131,11 @@ pub async fn serve(
             },
         };
         first = false;
-        *lock(&current) =
-            Some(Watched { liveness: generation.liveness.clone(), status: generation.status.clone() });
-        notifier.ready(&summary(&generation.status));
+        *lock(&current) = Some(Watched {
+            liveness: generation.engine.liveness.clone(),
+            status: generation.engine.status.clone(),
+        });
+        notifier.ready(&summary(&generation.engine.status));
         let next = loop {
             match signals.recv().await {
                 None | Some(Signal::Stop) => break None,
@@ -141,7 +143,7 @@ pub async fn serve(
                     notifier.reloading();
                     match reload(config_path.as_deref()) {
                         Some(new) => break Some(new),
-                        None => notifier.ready(&summary(&generation.status)),
+                        None => notifier.ready(&summary(&generation.engine.status)),
                     }
                 }
             }
@@ -252,8 +254,6 @@ async fn feed_watchdog(every: Duration, notifier: Arc<Notifier>, current: Arc<Mu
 struct Generation {
     stop_tx: watch::Sender<bool>,
     engine: crate::bus::Engine,
-    liveness: Arc<Liveness>,
-    status: Arc<StatusBoard>,
     summary: JoinHandle<()>,
     health: Option<JoinHandle<()>>,
     consumer: JoinHandle<()>,
@@ -391,8 +391,6 @@ impl Generation {
         let commands = triggers.as_ref().map(|t| t.commands.clone());
         let mut generation = Generation {
             stop_tx,
-            liveness: engine.liveness.clone(),
-            status: status.clone(),
             engine,
             summary,
             health,
