@@ -18,9 +18,13 @@ fn line() -> LineSettings {
 }
 
 fn sim(link: &Path, meters: &[&str]) -> SimPort {
+    sim_at(link, line(), meters)
+}
+
+fn sim_at(link: &Path, line: LineSettings, meters: &[&str]) -> SimPort {
     SimPort::spawn(SimPortOptions {
         link: Some(link.to_path_buf()),
-        line: line(),
+        line,
         turnaround: Duration::from_millis(5),
         meters: meters.iter().map(|m| m.parse().unwrap()).collect(),
     })
@@ -242,4 +246,65 @@ async fn a_port_that_refuses_parity_is_named_with_the_setting() {
     let path = p.path().display().to_string();
     let err = pmtr::modbus::transport::open_serial(&path, &even).unwrap_err().to_string();
     assert!(err.contains(&path) && err.contains("parity even"), "{err}");
+}
+
+/// Fails the whole test process if the runtime thread is kept busy for `limit`: a test on a
+/// current-thread runtime cannot time itself out while a future burns the CPU.
+fn watchdog(what: &'static str, limit: Duration) -> std::sync::mpsc::Sender<()> {
+    let (done, wait) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(limit) {
+            eprintln!("{what}: the runtime thread did not come back within {limit:?}");
+            std::process::exit(101);
+        }
+    });
+    done
+}
+
+/// `pmtr run` has one runtime thread: a meter answering with bursts built to defeat the frame
+/// scanner (the one that froze it, and two more patterns) must cost the other meters, on its
+/// port and on another, no more than its timeout budget, and be counted as bad frames.
+#[tokio::test(flavor = "current_thread")]
+async fn a_hostile_reply_never_stalls_the_other_meters() {
+    let _done = watchdog("hostile replies", Duration::from_secs(90));
+    for hostile in pmtr::sim::Hostile::ALL {
+        let dir = tempfile::tempdir().unwrap();
+        // At 115200 baud a whole burst of 1000 bytes (87 ms) arrives within the 100 ms timeout.
+        let fast = LineSettings { baud: 115_200, ..line() };
+        let shared = sim_at(&dir.path().join("ttyUSB0"), fast, &["pzem-016@1", "pzem-016@2"]);
+        let _other = sim_at(&dir.path().join("ttyUSB1"), fast, &["pzem-016@4"]);
+        let cfg = config(
+            dir.path(),
+            "ttyUSB*",
+            "baud = 115200",
+            &[("hostile", 1), ("neighbour", 2), ("elsewhere", 4)],
+        );
+        let mut run = start(&cfg);
+        run.wait_for("all meters found", Duration::from_secs(10), |_, s| {
+            s.values().all(|m| m.port.is_some())
+        })
+        .await;
+        let before = run.engine.status.snapshot()["hostile"].counters.clone();
+        shared.set_fault(1, Fault::Hostile(hostile, 1000));
+        let readings = run.collect(Duration::from_secs(4)).await;
+        let status = run.stop().await;
+        let name = hostile.name();
+        // Another port is not touched at all: its 200 ms polls stay on time.
+        let gap = max_gap(&readings, "elsewhere");
+        assert!(gap <= Duration::from_millis(600), "{name}: the meter on the other port stalled for {gap:?}");
+        assert!(count(&readings, "elsewhere") >= 14, "{name}: {}", count(&readings, "elsewhere"));
+        // The same port: the hostile meter costs at most its tries (3 × 100 ms) per round.
+        let gap = max_gap(&readings, "neighbour");
+        assert!(
+            gap <= Duration::from_millis(200 + 3 * 100 + 400),
+            "{name}: the neighbour stalled for {gap:?}"
+        );
+        assert_eq!(count(&readings, "hostile"), 0, "{name}: a hostile burst became a reading");
+        let (c, b) = (&status["hostile"].counters, &before);
+        let bad = (c.crc_errors + c.garbled_frames + c.short_frames + c.malformed_frames)
+            - (b.crc_errors + b.garbled_frames + b.short_frames + b.malformed_frames);
+        assert!(bad >= 3, "{name}: {c:?}");
+        // At most a poll already on the wire when the fault was set was answered.
+        assert!(c.replies <= b.replies + 1, "{name}: {c:?}");
+    }
 }

@@ -3,7 +3,7 @@
 
 use pmtr::meter::Model;
 use pmtr::modbus::crc::check_crc;
-use pmtr::modbus::frame::{classify_timeout, scan_reply, Scan};
+use pmtr::modbus::frame::{classify_timeout, scan_reply, ReplyScanner, Scan, MAX_REPLY};
 use pmtr::modbus::{Pdu, Reply, Request};
 use pmtr::reading::Phase;
 use proptest::prelude::*;
@@ -20,6 +20,63 @@ fn request() -> impl Strategy<Value = Request> {
             },
         }
     })
+}
+
+/// Bytes from a small alphabet of the request's own address and function codes and the byte
+/// counts that make candidates claim long or short frames: the adversarial case for a scanner.
+fn hostile_bytes(req: &Request) -> impl Strategy<Value = Vec<u8>> {
+    let f = req.pdu.function();
+    let alphabet = vec![req.address, f, f | 0x80, 0xFF, 0x02, 0x00];
+    proptest::collection::vec(
+        prop_oneof![4 => proptest::sample::select(alphabet), 1 => any::<u8>()],
+        0..=4096,
+    )
+}
+
+/// The scan's work for `bytes` fed in pieces of the given sizes, and how many feeds it took.
+fn work_in_pieces(req: &Request, bytes: &[u8], pieces: &[usize]) -> (u64, u64) {
+    let mut scanner = ReplyScanner::new(req);
+    let (mut end, mut feeds) = (0, 0u64);
+    for p in pieces.iter().cycle() {
+        if end == bytes.len() {
+            break;
+        }
+        end = (end + p).min(bytes.len());
+        feeds += 1;
+        if scanner.feed(&bytes[..end]) != Scan::NeedMore {
+            break;
+        }
+    }
+    let _ = scanner.at_timeout(&bytes[..end]);
+    (scanner.work(), feeds)
+}
+
+/// What the scan may cost: a look and a queue push and pop per byte, one CRC of at most a whole
+/// frame per byte, and a look again at the position where each feed stopped.
+fn bound(len: usize, feeds: u64) -> u64 {
+    (len * (MAX_REPLY + 3)) as u64 + feeds
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    #[test]
+    fn the_reply_scan_is_linear_in_any_bytes(req in request(), bytes in proptest::collection::vec(any::<u8>(), 0..=4096), piece in 1usize..300) {
+        let (work, feeds) = work_in_pieces(&req, &bytes, &[piece]);
+        prop_assert!(work <= bound(bytes.len(), feeds), "{} bytes, {} units", bytes.len(), work);
+    }
+
+    #[test]
+    fn the_reply_scan_is_linear_in_hostile_bytes(
+        (req, bytes) in request().prop_flat_map(|r| { let b = hostile_bytes(&r); (Just(r), b) }),
+        pieces in proptest::collection::vec(1usize..64, 1..8),
+    ) {
+        let (work, feeds) = work_in_pieces(&req, &bytes, &pieces);
+        prop_assert!(work <= bound(bytes.len(), feeds), "{} bytes, {} units", bytes.len(), work);
+        // Fed in one piece, the same bytes cost no more than the bound for one feed.
+        let (once, _) = work_in_pieces(&req, &bytes, &[bytes.len().max(1)]);
+        prop_assert!(once <= bound(bytes.len(), 1));
+    }
 }
 
 proptest! {

@@ -243,54 +243,135 @@ pub enum Scan {
     Done { result: Result<Reply, FrameError>, skipped: usize },
 }
 
-/// Looks for the reply to `req` in `buf`. Noise before the reply is skipped (and reported);
-/// a candidate from our address that is complete but fails its CRC is a verdict at once.
+/// Looks for the reply to `req` in `buf` in one go (see [`ReplyScanner`] for the rules).
 pub fn scan_reply(req: &Request, buf: &[u8]) -> Scan {
-    let function = req.pdu.function();
-    for start in 0..buf.len() {
-        if buf[start] != req.address {
-            continue;
-        }
-        let Some(&f) = buf.get(start + 1) else {
-            return Scan::NeedMore;
-        };
-        let want = if f == function | 0x80 {
-            5
-        } else if f == function {
-            if req.pdu.counted_reply() {
-                let Some(&bc) = buf.get(start + 2) else {
-                    return Scan::NeedMore;
-                };
-                5 + bc as usize
-            } else {
-                req.pdu.reply_len()
-            }
-        } else {
-            continue;
-        };
-        if buf.len() < start + want {
-            return Scan::NeedMore;
-        }
-        let frame = &buf[start..start + want];
-        if !check_crc(frame) {
-            // A later start might still hold a good frame (our address byte inside noise).
-            if find_good_frame(req, &buf[start + 1..]).is_some() {
-                continue;
-            }
-            return Scan::Done { result: Err(FrameError::Crc), skipped: start };
-        }
-        return Scan::Done { result: parse_frame(req, frame), skipped: start };
-    }
-    Scan::NeedMore
+    ReplyScanner::new(req).feed(buf)
 }
 
-fn find_good_frame(req: &Request, buf: &[u8]) -> Option<usize> {
-    (0..buf.len()).find(|&s| {
-        matches!(
-            scan_reply(req, &buf[s..]),
-            Scan::Done { result: Ok(_) | Err(FrameError::Exception(_)), skipped: 0 }
-        )
-    })
+/// The longest frame any reply can be: address, function, byte count, 255 data bytes, CRC.
+pub const MAX_REPLY: usize = 5 + 255;
+
+/// Finds the reply to one request in a buffer that grows as bytes arrive, doing work linear in
+/// the bytes received however they come (one at a time or all at once) and whatever they are.
+///
+/// Every position of the buffer is looked at once. A position holding our address followed by
+/// our function code (or its exception form) is a *candidate*: its header gives the frame's
+/// length, and its CRC is checked once, when the last byte of that length is in. A candidate
+/// still incomplete waits in a queue ordered by where it ends, so noise such as `01 04 FF` in
+/// front of the real reply does not hide it. The verdicts:
+/// - a complete candidate with a good CRC whose content fits the request (or is a Modbus
+///   exception): that reply, at once; `skipped` is where it starts;
+/// - otherwise, once no candidate is left waiting: the first candidate that failed its CRC
+///   (`Crc`), or the first CRC-valid one whose content did not fit (`Malformed`);
+/// - otherwise: keep reading. At the timeout, [`ReplyScanner::at_timeout`] gives that first
+///   failure, or sorts the leftover bytes ([`classify_timeout`]).
+///
+/// The cost: one look per byte, one CRC per candidate (at most [`MAX_REPLY`] bytes), one
+/// queue operation per waiting candidate; [`ReplyScanner::work`] counts them so tests can
+/// hold the bound.
+#[derive(Debug)]
+pub struct ReplyScanner<'r> {
+    req: &'r Request,
+    /// Positions before this one have been looked at.
+    walked: usize,
+    /// Incomplete candidates as (end, start), smallest end first.
+    waiting: std::collections::BinaryHeap<std::cmp::Reverse<(usize, usize)>>,
+    /// The first candidate that was complete but no good reply, and why.
+    first_failure: Option<(usize, FrameError)>,
+    work: u64,
+}
+
+impl<'r> ReplyScanner<'r> {
+    pub fn new(req: &'r Request) -> Self {
+        ReplyScanner {
+            req,
+            walked: 0,
+            waiting: std::collections::BinaryHeap::new(),
+            first_failure: None,
+            work: 0,
+        }
+    }
+
+    /// Units of work done so far: positions looked at, CRC bytes, queue operations.
+    pub fn work(&self) -> u64 {
+        self.work
+    }
+
+    /// Takes the whole buffer received so far (each call's buffer extends the previous one).
+    pub fn feed(&mut self, buf: &[u8]) -> Scan {
+        // Candidates that were waiting and are now complete, in the order they complete.
+        while let Some(&std::cmp::Reverse((end, start))) = self.waiting.peek() {
+            if end > buf.len() {
+                break;
+            }
+            self.waiting.pop();
+            self.work += 1;
+            if let Some(found) = self.judge(buf, start, end) {
+                return found;
+            }
+        }
+        let function = self.req.pdu.function();
+        while self.walked < buf.len() {
+            let start = self.walked;
+            self.work += 1;
+            if buf[start] != self.req.address {
+                self.walked += 1;
+                continue;
+            }
+            let Some(&f) = buf.get(start + 1) else { break };
+            let want = if f == function | 0x80 {
+                5
+            } else if f != function {
+                self.walked += 1;
+                continue;
+            } else if self.req.pdu.counted_reply() {
+                let Some(&bc) = buf.get(start + 2) else { break };
+                5 + bc as usize
+            } else {
+                self.req.pdu.reply_len()
+            };
+            self.walked += 1;
+            let end = start + want;
+            if end > buf.len() {
+                self.waiting.push(std::cmp::Reverse((end, start)));
+                self.work += 1;
+                continue;
+            }
+            if let Some(found) = self.judge(buf, start, end) {
+                return found;
+            }
+        }
+        match &self.first_failure {
+            Some((skipped, e)) if self.waiting.is_empty() => {
+                Scan::Done { result: Err(e.clone()), skipped: *skipped }
+            }
+            _ => Scan::NeedMore,
+        }
+    }
+
+    /// The verdict when the timeout has come with `buf` received.
+    pub fn at_timeout(&self, buf: &[u8]) -> FrameError {
+        match &self.first_failure {
+            Some((_, e)) => e.clone(),
+            None => classify_timeout(self.req, buf),
+        }
+    }
+
+    /// A complete candidate: the reply if it is one, else remembered as a failure.
+    fn judge(&mut self, buf: &[u8], start: usize, end: usize) -> Option<Scan> {
+        let frame = &buf[start..end];
+        self.work += frame.len() as u64;
+        let failure = if check_crc(frame) {
+            match parse_frame(self.req, frame) {
+                Err(FrameError::Malformed(why)) => FrameError::Malformed(why),
+                result => return Some(Scan::Done { result, skipped: start }),
+            }
+        } else {
+            FrameError::Crc
+        };
+        self.first_failure.get_or_insert((start, failure));
+        None
+    }
 }
 
 /// Decodes a complete, CRC-checked frame from our slave.
@@ -478,6 +559,77 @@ mod tests {
         let req = Request::read_input(1, 0, 10);
         let buf = hex("01 04 04 03 84 13 88 B6 BF");
         assert!(matches!(scan_reply(&req, &buf), Scan::Done { result: Err(FrameError::Malformed(_)), .. }));
+    }
+
+    /// The burst that once froze `pmtr run`: `01 04 FF`, then exception headers with no good CRC.
+    fn reported_burst(len: usize) -> Vec<u8> {
+        let mut b = vec![1u8, 4, 0xFF];
+        b.extend([1u8, 0x84].iter().cycle().take(len - 3));
+        b
+    }
+
+    #[test]
+    fn the_reported_hostile_burst_is_a_crc_verdict_in_linear_work() {
+        let req = Request::read_input(1, 0, 10);
+        for len in [100, 260, 1000, 4096] {
+            let buf = reported_burst(len);
+            let mut s = ReplyScanner::new(&req);
+            let verdict = s.feed(&buf);
+            // Every exception header fails its CRC. A header cut by the end of the burst is
+            // still waiting, so the verdict comes at the timeout (or the 4096-byte cap).
+            assert!(
+                matches!(verdict, Scan::NeedMore | Scan::Done { result: Err(FrameError::Crc), skipped: 3 }),
+                "{len}: {verdict:?}"
+            );
+            assert_eq!(s.at_timeout(&buf), FrameError::Crc, "{len}");
+            assert!(s.work() <= 12 * len as u64, "{len} bytes took {} units", s.work());
+        }
+    }
+
+    #[test]
+    fn byte_by_byte_costs_what_the_whole_buffer_costs() {
+        let req = Request::read_input(1, 0, 10);
+        let buf = reported_burst(4096);
+        let mut at_once = ReplyScanner::new(&req);
+        let whole = at_once.feed(&buf);
+        assert_eq!(whole, Scan::NeedMore, "the last header is cut by the end of the burst");
+        let mut trickle = ReplyScanner::new(&req);
+        for n in 1..=buf.len() {
+            assert_eq!(trickle.feed(&buf[..n]), whole.clone(), "at {n} bytes");
+        }
+        assert_eq!(trickle.at_timeout(&buf), at_once.at_timeout(&buf));
+        assert_eq!(trickle.at_timeout(&buf), FrameError::Crc);
+        assert!(trickle.work() <= 12 * buf.len() as u64, "{} units", trickle.work());
+    }
+
+    #[test]
+    fn a_long_header_in_the_noise_does_not_hide_the_reply() {
+        let req = Request::read_input(1, 0, 10);
+        let reply = hex("01 04 14 08 98 03 E8 00 00 08 98 00 00 00 00 00 00 01 F4 00 64 00 00 63 CE");
+        let mut buf = hex("01 04 FF");
+        buf.extend(&reply);
+        match scan_reply(&req, &buf) {
+            Scan::Done { result: Ok(Reply::Registers(r)), skipped: 3 } => assert_eq!(r[0], 0x0898),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_bad_crc_waits_for_a_candidate_still_arriving_then_is_the_verdict() {
+        let req = Request::read_input(1, 0, 10);
+        let mut bad = hex("01 04 14 08 98 03 E8 00 00 08 98 00 00 00 00 00 00 01 F4 00 64 00 00 63 CE");
+        bad[5] ^= 0x10;
+        // After the bad frame, the start of another candidate.
+        let mut buf = bad.clone();
+        buf.extend(hex("01 04 14 08"));
+        let mut s = ReplyScanner::new(&req);
+        assert_eq!(s.feed(&buf), Scan::NeedMore);
+        assert_eq!(s.at_timeout(&buf), FrameError::Crc);
+        // The candidate completes with a good reply: that is the answer.
+        let good = hex("01 04 14 08 98 03 E8 00 00 08 98 00 00 00 00 00 00 01 F4 00 64 00 00 63 CE");
+        let mut all = bad.clone();
+        all.extend(&good);
+        assert!(matches!(s.feed(&all), Scan::Done { result: Ok(Reply::Registers(_)), skipped: 25 }));
     }
 
     #[test]

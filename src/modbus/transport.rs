@@ -7,7 +7,7 @@
 //! every request itself; tokio-modbus has no per-request timeout and resynchronises silently.
 //! tokio-modbus is used in the tests as the independent client our simulators must satisfy.
 
-use super::frame::{classify_timeout, scan_reply, FrameError, Pdu, Reply, Request, Scan};
+use super::frame::{FrameError, Pdu, Reply, ReplyScanner, Request, Scan};
 use crate::config::{LineSettings, Parity};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
@@ -226,13 +226,14 @@ impl<L: Line> Transport<L> {
         }
         let deadline = sent + timeout;
         self.buf.clear();
+        let mut scanner = ReplyScanner::new(req);
         let mut chunk = [0u8; 256];
         loop {
             match tokio::time::timeout_at(deadline, self.line.read(&mut chunk)).await {
                 Ok(Ok(0)) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "port closed")),
                 Ok(Ok(n)) => {
                     self.buf.extend_from_slice(&chunk[..n]);
-                    if let Scan::Done { result, skipped } = scan_reply(req, &self.buf) {
+                    if let Scan::Done { result, skipped } = scanner.feed(&self.buf) {
                         self.quiet_since = Instant::now();
                         return Ok(Outcome { result, stale_bytes, noise_bytes: skipped });
                     }
@@ -259,7 +260,7 @@ impl<L: Line> Transport<L> {
                 Ok(Err(e)) => return Err(e),
                 Err(_) => {
                     self.quiet_since = Instant::now();
-                    let result = Err(classify_timeout(req, &self.buf));
+                    let result = Err(scanner.at_timeout(&self.buf));
                     self.resync_now().await?;
                     return Ok(Outcome { result, stale_bytes, noise_bytes: 0 });
                 }

@@ -100,6 +100,49 @@ pub enum Fault {
     Exception(u8),
     /// The reply is replaced by as many pseudo-random bytes.
     Garbage,
+    /// The reply is replaced by this many bytes built to defeat a frame scanner (see
+    /// [`Hostile`]); none of them makes a good frame for the request.
+    Hostile(Hostile, u16),
+}
+
+/// Replies that look like the start of the one asked for, again and again, and never are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hostile {
+    /// Our address and function with the largest byte count (`01 04 FF`), then exception
+    /// headers `01 84 01 84 …` that never end in a good CRC: one burst of 260 bytes of these
+    /// once kept a scanner that retried from every offset busy for ever.
+    Exceptions,
+    /// `01 04 FF` over and over: a candidate every third byte, each claiming 260 bytes.
+    Headers,
+    /// `01 04 02 01 04 02 …`: a candidate every third byte, each complete after seven bytes and
+    /// each failing its CRC.
+    Overlap,
+}
+
+impl Hostile {
+    pub const ALL: [Hostile; 3] = [Hostile::Exceptions, Hostile::Headers, Hostile::Overlap];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Hostile::Exceptions => "exceptions",
+            Hostile::Headers => "headers",
+            Hostile::Overlap => "overlap",
+        }
+    }
+
+    /// `len` bytes of this pattern, in answer to `function` from slave `address`.
+    pub fn burst(self, address: u8, function: u8, len: usize) -> Vec<u8> {
+        let unit: Vec<u8> = match self {
+            Hostile::Exceptions => vec![address, function | 0x80],
+            Hostile::Headers => vec![address, function, 0xFF],
+            Hostile::Overlap => vec![address, function, 0x02],
+        };
+        let head: &[u8] = match self {
+            Hostile::Exceptions => &[address, function, 0xFF],
+            _ => &[],
+        };
+        head.iter().chain(unit.iter().cycle()).copied().take(len).collect()
+    }
 }
 
 /// What the slave puts on the line after a frame.
@@ -435,6 +478,7 @@ impl SimSlave {
                 Response::Reply(reply)
             }
             Fault::Late(d) => Response::ReplyLate(reply, d),
+            Fault::Hostile(kind, len) => Response::Reply(kind.burst(addr, function, len.into())),
             _ => Response::Reply(reply),
         }
     }
@@ -770,8 +814,20 @@ impl FromStr for Fault {
                 }
             }
             "exception" => Err("fault `exception` needs a code: `exception:4`".into()),
+            "hostile" => {
+                let (kind, len) = arg.split_once(':').unwrap_or((arg, "260"));
+                let kind = Hostile::ALL
+                    .into_iter()
+                    .find(|h| h.name() == kind.trim())
+                    .ok_or_else(|| format!("fault `{s}`: the pattern is exceptions, headers or overlap"))?;
+                match len.trim().parse::<u16>() {
+                    Ok(n) if (1..=4096).contains(&n) => Ok(Fault::Hostile(kind, n)),
+                    _ => Err(format!("fault `{s}`: the length must be 1..4096 bytes")),
+                }
+            }
             other => Err(format!(
-                "unknown fault `{other}` (none, no-reply, bad-crc, late:MS, exception:CODE, garbage)"
+                "unknown fault `{other}` (none, no-reply, bad-crc, late:MS, exception:CODE, garbage, \
+                 hostile:PATTERN[:BYTES])"
             )),
         }
     }
@@ -786,6 +842,7 @@ impl fmt::Display for Fault {
             Fault::Late(d) => write!(f, "late:{}ms", d.as_secs_f64() * 1000.0),
             Fault::Exception(c) => write!(f, "exception:{c}"),
             Fault::Garbage => write!(f, "garbage"),
+            Fault::Hostile(kind, len) => write!(f, "hostile:{}:{len}", kind.name()),
         }
     }
 }
@@ -1015,6 +1072,23 @@ mod tests {
             Scan::Done { result: Err(crate::modbus::FrameError::Exception(c)), skipped: 0 } => c,
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn hostile_bursts_hold_no_good_frame_and_parse_from_their_spec() {
+        let req = Request::read_input(1, 0, 10);
+        for h in Hostile::ALL {
+            let burst = h.burst(1, 4, 600);
+            assert_eq!(burst.len(), 600);
+            let mut s = crate::modbus::frame::ReplyScanner::new(&req);
+            assert!(!matches!(s.feed(&burst), Scan::Done { result: Ok(_), .. }), "{}", h.name());
+            let spec = format!("hostile:{}:600", h.name());
+            assert_eq!(spec.parse::<Fault>(), Ok(Fault::Hostile(h, 600)));
+            assert_eq!(Fault::Hostile(h, 600).to_string(), spec);
+        }
+        assert_eq!("hostile:headers".parse::<Fault>(), Ok(Fault::Hostile(Hostile::Headers, 260)));
+        assert!("hostile:other".parse::<Fault>().is_err());
+        assert!("hostile:headers:5000".parse::<Fault>().is_err());
     }
 
     #[test]
