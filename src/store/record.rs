@@ -51,7 +51,11 @@ use std::sync::Arc;
 
 pub const MAGIC: u8 = 0xA7;
 pub const HEADER: usize = 7;
-pub const MAX_PAYLOAD: usize = u16::MAX as usize;
+/// The longest payload a record may have. The encoder's longest is 2,563 bytes (a health point
+/// with two 255-byte names and 255 values; a reading with a 255-byte name and 255 samples is
+/// 2,562), so a header claiming more is no record: this bounds what a resync through damage
+/// checks at each position to 4 KiB instead of 64.
+pub const MAX_PAYLOAD: usize = 4096;
 /// Flags bit 7: the payload is a state change.
 pub const CHANGE_FLAG: u8 = 0x80;
 /// Flags bits 7 and 6: the payload is a health point.
@@ -337,6 +341,9 @@ fn record_at(buf: &[u8], pos: usize) -> Result<Item, bool> {
         return Err(true);
     }
     let len = usize::from(u16::from_le_bytes([rest[1], rest[2]]));
+    if len > MAX_PAYLOAD {
+        return Err(false);
+    }
     if rest.len() < HEADER + len {
         return Err(true);
     }
@@ -461,6 +468,37 @@ mod tests {
 
     fn hex(b: &[u8]) -> String {
         b.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    #[test]
+    fn the_longest_records_fit_and_a_longer_header_is_damage_not_a_record_to_wait_for() {
+        let long = "x".repeat(300);
+        let all: Vec<(Phase, Quantity)> =
+            PHASES.iter().flat_map(|p| QUANTITIES.iter().map(move |q| (*p, *q))).collect();
+        let samples = all.iter().cycle().take(300).map(|(p, q)| Sample::new(*p, *q, 1.0)).collect();
+        let reading = Record::Reading(Reading {
+            meter: long.as_str().into(),
+            model: Model::Rx380,
+            time: Utc::now(),
+            samples,
+            quality: Quality::default(),
+        });
+        let Record::Change(c) = change(1) else { unreachable!() };
+        let change = Record::Change(StateChange { name: long.as_str().into(), cause: "y".repeat(5000), ..c });
+        for r in [reading, change] {
+            let mut out = vec![];
+            encode(&r, &mut out);
+            assert!(out.len() - HEADER <= MAX_PAYLOAD, "{} bytes", out.len() - HEADER);
+            assert!(matches!(scan(&out)[..], [Item::Record { .. }]));
+        }
+        // A header claiming more than any record can hold is damage at once: a reader of a
+        // growing file does not wait for it, and a resync does not check 64 KiB behind it.
+        let mut buf = vec![MAGIC, 0x01, 0x10, 0, 0, 0, 0];
+        buf.extend(records(1));
+        match &scan(&buf)[..] {
+            [Item::Damage(d), Item::Record { .. }] => assert_eq!(d.clone(), 0..7),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
