@@ -12,6 +12,7 @@ pub mod control;
 pub mod meter;
 pub mod modbus;
 pub mod mqtt;
+pub mod neutral;
 pub mod pmtr;
 pub mod reading;
 pub mod relay;

@@ -1,0 +1,216 @@
+//! Tier 1: a broken neutral from the three phase magnitudes alone. Pure.
+//!
+//! Seed 001's idea, rebuilt on an exact footing. Each sample is fitted with the equilateral
+//! line triangle that has a point at those three distances ([`equilateral_fit`]): its side is
+//! the line voltage the magnitudes imply, the point's distance from its centre the neutral
+//! displacement. This replaces the seed's pre-check, triangle bound and angle sum, which are
+//! approximations of the same geometry with the side fixed at nominal (see
+//! [`super::seed`]); the fit needs no nominal and so follows a grid whose voltage drifts.
+//!
+//! A fit alone cannot tell a displaced neutral from a source whose three voltages are unequal
+//! (one phase sagging looks like a neutral pushed towards it). What tells them apart is how
+//! the magnitudes move: when loads switch behind a floating neutral the point moves and the
+//! line triangle, the grid, stays put, so the three changes sum to about zero; when the grid
+//! moves (one phase sags, all drift) the triangle's side moves with them. Each step between
+//! samples is credited with its movement Σ|ΔUk| less [`GRID_WEIGHT`] × the change of the
+//! fitted side less a noise floor, only while the displacement is at least
+//! [`ARM_RATIO`] × `shift` and the side is within [`SIDE_TOLERANCE`] of its slow average. The
+//! score is the credit over [`CREDIT`] volts (× the sensitivity factor), leaking with a time
+//! constant of [`LEAK`] seconds. A score of 1 with a displacement of at least `shift` is a
+//! fault, latched until the displacement has stayed under [`CLEAR_RATIO`] × `shift` for
+//! [`HOLD_OFF`] seconds.
+//!
+//! Its limit: with the loads balanced, a floating neutral does not move, and nothing in the
+//! magnitudes shows it until the balance changes. A displaced neutral whose loads never move
+//! is never confirmed (it stays `suspect`).
+
+use super::geometry::equilateral_fit;
+use super::{Settings, State, Verdict};
+
+/// Weight of the fitted side's change against the movement (about 3 ÷ (1/√3), since one
+/// phase's or all phases' change moves the side by 1/√3 of their sum).
+pub const GRID_WEIGHT: f64 = 5.0;
+/// Movement under this many volts (Σ over the phases) in one step is noise.
+pub const NOISE_FLOOR: f64 = 3.0;
+/// Credit (volts of load-driven movement) a fault needs, normal sensitivity.
+pub const CREDIT: f64 = 30.0;
+/// Time constant of the score's leak, seconds.
+pub const LEAK: f64 = 120.0;
+/// Credit is earned from this fraction of `shift` up.
+pub const ARM_RATIO: f64 = 0.6;
+/// Largest relative distance of the fitted side from its slow average for credit.
+pub const SIDE_TOLERANCE: f64 = 0.03;
+/// Time constant of the side's slow average, seconds.
+pub const SIDE_AVERAGE: f64 = 600.0;
+/// A fault clears under this fraction of `shift` held for [`HOLD_OFF`] seconds.
+pub const CLEAR_RATIO: f64 = 0.7;
+pub const HOLD_OFF: f64 = 60.0;
+/// Steps longer than this (seconds) are a gap: no movement is credited across them.
+pub const MAX_STEP: f64 = 10.0;
+
+#[derive(Debug, Clone, Copy)]
+struct Previous {
+    time: f64,
+    phase: [f64; 3],
+    side: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct MagnitudeTier {
+    settings: Settings,
+    state: State,
+    score: f64,
+    side_average: Option<f64>,
+    previous: Option<Previous>,
+    low_since: Option<f64>,
+}
+
+impl MagnitudeTier {
+    pub fn new(settings: Settings) -> MagnitudeTier {
+        MagnitudeTier {
+            settings,
+            state: State::Ok,
+            score: 0.0,
+            side_average: None,
+            previous: None,
+            low_since: None,
+        }
+    }
+
+    pub fn update(&mut self, now: f64, phase: [f64; 3]) -> Verdict {
+        let Some(fit) = equilateral_fit(phase) else {
+            self.previous = None;
+            return Verdict { state: self.state, score: self.score, shift: None };
+        };
+        let shift = self.settings.shift;
+        let k = self.settings.sensitivity.factor();
+        let d = fit.displacement;
+
+        let avg = match self.side_average {
+            None => fit.side,
+            Some(a) => {
+                let dt = self.previous.map_or(0.0, |p| (now - p.time).max(0.0));
+                let w = 1.0 - (-dt / SIDE_AVERAGE).exp();
+                a + w * (fit.side - a)
+            }
+        };
+        self.side_average = Some(avg);
+        let steady = (fit.side - avg).abs() <= SIDE_TOLERANCE * avg;
+
+        let mut credit = 0.0;
+        if let Some(p) = self.previous {
+            let dt = now - p.time;
+            if dt > 0.0 {
+                self.score *= (-dt / LEAK).exp();
+            }
+            if dt > 0.0 && dt <= MAX_STEP && steady && d >= ARM_RATIO * shift {
+                let moved: f64 = phase.iter().zip(p.phase).map(|(a, b)| (a - b).abs()).sum();
+                credit = (moved - GRID_WEIGHT * (fit.side - p.side).abs() - NOISE_FLOOR).max(0.0);
+            }
+        }
+        self.score += credit / (CREDIT * k);
+        self.previous = Some(Previous { time: now, phase, side: fit.side });
+
+        if self.state == State::Fault {
+            if d < CLEAR_RATIO * shift {
+                let since = *self.low_since.get_or_insert(now);
+                if now - since >= HOLD_OFF * k {
+                    self.state = State::Ok;
+                    self.low_since = None;
+                    self.score = 0.0;
+                }
+            } else {
+                self.low_since = None;
+            }
+        }
+        if self.state != State::Fault {
+            self.state = if d >= shift && steady && self.score >= 1.0 {
+                State::Fault
+            } else if d >= shift || self.score >= 0.3 {
+                State::Suspect
+            } else {
+                State::Ok
+            };
+        }
+        Verdict { state: self.state, score: self.score, shift: Some(d) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::neutral::geometry::Point;
+
+    const VP: f64 = 230.0;
+
+    fn magnitudes(n: Point, vp: f64) -> [f64; 3] {
+        let a = |deg: f64| Point::new(vp * deg.to_radians().cos(), vp * deg.to_radians().sin());
+        [a(90.0), a(-30.0), a(210.0)].map(|c| n.dist(c))
+    }
+
+    #[test]
+    fn magnitude_tier_confirms_a_neutral_that_moves_with_the_load() {
+        let mut t = MagnitudeTier::new(Settings::default());
+        for s in 0..10 {
+            assert_eq!(t.update(f64::from(s), magnitudes(Point::new(0.0, 0.0), VP)).state, State::Ok);
+        }
+        // The neutral breaks: it jumps 30 V (the jump is itself load-driven movement with the
+        // line triangle still), then wanders as appliances switch.
+        let path = [(30.0, 0.0), (30.0, 0.0), (45.0, -10.0), (45.0, -10.0), (20.0, 25.0)];
+        let mut states = vec![];
+        for (i, (x, y)) in path.iter().enumerate() {
+            states.push(t.update(10.0 + i as f64, magnitudes(Point::new(*x, *y), VP)).state);
+        }
+        assert_ne!(states[0], State::Ok, "{states:?}");
+        assert_eq!(*states.last().unwrap(), State::Fault, "{states:?}");
+    }
+
+    #[test]
+    fn magnitude_tier_never_confirms_one_phase_sagging_and_recovering() {
+        let mut t = MagnitudeTier::new(Settings::default());
+        // L1's source goes 15 % low and back, again and again: a sound neutral.
+        for s in 0..600 {
+            let low = (s / 5) % 2 == 1;
+            let u = [if low { 0.85 * VP } else { VP }, VP, VP];
+            let v = t.update(f64::from(s), u);
+            assert_ne!(v.state, State::Fault, "at {s}: {v:?}");
+        }
+    }
+
+    #[test]
+    fn magnitude_tier_never_confirms_all_phases_swelling_and_falling() {
+        let mut t = MagnitudeTier::new(Settings::default());
+        for s in 0..600 {
+            let f = 1.0 + 0.1 * (f64::from(s) / 7.0).sin();
+            let v = t.update(f64::from(s), magnitudes(Point::new(5.0, 3.0), VP * f));
+            assert_eq!(v.state, State::Ok, "at {s}: {v:?}");
+        }
+    }
+
+    #[test]
+    fn magnitude_tier_leaves_a_still_displacement_suspect() {
+        let mut t = MagnitudeTier::new(Settings::default());
+        t.update(0.0, magnitudes(Point::new(0.0, 40.0), VP));
+        for s in 1..1000 {
+            let v = t.update(f64::from(s), magnitudes(Point::new(0.0, 40.0), VP));
+            assert_eq!(v.state, State::Suspect, "at {s}");
+            assert!((v.shift.unwrap() - 40.0).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn magnitude_tier_fault_clears_after_the_displacement_stays_low() {
+        let mut t = MagnitudeTier::new(Settings::default());
+        let mut s = 0.0;
+        for (x, y) in [(0.0, 0.0), (40.0, 0.0), (-30.0, 20.0), (30.0, -30.0), (-40.0, 0.0)] {
+            t.update(s, magnitudes(Point::new(x, y), VP));
+            s += 1.0;
+        }
+        assert_eq!(t.update(s, magnitudes(Point::new(-40.0, 0.0), VP)).state, State::Fault);
+        for i in 0..60 {
+            let v = t.update(s + 1.0 + f64::from(i), magnitudes(Point::new(1.0, 0.0), VP));
+            assert_eq!(v.state, State::Fault, "{i}");
+        }
+        assert_eq!(t.update(s + 62.0, magnitudes(Point::new(1.0, 0.0), VP)).state, State::Ok);
+    }
+}
