@@ -2,6 +2,8 @@
 //! like PZEM-004T/014/016 and RX380 meters, on pseudo-terminals the gateway opens as if they
 //! were USB-RS485 adapters; and PMTR_001_SRV servers on a simulated power-line bus.
 //!
+//! - [`grid`] is a three-phase supply and a house behind it (Millman), for the broken-neutral
+//!   detector's tests and benchmark.
 //! - [`slave`] is the pure core: a [`SimSlave`] turns a request frame and the time into a
 //!   [`Response`], with values that follow a [`Profile`] and replies a [`Fault`] may spoil.
 //!   [`SimMeterSpec`] describes one from a command-line string (`pzem-016@4,volts=121.3`).
@@ -11,6 +13,7 @@
 //!   included; [`pmtr_expr`] its relay-action expression language; [`plc`] the I/O shell, a
 //!   [`PlcBus`] of such servers sharing a simulated power-line medium on a pseudo-terminal.
 
+pub mod grid;
 pub mod plc;
 pub mod pmtr_expr;
 pub mod pmtr_srv;
