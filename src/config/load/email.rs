@@ -73,7 +73,7 @@ impl Loader<'_> {
             ("meter_after", s(1), s(86_400), &mut a.meter_after),
         ] {
             if let Some(d) =
-                t.get(k).and_then(|v| self.duration_in(v, &format!("alerts.{k}"), Some(min), Some(max)))
+                t.get(k).and_then(|v| self.duration_in(v, &format!("alerts.{k}"), Some(min), max))
             {
                 *field = d;
             }
@@ -270,8 +270,7 @@ impl Loader<'_> {
 
         let mut timeout = DEFAULT_EMAIL_TIMEOUT;
         if let Some(v) = t.get("timeout") {
-            if let Some(d) =
-                self.duration_in(v, &key("timeout"), Some(MIN_EMAIL_TIMEOUT), Some(MAX_EMAIL_TIMEOUT))
+            if let Some(d) = self.duration_in(v, &key("timeout"), Some(MIN_EMAIL_TIMEOUT), MAX_EMAIL_TIMEOUT)
             {
                 timeout = d;
             }

@@ -172,7 +172,7 @@ impl Loader<'_> {
             ("sync_interval", ms(10), ms(3_600_000), &mut sink.sync_interval),
             ("max_backoff", ms(1000), ms(3_600_000), &mut sink.max_backoff),
         ] {
-            if let Some(d) = t.get(name).and_then(|v| self.duration_in(v, &key(name), Some(min), Some(max))) {
+            if let Some(d) = t.get(name).and_then(|v| self.duration_in(v, &key(name), Some(min), max)) {
                 *field = d;
             }
         }

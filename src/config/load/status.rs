@@ -175,23 +175,13 @@ impl Loader<'_> {
         let retain = t.get("retain").and_then(|v| self.boolean(v, &key("retain"))).unwrap_or(false);
         let mut keep_alive = DEFAULT_KEEP_ALIVE;
         if let Some(d) = t.get("keep_alive").and_then(|v| {
-            self.duration_in(
-                v,
-                &key("keep_alive"),
-                Some(Duration::from_secs(5)),
-                Some(Duration::from_secs(3600)),
-            )
+            self.duration_in(v, &key("keep_alive"), Some(Duration::from_secs(5)), Duration::from_secs(3600))
         }) {
             keep_alive = d;
         }
         let mut max_backoff = DEFAULT_MQTT_BACKOFF;
         if let Some(d) = t.get("max_backoff").and_then(|v| {
-            self.duration_in(
-                v,
-                &key("max_backoff"),
-                Some(Duration::from_secs(1)),
-                Some(Duration::from_secs(3600)),
-            )
+            self.duration_in(v, &key("max_backoff"), Some(Duration::from_secs(1)), Duration::from_secs(3600))
         }) {
             max_backoff = d;
         }
