@@ -292,53 +292,16 @@ impl Lines {
     }
 }
 
-/// Optimal string alignment distance (Levenshtein with transpositions), on characters.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let a: Vec<char> = a.chars().collect();
-    let b: Vec<char> = b.chars().collect();
-    // d[i][j]: the distance between the first i characters of a and the first j of b.
-    let mut d: Vec<Vec<usize>> = (0..=a.len())
-        .map(|i| {
-            (0..=b.len())
-                .map(|j| {
-                    if i == 0 {
-                        j
-                    } else if j == 0 {
-                        i
-                    } else {
-                        0
-                    }
-                })
-                .collect()
-        })
-        .collect();
-    for i in 1..=a.len() {
-        for j in 1..=b.len() {
-            let cost = usize::from(a[i - 1] != b[j - 1]);
-            let mut v = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
-            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
-                v = v.min(d[i - 2][j - 2] + 1);
-            }
-            d[i][j] = v;
-        }
-    }
-    d[a.len()][b.len()]
-}
-
 /// The closest candidate within [`MAX_SUGGESTION_DISTANCE`] edits (case-insensitive), if any.
+/// Words over [`crate::spelling::LONGEST`] characters get none and cost nothing.
 fn suggest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
-    const LONGEST: usize = 64;
-    let word = word.to_lowercase();
-    if word.chars().count() > LONGEST {
-        return None;
-    }
+    let mut steps = 0;
     let mut best: Option<(usize, &'a str)> = None;
     for c in candidates {
-        if c.chars().count() > LONGEST {
+        let Some(d) = crate::spelling::distance_within(word, c, MAX_SUGGESTION_DISTANCE, &mut steps) else {
             continue;
-        }
-        let d = edit_distance(&word, &c.to_lowercase());
-        if d <= MAX_SUGGESTION_DISTANCE && d < c.chars().count() && best.is_none_or(|(b, _)| d < b) {
+        };
+        if d < c.chars().count() && best.is_none_or(|(b, _)| d < b) {
             best = Some((d, c));
         }
     }
@@ -1652,9 +1615,16 @@ mod tests {
         assert_eq!(suggest("x", TOP_LEVEL_KEYS.iter().copied()), None);
         assert_eq!(suggest("influxdb", TOP_LEVEL_KEYS.iter().copied()), None);
         assert_eq!(suggest("", TOP_LEVEL_KEYS.iter().copied()), None);
-        assert_eq!(edit_distance("kitten", "sitting"), 3);
-        assert_eq!(edit_distance("ab", "ba"), 1);
-        assert_eq!(edit_distance("", "abc"), 3);
+    }
+
+    #[test]
+    fn a_megabyte_key_gets_no_suggestion() {
+        // The cost of one comparison is bounded in crate::spelling (counted in steps there).
+        let key = format!("adress{}", "s".repeat(1 << 20));
+        let e = errors(&format!("[gateway]\n{key} = 1\n"));
+        let e: Vec<&String> = e.iter().filter(|e| e.contains("unknown key")).collect();
+        assert_eq!(e.len(), 1);
+        assert!(!e[0].contains("did you mean"), "{:.200}", e[0]);
     }
 
     #[test]
