@@ -6,6 +6,8 @@
 mod gateway;
 #[path = "support/servers.rs"]
 mod servers;
+#[path = "support/smtp.rs"]
+mod smtp;
 
 use gateway::{Daemon, PIN};
 use pmtr::relay::FakeBoard;
@@ -374,4 +376,80 @@ async fn pmtr_status_shows_the_running_gateway() {
     let (code, _, err) = run(vec!["status".into(), "--config".into(), cfg.display().to_string()]).await;
     assert_eq!(code, Some(1));
     assert!(err.contains("no pmtr daemon answering at") && err.contains("pmtr run"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_the_api_answers_https_and_refuses_plain_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let _meter = meter(dir.path());
+    let (cert, key) = smtp::make_certificate(dir.path());
+    let port = servers::free_port();
+    let board = FakeBoard::new();
+    let status = format!("tls_cert = \"{}\"\ntls_key = \"{}\"\n", cert.display(), key.display());
+    let cfg_text = gateway::toml(
+        dir.path(),
+        "status-test",
+        &format!("{TRIGGER}\n[status]\nlisten = \"127.0.0.1:{port}\"\n{status}"),
+    );
+    let cfg = dir.path().join("pmtr.toml");
+    std::fs::write(&cfg, &cfg_text).unwrap();
+    let daemon = Daemon::start(pmtr::config::load_file(&cfg).unwrap(), &board);
+
+    // HTTPS with the certificate as the client's CA.
+    let pem = std::fs::read(&cert).unwrap();
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let url = format!("https://127.0.0.1:{port}/api/status");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        match client.get(&url).send().await {
+            Ok(r) => break r,
+            Err(e) => assert!(Instant::now() < deadline, "no HTTPS answer at {url}: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status.status(), 200);
+    let v: Value = status.json().await.unwrap();
+    assert_eq!(v["gateway"], "status-test");
+
+    // Plain HTTP on the TLS port gets no answer.
+    let plain = format!("http://127.0.0.1:{port}/api/status");
+    let r = tokio::task::spawn_blocking(move || servers::try_http("GET", &plain, &[], b"")).await.unwrap();
+    assert!(r.as_ref().map_or(true, |r| r.status != 200), "plain HTTP answered: {:?}", r.map(|r| r.text()));
+    // A client that does not trust the certificate is refused.
+    let untrusting = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+    assert!(untrusting.get(&url).send().await.is_err());
+
+    // `pmtr status`: from the configuration (https, the certificate as its CA), or --url and --ca.
+    let run = |args: Vec<String>| async move {
+        let out =
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_pmtr")).args(&args).output().await.unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = run(vec!["status".into(), "--config".into(), cfg.display().to_string()]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("status-test"), "{out}");
+    let https = format!("https://localhost:{port}");
+    let (code, _, err) = run(vec!["status".into(), "--url".into(), https.clone()]).await;
+    assert_eq!(code, Some(1));
+    assert!(err.contains("--ca"), "{err}");
+    let (code, out, err) = run(vec![
+        "status".into(),
+        "--url".into(),
+        https,
+        "--ca".into(),
+        cert.display().to_string(),
+        "--json".into(),
+    ])
+    .await;
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["gateway"], "status-test");
+    daemon.stop().await;
 }

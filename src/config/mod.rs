@@ -516,6 +516,11 @@ pub struct StatusSettings {
     /// reset), and for reads from anywhere but the loopback interface.
     #[serde(skip_serializing)]
     pub token: Option<String>,
+    /// Connections served at once (default [`DEFAULT_STATUS_CONNECTIONS`]); one more is
+    /// closed at once.
+    pub max_connections: usize,
+    /// From `tls_cert` and `tls_key`: the listener speaks HTTPS only.
+    pub tls: Option<StatusTls>,
 }
 
 impl Default for StatusSettings {
@@ -524,12 +529,16 @@ impl Default for StatusSettings {
             enabled: true,
             listen: std::net::SocketAddr::from(([127, 0, 0, 1], DEFAULT_STATUS_PORT)),
             token: None,
+            max_connections: DEFAULT_STATUS_CONNECTIONS,
+            tls: None,
         }
     }
 }
 
 /// The default port of the status API.
 pub const DEFAULT_STATUS_PORT: u16 = 9780;
+/// The default `[status] max_connections`.
+pub const DEFAULT_STATUS_CONNECTIONS: usize = 32;
 
 impl std::fmt::Debug for StatusSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -537,7 +546,31 @@ impl std::fmt::Debug for StatusSettings {
             .field("enabled", &self.enabled)
             .field("listen", &self.listen)
             .field("token", &self.token.as_ref().map(|_| "(hidden)"))
+            .field("max_connections", &self.max_connections)
+            .field("tls", &self.tls)
             .finish()
+    }
+}
+
+/// The status API's certificate and key, read and checked at load: the server configuration
+/// is ready to use. `Debug`, equality and serialization see only the file names.
+#[derive(Clone, Serialize)]
+pub struct StatusTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    #[serde(skip_serializing)]
+    pub server: std::sync::Arc<rustls::ServerConfig>,
+}
+
+impl PartialEq for StatusTls {
+    fn eq(&self, other: &Self) -> bool {
+        self.cert == other.cert && self.key == other.key
+    }
+}
+
+impl std::fmt::Debug for StatusTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StatusTls").field("cert", &self.cert).field("key", &self.key).finish_non_exhaustive()
     }
 }
 
