@@ -464,7 +464,8 @@ fn main() -> ExitCode {
                         Ok(c) => {
                             let tls = c.status.tls.as_ref();
                             let url = app::status::url_for(c.status.listen, tls.is_some());
-                            (url, c.status.token, ca.or_else(|| tls.map(|t| t.cert.clone())))
+                            let token = c.status.token.map(|t| t.expose().to_owned());
+                            (url, token, ca.or_else(|| tls.map(|t| t.cert.clone())))
                         }
                         Err(code) => {
                             eprintln!("(or give the daemon's status API with --url http://127.0.0.1:9780)");

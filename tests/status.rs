@@ -453,3 +453,89 @@ async fn over_tls_the_api_answers_https_and_refuses_plain_http() {
     assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["gateway"], "status-test");
     daemon.stop().await;
 }
+
+/// Everything logged in this test binary, from the first call on.
+fn captured_logs() -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+    use std::sync::{Arc, Mutex, OnceLock};
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        struct Sink(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Sink {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let to = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || Sink(to.clone()))
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("no other global subscriber");
+        logs
+    })
+    .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_shows_in_the_config_the_logs_or_api_sinks() {
+    const SECRETS: [&str; 4] = ["url-pass-1", "password-2", "token-3-abcdef", "status-token-4-0123456789"];
+    let logs = captured_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let _meter = meter(dir.path());
+    let port = servers::free_port();
+    let board = FakeBoard::new();
+    // Databases that are not there: their errors name the URL.
+    let dead = servers::free_port();
+    let rest = format!(
+        "{TRIGGER}\n[[sink]]\nname = \"db1\"\ntype = \"influxdb1\"\nurl = \"http://admin:url-pass-1@127.0.0.1:{dead}\"\n\
+         database = \"pmtr\"\nusername = \"admin\"\npassword = \"password-2\"\nflush_interval = \"100ms\"\n\
+         [[sink]]\nname = \"db2\"\ntype = \"influxdb2\"\nurl = \"http://127.0.0.1:{dead}\"\norg = \"o\"\n\
+         bucket = \"b\"\ntoken = \"token-3-abcdef\"\nflush_interval = \"100ms\"\n\
+         [status]\nlisten = \"127.0.0.1:{port}\"\ntoken = \"status-token-4-0123456789\"\n"
+    );
+    let config = pmtr::config::load_str(&gateway::toml(dir.path(), "status-test", &rest), "test.toml")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let shown = format!("{config:?} {config:#?}");
+    for s in SECRETS {
+        assert!(!shown.contains(s), "{s} in the Debug of the configuration: {shown}");
+    }
+    assert!(shown.contains("http://admin:(hidden)@127.0.0.1"), "{shown}");
+
+    let daemon = Daemon::start(config, &board);
+    let base = format!("http://127.0.0.1:{port}");
+    first_reading(&base).await;
+    // Wait until the first sink has failed (its error names the URL).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let sinks = loop {
+        let sinks = get_json(&format!("{base}/api/sinks")).await;
+        let failed = sinks.as_array().unwrap().iter().filter(|s| !s["last_error"].is_null()).count();
+        if failed == 2 {
+            break sinks;
+        }
+        assert!(Instant::now() < deadline, "the sinks did not fail within 15 s: {sinks}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    daemon.stop().await;
+    let text = sinks.to_string();
+    assert!(text.contains("http://admin:(hidden)@127.0.0.1"), "{text}");
+    for s in SECRETS {
+        assert!(!text.contains(s), "{s} in /api/sinks: {text}");
+    }
+    let logged = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    let ready = logged.lines().find(|l| l.contains("sink ready") && l.contains("db1"));
+    assert!(
+        ready.is_some_and(|l| l.contains("http://admin:(hidden)@")),
+        "no sink line for db1 in:\n{logged}"
+    );
+    let failure = logged.lines().find(|l| l.contains("db1") && l.contains("cannot connect"));
+    assert!(failure.is_some_and(|l| l.contains("(hidden)")), "no failure line for db1 in:\n{logged}");
+    for s in SECRETS {
+        assert!(!logged.contains(s), "{s} in the logs:\n{logged}");
+    }
+}

@@ -274,7 +274,10 @@ impl Generation {
         // The status API only observes (and relays have the control socket): a port that is
         // taken costs the API, never the metering or the relays.
         let status_server = if config.status.enabled {
-            match StatusServer::bind(config.status.listen, config.status.token.clone()) {
+            match StatusServer::bind(
+                config.status.listen,
+                config.status.token.as_ref().map(|t| t.expose().to_owned()),
+            ) {
                 Ok(server) => Some(
                     server
                         .with_limits(crate::status::http::Limits {

@@ -1449,7 +1449,10 @@ mod tests {
             (e.host.as_str(), e.port, e.tls),
             ("smtp.example.org", 587, crate::config::EmailTls::Starttls)
         );
-        assert_eq!((e.username.as_deref(), e.password.as_deref()), (Some("gateway@example.org"), Some("x")));
+        assert_eq!(
+            (e.username.as_deref(), e.password.as_ref().map(crate::config::Secret::expose)),
+            (Some("gateway@example.org"), Some("x"))
+        );
         assert_eq!(
             (e.from.as_str(), e.to.clone()),
             ("pmtr <gateway@example.org>", vec!["ops@example.org".to_owned()])

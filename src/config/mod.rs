@@ -2,8 +2,10 @@
 //! has, each with file, line, column and key.
 
 mod load;
+mod secret;
 
 pub use load::{load_file, load_str, parse_duration, ConfigError, ConfigErrors};
+pub use secret::{redact_urls, Secret};
 
 use crate::meter::Model;
 use crate::reading::Phase;
@@ -259,8 +261,9 @@ pub struct Sink {
     pub measurement: String,
 }
 
-/// The type of a sink and its own settings.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// The type of a sink and its own settings. `Debug` hides the password, the token, and the
+/// credentials of a URL (`http://user:pass@host`).
+#[derive(Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum SinkKind {
     /// InfluxDB 1.x, `/write`.
@@ -271,7 +274,7 @@ pub enum SinkKind {
         retention_policy: Option<String>,
         username: Option<String>,
         #[serde(skip_serializing)]
-        password: Option<String>,
+        password: Option<Secret>,
     },
     /// InfluxDB 2.x and 3.x, `/api/v2/write`.
     #[serde(rename = "influxdb2")]
@@ -280,10 +283,38 @@ pub enum SinkKind {
         org: String,
         bucket: String,
         #[serde(skip_serializing)]
-        token: String,
+        token: Secret,
     },
     /// Daily CSV files.
     Csv { dir: PathBuf, group_by: crate::store::csv::GroupBy, timezone: crate::store::csv::TimeZone },
+}
+
+impl std::fmt::Debug for SinkKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SinkKind::InfluxDb1 { url, database, retention_policy, username, password } => f
+                .debug_struct("InfluxDb1")
+                .field("url", &redact_urls(url))
+                .field("database", database)
+                .field("retention_policy", retention_policy)
+                .field("username", username)
+                .field("password", password)
+                .finish(),
+            SinkKind::InfluxDb2 { url, org, bucket, token } => f
+                .debug_struct("InfluxDb2")
+                .field("url", &redact_urls(url))
+                .field("org", org)
+                .field("bucket", bucket)
+                .field("token", token)
+                .finish(),
+            SinkKind::Csv { dir, group_by, timezone } => f
+                .debug_struct("Csv")
+                .field("dir", dir)
+                .field("group_by", group_by)
+                .field("timezone", timezone)
+                .finish(),
+        }
+    }
 }
 
 impl SinkKind {
@@ -421,7 +452,7 @@ pub struct EmailSettings {
     pub username: Option<String>,
     /// From `password`, `password_file` (first line, read at load) or `password_env`.
     #[serde(skip_serializing)]
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// The sender mailbox, `pmtr <gw@example.org>` or `gw@example.org`.
     pub from: String,
     /// At least one recipient mailbox.
@@ -515,7 +546,7 @@ pub struct StatusSettings {
     /// From `token` or `token_file`. Needed for every write (relay force/release, trigger
     /// reset), and for reads from anywhere but the loopback interface.
     #[serde(skip_serializing)]
-    pub token: Option<String>,
+    pub token: Option<Secret>,
     /// Connections served at once (default [`DEFAULT_STATUS_CONNECTIONS`]); one more is
     /// closed at once.
     pub max_connections: usize,
@@ -589,7 +620,7 @@ pub struct MqttSettings {
     /// Set together with the password, or neither.
     pub username: Option<String>,
     #[serde(skip_serializing)]
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// Default `pmtr-<gateway>`.
     pub client_id: String,
     /// Every topic starts with it. Default `pmtr/<gateway>`.

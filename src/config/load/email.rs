@@ -294,7 +294,7 @@ impl Loader<'_> {
     }
 
     /// `password`, `password_file` or `password_env`: at most one of them.
-    fn email_password(&mut self, t: &DeTable<'_>, element: &Value<'_>) -> Option<String> {
+    fn email_password(&mut self, t: &DeTable<'_>, element: &Value<'_>) -> Option<crate::config::Secret> {
         const PATH: &str = "alerts.email";
         let given: Vec<&str> = ["password", "password_file", "password_env"]
             .into_iter()
@@ -319,7 +319,7 @@ impl Loader<'_> {
         let key = format!("{PATH}.password_env");
         let name = self.non_empty_string(v, &key)?;
         match std::env::var(&name) {
-            Ok(p) if !p.trim().is_empty() => Some(p.trim().to_owned()),
+            Ok(p) if !p.trim().is_empty() => Some(crate::config::Secret::new(p.trim())),
             Ok(_) => {
                 self.error(v.span(), key, format!("the environment variable {name} is empty"));
                 None

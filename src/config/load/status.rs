@@ -69,6 +69,7 @@ impl Loader<'_> {
         s.token = self.secret(t, "token", "token_file", PATH);
         let token_key = ["token", "token_file"].into_iter().find(|k| t.contains_key(*k));
         if let (Some(token), Some(k)) = (&s.token, token_key) {
+            let token = token.expose();
             if token.chars().count() < MIN_TOKEN_LENGTH || token.chars().any(char::is_whitespace) {
                 let span = t.get(k).map_or(v.span(), |v| v.span());
                 self.error(
