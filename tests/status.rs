@@ -539,3 +539,25 @@ async fn no_secret_shows_in_the_config_the_logs_or_api_sinks() {
         assert!(!logged.contains(s), "{s} in the logs:\n{logged}");
     }
 }
+
+#[test]
+fn a_tls_key_that_does_not_match_its_certificate_is_an_error_at_the_key() {
+    let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (cert, _) = smtp::make_certificate(one.path());
+    let (_, other_key) = smtp::make_certificate(two.path());
+    let load = |cert: &Path, key: &Path| {
+        let text = format!(
+            "[[bus]]\nname = \"b\"\nport = \"/dev/x\"\n[[meter]]\nname = \"m\"\nmodel = \"rx380\"\naddress = 1\n\
+             [status]\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            cert.display(),
+            key.display()
+        );
+        pmtr::config::load_str(&text, "pmtr.toml").map(|_| ()).map_err(|e| e.to_string())
+    };
+    let e = load(&cert, &other_key).unwrap_err();
+    assert!(e.starts_with("pmtr.toml:10:11: status.tls_key: ") && e.contains("cannot serve"), "{e}");
+    // A certificate where the key should be, and a key where the certificate should be.
+    let e = load(&other_key, &cert).unwrap_err();
+    assert!(e.contains("pmtr.toml:9:12: status.tls_cert: ") && e.contains("no PEM certificate"), "{e}");
+    assert!(e.contains("pmtr.toml:10:11: status.tls_key: ") && e.contains("no usable private key"), "{e}");
+}
