@@ -934,6 +934,27 @@ mod tests {
         }
 
         #[tokio::test(start_paused = true)]
+        async fn a_client_pipelining_requests_without_reading_the_answers_loses_its_connection() {
+            let (addr, _stop, _task) = start(limits(1));
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.set_recv_buffer_size(4096).unwrap();
+            let c = socket.connect(addr).await.unwrap();
+            let (_unread, mut w) = c.into_split();
+            // Requests for ever, answers never read: the server's writes stop, then its reads.
+            let hog = tokio::spawn(async move {
+                let many = b"GET /healthz HTTP/1.1\r\nHost: pmtr\r\n\r\n".repeat(256);
+                while w.write_all(&many).await.is_ok() {}
+            });
+            let t0 = tokio::time::Instant::now();
+            tokio::time::sleep(IDLE_TIMEOUT + Duration::from_secs(1)).await;
+            // The one connection the server allows is free again.
+            let answer = get(addr).await;
+            assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+            assert!(t0.elapsed() <= IDLE_TIMEOUT + Duration::from_secs(2), "{:?}", t0.elapsed());
+            hog.abort();
+        }
+
+        #[tokio::test(start_paused = true)]
         async fn a_head_sent_a_byte_at_a_time_is_cut_off() {
             let (addr, _stop, _task) = start(limits(1));
             let mut c = TcpStream::connect(addr).await.unwrap();
