@@ -269,6 +269,7 @@ pub enum SinkKind {
     /// InfluxDB 1.x, `/write`.
     #[serde(rename = "influxdb1")]
     InfluxDb1 {
+        #[serde(serialize_with = "secret::serialize_redacted_url")]
         url: String,
         database: String,
         retention_policy: Option<String>,
@@ -279,6 +280,7 @@ pub enum SinkKind {
     /// InfluxDB 2.x and 3.x, `/api/v2/write`.
     #[serde(rename = "influxdb2")]
     InfluxDb2 {
+        #[serde(serialize_with = "secret::serialize_redacted_url")]
         url: String,
         org: String,
         bucket: String,

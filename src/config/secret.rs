@@ -90,6 +90,11 @@ pub fn redact_urls(text: &str) -> String {
     out
 }
 
+/// Serializes a URL with its credentials hidden (`#[serde(serialize_with = ...)]`).
+pub(super) fn serialize_redacted_url<S: serde::Serializer>(url: &str, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&redact_urls(url))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,6 +105,21 @@ mod tests {
         assert_eq!(format!("{s:?} {s} {:?}", Some(&s)), "(hidden) (hidden) Some((hidden))");
         assert_eq!(serde_json::to_string(&s).unwrap(), "\"(hidden)\"");
         assert_eq!(s.expose(), "s3cret-token");
+    }
+
+    #[test]
+    fn a_serialized_sink_hides_its_secrets() {
+        let kind = crate::config::SinkKind::InfluxDb1 {
+            url: "http://admin:url-pass@db:8086".into(),
+            database: "pmtr".into(),
+            retention_policy: None,
+            username: Some("admin".into()),
+            password: Some("pass-word".into()),
+        };
+        for shown in [serde_json::to_string(&kind).unwrap(), format!("{kind:?}")] {
+            assert!(!shown.contains("url-pass") && !shown.contains("pass-word"), "{shown}");
+            assert!(shown.contains("http://admin:(hidden)@db:8086"), "{shown}");
+        }
     }
 
     #[test]
