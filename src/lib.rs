@@ -16,6 +16,7 @@ pub mod pmtr;
 pub mod reading;
 pub mod relay;
 pub mod sim;
+pub mod spelling;
 pub mod status;
 pub mod store;
 pub mod trigger;

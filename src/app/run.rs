@@ -274,8 +274,18 @@ impl Generation {
         // The status API only observes (and relays have the control socket): a port that is
         // taken costs the API, never the metering or the relays.
         let status_server = if config.status.enabled {
-            match StatusServer::bind(config.status.listen, config.status.token.clone()) {
-                Ok(server) => Some(server),
+            match StatusServer::bind(
+                config.status.listen,
+                config.status.token.as_ref().map(|t| t.expose().to_owned()),
+            ) {
+                Ok(server) => Some(
+                    server
+                        .with_limits(crate::status::http::Limits {
+                            max_connections: config.status.max_connections,
+                            ..Default::default()
+                        })
+                        .with_tls(config.status.tls.as_ref().map(|t| t.server.clone())),
+                ),
                 Err(e) => {
                     tracing::error!("{e}; running without the status API");
                     None
@@ -459,7 +469,13 @@ impl Generation {
             sources.mqtt = mqtt_counters;
             sources.tally = tally.clone();
             if let Ok(addr) = server.local_addr() {
-                tracing::info!(listen = %addr, token = config.status.token.is_some(), "status API ready");
+                tracing::info!(
+                    listen = %addr,
+                    token = config.status.token.is_some(),
+                    tls = config.status.tls.is_some(),
+                    max_connections = config.status.max_connections,
+                    "status API ready"
+                );
             }
             tokio::spawn(server.run(Arc::new(sources), stop_rx.clone()))
         });

@@ -124,7 +124,7 @@ impl Mqtt {
         options.set_max_packet_size(64 * 1024, 64 * 1024);
         options.set_last_will(LastWill::new(topics.status(), super::OFFLINE, QoS::AtLeastOnce, true));
         if let Some(user) = &settings.username {
-            options.set_credentials(user, settings.password.clone().unwrap_or_default());
+            options.set_credentials(user, settings.password.as_ref().map_or("", |p| p.expose()));
         }
         if settings.tls {
             let tls = tls_config(settings)?;

@@ -14,6 +14,10 @@ const ACTION_KEYS: &[&str] = &["name", "when", "average", "pins", "level", "reco
 
 const DEFAULT_TIME_SYNC: Duration = Duration::from_secs(24 * 3600);
 const MIN_TIME_SYNC: Duration = Duration::from_secs(3600);
+/// The longest `time_sync`: a week (a server's clock drifts seconds a day).
+const MAX_TIME_SYNC: Duration = Duration::from_secs(7 * 86_400);
+/// The longest `average` read before the 5 s / 10 s check.
+const MAX_AVERAGE: Duration = Duration::from_secs(3600);
 /// The recovery register holds 65535 loop passes.
 fn max_recovery() -> Duration {
     Duration::from_millis(u64::from(u16::MAX) * action::LOOP_PASS_MS)
@@ -38,8 +42,9 @@ impl Loader<'_> {
             if v.get_ref().as_str() == Some("off") {
                 s.time_sync = None;
             } else {
-                s.time_sync =
-                    self.duration_in(v, &key("time_sync"), Some(MIN_TIME_SYNC), None).or(s.time_sync);
+                s.time_sync = self
+                    .duration_in(v, &key("time_sync"), Some(MIN_TIME_SYNC), MAX_TIME_SYNC)
+                    .or(s.time_sync);
             }
         }
         if let Some(b) = t.get("push_actions").and_then(|v| self.boolean(v, &key("push_actions"))) {
@@ -158,7 +163,7 @@ impl Loader<'_> {
         }
         let mut average = 5;
         if let Some(v) = t.get("average") {
-            match self.duration_in(v, &key("average"), None, None) {
+            match self.duration_in(v, &key("average"), None, MAX_AVERAGE) {
                 Some(d) if WINDOWS.iter().any(|w| Duration::from_secs(u64::from(*w)) == d) => {
                     average = d.as_secs() as u8
                 }
@@ -213,7 +218,7 @@ impl Loader<'_> {
             ok = false;
         }
         let recovery = match t.get("recovery") {
-            Some(v) => self.duration_in(v, &key("recovery"), None, Some(max_recovery())),
+            Some(v) => self.duration_in(v, &key("recovery"), None, max_recovery()),
             None => Some(Duration::from_secs(60)),
         };
         ok &= recovery.is_some();
