@@ -1337,6 +1337,41 @@ mod tests {
     }
 
     #[test]
+    fn two_actions_of_one_server_on_one_pin_are_refused_naming_both() {
+        let text = r#"
+[[bus]]
+name = "plc"
+port = "/dev/ttyS0"
+kind = "power-line"
+[[meter]]
+name = "panel"
+model = "pmtr-srv"
+address = 5
+[[meter.action]]
+name = "overvoltage"
+when = "L1U > 253"
+pins = [22]
+level = "low"
+[[meter.action]]
+when = "L1I > 16"
+pins = [23, 22]
+level = "low"
+"#;
+        let e = errors(text);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].starts_with("t.toml:17:13:"), "{}", e[0]);
+        assert!(
+            e[0].contains("action[1].pins[1]: pin 22 is also driven by action[0] \"overvoltage\""),
+            "{}",
+            e[0]
+        );
+        assert!(e[0].contains("action[1] (when = \"L1I > 16\")"), "{}", e[0]);
+        assert!(e[0].contains("own pins") && e[0].contains("`||`"), "{}", e[0]);
+        // Different pins, or the same pin on another server: accepted.
+        assert!(errors(&text.replace("pins = [23, 22]", "pins = [23]")).is_empty());
+    }
+
+    #[test]
     fn the_example_loads() {
         let config = load_str(EXAMPLE, "pmtr.toml").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(config.meters.len(), 3);
