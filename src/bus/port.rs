@@ -188,6 +188,10 @@ pub async fn run<L: Line>(
             }
             Err(e) => {
                 slot.schedule.failed(now);
+                if let PollError::Decode(crate::meter::DecodeError::Implausible { .. }) = &e {
+                    tracing::warn!(meter = %meter.name, port = %port, error = %e, "bad reading refused");
+                    status.update(&meter.name, |s| s.counters.bad_readings += 1);
+                }
                 if mine {
                     let lost = slot.schedule.is_lost();
                     let wait = slot.schedule.backoff();
