@@ -248,9 +248,10 @@ async fn run_duties<L: Line>(
     slots: &mut [Slot],
 ) -> std::io::Result<bool> {
     let now = Instant::now();
+    let believed = shared.clock.is_believed();
     let due = slots.iter().enumerate().find_map(|(i, s)| {
         let mine = owners[i].as_deref() == Some(port);
-        mine.then(|| s.duties.as_ref().and_then(|d| d.next(now)).map(|d| (i, d))).flatten()
+        mine.then(|| s.duties.as_ref().and_then(|d| d.next_when(now, believed)).map(|d| (i, d))).flatten()
     });
     let Some((i, duty)) = due else { return Ok(false) };
     let meter = &shared.meters[i];
@@ -392,6 +393,7 @@ address = 4
             readings,
             memory: None,
             liveness: Arc::new(crate::bus::liveness::Liveness::default()),
+            clock: crate::clock::WallClock::new(crate::clock::FakeSource::new(true), Duration::ZERO),
         });
         (shared, rx)
     }

@@ -38,7 +38,10 @@ pub const TOP_LEVEL_KEYS: &[&str] =
     &["gateway", "bus", "meter", "sink", "relay", "trigger", "alerts", "status", "mqtt"];
 
 const GATEWAY_KEYS: &[&str] =
-    &["name", "state_dir", "log_readings", "gpio", "control_socket", "health_interval"];
+    &["name", "state_dir", "log_readings", "gpio", "control_socket", "health_interval", "clock_sync_wait"];
+/// `gateway.clock_sync_wait`: the default, and the longest.
+const DEFAULT_CLOCK_SYNC_WAIT: Duration = Duration::from_secs(600);
+const CLOCK_SYNC_WAIT_MAX: Duration = Duration::from_secs(86_400);
 /// `gateway.health_interval`: the default, and the limits of a duration.
 const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(60);
 const HEALTH_INTERVAL_MIN: Duration = Duration::from_secs(1);
@@ -755,6 +758,7 @@ impl<'s> Loader<'s> {
             gpio: GpioBackend::Rppal,
             control_socket: PathBuf::new(),
             health_interval: Some(DEFAULT_HEALTH_INTERVAL),
+            clock_sync_wait: DEFAULT_CLOCK_SYNC_WAIT,
         };
         let mut name = None;
         let mut socket = None;
@@ -804,6 +808,16 @@ impl<'s> Loader<'s> {
                     ) {
                         gateway.health_interval = Some(d);
                     }
+                }
+                if let Some(d) = t.get("clock_sync_wait").and_then(|v| {
+                    self.duration_in(
+                        v,
+                        "gateway.clock_sync_wait",
+                        Some(Duration::ZERO),
+                        Some(CLOCK_SYNC_WAIT_MAX),
+                    )
+                }) {
+                    gateway.clock_sync_wait = d;
                 }
             } else if !self.is_damaged(v) {
                 self.wrong_type(v, "gateway", "a table [gateway]");
@@ -1602,7 +1616,7 @@ level = "low"
     fn unknown_keys_say_what_is_expected_when_nothing_is_close() {
         let e = errors("[gateway]\nzzz = 1\n");
         assert!(e.contains(
-            &"t.toml:2:1: gateway.zzz: unknown key (expected one of: name, state_dir, log_readings, gpio, control_socket, health_interval)"
+            &"t.toml:2:1: gateway.zzz: unknown key (expected one of: name, state_dir, log_readings, gpio, control_socket, health_interval, clock_sync_wait)"
                 .to_owned()
         ));
     }

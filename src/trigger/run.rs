@@ -86,6 +86,8 @@ struct Shell {
     /// slow SD card never delays a relay.
     saver: Option<watch::Sender<Saved>>,
     origin: Instant,
+    /// Whether the wall clock can be believed (time-of-day variables are unknown until then).
+    clock: Arc<crate::clock::WallClock>,
     /// Pass each reading on to storage after the triggers have seen it (`pmtr run`: the
     /// trigger task is where readings arrive, so no extra hop stands before a relay).
     forward: bool,
@@ -120,6 +122,7 @@ impl Triggers {
         handover: &mut Option<Handover>,
     ) -> Result<Triggers, StartError> {
         let origin = Instant::now();
+        let clock = crate::clock::WallClock::system(config.gateway.clock_sync_wait);
         let mut engine = Engine::new(config, Duration::ZERO).map_err(StartError::Config)?;
         let saved_path = saved::path_in(&config.gateway.state_dir);
         let (saved, orphans) = match handover.take() {
@@ -153,7 +156,7 @@ impl Triggers {
                 s
             }
         };
-        let now = now(origin);
+        let now = now(origin, clock.is_believed());
         let restored = engine.restore(&saved, now);
         let levels: Vec<(&str, Level)> =
             config.relays.iter().enumerate().map(|(i, r)| (r.name.as_str(), engine.relay_level(i))).collect();
@@ -192,6 +195,7 @@ impl Triggers {
             events: events.clone(),
             saved_path,
             origin,
+            clock,
             handover: handover.clone(),
         };
         let task = tokio::spawn(shell.run(restored, readings, commands, saver_task));
@@ -235,18 +239,19 @@ async fn save_each(path: PathBuf, mut rx: watch::Receiver<Saved>) {
 }
 
 /// The time now; `offset` is the local time's offset from UTC (looked up once a second, not
-/// per reading: the lookup costs more than a whole evaluation).
-fn now_at(origin: Instant, offset: chrono::FixedOffset) -> Now {
+/// per reading: the lookup costs more than a whole evaluation), None while the wall clock is
+/// not believed (the time-of-day variables are unknown then).
+fn now_at(origin: Instant, offset: Option<chrono::FixedOffset>) -> Now {
     let wall = Utc::now();
-    Now { mono: origin.elapsed(), wall, local: wall.with_timezone(&offset).naive_local() }
+    Now { mono: origin.elapsed(), wall, local: offset.map(|o| wall.with_timezone(&o).naive_local()) }
 }
 
 fn local_offset() -> chrono::FixedOffset {
     *chrono::Local::now().offset()
 }
 
-fn now(origin: Instant) -> Now {
-    now_at(origin, local_offset())
+fn now(origin: Instant, believed: bool) -> Now {
+    now_at(origin, believed.then(local_offset))
 }
 
 impl Shell {
@@ -261,7 +266,7 @@ impl Shell {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut commands_open = true;
-        let mut offset = local_offset();
+        let mut offset = self.clock.is_believed().then(local_offset);
         loop {
             tokio::select! {
                 biased;
@@ -287,7 +292,7 @@ impl Shell {
                     None => commands_open = false,
                 },
                 _ = tick.tick() => {
-                    offset = local_offset();
+                    offset = self.clock.is_believed().then(local_offset);
                     let out = self.engine.tick(now_at(self.origin, offset));
                     if !out.is_empty() {
                         self.apply(out).await;
@@ -308,7 +313,7 @@ impl Shell {
                 "control request dropped, not applied: it waited past its deadline (the trigger task was busy)");
             return;
         }
-        let now = now(self.origin);
+        let now = now(self.origin, self.clock.is_believed());
         let by = c.caller.to_string();
         let result = match &c.request {
             Request::Status => {
