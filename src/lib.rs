@@ -7,6 +7,7 @@
 pub mod alert;
 pub mod app;
 pub mod bus;
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod meter;

@@ -38,7 +38,10 @@ pub const TOP_LEVEL_KEYS: &[&str] =
     &["gateway", "bus", "meter", "sink", "relay", "trigger", "alerts", "status", "mqtt"];
 
 const GATEWAY_KEYS: &[&str] =
-    &["name", "state_dir", "log_readings", "gpio", "control_socket", "health_interval"];
+    &["name", "state_dir", "log_readings", "gpio", "control_socket", "health_interval", "clock_sync_wait"];
+/// `gateway.clock_sync_wait`: the default, and the longest.
+const DEFAULT_CLOCK_SYNC_WAIT: Duration = Duration::from_secs(600);
+const CLOCK_SYNC_WAIT_MAX: Duration = Duration::from_secs(86_400);
 /// `gateway.health_interval`: the default, and the limits of a duration.
 const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(60);
 const HEALTH_INTERVAL_MIN: Duration = Duration::from_secs(1);
@@ -761,6 +764,7 @@ impl<'s> Loader<'s> {
             gpio: GpioBackend::Rppal,
             control_socket: PathBuf::new(),
             health_interval: Some(DEFAULT_HEALTH_INTERVAL),
+            clock_sync_wait: DEFAULT_CLOCK_SYNC_WAIT,
         };
         let mut name = None;
         let mut socket = None;
@@ -814,6 +818,16 @@ impl<'s> Loader<'s> {
                     ) {
                         gateway.health_interval = Some(d);
                     }
+                }
+                if let Some(d) = t.get("clock_sync_wait").and_then(|v| {
+                    self.duration_in(
+                        v,
+                        "gateway.clock_sync_wait",
+                        Some(Duration::ZERO),
+                        Some(CLOCK_SYNC_WAIT_MAX),
+                    )
+                }) {
+                    gateway.clock_sync_wait = d;
                 }
             } else if !self.is_damaged(v) {
                 self.wrong_type(v, "gateway", "a table [gateway]");
@@ -1349,6 +1363,41 @@ mod tests {
     }
 
     #[test]
+    fn two_actions_of_one_server_on_one_pin_are_refused_naming_both() {
+        let text = r#"
+[[bus]]
+name = "plc"
+port = "/dev/ttyS0"
+kind = "power-line"
+[[meter]]
+name = "panel"
+model = "pmtr-srv"
+address = 5
+[[meter.action]]
+name = "overvoltage"
+when = "L1U > 253"
+pins = [22]
+level = "low"
+[[meter.action]]
+when = "L1I > 16"
+pins = [23, 22]
+level = "low"
+"#;
+        let e = errors(text);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].starts_with("t.toml:17:13:"), "{}", e[0]);
+        assert!(
+            e[0].contains("action[1].pins[1]: pin 22 is also driven by action[0] \"overvoltage\""),
+            "{}",
+            e[0]
+        );
+        assert!(e[0].contains("action[1] (when = \"L1I > 16\")"), "{}", e[0]);
+        assert!(e[0].contains("own pins") && e[0].contains("`||`"), "{}", e[0]);
+        // Different pins, or the same pin on another server: accepted.
+        assert!(errors(&text.replace("pins = [23, 22]", "pins = [23]")).is_empty());
+    }
+
+    #[test]
     fn the_example_loads() {
         let config = load_str(EXAMPLE, "pmtr.toml").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(config.meters.len(), 3);
@@ -1634,7 +1683,7 @@ mod tests {
     fn unknown_keys_say_what_is_expected_when_nothing_is_close() {
         let e = errors("[gateway]\nzzz = 1\n");
         assert!(e.contains(
-            &"t.toml:2:1: gateway.zzz: unknown key (expected one of: name, state_dir, log_readings, gpio, control_socket, health_interval)"
+            &"t.toml:2:1: gateway.zzz: unknown key (expected one of: name, state_dir, log_readings, gpio, control_socket, health_interval, clock_sync_wait)"
                 .to_owned()
         ));
     }

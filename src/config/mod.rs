@@ -71,6 +71,10 @@ pub struct Gateway {
     /// How often the health points (`pmtr_bus` per meter, `pmtr_sink` per sink) are written;
     /// None (`"off"`) writes none. Default 60 s, 1 s to 1 h.
     pub health_interval: Option<Duration>,
+    /// How long after the start time-of-day variables stay unknown and PMTR server clocks
+    /// unset while the kernel does not say the clock is synchronised (see [`crate::clock`]).
+    /// Default 10 min, 0 s (trust the clock at once, e.g. a real-time clock) to 24 h.
+    pub clock_sync_wait: Duration,
 }
 
 /// `[[bus]]`: one or more serial ports with the same line settings, where meters are looked for.

@@ -340,8 +340,12 @@ impl Publisher {
         self.meter_availability(&sources.meters, true);
         let Some(commands) = &sources.commands else { return };
         let (reply, answer) = oneshot::channel();
-        let asked =
-            commands.send(Command { request: Request::Status, caller: Caller::Internal("mqtt"), reply });
+        let asked = commands.send(Command::within(
+            Request::Status,
+            Caller::Internal("mqtt"),
+            reply,
+            Duration::from_secs(5),
+        ));
         match tokio::time::timeout(Duration::from_secs(5), async {
             asked.await.ok()?;
             answer.await.ok()

@@ -231,7 +231,7 @@ impl Sources {
         let (reply, answer) = oneshot::channel();
         let exchange = async {
             commands
-                .send(Command { request, caller, reply })
+                .send(Command::within(request, caller, reply, CONTROL_TIMEOUT))
                 .await
                 .map_err(|_| "the daemon is stopping".to_string())?;
             answer.await.map_err(|_| "the trigger task dropped the request".to_string())

@@ -23,6 +23,14 @@ fn max_recovery() -> Duration {
     Duration::from_millis(u64::from(u16::MAX) * action::LOOP_PASS_MS)
 }
 
+/// How an error names an action: `action[1] "pump guard" (when = "L1I > 16")`.
+fn action_label(i: usize, t: &DeTable<'_>, when: &str) -> String {
+    match t.get("name").and_then(|n| n.get_ref().as_str()) {
+        Some(name) => format!("action[{i}] \"{name}\" (when = \"{when}\")"),
+        None => format!("action[{i}] (when = \"{when}\")"),
+    }
+}
+
 impl Loader<'_> {
     /// The server settings of meter `path` (a `pmtr-srv`).
     pub(super) fn server(&mut self, path: &str, t: &DeTable<'_>) -> ServerSettings {
@@ -69,11 +77,34 @@ impl Loader<'_> {
                     format!("a server has {SLOTS} relay-action slots: {} actions are too many", items.len()),
                 );
             }
+            // Each pin and the action that drives it: the firmware has no arbitration (every
+            // loop it runs slots 0 to 4 in turn, each writing its pins), so two actions on one
+            // pin make the later slot overwrite the earlier every loop and the relay pulses.
+            let mut drivers: Vec<(u8, String)> = Vec::new();
             for (i, item) in items.iter().enumerate().take(SLOTS) {
                 let akey = format!("{path}.action[{i}]");
                 match item.get_ref().as_table() {
                     Some(at) => {
                         if let Some(a) = self.server_action(&akey, item, at, s.multiplier) {
+                            let name = action_label(i, at, &a.when);
+                            let pin_items = at.get("pins").and_then(|p| p.get_ref().as_array());
+                            for (k, pin) in a.pins.iter().enumerate() {
+                                if let Some((_, other)) = drivers.iter().find(|(p, _)| p == pin) {
+                                    let span =
+                                        pin_items.and_then(|p| p.get(k)).map_or(item.span(), |p| p.span());
+                                    self.error(
+                                        span,
+                                        format!("{akey}.pins[{k}]"),
+                                        format!(
+                                            "pin {pin} is also driven by {other}: the server runs its actions in turn \
+                                             every loop with no arbitration, so {name} would overwrite it every loop \
+                                             and the relay would pulse; give each action its own pins, or make them \
+                                             one action joined with `||`"
+                                        ),
+                                    );
+                                }
+                            }
+                            drivers.extend(a.pins.iter().map(|p| (*p, name.clone())));
                             s.actions.push(a);
                         }
                     }
