@@ -820,12 +820,7 @@ impl<'s> Loader<'s> {
                     }
                 }
                 if let Some(d) = t.get("clock_sync_wait").and_then(|v| {
-                    self.duration_in(
-                        v,
-                        "gateway.clock_sync_wait",
-                        Some(Duration::ZERO),
-                        Some(CLOCK_SYNC_WAIT_MAX),
-                    )
+                    self.duration_in(v, "gateway.clock_sync_wait", Some(Duration::ZERO), CLOCK_SYNC_WAIT_MAX)
                 }) {
                     gateway.clock_sync_wait = d;
                 }
