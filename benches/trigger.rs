@@ -181,7 +181,7 @@ fn reading_through_engine(count: usize, idle: Option<Duration>) {
     let mut switching = Vec::with_capacity(count);
     for i in 0..count {
         let wall = Utc::now();
-        let now = Now { mono: Duration::from_millis(i as u64 * 200), wall, local: wall.naive_utc() };
+        let now = Now { mono: Duration::from_millis(i as u64 * 200), wall, local: Some(wall.naive_utc()) };
         if let Some(idle) = idle {
             std::thread::sleep(idle);
         }

@@ -7,6 +7,7 @@
 pub mod alert;
 pub mod app;
 pub mod bus;
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod meter;
@@ -17,6 +18,7 @@ pub mod pmtr;
 pub mod reading;
 pub mod relay;
 pub mod sim;
+pub mod spelling;
 pub mod status;
 pub mod store;
 pub mod trigger;

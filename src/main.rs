@@ -113,9 +113,14 @@ enum Cmd {
         /// The configuration whose `[status]` (address and token) to use.
         #[arg(long, short, default_value = "/etc/pmtr/pmtr.toml")]
         config: PathBuf,
-        /// The status API's URL, e.g. http://127.0.0.1:9780 (wins over --config).
+        /// The status API's URL, e.g. http://127.0.0.1:9780 or https://pi.lan:9780 (wins over
+        /// --config).
         #[arg(long)]
         url: Option<String>,
+        /// For an https URL: a PEM file of the certificate (or of the CA that signed it) to
+        /// trust, besides the public CAs. With --config and `tls_cert`, that file by default.
+        #[arg(long)]
+        ca: Option<PathBuf>,
         /// Print the whole status as JSON.
         #[arg(long)]
         json: bool,
@@ -445,9 +450,9 @@ fn main() -> ExitCode {
                 let accepted = app::test_email::test_email(&cfg, &to, &mut std::io::stdout()).await?;
                 return Ok(if accepted { ExitCode::SUCCESS } else { ExitCode::from(1) });
             }
-            Cmd::Status { config, url, json } => {
-                let (url, token) = match url {
-                    Some(u) => (u, None),
+            Cmd::Status { config, url, ca, json } => {
+                let (url, token, ca) = match url {
+                    Some(u) => (u, None, ca),
                     None => match load(&config) {
                         Ok(c) if !c.status.enabled => {
                             eprintln!(
@@ -456,14 +461,19 @@ fn main() -> ExitCode {
                             );
                             return Ok(ExitCode::from(1));
                         }
-                        Ok(c) => (app::status::url_for(c.status.listen), c.status.token),
+                        Ok(c) => {
+                            let tls = c.status.tls.as_ref();
+                            let url = app::status::url_for(c.status.listen, tls.is_some());
+                            let token = c.status.token.map(|t| t.expose().to_owned());
+                            (url, token, ca.or_else(|| tls.map(|t| t.cert.clone())))
+                        }
                         Err(code) => {
                             eprintln!("(or give the daemon's status API with --url http://127.0.0.1:9780)");
                             return Ok(code);
                         }
                     },
                 };
-                return Ok(match app::status::show(&url, token.as_deref(), json).await {
+                return Ok(match app::status::show(&url, token.as_deref(), ca.as_deref(), json).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(message) => {
                         eprintln!("error: {message}");

@@ -184,6 +184,27 @@ impl Quantity {
         }
     }
 
+    /// The largest magnitude a meter can truly report for this quantity, in its unit. Far above
+    /// any installation pmtr serves (current transformers and `multiplier` included) and far
+    /// below what a garbled register or a float's 3.4e38 gives: a value beyond it is a bad
+    /// reading, refused whole before it reaches the triggers or storage.
+    pub fn limit(self) -> f64 {
+        match self {
+            Quantity::Voltage | Quantity::VoltageAvg => 1e6,
+            Quantity::Current | Quantity::CurrentAvg => 1e6,
+            Quantity::ActivePower
+            | Quantity::ApparentPower
+            | Quantity::ReactivePower
+            | Quantity::ActivePowerAvg => 1e10,
+            Quantity::ActiveEnergy | Quantity::ApparentEnergy | Quantity::ReactiveEnergy => 1e12,
+            Quantity::Frequency | Quantity::FrequencyAvg => 1e3,
+            // A ratio of magnitude 1 at most; a little over for meters that round.
+            Quantity::PowerFactor | Quantity::PowerFactorAvg => 1.1,
+            Quantity::Alarm | Quantity::LowPower => 1.0,
+            Quantity::Supply5V | Quantity::Supply12V => 100.0,
+        }
+    }
+
     /// Counters are never averaged and may only grow.
     pub fn is_counter(self) -> bool {
         matches!(self, Quantity::ActiveEnergy | Quantity::ApparentEnergy | Quantity::ReactiveEnergy)
@@ -201,6 +222,11 @@ pub struct Sample {
 impl Sample {
     pub fn new(phase: Phase, quantity: Quantity, value: f64) -> Self {
         Sample { phase, quantity, value }
+    }
+
+    /// Finite and within its quantity's [`Quantity::limit`].
+    pub fn is_plausible(&self) -> bool {
+        self.value.is_finite() && self.value.abs() <= self.quantity.limit()
     }
 
     /// The trigger variable name: `L1U`, `L12U`, `P` (total power), `L1e`.
@@ -622,5 +648,26 @@ mod tests {
         assert!(g.check(&e(0.0)), "reset to zero");
         assert!(!g.check(&e(0.002)), "counting again after the reset");
         assert!(!g.check(&[Sample::new(Phase::L1, Quantity::Voltage, 1.0)]));
+    }
+}
+
+#[cfg(test)]
+mod plausibility {
+    use super::*;
+
+    /// Every quantity has a limit; non-finite values and values past it are implausible, the
+    /// limit itself is not.
+    #[test]
+    fn every_quantity_refuses_non_finite_and_values_past_its_limit() {
+        for q in Quantity::ALL {
+            let limit = q.limit();
+            assert!(limit.is_finite() && limit > 0.0, "{q:?}");
+            for v in [0.0, limit, -limit] {
+                assert!(Sample::new(Phase::L1, q, v).is_plausible(), "{q:?} {v}");
+            }
+            for v in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, limit * 1.001, -limit * 1.001, 3.4e38] {
+                assert!(!Sample::new(Phase::L1, q, v).is_plausible(), "{q:?} {v}");
+            }
+        }
     }
 }

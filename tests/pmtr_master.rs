@@ -7,7 +7,8 @@
 //! - a scan finds every server even when an absent address sits between two present ones (and,
 //!   without the resync frame, it would not);
 //! - `pmtr pmtr sync-time` and `push-actions`, and a legacy-firmware server whose expressions
-//!   are sent in SI units.
+//!   are sent in SI units;
+//! - a stop cuts a relay-action push between two frames.
 
 use pmtr::app::servers::{self, scan_port, FoundServer};
 use pmtr::config::load_str;
@@ -51,6 +52,8 @@ fn config_text(dir: &Path, addresses: &[u8]) -> String {
 [gateway]
 name = "plc-test"
 state_dir = "{state}"
+# The servers' clocks are checked against this machine's, whether or not NTP set it.
+clock_sync_wait = "0s"
 [[bus]]
 name = "plc"
 port = "{port}"
@@ -130,8 +133,12 @@ async fn the_daemon_sets_up_every_server_and_again_after_a_reboot() {
     }));
 
     for &a in &addresses {
-        wait_for(&format!("server {a} set up"), Duration::from_secs(240), || holds_every_action(&bus, a))
-            .await;
+        // The actions go first, then the clock.
+        wait_for(&format!("server {a} set up"), Duration::from_secs(240), || {
+            holds_every_action(&bus, a)?;
+            clock_error(&bus, a).map(|_| ())
+        })
+        .await;
         let err = clock_error(&bus, a).unwrap();
         assert!(err.abs() < 1.0, "server {a}: clock {err:+.3} s off");
     }
@@ -298,4 +305,33 @@ level = "high"
     }
     let err = servers::run_sync_time(&config, &["nope".to_string()]).await.unwrap_err();
     assert!(err.to_string().contains("no server named \"nope\""), "{err}");
+}
+
+/// A stop asked in the middle of a relay-action push (after its second frame) takes effect at
+/// the next frame: nothing more is sent, and the server never commits a half-staged slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_cuts_a_slot_push_between_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let bus = plc(dir.path(), vec![server(5, Firmware::Current, 230.0)]);
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let mut t = modem_transport(&bus.path(), false).with_stop(stopping);
+    let link = pmtr::pmtr::master::Link { address: 5, timeout: Duration::from_secs(2), attempts: 3 };
+    let slot =
+        pmtr::pmtr::action::Slot { text: "L1U > 2530".into(), ..pmtr::pmtr::action::Slot::neutral(22) };
+    let mut frames = 0;
+    let result = pmtr::pmtr::master::push_slot(&mut t, &link, 0, &slot, &mut |_| {
+        frames += 1;
+        if frames == 2 {
+            stop.send_replace(true);
+        }
+    })
+    .await;
+    match result {
+        Err(pmtr::pmtr::master::DutyError::Port(e)) => {
+            assert!(pmtr::modbus::transport::is_stopping(&e), "{e}")
+        }
+        other => panic!("not stopped: {other:?}"),
+    }
+    assert_eq!(frames, 2, "no frame after the stop");
+    assert!(bus.with_server(5, |s| s.slots()[0].is_none()).unwrap(), "nothing committed");
 }

@@ -6,6 +6,8 @@
 mod gateway;
 #[path = "support/servers.rs"]
 mod servers;
+#[path = "support/smtp.rs"]
+mod smtp;
 
 use gateway::{Daemon, PIN};
 use pmtr::relay::FakeBoard;
@@ -374,4 +376,188 @@ async fn pmtr_status_shows_the_running_gateway() {
     let (code, _, err) = run(vec!["status".into(), "--config".into(), cfg.display().to_string()]).await;
     assert_eq!(code, Some(1));
     assert!(err.contains("no pmtr daemon answering at") && err.contains("pmtr run"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_the_api_answers_https_and_refuses_plain_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let _meter = meter(dir.path());
+    let (cert, key) = smtp::make_certificate(dir.path());
+    let port = servers::free_port();
+    let board = FakeBoard::new();
+    let status = format!("tls_cert = \"{}\"\ntls_key = \"{}\"\n", cert.display(), key.display());
+    let cfg_text = gateway::toml(
+        dir.path(),
+        "status-test",
+        &format!("{TRIGGER}\n[status]\nlisten = \"127.0.0.1:{port}\"\n{status}"),
+    );
+    let cfg = dir.path().join("pmtr.toml");
+    std::fs::write(&cfg, &cfg_text).unwrap();
+    let daemon = Daemon::start(pmtr::config::load_file(&cfg).unwrap(), &board);
+
+    // HTTPS with the certificate as the client's CA.
+    let pem = std::fs::read(&cert).unwrap();
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap())
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let url = format!("https://127.0.0.1:{port}/api/status");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        match client.get(&url).send().await {
+            Ok(r) => break r,
+            Err(e) => assert!(Instant::now() < deadline, "no HTTPS answer at {url}: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status.status(), 200);
+    let v: Value = status.json().await.unwrap();
+    assert_eq!(v["gateway"], "status-test");
+
+    // Plain HTTP on the TLS port gets no answer.
+    let plain = format!("http://127.0.0.1:{port}/api/status");
+    let r = tokio::task::spawn_blocking(move || servers::try_http("GET", &plain, &[], b"")).await.unwrap();
+    assert!(r.as_ref().map_or(true, |r| r.status != 200), "plain HTTP answered: {:?}", r.map(|r| r.text()));
+    // A client that does not trust the certificate is refused.
+    let untrusting = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+    assert!(untrusting.get(&url).send().await.is_err());
+
+    // `pmtr status`: from the configuration (https, the certificate as its CA), or --url and --ca.
+    let run = |args: Vec<String>| async move {
+        let out =
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_pmtr")).args(&args).output().await.unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = run(vec!["status".into(), "--config".into(), cfg.display().to_string()]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("status-test"), "{out}");
+    let https = format!("https://localhost:{port}");
+    let (code, _, err) = run(vec!["status".into(), "--url".into(), https.clone()]).await;
+    assert_eq!(code, Some(1));
+    assert!(err.contains("--ca"), "{err}");
+    let (code, out, err) = run(vec![
+        "status".into(),
+        "--url".into(),
+        https,
+        "--ca".into(),
+        cert.display().to_string(),
+        "--json".into(),
+    ])
+    .await;
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(serde_json::from_str::<Value>(&out).unwrap()["gateway"], "status-test");
+    daemon.stop().await;
+}
+
+/// Everything logged in this test binary, from the first call on.
+fn captured_logs() -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+    use std::sync::{Arc, Mutex, OnceLock};
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        struct Sink(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Sink {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let to = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || Sink(to.clone()))
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("no other global subscriber");
+        logs
+    })
+    .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_shows_in_the_config_the_logs_or_api_sinks() {
+    const SECRETS: [&str; 4] = ["url-pass-1", "password-2", "token-3-abcdef", "status-token-4-0123456789"];
+    let logs = captured_logs();
+    let dir = tempfile::tempdir().unwrap();
+    let _meter = meter(dir.path());
+    let port = servers::free_port();
+    let board = FakeBoard::new();
+    // Databases that are not there: their errors name the URL.
+    let dead = servers::free_port();
+    let rest = format!(
+        "{TRIGGER}\n[[sink]]\nname = \"db1\"\ntype = \"influxdb1\"\nurl = \"http://admin:url-pass-1@127.0.0.1:{dead}\"\n\
+         database = \"pmtr\"\nusername = \"admin\"\npassword = \"password-2\"\nflush_interval = \"100ms\"\n\
+         [[sink]]\nname = \"db2\"\ntype = \"influxdb2\"\nurl = \"http://127.0.0.1:{dead}\"\norg = \"o\"\n\
+         bucket = \"b\"\ntoken = \"token-3-abcdef\"\nflush_interval = \"100ms\"\n\
+         [status]\nlisten = \"127.0.0.1:{port}\"\ntoken = \"status-token-4-0123456789\"\n"
+    );
+    let config = pmtr::config::load_str(&gateway::toml(dir.path(), "status-test", &rest), "test.toml")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let shown = format!("{config:?} {config:#?}");
+    for s in SECRETS {
+        assert!(!shown.contains(s), "{s} in the Debug of the configuration: {shown}");
+    }
+    assert!(shown.contains("http://admin:(hidden)@127.0.0.1"), "{shown}");
+
+    let daemon = Daemon::start(config, &board);
+    let base = format!("http://127.0.0.1:{port}");
+    first_reading(&base).await;
+    // Wait until the first sink has failed (its error names the URL).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let sinks = loop {
+        let sinks = get_json(&format!("{base}/api/sinks")).await;
+        let failed = sinks.as_array().unwrap().iter().filter(|s| !s["last_error"].is_null()).count();
+        if failed == 2 {
+            break sinks;
+        }
+        assert!(Instant::now() < deadline, "the sinks did not fail within 15 s: {sinks}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    daemon.stop().await;
+    let text = sinks.to_string();
+    assert!(text.contains("http://admin:(hidden)@127.0.0.1"), "{text}");
+    for s in SECRETS {
+        assert!(!text.contains(s), "{s} in /api/sinks: {text}");
+    }
+    let logged = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    let ready = logged.lines().find(|l| l.contains("sink ready") && l.contains("db1"));
+    assert!(
+        ready.is_some_and(|l| l.contains("http://admin:(hidden)@")),
+        "no sink line for db1 in:\n{logged}"
+    );
+    let failure = logged.lines().find(|l| l.contains("db1") && l.contains("cannot connect"));
+    assert!(failure.is_some_and(|l| l.contains("(hidden)")), "no failure line for db1 in:\n{logged}");
+    for s in SECRETS {
+        assert!(!logged.contains(s), "{s} in the logs:\n{logged}");
+    }
+}
+
+#[test]
+fn a_tls_key_that_does_not_match_its_certificate_is_an_error_at_the_key() {
+    let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (cert, _) = smtp::make_certificate(one.path());
+    let (_, other_key) = smtp::make_certificate(two.path());
+    let load = |cert: &Path, key: &Path| {
+        let text = format!(
+            "[[bus]]\nname = \"b\"\nport = \"/dev/x\"\n[[meter]]\nname = \"m\"\nmodel = \"rx380\"\naddress = 1\n\
+             [status]\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            cert.display(),
+            key.display()
+        );
+        pmtr::config::load_str(&text, "pmtr.toml").map(|_| ()).map_err(|e| e.to_string())
+    };
+    let e = load(&cert, &other_key).unwrap_err();
+    assert!(e.starts_with("pmtr.toml:10:11: status.tls_key: ") && e.contains("cannot serve"), "{e}");
+    // A certificate where the key should be, and a key where the certificate should be.
+    let e = load(&other_key, &cert).unwrap_err();
+    assert!(e.contains("pmtr.toml:9:12: status.tls_cert: ") && e.contains("no PEM certificate"), "{e}");
+    assert!(e.contains("pmtr.toml:10:11: status.tls_key: ") && e.contains("no usable private key"), "{e}");
 }

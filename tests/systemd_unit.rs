@@ -78,3 +78,17 @@ fn the_unit_is_what_the_daemon_does() {
     assert!(has("SupplementaryGroups=dialout gpio") && has("User=pmtr"), "{unit}");
     assert!(has("StateDirectory=pmtr") && has("ConfigurationDirectory=pmtr"), "{unit}");
 }
+
+#[test]
+fn the_unit_leaves_descriptors_beyond_the_status_api_connections() {
+    // `[status] max_connections` is at most 1024: the soft limit of 1024 would let the API take
+    // every descriptor the spool, the ports and the state files need.
+    let unit = std::fs::read_to_string(UNIT).unwrap();
+    let limit: u64 = unit
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("LimitNOFILE="))
+        .unwrap_or_else(|| panic!("no LimitNOFILE= in the unit:\n{unit}"))
+        .parse()
+        .expect("LimitNOFILE= a number");
+    assert!(limit >= 1024 + 4096, "LimitNOFILE={limit}");
+}

@@ -125,7 +125,9 @@ impl Mailer {
             EmailTls::Starttls | EmailTls::Tls => Some(tls_parameters(settings)?),
         };
         let credentials = match (&settings.username, &settings.password) {
-            (Some(user), Some(password)) => Some(Credentials::new(user.clone(), password.clone())),
+            (Some(user), Some(password)) => {
+                Some(Credentials::new(user.clone(), password.expose().to_owned()))
+            }
             _ => None,
         };
         let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(settings.host.clone())

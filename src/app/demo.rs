@@ -150,7 +150,7 @@ async fn run_in(dir: &std::path::Path, duration: Option<Duration>) -> anyhow::Re
     // The status API, as `pmtr run` serves it: `pmtr status --url …` or curl …/metrics.
     let api = match crate::status::http::StatusServer::bind(config.status.listen, None) {
         Ok(server) => {
-            let url = crate::app::status::url_for(server.local_addr()?);
+            let url = crate::app::status::url_for(server.local_addr()?, false);
             events
                 .push(format!("status API on {url}: try `pmtr status --url {url}` or `curl {url}/metrics`"));
             let mut sources = crate::status::http::Sources::new(&config, status.clone());

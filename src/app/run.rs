@@ -12,7 +12,7 @@ use crate::relay::{FakeBoard, Gpio};
 use crate::status::http::StatusServer;
 use crate::status::Tally;
 use crate::store::Storage;
-use crate::trigger::run::Triggers;
+use crate::trigger::run::{Handover, Triggers};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -83,9 +83,10 @@ pub async fn run_with(
 /// A reload reads the file again. A file with errors is reported (every error, with file,
 /// line and key) and the running configuration stays. A good one replaces the running one in
 /// this process: the buses stop after their transaction in flight, storage writes or spools
-/// what it holds, the trigger state is saved and the relays are handed over at their level
-/// (never per `on_shutdown`); then everything starts again on the new configuration, the
-/// relays claimed at the level the saved state gives. If the new configuration cannot start
+/// what it holds, the trigger state is saved and handed over from memory (a failed save loses
+/// nothing) with the relays at their level (never per `on_shutdown`); then everything starts
+/// again on the new configuration, the relays claimed at the level that state gives, and a pin
+/// the new configuration no longer uses is let go per its old relay's `on_shutdown`. If the new configuration cannot start
 /// (a pin or a port taken, storage refusing), the previous one is started again.
 pub async fn serve(
     service: Service,
@@ -116,20 +117,23 @@ pub async fn serve(
     let mut config = config;
     let mut previous: Option<Config> = None;
     let mut first = true;
+    // The trigger state and pins the last generation handed over at a reload.
+    let mut handover: Option<Handover> = None;
     let result = loop {
-        let generation = match Generation::start(&config, gpio.as_deref_mut(), unclean && first).await {
-            Ok(g) => g,
-            Err(e) => match previous.take() {
-                Some(old) => {
-                    tracing::error!(
-                        "the new configuration cannot start: {e:#}; starting the previous one again"
-                    );
-                    config = old;
-                    continue;
-                }
-                None => break Err(e),
-            },
-        };
+        let generation =
+            match Generation::start(&config, gpio.as_deref_mut(), unclean && first, &mut handover).await {
+                Ok(g) => g,
+                Err(e) => match previous.take() {
+                    Some(old) => {
+                        tracing::error!(
+                            "the new configuration cannot start: {e:#}; starting the previous one again"
+                        );
+                        config = old;
+                        continue;
+                    }
+                    None => break Err(e),
+                },
+            };
         first = false;
         *lock(&current) = Some(Watched {
             liveness: generation.engine.liveness.clone(),
@@ -158,7 +162,7 @@ pub async fn serve(
             }
             Some(new) => {
                 tracing::info!("reloading: stopping the running configuration");
-                generation.stop(true).await;
+                handover = generation.stop(true).await;
                 previous = Some(std::mem::replace(&mut config, new));
                 tracing::info!("reloaded: starting on the new configuration");
             }
@@ -270,12 +274,23 @@ impl Generation {
         config: &Config,
         gpio: Option<&mut (dyn Gpio + 'static)>,
         unclean: bool,
+        handover: &mut Option<Handover>,
     ) -> anyhow::Result<Generation> {
         // The status API only observes (and relays have the control socket): a port that is
         // taken costs the API, never the metering or the relays.
         let status_server = if config.status.enabled {
-            match StatusServer::bind(config.status.listen, config.status.token.clone()) {
-                Ok(server) => Some(server),
+            match StatusServer::bind(
+                config.status.listen,
+                config.status.token.as_ref().map(|t| t.expose().to_owned()),
+            ) {
+                Ok(server) => Some(
+                    server
+                        .with_limits(crate::status::http::Limits {
+                            max_connections: config.status.max_connections,
+                            ..Default::default()
+                        })
+                        .with_tls(config.status.tls.as_ref().map(|t| t.server.clone())),
+                ),
                 Err(e) => {
                     tracing::error!("{e}; running without the status API");
                     None
@@ -304,6 +319,11 @@ impl Generation {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut control = None;
         let triggers = if config.relays.is_empty() && config.triggers.is_empty() {
+            if let Some(h) = handover.take() {
+                // No relay left in the new configuration: every pin of the old one is let go
+                // per its relay's `on_shutdown`.
+                h.release();
+            }
             None
         } else {
             // The control socket first: a second pmtr on the same state folder stops here,
@@ -335,7 +355,7 @@ impl Generation {
                     opened.as_mut()
                 }
             };
-            let t = match Triggers::start(config, gpio, store_tx.clone(), true) {
+            let t = match Triggers::start_after(config, gpio, store_tx.clone(), true, handover) {
                 Ok(t) => t,
                 Err(e) => {
                     storage.join().await;
@@ -415,7 +435,7 @@ impl Generation {
                 match crate::alert::run::Alerting::start(config, email, sources, stop_rx.clone()) {
                     Ok(a) => Some(a),
                     Err(e) => {
-                        generation.stop(true).await;
+                        *handover = generation.stop(true).await;
                         return Err(e.into());
                     }
                 }
@@ -441,7 +461,7 @@ impl Generation {
                 match Mqtt::start(config, settings, sources, stop_rx.clone()) {
                     Ok(m) => Some(m),
                     Err(e) => {
-                        generation.stop(true).await;
+                        *handover = generation.stop(true).await;
                         return Err(e.into());
                     }
                 }
@@ -459,7 +479,13 @@ impl Generation {
             sources.mqtt = mqtt_counters;
             sources.tally = tally.clone();
             if let Ok(addr) = server.local_addr() {
-                tracing::info!(listen = %addr, token = config.status.token.is_some(), "status API ready");
+                tracing::info!(
+                    listen = %addr,
+                    token = config.status.token.is_some(),
+                    tls = config.status.tls.is_some(),
+                    max_connections = config.status.max_connections,
+                    "status API ready"
+                );
             }
             tokio::spawn(server.run(Arc::new(sources), stop_rx.clone()))
         });
@@ -476,8 +502,8 @@ impl Generation {
     /// Stops everything, in the order that loses nothing: the buses after their transaction
     /// in flight, then the readings they sent through triggers and storage (written, or
     /// spooled). The relays go per `on_shutdown`, or, for a reload (`handover`), stay as
-    /// they are.
-    async fn stop(self, handover: bool) {
+    /// they are and are returned, with the trigger state in memory, for the next generation.
+    async fn stop(self, handover: bool) -> Option<Handover> {
         let _ = self.stop_tx.send(true);
         self.engine.join().await;
         self.summary.abort();
@@ -488,9 +514,10 @@ impl Generation {
         if let Some(c) = self.control {
             let _ = c.await;
         }
+        let mut handed = None;
         if let Some(t) = self.triggers {
             if handover {
-                t.hand_over().await;
+                handed = t.hand_over().await;
             } else {
                 t.join().await;
             }
@@ -505,6 +532,7 @@ impl Generation {
         if let Some(s) = self.status_api {
             let _ = s.await;
         }
+        handed
     }
 }
 

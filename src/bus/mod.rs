@@ -36,6 +36,8 @@ pub struct BusShared {
     remembered: Vec<Option<String>>,
     /// Where the port tasks tell that they make progress (for the systemd watchdog).
     pub liveness: Arc<liveness::Liveness>,
+    /// Whether the gateway's clock can be sent to PMTR servers.
+    pub clock: Arc<crate::clock::WallClock>,
 }
 
 impl BusShared {
@@ -162,6 +164,7 @@ impl Engine {
         let memory = PortMemory::new(&config.gateway.state_dir);
         let remembered = memory.load();
         let claimed = Arc::new(Mutex::new(HashSet::new()));
+        let clock = crate::clock::WallClock::system(config.gateway.clock_sync_wait);
         let mut tasks = vec![];
         // Buses without meters claim no port.
         let active: Vec<Bus> =
@@ -196,6 +199,7 @@ impl Engine {
                 readings: readings.clone(),
                 memory: Some(memory.clone()),
                 liveness: liveness.clone(),
+                clock: clock.clone(),
             });
             let all = Arc::clone(&active);
             tasks.push(tokio::spawn(supervise(shared, index, all, claimed.clone(), shutdown.clone())));

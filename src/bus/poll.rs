@@ -26,6 +26,16 @@ pub struct Polled {
     pub server: Option<(u16, bool)>,
 }
 
+/// The reading as decoded, unless one of its values is implausible (not finite, or beyond its
+/// quantity's limit: a garbled register, a float of 3.4e38): then it is refused whole, so that
+/// such a value never reaches the triggers' averages or storage.
+fn plausible(p: Polled) -> Result<Polled, crate::meter::DecodeError> {
+    match crate::meter::DecodeError::first_implausible(&p.samples) {
+        Some(e) => Err(e),
+        None => Ok(p),
+    }
+}
+
 /// Polls `meter`: every request of its current `plan`, each with up to `attempts` tries.
 /// `observe` sees every transaction (for counters). A meter that refuses the block read of
 /// plan 0 with "illegal address/value" moves to the next plan for good.
@@ -71,17 +81,61 @@ pub async fn poll<L: Line>(
                 None => return Ok(Err(PollError::Frame(last))),
             }
         }
-        if meter.model == crate::meter::Model::PmtrSrv {
+        let polled = if meter.model == crate::meter::Model::PmtrSrv {
             let image = crate::meter::RegisterImage::from_replies(&requests, &replies);
             let plan = crate::pmtr::registers::Plan::of(*plan);
-            return Ok(crate::pmtr::registers::decode(&image, plan, meter.multiplier())
+            crate::pmtr::registers::decode(&image, plan, meter.multiplier())
                 .map(|t| Polled { samples: t.samples, server: Some((t.sentinel, t.low_power)) })
-                .map_err(PollError::from));
+        } else {
+            meter
+                .model
+                .decode(meter.address, *plan, &replies, meter.phase)
+                .map(|samples| Polled { samples, server: None })
+        };
+        return Ok(polled.and_then(plausible).map_err(PollError::from));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reading::{Phase, Quantity, Sample};
+
+    fn polled(quantity: Quantity, value: f64) -> Polled {
+        Polled {
+            samples: vec![
+                Sample::new(Phase::L1, Quantity::Voltage, 230.0),
+                Sample::new(Phase::L2, quantity, value),
+            ],
+            server: None,
         }
-        return Ok(meter
-            .model
-            .decode(meter.address, *plan, &replies, meter.phase)
-            .map(|samples| Polled { samples, server: None })
-            .map_err(PollError::from));
+    }
+
+    /// A reading with a value no meter can report (a legacy float of 3.4e38, a garbled
+    /// register, not a number) is refused whole, naming the value; real extremes pass.
+    #[test]
+    fn an_implausible_value_refuses_the_whole_reading() {
+        for (q, bad) in [
+            (Quantity::Voltage, 3.4e38),
+            (Quantity::Current, f64::NAN),
+            (Quantity::ActivePower, f64::NEG_INFINITY),
+            (Quantity::PowerFactor, 2.0),
+            (Quantity::Frequency, 4_294_967.0),
+            (Quantity::ActiveEnergy, -3.4e38),
+        ] {
+            let e = plausible(polled(q, bad)).unwrap_err();
+            assert!(matches!(e, crate::meter::DecodeError::Implausible { .. }), "{e}");
+            assert!(e.to_string().contains(q.field()) && e.to_string().contains("L2"), "{e}");
+        }
+        for (q, good) in [
+            (Quantity::Voltage, 400_000.0),
+            (Quantity::Current, 65_535.0),
+            (Quantity::ActivePower, -5e9),
+            (Quantity::PowerFactor, -1.0),
+            (Quantity::Frequency, 400.0),
+            (Quantity::ActiveEnergy, 99_999_999.0),
+        ] {
+            assert!(plausible(polled(q, good)).is_ok(), "{q:?} {good}");
+        }
     }
 }

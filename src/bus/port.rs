@@ -42,7 +42,8 @@ pub async fn run<L: Line>(
     // Several servers behind one modem: resynchronise their receivers after every miss.
     let resync =
         (bus.kind == BusKind::PowerLine && shared.meters.len() > 1).then(crate::pmtr::master::resync);
-    let mut t = Transport::new(line, &bus.line, bus.frame_gap).with_resync(resync);
+    let mut t =
+        Transport::new(line, &bus.line, bus.frame_gap).with_resync(resync).with_stop(shutdown.clone());
     let beat = shared.liveness.register(
         format!("bus {} port {port}", bus.name),
         super::liveness::port_limit(bus.timeout, bus.retries),
@@ -77,7 +78,7 @@ pub async fn run<L: Line>(
         let owners = shared.owners();
         // A server's duties (time, relay actions), one per turn, between polls.
         if let Err(e) = run_duties(&mut t, &shared, &port, &owners, &mut slots).await {
-            break PortExit::Failed(e);
+            break exit_on(e);
         }
         // Meters of ours, and meters nobody has: the earliest due goes next.
         let next = slots
@@ -127,7 +128,7 @@ pub async fn run<L: Line>(
         };
         let result = match poll(&mut t, meter, &mut slot.plan, attempts, bus.timeout, &mut observe).await {
             Ok(r) => r,
-            Err(e) => break PortExit::Failed(e),
+            Err(e) => break exit_on(e),
         };
         let now = Instant::now();
         match result {
@@ -187,6 +188,10 @@ pub async fn run<L: Line>(
             }
             Err(e) => {
                 slot.schedule.failed(now);
+                if let PollError::Decode(crate::meter::DecodeError::Implausible { .. }) = &e {
+                    tracing::warn!(meter = %meter.name, port = %port, error = %e, "bad reading refused");
+                    status.update(&meter.name, |s| s.counters.bad_readings += 1);
+                }
                 if mine {
                     let lost = slot.schedule.is_lost();
                     let wait = slot.schedule.backoff();
@@ -217,6 +222,16 @@ pub async fn run<L: Line>(
     exit
 }
 
+/// The end of a port task whose transport failed: a shutdown when the transport refused a
+/// request because the daemon is stopping, a failed port otherwise.
+fn exit_on(e: std::io::Error) -> PortExit {
+    if crate::modbus::transport::is_stopping(&e) {
+        PortExit::Shutdown
+    } else {
+        PortExit::Failed(e)
+    }
+}
+
 /// A non-zero value for this run's reboot sentinels (a server with another value was set up by
 /// an earlier run, or by someone else).
 fn sentinel_value() -> u16 {
@@ -233,9 +248,10 @@ async fn run_duties<L: Line>(
     slots: &mut [Slot],
 ) -> std::io::Result<bool> {
     let now = Instant::now();
+    let believed = shared.clock.is_believed();
     let due = slots.iter().enumerate().find_map(|(i, s)| {
         let mine = owners[i].as_deref() == Some(port);
-        mine.then(|| s.duties.as_ref().and_then(|d| d.next(now)).map(|d| (i, d))).flatten()
+        mine.then(|| s.duties.as_ref().and_then(|d| d.next_when(now, believed)).map(|d| (i, d))).flatten()
     });
     let Some((i, duty)) = due else { return Ok(false) };
     let meter = &shared.meters[i];
@@ -320,4 +336,99 @@ async fn run_duties<L: Line>(
         }
     }
     Ok(true)
+}
+
+#[cfg(test)]
+mod stopping {
+    use super::*;
+    use crate::bus::status::{Counters, MeterStatus};
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+
+    /// A bus whose meter never answers, with `timeout = "10s"` and `retries = 10`: a first
+    /// poll of 11 tries, about 110 s.
+    fn silent_bus(dir: &std::path::Path) -> (Arc<BusShared>, tokio::sync::mpsc::Receiver<Reading>) {
+        let text = format!(
+            r#"
+[gateway]
+state_dir = "{}"
+[[bus]]
+name = "b"
+port = "/dev/null"
+timeout = "10s"
+retries = 10
+[[meter]]
+name = "m"
+model = "pzem-016"
+address = 4
+"#,
+            dir.display()
+        );
+        let config = crate::config::load_str(&text, "t.toml").unwrap();
+        let (readings, rx) = tokio::sync::mpsc::channel(16);
+        let status = Arc::new(crate::bus::status::StatusBoard::default());
+        let meters = config.meters.clone();
+        status.register(
+            "m",
+            MeterStatus {
+                bus: "b".into(),
+                address: 4,
+                model: meters[0].model,
+                port: None,
+                state: MeterState::Searching,
+                counters: Counters::default(),
+                last_success: None,
+                last_error: None,
+                last_reading: None,
+                server: None,
+            },
+        );
+        let shared = Arc::new(BusShared {
+            bus: config.buses[0].clone(),
+            owners: Mutex::new(vec![Some("p".to_string())]),
+            remembered: vec![Some("p".to_string())],
+            meters,
+            ports: Mutex::new(HashSet::new()),
+            status,
+            readings,
+            memory: None,
+            liveness: Arc::new(crate::bus::liveness::Liveness::default()),
+            clock: crate::clock::WallClock::new(crate::clock::FakeSource::new(true), Duration::ZERO),
+        });
+        (shared, rx)
+    }
+
+    /// Stop asked 25 s into a retry sequence of 11 × 10 s: the port task ends once the request
+    /// in flight has timed out (at 30 s), not after the remaining eight tries.
+    #[tokio::test(start_paused = true)]
+    async fn a_stop_during_a_long_retry_sequence_ends_within_one_request_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let (shared, _readings) = silent_bus(dir.path());
+        let (line, mut meter) = tokio::io::duplex(4096);
+        // The meter's side reads every request and never answers; it counts them.
+        let heard = tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut n = 0usize;
+            let mut buf = [0u8; 256];
+            while let Ok(k) = meter.read(&mut buf).await {
+                if k == 0 {
+                    break;
+                }
+                n += k;
+            }
+            n / 8
+        });
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(run("p".into(), line, shared, stop_rx));
+        tokio::time::sleep(Duration::from_secs(25)).await;
+        let asked = Instant::now();
+        stop_tx.send(true).unwrap();
+        let exit = tokio::time::timeout(Duration::from_secs(11), task)
+            .await
+            .expect("the stop waited for the whole retry sequence")
+            .unwrap();
+        assert!(matches!(exit, PortExit::Shutdown), "{exit:?}");
+        assert!(asked.elapsed() <= Duration::from_secs(10), "{:?}", asked.elapsed());
+        assert_eq!(heard.await.unwrap(), 3, "three requests sent (0 s, 10 s, 20 s), none after the stop");
+    }
 }

@@ -29,6 +29,8 @@ pub struct Counters {
     pub readings: u64,
     /// Readings whose energy counter went backwards.
     pub energy_backwards: u64,
+    /// Readings refused for an implausible value (not finite, or beyond its quantity's limit).
+    pub bad_readings: u64,
     /// Readings the consumers could not take in time (queue full).
     pub readings_dropped: u64,
     pub probes: u64,

@@ -2,8 +2,10 @@
 //! has, each with file, line, column and key.
 
 mod load;
+mod secret;
 
 pub use load::{load_file, load_str, parse_duration, ConfigError, ConfigErrors};
+pub use secret::{redact_urls, Secret};
 
 use crate::meter::Model;
 use crate::reading::Phase;
@@ -69,6 +71,10 @@ pub struct Gateway {
     /// How often the health points (`pmtr_bus` per meter, `pmtr_sink` per sink) are written;
     /// None (`"off"`) writes none. Default 60 s, 1 s to 1 h.
     pub health_interval: Option<Duration>,
+    /// How long after the start time-of-day variables stay unknown and PMTR server clocks
+    /// unset while the kernel does not say the clock is synchronised (see [`crate::clock`]).
+    /// Default 10 min, 0 s (trust the clock at once, e.g. a real-time clock) to 24 h.
+    pub clock_sync_wait: Duration,
 }
 
 /// `[[bus]]`: one or more serial ports with the same line settings, where meters are looked for.
@@ -259,31 +265,62 @@ pub struct Sink {
     pub measurement: String,
 }
 
-/// The type of a sink and its own settings.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// The type of a sink and its own settings. `Debug` hides the password, the token, and the
+/// credentials of a URL (`http://user:pass@host`).
+#[derive(Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum SinkKind {
     /// InfluxDB 1.x, `/write`.
     #[serde(rename = "influxdb1")]
     InfluxDb1 {
+        #[serde(serialize_with = "secret::serialize_redacted_url")]
         url: String,
         database: String,
         retention_policy: Option<String>,
         username: Option<String>,
         #[serde(skip_serializing)]
-        password: Option<String>,
+        password: Option<Secret>,
     },
     /// InfluxDB 2.x and 3.x, `/api/v2/write`.
     #[serde(rename = "influxdb2")]
     InfluxDb2 {
+        #[serde(serialize_with = "secret::serialize_redacted_url")]
         url: String,
         org: String,
         bucket: String,
         #[serde(skip_serializing)]
-        token: String,
+        token: Secret,
     },
     /// Daily CSV files.
     Csv { dir: PathBuf, group_by: crate::store::csv::GroupBy, timezone: crate::store::csv::TimeZone },
+}
+
+impl std::fmt::Debug for SinkKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SinkKind::InfluxDb1 { url, database, retention_policy, username, password } => f
+                .debug_struct("InfluxDb1")
+                .field("url", &redact_urls(url))
+                .field("database", database)
+                .field("retention_policy", retention_policy)
+                .field("username", username)
+                .field("password", password)
+                .finish(),
+            SinkKind::InfluxDb2 { url, org, bucket, token } => f
+                .debug_struct("InfluxDb2")
+                .field("url", &redact_urls(url))
+                .field("org", org)
+                .field("bucket", bucket)
+                .field("token", token)
+                .finish(),
+            SinkKind::Csv { dir, group_by, timezone } => f
+                .debug_struct("Csv")
+                .field("dir", dir)
+                .field("group_by", group_by)
+                .field("timezone", timezone)
+                .finish(),
+        }
+    }
 }
 
 impl SinkKind {
@@ -421,7 +458,7 @@ pub struct EmailSettings {
     pub username: Option<String>,
     /// From `password`, `password_file` (first line, read at load) or `password_env`.
     #[serde(skip_serializing)]
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// The sender mailbox, `pmtr <gw@example.org>` or `gw@example.org`.
     pub from: String,
     /// At least one recipient mailbox.
@@ -515,7 +552,12 @@ pub struct StatusSettings {
     /// From `token` or `token_file`. Needed for every write (relay force/release, trigger
     /// reset), and for reads from anywhere but the loopback interface.
     #[serde(skip_serializing)]
-    pub token: Option<String>,
+    pub token: Option<Secret>,
+    /// Connections served at once (default [`DEFAULT_STATUS_CONNECTIONS`]); one more is
+    /// closed at once.
+    pub max_connections: usize,
+    /// From `tls_cert` and `tls_key`: the listener speaks HTTPS only.
+    pub tls: Option<StatusTls>,
 }
 
 impl Default for StatusSettings {
@@ -524,12 +566,16 @@ impl Default for StatusSettings {
             enabled: true,
             listen: std::net::SocketAddr::from(([127, 0, 0, 1], DEFAULT_STATUS_PORT)),
             token: None,
+            max_connections: DEFAULT_STATUS_CONNECTIONS,
+            tls: None,
         }
     }
 }
 
 /// The default port of the status API.
 pub const DEFAULT_STATUS_PORT: u16 = 9780;
+/// The default `[status] max_connections`.
+pub const DEFAULT_STATUS_CONNECTIONS: usize = 32;
 
 impl std::fmt::Debug for StatusSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -537,7 +583,31 @@ impl std::fmt::Debug for StatusSettings {
             .field("enabled", &self.enabled)
             .field("listen", &self.listen)
             .field("token", &self.token.as_ref().map(|_| "(hidden)"))
+            .field("max_connections", &self.max_connections)
+            .field("tls", &self.tls)
             .finish()
+    }
+}
+
+/// The status API's certificate and key, read and checked at load: the server configuration
+/// is ready to use. `Debug`, equality and serialization see only the file names.
+#[derive(Clone, Serialize)]
+pub struct StatusTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    #[serde(skip_serializing)]
+    pub server: std::sync::Arc<rustls::ServerConfig>,
+}
+
+impl PartialEq for StatusTls {
+    fn eq(&self, other: &Self) -> bool {
+        self.cert == other.cert && self.key == other.key
+    }
+}
+
+impl std::fmt::Debug for StatusTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StatusTls").field("cert", &self.cert).field("key", &self.key).finish_non_exhaustive()
     }
 }
 
@@ -556,7 +626,7 @@ pub struct MqttSettings {
     /// Set together with the password, or neither.
     pub username: Option<String>,
     #[serde(skip_serializing)]
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// Default `pmtr-<gateway>`.
     pub client_id: String,
     /// Every topic starts with it. Default `pmtr/<gateway>`.

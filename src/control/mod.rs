@@ -88,6 +88,32 @@ pub struct Command {
     pub request: Request,
     pub caller: Caller,
     pub reply: oneshot::Sender<Response>,
+    /// When the asker stops waiting: a request still queued then is dropped, never applied
+    /// (the asker was told it failed; a force or reset arriving minutes later would surprise).
+    pub deadline: tokio::time::Instant,
+}
+
+impl Command {
+    /// A request whose asker waits [`server::REPLY_TIMEOUT`] from now.
+    pub fn new(request: Request, caller: Caller, reply: oneshot::Sender<Response>) -> Command {
+        Command::within(request, caller, reply, server::REPLY_TIMEOUT)
+    }
+
+    /// A request whose asker waits `timeout` from now.
+    pub fn within(
+        request: Request,
+        caller: Caller,
+        reply: oneshot::Sender<Response>,
+        timeout: std::time::Duration,
+    ) -> Command {
+        Command { request, caller, reply, deadline: tokio::time::Instant::now() + timeout }
+    }
+
+    /// Whether the asker has given up (its time is up, or it is gone): then the request must
+    /// not be applied.
+    pub fn expired(&self, now: tokio::time::Instant) -> bool {
+        now >= self.deadline || self.reply.is_closed()
+    }
 }
 
 /// One trigger, as `pmtr trigger list` shows it.

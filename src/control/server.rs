@@ -283,7 +283,7 @@ async fn answer(
     let (reply, answer) = oneshot::channel();
     let exchange = async {
         commands
-            .send(Command { request, caller: Caller::Socket(peer), reply })
+            .send(Command::within(request, Caller::Socket(peer), reply, reply_timeout))
             .await
             .map_err(|_| "the daemon is stopping".to_string())?;
         answer.await.map_err(|_| "the daemon dropped the request without answering".to_string())

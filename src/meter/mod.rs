@@ -148,6 +148,22 @@ impl fmt::Display for Model {
 pub enum DecodeError {
     #[error("register missing from the reply: {0}")]
     Missing(&'static str),
+    /// A value no meter can report (not finite, or beyond its quantity's limit): the reading
+    /// is refused whole.
+    #[error("implausible {field} {value} on {phase} (beyond ±{limit}): reading refused")]
+    Implausible { field: &'static str, phase: String, value: String, limit: String },
+}
+
+impl DecodeError {
+    /// The first implausible sample of `samples`, as an error.
+    pub fn first_implausible(samples: &[Sample]) -> Option<DecodeError> {
+        samples.iter().find(|s| !s.is_plausible()).map(|s| DecodeError::Implausible {
+            field: s.quantity.field(),
+            phase: format!("{:?}", s.phase),
+            value: s.value.to_string(),
+            limit: s.quantity.limit().to_string(),
+        })
+    }
 }
 
 /// Registers gathered from one or more read replies, by address.

@@ -167,6 +167,20 @@ pub struct Transport<L> {
     precise_gap: bool,
     buf: Vec<u8>,
     resync: Option<Resync>,
+    /// Turns true when the daemon stops: no request is sent after that.
+    stop: Option<tokio::sync::watch::Receiver<bool>>,
+    /// A sequence that must not be cut is running: `stop` waits for its end.
+    holding: bool,
+}
+
+/// The error of a transaction refused because the daemon is stopping (see [`Transport::with_stop`]).
+pub fn stopping_error() -> io::Error {
+    io::Error::new(io::ErrorKind::Interrupted, "stopping: no further request is sent")
+}
+
+/// Whether `e` is [`stopping_error`].
+pub fn is_stopping(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::Interrupted && e.to_string().starts_with("stopping:")
 }
 
 /// What a shared power-line bus needs after a request that got no proper reply: the servers'
@@ -189,7 +203,29 @@ impl<L: Line> Transport<L> {
             precise_gap: true,
             buf: Vec::with_capacity(256),
             resync: None,
+            stop: None,
+            holding: false,
         }
+    }
+
+    /// Sends no request once `stop` turns true: every [`Transport::transact`] from then on
+    /// fails at once with [`stopping_error`]. So a stop takes effect at the next request
+    /// boundary of whatever runs on the line (a poll's retries, a server duty's frames), after
+    /// at most the one request in flight.
+    pub fn with_stop(mut self, stop: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.stop = Some(stop);
+        self
+    }
+
+    fn stopping(&self) -> bool {
+        !self.holding && self.stop.as_ref().is_some_and(|s| *s.borrow())
+    }
+
+    /// While `on`, a stop waits: for the few frames of a sequence that would leave a device
+    /// in a harmful state if cut (a PMTR server told to take its clock from registers not yet
+    /// written).
+    pub fn hold_stop(&mut self, on: bool) {
+        self.holding = on;
     }
 
     /// Resynchronises the bus after every failed transaction (see [`Resync`]).
@@ -214,6 +250,9 @@ impl<L: Line> Transport<L> {
     /// Runs one transaction. `Err` means the port itself failed (unplugged, closed); every
     /// protocol failure is an `Ok(Outcome)` with an `Err` result.
     pub async fn transact(&mut self, req: &Request, timeout: Duration) -> io::Result<Outcome> {
+        if self.stopping() {
+            return Err(stopping_error());
+        }
         self.keep_gap().await;
         let stale_bytes = self.drain_input().await?;
         let frame = req.encode();
@@ -489,6 +528,27 @@ mod tests {
         let out = t.transact(&req, Duration::from_millis(300)).await.unwrap();
         assert!(matches!(out.result, Ok(Reply::Registers(ref r)) if r.len() == 10), "{out:?}");
         drop(slave.await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_transport_told_to_stop_sends_no_further_request_unless_holding() {
+        let (a, mut b) = duplex(1024);
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        let mut t = Transport::new(a, &settings(), None).coarse_timer().with_stop(rx);
+        let req = Request::read_input(1, 0, 10);
+        let out = t.transact(&req, Duration::from_millis(300)).await.unwrap();
+        assert_eq!(out.result, Err(FrameError::Timeout));
+        stop.send(true).unwrap();
+        let err = t.transact(&req, Duration::from_millis(300)).await.unwrap_err();
+        assert!(is_stopping(&err), "{err}");
+        t.hold_stop(true);
+        assert!(t.transact(&req, Duration::from_millis(300)).await.is_ok(), "a held sequence goes on");
+        t.hold_stop(false);
+        assert!(t.transact(&req, Duration::from_millis(300)).await.is_err());
+        drop(t);
+        let mut sent = Vec::new();
+        b.read_to_end(&mut sent).await.unwrap();
+        assert_eq!(sent.len(), 16, "two requests on the wire: before the stop and while held");
     }
 
     #[tokio::test(start_paused = true)]

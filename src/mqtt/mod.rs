@@ -407,7 +407,7 @@ mod tests {
     fn config() -> Config {
         let src = r#"
 [gateway]
-name = "house pi"
+name = "house_pi"
 [[bus]]
 name = "b"
 ports = ["/dev/ttyUSB*"]

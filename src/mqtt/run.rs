@@ -124,7 +124,7 @@ impl Mqtt {
         options.set_max_packet_size(64 * 1024, 64 * 1024);
         options.set_last_will(LastWill::new(topics.status(), super::OFFLINE, QoS::AtLeastOnce, true));
         if let Some(user) = &settings.username {
-            options.set_credentials(user, settings.password.clone().unwrap_or_default());
+            options.set_credentials(user, settings.password.as_ref().map_or("", |p| p.expose()));
         }
         if settings.tls {
             let tls = tls_config(settings)?;
@@ -340,8 +340,12 @@ impl Publisher {
         self.meter_availability(&sources.meters, true);
         let Some(commands) = &sources.commands else { return };
         let (reply, answer) = oneshot::channel();
-        let asked =
-            commands.send(Command { request: Request::Status, caller: Caller::Internal("mqtt"), reply });
+        let asked = commands.send(Command::within(
+            Request::Status,
+            Caller::Internal("mqtt"),
+            reply,
+            Duration::from_secs(5),
+        ));
         match tokio::time::timeout(Duration::from_secs(5), async {
             asked.await.ok()?;
             answer.await.ok()

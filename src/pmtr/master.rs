@@ -115,6 +115,20 @@ pub async fn sync_time<L: Line>(
 ) -> Result<Synced, DutyError> {
     write(t, link, Request::write_coil(link.address, COIL_TIME_SYNC, true), "time sync: enter", observe)
         .await?;
+    // Once coil 0 is on, a stop waits for the time and the leave to be written: a cut here
+    // would leave the server to take its clock from whatever its time registers hold.
+    t.hold_stop(true);
+    let result = set_time_and_leave(t, link, ms_field, observe).await;
+    t.hold_stop(false);
+    result
+}
+
+async fn set_time_and_leave<L: Line>(
+    t: &mut Transport<L>,
+    link: &Link,
+    ms_field: u16,
+    observe: &mut (dyn FnMut(&Outcome) + Send),
+) -> Result<Synced, DutyError> {
     let start = Instant::now();
     let _ = read_coil(t, link, COIL_TIME_SYNC, "time sync: round trip", observe).await?;
     let round_trip = start.elapsed();

@@ -137,6 +137,30 @@ impl RelayBank {
             tracing::debug!(relay = %s.relay.name, level = %s.level, pin = s.relay.pin, "relay handed over as it is");
         }
     }
+
+    /// For a reload: lets go of the pins that `next` (the new configuration's relays) claims
+    /// again, at their levels, and keeps the others, the pins no longer owned (a relay removed,
+    /// or moved to another pin). The caller drives those per their old relay's `on_shutdown`
+    /// with [`RelayBank::release_orphans`] once the new bank holds its pins, or hands them
+    /// back if the new configuration cannot start.
+    pub fn keep_orphans(self, next: &[config::Relay]) -> RelayBank {
+        let (handed, orphans): (Vec<Slot>, Vec<Slot>) =
+            self.slots.into_iter().partition(|s| next.iter().any(|r| r.pin == s.relay.pin));
+        RelayBank { slots: handed }.hand_over();
+        RelayBank { slots: orphans }
+    }
+
+    /// Lets go of pins no longer owned by any relay after a reload, each per its old relay's
+    /// `on_shutdown` (as at a stop): without this a removed relay would stay at its last level
+    /// for ever, driven by nobody.
+    pub fn release_orphans(self) {
+        for s in &self.slots {
+            tracing::warn!(relay = %s.relay.name, pin = s.relay.pin, on_shutdown = ?s.relay.on_shutdown,
+                "relay {} is no longer configured on GPIO {}: the pin is let go per its on_shutdown",
+                s.relay.name, s.relay.pin);
+        }
+        self.shutdown();
+    }
 }
 
 fn in_relay(e: RelayError, relay: &config::Relay, what: &str) -> RelayError {
@@ -279,6 +303,34 @@ mod tests {
         let bank = RelayBank::open(&two(), &mut board.gpio(), |r| r.default).unwrap();
         bank.shutdown();
         assert_eq!(board.events().len(), 2, "the two claims only");
+    }
+
+    #[test]
+    fn a_pin_no_longer_owned_after_a_reload_goes_per_its_old_on_shutdown() {
+        let board = FakeBoard::new();
+        let old = vec![
+            relay("pump", 17, false, Level::Off, OnShutdown::Default),
+            relay("heater", 27, false, Level::Off, OnShutdown::Hold),
+            relay("fan", 22, false, Level::Off, OnShutdown::Default),
+        ];
+        let mut bank = RelayBank::open(&old, &mut board.gpio(), |_| Level::On).unwrap();
+        // pump moves to pin 5, heater is removed, fan stays.
+        let next = vec![
+            relay("pump", 5, false, Level::Off, OnShutdown::Default),
+            relay("fan", 22, false, Level::Off, OnShutdown::Default),
+        ];
+        bank.set(2, Level::On).unwrap();
+        let orphans = bank.keep_orphans(&next);
+        assert!(!board.is_claimed(22), "the fan's pin is free for the next bank, as it is");
+        assert_eq!(board.level(22), Some(true));
+        assert!(board.is_claimed(17) && board.is_claimed(27), "orphans held until the next bank runs");
+        let new = RelayBank::open(&next, &mut board.gpio(), |_| Level::On).unwrap();
+        orphans.release_orphans();
+        assert_eq!(board.level(17), Some(false), "pump's old pin: on_shutdown = default, off");
+        assert_eq!(board.level(27), Some(true), "heater: on_shutdown = hold, stays on");
+        assert!(!board.is_claimed(17) && !board.is_claimed(27));
+        assert_eq!(new.level(0), Level::On);
+        assert_eq!(board.level(5), Some(true));
     }
 
     #[test]

@@ -107,6 +107,7 @@ mod tests {
             gpio,
             control_socket: dir.join("state/control.sock"),
             health_interval: None,
+            clock_sync_wait: std::time::Duration::ZERO,
         }
     }
 

@@ -9,6 +9,11 @@
 //!
 //! Handlers read shared snapshots (no lock is held across an await) and never wait on a bus
 //! or a relay: a slow client costs only its own connection.
+//!
+//! Connections: at most [`Limits::max_connections`] at once (one more is closed at once, so
+//! descriptors stay for the spool, the ports and the state files); a head must arrive within
+//! 10 s, a body within 10 s, and a connection that moves no byte for 30 s is closed. With a
+//! certificate (`[status] tls_cert`, `tls_key`) the listener speaks HTTPS only.
 
 use super::{AlertView, Parts, SinkView, Snapshot, Tally};
 use crate::bus::status::StatusBoard;
@@ -20,22 +25,29 @@ use crate::store::SinkStatus;
 use chrono::{DateTime, Utc};
 use hyper::body::HttpBody;
 use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
-use hyper::server::conn::AddrStream;
-use hyper::service::{make_service_fn, service_fn};
+use hyper::service::service_fn;
 use hyper::{Body, Method, StatusCode};
 use serde::Deserialize;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 
 /// The largest request body read (a force is a few dozen bytes).
 pub const MAX_BODY: usize = 4096;
 /// How long a request waits for the trigger task.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
 /// A client must send its request head within this time.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// A client must send its request body within this time.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection that moves no byte for this long is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The longest force, as the control socket allows it.
 const MAX_FORCE: Duration = Duration::from_secs(366 * 86_400);
 
@@ -219,7 +231,7 @@ impl Sources {
         let (reply, answer) = oneshot::channel();
         let exchange = async {
             commands
-                .send(Command { request, caller, reply })
+                .send(Command::within(request, caller, reply, CONTROL_TIMEOUT))
                 .await
                 .map_err(|_| "the daemon is stopping".to_string())?;
             answer.await.map_err(|_| "the trigger task dropped the request".to_string())
@@ -267,10 +279,37 @@ impl Sources {
     }
 }
 
+/// How long connections may take and how many are served at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections served at once (`[status] max_connections`); one more is closed at once.
+    pub max_connections: usize,
+    /// A request head (and a TLS handshake) must arrive within this.
+    pub head: Duration,
+    /// A request body must arrive within this.
+    pub body: Duration,
+    /// A connection with no byte read or written for this long is closed: an idle keep-alive,
+    /// a client that stopped sending, or one that pipelines requests without reading the answers.
+    pub idle: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: crate::config::DEFAULT_STATUS_CONNECTIONS,
+            head: HEADER_TIMEOUT,
+            body: BODY_TIMEOUT,
+            idle: IDLE_TIMEOUT,
+        }
+    }
+}
+
 /// A bound status API, ready to [`run`](StatusServer::run).
 pub struct StatusServer {
     listener: std::net::TcpListener,
     token: Option<String>,
+    limits: Limits,
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl StatusServer {
@@ -286,40 +325,267 @@ impl StatusServer {
             )
         })?;
         listener.set_nonblocking(true)?;
-        Ok(StatusServer { listener, token })
+        Ok(StatusServer { listener, token, limits: Limits::default(), tls: None })
+    }
+
+    /// Serves with these limits instead of the defaults.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = Limits { max_connections: limits.max_connections.max(1), ..limits };
+        self
+    }
+
+    /// Serves HTTPS only, with this server configuration (from `[status] tls_cert`/`tls_key`).
+    pub fn with_tls(mut self, tls: Option<Arc<rustls::ServerConfig>>) -> Self {
+        self.tls = tls;
+        self
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
     }
 
-    /// Serves until `stop` turns true.
+    /// Serves until `stop` turns true, then lets the requests in flight finish (at most
+    /// [`STOP_GRACE`]).
     pub async fn run(self, sources: Arc<Sources>, mut stop: watch::Receiver<bool>) {
-        let token: Arc<Option<String>> = Arc::new(self.token);
-        let make = make_service_fn(move |conn: &AddrStream| {
-            let remote = conn.remote_addr();
-            let sources = sources.clone();
-            let token = token.clone();
-            async move {
-                Ok::<_, Infallible>(service_fn(move |req| {
-                    let sources = sources.clone();
-                    let token = token.clone();
-                    async move { Ok::<_, Infallible>(handle(req, remote, &sources, token.as_deref()).await) }
-                }))
-            }
-        });
-        let server = match hyper::Server::from_tcp(self.listener) {
-            Ok(b) => b.http1_header_read_timeout(HEADER_TIMEOUT).serve(make),
+        let listener = match tokio::net::TcpListener::from_std(self.listener) {
+            Ok(l) => l,
             Err(e) => {
                 tracing::error!(error = %e, "status API: cannot serve");
                 return;
             }
         };
-        let graceful = server.with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|s| *s).await;
+        let shared = Arc::new(Shared {
+            sources,
+            token: self.token,
+            limits: self.limits,
+            tls: self.tls.map(tokio_rustls::TlsAcceptor::from),
         });
-        if let Err(e) = graceful.await {
-            tracing::error!(error = %e, "status API stopped");
+        let permits = Arc::new(Semaphore::new(self.limits.max_connections));
+        let mut connections = tokio::task::JoinSet::new();
+        let mut refusals = RefusalLog::default();
+        loop {
+            let accepted = tokio::select! {
+                r = listener.accept() => r,
+                _ = stop.wait_for(|s| *s) => break,
+                Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            };
+            let (stream, remote) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors (EMFILE) or a connection reset before accept: wait a
+                    // little rather than spin on a listener that stays readable.
+                    refusals.accept_failed(&e);
+                    tokio::time::sleep(ACCEPT_PAUSE).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                refusals.over_cap(remote, self.limits.max_connections);
+                if shared.tls.is_none() {
+                    let _ = stream.try_write(BUSY.as_bytes());
+                }
+                drop(stream);
+                continue;
+            };
+            connections.spawn(connection(stream, remote, shared.clone(), permit, stop.clone()));
+        }
+        drop(listener);
+        let drained = async { while connections.join_next().await.is_some() {} };
+        if tokio::time::timeout(STOP_GRACE, drained).await.is_err() {
+            connections.abort_all();
+        }
+    }
+}
+
+/// What every connection of one server shares.
+struct Shared {
+    sources: Arc<Sources>,
+    token: Option<String>,
+    limits: Limits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+/// The answer to a connection over the cap (plain HTTP only), written if the socket takes it.
+const BUSY: &str = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n\
+                    Connection: close\r\nContent-Length: 68\r\n\r\n\
+                    {\"error\":\"too many connections to the status API: try again later\"}\n";
+/// How long a failed accept (no descriptor left) waits before the next.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+/// How long a stop waits for the requests in flight.
+pub const STOP_GRACE: Duration = Duration::from_secs(2);
+/// How often refused connections are logged at most.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// Refused connections and failed accepts, logged at most once a minute each.
+#[derive(Default)]
+struct RefusalLog {
+    refused: u64,
+    refused_logged: Option<tokio::time::Instant>,
+    failed: u64,
+    failed_logged: Option<tokio::time::Instant>,
+}
+
+impl RefusalLog {
+    fn due(last: &mut Option<tokio::time::Instant>) -> bool {
+        let now = tokio::time::Instant::now();
+        if last.is_some_and(|t| now < t + REFUSAL_LOG_EVERY) {
+            return false;
+        }
+        *last = Some(now);
+        true
+    }
+
+    fn over_cap(&mut self, remote: SocketAddr, cap: usize) {
+        self.refused += 1;
+        if Self::due(&mut self.refused_logged) {
+            tracing::warn!(
+                client = %remote,
+                refused = self.refused,
+                "status API: {cap} connections open ([status] max_connections): new ones are closed at once"
+            );
+        }
+    }
+
+    fn accept_failed(&mut self, e: &std::io::Error) {
+        self.failed += 1;
+        if Self::due(&mut self.failed_logged) {
+            tracing::warn!(error = %e, failed = self.failed, "status API: cannot accept a connection");
+        }
+    }
+}
+
+/// When a connection last moved a byte, in milliseconds since it was accepted.
+#[derive(Clone)]
+struct Activity {
+    start: tokio::time::Instant,
+    last: Arc<AtomicU64>,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity { start: tokio::time::Instant::now(), last: Arc::new(AtomicU64::new(0)) }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> tokio::time::Instant {
+        self.start + Duration::from_millis(self.last.load(Ordering::Relaxed))
+    }
+}
+
+/// A stream that records its [`Activity`].
+struct Watched<S> {
+    inner: S,
+    activity: Activity,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// One connection, holding its `permit` until it closes.
+async fn connection(
+    stream: tokio::net::TcpStream,
+    remote: SocketAddr,
+    shared: Arc<Shared>,
+    permit: OwnedSemaphorePermit,
+    stop: watch::Receiver<bool>,
+) {
+    let _permit = permit;
+    let _ = stream.set_nodelay(true);
+    let activity = Activity::new();
+    let io = Watched { inner: stream, activity: activity.clone() };
+    match &shared.tls {
+        None => serve(io, remote, &shared, &activity, stop).await,
+        Some(acceptor) => match tokio::time::timeout(shared.limits.head, acceptor.accept(io)).await {
+            Ok(Ok(tls)) => serve(tls, remote, &shared, &activity, stop).await,
+            Ok(Err(e)) => tracing::debug!(client = %remote, error = %e, "status API: TLS handshake failed"),
+            Err(_) => tracing::debug!(client = %remote, "status API: no TLS handshake in time"),
+        },
+    }
+}
+
+/// HTTP/1.1 on `io` until the client closes, goes idle, or the server stops.
+async fn serve<I>(
+    io: I,
+    remote: SocketAddr,
+    shared: &Arc<Shared>,
+    activity: &Activity,
+    mut stop: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let for_service = shared.clone();
+    let service = service_fn(move |req| {
+        let shared = for_service.clone();
+        async move {
+            let reply =
+                handle(req, remote, &shared.sources, shared.token.as_deref(), shared.limits.body).await;
+            Ok::<_, Infallible>(reply)
+        }
+    });
+    let conn = hyper::server::conn::Http::new()
+        .http1_only(true)
+        .http1_keep_alive(true)
+        .http1_header_read_timeout(shared.limits.head)
+        .serve_connection(io, service);
+    tokio::pin!(conn);
+    let idle = shared.limits.idle;
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(client = %remote, error = %e, "status API: connection ended");
+                }
+                return;
+            }
+            _ = tokio::time::sleep_until(activity.last() + idle) => {
+                if activity.last() + idle <= tokio::time::Instant::now() {
+                    tracing::debug!(client = %remote, "status API: connection idle for {idle:?}, closed");
+                    return;
+                }
+            }
+            _ = stop.wait_for(|s| *s), if !stopping => {
+                stopping = true;
+                conn.as_mut().graceful_shutdown();
+            }
         }
     }
 }
@@ -338,8 +604,17 @@ fn error(status: StatusCode, message: impl Into<String>) -> Reply {
     json_reply(status, &serde_json::json!({ "error": message.into() }))
 }
 
-/// Reads the body, at most [`MAX_BODY`] bytes.
-async fn body(mut b: Body) -> Result<Vec<u8>, Reply> {
+/// Reads the body, at most [`MAX_BODY`] bytes within `within`.
+async fn body(b: Body, within: Duration) -> Result<Vec<u8>, Reply> {
+    match tokio::time::timeout(within, body_bytes(b)).await {
+        Ok(read) => read,
+        Err(_) => {
+            Err(error(StatusCode::REQUEST_TIMEOUT, format!("the body did not arrive within {within:?}")))
+        }
+    }
+}
+
+async fn body_bytes(mut b: Body) -> Result<Vec<u8>, Reply> {
     let too_large =
         || error(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is limited to {MAX_BODY} bytes"));
     if b.size_hint().lower() > MAX_BODY as u64 {
@@ -362,6 +637,7 @@ async fn handle(
     remote: SocketAddr,
     sources: &Sources,
     token: Option<&str>,
+    body_timeout: Duration,
 ) -> Reply {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
@@ -431,7 +707,7 @@ async fn handle(
             error(StatusCode::NOT_FOUND, format!("no trigger {trigger:?} in the configuration"))
         }
         Route::Force(relay) => {
-            let bytes = match body(req.into_body()).await {
+            let bytes = match body(req.into_body(), body_timeout).await {
                 Ok(b) => b,
                 Err(r) => return r,
             };
@@ -563,6 +839,167 @@ mod tests {
             b"",
         ] {
             assert!(force_request("pump", bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn the_busy_answer_is_well_formed() {
+        let (head, body) = BUSY.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 503 "));
+        assert!(head.contains(&format!("Content-Length: {}", body.len())), "{head}");
+        assert!(serde_json::from_str::<serde_json::Value>(body).is_ok());
+    }
+
+    mod serving {
+        use super::super::*;
+        use crate::bus::status::StatusBoard;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::net::TcpStream;
+
+        const TOKEN: &str = "0123456789abcdef0123";
+        const GET: &[u8] = b"GET /api/status HTTP/1.1\r\nHost: pmtr\r\nConnection: close\r\n\r\n";
+
+        /// A status API on a free loopback port, with a token, relay `pump` and `limits`.
+        fn start(limits: Limits) -> (SocketAddr, watch::Sender<bool>, tokio::task::JoinHandle<()>) {
+            let src = "[[bus]]\nname = \"b\"\nport = \"/dev/x\"\n[[meter]]\nname = \"m\"\nmodel = \"rx380\"\naddress = 1\n";
+            let config = crate::config::load_str(src, "t.toml").unwrap();
+            let mut sources = Sources::new(&config, Arc::new(StatusBoard::default()));
+            sources.relays = vec!["pump".into()];
+            let server = StatusServer::bind("127.0.0.1:0".parse().unwrap(), Some(TOKEN.into()))
+                .unwrap()
+                .with_limits(limits);
+            let addr = server.local_addr().unwrap();
+            let (stop, stop_rx) = watch::channel(false);
+            (addr, stop, tokio::spawn(server.run(Arc::new(sources), stop_rx)))
+        }
+
+        /// Everything the server sends until it closes (within a minute of the test's clock).
+        async fn rest(c: &mut TcpStream) -> String {
+            let mut out = Vec::new();
+            match tokio::time::timeout(Duration::from_secs(60), c.read_to_end(&mut out)).await {
+                Ok(_) => String::from_utf8_lossy(&out).into_owned(),
+                Err(_) => panic!("the server kept the connection open: {}", String::from_utf8_lossy(&out)),
+            }
+        }
+
+        async fn get(addr: SocketAddr) -> String {
+            let mut c = TcpStream::connect(addr).await.unwrap();
+            c.write_all(GET).await.unwrap();
+            rest(&mut c).await
+        }
+
+        fn limits(max_connections: usize) -> Limits {
+            Limits { max_connections, ..Limits::default() }
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn connections_over_the_cap_are_closed_and_idle_ones_time_out_so_others_are_served() {
+            let (addr, _stop, _task) = start(limits(3));
+            assert!(get(addr).await.starts_with("HTTP/1.1 200 OK"));
+            // A client takes every connection and sends nothing.
+            let mut hogs = Vec::new();
+            for _ in 0..3 {
+                hogs.push(TcpStream::connect(addr).await.unwrap());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await; // accepted
+            let t0 = tokio::time::Instant::now();
+            // One more is closed at once, with a 503.
+            let mut over = TcpStream::connect(addr).await.unwrap();
+            let answer = rest(&mut over).await;
+            assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
+            assert!(t0.elapsed() < Duration::from_secs(1), "closed at once, not after a timeout");
+            let answer = get(addr).await;
+            assert!(!answer.contains("200 OK"), "{answer}");
+            // The hogs are closed by the head timeout, and then another client is served.
+            for hog in &mut hogs {
+                assert_eq!(rest(hog).await, "");
+            }
+            assert!(t0.elapsed() <= HEADER_TIMEOUT + Duration::from_secs(1), "{:?}", t0.elapsed());
+            assert!(get(addr).await.starts_with("HTTP/1.1 200 OK"));
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn an_idle_keep_alive_connection_is_closed() {
+            let (addr, _stop, _task) = start(limits(1));
+            let mut c = TcpStream::connect(addr).await.unwrap();
+            c.write_all(b"GET /healthz HTTP/1.1\r\nHost: pmtr\r\n\r\n").await.unwrap();
+            let mut buf = vec![0; 4096];
+            let n = c.read(&mut buf).await.unwrap();
+            assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200 OK"));
+            let t0 = tokio::time::Instant::now();
+            // The connection is kept alive, then closed when idle: the one slot is free again.
+            assert_eq!(rest(&mut c).await, "");
+            assert!(t0.elapsed() <= IDLE_TIMEOUT + Duration::from_secs(1), "{:?}", t0.elapsed());
+            assert!(get(addr).await.starts_with("HTTP/1.1 200 OK"));
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_client_pipelining_requests_without_reading_the_answers_loses_its_connection() {
+            let (addr, _stop, _task) = start(limits(1));
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.set_recv_buffer_size(4096).unwrap();
+            let c = socket.connect(addr).await.unwrap();
+            let (_unread, mut w) = c.into_split();
+            // Requests for ever, answers never read: the server's writes stop, then its reads.
+            let hog = tokio::spawn(async move {
+                let many = b"GET /healthz HTTP/1.1\r\nHost: pmtr\r\n\r\n".repeat(256);
+                while w.write_all(&many).await.is_ok() {}
+            });
+            let t0 = tokio::time::Instant::now();
+            tokio::time::sleep(IDLE_TIMEOUT + Duration::from_secs(1)).await;
+            // The one connection the server allows is free again.
+            let answer = get(addr).await;
+            assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+            assert!(t0.elapsed() <= IDLE_TIMEOUT + Duration::from_secs(2), "{:?}", t0.elapsed());
+            hog.abort();
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_head_sent_a_byte_at_a_time_is_cut_off() {
+            let (addr, _stop, _task) = start(limits(1));
+            let mut c = TcpStream::connect(addr).await.unwrap();
+            let t0 = tokio::time::Instant::now();
+            // One byte every 5 s: the connection is never idle, but the head never ends.
+            for b in GET.iter().take(20) {
+                if c.write_all(&[*b]).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                if t0.elapsed() > HEADER_TIMEOUT + Duration::from_secs(5) {
+                    break;
+                }
+            }
+            let answer = rest(&mut c).await;
+            assert!(!answer.contains("200 OK"), "{answer}");
+            assert!(t0.elapsed() <= HEADER_TIMEOUT + Duration::from_secs(6), "{:?}", t0.elapsed());
+            assert!(get(addr).await.starts_with("HTTP/1.1 200 OK"));
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_body_that_stops_coming_gets_a_408() {
+            let (addr, _stop, _task) = start(limits(1));
+            let mut c = TcpStream::connect(addr).await.unwrap();
+            let head = format!(
+                "POST /api/relays/pump/force HTTP/1.1\r\nHost: pmtr\r\nAuthorization: Bearer {TOKEN}\r\n\
+                 Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"level\":"
+            );
+            c.write_all(head.as_bytes()).await.unwrap();
+            let t0 = tokio::time::Instant::now();
+            let mut buf = vec![0; 4096];
+            let n = tokio::time::timeout(Duration::from_secs(60), c.read(&mut buf)).await.unwrap().unwrap();
+            let answer = String::from_utf8_lossy(&buf[..n]);
+            assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+            assert!(t0.elapsed() <= BODY_TIMEOUT + Duration::from_secs(1), "{:?}", t0.elapsed());
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn a_stop_closes_the_listener_and_ends_the_server() {
+            let (addr, stop, task) = start(limits(4));
+            let _idle = TcpStream::connect(addr).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            stop.send_replace(true);
+            tokio::time::timeout(STOP_GRACE + Duration::from_secs(1), task).await.unwrap().unwrap();
+            assert!(TcpStream::connect(addr).await.is_err());
         }
     }
 }

@@ -73,6 +73,11 @@ const METER_COUNTERS: &[Family<Counters>] = &[
     ("pmtr_meter_energy_backwards_total", "Readings whose energy counter went backwards.", |c| {
         c.energy_backwards
     }),
+    (
+        "pmtr_meter_bad_readings_total",
+        "Readings refused for a value not finite or past its quantity's limit.",
+        |c| c.bad_readings,
+    ),
 ];
 
 /// Escapes a label value: backslash, double quote and line feed.

@@ -4,6 +4,7 @@
 
 use super::schema::LineProtocol;
 use super::sink::{WriteError, WriteFuture, Writer};
+use crate::config::{redact_urls, Secret};
 use crate::reading::Record;
 use std::time::Duration;
 
@@ -62,7 +63,8 @@ fn network_error(e: &reqwest::Error) -> WriteError {
         message.push_str(&format!(": {s}"));
         source = s.source();
     }
-    WriteError::Retry { message, after: None }
+    // reqwest names the URL, with its credentials if it has any.
+    WriteError::Retry { message: redact_urls(&message), after: None }
 }
 
 fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
@@ -77,7 +79,7 @@ pub struct V1Settings {
     pub database: String,
     pub retention_policy: Option<String>,
     pub username: Option<String>,
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     pub timeout: Duration,
 }
 
@@ -90,8 +92,10 @@ pub struct InfluxV1 {
 
 impl InfluxV1 {
     pub fn new(settings: V1Settings, lp: LineProtocol) -> Result<Self, String> {
-        let base = reqwest::Url::parse(&settings.url).map_err(|e| format!("url {:?}: {e}", settings.url))?;
-        let mut endpoint = base.join("write").map_err(|e| format!("url {:?}: {e}", settings.url))?;
+        let base = reqwest::Url::parse(&settings.url)
+            .map_err(|e| format!("url {:?}: {e}", redact_urls(&settings.url)))?;
+        let mut endpoint =
+            base.join("write").map_err(|e| format!("url {:?}: {e}", redact_urls(&settings.url)))?;
         if !base.path().ends_with('/') {
             // `http://host:8086/influx` means `/influx/write`.
             endpoint.set_path(&format!("{}/write", base.path()));
@@ -119,14 +123,14 @@ impl Writer for InfluxV1 {
     }
 
     fn target(&self) -> String {
-        format!("{} database {}", self.settings.url, self.settings.database)
+        format!("{} database {}", redact_urls(&self.settings.url), self.settings.database)
     }
 
     fn write(&mut self, batch: &[Record]) -> WriteFuture {
         let (body, _) = self.lp.encode_batch(batch);
         let mut request = self.client.post(self.endpoint.clone()).body(body);
         if let Some(user) = &self.settings.username {
-            request = request.basic_auth(user, self.settings.password.as_ref());
+            request = request.basic_auth(user, self.settings.password.as_ref().map(Secret::expose));
         }
         Box::pin(async move {
             let response = request.send().await.map_err(|e| network_error(&e))?;
@@ -151,7 +155,7 @@ pub struct V2Settings {
     pub url: String,
     pub org: String,
     pub bucket: String,
-    pub token: String,
+    pub token: Secret,
     pub timeout: Duration,
 }
 
@@ -164,7 +168,8 @@ pub struct InfluxV2 {
 impl InfluxV2 {
     pub fn new(settings: V2Settings, lp: LineProtocol) -> Result<Self, String> {
         // The crate panics on a URL it cannot parse: check first.
-        reqwest::Url::parse(&settings.url).map_err(|e| format!("url {:?}: {e}", settings.url))?;
+        reqwest::Url::parse(&settings.url)
+            .map_err(|e| format!("url {:?}: {e}", redact_urls(&settings.url)))?;
         let builder = reqwest::Client::builder()
             .timeout(settings.timeout)
             .user_agent(concat!("pmtr/", env!("CARGO_PKG_VERSION")));
@@ -172,7 +177,7 @@ impl InfluxV2 {
             builder,
             settings.url.clone(),
             settings.org.clone(),
-            settings.token.clone(),
+            settings.token.expose().to_owned(),
         )
         .build()
         .map_err(|e| format!("HTTP client: {e}"))?;
@@ -186,7 +191,12 @@ impl Writer for InfluxV2 {
     }
 
     fn target(&self) -> String {
-        format!("{} org {} bucket {}", self.settings.url, self.settings.org, self.settings.bucket)
+        format!(
+            "{} org {} bucket {}",
+            redact_urls(&self.settings.url),
+            self.settings.org,
+            self.settings.bucket
+        )
     }
 
     fn write(&mut self, batch: &[Record]) -> WriteFuture {
@@ -209,7 +219,7 @@ impl Writer for InfluxV2 {
                     Err(classify(status.as_u16(), &text, None))
                 }
                 Err(influxdb2::RequestError::ReqwestProcessing { source }) => Err(network_error(&source)),
-                Err(e) => Err(WriteError::Retry { message: e.to_string(), after: None }),
+                Err(e) => Err(WriteError::Retry { message: redact_urls(&e.to_string()), after: None }),
             }
         })
     }

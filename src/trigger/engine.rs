@@ -32,8 +32,9 @@ pub struct Now {
     pub mono: Duration,
     /// For the record.
     pub wall: DateTime<Utc>,
-    /// The gateway's local time: the time-of-day variables.
-    pub local: NaiveDateTime,
+    /// The gateway's local time: the time-of-day variables. None while the clock is not known
+    /// to be right (before NTP on a Pi with no real-time clock): they are unknown then.
+    pub local: Option<NaiveDateTime>,
 }
 
 /// What the shell must do after a call.
@@ -543,7 +544,7 @@ impl Engine {
                 _ if silent => None,
                 Input::Average(a) => a.value(now.mono),
                 Input::Latest(l) => *l,
-                Input::Clock(c) => Some(c.value(&now.local)),
+                Input::Clock(c) => now.local.map(|l| c.value(&l)),
             };
         }
         let condition = match t.expr.eval(&t.values) {
@@ -658,7 +659,7 @@ pin = 18
     fn at(secs: f64) -> Now {
         let mono = Duration::from_secs_f64(secs);
         let wall = Utc.timestamp_opt(1_800_000_000, 0).unwrap() + mono;
-        Now { mono, wall, local: wall.naive_utc() }
+        Now { mono, wall, local: Some(wall.naive_utc()) }
     }
 
     fn pzem_reading(meter: &str, phase: Phase, volts: f64, amps: f64, kwh: f64, t: Now) -> Reading {
@@ -942,13 +943,39 @@ relays = ["heater"]
         );
         let local =
             |h: u32| chrono::NaiveDate::from_ymd_opt(2026, 11, 21).unwrap().and_hms_opt(h, 0, 0).unwrap();
-        let now = |h: u32| Now { local: local(h), ..at(f64::from(h) * 3600.0) };
+        let now = |h: u32| Now { local: Some(local(h)), ..at(f64::from(h) * 3600.0) };
         assert!(e.tick(now(21)).switches.is_empty());
         assert_eq!(e.tick(now(22)).switches, vec![(1, Level::On)]);
         assert_eq!(e.tick(now(23)).switches, vec![]);
         let mut later = now(6);
         later.mono += Duration::from_secs(24 * 3600);
         assert_eq!(e.tick(later).switches, vec![(1, Level::Off)]);
+    }
+
+    /// Before the clock is known to be right, `hour` is unknown: the trigger neither trips nor
+    /// releases on it (not false, not true), and acts on the first hour it can believe.
+    #[test]
+    fn time_of_day_is_unknown_until_the_clock_is_believed() {
+        let mut e = engine(
+            r#"
+[[trigger]]
+name = "night"
+when = "hour >= 22 || hour < 6"
+relays = ["heater"]
+"#,
+        );
+        let unknown = |t: f64| Now { local: None, ..at(t) };
+        for t in 0..10 {
+            assert!(e.tick(unknown(f64::from(t))).switches.is_empty());
+        }
+        assert_eq!(e.trigger_status()[0].state, "released");
+        let night = chrono::NaiveDate::from_ymd_opt(2026, 11, 21).unwrap().and_hms_opt(23, 0, 0).unwrap();
+        assert_eq!(e.tick(Now { local: Some(night), ..at(10.0) }).switches, vec![(1, Level::On)]);
+        // Tripped, then unknown again: it stays tripped (unknown releases nothing either).
+        for t in 11..20 {
+            assert!(e.tick(unknown(f64::from(t))).switches.is_empty());
+        }
+        assert_eq!(e.trigger_status()[0].state, "tripped");
     }
 
     #[test]

@@ -29,10 +29,10 @@ pub use state::{Hysteresis, State, Transition};
 /// " (did you mean X, Y?)" for the candidates within edit distance 2 of `word`
 /// (case-insensitive, closest first, at most 3), or "".
 pub fn expr_hint(word: &str, candidates: &[&str]) -> String {
+    let mut steps = 0;
     let mut scored: Vec<(usize, &str)> = candidates
         .iter()
-        .map(|c| (distance(&word.to_lowercase(), &c.to_lowercase()), *c))
-        .filter(|(d, _)| *d <= 2)
+        .filter_map(|c| crate::spelling::distance_within(word, c, 2, &mut steps).map(|d| (d, *c)))
         .collect();
     scored.sort();
     let close: Vec<&str> = scored.into_iter().take(3).map(|(_, c)| c).collect();
@@ -43,20 +43,6 @@ pub fn expr_hint(word: &str, candidates: &[&str]) -> String {
     }
 }
 
-fn distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let sub = prev[j] + usize::from(ca != *cb);
-            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
-        }
-        prev = cur;
-    }
-    prev[b.len()]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -65,5 +51,10 @@ mod tests {
     fn hints() {
         assert_eq!(expr_hint("L1V", &["L1U", "L1I", "P"]), " (did you mean L1I, L1U?)");
         assert_eq!(expr_hint("zzzz", &["L1U"]), "");
+    }
+
+    #[test]
+    fn a_megabyte_variable_gets_no_hint() {
+        assert_eq!(expr_hint(&"L".repeat(1 << 20), &["L1U", "L1I", "P"]), "");
     }
 }

@@ -12,7 +12,8 @@
 //! | manual | `pmtr relay force/release`, `pmtr trigger reset`: at once, logged with the caller |
 //! | stop (SIGTERM) | `on_shutdown`: hold (default) keeps the level, default drives the default level |
 //! | crash, kill -9, power kept | the pin keeps its level; the next start restores the saved state |
-//! | config change | takes effect at the next start, with the saved state restored by trigger name |
+//! | reload | handed over at its level with the state in memory ([`Triggers::hand_over`], [`Triggers::start_after`]) |
+//! | reload, pin no longer owned | driven per its old relay's `on_shutdown`, and let go |
 
 use super::engine::{Engine, Now, Output};
 use super::saved::{self, Loaded, Saved, SavedTrigger};
@@ -48,9 +49,30 @@ pub struct Triggers {
     pub commands: mpsc::Sender<Command>,
     /// Every state change, for the alerts.
     pub events: broadcast::Sender<StateChange>,
-    task: tokio::task::JoinHandle<()>,
+    task: tokio::task::JoinHandle<Option<Handover>>,
     /// Set by [`Triggers::hand_over`]: the relays stay as they are for the next configuration.
     handover: Arc<AtomicBool>,
+}
+
+/// What a configuration reload passes from one trigger task to the next: the trigger state as
+/// it is in memory (never the file, which is older when a save failed) and the relays' pins,
+/// still claimed at their levels.
+pub struct Handover {
+    saved: Saved,
+    bank: RelayBank,
+}
+
+impl Handover {
+    /// The state handed over (latches, trips, forces).
+    pub fn saved(&self) -> &Saved {
+        &self.saved
+    }
+
+    /// For a configuration with no relay at all: every pin is let go per its relay's
+    /// `on_shutdown`.
+    pub fn release(self) {
+        self.bank.keep_orphans(&[]).release_orphans();
+    }
 }
 
 struct Shell {
@@ -64,6 +86,8 @@ struct Shell {
     /// slow SD card never delays a relay.
     saver: Option<watch::Sender<Saved>>,
     origin: Instant,
+    /// Whether the wall clock can be believed (time-of-day variables are unknown until then).
+    clock: Arc<crate::clock::WallClock>,
     /// Pass each reading on to storage after the triggers have seen it (`pmtr run`: the
     /// trigger task is where readings arrive, so no extra hop stands before a relay).
     forward: bool,
@@ -81,10 +105,32 @@ impl Triggers {
         store: mpsc::Sender<Record>,
         forward: bool,
     ) -> Result<Triggers, StartError> {
+        Triggers::start_after(config, gpio, store, forward, &mut None)
+    }
+
+    /// As [`Triggers::start`], after a reload: with a `handover` from the previous task, the
+    /// state comes from it, not from the file; the pins the new configuration claims again are
+    /// taken over at their levels, and the pins it no longer owns are let go per their old
+    /// relay's `on_shutdown` once the new relays are claimed. If the relays cannot be claimed,
+    /// `handover` gets back the state and the pins not yet let go, for the previous
+    /// configuration to start with.
+    pub fn start_after(
+        config: &Config,
+        gpio: &mut dyn Gpio,
+        store: mpsc::Sender<Record>,
+        forward: bool,
+        handover: &mut Option<Handover>,
+    ) -> Result<Triggers, StartError> {
         let origin = Instant::now();
+        let clock = crate::clock::WallClock::system(config.gateway.clock_sync_wait);
         let mut engine = Engine::new(config, Duration::ZERO).map_err(StartError::Config)?;
         let saved_path = saved::path_in(&config.gateway.state_dir);
-        let saved = match saved::load(&saved_path) {
+        let (saved, orphans) = match handover.take() {
+            Some(Handover { saved, bank }) => (Some(saved), Some(bank.keep_orphans(&config.relays))),
+            None => (None, None),
+        };
+        let handed_over = saved.is_some();
+        let saved = match saved.map(Loaded::Found).unwrap_or_else(|| saved::load(&saved_path)) {
             Loaded::Found(s) => s,
             Loaded::Missing => Saved::default(),
             Loaded::Damaged { error, moved_to } => {
@@ -101,20 +147,41 @@ impl Triggers {
                         SavedTrigger { latched: true, since: Utc::now(), when: t.when.clone() },
                     );
                 }
+                // Written at once: a crash before the next change must find these latches,
+                // not a missing file that would release them.
+                if let Err(e) = saved::save(&saved_path, &s) {
+                    tracing::error!(file = %saved_path.display(), error = %e,
+                        "cannot save the rebuilt trigger state: a restart now would not restore it");
+                }
                 s
             }
         };
-        let now = now(origin);
+        let now = now(origin, clock.is_believed());
         let restored = engine.restore(&saved, now);
         let levels: Vec<(&str, Level)> =
             config.relays.iter().enumerate().map(|(i, r)| (r.name.as_str(), engine.relay_level(i))).collect();
-        let bank = RelayBank::open(&config.relays, gpio, |r| {
+        let bank = match RelayBank::open(&config.relays, gpio, |r| {
             levels.iter().find(|(n, _)| *n == r.name).map_or(r.default, |(_, l)| *l)
-        })?;
+        }) {
+            Ok(bank) => bank,
+            Err(e) => {
+                if handed_over {
+                    *handover = orphans.map(|bank| Handover { saved: saved.clone(), bank });
+                }
+                return Err(e.into());
+            }
+        };
+        if let Some(orphans) = orphans {
+            orphans.release_orphans();
+        }
         let (readings_tx, readings) = mpsc::channel(1024);
         let (commands_tx, commands) = mpsc::channel(16);
         let (events, _) = broadcast::channel(256);
         let (saver, saver_rx) = watch::channel(engine.saved());
+        if handed_over {
+            // The file may be older than the state handed over (a save failed): write it.
+            saver.send_modify(|_| ());
+        }
         let handover = Arc::new(AtomicBool::new(false));
         let saver_task = tokio::spawn(save_each(saved_path.clone(), saver_rx));
         let shell = Shell {
@@ -128,6 +195,7 @@ impl Triggers {
             events: events.clone(),
             saved_path,
             origin,
+            clock,
             handover: handover.clone(),
         };
         let task = tokio::spawn(shell.run(restored, readings, commands, saver_task));
@@ -137,18 +205,22 @@ impl Triggers {
     /// Waits until the task has stopped (after the readings channel closed): relays set per
     /// `on_shutdown`, state saved.
     pub async fn join(self) {
+        self.finish().await;
+    }
+
+    async fn finish(self) -> Option<Handover> {
         let Triggers { readings, commands, task, .. } = self;
         drop(readings);
         drop(commands);
-        let _ = task.await;
+        task.await.ok().flatten()
     }
 
-    /// Stops as [`Triggers::join`] does, but for a configuration reload: the state is saved and
-    /// every relay keeps its level whatever its `on_shutdown`, for the next configuration to
-    /// claim from the saved state.
-    pub async fn hand_over(self) {
+    /// Stops as [`Triggers::join`] does, but for a configuration reload: the state is saved
+    /// (if it can be) and handed over from memory with the pins still claimed, every relay at
+    /// its level whatever its `on_shutdown`, for [`Triggers::start_after`].
+    pub async fn hand_over(self) -> Option<Handover> {
         self.handover.store(true, Ordering::SeqCst);
-        self.join().await
+        self.finish().await
     }
 }
 
@@ -167,18 +239,19 @@ async fn save_each(path: PathBuf, mut rx: watch::Receiver<Saved>) {
 }
 
 /// The time now; `offset` is the local time's offset from UTC (looked up once a second, not
-/// per reading: the lookup costs more than a whole evaluation).
-fn now_at(origin: Instant, offset: chrono::FixedOffset) -> Now {
+/// per reading: the lookup costs more than a whole evaluation), None while the wall clock is
+/// not believed (the time-of-day variables are unknown then).
+fn now_at(origin: Instant, offset: Option<chrono::FixedOffset>) -> Now {
     let wall = Utc::now();
-    Now { mono: origin.elapsed(), wall, local: wall.with_timezone(&offset).naive_local() }
+    Now { mono: origin.elapsed(), wall, local: offset.map(|o| wall.with_timezone(&o).naive_local()) }
 }
 
 fn local_offset() -> chrono::FixedOffset {
     *chrono::Local::now().offset()
 }
 
-fn now(origin: Instant) -> Now {
-    now_at(origin, local_offset())
+fn now(origin: Instant, believed: bool) -> Now {
+    now_at(origin, believed.then(local_offset))
 }
 
 impl Shell {
@@ -188,12 +261,12 @@ impl Shell {
         mut readings: mpsc::Receiver<Reading>,
         mut commands: mpsc::Receiver<Command>,
         saver: tokio::task::JoinHandle<()>,
-    ) {
+    ) -> Option<Handover> {
         self.apply(restored).await;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut commands_open = true;
-        let mut offset = local_offset();
+        let mut offset = self.clock.is_believed().then(local_offset);
         loop {
             tokio::select! {
                 biased;
@@ -219,7 +292,7 @@ impl Shell {
                     None => commands_open = false,
                 },
                 _ = tick.tick() => {
-                    offset = local_offset();
+                    offset = self.clock.is_believed().then(local_offset);
                     let out = self.engine.tick(now_at(self.origin, offset));
                     if !out.is_empty() {
                         self.apply(out).await;
@@ -230,11 +303,17 @@ impl Shell {
         // The saver finishes what it has, then the final state is written here.
         self.saver = None;
         let _ = saver.await;
-        self.shutdown().await;
+        self.shutdown().await
     }
 
     async fn command(&mut self, c: Command) {
-        let now = now(self.origin);
+        if c.expired(Instant::now()) {
+            // The asker was already told it failed: applying it now would surprise.
+            tracing::warn!(request = ?c.request, by = %c.caller,
+                "control request dropped, not applied: it waited past its deadline (the trigger task was busy)");
+            return;
+        }
+        let now = now(self.origin, self.clock.is_believed());
         let by = c.caller.to_string();
         let result = match &c.request {
             Request::Status => {
@@ -335,13 +414,13 @@ impl Shell {
         }
     }
 
-    async fn shutdown(mut self) {
-        if let Err(e) = saved::save(&self.saved_path, &self.engine.saved()) {
+    async fn shutdown(mut self) -> Option<Handover> {
+        let saved = self.engine.saved();
+        if let Err(e) = saved::save(&self.saved_path, &saved) {
             tracing::error!(file = %self.saved_path.display(), error = %e, "cannot save the trigger state");
         }
         if self.handover.load(Ordering::SeqCst) {
-            self.bank.hand_over();
-            return;
+            return Some(Handover { saved, bank: self.bank });
         }
         let wall = Utc::now();
         let status = self.engine.relay_status();
@@ -362,6 +441,7 @@ impl Shell {
             }
         }
         self.bank.shutdown();
+        None
     }
 }
 
@@ -372,6 +452,11 @@ mod tests_support {
     use crate::reading::Phase;
 
     pub fn config(dir: &std::path::Path) -> Config {
+        config_edited(dir, |t| t)
+    }
+
+    /// The config of [`config`], its text changed by `edit` first.
+    pub fn config_edited(dir: &std::path::Path, edit: impl Fn(String) -> String) -> Config {
         let text = format!(
             r#"
 [gateway]
@@ -400,7 +485,7 @@ relays = ["motor"]
 "#,
             dir.display()
         );
-        crate::config::load_str(&text, "t.toml").unwrap()
+        crate::config::load_str(&edit(text), "t.toml").unwrap()
     }
 
     pub fn reading(volts: f64) -> Reading {
@@ -498,5 +583,184 @@ mod failing {
             seen |= c.event == ChangeEvent::Failed;
         }
         assert!(seen, "sent to the alerts");
+    }
+}
+
+#[cfg(test)]
+mod keeping_state {
+    use super::tests_support::*;
+    use super::*;
+    use crate::relay::FakeBoard;
+
+    fn latching(t: String) -> String {
+        t.replace("on_stale = \"trip\"", "on_stale = \"hold\"\nlatch = true")
+    }
+
+    fn storage() -> mpsc::Sender<Record> {
+        let (store, mut stored) = mpsc::channel(1024);
+        tokio::spawn(async move { while stored.recv().await.is_some() {} });
+        store
+    }
+
+    async fn status(t: &Triggers) -> (Vec<crate::control::TriggerStatus>, Vec<crate::control::RelayStatus>) {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let request = Request::Status;
+        t.commands
+            .send(Command::new(request, crate::control::Caller::Internal("test"), reply))
+            .await
+            .unwrap();
+        match answer.await.unwrap() {
+            Response::Status { triggers, relays } => (triggers, relays),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    async fn trip(t: &Triggers) {
+        for _ in 0..7 {
+            t.readings.send(reading(260.0)).await.unwrap();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// A damaged file: every latch is rebuilt and written at once, so that a crash (the task
+    /// gone without its stop) before any change still finds the latch at the next start.
+    #[tokio::test(start_paused = true)]
+    async fn a_latch_rebuilt_from_a_damaged_file_survives_a_crash_right_after_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config_edited(dir.path(), latching);
+        let path = saved::path_in(dir.path());
+        std::fs::write(&path, "{\"triggers\": {\"overvoltage\": ").unwrap();
+        let board = FakeBoard::new();
+        let t = Triggers::start(&config, &mut board.gpio(), storage(), false).unwrap();
+        assert_eq!(board.level(17), Some(false), "latched at start: the motor is off");
+        // kill -9: the task ends without saving or driving anything.
+        t.task.abort();
+        let _ = t.task.await;
+        assert!(matches!(saved::load(&path), Loaded::Found(s) if s.triggers["overvoltage"].latched));
+        let board = FakeBoard::new();
+        let t = Triggers::start(&config, &mut board.gpio(), storage(), false).unwrap();
+        assert_eq!(board.level(17), Some(false), "still latched after the crash");
+        assert_eq!(status(&t).await.0[0].state, "latched");
+        t.join().await;
+    }
+
+    /// A save that fails (read-only or full disk), then a reload: the new task starts from the
+    /// state in memory, not from the older file, so no latch or force is lost and no relay
+    /// switches.
+    #[tokio::test(start_paused = true)]
+    async fn a_reload_after_a_failed_save_keeps_the_latches_and_forces_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config_edited(dir.path(), |t| {
+            latching(t)
+                .replace("[[trigger]]", "[[relay]]\nname = \"fan\"\npin = 22\ndefault = \"off\"\n[[trigger]]")
+        });
+        let board = FakeBoard::new();
+        let t = Triggers::start(&config, &mut board.gpio(), storage(), false).unwrap();
+        // Every save fails from here on: the temporary file's name is taken by a folder.
+        let path = saved::path_in(dir.path());
+        std::fs::create_dir(path.with_extension("json.tmp")).unwrap();
+        trip(&t).await;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let force = Request::Force { relay: "fan".into(), level: Level::On, seconds: None };
+        t.commands.send(Command::new(force, crate::control::Caller::Internal("test"), reply)).await.unwrap();
+        assert!(matches!(answer.await.unwrap(), Response::Done { .. }));
+        assert_eq!((board.level(17), board.level(22)), (Some(false), Some(true)));
+        let handover = t.hand_over().await.expect("handed over");
+        assert!(!path.exists(), "nothing could be saved");
+        let events = board.events().len();
+        let mut handover = Some(handover);
+        let t = Triggers::start_after(&config, &mut board.gpio(), storage(), false, &mut handover).unwrap();
+        let (triggers, relays) = status(&t).await;
+        assert_eq!(triggers[0].state, "latched");
+        assert_eq!(relays[1].forced.as_ref().map(|f| f.level), Some(Level::On));
+        assert_eq!((board.level(17), board.level(22)), (Some(false), Some(true)), "no relay switched");
+        assert!(
+            board.events()[events..].iter().all(|e| e.op == crate::relay::fake::FakeOp::Claim),
+            "claimed again at the same levels, never written: {:?}",
+            board.events()
+        );
+        t.join().await;
+    }
+
+    /// A reload that removes a relay or moves it to another pin: the pin no longer owned is
+    /// driven per its old relay's `on_shutdown`, and let go.
+    #[tokio::test(start_paused = true)]
+    async fn a_reload_drives_pins_no_longer_owned_per_their_old_on_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let with_fan = |t: String| {
+            t.replace(
+                "[[trigger]]",
+                "[[relay]]\nname = \"fan\"\npin = 22\ndefault = \"off\"\non_shutdown = \"default\"\n[[trigger]]",
+            )
+            .replace("default = \"on\"", "default = \"on\"\non_shutdown = \"default\"")
+        };
+        let config = config_edited(dir.path(), with_fan);
+        let board = FakeBoard::new();
+        let t = Triggers::start(&config, &mut board.gpio(), storage(), false).unwrap();
+        trip(&t).await;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let force = Request::Force { relay: "fan".into(), level: Level::On, seconds: None };
+        t.commands.send(Command::new(force, crate::control::Caller::Internal("test"), reply)).await.unwrap();
+        answer.await.unwrap();
+        assert_eq!((board.level(17), board.level(22)), (Some(false), Some(true)));
+        // The fan is removed; the motor moves from pin 17 to pin 5.
+        let next = config_edited(dir.path(), |t| t.replace("pin = 17", "pin = 5"));
+        let mut handover = t.hand_over().await;
+        let t = Triggers::start_after(&next, &mut board.gpio(), storage(), false, &mut handover).unwrap();
+        assert!(handover.is_none());
+        assert_eq!(board.level(5), Some(false), "the motor, still tripped, on its new pin");
+        assert_eq!(board.level(17), Some(true), "its old pin: back to its default (on)");
+        assert_eq!(board.level(22), Some(false), "the removed fan: back to its default (off)");
+        assert!(!board.is_claimed(17) && !board.is_claimed(22), "let go");
+        t.join().await;
+    }
+
+    /// The new relays cannot be claimed: the state and the pins not yet let go come back, for
+    /// the previous configuration to start with.
+    #[tokio::test(start_paused = true)]
+    async fn a_reload_that_cannot_claim_its_pins_gives_the_state_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config_edited(dir.path(), latching);
+        let board = FakeBoard::new();
+        let t = Triggers::start(&config, &mut board.gpio(), storage(), false).unwrap();
+        trip(&t).await;
+        let next = config_edited(dir.path(), |t| latching(t).replace("pin = 17", "pin = 5"));
+        board.set_failing(5, true);
+        let mut handover = t.hand_over().await;
+        assert!(Triggers::start_after(&next, &mut board.gpio(), storage(), false, &mut handover).is_err());
+        assert!(handover.as_ref().is_some_and(|h| h.saved().triggers["overvoltage"].latched));
+        assert_eq!(board.level(17), Some(false), "the old pin untouched");
+        let t = Triggers::start_after(&config, &mut board.gpio(), storage(), false, &mut handover).unwrap();
+        assert_eq!(status(&t).await.0[0].state, "latched");
+        assert_eq!(board.level(17), Some(false));
+        t.join().await;
+    }
+
+    /// A control request that waited in the queue past its asker's deadline (the asker was told
+    /// it failed) is dropped, never applied later.
+    #[tokio::test(start_paused = true)]
+    async fn a_control_request_past_its_deadline_is_dropped_not_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let board = FakeBoard::new();
+        let t = Triggers::start(&config(dir.path()), &mut board.gpio(), storage(), false).unwrap();
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let force = Request::Force { relay: "motor".into(), level: Level::Off, seconds: None };
+        let late = Command::within(
+            force.clone(),
+            crate::control::Caller::Internal("test"),
+            reply,
+            Duration::from_secs(5),
+        );
+        tokio::time::advance(Duration::from_secs(6)).await;
+        t.commands.send(late).await.unwrap();
+        assert!(answer.await.is_err(), "no answer: the asker had given up");
+        assert_eq!(board.level(17), Some(true), "not forced off");
+        assert!(status(&t).await.1[0].forced.is_none());
+        // In time: applied.
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        t.commands.send(Command::new(force, crate::control::Caller::Internal("test"), reply)).await.unwrap();
+        assert!(matches!(answer.await.unwrap(), Response::Done { .. }));
+        assert_eq!(board.level(17), Some(false));
+        t.join().await;
     }
 }

@@ -73,7 +73,7 @@ impl Loader<'_> {
             ("meter_after", s(1), s(86_400), &mut a.meter_after),
         ] {
             if let Some(d) =
-                t.get(k).and_then(|v| self.duration_in(v, &format!("alerts.{k}"), Some(min), Some(max)))
+                t.get(k).and_then(|v| self.duration_in(v, &format!("alerts.{k}"), Some(min), max))
             {
                 *field = d;
             }
@@ -270,8 +270,7 @@ impl Loader<'_> {
 
         let mut timeout = DEFAULT_EMAIL_TIMEOUT;
         if let Some(v) = t.get("timeout") {
-            if let Some(d) =
-                self.duration_in(v, &key("timeout"), Some(MIN_EMAIL_TIMEOUT), Some(MAX_EMAIL_TIMEOUT))
+            if let Some(d) = self.duration_in(v, &key("timeout"), Some(MIN_EMAIL_TIMEOUT), MAX_EMAIL_TIMEOUT)
             {
                 timeout = d;
             }
@@ -295,7 +294,7 @@ impl Loader<'_> {
     }
 
     /// `password`, `password_file` or `password_env`: at most one of them.
-    fn email_password(&mut self, t: &DeTable<'_>, element: &Value<'_>) -> Option<String> {
+    fn email_password(&mut self, t: &DeTable<'_>, element: &Value<'_>) -> Option<crate::config::Secret> {
         const PATH: &str = "alerts.email";
         let given: Vec<&str> = ["password", "password_file", "password_env"]
             .into_iter()
@@ -320,7 +319,7 @@ impl Loader<'_> {
         let key = format!("{PATH}.password_env");
         let name = self.non_empty_string(v, &key)?;
         match std::env::var(&name) {
-            Ok(p) if !p.trim().is_empty() => Some(p.trim().to_owned()),
+            Ok(p) if !p.trim().is_empty() => Some(crate::config::Secret::new(p.trim())),
             Ok(_) => {
                 self.error(v.span(), key, format!("the environment variable {name} is empty"));
                 None

@@ -14,9 +14,21 @@ const ACTION_KEYS: &[&str] = &["name", "when", "average", "pins", "level", "reco
 
 const DEFAULT_TIME_SYNC: Duration = Duration::from_secs(24 * 3600);
 const MIN_TIME_SYNC: Duration = Duration::from_secs(3600);
+/// The longest `time_sync`: a week (a server's clock drifts seconds a day).
+const MAX_TIME_SYNC: Duration = Duration::from_secs(7 * 86_400);
+/// The longest `average` read before the 5 s / 10 s check.
+const MAX_AVERAGE: Duration = Duration::from_secs(3600);
 /// The recovery register holds 65535 loop passes.
 fn max_recovery() -> Duration {
     Duration::from_millis(u64::from(u16::MAX) * action::LOOP_PASS_MS)
+}
+
+/// How an error names an action: `action[1] "pump guard" (when = "L1I > 16")`.
+fn action_label(i: usize, t: &DeTable<'_>, when: &str) -> String {
+    match t.get("name").and_then(|n| n.get_ref().as_str()) {
+        Some(name) => format!("action[{i}] \"{name}\" (when = \"{when}\")"),
+        None => format!("action[{i}] (when = \"{when}\")"),
+    }
 }
 
 impl Loader<'_> {
@@ -38,8 +50,9 @@ impl Loader<'_> {
             if v.get_ref().as_str() == Some("off") {
                 s.time_sync = None;
             } else {
-                s.time_sync =
-                    self.duration_in(v, &key("time_sync"), Some(MIN_TIME_SYNC), None).or(s.time_sync);
+                s.time_sync = self
+                    .duration_in(v, &key("time_sync"), Some(MIN_TIME_SYNC), MAX_TIME_SYNC)
+                    .or(s.time_sync);
             }
         }
         if let Some(b) = t.get("push_actions").and_then(|v| self.boolean(v, &key("push_actions"))) {
@@ -64,11 +77,34 @@ impl Loader<'_> {
                     format!("a server has {SLOTS} relay-action slots: {} actions are too many", items.len()),
                 );
             }
+            // Each pin and the action that drives it: the firmware has no arbitration (every
+            // loop it runs slots 0 to 4 in turn, each writing its pins), so two actions on one
+            // pin make the later slot overwrite the earlier every loop and the relay pulses.
+            let mut drivers: Vec<(u8, String)> = Vec::new();
             for (i, item) in items.iter().enumerate().take(SLOTS) {
                 let akey = format!("{path}.action[{i}]");
                 match item.get_ref().as_table() {
                     Some(at) => {
                         if let Some(a) = self.server_action(&akey, item, at, s.multiplier) {
+                            let name = action_label(i, at, &a.when);
+                            let pin_items = at.get("pins").and_then(|p| p.get_ref().as_array());
+                            for (k, pin) in a.pins.iter().enumerate() {
+                                if let Some((_, other)) = drivers.iter().find(|(p, _)| p == pin) {
+                                    let span =
+                                        pin_items.and_then(|p| p.get(k)).map_or(item.span(), |p| p.span());
+                                    self.error(
+                                        span,
+                                        format!("{akey}.pins[{k}]"),
+                                        format!(
+                                            "pin {pin} is also driven by {other}: the server runs its actions in turn \
+                                             every loop with no arbitration, so {name} would overwrite it every loop \
+                                             and the relay would pulse; give each action its own pins, or make them \
+                                             one action joined with `||`"
+                                        ),
+                                    );
+                                }
+                            }
+                            drivers.extend(a.pins.iter().map(|p| (*p, name.clone())));
                             s.actions.push(a);
                         }
                     }
@@ -158,7 +194,7 @@ impl Loader<'_> {
         }
         let mut average = 5;
         if let Some(v) = t.get("average") {
-            match self.duration_in(v, &key("average"), None, None) {
+            match self.duration_in(v, &key("average"), None, MAX_AVERAGE) {
                 Some(d) if WINDOWS.iter().any(|w| Duration::from_secs(u64::from(*w)) == d) => {
                     average = d.as_secs() as u8
                 }
@@ -213,7 +249,7 @@ impl Loader<'_> {
             ok = false;
         }
         let recovery = match t.get("recovery") {
-            Some(v) => self.duration_in(v, &key("recovery"), None, Some(max_recovery())),
+            Some(v) => self.duration_in(v, &key("recovery"), None, max_recovery()),
             None => Some(Duration::from_secs(60)),
         };
         ok &= recovery.is_some();

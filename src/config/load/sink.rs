@@ -1,7 +1,7 @@
 //! `[[sink]]`: where readings are written.
 
 use super::{element_path, suggest, Loader, Value};
-use crate::config::{Gateway, Sink, SinkKind};
+use crate::config::{Gateway, Secret, Sink, SinkKind};
 use crate::store::csv::{GroupBy, TimeZone};
 use crate::store::sink::Durability;
 use std::collections::HashMap;
@@ -172,7 +172,7 @@ impl Loader<'_> {
             ("sync_interval", ms(10), ms(3_600_000), &mut sink.sync_interval),
             ("max_backoff", ms(1000), ms(3_600_000), &mut sink.max_backoff),
         ] {
-            if let Some(d) = t.get(name).and_then(|v| self.duration_in(v, &key(name), Some(min), Some(max))) {
+            if let Some(d) = t.get(name).and_then(|v| self.duration_in(v, &key(name), Some(min), max)) {
                 *field = d;
             }
         }
@@ -296,10 +296,12 @@ impl Loader<'_> {
                 Some(url.trim_end_matches('/').to_owned())
             }
             Ok(_) => {
+                let url = crate::config::redact_urls(url);
                 self.error(span, key, format!("{url:?} is not an http:// or https:// URL"));
                 None
             }
             Err(e) => {
+                let url = crate::config::redact_urls(url);
                 self.error(
                     span,
                     key,
@@ -312,20 +314,20 @@ impl Loader<'_> {
 
     /// A secret given inline (`token`) or in a file (`token_file`, first line). Relative
     /// paths are relative to the config file.
-    pub(super) fn secret(&mut self, t: &DeTable<'_>, inline: &str, file: &str, path: &str) -> Option<String> {
+    pub(super) fn secret(&mut self, t: &DeTable<'_>, inline: &str, file: &str, path: &str) -> Option<Secret> {
         let key = |k: &str| format!("{path}.{k}");
         match (t.get(inline), t.get(file)) {
             (Some(v), Some(_)) => {
                 self.error(v.span(), key(inline), format!("give `{inline}` or `{file}`, not both"));
                 None
             }
-            (Some(v), None) => self.non_empty_string(v, &key(inline)),
+            (Some(v), None) => self.non_empty_string(v, &key(inline)).map(Secret::from),
             (None, Some(v)) => {
                 let name = self.non_empty_string(v, &key(file))?;
                 let p = self.relative_to_config(&name);
                 match std::fs::read_to_string(&p) {
                     Ok(text) => match text.lines().next().map(str::trim).filter(|l| !l.is_empty()) {
-                        Some(secret) => Some(secret.to_owned()),
+                        Some(secret) => Some(Secret::new(secret)),
                         None => {
                             self.error(v.span(), key(file), format!("{} is empty", p.display()));
                             None

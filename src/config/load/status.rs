@@ -2,11 +2,14 @@
 //! Home Assistant discovery.
 
 use super::{Loader, Value};
-use crate::config::{MqttSettings, StatusSettings};
+use crate::config::{MqttSettings, StatusSettings, StatusTls};
 use std::time::Duration;
 use toml::de::DeTable;
 
-const STATUS_KEYS: &[&str] = &["enabled", "listen", "token", "token_file"];
+const STATUS_KEYS: &[&str] =
+    &["enabled", "listen", "token", "token_file", "max_connections", "tls_cert", "tls_key"];
+/// The most `max_connections` may be: each costs a file descriptor (the unit allows 8192).
+const MAX_STATUS_CONNECTIONS: i64 = 1024;
 const MQTT_KEYS: &[&str] = &[
     "enabled",
     "host",
@@ -66,6 +69,7 @@ impl Loader<'_> {
         s.token = self.secret(t, "token", "token_file", PATH);
         let token_key = ["token", "token_file"].into_iter().find(|k| t.contains_key(*k));
         if let (Some(token), Some(k)) = (&s.token, token_key) {
+            let token = token.expose();
             if token.chars().count() < MIN_TOKEN_LENGTH || token.chars().any(char::is_whitespace) {
                 let span = t.get(k).map_or(v.span(), |v| v.span());
                 self.error(
@@ -75,6 +79,23 @@ impl Loader<'_> {
                         "the token must be at least {MIN_TOKEN_LENGTH} characters without spaces \
                          (e.g. the output of `openssl rand -hex 24`)"
                     ),
+                );
+            }
+        }
+        if let Some(v) = t.get("max_connections") {
+            if let Some(n) = self.integer_in(v, "status.max_connections", 1..=MAX_STATUS_CONNECTIONS) {
+                s.max_connections = n as usize;
+            }
+        }
+        match (t.get("tls_cert"), t.get("tls_key")) {
+            (None, None) => {}
+            (Some(c), Some(k)) => s.tls = self.status_tls(c, k),
+            (Some(given), None) | (None, Some(given)) => {
+                let missing = if t.contains_key("tls_cert") { "tls_key" } else { "tls_cert" };
+                self.error(
+                    given.span(),
+                    format!("status.{missing}"),
+                    "give both `tls_cert` (the certificate chain, PEM) and `tls_key` (its private key, PEM)",
                 );
             }
         }
@@ -91,6 +112,58 @@ impl Loader<'_> {
             );
         }
         s
+    }
+
+    /// The certificate chain and key of the status API, read now: a missing file, a file
+    /// without PEM, or a key that does not match the certificate is an error at the key.
+    fn status_tls(&mut self, cert_v: &Value<'_>, key_v: &Value<'_>) -> Option<StatusTls> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let cert_name = self.non_empty_string(cert_v, "status.tls_cert");
+        let key_name = self.non_empty_string(key_v, "status.tls_key");
+        let cert = self.relative_to_config(&cert_name?);
+        let key = self.relative_to_config(&key_name?);
+        let chain = match std::fs::read(&cert) {
+            Err(e) => Err(format!("cannot read {}: {e}", cert.display())),
+            Ok(bytes) => match CertificateDer::pem_slice_iter(&bytes).collect::<Result<Vec<_>, _>>() {
+                Ok(chain) if !chain.is_empty() => Ok(chain),
+                Ok(_) => {
+                    Err(format!("{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)", cert.display()))
+                }
+                Err(e) => Err(format!("{}: bad PEM: {e}", cert.display())),
+            },
+        };
+        let chain = chain.map_err(|e| self.error(cert_v.span(), "status.tls_cert", e)).ok();
+        let private = match std::fs::read(&key) {
+            Err(e) => Err(format!("cannot read {}: {e}", key.display())),
+            Ok(bytes) => PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| {
+                format!(
+                    "{} holds no usable private key ({e}): give the PEM key (-----BEGIN PRIVATE KEY-----, \
+                     RSA or EC) of the certificate, unencrypted",
+                    key.display()
+                )
+            }),
+        };
+        let private = private.map_err(|e| self.error(key_v.span(), "status.tls_key", e)).ok();
+        let (chain, private) = (chain?, private?);
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let server = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())
+            .and_then(|b| {
+                b.with_no_client_auth().with_single_cert(chain, private).map_err(|e| e.to_string())
+            });
+        match server {
+            Ok(mut server) => {
+                server.alpn_protocols = vec![b"http/1.1".to_vec()];
+                Some(StatusTls { cert, key, server: std::sync::Arc::new(server) })
+            }
+            Err(e) => {
+                let message = format!("{} cannot serve {}: {e}", key.display(), cert.display());
+                self.error(key_v.span(), "status.tls_key", message);
+                None
+            }
+        }
     }
 
     /// `[mqtt]`, or None when the table is missing or `enabled = false`.
@@ -175,23 +248,13 @@ impl Loader<'_> {
         let retain = t.get("retain").and_then(|v| self.boolean(v, &key("retain"))).unwrap_or(false);
         let mut keep_alive = DEFAULT_KEEP_ALIVE;
         if let Some(d) = t.get("keep_alive").and_then(|v| {
-            self.duration_in(
-                v,
-                &key("keep_alive"),
-                Some(Duration::from_secs(5)),
-                Some(Duration::from_secs(3600)),
-            )
+            self.duration_in(v, &key("keep_alive"), Some(Duration::from_secs(5)), Duration::from_secs(3600))
         }) {
             keep_alive = d;
         }
         let mut max_backoff = DEFAULT_MQTT_BACKOFF;
         if let Some(d) = t.get("max_backoff").and_then(|v| {
-            self.duration_in(
-                v,
-                &key("max_backoff"),
-                Some(Duration::from_secs(1)),
-                Some(Duration::from_secs(3600)),
-            )
+            self.duration_in(v, &key("max_backoff"), Some(Duration::from_secs(1)), Duration::from_secs(3600))
         }) {
             max_backoff = d;
         }

@@ -196,7 +196,7 @@ impl Loader<'_> {
     ) -> Option<Option<Duration>> {
         match t.get(k) {
             None => Some(None),
-            Some(v) => self.duration_in(v, &format!("{path}.{k}"), Some(min), Some(max)).map(Some),
+            Some(v) => self.duration_in(v, &format!("{path}.{k}"), Some(min), max).map(Some),
         }
     }
 
