@@ -1,0 +1,223 @@
+//! Broken-neutral detection on the simulated supply (`pmtr::sim::grid`), seeded and
+//! reproducible:
+//!
+//! 1. `broken`: a house runs 10 minutes on a sound neutral, then the neutral opens; for each
+//!    load imbalance, BENCH_TRIALS houses (default 200) with their own seeds. Counted from the
+//!    first second the true displacement reaches 20 V: how many are detected within 10 s,
+//!    within 60 s, within the hour, and the median and worst times.
+//! 2. `healthy`: BENCH_DAYS simulated days (default 73) of each healthy scenario, each day a
+//!    house of its own seed: fault onsets per day. `BENCH_DAYS=365` gives a year of each.
+//!
+//! Each for tier 2 (line voltages), tier 1 (magnitudes) and seed 001's rule taken literally.
+//! `cargo bench --bench neutral [-- broken|healthy]`; the default run takes about a minute.
+
+use pmtr::neutral::line::LineTier;
+use pmtr::neutral::magnitude::MagnitudeTier;
+use pmtr::neutral::seed::SeedRule;
+use pmtr::neutral::{Settings, State};
+use pmtr::sim::grid::{Appliance, Complex, Disturbance, Grid, GridSample};
+use std::time::Instant;
+
+const NAMES: [&str; 3] = ["tier 2 (line voltages)", "tier 1 (magnitudes)", "seed 001 literal"];
+
+struct Detectors {
+    line: LineTier,
+    magnitude: MagnitudeTier,
+    seed: SeedRule,
+}
+
+impl Detectors {
+    fn new() -> Detectors {
+        let s = Settings::default();
+        Detectors { line: LineTier::new(s), magnitude: MagnitudeTier::new(s), seed: SeedRule::new(s) }
+    }
+
+    fn update(&mut self, t: f64, s: &GridSample) -> [State; 3] {
+        [
+            self.line.update(t, s.phase, s.line).state,
+            self.magnitude.update(t, s.phase).state,
+            self.seed.update(t, s.phase).state,
+        ]
+    }
+}
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default)
+}
+
+fn house(seed: u64, imbalance: f64) -> Grid {
+    Grid::new(seed, 230.0).with_house([400.0 * (1.0 + imbalance), 400.0, 400.0 * (1.0 - imbalance)])
+}
+
+fn broken() {
+    let trials = env("BENCH_TRIALS", 200);
+    println!("## Broken neutral: {trials} houses per imbalance and way of breaking, 10 min sound, then 1 h watched\n");
+    println!("| base loads L1/L2/L3 (W) | neutral | detector | reached 20 V | within 10 s | within 60 s | within 1 h | median | worst | false alarms before the break |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for (imbalance, degrade) in [0.0, 0.25, 0.5, 0.9].into_iter().flat_map(|i| [(i, false), (i, true)]) {
+        let mut reached = 0;
+        let mut times: [Vec<f64>; 3] = Default::default();
+        let mut missed = [0usize; 3];
+        let mut early = [0usize; 3];
+        for trial in 0..trials {
+            let mut g = house(1000 + trial as u64, imbalance);
+            let mut d = Detectors::new();
+            let mut t = 0.0;
+            for _ in 0..600 {
+                t += 1.0;
+                let s = g.step(1.0);
+                for (k, st) in d.update(t, &s).iter().enumerate() {
+                    if *st == State::Fault {
+                        early[k] += 1;
+                    }
+                }
+            }
+            let healthy = g.neutral.unwrap_or(Complex::new(0.25, 0.05));
+            if !degrade {
+                g.set_neutral(None);
+            }
+            let mut t20 = None;
+            let mut found: [Option<f64>; 3] = [None; 3];
+            for i in 0..3600 {
+                t += 1.0;
+                if degrade {
+                    // A loosening connection: ×1000 in 10 minutes, then open.
+                    let f = 1000f64.powf(f64::from(i) / 600.0);
+                    g.set_neutral(if i < 600 {
+                        Some(Complex::new(healthy.re * f, healthy.im * f))
+                    } else {
+                        None
+                    });
+                }
+                let s = g.step(1.0);
+                if t20.is_none() && s.displacement >= 20.0 {
+                    t20 = Some(t);
+                }
+                for (k, st) in d.update(t, &s).iter().enumerate() {
+                    if *st == State::Fault && found[k].is_none() {
+                        found[k] = Some(t);
+                    }
+                }
+            }
+            let Some(t20) = t20 else { continue };
+            reached += 1;
+            for k in 0..3 {
+                match found[k] {
+                    Some(f) => times[k].push((f - t20).max(0.0)),
+                    None => missed[k] += 1,
+                }
+            }
+        }
+        for k in 0..3 {
+            let v = &mut times[k];
+            v.sort_by(f64::total_cmp);
+            let within = |s: f64| v.iter().filter(|x| **x <= s).count();
+            let pct = |n: usize| if reached == 0 { 0.0 } else { 100.0 * n as f64 / reached as f64 };
+            let median = v.get(v.len() / 2).map_or("-".into(), |x| format!("{x:.0} s"));
+            let worst = if missed[k] > 0 {
+                "never".into()
+            } else {
+                v.last().map_or("-".into(), |x| format!("{x:.0} s"))
+            };
+            println!(
+                "| {:.0}/{:.0}/{:.0} | {} | {} | {}/{} | {:.1} % | {:.1} % | {:.1} % | {} | {} | {} |",
+                400.0 * (1.0 + imbalance),
+                400.0,
+                400.0 * (1.0 - imbalance),
+                if degrade { "degrades over 10 min" } else { "opens" },
+                NAMES[k],
+                reached,
+                trials,
+                pct(within(10.0)),
+                pct(within(60.0)),
+                pct(v.len()),
+                median,
+                worst,
+                early[k]
+            );
+        }
+    }
+    println!();
+}
+
+fn healthy() {
+    let days = env("BENCH_DAYS", 73);
+    let scenarios: [(&str, f64, Disturbance); 8] = [
+        ("balanced loads, quiet grid", 0.0, Disturbance::None),
+        ("unbalanced loads (720/400/40 W base)", 0.8, Disturbance::None),
+        (
+            "one phase sags up to 20 % for up to 60 s, every 10 min",
+            0.5,
+            Disturbance::OnePhase { depth: 0.2, max_seconds: 60.0, every: 600.0 },
+        ),
+        (
+            "all phases swell up to 10 % for up to 5 min, every 15 min",
+            0.5,
+            Disturbance::AllPhases { depth: 0.1, max_seconds: 300.0, every: 900.0 },
+        ),
+        ("all phases drift (5 % r.m.s.)", 0.5, Disturbance::Drift { depth: 0.05 }),
+        (
+            "unstable grid (0.2 % noise/s, 4 % steps per phase every 30 s)",
+            0.5,
+            Disturbance::Unstable { sigma: 0.002, step: 0.04, every: 30.0 },
+        ),
+        (
+            "one phase 5-25 % low for up to 30 min, every 2 h",
+            0.5,
+            Disturbance::OnePhase { depth: 0.25, max_seconds: 1800.0, every: 7200.0 },
+        ),
+        (
+            "a 7.4 kW car charger on L1 (1 h on, 2 h off), unstable grid",
+            0.5,
+            Disturbance::Unstable { sigma: 0.002, step: 0.04, every: 30.0 },
+        ),
+    ];
+    println!("## Healthy neutral: {days} simulated days per scenario\n");
+    println!("| scenario | {} | {} | {} | largest true displacement |", NAMES[0], NAMES[1], NAMES[2]);
+    println!("|---|---|---|---|---|");
+    for (i, (name, imbalance, disturbance)) in scenarios.iter().enumerate() {
+        let mut onsets = [0usize; 3];
+        let mut worst: f64 = 0.0;
+        for day in 0..days {
+            let mut g = house(((i as u64 + 1) << 32) + day as u64, *imbalance);
+            g.disturbance = *disturbance;
+            if name.contains("charger") {
+                g.appliances.push(Appliance::new(0, 7400.0, 0.99, 230.0, 3600.0, 7200.0));
+            }
+            let mut d = Detectors::new();
+            let mut prev = [State::Ok; 3];
+            for s in 0..86_400 {
+                let sample = g.step(1.0);
+                worst = worst.max(sample.displacement);
+                let st = d.update(f64::from(s), &sample);
+                for k in 0..3 {
+                    if st[k] == State::Fault && prev[k] != State::Fault {
+                        onsets[k] += 1;
+                    }
+                }
+                prev = st;
+            }
+        }
+        let per_day = |n: usize| format!("{n} ({:.3}/day)", n as f64 / days as f64);
+        println!(
+            "| {name} | {} | {} | {} | {worst:.1} V |",
+            per_day(onsets[0]),
+            per_day(onsets[1]),
+            per_day(onsets[2])
+        );
+    }
+    println!();
+}
+
+fn main() {
+    let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let want = |name: &str| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str()));
+    let start = Instant::now();
+    if want("broken") {
+        broken();
+    }
+    if want("healthy") {
+        healthy();
+    }
+    eprintln!("({:.1} s)", start.elapsed().as_secs_f64());
+}
