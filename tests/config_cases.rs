@@ -13,7 +13,9 @@
 //! After a deliberate change of messages, `PMTR_BLESS=1 cargo test --test config_cases` rewrites
 //! every `expected.txt` from the current output (review the diff before committing).
 
-use pmtr::config::{load_str, Bus, Config, EmailSettings, Meter, MqttSettings, Relay, Trigger};
+use pmtr::config::{
+    load_str, Bus, Config, EmailSettings, Meter, MqttSettings, NeutralSet, NeutralSource, Relay, Trigger,
+};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -152,6 +154,27 @@ fn mqtt_fact(m: &MqttSettings, key: &str) -> Option<String> {
     })
 }
 
+fn neutral_fact(c: &Config, n: &NeutralSet, key: &str) -> Option<String> {
+    Some(match key {
+        "name" => n.name.clone(),
+        "meter" => match &n.source {
+            NeutralSource::Meter(m) => m.clone(),
+            NeutralSource::Meters(_) => "none".to_owned(),
+        },
+        "meters" => format!("{:?}", n.meters()),
+        // Which tier watches it: line voltages where its one meter measures them.
+        "tier" => match &n.source {
+            NeutralSource::Meter(m) if c.meter(m)?.measures_line_voltages() => "line voltages",
+            _ => "magnitudes",
+        }
+        .to_owned(),
+        "nominal" => n.nominal.to_string(),
+        "shift" => n.shift.to_string(),
+        "sensitivity" => format!("{:?}", n.sensitivity).to_lowercase(),
+        _ => return None,
+    })
+}
+
 /// The value of a fact key, rendered as `ok.txt` writes it.
 fn fact(c: &Config, key: &str) -> Option<String> {
     match key {
@@ -173,6 +196,7 @@ fn fact(c: &Config, key: &str) -> Option<String> {
         // Never the token itself: whether there is one.
         "status.token" => return Some(if c.status.token.is_some() { "set" } else { "none" }.to_owned()),
         "mqtt" => return Some(if c.mqtt.is_some() { "set" } else { "none" }.to_owned()),
+        "neutral" => return Some(c.neutral.len().to_string()),
         _ => {}
     }
     if let Some(k) = key.strip_prefix("mqtt.") {
@@ -180,6 +204,10 @@ fn fact(c: &Config, key: &str) -> Option<String> {
     }
     if let Some(k) = key.strip_prefix("alerts.email.") {
         return email_fact(c.email.as_ref()?, k);
+    }
+    if let Some(sel) = key.strip_prefix("neutral") {
+        let (n, rest) = select(&c.neutral, |n| &n.name, sel)?;
+        return neutral_fact(c, n, rest.strip_prefix('.')?);
     }
     if let Some(sel) = key.strip_prefix("bus") {
         let (b, rest) = select(&c.buses, |b| &b.name, sel)?;

@@ -14,6 +14,7 @@
 //! by their name when it is known: `meter[2] "gen".address`, `bus[0].ports`.
 
 mod email;
+mod neutral;
 mod server;
 mod sink;
 mod status;
@@ -35,7 +36,7 @@ use toml::Spanned;
 /// other key listed here is accepted and left alone, for the subsystem that owns it to read.
 /// A subsystem that adds a section adds its key here.
 pub const TOP_LEVEL_KEYS: &[&str] =
-    &["gateway", "bus", "meter", "sink", "relay", "trigger", "alerts", "status", "mqtt"];
+    &["gateway", "bus", "meter", "sink", "relay", "trigger", "alerts", "status", "mqtt", "neutral"];
 
 const GATEWAY_KEYS: &[&str] =
     &["name", "state_dir", "log_readings", "gpio", "control_socket", "health_interval", "clock_sync_wait"];
@@ -738,6 +739,7 @@ impl<'s> Loader<'s> {
         // Triggers are checked against the meters as they will be (assemble fills defaults);
         // while a meter has an error, expressions are not checked (they would only repeat it).
         let mut config = if self.errors.is_empty() { self.assemble(gateway, buses, meters) } else { None };
+        let neutral = self.neutral_sets(root, config.as_ref().map(|c| &c.meters[..]));
         let (relays, triggers) = self.relays_and_triggers(root, config.as_ref().map(|c| &c.meters[..]));
         let (alerts, email) = self.alerts(root);
         let status = self.status(root);
@@ -753,6 +755,7 @@ impl<'s> Loader<'s> {
         config.alerts = alerts;
         config.status = status;
         config.mqtt = mqtt;
+        config.neutral = neutral;
         Some(config)
     }
 
@@ -1252,6 +1255,7 @@ impl<'s> Loader<'s> {
             alerts: Default::default(),
             status: Default::default(),
             mqtt: None,
+            neutral: Vec::new(),
         };
         for m in meters {
             let (Some((name, _)), Some(model), Some((address, _)), Some((bus, _))) =
@@ -1532,6 +1536,23 @@ level = "low"
         let rx = config.meter("rx380").unwrap();
         assert_eq!((rx.model, rx.address, rx.poll), (Model::Rx380, 1, Duration::from_secs(10)));
         assert_eq!(config.bus(&rx.bus).unwrap().line.to_string(), "19200 8E1");
+    }
+
+    #[test]
+    fn the_commented_out_neutral_sets_load_with_the_meters_they_name() {
+        let meters = uncommented("RX380 three-phase meter", "[[sink]]: where readings are written", |code| {
+            (code.starts_with('[') || code.contains(" = ")).then(|| code.into())
+        });
+        let neutral = uncommented("[[neutral]]: a three-phase supply", "no such line", |code| {
+            (!code.contains("]]:") && (code.starts_with('[') || code.contains(" = "))).then(|| code.into())
+        });
+        let start = neutral.find("# [[neutral]]: a three-phase supply").unwrap();
+        let out = format!("{meters}\n{}", &neutral[start..]);
+        let config = load_str(&out, "pmtr.toml").unwrap_or_else(|e| panic!("{e}\n{out}"));
+        let sets: Vec<(&str, Vec<&str>, f64, f64)> =
+            config.neutral.iter().map(|n| (n.name.as_str(), n.meters(), n.nominal, n.shift)).collect();
+        assert_eq!(sets, [("supply", vec!["rx380"], 230.0, 20.0), ("panel", vec!["panel-1"], 230.0, 20.0)]);
+        assert_eq!(config.neutral[0].sensitivity, crate::neutral::Sensitivity::Normal);
     }
 
     #[test]

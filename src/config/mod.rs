@@ -33,6 +33,8 @@ pub struct Config {
     /// `[mqtt]`: readings and states to an MQTT broker, with Home Assistant discovery. None
     /// when the file has no `[mqtt]` table (or `enabled = false`).
     pub mqtt: Option<MqttSettings>,
+    /// `[[neutral]]`: three-phase voltage sets watched for a broken neutral.
+    pub neutral: Vec<NeutralSet>,
 }
 
 impl Config {
@@ -47,6 +49,13 @@ impl Config {
     }
     pub fn trigger(&self, name: &str) -> Option<&Trigger> {
         self.triggers.iter().find(|t| t.name == name)
+    }
+    pub fn neutral_set(&self, name: &str) -> Option<&NeutralSet> {
+        self.neutral.iter().find(|n| n.name == name)
+    }
+    /// The set meter `name` belongs to (a meter is in one set at most).
+    pub fn neutral_set_of(&self, meter: &str) -> Option<usize> {
+        self.neutral.iter().position(|n| n.meters().contains(&meter))
     }
     pub fn meters_on<'a>(&'a self, bus: &'a str) -> impl Iterator<Item = &'a Meter> + 'a {
         self.meters.iter().filter(move |m| m.bus == bus)
@@ -182,6 +191,22 @@ pub struct Meter {
 }
 
 impl Meter {
+    /// Whether it measures the three phase voltages (L1U, L2U, L3U).
+    pub fn is_three_phase(&self) -> bool {
+        let set = self.model.sample_set(self.phase);
+        [Phase::L1, Phase::L2, Phase::L3]
+            .iter()
+            .all(|p| set.contains(&(*p, crate::reading::Quantity::Voltage)))
+    }
+
+    /// Whether it also measures the three line voltages (L12U, L23U, L31U).
+    pub fn measures_line_voltages(&self) -> bool {
+        let set = self.model.sample_set(self.phase);
+        [Phase::L12, Phase::L23, Phase::L31]
+            .iter()
+            .all(|p| set.contains(&(*p, crate::reading::Quantity::Voltage)))
+    }
+
     /// What active power and energy are multiplied by (1 but for a server with `multiplier`).
     pub fn multiplier(&self) -> f64 {
         self.server.as_ref().map_or(1.0, |s| s.multiplier)
@@ -378,6 +403,44 @@ pub enum OnStale {
     Trip,
     /// Release.
     Release,
+}
+
+/// `[[neutral]]`: a three-phase voltage set watched for a broken neutral (see
+/// [`crate::neutral`]).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NeutralSet {
+    pub name: String,
+    pub source: NeutralSource,
+    /// Nominal phase voltage, volts. Default 230.
+    pub nominal: f64,
+    /// The neutral displacement that is a fault, volts. Default 20.
+    pub shift: f64,
+    /// Default normal.
+    pub sensitivity: crate::neutral::Sensitivity,
+}
+
+/// Where a set's three phase voltages come from.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NeutralSource {
+    /// `meter = "x"`: one three-phase meter (with line voltages, tier 2; without, tier 1).
+    Meter(String),
+    /// `meters = ["a", "b", "c"]`: three single-phase meters on L1, L2 and L3 (tier 1).
+    Meters([String; 3]),
+}
+
+impl NeutralSet {
+    /// The names of its meters.
+    pub fn meters(&self) -> Vec<&str> {
+        match &self.source {
+            NeutralSource::Meter(m) => vec![m.as_str()],
+            NeutralSource::Meters(m) => m.iter().map(String::as_str).collect(),
+        }
+    }
+
+    pub fn settings(&self) -> crate::neutral::Settings {
+        crate::neutral::Settings { nominal: self.nominal, shift: self.shift, sensitivity: self.sensitivity }
+    }
 }
 
 /// `[[trigger]]`: an expression on moving averages, with hysteresis, driving relays.
