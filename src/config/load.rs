@@ -473,11 +473,20 @@ struct Loader<'s> {
     /// had to guess is not checked further.
     damaged: Vec<(usize, usize)>,
     errors: Vec<ConfigError>,
+    /// The `[[neutral]]` sets, once read: trigger expressions resolve their variables.
+    neutral: Vec<super::NeutralSet>,
 }
 
 impl<'s> Loader<'s> {
     fn new(src: &'s str, file: &'s str) -> Self {
-        Loader { src, file, lines: Lines::new(src), damaged: Vec::new(), errors: Vec::new() }
+        Loader {
+            src,
+            file,
+            lines: Lines::new(src),
+            damaged: Vec::new(),
+            errors: Vec::new(),
+            neutral: Vec::new(),
+        }
     }
 
     /// Reports the parser's errors, and remembers where they are.
@@ -740,6 +749,7 @@ impl<'s> Loader<'s> {
         // while a meter has an error, expressions are not checked (they would only repeat it).
         let mut config = if self.errors.is_empty() { self.assemble(gateway, buses, meters) } else { None };
         let neutral = self.neutral_sets(root, config.as_ref().map(|c| &c.meters[..]));
+        self.neutral = neutral.clone();
         let (relays, triggers) = self.relays_and_triggers(root, config.as_ref().map(|c| &c.meters[..]));
         let (alerts, email) = self.alerts(root);
         let status = self.status(root);

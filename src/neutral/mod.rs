@@ -22,6 +22,7 @@ pub mod geometry;
 pub mod line;
 pub mod magnitude;
 pub mod seed;
+pub mod watch;
 
 use serde::{Deserialize, Serialize};
 

@@ -135,6 +135,10 @@ pub struct Engine {
     /// Per meter, when its last reading arrived.
     last_seen: Vec<Option<Duration>>,
     started: Duration,
+    /// The `[[neutral]]` sets' detectors, fed every reading before the triggers see it.
+    neutral: crate::neutral::watch::Watch,
+    /// Per set, its meters (indices).
+    set_meters: Vec<Vec<usize>>,
 }
 
 impl Engine {
@@ -163,7 +167,7 @@ impl Engine {
             let own = t.meter.as_ref().and_then(|m| meter_index.get(m).copied());
             let mut sources = Vec::new();
             let expr = Expression::compile(&t.when, &mut |name| {
-                let s = vars::resolve(name, own, &config.meters)?;
+                let s = vars::resolve(name, own, &config.meters, &config.neutral)?;
                 sources.push(s);
                 Ok(s.kind())
             })
@@ -172,13 +176,25 @@ impl Engine {
                 .iter()
                 .map(|s| match s {
                     Source::Clock(c) => Input::Clock(*c),
+                    // A verdict is already a judgement over time: never averaged.
+                    Source::Neutral { .. } => Input::Latest(None),
                     Source::Meter { quantity, .. } => match t.average {
                         Some(w) if !quantity.is_counter() => Input::Average(MovingAverage::new(w)),
                         _ => Input::Latest(None),
                     },
                 })
                 .collect();
-            let meters = vars::meters_of(&sources);
+            let mut meters = vars::meters_of(&sources);
+            // A set of three single-phase meters gives its verdict at the reading of any of
+            // them, and is stale when any of them is silent.
+            for s in &sources {
+                if let Source::Neutral { set, .. } = s {
+                    let set_meters = config.neutral.get(*set).map(|n| n.meters()).unwrap_or_default();
+                    meters.extend(set_meters.iter().filter_map(|m| meter_index.get(*m).copied()));
+                }
+            }
+            meters.sort_unstable();
+            meters.dedup();
             for &m in &meters {
                 readers[m].push(ti);
             }
@@ -212,7 +228,13 @@ impl Engine {
             });
         }
         let last_seen = vec![None; config.meters.len()];
-        Ok(Engine { triggers, relays, meter_index, readers, last_seen, started: now })
+        let neutral = crate::neutral::watch::Watch::new(config);
+        let set_meters = config
+            .neutral
+            .iter()
+            .map(|n| n.meters().iter().filter_map(|m| meter_index.get(*m).copied()).collect())
+            .collect();
+        Ok(Engine { triggers, relays, meter_index, readers, last_seen, started: now, neutral, set_meters })
     }
 
     /// The level relay `i` must have now.
@@ -291,10 +313,30 @@ impl Engine {
         let mut out = Output::default();
         let Some(&m) = self.meter_index.get(&*reading.meter) else { return out };
         self.last_seen[m] = Some(now.mono);
+        if let Some(c) = self.neutral.on_reading(reading, now.mono) {
+            let shift = c.verdict.shift.map_or("?".to_owned(), |s| format!("{s:.1} V"));
+            if c.verdict.state == crate::neutral::State::Fault {
+                tracing::warn!(set = %c.name, from = c.from.as_str(), to = c.verdict.state.as_str(),
+                    shift = %shift, score = c.verdict.score, "broken neutral");
+            } else {
+                tracing::info!(set = %c.name, from = c.from.as_str(), to = c.verdict.state.as_str(),
+                    shift = %shift, score = c.verdict.score, "neutral");
+            }
+        }
+        let set = self.neutral.set_of(&reading.meter);
+        let verdict = set.and_then(|s| self.neutral.verdict(s));
         for k in 0..self.readers[m].len() {
             let ti = self.readers[m][k];
             let t = &mut self.triggers[ti];
             for (source, input) in t.sources.iter().zip(&mut t.inputs) {
+                if let (Source::Neutral { set: s, var, .. }, Input::Latest(l), Some(v)) =
+                    (*source, &mut *input, verdict)
+                {
+                    if Some(s) == set {
+                        *l = var.value(&v);
+                    }
+                    continue;
+                }
                 let Source::Meter { meter, phase, quantity } = *source else { continue };
                 if meter != m {
                     continue;
@@ -538,6 +580,12 @@ impl Engine {
                 Source::Meter { meter, .. } => {
                     now.mono.saturating_sub(self.last_seen[*meter].unwrap_or(self.started)) > t.stale_after
                 }
+                // A set is as fresh as its most silent meter.
+                Source::Neutral { set, .. } => self.set_meters.get(*set).is_none_or(|ms| {
+                    ms.iter().any(|m| {
+                        now.mono.saturating_sub(self.last_seen[*m].unwrap_or(self.started)) > t.stale_after
+                    })
+                }),
                 Source::Clock(_) => false,
             };
             t.values[k] = match input {
@@ -691,6 +739,96 @@ pin = 18
             events.extend(out.changes.iter().filter(|c| c.subject == Subject::Trigger).map(|c| (t, c.event)));
         }
         (switches, events)
+    }
+
+    /// An RX380 reading whose neutral sits at `n` (volts, in the plane of the phasors), with
+    /// its phase and line voltages.
+    fn rx380_reading(n: (f64, f64), t: Now) -> Reading {
+        let corner = |deg: f64| (230.0 * deg.to_radians().cos(), 230.0 * deg.to_radians().sin());
+        let c = [corner(90.0), corner(-30.0), corner(210.0)];
+        let d = |a: (f64, f64), b: (f64, f64)| ((a.0 - b.0).powi(2) + (a.1 - b.1).powi(2)).sqrt();
+        let mut samples: Vec<crate::reading::Sample> = [Phase::L1, Phase::L2, Phase::L3]
+            .iter()
+            .zip(c)
+            .map(|(p, k)| crate::reading::Sample::new(*p, crate::reading::Quantity::Voltage, d(n, k)))
+            .collect();
+        for (p, (a, b)) in [(Phase::L12, (0, 1)), (Phase::L23, (1, 2)), (Phase::L31, (2, 0))] {
+            samples.push(crate::reading::Sample::new(p, crate::reading::Quantity::Voltage, d(c[a], c[b])));
+        }
+        Reading {
+            meter: "grid".into(),
+            model: Model::Rx380,
+            time: t.wall,
+            samples,
+            quality: Default::default(),
+        }
+    }
+
+    const NEUTRAL: &str = r#"
+[[meter]]
+name = "grid"
+model = "rx380"
+address = 1
+[[meter]]
+name = "third"
+model = "pzem-016"
+address = 6
+phase = "L3"
+[[neutral]]
+name = "supply"
+meter = "grid"
+[[neutral]]
+name = "house"
+meters = ["main", "gen", "third"]
+[[trigger]]
+name = "broken-neutral"
+meter = "grid"
+when = "neutral_fault == 1"
+relays = ["motor"]
+[[trigger]]
+name = "house-neutral"
+meter = "main"
+when = "neutral_shift > 30"
+relays = ["heater"]
+"#;
+
+    #[test]
+    fn a_broken_neutral_trips_a_trigger_on_neutral_fault() {
+        let mut e = engine(NEUTRAL);
+        let mut switches = Vec::new();
+        for s in 0..10u64 {
+            let n = if s < 3 { (0.0, 0.0) } else { (45.0, -10.0) };
+            let out = e.on_reading(&rx380_reading(n, at(s as f64)), at(s as f64));
+            switches.extend(out.switches.iter().map(|(r, l)| (s, *r, *l)));
+        }
+        // Displaced from second 3; a fault after the 3 s hold, at second 6.
+        assert_eq!(switches, [(6, 0, Level::Off)]);
+        let status = e.trigger_status();
+        let t = status.iter().find(|t| t.name == "broken-neutral").unwrap();
+        assert!(t.values.contains("neutral_fault=1"), "{}", t.values);
+    }
+
+    #[test]
+    fn neutral_variables_are_unknown_until_the_set_has_a_sample_and_a_round_makes_one() {
+        let mut e = engine(NEUTRAL);
+        // L1 and L2 alone make no sample of the house set: its shift is unknown.
+        e.on_reading(&pzem_reading("main", Phase::L1, 280.0, 1.0, 1.0, at(0.0)), at(0.0));
+        e.on_reading(&pzem_reading("gen", Phase::L2, 190.0, 1.0, 1.0, at(0.0)), at(0.0));
+        let status = e.trigger_status();
+        let t = status.iter().find(|t| t.name == "house-neutral").unwrap();
+        assert!(t.values.contains("neutral_shift=?"), "{}", t.values);
+        // L3 completes the round: 280/190/230 is a neutral about 50 V off centre.
+        let out = e.on_reading(&pzem_reading("third", Phase::L3, 230.0, 1.0, 1.0, at(1.0)), at(1.0));
+        assert_eq!(out.switches, [(1, Level::On)], "{out:?}");
+        // L3 falls silent: the shift is unknown though L1 and L2 still read.
+        for s in 2..40 {
+            let t = at(f64::from(s));
+            e.on_reading(&pzem_reading("main", Phase::L1, 280.0, 1.0, 1.0, t), t);
+            e.on_reading(&pzem_reading("gen", Phase::L2, 190.0, 1.0, 1.0, t), t);
+        }
+        let status = e.trigger_status();
+        let t = status.iter().find(|t| t.name == "house-neutral").unwrap();
+        assert!(t.stale && t.values.contains("neutral_shift=?"), "{t:?}");
     }
 
     const OVERVOLTAGE: &str = r#"

@@ -4,11 +4,14 @@
 //!   ([`Sample::variable`](crate::reading::Sample::variable)), in SI units, energy in kWh.
 //! - `gen.L1I`: meter `gen`'s value. A meter whose name has `-` is written with `_`
 //!   (`house_l2.L2U` for meter `house-l2`), since `-` is a minus in an expression.
+//! - `neutral_fault` (1 while the meter's `[[neutral]]` set is in `fault`, else 0) and
+//!   `neutral_shift` (its estimated neutral displacement, volts): a meter in a set; unknown
+//!   until the set has had its first sample.
 //! - `hour` (0–23), `minute` (0–59), `weekday` (1 = Monday … 7 = Sunday), `day` (1–31),
 //!   `month` (1–12): the gateway's local time, whole numbers.
 
 use super::expr::Kind;
-use crate::config::Meter;
+use crate::config::{Meter, NeutralSet};
 use crate::reading::{Phase, Quantity};
 use chrono::{Datelike, Timelike};
 
@@ -53,13 +56,44 @@ pub enum Source {
         quantity: Quantity,
     },
     Clock(ClockVar),
+    /// A broken-neutral variable of set `set` (an index into the config's `neutral`), read
+    /// through `meter`, one of its meters.
+    Neutral {
+        set: usize,
+        meter: usize,
+        var: NeutralVar,
+    },
+}
+
+/// A broken-neutral variable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NeutralVar {
+    /// `neutral_fault`: 1 in `fault`, else 0.
+    Fault,
+    /// `neutral_shift`: the estimated displacement, volts.
+    Shift,
+}
+
+impl NeutralVar {
+    pub const ALL: [(&'static str, NeutralVar); 2] =
+        [("neutral_fault", NeutralVar::Fault), ("neutral_shift", NeutralVar::Shift)];
+
+    /// Its value in a verdict; None when the verdict has no displacement.
+    pub fn value(self, v: &crate::neutral::Verdict) -> Option<f64> {
+        match self {
+            NeutralVar::Fault => Some(if v.state == crate::neutral::State::Fault { 1.0 } else { 0.0 }),
+            NeutralVar::Shift => v.shift,
+        }
+    }
 }
 
 impl Source {
     pub fn kind(self) -> Kind {
         match self {
-            Source::Meter { quantity: Quantity::Alarm, .. } | Source::Clock(_) => Kind::Integer,
-            Source::Meter { .. } => Kind::Number,
+            Source::Meter { quantity: Quantity::Alarm, .. }
+            | Source::Clock(_)
+            | Source::Neutral { var: NeutralVar::Fault, .. } => Kind::Integer,
+            Source::Meter { .. } | Source::Neutral { .. } => Kind::Number,
         }
     }
 }
@@ -68,7 +102,10 @@ impl Source {
 pub fn meters_of(sources: &[Source]) -> Vec<usize> {
     let mut meters: Vec<usize> = sources
         .iter()
-        .filter_map(|s| if let Source::Meter { meter, .. } = s { Some(*meter) } else { None })
+        .filter_map(|s| match s {
+            Source::Meter { meter, .. } | Source::Neutral { meter, .. } => Some(*meter),
+            Source::Clock(_) => None,
+        })
         .collect();
     meters.sort_unstable();
     meters.dedup();
@@ -90,8 +127,14 @@ pub fn meter_variables(m: &Meter) -> Vec<(String, Phase, Quantity)> {
 }
 
 /// Resolves `name` for a trigger whose unprefixed variables read meter `own` (an index into
-/// `meters`). The error says why, in the user's words, with close names when there are any.
-pub fn resolve(name: &str, own: Option<usize>, meters: &[Meter]) -> Result<Source, String> {
+/// `meters`); `neutral` are the config's voltage sets. The error says why, in the user's
+/// words, with close names when there are any.
+pub fn resolve(
+    name: &str,
+    own: Option<usize>,
+    meters: &[Meter],
+    neutral: &[NeutralSet],
+) -> Result<Source, String> {
     if let Some((_, c)) = ClockVar::ALL.iter().find(|(n, _)| *n == name) {
         return Ok(Source::Clock(*c));
     }
@@ -119,11 +162,23 @@ pub fn resolve(name: &str, own: Option<usize>, meters: &[Meter]) -> Result<Sourc
         },
     };
     let m = &meters[meter];
+    let set = neutral.iter().position(|n| n.meters().contains(&m.name.as_str()));
+    if let Some((_, v)) = NeutralVar::ALL.iter().find(|(n, _)| *n == var) {
+        return match set {
+            Some(set) => Ok(Source::Neutral { set, meter, var: *v }),
+            None => {
+                Err(format!("meter \"{}\" is in no [[neutral]] set: `{var}` needs one that lists it", m.name))
+            }
+        };
+    }
     let offered = meter_variables(m);
     if let Some((_, phase, quantity)) = offered.iter().find(|(n, _, _)| n == var) {
         return Ok(Source::Meter { meter, phase: *phase, quantity: *quantity });
     }
-    let names: Vec<&str> = offered.iter().map(|(n, _, _)| n.as_str()).collect();
+    let mut names: Vec<&str> = offered.iter().map(|(n, _, _)| n.as_str()).collect();
+    if set.is_some() {
+        names.extend(NeutralVar::ALL.iter().map(|(n, _)| *n));
+    }
     let close = super::expr_hint(var, &names);
     let on = if m.model.is_pzem() { format!(" on {:?}", m.phase) } else { String::new() };
     Err(format!("meter \"{}\" ({}{on}) has no `{var}`{close}; it has {}", m.name, m.model, names.join(" ")))
@@ -164,7 +219,7 @@ mod tests {
     #[test]
     fn names_resolve() {
         let m = meters();
-        let s = |n: &str| resolve(n, Some(0), &m);
+        let s = |n: &str| resolve(n, Some(0), &m, &[]);
         assert_eq!(s("L12U"), Ok(Source::Meter { meter: 0, phase: Phase::L12, quantity: Quantity::Voltage }));
         assert_eq!(
             s("P"),
@@ -181,14 +236,37 @@ mod tests {
     #[test]
     fn errors_say_why() {
         let m = meters();
-        let e = resolve("house_l2.L1U", Some(0), &m).unwrap_err();
+        let e = resolve("house_l2.L1U", Some(0), &m, &[]).unwrap_err();
         assert!(e.contains("pzem-016 on L2") && e.contains("(did you mean L2U") && e.contains("L2pf"), "{e}");
-        let e = resolve("gen.L1I", Some(0), &m).unwrap_err();
+        let e = resolve("gen.L1I", Some(0), &m, &[]).unwrap_err();
         assert!(e.contains("no meter is named `gen`") && e.contains("main"), "{e}");
-        let e = resolve("L1U", None, &m).unwrap_err();
+        let e = resolve("L1U", None, &m, &[]).unwrap_err();
         assert!(e.contains("set `meter"), "{e}");
-        let e = resolve("e", Some(1), &m).unwrap_err();
+        let e = resolve("e", Some(1), &m, &[]).unwrap_err();
         assert!(e.contains("has no `e`"), "{e}");
+    }
+
+    #[test]
+    fn neutral_variables_resolve_for_the_meters_of_a_set_only() {
+        let m = meters();
+        let sets = [NeutralSet {
+            name: "supply".into(),
+            source: crate::config::NeutralSource::Meter("main".into()),
+            nominal: 230.0,
+            shift: 20.0,
+            sensitivity: crate::neutral::Sensitivity::Normal,
+        }];
+        let s = resolve("neutral_fault", Some(0), &m, &sets).unwrap();
+        assert_eq!(s, Source::Neutral { set: 0, meter: 0, var: NeutralVar::Fault });
+        assert_eq!(s.kind(), Kind::Integer);
+        assert_eq!(
+            resolve("main.neutral_shift", None, &m, &sets),
+            Ok(Source::Neutral { set: 0, meter: 0, var: NeutralVar::Shift })
+        );
+        let e = resolve("house_l2.neutral_fault", Some(0), &m, &sets).unwrap_err();
+        assert!(e.contains("in no [[neutral]] set"), "{e}");
+        let e = resolve("neutral_falt", Some(0), &m, &sets).unwrap_err();
+        assert!(e.contains("neutral_fault"), "{e}");
     }
 
     #[test]

@@ -253,8 +253,9 @@ impl Loader<'_> {
                 Some(_) if own.is_none() || checked.is_none() => false,
                 Some(text) => {
                     let own = own.flatten();
+                    let neutral = self.neutral.clone();
                     match Expression::compile(&text, &mut |n| {
-                        let s = vars::resolve(n, own, meters)?;
+                        let s = vars::resolve(n, own, meters, &neutral)?;
                         sources.push(s);
                         Ok(s.kind())
                     }) {
