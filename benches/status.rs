@@ -74,6 +74,7 @@ fn parts(meters: usize) -> Parts {
         time: Utc::now(),
         meters: m,
         control: Ok((Vec::new(), Vec::new())),
+        neutral: Vec::new(),
         sinks: Vec::new(),
         alerts: None,
         mqtt: None,

@@ -49,6 +49,7 @@ fn status() -> Response {
                 tripped_by: vec![],
             },
         ],
+        neutral: vec![],
     }
 }
 

@@ -17,7 +17,7 @@ pub enum List {
 /// the message for stderr.
 pub async fn list(socket: &Path, what: List, json: bool) -> Result<(), String> {
     match ask(socket, &Request::Status).await? {
-        Response::Status { triggers, relays } => {
+        Response::Status { triggers, relays, .. } => {
             let text = match (what, json) {
                 (List::Relays, true) => to_json(&relays)?,
                 (List::Triggers, true) => to_json(&triggers)?,

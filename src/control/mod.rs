@@ -34,17 +34,16 @@ pub enum Request {
 #[serde(tag = "response", rename_all = "snake_case")]
 pub enum Response {
     /// Done; `message` says what changed ("relay motor forced off until 14:05").
-    Done {
-        message: String,
-    },
+    Done { message: String },
     Status {
         triggers: Vec<TriggerStatus>,
         relays: Vec<RelayStatus>,
+        /// The `[[neutral]]` sets (absent from an older daemon's answer).
+        #[serde(default)]
+        neutral: Vec<NeutralStatus>,
     },
     /// Refused or failed, with the reason (unknown relay, not latched, not allowed…).
-    Error {
-        message: String,
-    },
+    Error { message: String },
 }
 
 /// Who is asking (from the socket's peer credentials).
@@ -114,6 +113,18 @@ impl Command {
     pub fn expired(&self, now: tokio::time::Instant) -> bool {
         now >= self.deadline || self.reply.is_closed()
     }
+}
+
+/// One `[[neutral]]` set, as the trigger task's detectors see it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NeutralStatus {
+    pub name: String,
+    /// `ok`, `suspect`, `fault`, or `unknown` before the set's first sample.
+    pub state: String,
+    /// The evidence; 1 or more confirms a fault. None before the first sample.
+    pub score: Option<f64>,
+    /// The estimated neutral displacement, volts; None when the last sample gave none.
+    pub shift: Option<f64>,
 }
 
 /// One trigger, as `pmtr trigger list` shows it.

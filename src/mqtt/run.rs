@@ -352,7 +352,7 @@ impl Publisher {
         })
         .await
         {
-            Ok(Some(Response::Status { triggers, relays })) => {
+            Ok(Some(Response::Status { triggers, relays, .. })) => {
                 for r in &relays {
                     for m in self.topics.relay(r) {
                         self.publish(m);

@@ -244,14 +244,14 @@ impl Sources {
     /// Everything now; with `control`, the triggers and relays too (one question to the
     /// trigger task).
     pub async fn snapshot(&self, control: bool) -> Snapshot {
-        let control = if control && self.commands.is_some() {
+        let (control, neutral) = if control && self.commands.is_some() {
             match self.ask(Request::Status, Caller::Internal("status API")).await {
-                Ok(Response::Status { triggers, relays }) => Ok((triggers, relays)),
-                Ok(other) => Err(format!("unexpected answer {other:?}")),
-                Err(e) => Err(e),
+                Ok(Response::Status { triggers, relays, neutral }) => (Ok((triggers, relays)), neutral),
+                Ok(other) => (Err(format!("unexpected answer {other:?}")), Vec::new()),
+                Err(e) => (Err(e), Vec::new()),
             }
         } else {
-            Ok((Vec::new(), Vec::new()))
+            (Ok((Vec::new(), Vec::new())), Vec::new())
         };
         Snapshot::assemble(Parts {
             gateway: self.gateway.clone(),
@@ -259,6 +259,7 @@ impl Sources {
             time: Utc::now(),
             meters: self.meters.snapshot(),
             control,
+            neutral,
             sinks: self
                 .sinks
                 .iter()

@@ -225,6 +225,56 @@ pub fn render(s: &Snapshot) -> String {
         }
     }
 
+    if !s.neutral.is_empty() {
+        family(
+            &mut out,
+            "pmtr_neutral_fault",
+            "gauge",
+            "1 while the [[neutral]] set is in fault (a broken neutral).",
+        );
+        for n in &s.neutral {
+            let _ = writeln!(
+                out,
+                "pmtr_neutral_fault{{set=\"{}\"}} {}",
+                label(&n.name),
+                u8::from(n.state == "fault")
+            );
+        }
+        family(&mut out, "pmtr_neutral_suspect", "gauge", "1 while the [[neutral]] set is suspect.");
+        for n in &s.neutral {
+            let _ = writeln!(
+                out,
+                "pmtr_neutral_suspect{{set=\"{}\"}} {}",
+                label(&n.name),
+                u8::from(n.state == "suspect")
+            );
+        }
+        family(
+            &mut out,
+            "pmtr_neutral_shift_volts",
+            "gauge",
+            "The estimated neutral displacement of the set.",
+        );
+        for n in s.neutral.iter().filter(|n| n.shift.is_some_and(f64::is_finite)) {
+            let _ = writeln!(
+                out,
+                "pmtr_neutral_shift_volts{{set=\"{}\"}} {}",
+                label(&n.name),
+                n.shift.unwrap_or(0.0)
+            );
+        }
+        family(
+            &mut out,
+            "pmtr_neutral_score",
+            "gauge",
+            "The set's evidence of a broken neutral; 1 confirms.",
+        );
+        for n in s.neutral.iter().filter(|n| n.score.is_some_and(f64::is_finite)) {
+            let _ =
+                writeln!(out, "pmtr_neutral_score{{set=\"{}\"}} {}", label(&n.name), n.score.unwrap_or(0.0));
+        }
+    }
+
     type SinkFamily = (&'static str, &'static str, &'static str, fn(&crate::store::SinkState) -> u64);
     let sink_families: &[SinkFamily] = &[
         ("pmtr_sink_up", "gauge", "1 while writes to the sink succeed.", |x| u64::from(x.healthy)),
@@ -311,6 +361,10 @@ mod tests {
         assert_eq!(value_of(&text, r#"pmtr_relay_on{relay="pump"}"#), Some("0"));
         assert_eq!(value_of(&text, r#"pmtr_relay_transitions_total{relay="pump"}"#), Some("4"));
         assert_eq!(value_of(&text, r#"pmtr_trigger_tripped{trigger="overvolt"}"#), Some("1"));
+        assert_eq!(value_of(&text, r#"pmtr_neutral_fault{set="supply"}"#), Some("1"));
+        assert_eq!(value_of(&text, r#"pmtr_neutral_suspect{set="supply"}"#), Some("0"));
+        assert_eq!(value_of(&text, r#"pmtr_neutral_shift_volts{set="supply"}"#), Some("38.25"));
+        assert_eq!(value_of(&text, r#"pmtr_neutral_score{set="supply"}"#), Some("1.5"));
         assert_eq!(value_of(&text, r#"pmtr_sink_up{sink="influx",kind="influxdb2"}"#), Some("0"));
         assert_eq!(value_of(&text, r#"pmtr_sink_spool_records{sink="influx",kind="influxdb2"}"#), Some("7"));
         assert_eq!(value_of(&text, r#"pmtr_sink_dropped_total{sink="influx",kind="influxdb2"}"#), Some("2"));

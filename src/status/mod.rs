@@ -11,7 +11,7 @@ pub mod metrics;
 pub mod view;
 
 use crate::bus::status::{Counters, MeterState, MeterStatus};
-use crate::control::{RelayStatus, TriggerStatus};
+use crate::control::{NeutralStatus, RelayStatus, TriggerStatus};
 use crate::meter::Model;
 use crate::mqtt::run::MqttCounters;
 use crate::reading::{ChangeEvent, Phase, Quantity, Sample, StateChange, Subject};
@@ -37,6 +37,9 @@ pub struct Snapshot {
     /// Why triggers and relays are missing, when the trigger task did not answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control_error: Option<String>,
+    /// The `[[neutral]]` sets: state, score and displacement.
+    #[serde(default)]
+    pub neutral: Vec<NeutralStatus>,
     pub sinks: Vec<SinkView>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alerts: Option<AlertView>,
@@ -162,6 +165,8 @@ pub struct Parts {
     pub meters: BTreeMap<String, MeterStatus>,
     /// The trigger task's answer; Ok(empty) when there are no triggers and relays.
     pub control: Result<(Vec<TriggerStatus>, Vec<RelayStatus>), String>,
+    /// The `[[neutral]]` sets, from the same answer (empty when it failed).
+    pub neutral: Vec<NeutralStatus>,
     pub sinks: Vec<SinkView>,
     pub alerts: Option<AlertView>,
     pub mqtt: Option<MqttCounters>,
@@ -219,6 +224,7 @@ impl Snapshot {
             triggers,
             relays,
             control_error,
+            neutral: p.neutral,
             sinks: p.sinks,
             alerts: p.alerts,
             mqtt: p.mqtt,
@@ -344,6 +350,12 @@ pub(crate) mod tests {
             time: "2026-11-21T10:00:01Z".parse().unwrap(),
             meters,
             control: Ok((vec![trigger], vec![relay])),
+            neutral: vec![NeutralStatus {
+                name: "supply".into(),
+                state: "fault".into(),
+                score: Some(1.5),
+                shift: Some(38.25),
+            }],
             sinks: vec![SinkView {
                 name: "influx".into(),
                 kind: "influxdb2".into(),

@@ -457,6 +457,19 @@ impl Engine {
             .collect()
     }
 
+    /// Every `[[neutral]]` set's latest verdict.
+    pub fn neutral_status(&self) -> Vec<crate::control::NeutralStatus> {
+        self.neutral
+            .verdicts()
+            .map(|(name, v)| crate::control::NeutralStatus {
+                name: name.to_string(),
+                state: v.map_or("unknown", |v| v.state.as_str()).to_owned(),
+                score: v.map(|v| v.score),
+                shift: v.and_then(|v| v.shift),
+            })
+            .collect()
+    }
+
     pub fn relay_status(&self) -> Vec<RelayStatus> {
         (0..self.relays.len())
             .map(|i| {
@@ -806,6 +819,13 @@ relays = ["heater"]
         let status = e.trigger_status();
         let t = status.iter().find(|t| t.name == "broken-neutral").unwrap();
         assert!(t.values.contains("neutral_fault=1"), "{}", t.values);
+        let sets = e.neutral_status();
+        assert_eq!((sets[0].name.as_str(), sets[0].state.as_str()), ("supply", "fault"));
+        assert!((sets[0].shift.unwrap() - 46.1).abs() < 0.1, "{:?}", sets[0]);
+        assert_eq!(
+            (sets[1].name.as_str(), sets[1].state.as_str(), sets[1].shift),
+            ("house", "unknown", None)
+        );
     }
 
     #[test]

@@ -320,6 +320,7 @@ impl Shell {
                 let _ = c.reply.send(Response::Status {
                     triggers: self.engine.trigger_status(),
                     relays: self.engine.relay_status(),
+                    neutral: self.engine.neutral_status(),
                 });
                 return;
             }
@@ -610,7 +611,7 @@ mod keeping_state {
             .await
             .unwrap();
         match answer.await.unwrap() {
-            Response::Status { triggers, relays } => (triggers, relays),
+            Response::Status { triggers, relays, .. } => (triggers, relays),
             other => panic!("{other:?}"),
         }
     }
