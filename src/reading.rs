@@ -483,16 +483,19 @@ impl From<StateChange> for Record {
 pub enum Subject {
     Trigger,
     Relay,
+    /// A `[[neutral]]` voltage set.
+    Neutral,
 }
 
 impl Subject {
     /// The spool stores positions in this array: add at the end only.
-    pub const ALL: [Subject; 2] = [Subject::Trigger, Subject::Relay];
+    pub const ALL: [Subject; 3] = [Subject::Trigger, Subject::Relay, Subject::Neutral];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Subject::Trigger => "trigger",
             Subject::Relay => "relay",
+            Subject::Neutral => "neutral",
         }
     }
 }
@@ -527,11 +530,17 @@ pub enum ChangeEvent {
     Unforced,
     /// Relay: could not be switched (the GPIO refused the write).
     Failed,
+    /// Neutral set: back to `ok`.
+    NeutralOk,
+    /// Neutral set: `suspect`, a displacement not (or no longer) confirmed.
+    NeutralSuspect,
+    /// Neutral set: `fault`, a broken neutral.
+    NeutralFault,
 }
 
 impl ChangeEvent {
     /// The spool stores positions in this array: add at the end only.
-    pub const ALL: [ChangeEvent; 13] = [
+    pub const ALL: [ChangeEvent; 16] = [
         ChangeEvent::Tripped,
         ChangeEvent::Released,
         ChangeEvent::Latched,
@@ -545,6 +554,9 @@ impl ChangeEvent {
         ChangeEvent::Forced,
         ChangeEvent::Unforced,
         ChangeEvent::Failed,
+        ChangeEvent::NeutralOk,
+        ChangeEvent::NeutralSuspect,
+        ChangeEvent::NeutralFault,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -562,6 +574,9 @@ impl ChangeEvent {
             ChangeEvent::Forced => "forced",
             ChangeEvent::Unforced => "unforced",
             ChangeEvent::Failed => "failed",
+            ChangeEvent::NeutralOk => "ok",
+            ChangeEvent::NeutralSuspect => "suspect",
+            ChangeEvent::NeutralFault => "fault",
         }
     }
 }
@@ -575,9 +590,10 @@ pub struct StateChange {
     /// The trigger's or the relay's name.
     pub name: Arc<str>,
     pub event: ChangeEvent,
-    /// Relay: on (coil energised). Trigger: tripped, or would be in a dry run.
+    /// Relay: on (coil energised). Trigger: tripped, or would be in a dry run. Neutral set: in
+    /// fault.
     pub active: bool,
-    /// Relay: forced by hand. Trigger: latched.
+    /// Relay: forced by hand. Trigger: latched. Neutral set: was in fault before this change.
     pub held: bool,
     /// Trigger: in a dry run (never touches a relay). Relay: always false.
     pub dry_run: bool,

@@ -135,6 +135,7 @@ fn expected_changes(changes: &[StateChange]) -> BTreeMap<(String, String, i64), 
         let flags = match c.subject {
             Subject::Trigger => vec![("tripped", c.active), ("latched", c.held), ("dry_run", c.dry_run)],
             Subject::Relay => vec![("on", c.active), ("forced", c.held)],
+            Subject::Neutral => vec![("fault", c.active), ("was_fault", c.held)],
         };
         for (f, b) in flags {
             fields.insert(f.to_owned(), bit(b));

@@ -24,6 +24,10 @@ pub fn from_change(c: &StateChange, trigger_alerts: bool) -> Option<Alert> {
             AlertKind::RelayFailed,
             if c.active { "could not be switched on" } else { "could not be switched off" },
         ),
+        (Subject::Neutral, ChangeEvent::NeutralFault) => (AlertKind::NeutralFault, "fault: a broken neutral"),
+        (Subject::Neutral, ChangeEvent::NeutralOk | ChangeEvent::NeutralSuspect) if c.held => {
+            (AlertKind::NeutralFault, "no longer in fault")
+        }
         _ => return None,
     };
     // Evaluations give `L1U=254.2 L2U=231`; hands and stale data give words.
@@ -74,6 +78,21 @@ mod tests {
     #[test]
     fn switches_restores_and_quiet_triggers_are_not() {
         assert_eq!(from_change(&change(Subject::Relay, ChangeEvent::Switched, true, "start"), true), None);
+        let a =
+            from_change(&change(Subject::Neutral, ChangeEvent::NeutralFault, true, "shift 38.2 V"), false)
+                .unwrap();
+        assert_eq!(
+            (a.kind, a.summary.as_str()),
+            (AlertKind::NeutralFault, "neutral x fault: a broken neutral")
+        );
+        // Suspect from ok is no mail; leaving a fault is.
+        assert_eq!(
+            from_change(&change(Subject::Neutral, ChangeEvent::NeutralSuspect, false, "x"), true),
+            None
+        );
+        let mut back = change(Subject::Neutral, ChangeEvent::NeutralOk, false, "shift 2.0 V");
+        back.held = true;
+        assert_eq!(from_change(&back, true).map(|a| a.kind), Some(AlertKind::NeutralFault));
         assert_eq!(from_change(&change(Subject::Trigger, ChangeEvent::Restored, true, ""), true), None);
         assert_eq!(from_change(&change(Subject::Trigger, ChangeEvent::Tripped, true, "L1U=1"), false), None);
     }

@@ -37,10 +37,12 @@ pub enum AlertKind {
     SpoolDropped,
     /// The daemon started after an unclean stop.
     UncleanStop,
+    /// A `[[neutral]]` set found a broken neutral, or left that fault.
+    NeutralFault,
 }
 
 impl AlertKind {
-    pub const ALL: [AlertKind; 11] = [
+    pub const ALL: [AlertKind; 12] = [
         AlertKind::TriggerTripped,
         AlertKind::TriggerReleased,
         AlertKind::RelayForced,
@@ -52,6 +54,7 @@ impl AlertKind {
         AlertKind::SpoolFilling,
         AlertKind::SpoolDropped,
         AlertKind::UncleanStop,
+        AlertKind::NeutralFault,
     ];
 
     /// The name in the configuration.
@@ -68,6 +71,7 @@ impl AlertKind {
             AlertKind::SpoolFilling => "spool_filling",
             AlertKind::SpoolDropped => "spool_dropped",
             AlertKind::UncleanStop => "unclean_stop",
+            AlertKind::NeutralFault => "neutral_fault",
         }
     }
 

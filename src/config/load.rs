@@ -1499,7 +1499,7 @@ level = "low"
             (a.digest, a.min_interval, a.max_per_hour),
             (Duration::from_secs(30), Duration::from_secs(300), 20)
         );
-        assert_eq!((a.spool_mark, a.queue_max, a.kinds.len()), (80, 1000, 11));
+        assert_eq!((a.spool_mark, a.queue_max, a.kinds.len()), (80, 1000, 12));
         let boss = a.recipients(crate::alert::policy::AlertKind::TriggerTripped, &[]);
         assert_eq!(boss, ["ops@example.org", "boss@example.org"]);
         let e = config.email.expect("[alerts.email]");

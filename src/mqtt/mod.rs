@@ -22,7 +22,7 @@
 pub mod run;
 
 use crate::config::{Config, Meter, MqttSettings};
-use crate::control::{RelayStatus, TriggerStatus};
+use crate::control::{NeutralStatus, RelayStatus, TriggerStatus};
 use crate::reading::{Phase, Quantity, Reading, StateChange, Subject};
 use serde_json::{json, Value};
 use std::fmt::Write as _;
@@ -101,6 +101,12 @@ impl Topics {
     pub fn trigger_attributes(&self, trigger: &str) -> String {
         format!("{}/trigger/{}/attributes", self.prefix, topic_level(trigger))
     }
+    pub fn neutral_state(&self, set: &str) -> String {
+        format!("{}/neutral/{}/state", self.prefix, topic_level(set))
+    }
+    pub fn neutral_attributes(&self, set: &str) -> String {
+        format!("{}/neutral/{}/attributes", self.prefix, topic_level(set))
+    }
     /// Home Assistant announces its own restarts here: discovery is sent again then.
     pub fn home_assistant_status(&self) -> String {
         format!("{}/status", self.discovery_prefix)
@@ -162,6 +168,15 @@ impl Topics {
         ]
     }
 
+    /// A `[[neutral]]` set as it stands (at each connection): ON in fault.
+    pub fn neutral(&self, n: &NeutralStatus) -> [Message; 2] {
+        let attributes = json!({"state": n.state, "score": n.score, "shift": n.shift});
+        [
+            Message::state(self.neutral_state(&n.name), on_off(n.state == "fault")),
+            Message::state(self.neutral_attributes(&n.name), attributes.to_string()),
+        ]
+    }
+
     /// A state change as it happens: the new ON/OFF state and what caused it.
     pub fn change(&self, c: &StateChange) -> [Message; 2] {
         let attributes = json!({
@@ -179,6 +194,11 @@ impl Topics {
             Subject::Trigger => [
                 Message::state(self.trigger_state(&c.name), on_off(c.active)),
                 Message::state(self.trigger_attributes(&c.name), attributes.to_string()),
+            ],
+            // ON in fault; the attributes' event is its state (ok, suspect, fault).
+            Subject::Neutral => [
+                Message::state(self.neutral_state(&c.name), on_off(c.active)),
+                Message::state(self.neutral_attributes(&c.name), attributes.to_string()),
             ],
         }
     }
@@ -229,6 +249,22 @@ impl Topics {
                 "payload_off": "OFF",
                 "device_class": "problem",
                 "json_attributes_topic": self.trigger_attributes(&t.name),
+                "availability_topic": self.status(),
+                "device": self.gateway_device(gateway),
+                "origin": origin,
+            });
+            out.push(Message::state(self.discovery("binary_sensor", &object), doc.to_string()));
+        }
+        for n in &config.neutral {
+            let object = format!("neutral_{}", n.name);
+            let doc = json!({
+                "name": format!("Broken neutral {}", n.name),
+                "unique_id": format!("{}_{}", self.node, topic_level(&object)),
+                "state_topic": self.neutral_state(&n.name),
+                "payload_on": "ON",
+                "payload_off": "OFF",
+                "device_class": "problem",
+                "json_attributes_topic": self.neutral_attributes(&n.name),
                 "availability_topic": self.status(),
                 "device": self.gateway_device(gateway),
                 "origin": origin,
@@ -528,6 +564,47 @@ relays = ["pump"]
         );
         let a: Value = serde_json::from_slice(&attrs.payload).unwrap();
         assert_eq!((a["event"].as_str(), a["cause"].as_str()), (Some("released"), Some("L2U=230")));
+    }
+
+    #[test]
+    fn a_neutral_set_is_a_problem_binary_sensor_on_in_fault() {
+        let src = r#"
+[[bus]]
+name = "b"
+ports = ["/dev/ttyUSB*"]
+[[meter]]
+name = "plant"
+model = "rx380"
+address = 1
+[[neutral]]
+name = "supply"
+meter = "plant"
+"#;
+        let config = crate::config::load_str(src, "t.toml").unwrap();
+        let t = Topics::new(&settings(), "house-pi");
+        let docs = t.discovery_documents(&config);
+        let doc = docs.iter().find(|m| m.topic.ends_with("/neutral_supply/config")).expect("discovered");
+        assert!(doc.topic.starts_with("homeassistant/binary_sensor/"), "{}", doc.topic);
+        let d: Value = serde_json::from_slice(&doc.payload).unwrap();
+        assert_eq!(d["device_class"], "problem");
+        assert_eq!(d["state_topic"], "pmtr/house-pi/neutral/supply/state");
+        let c = StateChange {
+            time: "2026-11-21T10:00:00Z".parse().unwrap(),
+            subject: Subject::Neutral,
+            name: "supply".into(),
+            event: crate::reading::ChangeEvent::NeutralFault,
+            active: true,
+            held: false,
+            dry_run: false,
+            cause: "shift 38.2 V, score 1.27, was suspect".into(),
+        };
+        let [state, attrs] = t.change(&c);
+        assert_eq!(
+            (state.topic.as_str(), state.payload.as_slice(), state.retain),
+            ("pmtr/house-pi/neutral/supply/state", &b"ON"[..], true)
+        );
+        let a: Value = serde_json::from_slice(&attrs.payload).unwrap();
+        assert_eq!(a["event"], "fault");
     }
 
     #[test]

@@ -352,7 +352,12 @@ impl Publisher {
         })
         .await
         {
-            Ok(Some(Response::Status { triggers, relays, .. })) => {
+            Ok(Some(Response::Status { triggers, relays, neutral })) => {
+                for n in &neutral {
+                    for m in self.topics.neutral(n) {
+                        self.publish(m);
+                    }
+                }
                 for r in &relays {
                     for m in self.topics.relay(r) {
                         self.publish(m);

@@ -19,13 +19,14 @@
 //! ```text
 //! pmtr_trigger,gateway=house,trigger=overvoltage event="tripped",tripped=1i,latched=0i,dry_run=0i,cause="L1U=254.2" 1763726400123
 //! pmtr_relay,gateway=house,relay=boiler event="switched",on=0i,forced=0i,cause="trigger overvoltage" 1763726400123
+//! pmtr_neutral,gateway=house,neutral=supply event="fault",fault=1i,was_fault=0i,cause="shift 38.2 V, score 1.27, was suspect" 1763726400123
 //! ```
 //!
-//! - measurement: `<measurement>_trigger` and `<measurement>_relay`;
-//! - tags: `gateway`, and `trigger` or `relay` (its name);
+//! - measurement: `<measurement>_trigger`, `<measurement>_relay` and `<measurement>_neutral`;
+//! - tags: `gateway`, and `trigger`, `relay` or `neutral` (its name);
 //! - fields: `event` (string, [`ChangeEvent::as_str`](crate::reading::ChangeEvent::as_str)) and `cause` (string, newlines made
 //!   spaces); trigger: `tripped` (active), `latched` (held), `dry_run`; relay: `on` (active),
-//!   `forced` (held); each an integer 0/1;
+//!   `forced` (held); neutral set: `fault` (active), `was_fault` (held); each an integer 0/1;
 //! - time: the moment of the change, in milliseconds.
 //!
 //! A health point (every `gateway.health_interval`) gives one point per meter and per sink:
@@ -57,6 +58,7 @@ pub struct LineProtocol {
     /// The same for `<measurement>_trigger` and `<measurement>_relay`.
     trigger_prefix: String,
     relay_prefix: String,
+    neutral_prefix: String,
     /// The same for `<measurement>_bus` and `<measurement>_sink`.
     bus_prefix: String,
     sink_prefix: String,
@@ -75,6 +77,7 @@ impl LineProtocol {
             prefix: with_gateway(measurement),
             trigger_prefix: with_gateway(&format!("{measurement}_trigger")),
             relay_prefix: with_gateway(&format!("{measurement}_relay")),
+            neutral_prefix: with_gateway(&format!("{measurement}_neutral")),
             bus_prefix: with_gateway(&format!("{measurement}_bus")),
             sink_prefix: with_gateway(&format!("{measurement}_sink")),
         }
@@ -158,7 +161,7 @@ impl LineProtocol {
 
     /// Appends the one point of a state change to `out`. Returns 1.
     pub fn encode_change(&self, change: &StateChange, out: &mut String) -> usize {
-        let (trigger, relay);
+        let (trigger, relay, neutral);
         let (prefix, flags): (&str, &[(&str, bool)]) = match change.subject {
             Subject::Trigger => {
                 trigger = [("tripped", change.active), ("latched", change.held), ("dry_run", change.dry_run)];
@@ -167,6 +170,10 @@ impl LineProtocol {
             Subject::Relay => {
                 relay = [("on", change.active), ("forced", change.held)];
                 (&self.relay_prefix, &relay)
+            }
+            Subject::Neutral => {
+                neutral = [("fault", change.active), ("was_fault", change.held)];
+                (&self.neutral_prefix, &neutral)
             }
         };
         out.push_str(prefix);

@@ -314,14 +314,7 @@ impl Engine {
         let Some(&m) = self.meter_index.get(&*reading.meter) else { return out };
         self.last_seen[m] = Some(now.mono);
         if let Some(c) = self.neutral.on_reading(reading, now.mono) {
-            let shift = c.verdict.shift.map_or("?".to_owned(), |s| format!("{s:.1} V"));
-            if c.verdict.state == crate::neutral::State::Fault {
-                tracing::warn!(set = %c.name, from = c.from.as_str(), to = c.verdict.state.as_str(),
-                    shift = %shift, score = c.verdict.score, "broken neutral");
-            } else {
-                tracing::info!(set = %c.name, from = c.from.as_str(), to = c.verdict.state.as_str(),
-                    shift = %shift, score = c.verdict.score, "neutral");
-            }
+            out.changes.push(neutral_change(&c, now.wall));
         }
         let set = self.neutral.set_of(&reading.meter);
         let verdict = set.and_then(|s| self.neutral.verdict(s));
@@ -644,6 +637,26 @@ impl Engine {
     }
 }
 
+/// A `[[neutral]]` set's change of state: `active` in fault, `held` when it was.
+fn neutral_change(c: &crate::neutral::watch::Change, time: DateTime<Utc>) -> StateChange {
+    use crate::neutral::State as N;
+    let shift = c.verdict.shift.map_or("?".to_owned(), |s| format!("{s:.1} V"));
+    StateChange {
+        time,
+        subject: Subject::Neutral,
+        name: c.name.clone(),
+        event: match c.verdict.state {
+            N::Ok => ChangeEvent::NeutralOk,
+            N::Suspect => ChangeEvent::NeutralSuspect,
+            N::Fault => ChangeEvent::NeutralFault,
+        },
+        active: c.verdict.state == N::Fault,
+        held: c.from == N::Fault,
+        dry_run: false,
+        cause: format!("shift {shift}, score {:.2}, was {}", c.verdict.score, c.from.as_str()),
+    }
+}
+
 /// A change of trigger `t`, as it stands now.
 fn trigger_change(t: &TriggerRt, event: ChangeEvent, time: DateTime<Utc>, cause: String) -> StateChange {
     StateChange {
@@ -809,13 +822,18 @@ relays = ["heater"]
     fn a_broken_neutral_trips_a_trigger_on_neutral_fault() {
         let mut e = engine(NEUTRAL);
         let mut switches = Vec::new();
+        let mut sets = Vec::new();
         for s in 0..10u64 {
             let n = if s < 3 { (0.0, 0.0) } else { (45.0, -10.0) };
             let out = e.on_reading(&rx380_reading(n, at(s as f64)), at(s as f64));
             switches.extend(out.switches.iter().map(|(r, l)| (s, *r, *l)));
+            sets.extend(
+                out.changes.iter().filter(|c| c.subject == Subject::Neutral).map(|c| (s, c.event, c.active)),
+            );
         }
         // Displaced from second 3; a fault after the 3 s hold, at second 6.
         assert_eq!(switches, [(6, 0, Level::Off)]);
+        assert_eq!(sets, [(3, ChangeEvent::NeutralSuspect, false), (6, ChangeEvent::NeutralFault, true)]);
         let status = e.trigger_status();
         let t = status.iter().find(|t| t.name == "broken-neutral").unwrap();
         assert!(t.values.contains("neutral_fault=1"), "{}", t.values);
