@@ -6,6 +6,13 @@
 //!
 //! A neutral breaking under changing load must trip both triggers; healthy unbalanced loads, a
 //! one-phase sag, an all-phase swell and an unstable grid must never trip them.
+//!
+//! And once through the whole gateway: three simulated PZEM-016 on a pseudo-terminal play a
+//! recorded trace of the simulator (their voltages, one phase each), `pmtr run` reads them,
+//! and a trigger on `neutral_fault` switches the fake relay off once the neutral opens.
+
+#[path = "support/gateway.rs"]
+mod gateway;
 
 use pmtr::config::load_str;
 use pmtr::meter::Model;
@@ -172,4 +179,80 @@ fn healthy_neutrals_never_trip_whatever_the_grid_does() {
         assert_eq!(seen.off, [None, None], "{name}");
         assert_eq!(seen.reached_20v, None, "{name}: the simulated neutral itself stayed sound");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_the_gateway_three_pzems_on_a_breaking_neutral_switch_the_relay_off() {
+    use gateway::{Daemon, PIN};
+    use pmtr::relay::FakeBoard;
+    use pmtr::sim::{GridTrace, Profile, SimPort, SimPortOptions};
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    // The neutral opens 8 s after the port starts; the trace lasts 10 minutes.
+    let trace =
+        Arc::new(GridTrace::record(Grid::new(11, 230.0).with_house([600.0, 400.0, 200.0]), 600, Some(8)));
+    let line = pmtr::config::LineSettings {
+        baud: 9600,
+        data_bits: 8,
+        parity: pmtr::config::Parity::None,
+        stop_bits: 1,
+    };
+    let port = SimPort::spawn(SimPortOptions {
+        link: Some(dir.path().join("ttyUSB0")),
+        line,
+        turnaround: Duration::from_millis(5),
+        meters: ["pzem-016@4", "pzem-016@5", "pzem-016@6"].iter().map(|m| m.parse().unwrap()).collect(),
+    })
+    .unwrap();
+    for (k, address) in [4u8, 5, 6].into_iter().enumerate() {
+        port.with_slave(address, |s| s.set_profile(Profile::Grid { trace: trace.clone(), phase: k }))
+            .unwrap();
+    }
+    let extra = r#"
+[[meter]]
+name = "l2"
+model = "pzem-016"
+address = 5
+phase = "L2"
+poll = "200ms"
+[[meter]]
+name = "l3"
+model = "pzem-016"
+address = 6
+phase = "L3"
+poll = "200ms"
+[[neutral]]
+name = "house"
+meters = ["main", "l2", "l3"]
+[[trigger]]
+name = "broken-neutral"
+meter = "main"
+when = "neutral_fault == 1"
+relays = ["motor"]
+latch = true
+"#;
+    let config =
+        load_str(&gateway::toml(dir.path(), "t", extra), "test.toml").unwrap_or_else(|e| panic!("{e}"));
+    let board = FakeBoard::new();
+    let daemon = Daemon::start(config, &board);
+    board
+        .wait_level(PIN, true, Duration::from_secs(5))
+        .await
+        .expect("the relay is claimed at its default, on");
+    board
+        .wait_level(PIN, false, Duration::from_secs(60))
+        .await
+        .expect("the neutral opened: the trigger on neutral_fault switches the relay off");
+    let opened_at = port.elapsed_s();
+    assert!(opened_at >= 8.0, "switched off at {opened_at:.1} s, before the neutral opened at 8 s");
+    daemon.stop().await;
+    let changes: String = std::fs::read_dir(dir.path().join("csv"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("changes"))
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .collect();
+    assert!(changes.contains(",neutral,house,fault,"), "the set's fault is stored:\n{changes}");
+    assert!(changes.contains(",trigger,broken-neutral,latched,"), "and the trigger's latch:\n{changes}");
 }

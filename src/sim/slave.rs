@@ -35,6 +35,38 @@ pub enum Profile {
     /// is the base voltage. Current is unchanged. RX380: all six voltages scale by the ratio of
     /// the scripted voltage to the mean base phase voltage.
     Script(Vec<(f64, f64)>),
+    /// The voltages of a recorded [`GridTrace`] (one sample a second of `sim::grid`, a supply
+    /// and a house whose neutral may break): an RX380 gives its phase and line voltages, a
+    /// PZEM the voltage of phase `phase` (0, 1, 2 for L1, L2, L3). Current is unchanged. After
+    /// the trace's end, its last sample.
+    Grid { trace: std::sync::Arc<GridTrace>, phase: usize },
+}
+
+/// Voltages recorded from [`crate::sim::grid::Grid`], one sample a second from `t = 0`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GridTrace {
+    pub samples: Vec<crate::sim::grid::GridSample>,
+}
+
+impl GridTrace {
+    /// `seconds` seconds of `grid`, its neutral opened at `open_at` seconds (None: never).
+    pub fn record(mut grid: crate::sim::grid::Grid, seconds: usize, open_at: Option<usize>) -> GridTrace {
+        let samples = (0..seconds.max(1))
+            .map(|t| {
+                if Some(t) == open_at {
+                    grid.set_neutral(None);
+                }
+                grid.step(1.0)
+            })
+            .collect();
+        GridTrace { samples }
+    }
+
+    /// The sample at `t` seconds.
+    pub fn at(&self, t: f64) -> Option<&crate::sim::grid::GridSample> {
+        let i = if t.is_finite() && t > 0.0 { t as usize } else { 0 };
+        self.samples.get(i.min(self.samples.len().saturating_sub(1)))
+    }
 }
 
 /// Factors a profile applies at one instant.
@@ -67,6 +99,9 @@ impl Profile {
                 ki: 1.0,
                 volts: points.iter().take_while(|(at, _)| *at <= t).last().map(|(_, v)| *v),
             },
+            Profile::Grid { trace, phase } => {
+                Mods { kv: 1.0, ki: 1.0, volts: trace.at(t).and_then(|s| s.phase.get(*phase).copied()) }
+            }
         }
     }
 }
@@ -377,6 +412,16 @@ impl SimSlave {
     fn rx_values(&self, t: f64) -> rx380::Snapshot {
         let m = self.profile.mods(t);
         let mut s = self.rx;
+        if let Profile::Grid { trace, .. } = &self.profile {
+            if let Some(g) = trace.at(t) {
+                s.phase_volts = g.phase;
+                s.line_volts = g.line;
+            }
+            s.kwh = self.kwh;
+            s.kvah = self.kvah;
+            s.kvarh = self.kvarh;
+            return s;
+        }
         let mean = s.phase_volts.iter().sum::<f64>() / 3.0;
         let kv = match m.volts {
             Some(v) if mean > 0.0 => v / mean,
@@ -762,6 +807,8 @@ impl fmt::Display for Profile {
                 }
                 Ok(())
             }
+            // Set through the API only (a recorded trace has no text form).
+            Profile::Grid { trace, phase } => write!(f, "grid:{}s:L{}", trace.samples.len(), phase + 1),
         }
     }
 }
@@ -1265,6 +1312,26 @@ mod tests {
         let regs = s.registers(1000.0);
         let wh = (0..4).fold(0u64, |v, i| (v << 16) | u64::from(regs[i]));
         assert_eq!(wh, 1917);
+    }
+
+    #[test]
+    fn a_grid_trace_gives_the_rx380_its_voltages_and_each_pzem_its_phase() {
+        use crate::sim::grid::Grid;
+        let trace = std::sync::Arc::new(GridTrace::record(
+            Grid::new(3, 230.0).with_house([700.0, 400.0, 100.0]),
+            20,
+            Some(10),
+        ));
+        let rx = SimSlave::new(Model::Rx380, 1).profile(Profile::Grid { trace: trace.clone(), phase: 0 });
+        let at = |t: f64| rx.rx_values(t);
+        assert_eq!(at(4.5).phase_volts, trace.samples[4].phase);
+        assert_eq!(at(4.5).line_volts, trace.samples[4].line);
+        assert_eq!(at(99.0).phase_volts, trace.samples[19].phase, "the last sample after the end");
+        assert!(trace.samples[19].displacement > 20.0, "the neutral opened at 10 s");
+        let pzem = SimSlave::new(Model::Pzem016, 5)
+            .base_pzem(230.0, 2.0, 1.0, 50.0)
+            .profile(Profile::Grid { trace: trace.clone(), phase: 2 });
+        assert_eq!(pzem.pzem_values(12.0).0, trace.samples[12].phase[2]);
     }
 
     #[test]
