@@ -1,6 +1,7 @@
 //! The Grafana dashboards against real data: a real InfluxDB 1.x (Debian `influxd`) filled by
 //! `pmtr run` (in process) from simulated meters (two PZEM-016 and an RX380 on a pseudo-terminal),
-//! a relay on a fake GPIO board and a trigger that trips it, with health points every second.
+//! a relay on a fake GPIO board and a trigger that trips it, with health points every second,
+//! and a `[[neutral]]` set on the RX380, which plays a supply whose neutral opens.
 //! Then every template variable query and every panel query of every dashboard in
 //! `grafana/dashboards/` runs against that database, with the variables filled in as Grafana
 //! does, and must give what its panel draws: no error, at least one series, every selected
@@ -75,6 +76,9 @@ flush_interval = "100ms"
 name = "water-heater"
 pin = {pin}
 default = "on"
+[[neutral]]
+name = "plant-supply"
+meter = "plant"
 [[trigger]]
 name = "overvoltage-B"
 meter = "mainB"
@@ -328,7 +332,7 @@ async fn every_panel_query_of_every_dashboard_gives_its_series() {
     db.create_database(DATABASE);
     let dir = tempfile::tempdir().unwrap();
     // mainB at 130 V trips `overvoltage-B` at its first reading; the dry-run trigger never does.
-    let _port = SimPort::spawn(SimPortOptions {
+    let port = SimPort::spawn(SimPortOptions {
         link: Some(dir.path().join("ttyUSB0")),
         line: LineSettings { baud: 9600, data_bits: 8, parity: Parity::None, stop_bits: 1 },
         turnaround: Duration::from_millis(5),
@@ -339,6 +343,15 @@ async fn every_panel_query_of_every_dashboard_gives_its_series() {
         ],
     })
     .unwrap();
+    // The RX380 plays a supply whose neutral opens after 1 s: the set `plant-supply` changes
+    // state, which writes `pmtr_neutral` points.
+    let trace = pmtr::sim::GridTrace::record(
+        pmtr::sim::grid::Grid::new(5, 230.0).with_house([700.0, 400.0, 100.0]),
+        120,
+        Some(1),
+    );
+    let trace = std::sync::Arc::new(trace);
+    port.with_slave(1, |s| s.set_profile(pmtr::sim::Profile::Grid { trace, phase: 0 })).unwrap();
     let config = pmtr::config::load_str(&config(dir.path(), &db.url()), "grafana.toml").unwrap();
     let board = FakeBoard::new();
     let daemon = Daemon::start(config, &board);
