@@ -9,6 +9,7 @@ pub mod app;
 pub mod bus;
 pub mod config;
 pub mod control;
+pub mod drops;
 pub mod meter;
 pub mod modbus;
 pub mod mqtt;
