@@ -140,6 +140,7 @@ impl CsvFiles {
         let result = self.write_now(batch, &mut touched).and_then(|()| {
             for (f, _) in &touched {
                 f.sync_data()?;
+                BATCH_SYNCS.with(|c| c.set(c.get() + 1));
             }
             Ok(())
         });
@@ -259,6 +260,11 @@ impl CsvFiles {
         }
         Ok(())
     }
+}
+
+thread_local! {
+    /// Files synced at the end of a batch by this thread, for the test that guards it.
+    static BATCH_SYNCS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 /// Appends `text` to `f`, noting the file and its length before in `touched` (once per file).
@@ -536,5 +542,26 @@ mod tests {
         let a = std::fs::read_to_string(dir.path().join("a-2025-11-21.csv")).unwrap();
         let b = std::fs::read_to_string(blocked).unwrap();
         assert_eq!((a.lines().count(), b.lines().count()), (1 + 4, 1 + 2), "each row once:\n{a}\n{b}");
+    }
+
+    /// Rows count as written (and the spool's cursor moves past them) only once every file
+    /// the batch touched is synced to the disk.
+    #[test]
+    fn a_batch_is_synced_to_every_file_it_touched_before_it_counts_as_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let meters = vec![
+            ("a".to_string(), "bus1".to_string(), Model::Pzem016),
+            ("b".to_string(), "bus1".to_string(), Model::Pzem016),
+        ];
+        let day = 1_763_683_200_000; // 2025-11-21T00:00:00Z
+        let mut w = CsvWriter::new(dir.path().into(), GroupBy::Meter, TimeZone::Utc, "gw", &meters);
+        let before = BATCH_SYNCS.with(|c| c.get());
+        w.write_now(&[
+            reading("a", Model::Pzem016, day),
+            reading("b", Model::Pzem016, day + 1),
+            change(Subject::Relay, "boiler", ChangeEvent::Switched, day + 2, "x"),
+        ])
+        .unwrap();
+        assert_eq!(BATCH_SYNCS.with(|c| c.get()) - before, 3, "a, b and the changes file");
     }
 }
