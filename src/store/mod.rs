@@ -517,4 +517,26 @@ mod tests {
         storage.join().await;
         assert_eq!(sinks[0].snapshot().readings_written, 1, "written without a spool");
     }
+
+    /// A sink whose thread hangs for ever (a dead disk) does not hold a stop: `join` returns
+    /// after `JOIN_BOUND` and leaves it behind.
+    #[tokio::test(start_paused = true)]
+    async fn join_returns_after_its_bound_with_a_sink_hung_for_ever() {
+        let dir = tempfile::tempdir().unwrap();
+        let (release, gate) = std::sync::mpsc::channel();
+        let hung = sink("hung", Box::new(Hung(Mutex::new(gate))), dir.path());
+        let (intake, records) = Intake::channel(16);
+        let storage = Storage {
+            sinks: vec![hung.status()],
+            events: broadcast::channel(1).0,
+            done: spawn(vec![hung], records).unwrap(),
+        };
+        intake.offer(Record::Reading(reading(230.0))).unwrap();
+        // Its first write, at the latest when the intake closes, hangs its thread for ever.
+        drop(intake);
+        let t0 = tokio::time::Instant::now();
+        storage.join().await;
+        assert_eq!(t0.elapsed(), JOIN_BOUND, "joined at the bound, not never");
+        drop(release);
+    }
 }
