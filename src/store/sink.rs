@@ -277,12 +277,12 @@ impl Sink {
     fn check_slow(&mut self, f: &Flight, now: Instant) {
         let flight_late = f.late_at.is_some_and(|t| t <= now);
         let memory_late = !self.memory.is_empty() && self.flush_at.is_some_and(|t| t <= now);
-        if !(flight_late || memory_late) || (self.behind && self.memory.is_empty()) {
+        // Once behind, new records go to the spool as they arrive: nothing more to do until the
+        // write ends (what the spool could not take stays in memory, not tried again here).
+        if self.behind || !(flight_late || memory_late) || !self.spool.is_open() {
             return;
         }
-        if !self.behind {
-            tracing::debug!(sink = %self.opts.name, "database slower than flush_interval: spooling");
-        }
+        tracing::debug!(sink = %self.opts.name, "database slower than flush_interval: spooling");
         self.behind = true;
         let waiting: Vec<Record> = self.memory.drain(..).collect();
         if !waiting.is_empty() {
@@ -1166,5 +1166,26 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert_eq!(rig.status.snapshot().spool_readings, 10, "an outage is spooled again");
         assert!(matches!(rig.events.try_recv(), Ok(StoreEvent::SpoolError { .. })), "reported");
+    }
+
+    /// Without a spool (it cannot be opened) and without a database, at most
+    /// `5 × MEMORY_LIMIT` records wait in memory; beyond, the oldest are dropped and counted.
+    #[tokio::test(start_paused = true)]
+    async fn without_spool_or_database_memory_is_bounded_and_the_excess_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocked = dir.path().join("spool");
+        std::fs::write(&blocked, "in the way").unwrap();
+        let spool = Spool::closed(&blocked, SpoolLimits::new(64 << 20));
+        let fake = Fake { then: Some(retry()), ..Fake::default() };
+        let rig = rig_on(fake, Durability::Outage, dir, spool);
+        let fed = MEMORY_LIMIT as u64 * 5 + 50;
+        for i in 0..fed {
+            rig.tx.send(reading(i)).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let s = rig.status.snapshot();
+        assert!(s.in_memory <= MEMORY_LIMIT as u64 * 5, "{} in memory", s.in_memory);
+        assert!(s.spool_dropped >= 40, "the excess is counted: {}", s.spool_dropped);
+        assert!(s.in_memory + s.spool_dropped + 10 >= fed, "all accounted for but a batch in flight");
     }
 }
