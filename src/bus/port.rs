@@ -49,6 +49,9 @@ pub async fn run<L: Line>(
         super::liveness::port_limit(bus.timeout, bus.retries),
     );
     let sentinel = sentinel_value();
+    // A full readings channel (triggers or storage stuck) drops the reading: counted per meter,
+    // and logged at most once a minute per port.
+    let drops = crate::drops::Drops::new(format!("readings from bus {} port {port}", bus.name));
     let start = Instant::now();
     let remembered = shared.remembered_port_of();
     let mut slots: Vec<Slot> = shared
@@ -174,6 +177,9 @@ pub async fn run<L: Line>(
                     tracing::warn!(meter = %meter.name, "energy counter went backwards (reset or rollover): flagged, not counted as use");
                 }
                 let dropped = shared.readings.try_send(reading.clone()).is_err();
+                if dropped {
+                    drops.count();
+                }
                 status.update(&meter.name, |s| {
                     if s.state == MeterState::Failing {
                         tracing::info!(meter = %meter.name, port = %port, "meter answers again");
