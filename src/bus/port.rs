@@ -347,7 +347,7 @@ async fn run_duties<L: Line>(
 #[cfg(test)]
 mod stopping {
     use super::*;
-    use crate::bus::status::{Counters, MeterStatus};
+    use crate::bus::status::MeterStatus;
     use std::collections::HashSet;
     use std::sync::Mutex;
 
@@ -374,21 +374,7 @@ address = 4
         let (readings, rx) = tokio::sync::mpsc::channel(16);
         let status = Arc::new(crate::bus::status::StatusBoard::default());
         let meters = config.meters.clone();
-        status.register(
-            "m",
-            MeterStatus {
-                bus: "b".into(),
-                address: 4,
-                model: meters[0].model,
-                port: None,
-                state: MeterState::Searching,
-                counters: Counters::default(),
-                last_success: None,
-                last_error: None,
-                last_reading: None,
-                server: None,
-            },
-        );
+        status.register("m", MeterStatus::searching("b".into(), 4, meters[0].model));
         let shared = Arc::new(BusShared {
             bus: config.buses[0].clone(),
             owners: Mutex::new(vec![Some("p".to_string())]),

@@ -136,22 +136,7 @@ impl Spool {
     /// Opens (or creates) the spool in `dir` and repairs what a crash left.
     pub fn open(dir: &Path, limits: SpoolLimits) -> io::Result<Spool> {
         fs::create_dir_all(dir)?;
-        let mut spool = Spool {
-            dir: dir.to_path_buf(),
-            limits,
-            segments: VecDeque::new(),
-            active: None,
-            cursor: Cursor { segment: 0, offset: FILE_MAGIC.len() as u64, done: 0 },
-            reader: None,
-            unsynced: false,
-            names: Names::default(),
-            encoded: Vec::new(),
-            oldest: None,
-            recoveries: Vec::new(),
-            dropped: 0,
-            bytes_written: 0,
-            open: true,
-        };
+        let mut spool = Spool { open: true, ..Spool::closed(dir, limits) };
         let mut found = Vec::new();
         for entry in fs::read_dir(dir)? {
             let entry = entry?;
