@@ -6,7 +6,14 @@
 //!    InfluxDB-compatible server (VictoriaMetrics `/api/v2/write`), while checking that all
 //!    arrived.
 //!
-//! `cargo bench --bench storage [-- append|replay]` (BENCH_POINTS=N to change the count).
+//! 3. stop and reload: a sink over a spool of 1,000,000 and of 5,000,000 PZEM readings, the
+//!    database back (a writer in the process answering each batch of 1000 after 5 ms, about the
+//!    200,000 points/s of a local server) and replaying: the time from the closing of its records
+//!    channel to the end of the sink (stop), and the time to open the spool and the sink again
+//!    (the start half of a reload). No server needed.
+//!
+//! `cargo bench --bench storage [-- append|replay|stop]` (BENCH_POINTS=N to change the count of
+//! the first two; BENCH_STOP=N,M for the third).
 
 #[path = "../tests/support/servers.rs"]
 mod servers;
@@ -15,7 +22,7 @@ use pmtr::meter::Model;
 use pmtr::reading::{Phase, Quality, Quantity, Reading, Record, Sample};
 use pmtr::store::influx::{InfluxV2, V2Settings};
 use pmtr::store::schema::LineProtocol;
-use pmtr::store::sink::{Durability, Sink, SinkOptions};
+use pmtr::store::sink::{Durability, Sink, SinkOptions, WriteFuture, Writer};
 use pmtr::store::spool::{Spool, SpoolLimits};
 use pmtr::store::SinkStatus;
 use std::sync::Arc;
@@ -135,6 +142,85 @@ fn replay() {
     assert_eq!(arrived as u64, n, "every replayed point arrived");
 }
 
+/// A database that takes 5 ms per batch: 200,000 records/s in batches of 1000.
+struct Fast;
+
+impl Writer for Fast {
+    fn kind(&self) -> &'static str {
+        "fast"
+    }
+    fn target(&self) -> String {
+        "in process".into()
+    }
+    fn write(&mut self, _: &[Record]) -> WriteFuture {
+        Box::pin(async {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            Ok(())
+        })
+    }
+    fn render(&self, _: &[Record]) -> String {
+        String::new()
+    }
+}
+
+fn stop() {
+    let counts: Vec<u64> = std::env::var("BENCH_STOP")
+        .ok()
+        .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1_000_000, 5_000_000]);
+    let opts = SinkOptions {
+        name: "bench".into(),
+        batch: 1000,
+        flush_interval: Duration::from_secs(1),
+        durability: Durability::Outage,
+        sync_interval: Duration::from_secs(1),
+        max_backoff: Duration::from_secs(60),
+    };
+    let limits = SpoolLimits::new(1 << 30);
+    for n in counts {
+        let dir =
+            tempfile::tempdir_in(std::env::var("BENCH_DIR").unwrap_or_else(|_| "target".into())).unwrap();
+        let base = chrono::Utc::now().timestamp_millis() - 3 * 86_400_000;
+        let mut spool = Spool::open(dir.path(), limits).unwrap();
+        fill(&mut spool, n, base, false);
+        let bytes = spool.bytes();
+        drop(spool);
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let (open, stop, left, rate) = rt.block_on(async {
+            let status = Arc::new(SinkStatus::new("bench", "fast", "in process".into()));
+            let (events, _) = tokio::sync::broadcast::channel(16);
+            let t0 = Instant::now();
+            let spool = Spool::open(dir.path(), limits).unwrap();
+            let sink = Sink::new(Box::new(Fast), spool, opts.clone(), status.clone(), events);
+            let open = t0.elapsed();
+            let (tx, rx) = tokio::sync::mpsc::channel(4096);
+            let task = tokio::spawn(sink.run(rx));
+            // Live readings while the spool replays, for a second; then SIGTERM.
+            let t_run = Instant::now();
+            for i in 0..100u64 {
+                tx.send(reading(base + 86_400_000, i).into()).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let replayed = n - status.snapshot().spool_readings;
+            let rate = replayed as f64 / t_run.elapsed().as_secs_f64();
+            let t1 = Instant::now();
+            drop(tx);
+            task.await.unwrap();
+            (open, t1.elapsed(), status.snapshot().spool_readings, rate)
+        });
+        println!(
+            "stop and reload: spool of {n} PZEM readings ({:.0} MiB), database back and replaying: \
+             stop in {:.3} s, spool and sink opened again in {:.3} s; {left} readings left in the \
+             spool for the next start (it replayed {rate:.0} readings/s before the stop: replaying \
+             the rest at stop would have taken {:.0} s)",
+            bytes as f64 / (1 << 20) as f64,
+            stop.as_secs_f64(),
+            open.as_secs_f64(),
+            left as f64 / rate,
+        );
+    }
+}
+
 fn main() {
     let which: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     let run = |name: &str| which.is_empty() || which.iter().any(|w| w == name);
@@ -143,5 +229,8 @@ fn main() {
     }
     if run("replay") {
         replay();
+    }
+    if run("stop") {
+        stop();
     }
 }

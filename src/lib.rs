@@ -10,6 +10,7 @@ pub mod bus;
 pub mod clock;
 pub mod config;
 pub mod control;
+pub mod drops;
 pub mod meter;
 pub mod modbus;
 pub mod mqtt;

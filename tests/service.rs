@@ -247,11 +247,16 @@ fn notify_watchdog_reload_and_stop_as_under_systemd() {
     assert_eq!(during, [(false, "claim".to_string())], "the relay across the reload");
     assert!(read(&log).contains("reloaded"), "{}", read(&log));
 
-    // SIGHUP with a file that loads but cannot start (its sink's spool folder is taken by a
-    // file): the previous configuration starts again, the relay still handed over as it is.
+    // SIGHUP with a file that loads but cannot start (its control socket is held by another
+    // process, as by a second pmtr): the previous configuration starts again, the relay still
+    // handed over as it is. (A spool folder that cannot be opened no longer stops a start.)
     let before_reload = pin_log(dir.path()).len();
-    std::fs::write(dir.path().join("state/spool/blocked"), "not a folder").unwrap();
-    let blocked = config(dir.path(), true).replace("name = \"csv2\"", "name = \"blocked\"");
+    let taken = dir.path().join("taken.sock");
+    let _holder = std::os::unix::net::UnixListener::bind(&taken).unwrap();
+    let blocked = config(dir.path(), true).replace(
+        "gpio = \"fake\"\n",
+        &format!("gpio = \"fake\"\ncontrol_socket = \"{}\"\n", taken.display()),
+    );
     std::fs::write(&cfg, blocked).unwrap();
     signal(&p, nix::sys::signal::Signal::SIGHUP);
     notify.wait_for("RELOADING=1", 3, &log);

@@ -703,3 +703,69 @@ fn spooled_count(dir: &Path) -> usize {
     }
     spooled(dir).len()
 }
+
+/// Only InfluxDB's own refusal of points sets them aside: its real answers (InfluxDB 1.6, a
+/// field type conflict and a line it cannot parse) are recognised, and pmtr's batch hitting a
+/// conflict goes to `rejected.txt`; a proxy's 400 page ("plain HTTP request was sent to HTTPS
+/// port") keeps everything in the spool for a retry.
+#[test]
+fn only_influxdbs_own_refusal_rejects_points_and_a_proxys_400_keeps_them() {
+    let db = Influx1::start();
+    db.create_database("meters");
+    let base = base_ms();
+    let write = |line: &str| {
+        servers::http("POST", &format!("{}/write?db=meters&precision=ms", db.url()), &[], line.as_bytes())
+    };
+    let (status, body) = write("pmtr,meter=kitchen v=");
+    assert_eq!(status, 400);
+    assert!(pmtr::store::influx::refuses_points(&body), "InfluxDB's parse error: {body}");
+    // `alarm` is an integer in pmtr's points: a string there first makes them conflict.
+    let (status, _) =
+        write(&format!("pmtr,gateway=testgw,meter=kitchen,model=pzem-016,phase=l1 alarm=\"x\" {base}"));
+    assert_eq!(status, 204);
+    let (status, body) =
+        write(&format!("pmtr,gateway=testgw,meter=kitchen,model=pzem-016,phase=l1 alarm=1i {base}"));
+    assert_eq!(status, 400);
+    assert!(pmtr::store::influx::refuses_points(&body), "InfluxDB's type conflict: {body}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        &format!(
+            "[[sink]]\nname = \"db\"\ntype = \"influxdb1\"\nurl = \"{}\"\ndatabase = \"meters\"\n",
+            db.url()
+        ),
+    );
+    let states = write_all(&cfg, (0..5).map(|i| Record::from(pzem(base, i))).collect());
+    assert_eq!(states[0].rejected, 5, "the database refused them: {states:?}");
+    assert!(dir.path().join("spool/db/rejected.txt").exists());
+
+    // A TLS port spoken to in plain HTTP, behind nginx.
+    let proxy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", proxy.local_addr().unwrap());
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for stream in proxy.incoming() {
+            let Ok(mut s) = stream else { return };
+            let mut buf = [0u8; 65536];
+            let _ = s.read(&mut buf);
+            let page = "<html>\r\n<head><title>400 The plain HTTP request was sent to HTTPS port</title></head>\r\n\
+                <body>\r\n<center><h1>400 Bad Request</h1></center>\r\n<center>The plain HTTP request was sent to \
+                HTTPS port</center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n";
+            let _ = write!(
+                s,
+                "HTTP/1.1 400 Bad Request\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}",
+                page.len()
+            );
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        &format!("[[sink]]\nname = \"db\"\ntype = \"influxdb1\"\nurl = \"{url}\"\ndatabase = \"meters\"\n"),
+    );
+    let states = write_all(&cfg, (0..5).map(|i| Record::from(pzem(base, i))).collect());
+    assert_eq!((states[0].rejected, states[0].spool_readings), (0, 5), "kept for a retry: {states:?}");
+    assert!(states[0].last_error.as_ref().is_some_and(|e| e.1.contains("plain HTTP")), "{states:?}");
+    assert!(!dir.path().join("spool/db/rejected.txt").exists());
+}

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 /// One email waiting to be sent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -129,6 +130,23 @@ impl Queue {
     }
 }
 
+/// Runs `f` on the queue on a blocking thread: its file writes and fsyncs, and waiting for its
+/// lock while another holds it for those, never hold the runtime thread (where the buses,
+/// triggers and relays run). `None` if the blocking thread failed (logged).
+pub async fn off_runtime<T: Send + 'static>(
+    queue: &Arc<Mutex<Queue>>,
+    f: impl FnOnce(&mut Queue) -> T + Send + 'static,
+) -> Option<T> {
+    let queue = queue.clone();
+    match tokio::task::spawn_blocking(move || f(&mut queue.lock().unwrap_or_else(|e| e.into_inner()))).await {
+        Ok(t) => Some(t),
+        Err(e) => {
+            tracing::error!(error = %e, "the alert queue's file work failed");
+            None
+        }
+    }
+}
+
 fn remove(path: &Path) -> std::io::Result<()> {
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
@@ -189,5 +207,43 @@ mod tests {
         assert_eq!(warnings.len(), 1, "{warnings:?}");
         assert!(dir.path().join("00000000000000000009.json.damaged").exists());
         assert!(!dir.path().join("00000000000000000010.json.tmp").exists());
+    }
+
+    /// While the queue is held for a slow fsync (here: locked by another thread), the runtime
+    /// thread keeps running other tasks: a queue write waits on a blocking thread.
+    #[tokio::test]
+    async fn queue_file_work_never_holds_the_runtime_thread() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let queue = Arc::new(Mutex::new(Queue::open(dir.path(), 10).unwrap().0));
+        let progressed = Arc::new(AtomicBool::new(false));
+        let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+        let holder = {
+            let (queue, progressed) = (queue.clone(), progressed.clone());
+            std::thread::spawn(move || {
+                let _held = queue.lock().unwrap();
+                locked_tx.send(()).unwrap();
+                // Hold the lock until the runtime shows progress (or 10 s: only a hang).
+                for _ in 0..10_000 {
+                    if progressed.load(Ordering::SeqCst) {
+                        return true;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                false
+            })
+        };
+        locked_rx.recv().unwrap();
+        let write = tokio::spawn({
+            let queue = queue.clone();
+            async move { off_runtime(&queue, |q| push(q, 1)).await }
+        });
+        for _ in 0..10 {
+            tokio::task::yield_now().await; // the write task has been polled and waits
+        }
+        progressed.store(true, Ordering::SeqCst);
+        assert!(holder.join().unwrap(), "the runtime ran while the queue was held");
+        assert_eq!(write.await.unwrap(), Some(None), "then the write went through");
+        assert_eq!(queue.lock().unwrap().len(), 1);
     }
 }

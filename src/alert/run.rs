@@ -6,7 +6,7 @@
 use super::email::{Mailer, SendError};
 use super::events;
 use super::policy::{render, Alert, AlertKind, Limits, Policy};
-use super::queue::Queue;
+use super::queue::{off_runtime, Queue};
 use super::watch::{MeterWatch, StorageWatch};
 use crate::bus::status::StatusBoard;
 use crate::config::{Alerts, Config, EmailSettings};
@@ -98,6 +98,7 @@ impl Alerting {
             spool_max: config.sinks.iter().map(|s| (s.name.clone(), s.spool_max)).collect(),
             policies: HashMap::new(),
             queue,
+            pending: Vec::new(),
             wake,
             counters: counters.clone(),
             origin: Instant::now(),
@@ -121,6 +122,8 @@ struct Producer {
     /// One policy per set of recipients: a digest goes to the people of its alerts.
     policies: HashMap<Vec<String>, Policy>,
     queue: Arc<Mutex<Queue>>,
+    /// Mails due, waiting for [`Producer::write_pending`] to put them in the queue.
+    pending: Vec<(Vec<String>, String, String)>,
     wake: Arc<Notify>,
     counters: Arc<Mutex<AlertCounters>>,
     origin: Instant,
@@ -196,9 +199,11 @@ impl Producer {
                 }
                 _ = stop.changed() => break,
             }
+            self.write_pending().await;
         }
         // Whatever waits in a digest window goes to the queue now: nothing is lost at a stop.
         self.flush(true);
+        self.write_pending().await;
     }
 
     fn mono(&self) -> Duration {
@@ -224,30 +229,45 @@ impl Producer {
         }
     }
 
-    /// Queues the digests that are due (all of them when `all`).
+    /// Takes the digests that are due (all of them when `all`) for [`Producer::write_pending`].
     fn flush(&mut self, all: bool) {
         let now = self.mono();
         let offset = *chrono::Local::now().offset();
-        let mut queued = false;
         for (to, policy) in &mut self.policies {
             let at = if all { policy.next_due().map_or(now, |d| d.max(now)) } else { now };
             let Some(d) = policy.due(at) else { continue };
             let (subject, body) = render(&d, &self.gateway, "", offset);
-            let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-            let mut c = self.counters.lock().unwrap_or_else(|e| e.into_inner());
-            match q.push(to.clone(), subject, body, Utc::now()) {
-                Ok(dropped) => {
-                    c.mails_queued += 1;
-                    if let Some(m) = dropped {
-                        c.mails_dropped += 1;
-                        tracing::warn!(subject = %m.subject, "the alert queue is full: its oldest mail was dropped");
-                    }
-                    queued = true;
-                }
-                Err(e) => tracing::error!(error = %e, "cannot queue an alert mail"),
-            }
+            self.pending.push((to.clone(), subject, body));
         }
-        if queued {
+    }
+
+    /// Writes the mails due to the queue (a file and an fsync each) on a blocking thread.
+    async fn write_pending(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let mails = std::mem::take(&mut self.pending);
+        let counters = self.counters.clone();
+        let queued = off_runtime(&self.queue, move |q| {
+            let mut queued = false;
+            for (to, subject, body) in mails {
+                let mut c = counters.lock().unwrap_or_else(|e| e.into_inner());
+                match q.push(to, subject, body, Utc::now()) {
+                    Ok(dropped) => {
+                        c.mails_queued += 1;
+                        if let Some(m) = dropped {
+                            c.mails_dropped += 1;
+                            tracing::warn!(subject = %m.subject, "the alert queue is full: its oldest mail was dropped");
+                        }
+                        queued = true;
+                    }
+                    Err(e) => tracing::error!(error = %e, "cannot queue an alert mail"),
+                }
+            }
+            queued
+        })
+        .await;
+        if queued == Some(true) {
             self.wake.notify_one();
         }
     }
@@ -263,7 +283,7 @@ async fn send_loop(
 ) {
     let mut backoff = FIRST_BACKOFF;
     loop {
-        let next = queue.lock().unwrap_or_else(|e| e.into_inner()).front().cloned();
+        let next = off_runtime(&queue, |q| q.front().cloned()).await.flatten();
         let Some(m) = next else {
             tokio::select! {
                 _ = wake.notified() => continue,
@@ -279,7 +299,7 @@ async fn send_loop(
                 backoff = FIRST_BACKOFF;
                 tracing::info!(subject = %m.subject, to = ?m.to, "alert mail sent");
                 counters.lock().unwrap_or_else(|e| e.into_inner()).mails_sent += 1;
-                if let Err(e) = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front() {
+                if let Some(Err(e)) = off_runtime(&queue, |q| q.pop_front()).await {
                     tracing::error!(error = %e, "cannot remove a sent alert mail from the queue: it may go twice");
                 }
             }
@@ -287,7 +307,7 @@ async fn send_loop(
                 tracing::error!(error = %e, subject = %m.subject,
                     "the mail server refused an alert mail for good; it is dropped (check with `pmtr test-email`)");
                 counters.lock().unwrap_or_else(|e| e.into_inner()).mails_refused += 1;
-                let _ = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+                let _ = off_runtime(&queue, |q| q.pop_front()).await;
             }
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?backoff, "alert mail not sent; it waits in the queue");

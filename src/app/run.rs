@@ -299,7 +299,8 @@ impl Generation {
         } else {
             None
         };
-        let (store_tx, store_rx) = mpsc::channel::<Record>(4096);
+        // Into storage nothing waits: a full queue drops the record (counted, logged).
+        let (store_tx, store_rx) = crate::store::Intake::channel(4096);
         // With MQTT, records pass a tee on their way to storage: a broadcast that never waits
         // (a slow MQTT task lags and counts what it missed).
         let (records, store_rx) = match &config.mqtt {
@@ -399,7 +400,7 @@ impl Generation {
                 if log_readings {
                     tracing::info!("{r}");
                 }
-                if store_tx.send(r.into()).await.is_err() {
+                if store_tx.offer(r.into()).is_err() {
                     tracing::error!("storage stopped: readings are no longer written");
                     break;
                 }

@@ -16,7 +16,7 @@ pub mod status;
 
 use crate::config::{Bus, Config, Meter};
 use crate::reading::Reading;
-use status::{Counters, MeterState, MeterStatus, StatusBoard};
+use status::{MeterState, MeterStatus, StatusBoard};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -173,21 +173,7 @@ impl Engine {
         for (index, bus) in active.iter().enumerate() {
             let meters: Vec<Meter> = config.meters_on(&bus.name).cloned().collect();
             for m in &meters {
-                status.register(
-                    &m.name,
-                    MeterStatus {
-                        bus: bus.name.clone(),
-                        address: m.address,
-                        model: m.model,
-                        port: None,
-                        state: MeterState::Searching,
-                        counters: Counters::default(),
-                        last_success: None,
-                        last_error: None,
-                        last_reading: None,
-                        server: (m.model == crate::meter::Model::PmtrSrv).then(Default::default),
-                    },
-                );
+                status.register(&m.name, MeterStatus::searching(bus.name.clone(), m.address, m.model));
             }
             let shared = Arc::new(BusShared {
                 bus: bus.clone(),

@@ -49,6 +49,9 @@ pub async fn run<L: Line>(
         super::liveness::port_limit(bus.timeout, bus.retries),
     );
     let sentinel = sentinel_value();
+    // A full readings channel (triggers or storage stuck) drops the reading: counted per meter,
+    // and logged at most once a minute per port.
+    let drops = crate::drops::Drops::new(format!("readings from bus {} port {port}", bus.name));
     let start = Instant::now();
     let remembered = shared.remembered_port_of();
     let mut slots: Vec<Slot> = shared
@@ -174,6 +177,9 @@ pub async fn run<L: Line>(
                     tracing::warn!(meter = %meter.name, "energy counter went backwards (reset or rollover): flagged, not counted as use");
                 }
                 let dropped = shared.readings.try_send(reading.clone()).is_err();
+                if dropped {
+                    drops.count();
+                }
                 status.update(&meter.name, |s| {
                     if s.state == MeterState::Failing {
                         tracing::info!(meter = %meter.name, port = %port, "meter answers again");
@@ -341,7 +347,7 @@ async fn run_duties<L: Line>(
 #[cfg(test)]
 mod stopping {
     use super::*;
-    use crate::bus::status::{Counters, MeterStatus};
+    use crate::bus::status::MeterStatus;
     use std::collections::HashSet;
     use std::sync::Mutex;
 
@@ -368,21 +374,7 @@ address = 4
         let (readings, rx) = tokio::sync::mpsc::channel(16);
         let status = Arc::new(crate::bus::status::StatusBoard::default());
         let meters = config.meters.clone();
-        status.register(
-            "m",
-            MeterStatus {
-                bus: "b".into(),
-                address: 4,
-                model: meters[0].model,
-                port: None,
-                state: MeterState::Searching,
-                counters: Counters::default(),
-                last_success: None,
-                last_error: None,
-                last_reading: None,
-                server: None,
-            },
-        );
+        status.register("m", MeterStatus::searching("b".into(), 4, meters[0].model));
         let shared = Arc::new(BusShared {
             bus: config.buses[0].clone(),
             owners: Mutex::new(vec![Some("p".to_string())]),

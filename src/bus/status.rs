@@ -82,6 +82,24 @@ pub struct MeterStatus {
     pub server: Option<ServerStatus>,
 }
 
+impl MeterStatus {
+    /// A meter not found yet: no port, nothing counted (a PMTR_001_SRV with its duties empty).
+    pub fn searching(bus: String, address: u8, model: crate::meter::Model) -> MeterStatus {
+        MeterStatus {
+            bus,
+            address,
+            model,
+            port: None,
+            state: MeterState::Searching,
+            counters: Counters::default(),
+            last_success: None,
+            last_error: None,
+            last_reading: None,
+            server: (model == crate::meter::Model::PmtrSrv).then(Default::default),
+        }
+    }
+}
+
 /// What the gateway has done for a PMTR_001_SRV besides polling it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ServerStatus {

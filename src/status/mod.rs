@@ -310,21 +310,7 @@ pub(crate) mod tests {
                 server: None,
             },
         );
-        meters.insert(
-            "gen".to_owned(),
-            MeterStatus {
-                bus: "house".into(),
-                address: 6,
-                model: Model::Rx380,
-                port: None,
-                state: MeterState::Searching,
-                counters: Counters::default(),
-                last_success: None,
-                last_error: None,
-                last_reading: None,
-                server: None,
-            },
-        );
+        meters.insert("gen".to_owned(), MeterStatus::searching("house".into(), 6, Model::Rx380));
         let relay = RelayStatus {
             name: "pump".into(),
             pin: 17,

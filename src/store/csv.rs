@@ -27,6 +27,7 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 /// Which meters share a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -46,7 +47,15 @@ pub enum TimeZone {
     Utc,
 }
 
+/// The CSV writer: its files live behind a lock so that each write runs on a blocking
+/// thread (`spawn_blocking`), never on the sink's loop: a slow or hung disk holds only its
+/// own write.
 pub struct CsvWriter {
+    dir: PathBuf,
+    files: Arc<Mutex<CsvFiles>>,
+}
+
+struct CsvFiles {
     dir: PathBuf,
     zone: TimeZone,
     /// meter → group name.
@@ -79,6 +88,24 @@ impl CsvWriter {
         gateway: &str,
         meters: &[(String, String, Model)],
     ) -> Self {
+        let files = CsvFiles::new(dir.clone(), group_by, zone, gateway, meters);
+        CsvWriter { dir, files: Arc::new(Mutex::new(files)) }
+    }
+
+    /// Writes a batch now, on this thread: every row of it durably (fsync), or none.
+    pub fn write_now(&mut self, batch: &[Record]) -> std::io::Result<()> {
+        self.files.lock().unwrap_or_else(|e| e.into_inner()).write_all(batch)
+    }
+}
+
+impl CsvFiles {
+    pub fn new(
+        dir: PathBuf,
+        group_by: GroupBy,
+        zone: TimeZone,
+        gateway: &str,
+        meters: &[(String, String, Model)],
+    ) -> Self {
         let mut groups = HashMap::new();
         let mut models: HashMap<String, Vec<Model>> = HashMap::new();
         for (meter, bus, model) in meters {
@@ -91,7 +118,7 @@ impl CsvWriter {
             groups.insert(meter.clone(), group);
         }
         let columns = models.into_iter().map(|(g, ms)| (g, columns_for(ms))).collect();
-        CsvWriter { dir, zone, groups, columns, open: HashMap::new(), changes: None, health: None }
+        CsvFiles { dir, zone, groups, columns, open: HashMap::new(), changes: None, health: None }
     }
 
     fn stamp(&self, t: DateTime<Utc>) -> (NaiveDate, String) {
@@ -102,6 +129,33 @@ impl CsvWriter {
                 (l.date_naive(), l.to_rfc3339_opts(SecondsFormat::Millis, false))
             }
         }
+    }
+
+    /// Writes a batch: all its rows, synced to the disk, or none of them. When a file fails
+    /// in the middle of a batch, every file it touched is cut back to its length before it, so
+    /// that the retry never writes a row twice; the open files are dropped (reopened on the
+    /// next try: a remounted stick).
+    fn write_all(&mut self, batch: &[Record]) -> std::io::Result<()> {
+        let mut touched: Vec<(File, u64)> = Vec::new();
+        let result = self.write_now(batch, &mut touched).and_then(|()| {
+            for (f, _) in &touched {
+                f.sync_data()?;
+                BATCH_SYNCS.with(|c| c.set(c.get() + 1));
+            }
+            Ok(())
+        });
+        if result.is_err() {
+            for (f, len) in &touched {
+                if let Err(e) = f.set_len(*len) {
+                    tracing::warn!(dir = %self.dir.display(), "cannot cut a CSV file back after a failed \
+                        write ({e}): the retry may repeat rows");
+                }
+            }
+            self.open.clear();
+            self.changes = None;
+            self.health = None;
+        }
+        result
     }
 
     fn file(&mut self, group: &str, day: NaiveDate) -> std::io::Result<&mut File> {
@@ -142,7 +196,8 @@ impl CsvWriter {
         Ok(&mut self.health.as_mut().expect("just opened").1)
     }
 
-    fn write_now(&mut self, batch: &[Record]) -> std::io::Result<()> {
+    /// Appends the rows of a batch; `touched` gets each file written with its length before.
+    fn write_now(&mut self, batch: &[Record], touched: &mut Vec<(File, u64)>) -> std::io::Result<()> {
         // Rows per (group, day), in arrival order; state changes per day.
         let mut out: Vec<(String, NaiveDate, String)> = Vec::new();
         let mut changes: Vec<(NaiveDate, String)> = Vec::new();
@@ -195,24 +250,40 @@ impl CsvWriter {
             csv_rows(r, &time, columns, &mut out[i].2);
         }
         for (group, day, text) in out {
-            let f = self.file(&group, day)?;
-            f.write_all(text.as_bytes())?;
+            append(self.file(&group, day)?, &text, touched)?;
         }
         for (day, text) in changes {
-            self.changes_file(day)?.write_all(text.as_bytes())?;
+            append(self.changes_file(day)?, &text, touched)?;
         }
         for (day, text) in health {
-            self.health_file(day)?.write_all(text.as_bytes())?;
+            append(self.health_file(day)?, &text, touched)?;
         }
         Ok(())
     }
 }
 
-/// Opens `path` to append, writing `header` first when the file is new or empty.
+thread_local! {
+    /// Files synced at the end of a batch by this thread, for the test that guards it.
+    static BATCH_SYNCS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Appends `text` to `f`, noting the file and its length before in `touched` (once per file).
+fn append(f: &mut File, text: &str, touched: &mut Vec<(File, u64)>) -> std::io::Result<()> {
+    let len = f.metadata()?.len();
+    touched.push((f.try_clone()?, len));
+    f.write_all(text.as_bytes())
+}
+
+/// Opens `path` to append, writing `header` first when the file is new or empty (then the
+/// header and the folder entry are synced, so that a power cut never leaves rows without it).
 fn open_with_header(path: &std::path::Path, header: &str) -> std::io::Result<File> {
     let mut f = OpenOptions::new().create(true).append(true).open(path)?;
     if f.metadata()?.len() == 0 {
         f.write_all(header.as_bytes())?;
+        f.sync_data()?;
+        if let Some(dir) = path.parent() {
+            File::open(dir)?.sync_all()?;
+        }
     }
     Ok(f)
 }
@@ -227,17 +298,29 @@ impl Writer for CsvWriter {
     }
 
     fn write(&mut self, batch: &[Record]) -> WriteFuture {
-        let result = self.write_now(batch).map_err(|e| {
-            // A dropped file handle is reopened on the next try (a remounted stick).
-            self.open.clear();
-            self.changes = None;
-            self.health = None;
-            WriteError::Retry {
-                message: format!("cannot write CSV in {}: {e}", self.dir.display()),
-                after: None,
+        let dir = self.dir.clone();
+        let failed = move |e: std::io::Error| WriteError::Retry {
+            message: format!("cannot write CSV in {}: {e}", dir.display()),
+            after: None,
+        };
+        let files = self.files.clone();
+        let batch = batch.to_vec();
+        let job = move || files.lock().unwrap_or_else(|e| e.into_inner()).write_all(&batch);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                let handle = runtime.spawn_blocking(job);
+                Box::pin(async move {
+                    match handle.await {
+                        Ok(result) => result.map_err(failed),
+                        Err(e) => Err(failed(std::io::Error::other(e))),
+                    }
+                })
             }
-        });
-        Box::pin(async move { result })
+            Err(_) => {
+                let result = job().map_err(failed);
+                Box::pin(async move { result })
+            }
+        }
     }
 
     fn render(&self, batch: &[Record]) -> String {
@@ -433,5 +516,52 @@ mod tests {
 
     fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
         tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+    }
+
+    /// A file failing in the middle of a batch (here: the second meter's file cannot be
+    /// opened) leaves none of the batch in the files written before it, so that the retry
+    /// writes each row once.
+    #[test]
+    fn a_file_failing_mid_batch_is_cut_back_so_the_retry_writes_each_row_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let meters = vec![
+            ("a".to_string(), "bus1".to_string(), Model::Pzem016),
+            ("b".to_string(), "bus1".to_string(), Model::Pzem016),
+        ];
+        let day = 1_763_683_200_000; // 2025-11-21T00:00:00Z
+        let mut w = CsvWriter::new(dir.path().into(), GroupBy::Meter, TimeZone::Utc, "gw", &meters);
+        w.write_now(&[reading("a", Model::Pzem016, day)]).unwrap();
+        let blocked = dir.path().join("b-2025-11-21.csv");
+        std::fs::create_dir(&blocked).unwrap();
+        let batch = [reading("a", Model::Pzem016, day + 1), reading("b", Model::Pzem016, day + 2)];
+        assert!(w.write_now(&batch).is_err());
+        let a = std::fs::read_to_string(dir.path().join("a-2025-11-21.csv")).unwrap();
+        assert_eq!(a.lines().count(), 1 + 2, "header and the first batch only (2 rows):\n{a}");
+        std::fs::remove_dir(&blocked).unwrap();
+        w.write_now(&batch).unwrap();
+        let a = std::fs::read_to_string(dir.path().join("a-2025-11-21.csv")).unwrap();
+        let b = std::fs::read_to_string(blocked).unwrap();
+        assert_eq!((a.lines().count(), b.lines().count()), (1 + 4, 1 + 2), "each row once:\n{a}\n{b}");
+    }
+
+    /// Rows count as written (and the spool's cursor moves past them) only once every file
+    /// the batch touched is synced to the disk.
+    #[test]
+    fn a_batch_is_synced_to_every_file_it_touched_before_it_counts_as_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let meters = vec![
+            ("a".to_string(), "bus1".to_string(), Model::Pzem016),
+            ("b".to_string(), "bus1".to_string(), Model::Pzem016),
+        ];
+        let day = 1_763_683_200_000; // 2025-11-21T00:00:00Z
+        let mut w = CsvWriter::new(dir.path().into(), GroupBy::Meter, TimeZone::Utc, "gw", &meters);
+        let before = BATCH_SYNCS.with(|c| c.get());
+        w.write_now(&[
+            reading("a", Model::Pzem016, day),
+            reading("b", Model::Pzem016, day + 1),
+            change(Subject::Relay, "boiler", ChangeEvent::Switched, day + 2, "x"),
+        ])
+        .unwrap();
+        assert_eq!(BATCH_SYNCS.with(|c| c.get()) - before, 3, "a, b and the changes file");
     }
 }

@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 /// The health records at `time`: one per meter (by name), then one per sink (in order).
 pub fn points(
@@ -64,9 +64,10 @@ pub async fn run(
     every: Duration,
     meters: Arc<StatusBoard>,
     sinks: Vec<Arc<SinkStatus>>,
-    store: mpsc::Sender<Record>,
+    store: impl Into<super::Intake>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let store = store.into();
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -76,7 +77,7 @@ pub async fn run(
         }
         let states: Vec<(&str, SinkState)> = sinks.iter().map(|s| (s.name.as_str(), s.snapshot())).collect();
         for record in points(Utc::now(), &meters.snapshot(), &states) {
-            if store.send(record).await.is_err() {
+            if store.offer(record).is_err() {
                 return;
             }
         }
@@ -88,6 +89,7 @@ mod tests {
     use super::*;
     use crate::bus::status::Counters;
     use crate::meter::Model;
+    use tokio::sync::mpsc;
     use tokio::time::Instant;
 
     fn meter(bus: &str, state: MeterState) -> MeterStatus {

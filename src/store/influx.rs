@@ -27,12 +27,60 @@ pub fn classify(status: u16, body: &str, retry_after: Option<Duration>) -> Write
                 WriteError::Refused { message }
             } else if lower.contains("auth") || lower.contains("token") {
                 WriteError::Refused { message: format!("{message} (wrong token?)") }
-            } else {
+            } else if refuses_points(text) {
                 WriteError::Rejected { message }
+            } else {
+                // Not the database speaking (a proxy's page, `http://` to an HTTPS port…):
+                // nothing says the points are wrong, so they are kept and tried again.
+                WriteError::Refused {
+                    message: format!(
+                        "{message} (not an answer of InfluxDB about the points: a proxy, or http:// to \
+                         an https port? check the url)"
+                    ),
+                }
             }
         }
         400..=499 => WriteError::Refused { message },
         _ => WriteError::Retry { message, after: retry_after },
+    }
+}
+
+/// Whether a 400/422 body is the database's own refusal of the points (only then are they set
+/// aside for good):
+/// - InfluxDB 1.x: JSON `{"error": "unable to parse …"}`, `{"error": "partial write: field type
+///   conflict …"}`, `{"error": "partial write: points beyond retention policy dropped=N"}`;
+/// - InfluxDB 2.x/3.x: JSON `{"code": "invalid", "message": "unable to parse …"}`, 422
+///   `{"code": "unprocessable entity", "message": "failure writing points to database: partial
+///   write: …"}`;
+/// - VictoriaMetrics: text `cannot process influx line protocol data: incorrect influx line …`.
+pub fn refuses_points(body: &str) -> bool {
+    const POINT_ERRORS: [&str; 6] = [
+        "unable to parse",
+        "partial write",
+        "field type conflict",
+        "points beyond retention policy",
+        "failure writing points",
+        "invalid field format",
+    ];
+    let about_points = |t: &str| {
+        let t = t.to_ascii_lowercase();
+        POINT_ERRORS.iter().any(|e| t.contains(e))
+    };
+    match serde_json::from_str::<serde_json::Value>(body) {
+        Ok(serde_json::Value::Object(o)) => {
+            if let Some(serde_json::Value::String(e)) = o.get("error") {
+                return about_points(e);
+            }
+            let code = o.get("code").and_then(|c| c.as_str()).unwrap_or_default();
+            let message = o.get("message").and_then(|m| m.as_str()).unwrap_or_default();
+            matches!(code, "invalid" | "unprocessable entity") && about_points(message)
+        }
+        Ok(_) => false,
+        Err(_) => {
+            let lower = body.to_ascii_lowercase();
+            lower.starts_with("cannot process influx line protocol data")
+                || (lower.contains("influx line") && lower.contains("cannot parse"))
+        }
     }
 }
 
@@ -233,6 +281,40 @@ impl Writer for InfluxV2 {
 mod tests {
     use super::*;
 
+    /// Only the database's own words about the points send them to `rejected.txt`; any other
+    /// 400/422 (a proxy, a TLS port spoken to in plain HTTP) keeps them for a retry.
+    #[test]
+    fn only_the_databases_refusal_of_points_rejects_them() {
+        let rejected = [
+            r#"{"error":"unable to parse 'pmtr,meter=a v=': missing field value"}"#,
+            r#"{"error":"partial write: field type conflict: input field \"v\" on measurement \"pmtr\" is type integer, already exists as type float dropped=1"}"#,
+            r#"{"error":"partial write: points beyond retention policy dropped=3"}"#,
+            r#"{"code":"invalid","message":"unable to parse 'x': missing fields"}"#,
+            r#"{"code":"unprocessable entity","message":"failure writing points to database: partial write: field type conflict"}"#,
+            "cannot process influx line protocol data: incorrect influx line \"x\": cannot parse timestamp",
+        ];
+        for body in rejected {
+            assert!(matches!(classify(400, body, None), WriteError::Rejected { .. }), "{body}");
+        }
+        let kept = [
+            "<html>\r\n<head><title>400 The plain HTTP request was sent to HTTPS port</title></head>\r\n\
+             <body>\r\n<center><h1>400 Bad Request</h1></center>\r\n<center>The plain HTTP request was sent \
+             to HTTPS port</center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>",
+            "Bad Request",
+            "",
+            r#"{"error":"something else"}"#,
+            r#"{"code":"invalid","message":"request body too large"}"#,
+            r#"{"message":"unable to parse"}"#,
+            "[1,2]",
+        ];
+        for body in kept {
+            for status in [400, 422] {
+                let e = classify(status, body, None);
+                assert!(matches!(e, WriteError::Refused { .. }), "{status} {body}: {e:?}");
+            }
+        }
+    }
+
     #[test]
     fn statuses() {
         assert!(matches!(classify(401, "unauthorized", None), WriteError::Refused { .. }));
@@ -254,6 +336,14 @@ mod tests {
             WriteError::Refused { .. }
         ));
         assert_eq!(classify(413, "", None), WriteError::TooLarge);
+        assert!(matches!(
+            classify(
+                422,
+                r#"{"code":"unprocessable entity","message":"failure writing points to database: partial write: field type conflict"}"#,
+                None
+            ),
+            WriteError::Rejected { .. }
+        ));
         assert_eq!(
             classify(429, "slow down", Some(Duration::from_secs(7))),
             WriteError::Retry { message: "HTTP 429: slow down".into(), after: Some(Duration::from_secs(7)) }

@@ -12,22 +12,29 @@
 //!   half and all of it, or the server's `Retry-After`). The first failure of an outage is
 //!   logged as a warning, the rest at debug level; the end of the outage is logged with the
 //!   number of readings to replay.
-//! - **Database slower than the meters**: more than `MEMORY_LIMIT` readings waiting in memory
-//!   go to the spool.
+//! - **Database slow but answering**: a write in the air longer than `flush_interval`, or
+//!   readings waiting longer than that behind it, send what waits in memory to the spool
+//!   (synced at once), and every new reading too until the write ends. More than
+//!   `MEMORY_LIMIT` readings in memory go to the spool as well.
 //! - **Back**: the spool is replayed oldest first in batches, between the live batches (which
 //!   go first, so dashboards stay current).
 //! - **The server refuses the request** (401, 403, 404: token, organisation, bucket or
 //!   database wrong): logged as an error once, everything is kept in the spool, and the write
 //!   is tried again every `5 × max_backoff`, never in a loop. Fixing the config and restarting
 //!   sends it all.
-//! - **The server refuses the points** (400, 422: malformed, type conflict): they can never be
-//!   written; they are set aside in `<spool>/rejected.txt` (line protocol, for a human),
-//!   counted, and the rest goes on.
+//! - **The server refuses the points** (400, 422 with the database's own refusal: malformed,
+//!   type conflict; see [`super::influx::refuses_points`]): they can never be written; they are
+//!   set aside in `<spool>/rejected.txt` (line protocol, for a human), counted, and the rest
+//!   goes on.
+//! - **A spool segment cannot be read** (EIO): it is set aside as `*.damaged`, its records
+//!   counted and reported, and the rest goes on. **The spool cannot be opened** (read-only
+//!   disk): the sink writes from memory and tries to open it every `SPOOL_REOPEN_EVERY`.
 //! - **Too large** (413): the batch size is halved.
-//! - **Stop** (SIGTERM): the write in flight is awaited, what is in memory is written once more
-//!   or spooled, the spool is synced.
+//! - **Stop** (SIGTERM, reload), bounded by `STOP_BOUND` whatever the spool holds: the write
+//!   in flight is awaited and what is in memory written until then; the rest is spooled, the
+//!   spool synced and left for the next start (never replayed at stop).
 
-use super::spool::{Cursor, Spool};
+use super::spool::{self, Cursor, Spool};
 use super::{SinkState, SinkStatus, StoreEvent};
 use crate::reading::Record;
 use rand::Rng;
@@ -45,6 +52,13 @@ pub const MEMORY_LIMIT: usize = 20_000;
 /// Rejected points kept for a human, at most.
 const REJECTED_MAX_BYTES: u64 = 16 << 20;
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// The longest a sink takes to stop (SIGTERM, reload) once its records channel closed,
+/// however full its spool: the write in flight and what is in memory get this long, the rest
+/// goes to the spool for the next start.
+pub const STOP_BOUND: Duration = Duration::from_secs(5);
+/// How often a spool that could not be opened is tried again.
+pub const SPOOL_REOPEN_EVERY: Duration = Duration::from_secs(30);
+const SPOOL_ERROR_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// Why a write failed, as the sink must act on it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,6 +137,9 @@ struct Flight {
     changes: usize,
     health: usize,
     points: usize,
+    /// For a batch from memory: when the write has taken too long (`flush_interval`) and
+    /// what arrives meanwhile goes to the spool.
+    late_at: Option<Instant>,
     future: WriteFuture,
 }
 
@@ -152,6 +169,14 @@ pub struct Sink {
     batch: usize,
     rejected_since_log: u64,
     rejected_logged_at: Option<Instant>,
+    /// Set while a write has been in the air longer than `flush_interval` (a database slow
+    /// but answering): new records go to the spool until it answers.
+    behind: bool,
+    /// Set while the spool could not be opened: when to try again.
+    reopen_at: Option<Instant>,
+    /// Spool errors are logged and sent as events at most once a minute.
+    spool_error_logged_at: Option<Instant>,
+    spool_errors_since_log: u64,
 }
 
 impl Sink {
@@ -178,7 +203,16 @@ impl Sink {
             batch,
             rejected_since_log: 0,
             rejected_logged_at: None,
+            behind: false,
+            reopen_at: None,
+            spool_error_logged_at: None,
+            spool_errors_since_log: 0,
         };
+        if !sink.spool.is_open() {
+            // The first try comes soon, and its failure reaches the alerts (which subscribe
+            // once storage has started).
+            sink.reopen_at = Some(Instant::now() + Duration::from_secs(1));
+        }
         if !sink.spool.is_empty() {
             tracing::info!(
                 sink = %sink.opts.name,
@@ -192,39 +226,99 @@ impl Sink {
         sink
     }
 
-    /// Runs until `rx` closes (the buses stopped), then flushes or spools what is left.
+    pub fn name(&self) -> &str {
+        &self.opts.name
+    }
+
+    pub fn status(&self) -> Arc<SinkStatus> {
+        self.status.clone()
+    }
+
+    /// Runs until `rx` closes (the buses stopped), then stops within [`STOP_BOUND`]: see
+    /// [`Sink::stop`].
     pub async fn run(mut self, mut rx: mpsc::Receiver<Record>) {
         let mut flight: Option<Flight> = None;
-        let mut open = true;
         loop {
             let now = Instant::now();
+            self.reopen_spool(now);
             if flight.is_none() {
-                flight = self.next_flight(now, !open);
+                flight = self.next_flight(now);
             }
-            if !open && flight.is_none() {
-                break;
-            }
-            let wake = self.next_wake(flight.is_some());
+            let wake = self.next_wake(flight.as_ref());
             tokio::select! {
-                r = rx.recv(), if open => match r {
+                r = rx.recv() => match r {
                     Some(r) => self.accept(r),
-                    None => {
-                        open = false;
-                        if let Some(t) = self.flush_at.as_mut() { *t = now; }
-                    }
+                    None => break,
                 },
                 result = async { flight.as_mut().expect("guarded").future.as_mut().await }, if flight.is_some() => {
                     let f = flight.take().expect("guarded");
-                    self.finish(f, result, !open);
+                    self.behind = false;
+                    self.finish(f, result, false);
                 }
                 _ = sleep_until(wake) => {}
             }
-            if self.sync_at.is_some_and(|t| t <= Instant::now()) {
+            let now = Instant::now();
+            if let Some(f) = &flight {
+                self.check_slow(f, now);
+            }
+            if self.sync_at.is_some_and(|t| t <= now) {
                 self.sync();
             }
             self.publish();
         }
-        // Shut down: what is still in memory goes to the spool.
+        self.stop(flight).await;
+    }
+
+    /// A write in the air longer than `flush_interval`, or readings in memory waiting longer
+    /// than that behind it: the database is slow but answering. What waits in memory goes to
+    /// the spool (synced at once) and so does every new record until the write ends, so that a
+    /// power cut never loses more than the readings of `flush_interval` before a write and
+    /// those of the write in flight.
+    fn check_slow(&mut self, f: &Flight, now: Instant) {
+        let flight_late = f.late_at.is_some_and(|t| t <= now);
+        let memory_late = !self.memory.is_empty() && self.flush_at.is_some_and(|t| t <= now);
+        // Once behind, new records go to the spool as they arrive: nothing more to do until the
+        // write ends (what the spool could not take stays in memory, not tried again here).
+        if self.behind || !(flight_late || memory_late) || !self.spool.is_open() {
+            return;
+        }
+        tracing::debug!(sink = %self.opts.name, "database slower than flush_interval: spooling");
+        self.behind = true;
+        let waiting: Vec<Record> = self.memory.drain(..).collect();
+        if !waiting.is_empty() {
+            self.spool_records(&waiting);
+            self.sync();
+        }
+        if self.flush_at.is_none() && !self.spool.is_empty() {
+            self.flush_at = Some(now + self.opts.flush_interval);
+        }
+    }
+
+    /// Stop, bounded whatever the spool holds: the write in flight is awaited and what is in
+    /// memory written (while the database answers) until [`STOP_BOUND`] has passed; what is not
+    /// written by then goes to the spool, which is synced. The spool is not replayed: what it
+    /// holds is sent after the next start.
+    async fn stop(mut self, flight: Option<Flight>) {
+        let deadline = Instant::now() + STOP_BOUND;
+        let mut flight = flight;
+        loop {
+            if flight.is_none() && self.retry_at.is_none() && !self.memory.is_empty() {
+                flight = Some(self.memory_flight(Instant::now()));
+            }
+            let Some(mut f) = flight.take() else { break };
+            match tokio::time::timeout_at(deadline, f.future.as_mut()).await {
+                Ok(result) => self.finish(f, result, true),
+                Err(_) => {
+                    tracing::warn!(sink = %self.opts.name, target = %self.writer.target(),
+                        "stopping: a write to {} did not end within {STOP_BOUND:?}; its records are \
+                         kept in the spool for the next start", self.writer.kind());
+                    if let Source::Memory(batch) = f.source {
+                        self.spool_records(&batch);
+                    }
+                    break;
+                }
+            }
+        }
         let rest: Vec<Record> = self.memory.drain(..).collect();
         self.spool_records(&rest);
         self.sync();
@@ -232,17 +326,50 @@ impl Sink {
         tracing::debug!(sink = %self.opts.name, spooled = self.spool.len(), "sink stopped");
     }
 
-    fn next_wake(&self, flying: bool) -> Option<Instant> {
+    /// While the spool could not be opened (a read-only disk), tries again every
+    /// [`SPOOL_REOPEN_EVERY`].
+    fn reopen_spool(&mut self, now: Instant) {
+        if self.reopen_at.is_none_or(|t| t > now) {
+            return;
+        }
+        match self.spool.reopen() {
+            Ok(()) => {
+                self.reopen_at = None;
+                tracing::info!(sink = %self.opts.name, dir = %self.spool.dir().display(),
+                    readings = self.spool.len(), "the spool is open again");
+                if !self.spool.is_empty() && self.flush_at.is_none() {
+                    self.flush_at = Some(now);
+                }
+            }
+            Err(e) => {
+                self.reopen_at = Some(now + SPOOL_REOPEN_EVERY);
+                self.spool_error("cannot open the spool", &e);
+            }
+        }
+    }
+
+    fn next_wake(&self, flight: Option<&Flight>) -> Option<Instant> {
         let mut wake: Option<Instant> = self.sync_at;
         let mut consider = |t: Option<Instant>| {
             if let Some(t) = t {
                 wake = Some(wake.map_or(t, |w| w.min(t)));
             }
         };
-        if !flying {
-            match self.retry_at {
+        consider(self.reopen_at);
+        match flight {
+            None => match self.retry_at {
                 Some(t) => consider(Some(t)),
                 None => consider(self.flush_at),
+            },
+            Some(f) => {
+                // Only what `check_slow` can act on: once behind, or without a spool to spill
+                // to, a deadline already passed would wake this loop again and again.
+                if !self.behind && self.spool.is_open() {
+                    consider(f.late_at);
+                    if !self.memory.is_empty() {
+                        consider(self.flush_at);
+                    }
+                }
             }
         }
         wake
@@ -250,7 +377,7 @@ impl Sink {
 
     fn accept(&mut self, r: Record) {
         let down = self.retry_at.is_some();
-        if self.opts.durability == Durability::Always || down {
+        if self.opts.durability == Durability::Always || down || self.behind {
             self.spool_records(std::slice::from_ref(&r));
             if self.flush_at.is_none() {
                 self.flush_at = Some(Instant::now() + self.opts.flush_interval);
@@ -261,22 +388,22 @@ impl Sink {
         if self.flush_at.is_none() {
             self.flush_at = Some(Instant::now() + self.opts.flush_interval);
         }
-        if self.memory.len() > MEMORY_LIMIT {
+        if self.memory.len() > MEMORY_LIMIT && self.spool.is_open() {
             tracing::debug!(sink = %self.opts.name, "database slower than the meters: spooling");
             let all: Vec<Record> = self.memory.drain(..).collect();
             self.spool_records(&all);
+        } else if self.memory.len() > MEMORY_LIMIT * 5 {
+            // No spool to spill to (it could not be opened): memory is the only queue, and it
+            // is bounded; the oldest reading goes and is counted.
+            self.memory.pop_front();
+            self.spool.dropped += 1;
         }
     }
 
     /// What to write next, if anything is due.
-    fn next_flight(&mut self, now: Instant, stopping: bool) -> Option<Flight> {
-        if let Some(t) = self.retry_at {
-            if t > now {
-                return None;
-            }
-            if stopping {
-                return None; // do not wait for a database that is away
-            }
+    fn next_flight(&mut self, now: Instant) -> Option<Flight> {
+        if self.retry_at.is_some_and(|t| t > now) {
+            return None;
         }
         let down = self.retry_at.is_some();
         let due = self.flush_at.is_some_and(|t| t <= now) || self.memory.len() >= self.batch;
@@ -284,20 +411,7 @@ impl Sink {
         // they are the probe.
         let send_memory = if down { self.spool.is_empty() } else { due };
         if !self.memory.is_empty() && send_memory {
-            let n = self.memory.len().min(self.batch);
-            let batch: Vec<Record> = self.memory.drain(..n).collect();
-            if self.memory.is_empty() {
-                self.flush_at = None;
-            }
-            let future = self.writer.write(&batch);
-            return Some(Flight {
-                records: batch.len(),
-                changes: changes_in(&batch),
-                health: health_in(&batch),
-                points: self.writer.points(&batch),
-                source: Source::Memory(batch),
-                future,
-            });
+            return Some(self.memory_flight(now));
         }
         if self.spool.is_empty() {
             if self.memory.is_empty() {
@@ -308,7 +422,6 @@ impl Sink {
         // In `always` mode the spool is the queue: wait for a batch or the flush interval.
         if self.opts.durability == Durability::Always
             && !down
-            && !stopping
             && (self.spool.len() as usize) < self.batch
             && self.flush_at.is_some_and(|t| t > now)
         {
@@ -334,14 +447,53 @@ impl Sink {
                     health: health_in(&b.records),
                     points: self.writer.points(&b.records),
                     source: Source::Spool(end),
+                    late_at: None,
                     future,
                 })
             }
-            Err(e) => {
+            Err(e) if spool::is_transient(&e) => {
                 self.spool_error("cannot read the spool", &e);
                 self.retry_at = Some(now + self.opts.max_backoff);
                 None
             }
+            Err(e) => {
+                // One unreadable segment (EIO) must not stop every write: it is set aside
+                // for a human, its records counted, and the rest goes on.
+                match self.spool.set_aside_front() {
+                    Ok((lost, aside)) => {
+                        self.status.lock().spool_unreadable += lost;
+                        let what = format!(
+                            "cannot read a spool segment ({lost} records); set aside as {}",
+                            aside.display()
+                        );
+                        self.spool_error(&what, &e);
+                    }
+                    Err(e2) => {
+                        self.spool_error("cannot read the spool, nor set the segment aside", &e2);
+                        self.retry_at = Some(now + self.opts.max_backoff);
+                    }
+                }
+                None
+            }
+        }
+    }
+
+    /// The next batch from memory, sent now.
+    fn memory_flight(&mut self, now: Instant) -> Flight {
+        let n = self.memory.len().min(self.batch);
+        let batch: Vec<Record> = self.memory.drain(..n).collect();
+        if self.memory.is_empty() {
+            self.flush_at = None;
+        }
+        let future = self.writer.write(&batch);
+        Flight {
+            records: batch.len(),
+            changes: changes_in(&batch),
+            health: health_in(&batch),
+            points: self.writer.points(&batch),
+            source: Source::Memory(batch),
+            late_at: Some(now + self.opts.flush_interval),
+            future,
         }
     }
 
@@ -487,10 +639,25 @@ impl Sink {
         }
     }
 
+    /// Logs, records and sends a spool error: at most once a minute (with the number of
+    /// errors since), so that a read-only disk does not flood the log and the mailbox.
     fn spool_error(&mut self, what: &str, e: &std::io::Error) {
         let message = format!("{what} at {}: {e}", self.spool.dir().display());
-        tracing::error!(sink = %self.opts.name, "{message}");
         self.status.lock().last_error = Some((chrono::Utc::now(), message.clone()));
+        self.spool_errors_since_log += 1;
+        let now = Instant::now();
+        if self.spool_error_logged_at.is_some_and(|t| now.duration_since(t) < SPOOL_ERROR_LOG_EVERY) {
+            tracing::debug!(sink = %self.opts.name, "{message}");
+            return;
+        }
+        let more = self.spool_errors_since_log - 1;
+        if more > 0 {
+            tracing::error!(sink = %self.opts.name, "{message} ({more} more spool errors in the last minute)");
+        } else {
+            tracing::error!(sink = %self.opts.name, "{message}");
+        }
+        self.spool_errors_since_log = 0;
+        self.spool_error_logged_at = Some(now);
         let _ = self.events.send(StoreEvent::SpoolError { sink: self.opts.name.clone(), error: message });
     }
 
@@ -574,6 +741,9 @@ mod tests {
         then: Option<WriteError>,
         written: Vec<u64>,
         attempts: Vec<(Instant, usize)>,
+        /// How long each write takes (5 ms when not set); `hang`: it never ends.
+        delay: Option<Duration>,
+        hang: bool,
     }
 
     struct FakeWriter(Arc<Mutex<Fake>>);
@@ -595,8 +765,12 @@ mod tests {
             if result.is_ok() {
                 f.written.extend(batch.iter().map(id));
             }
+            let (delay, hang) = (f.delay.unwrap_or(Duration::from_millis(5)), f.hang);
             Box::pin(async move {
-                tokio::time::sleep(Duration::from_millis(5)).await;
+                if hang {
+                    std::future::pending::<()>().await;
+                }
+                tokio::time::sleep(delay).await;
                 result
             })
         }
@@ -657,8 +831,12 @@ mod tests {
 
     fn rig(fake: Fake, durability: Durability, dir: Option<tempfile::TempDir>) -> Rig {
         let dir = dir.unwrap_or_else(|| tempfile::tempdir().unwrap());
-        let fake = Arc::new(Mutex::new(fake));
         let spool = Spool::open(dir.path(), SpoolLimits::new(64 << 20)).unwrap();
+        rig_on(fake, durability, dir, spool)
+    }
+
+    fn rig_on(fake: Fake, durability: Durability, dir: tempfile::TempDir, spool: Spool) -> Rig {
+        let fake = Arc::new(Mutex::new(fake));
         let status = Arc::new(SinkStatus {
             name: "t".into(),
             kind: "fake",
@@ -863,5 +1041,158 @@ mod tests {
         assert_eq!((s.readings_written, s.changes_written, s.health_written), (10, 10, 10));
         assert_eq!(s.points_written, 30);
         assert_eq!((s.spool_readings, s.in_memory), (0, 0));
+    }
+
+    /// A record that is only in memory: neither acknowledged by the server nor in the spool.
+    fn only_in_memory(rig: &Rig, fed: u64) -> u64 {
+        let s = rig.status.snapshot();
+        fed - s.readings_written - s.spool_readings
+    }
+
+    /// Stop (SIGTERM, reload) with the database back and a big spool: what is in memory is
+    /// written, the spool is left for the next start, and it takes at most `STOP_BOUND`
+    /// (replaying 100,000 records at 5 ms a batch of 10 would take 50 s).
+    #[tokio::test(start_paused = true)]
+    async fn stop_takes_a_bounded_time_however_full_the_spool() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut spool = Spool::open(dir.path(), SpoolLimits::new(64 << 20)).unwrap();
+            for chunk in (0..100_000u64).collect::<Vec<_>>().chunks(1000) {
+                spool.append(&chunk.iter().map(|i| reading(*i)).collect::<Vec<_>>()).unwrap();
+            }
+            spool.sync().unwrap();
+        }
+        let rig = rig(Fake::default(), Durability::Outage, Some(dir));
+        feed(&rig, 1_000_000..1_000_005, Duration::from_millis(1)).await;
+        let t0 = Instant::now();
+        drop(rig.tx);
+        rig.task.await.unwrap();
+        assert!(t0.elapsed() <= STOP_BOUND, "stop took {:?}", t0.elapsed());
+        let written = rig.fake.lock().unwrap().written.clone();
+        assert!((1_000_000..1_000_005).all(|i| written.contains(&i)), "memory written at stop");
+        let left = rig.status.snapshot().spool_readings;
+        assert!(left >= 99_000, "the spool is left for the next start: {left}");
+        let reopened = Spool::open(rig.dir.path(), SpoolLimits::new(64 << 20)).unwrap();
+        assert_eq!(reopened.len(), left, "and is there after the restart");
+    }
+
+    /// Stop while a write never ends (a server that accepts and never answers): cut at
+    /// `STOP_BOUND`, its records and those in memory go to the spool.
+    #[tokio::test(start_paused = true)]
+    async fn a_write_that_never_ends_is_cut_at_stop_and_its_records_spooled() {
+        let rig = rig(Fake { hang: true, ..Fake::default() }, Durability::Outage, None);
+        feed(&rig, 0..25, Duration::from_millis(10)).await;
+        let t0 = Instant::now();
+        drop(rig.tx);
+        rig.task.await.unwrap();
+        assert!(t0.elapsed() <= STOP_BOUND + Duration::from_millis(10), "stop took {:?}", t0.elapsed());
+        let mut spool = Spool::open(rig.dir.path(), SpoolLimits::new(64 << 20)).unwrap();
+        let mut kept: Vec<u64> = spool.read(100).unwrap().records.iter().map(id).collect();
+        kept.sort_unstable();
+        assert_eq!(kept, (0..25).collect::<Vec<_>>(), "the batch in the air and memory, kept");
+    }
+
+    /// `durability = "outage"` with a database that answers, slowly (30 s a write): what
+    /// waits goes to the spool, so that only the write in flight and at most
+    /// `flush_interval` of readings are ever only in memory; all arrive once in the end.
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_database_leaves_at_most_flush_interval_of_readings_only_in_memory() {
+        let fake = Fake { delay: Some(Duration::from_secs(30)), ..Fake::default() };
+        let rig = rig(fake, Durability::Outage, None);
+        // 10 readings a second: one flush_interval (1 s) holds 10, a batch holds 10.
+        let mut worst = 0;
+        for i in 0..600 {
+            rig.tx.send(reading(i)).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            worst = worst.max(only_in_memory(&rig, i + 1));
+        }
+        assert!(worst <= 20, "{worst} readings only in memory (a batch in flight and 1 s of readings)");
+        assert!(rig.status.snapshot().disk_bytes_written > 0, "the rest waited in the spool");
+        rig.fake.lock().unwrap().delay = None;
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        let mut written = rig.fake.lock().unwrap().written.clone();
+        written.sort_unstable();
+        assert_eq!(written, (0..600).collect::<Vec<_>>(), "every reading once");
+    }
+
+    /// A spool segment that cannot be read (EIO; here one cut short behind pmtr's back, which
+    /// fails the same read) is set aside as
+    /// `*.damaged`, its records counted and a `SpoolError` sent; the rest is written.
+    #[tokio::test(start_paused = true)]
+    async fn an_unreadable_spool_segment_is_set_aside_counted_alerted_and_writes_go_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let small = SpoolLimits { max_bytes: 64 << 20, segment_bytes: 1000 };
+        {
+            let mut spool = Spool::open(dir.path(), small).unwrap();
+            for i in 0..40 {
+                spool.append(&[reading(i)]).unwrap();
+            }
+        }
+        let spool = Spool::open(dir.path(), small).unwrap();
+        let mut rig = rig_on(Fake::default(), Durability::Outage, dir, spool);
+        let mut segments: Vec<_> = std::fs::read_dir(rig.dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+            .collect();
+        segments.sort();
+        let first = segments[0].clone();
+        let in_first: u64 =
+            first.file_name().unwrap().to_str().unwrap().split('.').nth(1).unwrap().parse().unwrap();
+        std::fs::OpenOptions::new().write(true).open(&first).unwrap().set_len(20).unwrap();
+        feed(&rig, 100..105, Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let mut written = rig.fake.lock().unwrap().written.clone();
+        written.sort_unstable();
+        let expected: Vec<u64> = (in_first..40).chain(100..105).collect();
+        assert_eq!(written, expected, "everything but the unreadable segment");
+        let s = rig.status.snapshot();
+        assert_eq!((s.spool_unreadable, s.spool_readings), (in_first, 0));
+        assert!(first.with_extension("damaged").exists(), "kept for a human");
+        assert!(matches!(rig.events.try_recv(), Ok(StoreEvent::SpoolError { .. })));
+    }
+
+    /// A spool that cannot be opened (read-only disk; here a file where its folder goes):
+    /// the sink still writes from memory, reports, opens it once it can and spools again.
+    #[tokio::test(start_paused = true)]
+    async fn a_spool_that_cannot_be_opened_does_not_stop_the_writes_and_is_opened_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocked = dir.path().join("spool");
+        std::fs::write(&blocked, "in the way").unwrap();
+        assert!(Spool::open(&blocked, SpoolLimits::new(64 << 20)).is_err());
+        let spool = Spool::closed(&blocked, SpoolLimits::new(64 << 20));
+        let mut rig = rig_on(Fake::default(), Durability::Outage, dir, spool);
+        feed(&rig, 0..20, Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(rig.fake.lock().unwrap().written, (0..20).collect::<Vec<_>>(), "written from memory");
+        std::fs::remove_file(&blocked).unwrap();
+        tokio::time::sleep(SPOOL_REOPEN_EVERY).await;
+        assert!(blocked.is_dir(), "opened again");
+        rig.fake.lock().unwrap().then = Some(retry());
+        feed(&rig, 20..30, Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(rig.status.snapshot().spool_readings, 10, "an outage is spooled again");
+        assert!(matches!(rig.events.try_recv(), Ok(StoreEvent::SpoolError { .. })), "reported");
+    }
+
+    /// Without a spool (it cannot be opened) and without a database, at most
+    /// `5 × MEMORY_LIMIT` records wait in memory; beyond, the oldest are dropped and counted.
+    #[tokio::test(start_paused = true)]
+    async fn without_spool_or_database_memory_is_bounded_and_the_excess_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocked = dir.path().join("spool");
+        std::fs::write(&blocked, "in the way").unwrap();
+        let spool = Spool::closed(&blocked, SpoolLimits::new(64 << 20));
+        let fake = Fake { then: Some(retry()), ..Fake::default() };
+        let rig = rig_on(fake, Durability::Outage, dir, spool);
+        let fed = MEMORY_LIMIT as u64 * 5 + 50;
+        for i in 0..fed {
+            rig.tx.send(reading(i)).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let s = rig.status.snapshot();
+        assert!(s.in_memory <= MEMORY_LIMIT as u64 * 5, "{} in memory", s.in_memory);
+        assert!(s.spool_dropped >= 40, "the excess is counted: {}", s.spool_dropped);
+        assert!(s.in_memory + s.spool_dropped + 10 >= fed, "all accounted for but a batch in flight");
     }
 }

@@ -78,6 +78,8 @@ pub enum Recovery {
     NotASegment { path: PathBuf },
     /// The cursor file was unreadable; replay starts at the oldest segment.
     CursorReset,
+    /// A segment could not be read (EIO) and was set aside with its unsent records.
+    Unreadable { segment: u64, records: u64 },
 }
 
 /// A batch read from the spool: the records and where the cursor goes once they are sent.
@@ -106,6 +108,9 @@ pub struct Spool {
     pub dropped: u64,
     /// Bytes written to segment files since opening (the SD card's share).
     pub bytes_written: u64,
+    /// False for a spool that could not be opened ([`Spool::closed`]): it holds nothing and
+    /// refuses appends until [`Spool::reopen`] succeeds.
+    open: bool,
 }
 
 fn segment_name(id: u64, sealed_count: Option<u64>) -> String {
@@ -131,21 +136,7 @@ impl Spool {
     /// Opens (or creates) the spool in `dir` and repairs what a crash left.
     pub fn open(dir: &Path, limits: SpoolLimits) -> io::Result<Spool> {
         fs::create_dir_all(dir)?;
-        let mut spool = Spool {
-            dir: dir.to_path_buf(),
-            limits,
-            segments: VecDeque::new(),
-            active: None,
-            cursor: Cursor { segment: 0, offset: FILE_MAGIC.len() as u64, done: 0 },
-            reader: None,
-            unsynced: false,
-            names: Names::default(),
-            encoded: Vec::new(),
-            oldest: None,
-            recoveries: Vec::new(),
-            dropped: 0,
-            bytes_written: 0,
-        };
+        let mut spool = Spool { open: true, ..Spool::closed(dir, limits) };
         let mut found = Vec::new();
         for entry in fs::read_dir(dir)? {
             let entry = entry?;
@@ -166,6 +157,7 @@ impl Spool {
                 tracing::warn!(file = %path.display(), "not a spool segment (bad header); set aside as {}",
                     aside.display());
                 fs::rename(&path, &aside)?;
+                sync_dir(dir)?;
                 spool.recoveries.push(Recovery::NotASegment { path });
                 continue;
             }
@@ -189,6 +181,76 @@ impl Spool {
         }
         spool.load_cursor()?;
         Ok(spool)
+    }
+
+    /// A spool that could not be opened (a read-only or failing disk): it holds nothing,
+    /// refuses appends, and [`Spool::reopen`] tries again. The files in `dir` are left alone.
+    pub fn closed(dir: &Path, limits: SpoolLimits) -> Spool {
+        Spool {
+            dir: dir.to_path_buf(),
+            limits,
+            segments: VecDeque::new(),
+            active: None,
+            cursor: Cursor { segment: 0, offset: FILE_MAGIC.len() as u64, done: 0 },
+            reader: None,
+            unsynced: false,
+            names: Names::default(),
+            encoded: Vec::new(),
+            oldest: None,
+            recoveries: Vec::new(),
+            dropped: 0,
+            bytes_written: 0,
+            open: false,
+        }
+    }
+
+    /// False while the spool could not be opened.
+    pub fn is_open(&self) -> bool {
+        self.open
+    }
+
+    /// Opens a [`Spool::closed`] spool again, keeping its counters.
+    pub fn reopen(&mut self) -> io::Result<()> {
+        if self.open {
+            return Ok(());
+        }
+        let mut fresh = Spool::open(&self.dir, self.limits)?;
+        fresh.dropped = self.dropped;
+        fresh.bytes_written = self.bytes_written;
+        *self = fresh;
+        Ok(())
+    }
+
+    /// Sets the oldest segment aside (renamed `*.damaged`, for a human) after it could not be
+    /// read (EIO): returns its unsent records, now lost to the sink, and where it went. The
+    /// cursor moves to the next segment.
+    pub fn set_aside_front(&mut self) -> io::Result<(u64, PathBuf)> {
+        let Some(front) = self.segments.front() else {
+            return Err(io::Error::other("no segment to set aside"));
+        };
+        let aside = front.path.with_extension("damaged");
+        let lost = front.records - self.cursor_done();
+        fs::rename(&front.path, &aside)?;
+        sync_dir(&self.dir)?;
+        let s = self.segments.pop_front().expect("checked");
+        self.reader = None;
+        if self.segments.is_empty() {
+            self.active = None;
+            self.unsynced = false;
+        }
+        self.recoveries.push(Recovery::Unreadable { segment: s.id, records: lost });
+        self.oldest = None;
+        match self.segments.front() {
+            Some(next) => {
+                self.cursor = Cursor { segment: next.id, offset: FILE_MAGIC.len() as u64, done: 0 };
+                self.save_cursor()?;
+            }
+            None => {
+                self.cursor = Cursor { segment: 0, offset: FILE_MAGIC.len() as u64, done: 0 };
+                let _ = fs::remove_file(self.dir.join(CURSOR_FILE));
+            }
+        }
+        Ok((lost, aside))
     }
 
     /// Reads a segment that was being written, counts its records and cuts a torn tail.
@@ -240,6 +302,7 @@ impl Spool {
         }
         let sealed = self.dir.join(segment_name(seg.id, Some(seg.records)));
         fs::rename(&seg.path, &sealed)?;
+        sync_dir(&self.dir)?;
         seg.path = sealed;
         seg.sealed = true;
         if self.reader.as_ref().is_some_and(|(id, _)| *id == seg.id) {
@@ -315,6 +378,9 @@ impl Spool {
         if records.is_empty() {
             return Ok(0);
         }
+        if !self.open {
+            return Err(io::Error::other("the spool could not be opened (read-only or failing disk?)"));
+        }
         let was_empty = self.is_empty();
         let need_new = match self.segments.back() {
             Some(s) => s.sealed || s.bytes >= self.limits.segment_bytes,
@@ -347,7 +413,7 @@ impl Spool {
     fn start_segment(&mut self) -> io::Result<()> {
         if let Some(mut file) = self.active.take() {
             file.flush()?;
-            file.sync_data()?;
+            sync_file(&file)?;
             let index = self.segments.len() - 1;
             self.seal_back_of(index)?;
         }
@@ -355,6 +421,8 @@ impl Spool {
         let path = self.dir.join(segment_name(id, None));
         let mut file = OpenOptions::new().create(true).truncate(true).write(true).open(&path)?;
         file.write_all(FILE_MAGIC)?;
+        sync_file(&file)?;
+        sync_dir(&self.dir)?;
         self.bytes_written += FILE_MAGIC.len() as u64;
         if self.segments.is_empty() {
             self.cursor = Cursor { segment: id, offset: FILE_MAGIC.len() as u64, done: 0 };
@@ -394,6 +462,7 @@ impl Spool {
         if self.unsynced {
             if let Some(f) = &self.active {
                 f.sync_data()?;
+                count_sync(1, 0);
             }
             self.unsynced = false;
         }
@@ -511,10 +580,16 @@ impl Spool {
         }
     }
 
+    /// Replaces the cursor file: written, synced, renamed over the old one, and the folder
+    /// synced, so that a power cut leaves the old cursor or the new one, never none.
     fn save_cursor(&self) -> io::Result<()> {
         let tmp = self.dir.join("cursor.tmp");
-        fs::write(&tmp, encode_cursor(&self.cursor))?;
-        fs::rename(&tmp, self.dir.join(CURSOR_FILE))
+        let mut f = File::create(&tmp)?;
+        f.write_all(&encode_cursor(&self.cursor))?;
+        sync_file(&f)?;
+        drop(f);
+        fs::rename(&tmp, self.dir.join(CURSOR_FILE))?;
+        sync_dir(&self.dir)
     }
 
     /// The time of the oldest unsent record.
@@ -526,6 +601,44 @@ impl Spool {
         self.oldest = Some(o);
         o
     }
+}
+
+/// Whether a spool I/O error may go away by itself (out of descriptors or memory,
+/// interrupted): then the read is tried again later instead of setting a segment aside.
+pub fn is_transient(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock | io::ErrorKind::OutOfMemory)
+        || matches!(e.raw_os_error(), Some(libc_errno::EMFILE | libc_errno::ENFILE | libc_errno::ENOMEM))
+}
+
+mod libc_errno {
+    pub const ENOMEM: i32 = 12;
+    pub const ENFILE: i32 = 23;
+    pub const EMFILE: i32 = 24;
+}
+
+thread_local! {
+    /// File and folder syncs done by this thread, for the tests that guard them.
+    static SYNCS: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
+}
+
+fn count_sync(file: u64, dir: u64) {
+    SYNCS.with(|c| {
+        let (f, d) = c.get();
+        c.set((f + file, d + dir));
+    });
+}
+
+fn sync_file(f: &File) -> io::Result<()> {
+    f.sync_data()?;
+    count_sync(1, 0);
+    Ok(())
+}
+
+/// Makes a file created, renamed or deleted in `dir` survive a power cut.
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()?;
+    count_sync(0, 1);
+    Ok(())
 }
 
 fn encode_cursor(c: &Cursor) -> Vec<u8> {
@@ -753,5 +866,33 @@ mod tests {
         assert_eq!(parse_segment_name("cursor"), None);
         assert_eq!(parse_segment_name("x.seg"), None);
         assert_eq!(parse_segment_name(&segment_name(9, Some(3))), Some((9, Some(3))));
+    }
+
+    fn syncs() -> (u64, u64) {
+        SYNCS.with(|c| c.get())
+    }
+
+    /// A new segment, a sealed one and a moved cursor survive a power cut: each is synced to
+    /// its file and its folder entry synced too.
+    #[test]
+    fn segment_create_seal_and_cursor_are_synced_to_file_and_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Spool::open(dir.path(), small()).unwrap();
+        let (f0, d0) = syncs();
+        s.append(&[reading(0)]).unwrap();
+        let (f1, d1) = syncs();
+        assert_eq!((f1 - f0, d1 - d0), (1, 1), "segment created: its header and its name");
+        let mut i = 1;
+        while s.segments.len() < 2 {
+            s.append(&[reading(i)]).unwrap();
+            i += 1;
+        }
+        let (f2, d2) = syncs();
+        assert_eq!((f2 - f1, d2 - d1), (2, 2), "sealed (data, rename) and the next created");
+        let b = s.read(1).unwrap();
+        s.commit(b.end.unwrap()).unwrap();
+        let (f3, d3) = syncs();
+        assert_eq!((f3 - f2, d3 - d2), (1, 1), "cursor written, synced, renamed, folder synced");
+        assert!(fs::read(dir.path().join(CURSOR_FILE)).is_ok_and(|b| decode_cursor(&b).is_some()));
     }
 }

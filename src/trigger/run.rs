@@ -21,6 +21,7 @@ use crate::config::{Config, OnShutdown};
 use crate::control::{Command, Request, Response};
 use crate::reading::{ChangeEvent, Reading, Record, StateChange, Subject};
 use crate::relay::{bank::RelayBank, Gpio, Level, RelayError};
+use crate::store::Intake;
 use chrono::Utc;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -79,7 +80,9 @@ struct Shell {
     engine: Engine,
     bank: RelayBank,
     on_shutdown: Vec<(OnShutdown, Level)>,
-    store: mpsc::Sender<Record>,
+    /// Storage's intake: never waits (a full queue drops, counted and logged), so that no
+    /// relay waits on a disk or a database.
+    store: Intake,
     events: broadcast::Sender<StateChange>,
     saved_path: PathBuf,
     /// The newest state to save; the saver task writes it off the trigger task, so that a
@@ -102,7 +105,7 @@ impl Triggers {
     pub fn start(
         config: &Config,
         gpio: &mut dyn Gpio,
-        store: mpsc::Sender<Record>,
+        store: impl Into<Intake>,
         forward: bool,
     ) -> Result<Triggers, StartError> {
         Triggers::start_after(config, gpio, store, forward, &mut None)
@@ -117,10 +120,11 @@ impl Triggers {
     pub fn start_after(
         config: &Config,
         gpio: &mut dyn Gpio,
-        store: mpsc::Sender<Record>,
+        store: impl Into<Intake>,
         forward: bool,
         handover: &mut Option<Handover>,
     ) -> Result<Triggers, StartError> {
+        let store = store.into();
         let origin = Instant::now();
         let clock = crate::clock::WallClock::system(config.gateway.clock_sync_wait);
         let mut engine = Engine::new(config, Duration::ZERO).map_err(StartError::Config)?;
@@ -280,7 +284,7 @@ impl Shell {
                             if self.log_readings {
                                 tracing::info!("{r}");
                             }
-                            if self.store.send(Record::Reading(r)).await.is_err() {
+                            if self.store.offer(Record::Reading(r)).is_err() {
                                 tracing::error!("storage stopped: readings are no longer written");
                             }
                         }
@@ -410,7 +414,7 @@ impl Shell {
             tracing::info!(dry_run = c.dry_run, "{c}");
         }
         let _ = self.events.send(c.clone());
-        if self.store.send(Record::Change(c)).await.is_err() {
+        if self.store.offer(Record::Change(c)).is_err() {
             tracing::error!("storage stopped: state changes are no longer written");
         }
     }
