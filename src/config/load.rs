@@ -549,6 +549,21 @@ impl<'s> Loader<'s> {
         }
     }
 
+    /// A number, integer or float (`expected` names it in the error: "a number of volts").
+    fn number(&mut self, v: &Value<'_>, key: &str, expected: &str) -> Option<f64> {
+        if self.is_damaged(v) {
+            return None;
+        }
+        match v.get_ref() {
+            DeValue::Integer(_) => de::<i64>(v).ok().map(|n| n as f64),
+            DeValue::Float(_) => de::<f64>(v).ok(),
+            _ => {
+                self.wrong_type(v, key, expected);
+                None
+            }
+        }
+    }
+
     fn wrong_type(&mut self, v: &Value<'_>, key: &str, expected: &str) {
         let found = self.describe(v);
         self.error(v.span(), key, format!("expected {expected}, found {found}"));

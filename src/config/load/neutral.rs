@@ -240,17 +240,7 @@ impl Loader<'_> {
 
     /// A number (integer or float) within `min..=max`.
     fn number_in(&mut self, v: &Value<'_>, key: &str, min: f64, max: f64) -> Option<f64> {
-        if self.is_damaged(v) {
-            return None;
-        }
-        let n = match v.get_ref() {
-            DeValue::Integer(_) => super::de::<i64>(v).ok().map(|n| n as f64),
-            DeValue::Float(_) => super::de::<f64>(v).ok(),
-            _ => {
-                self.wrong_type(v, key, "a number of volts");
-                return None;
-            }
-        }?;
+        let n = self.number(v, key, "a number of volts")?;
         if !(min..=max).contains(&n) {
             self.error(v.span(), key, format!("{n} is out of range: must be {min}..={max} V"));
             return None;

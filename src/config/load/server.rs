@@ -6,7 +6,7 @@ use crate::config::{ServerAction, ServerSettings};
 use crate::pmtr::action::{self, reserved_pin, MAX_PIN, SLOTS, WINDOWS};
 use crate::pmtr::expr::{self, Units};
 use std::time::Duration;
-use toml::de::{DeTable, DeValue};
+use toml::de::DeTable;
 
 /// The keys only a `pmtr-srv` meter may have.
 pub(super) const SERVER_KEYS: &[&str] = &["multiplier", "time_sync", "push_actions", "action"];
@@ -125,17 +125,7 @@ impl Loader<'_> {
     }
 
     fn positive_number(&mut self, v: &Value<'_>, key: &str) -> Option<f64> {
-        if self.is_damaged(v) {
-            return None;
-        }
-        let n = match v.get_ref() {
-            DeValue::Integer(_) => super::de::<i64>(v).ok().map(|n| n as f64),
-            DeValue::Float(_) => super::de::<f64>(v).ok(),
-            _ => {
-                self.wrong_type(v, key, "a number");
-                return None;
-            }
-        }?;
+        let n = self.number(v, key, "a number")?;
         if !(n > 0.0 && n <= 1000.0) {
             self.error(v.span(), key, format!("{n} is out of range: must be above 0 and at most 1000"));
             return None;
