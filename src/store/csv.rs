@@ -518,18 +518,23 @@ mod tests {
         tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
     }
 
+    /// A writer, one file a meter, for PZEMs "a" and "b" on "bus1".
+    fn meters_a_and_b(dir: &std::path::Path) -> CsvWriter {
+        let meters = vec![
+            ("a".to_string(), "bus1".to_string(), Model::Pzem016),
+            ("b".to_string(), "bus1".to_string(), Model::Pzem016),
+        ];
+        CsvWriter::new(dir.into(), GroupBy::Meter, TimeZone::Utc, "gw", &meters)
+    }
+
     /// A file failing in the middle of a batch (here: the second meter's file cannot be
     /// opened) leaves none of the batch in the files written before it, so that the retry
     /// writes each row once.
     #[test]
     fn a_file_failing_mid_batch_is_cut_back_so_the_retry_writes_each_row_once() {
         let dir = tempfile::tempdir().unwrap();
-        let meters = vec![
-            ("a".to_string(), "bus1".to_string(), Model::Pzem016),
-            ("b".to_string(), "bus1".to_string(), Model::Pzem016),
-        ];
         let day = 1_763_683_200_000; // 2025-11-21T00:00:00Z
-        let mut w = CsvWriter::new(dir.path().into(), GroupBy::Meter, TimeZone::Utc, "gw", &meters);
+        let mut w = meters_a_and_b(dir.path());
         w.write_now(&[reading("a", Model::Pzem016, day)]).unwrap();
         let blocked = dir.path().join("b-2025-11-21.csv");
         std::fs::create_dir(&blocked).unwrap();
@@ -549,12 +554,8 @@ mod tests {
     #[test]
     fn a_batch_is_synced_to_every_file_it_touched_before_it_counts_as_written() {
         let dir = tempfile::tempdir().unwrap();
-        let meters = vec![
-            ("a".to_string(), "bus1".to_string(), Model::Pzem016),
-            ("b".to_string(), "bus1".to_string(), Model::Pzem016),
-        ];
         let day = 1_763_683_200_000; // 2025-11-21T00:00:00Z
-        let mut w = CsvWriter::new(dir.path().into(), GroupBy::Meter, TimeZone::Utc, "gw", &meters);
+        let mut w = meters_a_and_b(dir.path());
         let before = BATCH_SYNCS.with(|c| c.get());
         w.write_now(&[
             reading("a", Model::Pzem016, day),
