@@ -475,6 +475,9 @@ struct Loader<'s> {
     errors: Vec<ConfigError>,
     /// The `[[neutral]]` sets, once read: trigger expressions resolve their variables.
     neutral: Vec<super::NeutralSet>,
+    /// A `[[neutral]]` table had an error (reported) and is missing from `neutral`: a trigger's
+    /// `neutral_*` variable that finds no set is not reported a second time.
+    neutral_incomplete: bool,
 }
 
 impl<'s> Loader<'s> {
@@ -486,6 +489,7 @@ impl<'s> Loader<'s> {
             damaged: Vec::new(),
             errors: Vec::new(),
             neutral: Vec::new(),
+            neutral_incomplete: false,
         }
     }
 

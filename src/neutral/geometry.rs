@@ -2,9 +2,15 @@
 //!
 //! Phase voltages are the distances from the load's neutral point to the corners of the line
 //! triangle (the three line conductors). With a sound neutral that point sits at the source's
-//! star point, the triangle's centre; with a broken one it wanders inside the triangle as the
-//! loads change, and its distance from the centre (the zero-sequence voltage) is the
-//! displacement this module estimates.
+//! star point; with a broken one it wanders inside the triangle as the loads change, and its
+//! distance from the star point is the displacement this module estimates.
+//!
+//! Where is the star point? The source's three EMFs are 120° apart whatever their magnitudes,
+//! so the star point is the one point from which every side of the line triangle is seen under
+//! 120°: the triangle's Fermat point ([`star_point`]). On a balanced source that is the centre;
+//! when one source phase sags, the triangle shrinks on that side and the Fermat point stays
+//! where the EMFs meet, while the centre moves a third of the sag towards it (a 25 % sag: 19 V,
+//! which a test against the centre takes for a displaced neutral).
 
 /// A point of the voltage plane, in volts.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -97,7 +103,7 @@ pub fn seed_ratio(epsilon: f64) -> f64 {
 /// The neutral point located from a measured line triangle.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TriangleFix {
-    /// Distance from the triangle's centre (the zero-sequence voltage), volts.
+    /// Distance from the source's star point ([`star_point`]), volts.
     pub displacement: f64,
     /// Root-mean-square misfit of the phase magnitudes at the point found, volts: large when
     /// the five readings do not describe one point (a meter wrong, readings of different times).
@@ -120,7 +126,7 @@ pub fn locate_neutral(phase: [f64; 3], line: [f64; 3]) -> Option<TriangleFix> {
         return None;
     }
     let corners = [Point::new(0.0, 0.0), Point::new(u12, 0.0), Point::new(cx, cy2.sqrt())];
-    let centre = Point::new((u12 + cx) / 3.0, cy2.sqrt() / 3.0);
+    let star = star_point(corners)?;
     let [p1, p2, p3] = phase;
     // |P-A|² - |P-B|² and |P-A|² - |P-C|² are linear in P.
     let x = (p1 * p1 - p2 * p2 + u12 * u12) / (2.0 * u12);
@@ -149,7 +155,38 @@ pub fn locate_neutral(phase: [f64; 3], line: [f64; 3]) -> Option<TriangleFix> {
     }
     let residual =
         (corners.iter().zip(phase).map(|(c, u)| (p.dist(*c) - u).powi(2)).sum::<f64>() / 3.0).sqrt();
-    Some(TriangleFix { displacement: p.dist(centre), residual })
+    Some(TriangleFix { displacement: p.dist(star), residual })
+}
+
+/// The source's star point in a line triangle: its Fermat point, the point from which each
+/// side is seen under 120° (three EMFs 120° apart meet there, whatever their magnitudes). In
+/// barycentric coordinates it is a / sin(A + 60°) : b / sin(B + 60°) : c / sin(C + 60°), with
+/// a the side opposite corner A and A its angle. `None` when an angle reaches 120° (then no
+/// such point exists inside: no three-phase source gives that triangle).
+pub fn star_point(corners: [Point; 3]) -> Option<Point> {
+    let [a, b, c] = corners;
+    let sides = [b.dist(c), c.dist(a), a.dist(b)];
+    let mut weights = [0.0; 3];
+    for k in 0..3 {
+        let (opposite, s1, s2) = (sides[k], sides[(k + 1) % 3], sides[(k + 2) % 3]);
+        if !(opposite > 0.0 && s1 > 0.0 && s2 > 0.0) {
+            return None;
+        }
+        let cos = ((s1 * s1 + s2 * s2 - opposite * opposite) / (2.0 * s1 * s2)).clamp(-1.0, 1.0);
+        let angle = cos.acos();
+        if angle >= 2.0 * std::f64::consts::FRAC_PI_3 {
+            return None;
+        }
+        weights[k] = opposite / (angle + std::f64::consts::FRAC_PI_3).sin();
+    }
+    let total: f64 = weights.iter().sum();
+    if !(total.is_finite() && total > 0.0) {
+        return None;
+    }
+    Some(Point::new(
+        (weights[0] * a.x + weights[1] * b.x + weights[2] * c.x) / total,
+        (weights[0] * a.y + weights[1] * b.y + weights[2] * c.y) / total,
+    ))
 }
 
 #[cfg(test)]
@@ -251,14 +288,53 @@ mod tests {
     }
 
     #[test]
-    fn locate_neutral_measures_a_single_phase_sag_as_a_small_offset_from_the_centre() {
-        // The source's L1 10 % low, sound neutral: the star point is 23 V from L1's corner's
-        // nominal place, the centre of the shrunken triangle moves a third of that.
+    fn the_star_point_of_a_balanced_source_is_the_centre() {
+        let s = star_point(corners()).unwrap();
+        assert!(s.dist(Point::new(0.0, 0.0)) < 1e-9, "{s:?}");
+    }
+
+    #[test]
+    fn the_star_point_stays_where_the_emfs_meet_whatever_their_magnitudes() {
+        // EMFs 120° apart from the origin, of any lengths: every side is seen under 120° from
+        // the origin, so the Fermat point is the origin.
+        for r in [[0.75, 1.0, 1.0], [1.0, 0.8, 1.1], [1.05, 0.95, 0.9], [0.6, 1.0, 1.0]] {
+            let c = [90.0f64, -30.0, 210.0]
+                .map(|deg| deg.to_radians())
+                .iter()
+                .zip(r)
+                .map(|(a, k)| Point::new(k * VP * a.cos(), k * VP * a.sin()))
+                .collect::<Vec<_>>();
+            let s = star_point([c[0], c[1], c[2]]).unwrap();
+            assert!(s.dist(Point::new(0.0, 0.0)) < 1e-9, "{r:?}: {s:?}");
+        }
+        // A triangle with an angle of 120° or more has no star point.
+        let flat = [Point::new(0.0, 0.0), Point::new(400.0, 0.0), Point::new(200.0, 100.0)];
+        assert!(star_point(flat).is_none());
+    }
+
+    #[test]
+    fn locate_neutral_measures_a_single_phase_sag_as_no_displacement() {
+        // The source's L1 10 % or 25 % low, sound neutral: the centre of the shrunken triangle
+        // is 8 V or 19 V from the star point; the displacement is measured from the star point.
+        for sag in [0.9, 0.75] {
+            let mut c = corners();
+            c[0] = Point::new(0.0, sag * VP);
+            let line = [c[0].dist(c[1]), c[1].dist(c[2]), c[2].dist(c[0])];
+            let u = c.map(|k| k.dist(Point::new(0.0, 0.0)));
+            let f = locate_neutral(u, line).unwrap();
+            assert!(f.displacement < 1e-6, "{sag}: {f:?}");
+        }
+    }
+
+    #[test]
+    fn locate_neutral_measures_a_displaced_neutral_on_a_sagging_source_from_the_star_point() {
         let mut c = corners();
-        c[0] = Point::new(0.0, 0.9 * VP);
+        c[0] = Point::new(0.0, 0.8 * VP);
         let line = [c[0].dist(c[1]), c[1].dist(c[2]), c[2].dist(c[0])];
-        let u = c.map(|k| k.dist(Point::new(0.0, 0.0)));
-        let f = locate_neutral(u, line).unwrap();
-        assert!((f.displacement - 0.1 * VP / 3.0).abs() < 1e-6, "{f:?}");
+        for n in [Point::new(30.0, 0.0), Point::new(0.0, -25.0), Point::new(-15.0, 40.0)] {
+            let u = c.map(|k| k.dist(n));
+            let f = locate_neutral(u, line).unwrap();
+            assert!((f.displacement - n.dist(Point::new(0.0, 0.0))).abs() < 1e-6, "{n:?}: {f:?}");
+        }
     }
 }

@@ -1,12 +1,15 @@
 //! Tier 2: the neutral point located in the measured line triangle. Pure.
 //!
-//! Each sample gives the displacement directly ([`locate_neutral`]), so the rule is a
-//! threshold with hysteresis in time: a displacement of at least `shift` held for
-//! [`HOLD_ON`] seconds (× the sensitivity factor) is a fault, which clears once it has stayed
-//! under [`CLEAR_RATIO`] × `shift` for [`HOLD_OFF`] seconds. The hold rides out short voltage
-//! dips (a 50 % dip on one phase shows as a 38 V displacement while it lasts). A sample whose
-//! readings do not describe one point (misfit over [`MAX_RESIDUAL`]) is no evidence either way.
-//! The score is the displacement over `shift`.
+//! Each sample gives the displacement directly ([`locate_neutral`]), measured from the
+//! source's star point, so the rule is a threshold with hysteresis in time: the time the
+//! displacement spends at or over `shift` is counted up, the time under it counted down (to
+//! zero), and a count of [`HOLD_ON`] seconds (× the sensitivity factor) is a fault. Counting
+//! down instead of starting again lets a neutral that hovers around the threshold (a
+//! loosening terminal) be confirmed while it crosses back and forth, and still rides out
+//! short transients (a motor start). A fault clears once the displacement has stayed under
+//! [`CLEAR_RATIO`] × `shift` for [`HOLD_OFF`] seconds. A sample whose readings do not describe
+//! one point (misfit over [`MAX_RESIDUAL`]) is no evidence either way. The score is the
+//! displacement over `shift`.
 
 use super::geometry::locate_neutral;
 use super::{Settings, State, Verdict};
@@ -24,15 +27,28 @@ pub const MAX_RESIDUAL: f64 = 8.0;
 pub struct LineTier {
     settings: Settings,
     state: State,
-    /// Since when the displacement has been over the threshold (for a fault) or under the
-    /// clearing level (while in fault).
-    since: Option<f64>,
+    /// Seconds counted over the threshold (less those under it), while not in fault.
+    over: f64,
+    /// Since when the displacement has been under the clearing level, while in fault.
+    low_since: Option<f64>,
+    /// The time of the previous sample that described a point.
+    previous: Option<f64>,
     last: Verdict,
 }
 
+/// Steps longer than this (seconds) are a gap: no time is counted across them.
+pub const MAX_STEP: f64 = 10.0;
+
 impl LineTier {
     pub fn new(settings: Settings) -> LineTier {
-        LineTier { settings, state: State::Ok, since: None, last: Verdict::default() }
+        LineTier {
+            settings,
+            state: State::Ok,
+            over: 0.0,
+            low_since: None,
+            previous: None,
+            last: Verdict::default(),
+        }
     }
 
     pub fn update(&mut self, now: f64, phase: [f64; 3], line: [f64; 3]) -> Verdict {
@@ -46,25 +62,38 @@ impl LineTier {
         let d = fix.displacement;
         let shift = self.settings.shift;
         let k = self.settings.sensitivity.factor();
+        // The time this sample stands for: since the previous one, unless that was a gap.
+        let dt = match self.previous.replace(now) {
+            Some(p) if now > p && now - p <= MAX_STEP => now - p,
+            _ => 0.0,
+        };
         if self.state == State::Fault {
             if d < CLEAR_RATIO * shift {
-                let since = *self.since.get_or_insert(now);
+                let since = *self.low_since.get_or_insert(now);
                 if now - since >= HOLD_OFF * k {
                     self.state = State::Ok;
-                    self.since = None;
+                    self.low_since = None;
+                    self.over = 0.0;
                 }
             } else {
-                self.since = None;
-            }
-        } else if d >= shift {
-            let since = *self.since.get_or_insert(now);
-            self.state = if now - since >= HOLD_ON * k { State::Fault } else { State::Suspect };
-            if self.state == State::Fault {
-                self.since = None;
+                self.low_since = None;
             }
         } else {
-            self.since = None;
-            self.state = if d >= 0.5 * shift { State::Suspect } else { State::Ok };
+            // The first sample over the threshold counts one second (the readings it stands
+            // for were over it): a fault needs HOLD_ON seconds more.
+            if d >= shift {
+                self.over += if self.over == 0.0 { 1.0 } else { dt };
+            } else {
+                self.over = (self.over - dt).max(0.0);
+            }
+            self.state = if self.over > HOLD_ON * k {
+                self.over = 0.0;
+                State::Fault
+            } else if d >= 0.5 * shift || self.over > 0.0 {
+                State::Suspect
+            } else {
+                State::Ok
+            };
         }
         self.last = Verdict { state: self.state, score: d / shift, shift: Some(d) };
         self.last
@@ -107,6 +136,41 @@ mod tests {
             let v = if (s as i64) % 10 < 2 { t.update(s, u, l) } else { t.update(s, u0, l0) };
             assert_ne!(v.state, State::Fault, "at {s}");
         }
+    }
+
+    #[test]
+    fn line_tier_confirms_a_displacement_that_hovers_around_the_threshold() {
+        // A loosening neutral: 22 V, 22 V, 18 V, 22 V, … The count goes down under the
+        // threshold instead of starting again, so two seconds over for each one under confirm.
+        let mut t = LineTier::new(Settings::default());
+        let (hi, hl) = set(Point::new(22.0, 0.0));
+        let (lo, ll) = set(Point::new(18.0, 0.0));
+        let mut states = vec![];
+        for s in 0..9 {
+            let v = if s % 3 == 2 { t.update(f64::from(s), lo, ll) } else { t.update(f64::from(s), hi, hl) };
+            states.push(v.state);
+        }
+        assert!(!states[..5].contains(&State::Fault), "{states:?}");
+        assert!(states.contains(&State::Fault), "{states:?}");
+        // Under the threshold as often as over it: never.
+        let mut t = LineTier::new(Settings::default());
+        for s in 0..600 {
+            let v = if s % 2 == 0 { t.update(f64::from(s), lo, ll) } else { t.update(f64::from(s), hi, hl) };
+            assert_ne!(v.state, State::Fault, "at {s}");
+        }
+    }
+
+    #[test]
+    fn line_tier_counts_no_time_across_a_gap() {
+        let mut t = LineTier::new(Settings::default());
+        let (u, l) = set(Point::new(40.0, 0.0));
+        assert_eq!(t.update(0.0, u, l).state, State::Suspect);
+        // The meter was silent for a minute: the minute counts nothing, the count goes on from
+        // the next samples.
+        for s in [60.0, 61.0, 62.0] {
+            assert_eq!(t.update(s, u, l).state, State::Suspect, "at {s}");
+        }
+        assert_eq!(t.update(63.0, u, l).state, State::Fault);
     }
 
     #[test]

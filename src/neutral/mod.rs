@@ -8,7 +8,10 @@
 //!
 //! - [`line::LineTier`], where the meter also measures the line voltages (RX380): the neutral
 //!   point is located in the measured line triangle by least squares
-//!   ([`geometry::locate_neutral`]); a displacement held over the threshold is a fault.
+//!   ([`geometry::locate_neutral`]) and measured from the source's star point, the point from
+//!   which every side is seen under 120° ([`geometry::star_point`]), so that a source phase
+//!   sagging or swelling on its own moves nothing; a displacement held over the threshold is
+//!   a fault.
 //! - [`magnitude::MagnitudeTier`], from the three phase magnitudes only (three PZEMs, a
 //!   PMTR_001_SRV): the equilateral triangle that fits them ([`geometry::equilateral_fit`])
 //!   gives a displacement and a line voltage; the evidence is the phases moving with the

@@ -126,6 +126,19 @@ pub fn meter_variables(m: &Meter) -> Vec<(String, Phase, Quantity)> {
         .collect()
 }
 
+/// Whether `name` is a broken-neutral variable (`neutral_fault`, `<meter>.neutral_shift`) of a
+/// meter that exists but that no set in `neutral` lists: the one error of [`resolve`] that a
+/// `[[neutral]]` table with an error of its own (and so missing from `neutral`) explains.
+pub fn needs_a_missing_set(name: &str, own: Option<usize>, meters: &[Meter], neutral: &[NeutralSet]) -> bool {
+    let (meter, var) = match name.split_once('.') {
+        Some((prefix, var)) => (meters.iter().position(|m| prefix_of(&m.name) == prefix), var),
+        None => (own, name),
+    };
+    let Some(m) = meter.and_then(|i| meters.get(i)) else { return false };
+    NeutralVar::ALL.iter().any(|(n, _)| *n == var)
+        && !neutral.iter().any(|n| n.meters().contains(&m.name.as_str()))
+}
+
 /// Resolves `name` for a trigger whose unprefixed variables read meter `own` (an index into
 /// `meters`); `neutral` are the config's voltage sets. The error says why, in the user's
 /// words, with close names when there are any.

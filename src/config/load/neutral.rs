@@ -128,6 +128,8 @@ impl Loader<'_> {
                 (ok, name, source, nominal, shift, sensitivity)
             {
                 sets.push(NeutralSet { name, source, nominal, shift, sensitivity });
+            } else {
+                self.neutral_incomplete = true;
             }
         }
         sets

@@ -254,12 +254,18 @@ impl Loader<'_> {
                 Some(text) => {
                     let own = own.flatten();
                     let neutral = self.neutral.clone();
+                    // A `neutral_*` variable whose set had an error of its own (reported).
+                    let incomplete = self.neutral_incomplete;
+                    let mut unsettled = false;
                     match Expression::compile(&text, &mut |n| {
-                        let s = vars::resolve(n, own, meters, &neutral)?;
+                        let s = vars::resolve(n, own, meters, &neutral).inspect_err(|_| {
+                            unsettled |= incomplete && vars::needs_a_missing_set(n, own, meters, &neutral);
+                        })?;
                         sources.push(s);
                         Ok(s.kind())
                     }) {
                         Ok(_) => true,
+                        Err(_) if unsettled => false,
                         Err(e) => {
                             let span = self.span_in_string(v.span(), &text, &e);
                             self.error(span, key("when"), format!("`{}`: {e}", text.trim()));
