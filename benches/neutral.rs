@@ -35,7 +35,7 @@ impl Detectors {
     fn update(&mut self, t: f64, s: &GridSample) -> [State; 3] {
         [
             self.line.update(t, s.phase, s.line).state,
-            self.magnitude.update(t, s.phase).state,
+            self.magnitude.update(t, s.phase, Some(s.current)).state,
             self.seed.update(t, s.phase).state,
         ]
     }

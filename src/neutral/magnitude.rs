@@ -13,12 +13,21 @@
 //! line triangle, the grid, stays put, so the three changes sum to about zero; when the grid
 //! moves (one phase sags, all drift) the triangle's side moves with them. Each step between
 //! samples is credited with its movement Σ|ΔUk| less [`GRID_WEIGHT`] × the change of the
-//! fitted side less a noise floor, only while the displacement is at least
+//! fitted side less a noise floor, less (where the meters give currents) [`SOUND_IMPEDANCE`] ×
+//! the change of the phase currents Σ|ΔIk|, only while the displacement is at least
 //! [`ARM_RATIO`] × `shift` and the side is within [`SIDE_TOLERANCE`] of its slow average. The
 //! score is the credit over [`CREDIT`] volts (× the sensitivity factor), leaking with a time
 //! constant of [`LEAK`] seconds. A score of 1 with a displacement of at least `shift` is a
 //! fault, latched until the displacement has stayed under [`CLEAR_RATIO`] × `shift` for
 //! [`HOLD_OFF`] seconds.
+//!
+//! The current term is what tells a floating neutral from a sound one while the grid is
+//! unequal for a long time (a source phase 25 % low for half an hour fits a displacement of
+//! 19 V, and the small steps that switching loads cause on a sound neutral would otherwise add
+//! up): on a sound neutral a load changing by ΔI moves the magnitudes by about ΔI times the
+//! supply and neutral impedance (well under 2 V per ampere, summed over the phases, on any
+//! supply a house is allowed), behind a floating one by ΔI times the other phases' loads
+//! (tens of volts per ampere).
 //!
 //! Its limit: with the loads balanced, a floating neutral does not move, and nothing in the
 //! magnitudes shows it until the balance changes. A displaced neutral whose loads never move
@@ -47,11 +56,15 @@ pub const CLEAR_RATIO: f64 = 0.7;
 pub const HOLD_OFF: f64 = 60.0;
 /// Steps longer than this (seconds) are a gap: no movement is credited across them.
 pub const MAX_STEP: f64 = 10.0;
+/// Volts of movement (Σ over the phases) per ampere of current change (Σ over the phases) that
+/// a sound neutral can explain: supply and neutral impedance with margin.
+pub const SOUND_IMPEDANCE: f64 = 2.5;
 
 #[derive(Debug, Clone, Copy)]
 struct Previous {
     time: f64,
     phase: [f64; 3],
+    current: Option<[f64; 3]>,
     side: f64,
 }
 
@@ -77,7 +90,8 @@ impl MagnitudeTier {
         }
     }
 
-    pub fn update(&mut self, now: f64, phase: [f64; 3]) -> Verdict {
+    /// A sample: the phase voltages and, where measured, the phase currents.
+    pub fn update(&mut self, now: f64, phase: [f64; 3], current: Option<[f64; 3]>) -> Verdict {
         let Some(fit) = equilateral_fit(phase) else {
             self.previous = None;
             return Verdict { state: self.state, score: self.score, shift: None };
@@ -105,11 +119,18 @@ impl MagnitudeTier {
             }
             if dt > 0.0 && dt <= MAX_STEP && steady && d >= ARM_RATIO * shift {
                 let moved: f64 = phase.iter().zip(p.phase).map(|(a, b)| (a - b).abs()).sum();
-                credit = (moved - GRID_WEIGHT * (fit.side - p.side).abs() - NOISE_FLOOR).max(0.0);
+                let explained = match (current, p.current) {
+                    (Some(i), Some(j)) => {
+                        SOUND_IMPEDANCE * i.iter().zip(j).map(|(a, b)| (a - b).abs()).sum::<f64>()
+                    }
+                    _ => 0.0,
+                };
+                credit = (moved - GRID_WEIGHT * (fit.side - p.side).abs() - NOISE_FLOOR - explained).max(0.0);
             }
         }
         self.score += credit / (CREDIT * k);
-        self.previous = Some(Previous { time: now, phase, side: fit.side });
+        let current = current.filter(|c| c.iter().all(|i| i.is_finite()));
+        self.previous = Some(Previous { time: now, phase, current, side: fit.side });
 
         if self.state == State::Fault {
             if d < CLEAR_RATIO * shift {
@@ -152,14 +173,14 @@ mod tests {
     fn magnitude_tier_confirms_a_neutral_that_moves_with_the_load() {
         let mut t = MagnitudeTier::new(Settings::default());
         for s in 0..10 {
-            assert_eq!(t.update(f64::from(s), magnitudes(Point::new(0.0, 0.0), VP)).state, State::Ok);
+            assert_eq!(t.update(f64::from(s), magnitudes(Point::new(0.0, 0.0), VP), None).state, State::Ok);
         }
         // The neutral breaks: it jumps 30 V (the jump is itself load-driven movement with the
         // line triangle still), then wanders as appliances switch.
         let path = [(30.0, 0.0), (30.0, 0.0), (45.0, -10.0), (45.0, -10.0), (20.0, 25.0)];
         let mut states = vec![];
         for (i, (x, y)) in path.iter().enumerate() {
-            states.push(t.update(10.0 + i as f64, magnitudes(Point::new(*x, *y), VP)).state);
+            states.push(t.update(10.0 + i as f64, magnitudes(Point::new(*x, *y), VP), None).state);
         }
         assert_ne!(states[0], State::Ok, "{states:?}");
         assert_eq!(*states.last().unwrap(), State::Fault, "{states:?}");
@@ -172,9 +193,52 @@ mod tests {
         for s in 0..600 {
             let low = (s / 5) % 2 == 1;
             let u = [if low { 0.85 * VP } else { VP }, VP, VP];
-            let v = t.update(f64::from(s), u);
+            let v = t.update(f64::from(s), u, None);
             assert_ne!(v.state, State::Fault, "at {s}: {v:?}");
         }
+    }
+
+    /// A long sag of L1's source (20 % low) on a sound neutral, with a 16 A heater switching
+    /// on L2 every 5 s: its current moves the magnitudes by the supply and neutral drops
+    /// (0.6 V/A down on L2, the neutral's 0.2 V/A up on the others).
+    fn sag_with_a_switching_heater(s: u32) -> ([f64; 3], [f64; 3]) {
+        let on = (s / 5) % 2 == 1;
+        let amps = if on { 16.0 } else { 0.0 };
+        let u = [0.8 * VP + 0.2 * amps, VP - 0.6 * amps, VP + 0.2 * amps];
+        (u, [2.0, 2.0 + amps, 2.0])
+    }
+
+    #[test]
+    fn magnitude_tier_without_currents_takes_a_long_sag_with_switching_loads_for_a_fault() {
+        // Why the currents are needed: the same voltages alone earn the evidence.
+        let mut t = MagnitudeTier::new(Settings::default());
+        let states: Vec<State> =
+            (0..600).map(|s| t.update(f64::from(s), sag_with_a_switching_heater(s).0, None).state).collect();
+        assert!(states.contains(&State::Fault));
+    }
+
+    #[test]
+    fn magnitude_tier_with_currents_never_confirms_a_long_sag_with_switching_loads() {
+        let mut t = MagnitudeTier::new(Settings::default());
+        for s in 0..3600 {
+            let (u, i) = sag_with_a_switching_heater(s);
+            let v = t.update(f64::from(s), u, Some(i));
+            assert_ne!(v.state, State::Fault, "at {s}: {v:?}");
+        }
+    }
+
+    #[test]
+    fn magnitude_tier_with_currents_confirms_a_floating_neutral_moved_by_a_small_load() {
+        // Behind a floating neutral 100 W (0.4 A) moves the point by 15 V.
+        let mut t = MagnitudeTier::new(Settings::default());
+        let mut states = vec![];
+        for s in 0..60 {
+            let on = (s / 3) % 2 == 1;
+            let n = if on { Point::new(30.0, -15.0) } else { Point::new(30.0, 0.0) };
+            let i = if on { [1.4, 1.0, 1.0] } else { [1.0, 1.0, 1.0] };
+            states.push(t.update(f64::from(s), magnitudes(n, VP), Some(i)).state);
+        }
+        assert_eq!(*states.last().unwrap(), State::Fault, "{states:?}");
     }
 
     #[test]
@@ -182,7 +246,7 @@ mod tests {
         let mut t = MagnitudeTier::new(Settings::default());
         for s in 0..600 {
             let f = 1.0 + 0.1 * (f64::from(s) / 7.0).sin();
-            let v = t.update(f64::from(s), magnitudes(Point::new(5.0, 3.0), VP * f));
+            let v = t.update(f64::from(s), magnitudes(Point::new(5.0, 3.0), VP * f), None);
             assert_eq!(v.state, State::Ok, "at {s}: {v:?}");
         }
     }
@@ -190,9 +254,9 @@ mod tests {
     #[test]
     fn magnitude_tier_leaves_a_still_displacement_suspect() {
         let mut t = MagnitudeTier::new(Settings::default());
-        t.update(0.0, magnitudes(Point::new(0.0, 40.0), VP));
+        t.update(0.0, magnitudes(Point::new(0.0, 40.0), VP), None);
         for s in 1..1000 {
-            let v = t.update(f64::from(s), magnitudes(Point::new(0.0, 40.0), VP));
+            let v = t.update(f64::from(s), magnitudes(Point::new(0.0, 40.0), VP), None);
             assert_eq!(v.state, State::Suspect, "at {s}");
             assert!((v.shift.unwrap() - 40.0).abs() < 1e-6);
         }
@@ -203,14 +267,14 @@ mod tests {
         let mut t = MagnitudeTier::new(Settings::default());
         let mut s = 0.0;
         for (x, y) in [(0.0, 0.0), (40.0, 0.0), (-30.0, 20.0), (30.0, -30.0), (-40.0, 0.0)] {
-            t.update(s, magnitudes(Point::new(x, y), VP));
+            t.update(s, magnitudes(Point::new(x, y), VP), None);
             s += 1.0;
         }
-        assert_eq!(t.update(s, magnitudes(Point::new(-40.0, 0.0), VP)).state, State::Fault);
+        assert_eq!(t.update(s, magnitudes(Point::new(-40.0, 0.0), VP), None).state, State::Fault);
         for i in 0..60 {
-            let v = t.update(s + 1.0 + f64::from(i), magnitudes(Point::new(1.0, 0.0), VP));
+            let v = t.update(s + 1.0 + f64::from(i), magnitudes(Point::new(1.0, 0.0), VP), None);
             assert_eq!(v.state, State::Fault, "{i}");
         }
-        assert_eq!(t.update(s + 62.0, magnitudes(Point::new(1.0, 0.0), VP)).state, State::Ok);
+        assert_eq!(t.update(s + 62.0, magnitudes(Point::new(1.0, 0.0), VP), None).state, State::Ok);
     }
 }

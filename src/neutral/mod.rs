@@ -111,12 +111,22 @@ impl Detector {
         Detector { line: line::LineTier::new(settings), magnitude: magnitude::MagnitudeTier::new(settings) }
     }
 
-    /// A sample at `now` (seconds on any monotonic clock): the phase voltages U1, U2, U3 and,
-    /// where measured, the line voltages U12, U23, U31.
-    pub fn update(&mut self, now: f64, phase: [f64; 3], line: Option<[f64; 3]>) -> Verdict {
-        match line {
-            Some(l) => self.line.update(now, phase, l),
-            None => self.magnitude.update(now, phase),
+    /// A sample at `now` (seconds on any monotonic clock).
+    pub fn update(&mut self, now: f64, sample: &Sample) -> Verdict {
+        match sample.line {
+            Some(l) => self.line.update(now, sample.phase, l),
+            None => self.magnitude.update(now, sample.phase, sample.current),
         }
     }
+}
+
+/// One moment of a voltage set.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sample {
+    /// The phase voltages U1, U2, U3.
+    pub phase: [f64; 3],
+    /// The line voltages U12, U23, U31, where measured.
+    pub line: Option<[f64; 3]>,
+    /// The phase currents I1, I2, I3, where measured.
+    pub current: Option<[f64; 3]>,
 }

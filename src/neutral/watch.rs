@@ -6,7 +6,7 @@
 //! lie within [`MAX_SKEW`] of each other: voltages read a long time apart describe no one
 //! moment.
 
-use super::{Detector, State, Verdict};
+use super::{Detector, Sample, State, Verdict};
 use crate::config::{Config, NeutralSource};
 use crate::reading::{Phase, Quantity, Reading};
 use std::collections::HashMap;
@@ -38,13 +38,21 @@ enum Slot {
     Phase(usize),
 }
 
+/// One single-phase meter's part of the next sample.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    time: Duration,
+    volts: f64,
+    amps: Option<f64>,
+}
+
 #[derive(Debug, Clone)]
 struct SetRt {
     name: Arc<str>,
     detector: Detector,
-    /// Three single-phase meters: each phase's latest voltage with its time, taken since the
-    /// last sample.
-    pending: [Option<(Duration, f64)>; 3],
+    /// Three single-phase meters: each phase's latest voltage and current with its time,
+    /// taken since the last sample.
+    pending: [Option<Pending>; 3],
     verdict: Option<Verdict>,
 }
 
@@ -105,46 +113,52 @@ impl Watch {
     pub fn on_reading(&mut self, reading: &Reading, now: Duration) -> Option<Change> {
         let &(i, slot) = self.meters.get(&reading.meter)?;
         let set = &mut self.sets[i];
-        let phase: [f64; 3];
-        let mut line = None;
-        match slot {
-            Slot::Whole => {
-                let p = PHASES.map(|p| reading.get(p, Quantity::Voltage));
-                let [Some(a), Some(b), Some(c)] = p else { return None };
-                phase = [a, b, c];
-                if let [Some(a), Some(b), Some(c)] = LINES.map(|p| reading.get(p, Quantity::Voltage)) {
-                    line = Some([a, b, c]);
-                }
-            }
+        let all = |v: [Option<f64>; 3]| match v {
+            [Some(a), Some(b), Some(c)] => Some([a, b, c]),
+            _ => None,
+        };
+        let sample = match slot {
+            Slot::Whole => Sample {
+                phase: all(PHASES.map(|p| reading.get(p, Quantity::Voltage)))?,
+                line: all(LINES.map(|p| reading.get(p, Quantity::Voltage))),
+                current: all(PHASES.map(|p| reading.get(p, Quantity::Current))),
+            },
             Slot::Phase(k) => {
                 // A single-phase meter reports its voltage on the phase it is configured on.
-                let v = reading
-                    .samples
-                    .iter()
-                    .find(|s| s.quantity == Quantity::Voltage && PHASES.contains(&s.phase))
-                    .map(|s| s.value)?;
-                set.pending[k] = Some((now, v));
+                let of = |q: Quantity| {
+                    reading
+                        .samples
+                        .iter()
+                        .find(|s| s.quantity == q && PHASES.contains(&s.phase))
+                        .map(|s| s.value)
+                };
+                let volts = of(Quantity::Voltage)?;
+                set.pending[k] = Some(Pending { time: now, volts, amps: of(Quantity::Current) });
                 let [Some(a), Some(b), Some(c)] = set.pending else { return None };
-                let times = [a.0, b.0, c.0];
+                let times = [a.time, b.time, c.time];
                 let (first, last) = (times.iter().min()?, times.iter().max()?);
                 if *last - *first > MAX_SKEW {
                     // Drop the stale ones; the round goes on with the fresh.
                     for p in &mut set.pending {
-                        if p.is_some_and(|(t, _)| now - t > MAX_SKEW) {
+                        if p.is_some_and(|p| now - p.time > MAX_SKEW) {
                             *p = None;
                         }
                     }
                     return None;
                 }
-                phase = [a.1, b.1, c.1];
                 set.pending = [None; 3];
+                Sample {
+                    phase: [a.volts, b.volts, c.volts],
+                    line: None,
+                    current: all([a.amps, b.amps, c.amps]),
+                }
             }
-        }
-        if phase.iter().chain(line.iter().flatten()).any(|v| !v.is_finite()) {
+        };
+        if sample.phase.iter().chain(sample.line.iter().flatten()).any(|v| !v.is_finite()) {
             return None;
         }
         let before = set.verdict.map(|v| v.state);
-        let verdict = set.detector.update(now.as_secs_f64(), phase, line);
+        let verdict = set.detector.update(now.as_secs_f64(), &sample);
         set.verdict = Some(verdict);
         // The first verdict is a change only when it is not `ok`.
         let from = before.unwrap_or(State::Ok);
