@@ -320,7 +320,7 @@ async fn run_in(dir: &std::path::Path, opts: DemoOptions) -> anyhow::Result<()> 
                     say(&mut events, "plugged it back in as ttyUSB7".into());
                     step = 2;
                 }
-                for text in duties.seen(&status.snapshot(), &plc) {
+                for text in duties.seen(&status.snapshot(), |a| held(&plc, a)) {
                     say(&mut events, text);
                 }
                 if table {
@@ -383,36 +383,48 @@ struct Duties {
     slots_total: u64,
 }
 
+/// What a simulated server holds: its clock's error, and the texts of its live actions.
+type Held = (Option<f64>, Vec<String>);
+
+/// What [`Duties::seen`] reads of the simulated server at an address.
+fn held(plc: &PlcBus, address: u8) -> Option<Held> {
+    plc.with_server(address, |s| {
+        let actions = s
+            .slots()
+            .iter()
+            .flatten()
+            .filter(|a| !a.dry_run)
+            .map(|a| format!("\"{}\" on pin {}", a.text, a.pins[0]))
+            .collect();
+        (s.clock_error(), actions)
+    })
+}
+
 impl Duties {
-    fn seen(&mut self, meters: &BTreeMap<String, MeterStatus>, plc: &PlcBus) -> Vec<String> {
+    /// The events since the last call, from the gateway's status of each server and what the
+    /// server at an address holds (`server`).
+    fn seen(
+        &mut self,
+        meters: &BTreeMap<String, MeterStatus>,
+        server: impl Fn(u8) -> Option<Held>,
+    ) -> Vec<String> {
         let mut out = Vec::new();
         for (name, m) in meters {
             let Some(srv) = &m.server else { continue };
+            let (clock, actions) = server(m.address).unwrap_or_default();
             if srv.time_syncs > self.time_syncs {
                 self.time_syncs = srv.time_syncs;
-                let error = plc
-                    .with_server(m.address, |s| s.clock_error())
-                    .flatten()
+                let error = clock
                     .map(|e| format!(": its clock now reads this machine's time ({e:+.2} s)"))
                     .unwrap_or_default();
                 out.push(format!("{name} (PMTR server {}) clock set{error}", m.address));
             }
             if srv.slots_total > self.slots_total && srv.slots_pushed == 5 {
                 self.slots_total = srv.slots_total;
-                let held = plc
-                    .with_server(m.address, |s| {
-                        s.slots()
-                            .iter()
-                            .flatten()
-                            .filter(|a| !a.dry_run)
-                            .map(|a| format!("\"{}\" on pin {}", a.text, a.pins[0]))
-                            .collect::<Vec<_>>()
-                    })
-                    .unwrap_or_default();
                 out.push(format!(
                     "{name} (PMTR server {}) took its relay actions: it evaluates {}",
                     m.address,
-                    if held.is_empty() { "nothing".to_owned() } else { held.join(", ") }
+                    if actions.is_empty() { "nothing".to_owned() } else { actions.join(", ") }
                 ));
             }
         }
@@ -566,6 +578,32 @@ mod tests {
         let shed = c.meters.iter().find(|m| m.name == "shed").expect("the PMTR server");
         assert_eq!(shed.address, SERVER);
         assert_eq!(c.meters.len(), 5);
+    }
+
+    #[test]
+    fn the_servers_clock_and_actions_are_said_once() {
+        use crate::bus::status::ServerStatus;
+        let mut meters = BTreeMap::new();
+        let mut shed = MeterStatus::searching("garden".into(), 5, crate::meter::Model::PmtrSrv);
+        meters.insert("shed".to_owned(), shed.clone());
+        let holds = |_: u8| Some((Some(0.004), vec!["\"L1U > 2530\" on pin 22".to_owned()]));
+        let mut d = Duties::default();
+        assert!(d.seen(&meters, holds).is_empty(), "nothing done yet");
+        // Four slots of five: not yet.
+        shed.server = Some(ServerStatus { slots_pushed: 4, slots_total: 4, ..ServerStatus::default() });
+        meters.insert("shed".to_owned(), shed.clone());
+        assert!(d.seen(&meters, holds).is_empty());
+        shed.server =
+            Some(ServerStatus { slots_pushed: 5, slots_total: 5, time_syncs: 1, ..ServerStatus::default() });
+        meters.insert("shed".to_owned(), shed.clone());
+        assert_eq!(
+            d.seen(&meters, holds),
+            [
+                "shed (PMTR server 5) clock set: its clock now reads this machine's time (+0.00 s)",
+                "shed (PMTR server 5) took its relay actions: it evaluates \"L1U > 2530\" on pin 22"
+            ]
+        );
+        assert!(d.seen(&meters, holds).is_empty(), "said once");
     }
 
     #[test]
