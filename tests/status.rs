@@ -633,3 +633,57 @@ async fn pmtr_status_watch_follows_the_daemon_until_it_goes_away() {
         .await;
     assert!(watch.wait().await.unwrap().success(), "{seen}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_terminal_pmtr_status_watch_redraws_in_place() {
+    use std::io::Read;
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().unwrap();
+    let _meter = meter(dir.path());
+    let port = servers::free_port();
+    let board = FakeBoard::new();
+    let daemon = Daemon::start(config(dir.path(), &format!("127.0.0.1:{port}"), ""), &board);
+    let url = format!("http://127.0.0.1:{port}");
+    first_reading(&url).await;
+
+    let size = nix::pty::Winsize { ws_row: 40, ws_col: 100, ws_xpixel: 0, ws_ypixel: 0 };
+    let pty = nix::pty::openpty(Some(&size), None).unwrap();
+    let mut t = nix::sys::termios::tcgetattr(&pty.slave).unwrap();
+    nix::sys::termios::cfmakeraw(&mut t);
+    nix::sys::termios::tcsetattr(&pty.slave, nix::sys::termios::SetArg::TCSANOW, &t).unwrap();
+    let mut watch = tokio::process::Command::new(env!("CARGO_BIN_EXE_pmtr"))
+        .args(["status", "--watch", "--interval", "200ms", "--url", &url])
+        .stdout(std::fs::File::from(pty.slave))
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mut master = std::fs::File::from(pty.master);
+    let into = seen.clone();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        // Until EIO: the watch has exited and closed the terminal.
+        while let Ok(n @ 1..) = master.read(&mut buf) {
+            into.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    let text = || String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
+    let limit = Instant::now() + Duration::from_secs(20);
+    while text().matches("\x1b[H").count() < 3 {
+        assert!(Instant::now() < limit, "three frames: {:?}", text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pid = nix::unistd::Pid::from_raw(watch.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    assert!(watch.wait().await.unwrap().success());
+    reader.join().unwrap();
+    daemon.stop().await;
+    let out = text();
+    assert!(out.starts_with("\x1b[?25l\x1b[2J\x1b[H"), "{out:?}");
+    let frame = out.split("\x1b[H").nth(2).unwrap().split("\x1b[J").next().unwrap();
+    let lines: Vec<&str> = frame.lines().map(|l| l.trim_end_matches("\x1b[K")).collect();
+    assert!(lines.iter().all(|l| l.chars().count() <= 100), "{lines:#?}");
+    let main = lines.iter().find(|l| l.starts_with("main ")).unwrap_or_else(|| panic!("{lines:#?}"));
+    assert!(main.contains(&format!(" {VOLTS} ")) && main.contains(" ok "), "{main}");
+    assert!(out.ends_with(&format!("\x1b[?25hstopped watching {url}\n")), "{out:?}");
+}
