@@ -295,9 +295,7 @@ async fn run_in(dir: &std::path::Path, opts: DemoOptions) -> anyhow::Result<()> 
     let mut duties = Duties::default();
     let stop = crate::app::stop_signal();
     tokio::pin!(stop);
-    if table {
-        print!("{}{}", live::HIDE_CURSOR, live::CLEAR_SCREEN);
-    }
+    let cursor = table.then(live::HiddenCursor::hide);
     loop {
         tokio::select! {
             Some(r) = rx.recv() => {
@@ -341,9 +339,7 @@ async fn run_in(dir: &std::path::Path, opts: DemoOptions) -> anyhow::Result<()> 
             _ = &mut stop => break,
         }
     }
-    if table {
-        print!("{}", live::SHOW_CURSOR);
-    }
+    drop(cursor);
     let _ = stop_tx.send(true);
     engine.join().await;
     if let Some(api) = api {

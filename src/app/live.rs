@@ -29,6 +29,28 @@ pub const CLEAR_SCREEN: &str = "\x1b[2J";
 pub const HIDE_CURSOR: &str = "\x1b[?25l";
 pub const SHOW_CURSOR: &str = "\x1b[?25h";
 
+/// Hides the terminal's cursor while the table is drawn, and shows it again when dropped,
+/// whichever way the caller ends (an error included).
+pub struct HiddenCursor(());
+
+impl HiddenCursor {
+    /// Hides the cursor and clears the screen for the first frame.
+    pub fn hide() -> HiddenCursor {
+        use std::io::Write;
+        print!("{HIDE_CURSOR}{CLEAR_SCREEN}");
+        let _ = std::io::stdout().flush();
+        HiddenCursor(())
+    }
+}
+
+impl Drop for HiddenCursor {
+    fn drop(&mut self) {
+        use std::io::Write;
+        print!("{SHOW_CURSOR}");
+        let _ = std::io::stdout().flush();
+    }
+}
+
 /// Something that happened, shown for a minute under the table.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {

@@ -105,9 +105,7 @@ pub async fn watch(
     let mut last: Option<Snapshot> = None;
     // Since when, and why, the daemon does not answer.
     let mut failing: Option<(chrono::DateTime<chrono::Utc>, String)> = None;
-    if tty {
-        print!("{}{}", live::HIDE_CURSOR, live::CLEAR_SCREEN);
-    }
+    let cursor = tty.then(live::HiddenCursor::hide);
     loop {
         let answer = tokio::select! {
             a = fetch(url, token, ca) => a,
@@ -181,9 +179,7 @@ pub async fn watch(
             _ = &mut stop => break,
         }
     }
-    if tty {
-        print!("{}", live::SHOW_CURSOR);
-    }
+    drop(cursor);
     println!("stopped watching {url}");
     Ok(())
 }
