@@ -30,6 +30,12 @@ enum Cmd {
         /// Stop after this many seconds (default: run until Ctrl-C).
         #[arg(long)]
         seconds: Option<u64>,
+        /// The log and one line per reading instead of the live table.
+        #[arg(long)]
+        log: bool,
+        /// Do not open the live page in a browser.
+        #[arg(long)]
+        no_open: bool,
     },
     /// Check a configuration file and report every error in it.
     CheckConfig { file: PathBuf },
@@ -122,8 +128,15 @@ enum Cmd {
         #[arg(long)]
         ca: Option<PathBuf>,
         /// Print the whole status as JSON.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "watch")]
         json: bool,
+        /// Keep asking: a live table of meters, relays, triggers and the last minute's events
+        /// (redrawn in place on a terminal, repeated blocks on a pipe) until Ctrl-C.
+        #[arg(long)]
+        watch: bool,
+        /// How often --watch asks.
+        #[arg(long, default_value = "2s", value_parser = app::parse_duration_arg, requires = "watch")]
+        interval: Duration,
     },
     /// The relays of the running daemon: list them, force one by hand, release it.
     Relay {
@@ -319,6 +332,8 @@ fn load(path: &std::path::Path) -> Result<config::Config, ExitCode> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let level = match cli.cmd {
+        // The live table owns the terminal: the log would scroll it away (--log shows it).
+        Cmd::Demo { log, .. } if app::demo::Output::choose(log) == app::demo::Output::Table => "off",
         Cmd::Run { .. } | Cmd::Demo { .. } | Cmd::Simulate { .. } => "info",
         _ => "warn",
     };
@@ -351,7 +366,14 @@ fn main() -> ExitCode {
                 let service = app::run::Service::from_env(config);
                 app::run::serve(service, cfg, None, signals).await?;
             }
-            Cmd::Demo { seconds } => app::demo::run(seconds.map(Duration::from_secs)).await?,
+            Cmd::Demo { seconds, log, no_open } => {
+                let opts = app::demo::DemoOptions {
+                    duration: seconds.map(Duration::from_secs),
+                    output: app::demo::Output::choose(log),
+                    open: !no_open,
+                };
+                app::demo::run(opts).await?
+            }
             Cmd::CheckConfig { file } => {
                 let cfg = match load(&file) {
                     Ok(c) => c,
@@ -450,7 +472,7 @@ fn main() -> ExitCode {
                 let accepted = app::test_email::test_email(&cfg, &to, &mut std::io::stdout()).await?;
                 return Ok(if accepted { ExitCode::SUCCESS } else { ExitCode::from(1) });
             }
-            Cmd::Status { config, url, ca, json } => {
+            Cmd::Status { config, url, ca, json, watch, interval } => {
                 let (url, token, ca) = match url {
                     Some(u) => (u, None, ca),
                     None => match load(&config) {
@@ -473,7 +495,18 @@ fn main() -> ExitCode {
                         }
                     },
                 };
-                return Ok(match app::status::show(&url, token.as_deref(), ca.as_deref(), json).await {
+                let shown = if watch {
+                    app::status::watch(
+                        &url,
+                        token.as_deref(),
+                        ca.as_deref(),
+                        interval.max(Duration::from_millis(100)),
+                    )
+                    .await
+                } else {
+                    app::status::show(&url, token.as_deref(), ca.as_deref(), json).await
+                };
+                return Ok(match shown {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(message) => {
                         eprintln!("error: {message}");

@@ -130,7 +130,136 @@ fn the_demo_runs_by_itself() {
     let o = pmtr(&["demo", "--seconds", "4"]);
     let (out, err) = text(&o);
     assert!(o.status.success(), "{err}");
-    for m in ["mainA", "mainB", "gen", "workshop"] {
+    for m in ["mainA", "mainB", "gen", "workshop", "shed"] {
         assert!(out.lines().any(|l| l.starts_with(m) && l.contains("U=")), "{m} read: {out}");
     }
+    // Not a terminal: plain lines, the events after `# `, the log on stderr.
+    assert!(!out.contains('\x1b'), "no escape codes on a pipe: {out:?}");
+    assert!(out.contains("# status API and live page on http://127.0.0.1:"), "{out}");
+    assert!(err.contains("meter found"), "{err}");
+}
+
+/// Runs `pmtr demo ARGS` with its stdout on a pseudo-terminal of 50×150 (stderr a pipe):
+/// what it wrote on the terminal (line ends as written by the program), its stderr, and
+/// whether it succeeded.
+fn demo_on_a_terminal(args: &[&str]) -> (String, String, bool) {
+    use std::io::Read;
+    let size = nix::pty::Winsize { ws_row: 50, ws_col: 150, ws_xpixel: 0, ws_ypixel: 0 };
+    let pty = nix::pty::openpty(Some(&size), None).expect("openpty");
+    let mut t = nix::sys::termios::tcgetattr(&pty.slave).unwrap();
+    nix::sys::termios::cfmakeraw(&mut t);
+    nix::sys::termios::tcsetattr(&pty.slave, nix::sys::termios::SetArg::TCSANOW, &t).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_pmtr"))
+        .arg("demo")
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::from(pty.slave))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run pmtr demo");
+    let mut master = std::fs::File::from(pty.master);
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        // EIO once the demo has exited and closed the terminal.
+        let _ = master.read_to_end(&mut out);
+        out
+    });
+    let o = child.wait_with_output().unwrap();
+    let out = reader.join().unwrap();
+    (
+        String::from_utf8_lossy(&out).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+        o.status.success(),
+    )
+}
+
+#[test]
+fn on_a_terminal_the_demo_redraws_one_table_in_place() {
+    let (out, err, ok) = demo_on_a_terminal(&["--seconds", "4", "--no-open"]);
+    assert!(ok, "{err}\n{out}");
+    assert!(err.is_empty(), "no log under the table: {err}");
+    // Cleared once, then each frame from the top: every line cleared to its end, the rest of
+    // the screen below the last one.
+    assert!(out.starts_with("\x1b[?25l\x1b[2J"), "{out:?}");
+    let frames: Vec<&str> = out.split("\x1b[H").skip(1).collect();
+    assert!(frames.len() >= 3, "a frame a second: {}", frames.len());
+    let last = frames.last().unwrap();
+    let screen = last.split("\x1b[J").next().unwrap();
+    assert!(screen.lines().all(|l| l.ends_with("\x1b[K")), "{screen:?}");
+    let lines: Vec<&str> = screen.lines().map(|l| l.trim_end_matches("\x1b[K")).collect();
+    assert!(lines.iter().all(|l| l.chars().count() <= 150), "cut to the terminal's width: {lines:#?}");
+    let text = lines.join("\n");
+    assert!(text.contains("live page: http://127.0.0.1:"), "{text}");
+    let row = |name: &str| {
+        lines
+            .iter()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} row:\n{text}"))
+    };
+    // mainB's PZEM serves 119.8 V and 7.25 A; the RX380 three phases; the PMTR server its own.
+    let main_b = row("mainB");
+    assert!(main_b.contains(" ok ") && main_b.contains("119.8") && main_b.contains("7.25"), "{main_b}");
+    assert!(row("workshop").contains(" ok "), "{text}");
+    assert!(row("shed").contains("ttyPLC0 @5"), "{text}");
+    let relay = row("water-heater");
+    assert!(relay.contains(" on ") && relay.contains("default on"), "{relay}");
+    assert!(row("overvoltage-B").contains("released"), "{text}");
+    assert!(text.contains("EVENTS (last minute)") && text.contains("status API and live page on"), "{text}");
+    // The summary after the table.
+    assert!(out.contains("\x1b[?25h") && out.contains("written as CSV"), "{out}");
+}
+
+#[test]
+fn with_log_the_demo_scrolls_plain_lines_even_on_a_terminal() {
+    let (out, err, ok) = demo_on_a_terminal(&["--seconds", "3", "--log", "--no-open"]);
+    assert!(ok, "{err}");
+    assert!(!out.contains('\x1b'), "no escape codes: {out:?}");
+    assert!(out.lines().any(|l| l.starts_with("mainB L2U=119.8V")), "{out}");
+    assert!(out.contains("# status API and live page on http://127.0.0.1:"), "{out}");
+    assert!(err.contains("meter found"), "the log: {err}");
+}
+
+#[test]
+fn simulated_pmtr_servers_answer_pmtr_read() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("ttyPLC0");
+    let mut sim = Command::new(env!("CARGO_BIN_EXE_pmtr"))
+        .args(["simulate", "--link", link.to_str().unwrap(), "pmtr-srv@5,volts=241.5,loop=200ms"])
+        .arg("pmtr-srv@6,amps=4.5,loop=200ms")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(sim.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    assert_eq!(first.trim(), link.display().to_string());
+    let read = |address: &str| {
+        let port = link.to_str().unwrap();
+        let o =
+            pmtr(&["read", "--port", port, "--address", address, "--model", "pmtr-srv", "--timeout", "3s"]);
+        let (out, err) = text(&o);
+        assert!(o.status.success(), "server {address}: {err}");
+        out
+    };
+    // `  L3U             241.500 V`
+    let value = |out: &str, variable: &str| {
+        out.lines()
+            .find_map(|l| l.trim().strip_prefix(variable)?.split_whitespace().next()?.parse::<f64>().ok())
+    };
+    let five = read("5");
+    let six = read("6");
+    assert_eq!(value(&five, "L3U "), Some(241.5), "{five}");
+    assert_eq!(value(&six, "L2I "), Some(4.5), "{six}");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(sim.id() as i32), nix::sys::signal::Signal::SIGINT)
+        .unwrap();
+    let o = sim.wait_with_output().unwrap();
+    assert!(o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("simulator stopped") && err.contains("replies: "), "{err}");
+
+    // Servers and RS-485 meters do not share a line.
+    let o = pmtr(&["simulate", "pmtr-srv@5", "pzem-016@4"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).1.contains("power-line modem"), "{:?}", text(&o));
 }

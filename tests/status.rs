@@ -561,3 +561,129 @@ fn a_tls_key_that_does_not_match_its_certificate_is_an_error_at_the_key() {
     assert!(e.contains("pmtr.toml:9:12: status.tls_cert: ") && e.contains("no PEM certificate"), "{e}");
     assert!(e.contains("pmtr.toml:10:11: status.tls_key: ") && e.contains("no usable private key"), "{e}");
 }
+
+/// Reads `lines` into `seen` until `done(seen)`, for at most 20 s.
+async fn read_until(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    seen: &mut String,
+    what: &str,
+    done: impl Fn(&str) -> bool,
+) {
+    let limit = Instant::now() + Duration::from_secs(20);
+    while !done(seen) {
+        let left = limit.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, lines.next_line()).await {
+            Ok(Ok(Some(l))) => {
+                seen.push_str(&l);
+                seen.push('\n');
+            }
+            other => panic!("{what}: not seen ({other:?}) in:\n{seen}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pmtr_status_watch_follows_the_daemon_until_it_goes_away() {
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let meter = meter(dir.path());
+    let port = servers::free_port();
+    let board = FakeBoard::new();
+    let daemon = Daemon::start(config(dir.path(), &format!("127.0.0.1:{port}"), ""), &board);
+    let url = format!("http://127.0.0.1:{port}");
+    first_reading(&url).await;
+
+    let mut watch = tokio::process::Command::new(env!("CARGO_BIN_EXE_pmtr"))
+        .args(["status", "--watch", "--interval", "200ms", "--url", &url])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(watch.stdout.take().unwrap()).lines();
+    let mut seen = String::new();
+    // A pipe: plain blocks, the table with the meter's values, the relay and the trigger.
+    read_until(&mut lines, &mut seen, "the table", |s| {
+        s.lines().any(|l| l.starts_with("main ") && l.contains(&format!(" {VOLTS} ")) && l.contains(" ok "))
+            && s.lines().any(|l| l.starts_with("motor ") && l.contains(" on "))
+            && s.lines().any(|l| l.starts_with("overvoltage ") && l.contains("released"))
+    })
+    .await;
+    assert!(seen.starts_with(&format!("pmtr status --watch {url}, every 200ms")), "{seen}");
+    assert!(!seen.contains('\x1b'), "no escape codes on a pipe: {seen:?}");
+
+    // The voltage goes up: the trigger trips, the relay opens, both as events.
+    meter.with_slave(4, |s| s.set_profile(pmtr::sim::Profile::Script(vec![(0.0, 260.0)]))).unwrap();
+    read_until(&mut lines, &mut seen, "the trip as events", |s| {
+        s.contains("trigger overvoltage tripped (L1U=260")
+            && s.contains("relay motor switched off by overvoltage")
+    })
+    .await;
+
+    // The daemon stops: said, and asked again.
+    daemon.stop().await;
+    read_until(&mut lines, &mut seen, "the daemon gone", |s| {
+        s.matches(&format!("daemon unreachable: no pmtr daemon answering at {url}")).count() >= 2
+    })
+    .await;
+
+    // Ctrl-C ends it cleanly.
+    let pid = nix::unistd::Pid::from_raw(watch.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    read_until(&mut lines, &mut seen, "the goodbye", |s| s.contains(&format!("stopped watching {url}")))
+        .await;
+    assert!(watch.wait().await.unwrap().success(), "{seen}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_terminal_pmtr_status_watch_redraws_in_place() {
+    use std::io::Read;
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().unwrap();
+    let _meter = meter(dir.path());
+    let port = servers::free_port();
+    let board = FakeBoard::new();
+    let daemon = Daemon::start(config(dir.path(), &format!("127.0.0.1:{port}"), ""), &board);
+    let url = format!("http://127.0.0.1:{port}");
+    first_reading(&url).await;
+
+    let size = nix::pty::Winsize { ws_row: 40, ws_col: 100, ws_xpixel: 0, ws_ypixel: 0 };
+    let pty = nix::pty::openpty(Some(&size), None).unwrap();
+    let mut t = nix::sys::termios::tcgetattr(&pty.slave).unwrap();
+    nix::sys::termios::cfmakeraw(&mut t);
+    nix::sys::termios::tcsetattr(&pty.slave, nix::sys::termios::SetArg::TCSANOW, &t).unwrap();
+    let mut watch = tokio::process::Command::new(env!("CARGO_BIN_EXE_pmtr"))
+        .args(["status", "--watch", "--interval", "200ms", "--url", &url])
+        .stdout(std::fs::File::from(pty.slave))
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mut master = std::fs::File::from(pty.master);
+    let into = seen.clone();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        // Until EIO: the watch has exited and closed the terminal.
+        while let Ok(n @ 1..) = master.read(&mut buf) {
+            into.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    let text = || String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
+    let limit = Instant::now() + Duration::from_secs(20);
+    while text().matches("\x1b[H").count() < 3 {
+        assert!(Instant::now() < limit, "three frames: {:?}", text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pid = nix::unistd::Pid::from_raw(watch.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    assert!(watch.wait().await.unwrap().success());
+    reader.join().unwrap();
+    daemon.stop().await;
+    let out = text();
+    assert!(out.starts_with("\x1b[?25l\x1b[2J\x1b[H"), "{out:?}");
+    let frame = out.split("\x1b[H").nth(2).unwrap().split("\x1b[J").next().unwrap();
+    let lines: Vec<&str> = frame.lines().map(|l| l.trim_end_matches("\x1b[K")).collect();
+    assert!(lines.iter().all(|l| l.chars().count() <= 100), "{lines:#?}");
+    let main = lines.iter().find(|l| l.starts_with("main ")).unwrap_or_else(|| panic!("{lines:#?}"));
+    assert!(main.contains(&format!(" {VOLTS} ")) && main.contains(" ok "), "{main}");
+    assert!(out.ends_with(&format!("\x1b[?25hstopped watching {url}\n")), "{out:?}");
+}

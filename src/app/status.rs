@@ -83,6 +83,115 @@ pub async fn show(url: &str, token: Option<&str>, ca: Option<&Path>, json: bool)
     Ok(())
 }
 
+/// How a failed fetch is shown: "daemon unreachable" when nothing answered.
+fn unreachable(message: &str) -> bool {
+    message.starts_with("no pmtr daemon answering") || message.contains("did not answer within")
+}
+
+/// `pmtr status --watch`: the live table every `interval` until Ctrl-C, redrawn in place on a
+/// terminal and as plain blocks on a pipe; an unreachable daemon is said and asked again.
+pub async fn watch(
+    url: &str,
+    token: Option<&str>,
+    ca: Option<&Path>,
+    interval: Duration,
+) -> Result<(), String> {
+    use super::live;
+    use std::io::{IsTerminal, Write};
+    let tty = std::io::stdout().is_terminal();
+    let stop = super::stop_signal();
+    tokio::pin!(stop);
+    let mut events = live::Events::default();
+    let mut last: Option<Snapshot> = None;
+    // Since when, and why, the daemon does not answer.
+    let mut failing: Option<(chrono::DateTime<chrono::Utc>, String)> = None;
+    let cursor = tty.then(live::HiddenCursor::hide);
+    loop {
+        let answer = tokio::select! {
+            a = fetch(url, token, ca) => a,
+            _ = &mut stop => break,
+        };
+        let now = chrono::Utc::now();
+        let answer = answer.and_then(|text| {
+            serde_json::from_str::<Snapshot>(&text)
+                .map_err(|e| format!("the daemon at {url} answered something unexpected: {e}"))
+        });
+        match answer {
+            Ok(snapshot) => {
+                if let Some((since, _)) = failing.take() {
+                    let down =
+                        super::super::status::view::duration((now - since).num_seconds().max(0) as u64);
+                    events.push(now, format!("the daemon answers again (after {down})"));
+                }
+                if let Some(before) = &last {
+                    for e in live::changes(before, &snapshot) {
+                        events.push(e.time, e.text);
+                    }
+                }
+                last = Some(snapshot);
+            }
+            Err(message) => {
+                if failing.as_ref().is_none_or(|(_, m)| *m != message) {
+                    let what = if unreachable(&message) { "daemon unreachable" } else { "error" };
+                    events.push(now, format!("{what}: {message}"));
+                    failing = Some((failing.map_or(now, |(since, _)| since), message));
+                }
+            }
+        }
+        let mut lines =
+            vec![format!("pmtr status --watch {url}, every {} (Ctrl-C to stop)", fmt_interval(interval))];
+        if let Some((since, message)) = &failing {
+            let what = if unreachable(message) { "daemon unreachable" } else { "no status" };
+            lines.push(format!(
+                "{what} since {}: {message} (asking again every {}; the table below is the last answer)",
+                since.with_timezone(&chrono::Local).format("%H:%M:%S"),
+                fmt_interval(interval)
+            ));
+        }
+        lines.push(String::new());
+        match &last {
+            Some(s) => lines.extend(live::lines("pmtr", s, &events.recent(now), &chrono::Local)),
+            None => {
+                lines.push("EVENTS (last minute)".into());
+                for e in events.recent(now) {
+                    lines.push(format!(
+                        "  {} {}",
+                        e.time.with_timezone(&chrono::Local).format("%H:%M:%S"),
+                        e.text
+                    ));
+                }
+            }
+        }
+        if tty {
+            print!("{}", live::redraw(&lines, live::width()));
+        } else if let (Some((_, message)), true) = (&failing, last.is_some()) {
+            // On a pipe, the stale table again and again says nothing: one line instead.
+            println!(
+                "{} daemon unreachable: {message}",
+                now.with_timezone(&chrono::Local).format("%H:%M:%S")
+            );
+        } else {
+            print!("{}", live::plain(&lines));
+        }
+        let _ = std::io::stdout().flush();
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = &mut stop => break,
+        }
+    }
+    drop(cursor);
+    println!("stopped watching {url}");
+    Ok(())
+}
+
+fn fmt_interval(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
