@@ -13,21 +13,23 @@
 //! line triangle, the grid, stays put, so the three changes sum to about zero; when the grid
 //! moves (one phase sags, all drift) the triangle's side moves with them. Each step between
 //! samples is credited with its movement Σ|ΔUk| less [`GRID_WEIGHT`] × the change of the
-//! fitted side less a noise floor, less (where the meters give currents) [`SOUND_IMPEDANCE`] ×
-//! the change of the phase currents Σ|ΔIk|, only while the displacement is at least
+//! fitted side less a noise floor (and, where the meters give currents, weighed against the
+//! load step, below), only while the displacement is at least
 //! [`ARM_RATIO`] × `shift` and the side is within [`SIDE_TOLERANCE`] of its slow average. The
 //! score is the credit over [`CREDIT`] volts (× the sensitivity factor), leaking with a time
 //! constant of [`LEAK`] seconds. A score of 1 with a displacement of at least `shift` is a
 //! fault, latched until the displacement has stayed under [`CLEAR_RATIO`] × `shift` for
 //! [`HOLD_OFF`] seconds.
 //!
-//! The current term is what tells a floating neutral from a sound one while the grid is
-//! unequal for a long time (a source phase 25 % low for half an hour fits a displacement of
-//! 19 V, and the small steps that switching loads cause on a sound neutral would otherwise add
-//! up): on a sound neutral a load changing by ΔI moves the magnitudes by about ΔI times the
-//! supply and neutral impedance (well under 2 V per ampere, summed over the phases, on any
-//! supply a house is allowed), behind a floating one by ΔI times the other phases' loads
-//! (tens of volts per ampere).
+//! Where the meters give the phase currents, the movement is weighed against the load step
+//! that caused it ([`load_step`]: how much each phase's current changed beyond what its
+//! voltage change alone explains). A floating neutral moves because a load switched, by the
+//! step times the other phases' loads in series (tens of volts per ampere); a sound one by the
+//! step times the supply and neutral impedance ([`SOUND_IMPEDANCE`] bounds it); and the grid
+//! moves the voltages with no load step at all (a sag passing from one phase to another moves
+//! the magnitudes by 70 V in a second and leaves the fitted side where it was). So a step is
+//! credited its movement less [`SOUND_IMPEDANCE`] × the load step, and at most
+//! [`FLOATING_IMPEDANCE`] × the load step.
 //!
 //! Its limit: with the loads balanced, a floating neutral does not move, and nothing in the
 //! magnitudes shows it until the balance changes. A displaced neutral whose loads never move
@@ -56,9 +58,19 @@ pub const CLEAR_RATIO: f64 = 0.7;
 pub const HOLD_OFF: f64 = 60.0;
 /// Steps longer than this (seconds) are a gap: no movement is credited across them.
 pub const MAX_STEP: f64 = 10.0;
-/// Volts of movement (Σ over the phases) per ampere of current change (Σ over the phases) that
-/// a sound neutral can explain: supply and neutral impedance with margin.
+/// Volts of movement (Σ over the phases) per ampere of load step (Σ over the phases) that a
+/// sound neutral can explain: supply and neutral impedance with margin.
 pub const SOUND_IMPEDANCE: f64 = 2.5;
+/// Volts of movement per ampere of load step that a floating neutral is credited at most:
+/// the other phases' loads in series, at the low end (a few kilowatts).
+pub const FLOATING_IMPEDANCE: f64 = 20.0;
+
+/// How much the loads changed between two samples, in amperes summed over the phases: the
+/// change of each phase's current beyond what its voltage change alone gives a load of the
+/// same impedance (`I'·U/U'`). Voltages that move with no load switching (the grid) give none.
+fn load_step(u: [f64; 3], i: [f64; 3], u0: [f64; 3], i0: [f64; 3]) -> f64 {
+    (0..3).map(|k| if u0[k] > 0.0 { (i[k] - i0[k] * u[k] / u0[k]).abs() } else { i[k].abs() }).sum()
+}
 
 #[derive(Debug, Clone, Copy)]
 struct Previous {
@@ -119,13 +131,14 @@ impl MagnitudeTier {
             }
             if dt > 0.0 && dt <= MAX_STEP && steady && d >= ARM_RATIO * shift {
                 let moved: f64 = phase.iter().zip(p.phase).map(|(a, b)| (a - b).abs()).sum();
-                let explained = match (current, p.current) {
+                let unexplained = (moved - GRID_WEIGHT * (fit.side - p.side).abs() - NOISE_FLOOR).max(0.0);
+                credit = match (current, p.current) {
                     (Some(i), Some(j)) => {
-                        SOUND_IMPEDANCE * i.iter().zip(j).map(|(a, b)| (a - b).abs()).sum::<f64>()
+                        let step = load_step(phase, i, p.phase, j);
+                        (unexplained - SOUND_IMPEDANCE * step).clamp(0.0, FLOATING_IMPEDANCE * step)
                     }
-                    _ => 0.0,
+                    _ => unexplained,
                 };
-                credit = (moved - GRID_WEIGHT * (fit.side - p.side).abs() - NOISE_FLOOR - explained).max(0.0);
             }
         }
         self.score += credit / (CREDIT * k);
@@ -225,6 +238,30 @@ mod tests {
             let v = t.update(f64::from(s), u, Some(i));
             assert_ne!(v.state, State::Fault, "at {s}: {v:?}");
         }
+    }
+
+    /// A 15 % sag passing from L3 to L1 and back every 30 s on a sound neutral; each phase
+    /// feeds a 30 Ω load, whose current follows its voltage.
+    fn sag_passing_between_phases(s: u32) -> ([f64; 3], [f64; 3]) {
+        let u = if (s / 30) % 2 == 0 { [229.0, 226.0, 195.0] } else { [195.0, 226.0, 228.0] };
+        (u, u.map(|v| v / 30.0))
+    }
+
+    #[test]
+    fn magnitude_tier_with_currents_never_takes_a_sag_moving_between_phases_for_a_fault() {
+        let run = |currents: bool| {
+            let mut t = MagnitudeTier::new(Settings::default());
+            (0..1800)
+                .map(|s| {
+                    let (u, i) = sag_passing_between_phases(s);
+                    t.update(f64::from(s), u, currents.then_some(i)).state
+                })
+                .collect::<Vec<_>>()
+        };
+        // The voltages alone: each hand-over is 70 V of movement with the fitted side still.
+        assert!(run(false).contains(&State::Fault));
+        // With the currents: no load switched, so nothing moved the neutral.
+        assert!(!run(true).contains(&State::Fault));
     }
 
     #[test]
