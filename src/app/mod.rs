@@ -65,6 +65,15 @@ pub fn parse_duration_arg(s: &str) -> Result<Duration, String> {
     crate::config::parse_duration(s)
 }
 
+/// Prints to stdout like `print!` and flushes, but answers false instead of panicking when
+/// stdout is closed (the reader of a pipe has gone): for the long-running commands (`demo`,
+/// `simulate`), which keep SIGPIPE ignored and stop cleanly, or carry on, by themselves.
+pub fn print_out(args: std::fmt::Arguments<'_>) -> bool {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_fmt(args).and_then(|()| out.flush()).is_ok()
+}
+
 /// A future that resolves on SIGINT or SIGTERM.
 pub async fn stop_signal() {
     use tokio::signal::unix::{signal, SignalKind};
