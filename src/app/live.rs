@@ -195,6 +195,10 @@ where
         text.push('\n');
         text.push_str(&table(&["TRIGGER", "STATE", "FOR", "VALUES"], rows));
     }
+    if !s.neutral.is_empty() {
+        text.push('\n');
+        text.push_str(&view::neutral_table(&s.neutral));
+    }
     if !s.sinks.is_empty() {
         let sinks: Vec<String> = s
             .sinks
@@ -361,6 +365,13 @@ mod tests {
         );
         let trigger = row("overvolt ");
         assert!(trigger.contains("tripped") && trigger.contains("L1U=254.2"), "{trigger}");
+        // The `[[neutral]]` set: state, shift, score, under their header.
+        assert!(row("NEUTRAL ").contains("SHIFT"), "{text}");
+        let neutral = row("supply ");
+        assert!(
+            neutral.contains("FAULT") && neutral.contains("38.2 V") && neutral.contains("1.50"),
+            "{neutral}"
+        );
         assert!(text.contains("EVENTS (last minute)\n  10:00:01 trigger overvolt tripped"), "{text}");
         assert!(!text.contains('\x1b'));
     }
