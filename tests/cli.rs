@@ -228,18 +228,23 @@ fn closed_pipe() -> std::process::Stdio {
 }
 
 #[test]
-fn a_closed_stdout_ends_pmtr_read_quietly_by_sigpipe() {
+fn a_closed_stdout_ends_the_one_shot_commands_quietly_by_sigpipe() {
     use std::os::unix::process::ExitStatusExt;
     let dir = tempfile::tempdir().unwrap();
     let p = sim(&dir.path().join("ttyUSB0"), &["pzem-016@4"]);
     let port = p.path().display().to_string();
-    for json in [false, true] {
-        let mut args = vec!["read", "--port", &port, "--address", "4"];
-        if json {
-            args.push("--json");
-        }
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/pmtr.toml");
+    // Port 9 (discard): nobody answers, `--watch` says so, again and again.
+    let nobody = "http://127.0.0.1:9";
+    let commands: [&[&str]; 4] = [
+        &["read", "--port", &port, "--address", "4"],
+        &["read", "--port", &port, "--address", "4", "--json"],
+        &["check-config", example.to_str().unwrap()],
+        &["status", "--watch", "--interval", "100ms", "--url", nobody],
+    ];
+    for args in commands {
         let o = Command::new(env!("CARGO_BIN_EXE_pmtr"))
-            .args(&args)
+            .args(args)
             .stdout(closed_pipe())
             .stderr(std::process::Stdio::piped())
             .output()
@@ -249,10 +254,10 @@ fn a_closed_stdout_ends_pmtr_read_quietly_by_sigpipe() {
         assert_eq!(
             o.status.signal(),
             Some(nix::sys::signal::Signal::SIGPIPE as i32),
-            "{:?}: {err}",
+            "{args:?}: {:?}: {err}",
             o.status
         );
-        assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{err}");
+        assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{args:?}: {err}");
     }
 }
 
