@@ -19,7 +19,13 @@ use std::time::Duration;
 pub fn init_logging(default_level: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // A log line that cannot be written (stderr a pipe whose reader has gone) is dropped: the
+    // subscriber's own report of it would be an `eprintln!`, which panics on that same stderr,
+    // in whichever task logged, the daemon's included.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     if systemd::under_journald() {
         let format = tracing_subscriber::fmt::format().without_time().with_ansi(false).with_target(false);
         builder.with_ansi(false).event_format(Priority(format)).init();
