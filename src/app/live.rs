@@ -36,18 +36,15 @@ pub struct HiddenCursor(());
 impl HiddenCursor {
     /// Hides the cursor and clears the screen for the first frame.
     pub fn hide() -> HiddenCursor {
-        use std::io::Write;
-        print!("{HIDE_CURSOR}{CLEAR_SCREEN}");
-        let _ = std::io::stdout().flush();
+        super::print_out(format_args!("{HIDE_CURSOR}{CLEAR_SCREEN}"));
         HiddenCursor(())
     }
 }
 
 impl Drop for HiddenCursor {
+    /// Never panics, a terminal gone included (a panic while unwinding would abort).
     fn drop(&mut self) {
-        use std::io::Write;
-        print!("{SHOW_CURSOR}");
-        let _ = std::io::stdout().flush();
+        super::print_out(format_args!("{SHOW_CURSOR}"));
     }
 }
 

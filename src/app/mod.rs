@@ -73,7 +73,8 @@ pub fn parse_duration_arg(s: &str) -> Result<Duration, String> {
 
 /// Prints to stdout like `print!` and flushes, but answers false instead of panicking when
 /// stdout is closed (the reader of a pipe has gone): for the long-running commands (`demo`,
-/// `simulate`), which keep SIGPIPE ignored and stop cleanly, or carry on, by themselves.
+/// `simulate`), which keep SIGPIPE ignored and stop cleanly, or carry on, by themselves, and
+/// for what must never panic (the live table's cursor guard, dropped while unwinding too).
 pub fn print_out(args: std::fmt::Arguments<'_>) -> bool {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
