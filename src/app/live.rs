@@ -252,7 +252,7 @@ pub fn plain(lines: &[String]) -> String {
 }
 
 /// What changed between two snapshots of a daemon, as events: meters found, lost or failing,
-/// trigger states, relay levels and forces.
+/// trigger states, relay levels and forces, the states of `[[neutral]]` sets.
 pub fn changes(before: &Snapshot, after: &Snapshot) -> Vec<Event> {
     let mut out = Vec::new();
     let mut push = |text: String| out.push(Event { time: after.time, text });
@@ -298,6 +298,12 @@ pub fn changes(before: &Snapshot, after: &Snapshot) -> Vec<Event> {
                 (Some(_), None) => push(format!("relay {} released", r.name)),
                 _ => {}
             }
+        }
+    }
+    for n in &after.neutral {
+        if before.neutral.iter().any(|b| b.name == n.name && b.state != n.state) {
+            let shift = n.shift.map_or_else(String::new, |v| format!(" (shift {v:.1} V)"));
+            push(format!("neutral {} {}{shift}", n.name, n.state));
         }
     }
     out
@@ -425,13 +431,16 @@ mod tests {
         after.triggers[0].values = "L1U=230".into();
         after.relays[0].status.level = crate::relay::Level::On;
         after.relays[0].status.tripped_by.clear();
+        after.neutral[0].state = "suspect".into();
+        after.neutral[0].shift = Some(22.04);
         let texts: Vec<String> = changes(&before, &after).into_iter().map(|e| e.text).collect();
         assert_eq!(
             texts,
             [
                 "meter gen answers on /dev/ttyUSB1",
                 "trigger overvolt released (L1U=230)",
-                "relay pump switched on"
+                "relay pump switched on",
+                "neutral supply suspect (shift 22.0 V)"
             ],
             "{texts:?}"
         );
