@@ -331,6 +331,18 @@ fn load(path: &std::path::Path) -> Result<config::Config, ExitCode> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A closed stdout (`pmtr read mainA | head -1`) ends the one-shot commands the Unix way,
+    // as `seq 1000000 | head` ends: killed by SIGPIPE, silently, status 141 in the shell.
+    // Rust starts with SIGPIPE ignored, which turns that into a panic in `println!`, so the
+    // default comes back here, before any thread, for every command but the long-running
+    // ones: `run` (a gone reader of its stdout or stderr, a pipe or journald, must never kill
+    // the daemon), `demo` (stops by itself as at Ctrl-C, cleaning up, status 0) and `simulate`
+    // (goes on simulating).
+    if !matches!(cli.cmd, Cmd::Run { .. } | Cmd::Demo { .. } | Cmd::Simulate { .. }) {
+        use nix::sys::signal::{signal, SigHandler, Signal};
+        // SAFETY: no other thread runs yet, and SIG_DFL installs no handler code.
+        let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+    }
     let level = match cli.cmd {
         // The live table owns the terminal: the log would scroll it away (--log shows it).
         Cmd::Demo { log, .. } if app::demo::Output::choose(log) == app::demo::Output::Table => "off",

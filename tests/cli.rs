@@ -219,6 +219,72 @@ fn with_log_the_demo_scrolls_plain_lines_even_on_a_terminal() {
     assert!(err.contains("meter found"), "the log: {err}");
 }
 
+/// A pipe whose reader has already gone, for a child's stdout: its first write fails, every
+/// time (a reader closing after a line races a short output that fits in the pipe).
+fn closed_pipe() -> std::process::Stdio {
+    let (reader, writer) = nix::unistd::pipe().unwrap();
+    drop(reader);
+    writer.into()
+}
+
+#[test]
+fn a_closed_stdout_ends_the_one_shot_commands_quietly_by_sigpipe() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let p = sim(&dir.path().join("ttyUSB0"), &["pzem-016@4"]);
+    let port = p.path().display().to_string();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/pmtr.toml");
+    // Port 9 (discard): nobody answers, `--watch` says so, again and again.
+    let nobody = "http://127.0.0.1:9";
+    let commands: [&[&str]; 4] = [
+        &["read", "--port", &port, "--address", "4"],
+        &["read", "--port", &port, "--address", "4", "--json"],
+        &["check-config", example.to_str().unwrap()],
+        &["status", "--watch", "--interval", "100ms", "--url", nobody],
+    ];
+    for args in commands {
+        let o = Command::new(env!("CARGO_BIN_EXE_pmtr"))
+            .args(args)
+            .stdout(closed_pipe())
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        // As `seq 1000000 | head` ends: status 141 in the shell, nothing said.
+        assert_eq!(
+            o.status.signal(),
+            Some(nix::sys::signal::Signal::SIGPIPE as i32),
+            "{args:?}: {:?}: {err}",
+            o.status
+        );
+        assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn a_closed_stdout_stops_the_demo_cleanly() {
+    use std::io::{BufRead, BufReader};
+    // No end but Ctrl-C or a gone reader (the 120 s only keep a broken build from hanging).
+    let mut demo = Command::new(env!("CARGO_BIN_EXE_pmtr"))
+        .args(["demo", "--no-open", "--seconds", "120"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = demo.id();
+    let mut first = String::new();
+    BufReader::new(demo.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    assert!(first.starts_with("# 5 simulated meters"), "{first}");
+    let o = demo.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{:?}: {err}", o.status);
+    assert!(err.contains("stdout closed: stopping the demo"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    // Stopped as at Ctrl-C: its pseudo-terminals and state removed.
+    let dir = std::env::temp_dir().join(format!("pmtr-demo-{pid}"));
+    assert!(!dir.exists(), "{} left behind", dir.display());
+}
+
 #[test]
 fn simulated_pmtr_servers_answer_pmtr_read() {
     use std::io::{BufRead, BufReader};

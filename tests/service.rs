@@ -2,7 +2,7 @@
 //! this test reads), `$WATCHDOG_USEC` and `$JOURNAL_STREAM` set, a simulated PZEM on a
 //! pseudo-terminal, relays on the fake GPIO, and real signals: SIGHUP with a broken and with a
 //! good configuration, SIGTERM. And SIGTERM during a database outage, with a CSV sink as the
-//! witness of every reading taken.
+//! witness of every reading taken. And with its stdout and stderr gone: it goes on.
 
 #[path = "support/servers.rs"]
 mod servers;
@@ -350,4 +350,38 @@ fn sigterm_during_an_outage_loses_nothing() {
         read(&log)
     );
     assert!(read(&log).contains("spool"), "{}", read(&log));
+}
+
+#[test]
+fn with_its_stdout_and_stderr_gone_the_daemon_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let _meter = pzem(dir.path());
+    let cfg = dir.path().join("pmtr.toml");
+    std::fs::write(&cfg, config(dir.path(), false)).unwrap();
+    // Pipes whose readers have gone: every log line (info and up) fails to be written.
+    let gone = || {
+        let (reader, writer) = nix::unistd::pipe().unwrap();
+        drop(reader);
+        std::process::Stdio::from(writer)
+    };
+    let mut p = Command::new(env!("CARGO_BIN_EXE_pmtr"))
+        .args(["run", "--config", cfg.to_str().unwrap()])
+        .env("RUST_LOG", "info")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .stdout(gone())
+        .stderr(gone())
+        .spawn()
+        .unwrap();
+    let csv = dir.path().join("csv");
+    let log = dir.path().join("no-log");
+    // It reads, stores and switches the relay while the logging of each fails.
+    wait_until(Duration::from_secs(20), || csv_rows(&csv).len() >= 3, || "3 rows".into());
+    assert!(p.try_wait().unwrap().is_none(), "pmtr ended: {:?}", p.try_wait());
+    let rows = csv_rows(&csv).len();
+    wait_until(Duration::from_secs(20), || csv_rows(&csv).len() >= rows + 3, || "more rows".into());
+    assert!(pin_log(dir.path()).iter().any(|(high, _)| !high), "the trigger opened the relay");
+    signal(&p, nix::sys::signal::Signal::SIGTERM);
+    let status = wait_exit(&mut p, Duration::from_secs(10), &log);
+    assert!(status.success(), "{status:?}");
 }

@@ -336,17 +336,53 @@ async fn bound_to_every_address_the_token_guards_writes() {
 async fn pmtr_status_shows_the_running_gateway() {
     let dir = tempfile::tempdir().unwrap();
     let _meter = meter(dir.path());
+    // L2 and L3 beside `main` on L1, the same voltage on each: a sound neutral.
+    let _phases = SimPort::spawn(SimPortOptions {
+        link: Some(dir.path().join("ttyUSB1")),
+        line: pmtr::config::LineSettings {
+            baud: 9600,
+            data_bits: 8,
+            parity: pmtr::config::Parity::None,
+            stop_bits: 1,
+        },
+        turnaround: Duration::from_millis(5),
+        meters: [5, 6].iter().map(|a| format!("pzem-016@{a},volts={VOLTS}").parse().unwrap()).collect(),
+    })
+    .unwrap();
+    let neutral = r#"
+[[meter]]
+name = "l2"
+model = "pzem-016"
+address = 5
+phase = "L2"
+poll = "200ms"
+[[meter]]
+name = "l3"
+model = "pzem-016"
+address = 6
+phase = "L3"
+poll = "200ms"
+[[neutral]]
+name = "supply"
+meters = ["main", "l2", "l3"]
+"#;
     let port = servers::free_port();
     let board = FakeBoard::new();
     let cfg_text = gateway::toml(
         dir.path(),
         "status-test",
-        &format!("{TRIGGER}\n[status]\nlisten = \"127.0.0.1:{port}\"\n"),
+        &format!("{TRIGGER}{neutral}\n[status]\nlisten = \"127.0.0.1:{port}\"\n"),
     );
     let cfg = dir.path().join("pmtr.toml");
     std::fs::write(&cfg, &cfg_text).unwrap();
     let daemon = Daemon::start(pmtr::config::load_file(&cfg).unwrap(), &board);
     first_reading(&format!("http://127.0.0.1:{port}")).await;
+    // The neutral set judged once all three phases have been read.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while get_json(&format!("http://127.0.0.1:{port}/api/status")).await["neutral"][0]["state"] != "ok" {
+        assert!(Instant::now() < deadline, "the neutral set not `ok` within 15 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     let run = |args: Vec<String>| async move {
         let out =
@@ -364,12 +400,21 @@ async fn pmtr_status_shows_the_running_gateway() {
     assert!(row.contains("b@4") && row.contains("pzem-016") && row.contains(" ok "), "{row}");
     assert!(row.contains(&format!("L1U={VOLTS}V")) && row.contains(&format!("L1I={AMPS}A")), "{row}");
     assert!(out.contains("motor") && out.contains("overvoltage") && out.contains("csv"), "{out}");
+    // The neutral set: its state, a shift of a volt or less on equal phases, no evidence.
+    let row =
+        out.lines().find(|l| l.starts_with("supply ")).unwrap_or_else(|| panic!("no neutral row:\n{out}"));
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cells[1], "ok", "{row}");
+    assert!(cells[2].parse::<f64>().is_ok_and(|v| v <= 1.0) && cells[3] == "V", "{row}");
+    assert_eq!(cells[4], "0.00", "{row}");
 
     let url = format!("http://127.0.0.1:{port}");
     let (code, out, err) = run(vec!["status".into(), "--url".into(), url, "--json".into()]).await;
     assert_eq!(code, Some(0), "{err}");
     let v: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["meters"][0]["reading"]["values"]["L1U"].as_f64(), Some(VOLTS));
+    let main = v["meters"].as_array().unwrap().iter().find(|m| m["name"] == "main").unwrap();
+    assert_eq!(main["reading"]["values"]["L1U"].as_f64(), Some(VOLTS));
+    assert_eq!(v["neutral"][0]["name"], "supply");
     daemon.stop().await;
 
     // Nobody there: a clear error, exit 1.

@@ -1,7 +1,7 @@
 //! `pmtr demo` and `pmtr simulate`: the real engine against simulated meters on
 //! pseudo-terminals.
 
-use crate::app::live;
+use crate::app::{live, print_out};
 use crate::bus::status::MeterStatus;
 use crate::bus::Engine;
 use crate::config::{LineSettings, Parity};
@@ -11,7 +11,7 @@ use crate::sim::{
 };
 use chrono::Utc;
 use std::collections::BTreeMap;
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -243,9 +243,12 @@ async fn run_in(dir: &std::path::Path, opts: DemoOptions) -> anyhow::Result<()> 
     let start = tokio::time::Instant::now();
     let stop_at = opts.duration.map(|d| start + d);
     let mut events = live::Events::default();
+    // Set when stdout is closed (`pmtr demo | head`): the demo then stops as at Ctrl-C,
+    // removing its files, and exits 0.
+    let closed = std::cell::Cell::new(false);
     let say = |events: &mut live::Events, text: String| {
-        if !table {
-            println!("# {text}");
+        if !table && !print_out(format_args!("# {text}\n")) {
+            closed.set(true);
         }
         events.push(Utc::now(), text);
     };
@@ -299,8 +302,8 @@ async fn run_in(dir: &std::path::Path, opts: DemoOptions) -> anyhow::Result<()> 
     loop {
         tokio::select! {
             Some(r) = rx.recv() => {
-                if !table {
-                    println!("{r}");
+                if !table && !print_out(format_args!("{r}\n")) {
+                    closed.set(true);
                 }
                 let _ = triggers.readings.send(r.clone()).await;
                 let _ = store_tx.send(r.into()).await;
@@ -329,14 +332,19 @@ async fn run_in(dir: &std::path::Path, opts: DemoOptions) -> anyhow::Result<()> 
                     lines.extend(page.clone());
                     lines.push(String::new());
                     lines.extend(live::lines("pmtr", &snapshot, &events.recent(snapshot.time), &chrono::Local));
-                    print!("{}", live::redraw(&lines, live::width()));
-                    let _ = std::io::stdout().flush();
+                    if !print_out(format_args!("{}", live::redraw(&lines, live::width()))) {
+                        closed.set(true);
+                    }
                 }
                 if stop_at.is_some_and(|s| tokio::time::Instant::now() >= s) {
                     break;
                 }
             }
             _ = &mut stop => break,
+        }
+        if closed.get() {
+            tracing::info!("stdout closed: stopping the demo");
+            break;
         }
     }
     drop(cursor);
@@ -352,18 +360,21 @@ async fn run_in(dir: &std::path::Path, opts: DemoOptions) -> anyhow::Result<()> 
     drop(store_tx);
     storage.join().await;
     let snap = status.snapshot();
-    println!();
+    print_out(format_args!("\n"));
     for (name, s) in &snap {
-        println!(
-            "{name:<10} port {:<24} readings {:>4}  requests {:>4}  timeouts {:>3}  crc {:>2}",
+        print_out(format_args!(
+            "{name:<10} port {:<24} readings {:>4}  requests {:>4}  timeouts {:>3}  crc {:>2}\n",
             s.port.as_deref().map(short).unwrap_or("-"),
             s.counters.readings,
             s.counters.requests,
             s.counters.timeouts,
             s.counters.crc_errors
-        );
+        ));
     }
-    println!("\nReadings, trigger and relay changes were written as CSV to {}/", demo_csv_dir().display());
+    print_out(format_args!(
+        "\nReadings, trigger and relay changes were written as CSV to {}/\n",
+        demo_csv_dir().display()
+    ));
     Ok(())
 }
 
@@ -448,8 +459,8 @@ pub async fn simulate(
     }
     let specs = meters.iter().map(|m| spec(m)).collect::<anyhow::Result<Vec<_>>>()?;
     let port = SimPort::spawn(SimPortOptions { link, line: line(baud), turnaround, meters: specs })?;
-    println!("{}", port.path().display());
-    let _ = std::io::stdout().flush();
+    // The link for whoever started the simulator; it goes on simulating if nobody reads it.
+    print_out(format_args!("{}\n", port.path().display()));
     tracing::info!(port = %port.path().display(), baud, meters = ?meters, "simulating");
     crate::app::stop_signal().await;
     let s = port.stats();
@@ -533,8 +544,8 @@ async fn simulate_servers(link: Option<PathBuf>, specs: &[String]) -> anyhow::Re
         anyhow::bail!("two servers answer to unit {} on the same bus", w[0]);
     }
     let bus = PlcBus::spawn(PlcBusOptions { link, ..PlcBusOptions::new(servers) })?;
-    println!("{}", bus.path().display());
-    let _ = std::io::stdout().flush();
+    // The link for whoever started the simulator; it goes on simulating if nobody reads it.
+    print_out(format_args!("{}\n", bus.path().display()));
     tracing::info!(port = %bus.path().display(), servers = ?specs, "simulating PMTR servers on a power-line bus (9600 8N1)");
     let stop = crate::app::stop_signal();
     tokio::pin!(stop);

@@ -36,18 +36,15 @@ pub struct HiddenCursor(());
 impl HiddenCursor {
     /// Hides the cursor and clears the screen for the first frame.
     pub fn hide() -> HiddenCursor {
-        use std::io::Write;
-        print!("{HIDE_CURSOR}{CLEAR_SCREEN}");
-        let _ = std::io::stdout().flush();
+        super::print_out(format_args!("{HIDE_CURSOR}{CLEAR_SCREEN}"));
         HiddenCursor(())
     }
 }
 
 impl Drop for HiddenCursor {
+    /// Never panics, a terminal gone included (a panic while unwinding would abort).
     fn drop(&mut self) {
-        use std::io::Write;
-        print!("{SHOW_CURSOR}");
-        let _ = std::io::stdout().flush();
+        super::print_out(format_args!("{SHOW_CURSOR}"));
     }
 }
 
@@ -195,6 +192,10 @@ where
         text.push('\n');
         text.push_str(&table(&["TRIGGER", "STATE", "FOR", "VALUES"], rows));
     }
+    if !s.neutral.is_empty() {
+        text.push('\n');
+        text.push_str(&view::neutral_table(&s.neutral));
+    }
     if !s.sinks.is_empty() {
         let sinks: Vec<String> = s
             .sinks
@@ -251,7 +252,7 @@ pub fn plain(lines: &[String]) -> String {
 }
 
 /// What changed between two snapshots of a daemon, as events: meters found, lost or failing,
-/// trigger states, relay levels and forces.
+/// trigger states, relay levels and forces, the states of `[[neutral]]` sets.
 pub fn changes(before: &Snapshot, after: &Snapshot) -> Vec<Event> {
     let mut out = Vec::new();
     let mut push = |text: String| out.push(Event { time: after.time, text });
@@ -297,6 +298,12 @@ pub fn changes(before: &Snapshot, after: &Snapshot) -> Vec<Event> {
                 (Some(_), None) => push(format!("relay {} released", r.name)),
                 _ => {}
             }
+        }
+    }
+    for n in &after.neutral {
+        if before.neutral.iter().any(|b| b.name == n.name && b.state != n.state) {
+            let shift = n.shift.map_or_else(String::new, |v| format!(" (shift {v:.1} V)"));
+            push(format!("neutral {} {}{shift}", n.name, n.state));
         }
     }
     out
@@ -361,6 +368,13 @@ mod tests {
         );
         let trigger = row("overvolt ");
         assert!(trigger.contains("tripped") && trigger.contains("L1U=254.2"), "{trigger}");
+        // The `[[neutral]]` set: state, shift, score, under their header.
+        assert!(row("NEUTRAL ").contains("SHIFT"), "{text}");
+        let neutral = row("supply ");
+        assert!(
+            neutral.contains("FAULT") && neutral.contains("38.2 V") && neutral.contains("1.50"),
+            "{neutral}"
+        );
         assert!(text.contains("EVENTS (last minute)\n  10:00:01 trigger overvolt tripped"), "{text}");
         assert!(!text.contains('\x1b'));
     }
@@ -417,13 +431,16 @@ mod tests {
         after.triggers[0].values = "L1U=230".into();
         after.relays[0].status.level = crate::relay::Level::On;
         after.relays[0].status.tripped_by.clear();
+        after.neutral[0].state = "suspect".into();
+        after.neutral[0].shift = Some(22.04);
         let texts: Vec<String> = changes(&before, &after).into_iter().map(|e| e.text).collect();
         assert_eq!(
             texts,
             [
                 "meter gen answers on /dev/ttyUSB1",
                 "trigger overvolt released (L1U=230)",
-                "relay pump switched on"
+                "relay pump switched on",
+                "neutral supply suspect (shift 22.0 V)"
             ],
             "{texts:?}"
         );

@@ -19,7 +19,13 @@ use std::time::Duration;
 pub fn init_logging(default_level: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // A log line that cannot be written (stderr a pipe whose reader has gone) is dropped: the
+    // subscriber's own report of it would be an `eprintln!`, which panics on that same stderr,
+    // in whichever task logged, the daemon's included.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     if systemd::under_journald() {
         let format = tracing_subscriber::fmt::format().without_time().with_ansi(false).with_target(false);
         builder.with_ansi(false).event_format(Priority(format)).init();
@@ -63,6 +69,16 @@ where
 /// Parses a duration like "300ms" for command-line flags.
 pub fn parse_duration_arg(s: &str) -> Result<Duration, String> {
     crate::config::parse_duration(s)
+}
+
+/// Prints to stdout like `print!` and flushes, but answers false instead of panicking when
+/// stdout is closed (the reader of a pipe has gone): for the long-running commands (`demo`,
+/// `simulate`), which keep SIGPIPE ignored and stop cleanly, or carry on, by themselves, and
+/// for what must never panic (the live table's cursor guard, dropped while unwinding too).
+pub fn print_out(args: std::fmt::Arguments<'_>) -> bool {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_fmt(args).and_then(|()| out.flush()).is_ok()
 }
 
 /// A future that resolves on SIGINT or SIGTERM.

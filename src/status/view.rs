@@ -3,6 +3,7 @@
 use super::Snapshot;
 use crate::app::control::{relay_table, table, trigger_table};
 use crate::bus::status::MeterState;
+use crate::control::NeutralStatus;
 use crate::reading::trim;
 use chrono::{DateTime, TimeZone, Utc};
 use std::fmt::Write as _;
@@ -125,6 +126,10 @@ where
         out.push('\n');
         out.push_str(&trigger_table(&s.triggers, tz));
     }
+    if !s.neutral.is_empty() {
+        out.push('\n');
+        out.push_str(&neutral_table(&s.neutral));
+    }
 
     out.push('\n');
     let rows = s
@@ -175,6 +180,24 @@ where
     out
 }
 
+/// The `[[neutral]]` sets (see "Broken neutral" in the README): name, state (`ok`, `suspect`,
+/// `FAULT` in capitals like every failure in these views, `unknown` before the first sample),
+/// the neutral's estimated shift in volts, and the evidence score (1 or more is a fault).
+pub fn neutral_table(sets: &[NeutralStatus]) -> String {
+    let rows = sets
+        .iter()
+        .map(|n| {
+            vec![
+                n.name.clone(),
+                if n.state == "fault" { "FAULT".to_owned() } else { n.state.clone() },
+                n.shift.map_or_else(|| "-".to_owned(), |v| format!("{v:.1} V")),
+                n.score.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}")),
+            ]
+        })
+        .collect();
+    table(&["NEUTRAL", "STATE", "SHIFT", "SCORE"], rows)
+}
+
 fn bytes(n: u64) -> String {
     match n {
         n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64),
@@ -217,12 +240,39 @@ pump   17 (active low)  off    on       -       overvolt
 TRIGGER   STATE    SINCE                STALE  DRY RUN  VALUES
 overvolt  tripped  2026-11-21 09:59:00  no     no       L1U=254.2
 
+NEUTRAL  STATE  SHIFT   SCORE
+supply   FAULT  38.2 V  1.50
+
 SINK    KIND       STATE  POINTS  SPOOL    DROPPED  LAST ERROR
 influx  influxdb2  DOWN   100     7 (0 B)  2        -
 
 alerts: 3 raised, 1 mails sent, 0 waiting, 0 refused, 0 dropped
 "
         .replace("VERSION", env!("CARGO_PKG_VERSION"));
+        assert_eq!(text, expected, "\n{text}");
+    }
+
+    #[test]
+    fn neutral_sets_with_their_state_shift_and_score() {
+        let set = |name: &str, state: &str, score, shift| NeutralStatus {
+            name: name.into(),
+            state: state.into(),
+            score,
+            shift,
+        };
+        let text = neutral_table(&[
+            set("supply", "ok", Some(0.0), Some(1.04)),
+            set("house-l2", "suspect", Some(0.456), Some(23.96)),
+            set("barn", "fault", Some(1.2), Some(61.0)),
+            set("new", "unknown", None, None),
+        ]);
+        let expected = "\
+NEUTRAL   STATE    SHIFT   SCORE
+supply    ok       1.0 V   0.00
+house-l2  suspect  24.0 V  0.46
+barn      FAULT    61.0 V  1.20
+new       unknown  -       -
+";
         assert_eq!(text, expected, "\n{text}");
     }
 }
