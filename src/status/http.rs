@@ -1087,6 +1087,34 @@ mod tests {
             assert!(t0.elapsed() <= BODY_TIMEOUT + Duration::from_secs(1), "{:?}", t0.elapsed());
         }
 
+        async fn ask(addr: SocketAddr, head: &str) -> String {
+            let mut c = TcpStream::connect(addr).await.unwrap();
+            c.write_all(format!("{head}Host: pmtr\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+            rest(&mut c).await
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn the_page_and_its_history_follow_the_read_rules() {
+            let (addr, _stop, _task) = start(limits(4));
+            let page = ask(addr, "GET / HTTP/1.1\r\n").await;
+            assert!(page.starts_with("HTTP/1.1 200 OK"), "{page}");
+            assert!(page.contains("content-type: text/html; charset=utf-8"), "{page}");
+            assert!(page.contains("content-security-policy: default-src 'none'"), "{page}");
+            assert!(page.ends_with(PAGE));
+            // A wrong token is refused even for the page's data, as for every read.
+            let wrong = ask(addr, "GET /api/history HTTP/1.1\r\nAuthorization: Bearer nope\r\n").await;
+            assert!(wrong.starts_with("HTTP/1.1 401 "), "{wrong}");
+            let history = ask(addr, "GET /api/history HTTP/1.1\r\n").await;
+            assert!(history.starts_with("HTTP/1.1 200 OK"), "{history}");
+            let body: serde_json::Value =
+                serde_json::from_str(history.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+            assert_eq!(body["meters"]["m"], serde_json::json!({}), "no reading yet: {body}");
+            let one = ask(addr, "GET /api/history?meter=m HTTP/1.1\r\n").await;
+            assert!(one.starts_with("HTTP/1.1 200 OK"), "{one}");
+            let none = ask(addr, "GET /api/history?meter=x HTTP/1.1\r\n").await;
+            assert!(none.starts_with("HTTP/1.1 404 ") && none.contains("no meter \\\"x\\\""), "{none}");
+        }
+
         #[tokio::test(start_paused = true)]
         async fn a_stop_closes_the_listener_and_ends_the_server() {
             let (addr, stop, task) = start(limits(4));
