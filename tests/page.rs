@@ -339,6 +339,19 @@ async fn the_page_shows_the_meter_and_forces_a_relay_only_with_the_token() {
     let bus = browser.script("return document.querySelector('[data-bus=\"b\"]').textContent").await;
     assert!(bus.as_str().unwrap().contains("1/1 answering"), "{bus}");
     browser.screenshot("page.png").await;
+    // The page asks only for the buckets it lacks and shifts its hour along.
+    let merged = browser
+        .script(
+            "return merge({bucket_seconds: 10, buckets: 3, start: 100, meters: {m: {U: [1, 2, null]}}}, \
+             {bucket_seconds: 10, buckets: 3, start: 120, meters: {m: {U: [3, 4], P: [5, null]}, n: {}}})",
+        )
+        .await;
+    assert_eq!(
+        merged,
+        json!({"bucket_seconds": 10, "buckets": 3, "start": 110,
+               "meters": {"m": {"U": [2, 3, 4], "P": [null, 5, null]}, "n": {}}}),
+        "{merged}"
+    );
 
     // Without a token: the API's refusal on the page, and the relay stays on.
     let switches = board.events_of(PIN).len();

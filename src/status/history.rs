@@ -102,13 +102,16 @@ impl Ring {
         (b.number == number && b.count[k] > 0).then_some(b.mean[k])
     }
 
-    /// The hour ending with bucket `last`, as `{"L1U": [v or null, …], …}` (oldest first), the
-    /// series with no value left out.
-    pub fn series(&self, last: i64) -> Map<String, Value> {
-        let first = last - BUCKETS as i64 + 1;
+    /// The buckets `first..=last` (at most the hour ending with `last`), as
+    /// `{"L1U": [v or null, …], …}` (oldest first, to the thousandth), the series with no value
+    /// left out.
+    pub fn series(&self, first: i64, last: i64) -> Map<String, Value> {
+        let first = first.max(last - BUCKETS as i64 + 1);
         let mut out = Map::new();
         for (k, &(phase, quantity)) in SERIES.iter().enumerate() {
-            let values: Vec<Option<f32>> = (first..=last).map(|n| self.mean(n, k)).collect();
+            let values: Vec<Option<f64>> = (first..=last)
+                .map(|n| self.mean(n, k).map(|v| (f64::from(v) * 1000.0).round() / 1000.0))
+                .collect();
             if values.iter().any(Option::is_some) {
                 out.insert(format!("{}{}", phase.prefix(), quantity.symbol()), json!(values));
             }
@@ -157,13 +160,16 @@ impl History {
     }
 
     /// The hour ending at `now` of one meter (`only`) or of all, as the JSON of
-    /// `GET /api/history`; None when `only` is not a configured meter.
-    pub fn json(&self, now: DateTime<Utc>, only: Option<&str>) -> Option<Value> {
+    /// `GET /api/history`, from the bucket holding `since` (unix seconds) on when given (the
+    /// page asks for what it lacks); None when `only` is not a configured meter.
+    pub fn json(&self, now: DateTime<Utc>, only: Option<&str>, since: Option<i64>) -> Option<Value> {
         let last = bucket_of(now);
+        let first =
+            since.map_or(i64::MIN, |s| s.div_euclid(BUCKET_SECONDS)).clamp(last - BUCKETS as i64 + 1, last);
         let rings = self.lock();
         let mut meters = Map::new();
         for (name, ring) in rings.iter().filter(|(n, _)| only.is_none_or(|o| o == n.as_str())) {
-            meters.insert(name.clone(), Value::Object(ring.series(last)));
+            meters.insert(name.clone(), Value::Object(ring.series(first, last)));
         }
         if only.is_some() && meters.is_empty() {
             return None;
@@ -171,7 +177,7 @@ impl History {
         Some(json!({
             "bucket_seconds": BUCKET_SECONDS,
             "buckets": BUCKETS,
-            "start": (last - BUCKETS as i64 + 1) * BUCKET_SECONDS,
+            "start": first * BUCKET_SECONDS,
             "meters": meters,
         }))
     }
@@ -245,7 +251,7 @@ mod tests {
         assert_eq!(r.mean(last, U), Some((BUCKETS + 4) as f32));
         assert_eq!(r.mean(last - BUCKETS as i64 + 1, U), Some(5.0), "the oldest kept");
         assert_eq!(r.mean(first + 4, U), None, "overwritten by a bucket an hour later");
-        let s = r.series(last);
+        let s = r.series(i64::MIN, last);
         let volts = s["L1U"].as_array().unwrap();
         assert_eq!(volts.len(), BUCKETS);
         assert_eq!(volts[0], json!(5.0));
@@ -260,14 +266,14 @@ mod tests {
         let t0 = 1_500_000_000;
         r.add(&at(t0, 230.0, 1.0));
         r.add(&at(t0 + 30, 231.0, 1.0));
-        let s = r.series(t0 / 10 + 3);
+        let s = r.series(i64::MIN, t0 / 10 + 3);
         let volts = s["L1U"].as_array().unwrap();
         assert_eq!(&volts[BUCKETS - 4..], &[json!(230.0), Value::Null, Value::Null, json!(231.0)]);
         // An hour later, the first bucket's slot is the newest bucket's: not a value of now.
-        let later = r.series(t0 / 10 + BUCKETS as i64);
+        let later = r.series(i64::MIN, t0 / 10 + BUCKETS as i64);
         assert_eq!(later["L1U"].as_array().unwrap()[BUCKETS - 1], Value::Null);
         assert_eq!(later["L1U"].as_array().unwrap()[2], json!(231.0));
-        assert!(r.series(t0 / 10 + 2 * BUCKETS as i64).is_empty(), "all older than the hour");
+        assert!(r.series(i64::MIN, t0 / 10 + 2 * BUCKETS as i64).is_empty(), "all older than the hour");
     }
 
     #[test]
@@ -287,14 +293,23 @@ mod tests {
         stranger.meter = "stranger".into();
         assert!(!h.add(&stranger));
         let now = DateTime::from_timestamp(105, 0).unwrap();
-        let all = h.json(now, None).unwrap();
+        let all = h.json(now, None, None).unwrap();
         assert_eq!(all["bucket_seconds"], 10);
         assert_eq!(all["start"], (10 - 359) * 10);
         assert_eq!(all["meters"]["m"]["L1U"][BUCKETS - 1], 230.0);
         assert_eq!(all["meters"]["other"], json!({}));
         assert!(all["meters"].get("stranger").is_none());
-        assert_eq!(h.json(now, Some("m")).unwrap()["meters"].as_object().unwrap().len(), 1);
-        assert!(h.json(now, Some("stranger")).is_none());
+        assert_eq!(h.json(now, Some("m"), None).unwrap()["meters"].as_object().unwrap().len(), 1);
+        assert!(h.json(now, Some("stranger"), None).is_none());
+        // What the page lacks: from the bucket of `since` to now, and never more than the hour.
+        h.add(&at(112, 231.23456, 5.0));
+        let now = DateTime::from_timestamp(115, 0).unwrap();
+        let since = h.json(now, None, Some(105)).unwrap();
+        assert_eq!(since["start"], 100);
+        assert_eq!(since["meters"]["m"]["L1U"], json!([230.0, 231.235]), "to the thousandth");
+        assert_eq!(h.json(now, None, Some(0)).unwrap()["start"], 0);
+        assert_eq!(h.json(now, None, Some(-100_000)).unwrap()["start"], (11 - 359) * 10);
+        assert_eq!(h.json(now, None, Some(999)).unwrap()["meters"]["m"]["L1U"], json!([231.235]));
         assert_eq!(
             h.bytes(),
             2 * (std::mem::size_of::<Ring>() + BUCKETS * std::mem::size_of::<Bucket>()) + 6

@@ -689,8 +689,10 @@ async fn handle(
         Route::Health => json_reply(StatusCode::OK, &serde_json::json!({"status": "ok"})),
         Route::Page => page(),
         Route::History => {
-            let meter = req.uri().query().and_then(|q| query_value(q, "meter"));
-            match sources.history.json(Utc::now(), meter.as_deref()) {
+            let query = req.uri().query().unwrap_or("");
+            let meter = query_value(query, "meter");
+            let since = query_value(query, "since").and_then(|s| s.parse::<i64>().ok());
+            match sources.history.json(Utc::now(), meter.as_deref(), since) {
                 Some(v) => {
                     let mut r = hyper::Response::new(Body::from(v.to_string()));
                     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
