@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian machine: installs what the tests need (socat,
-# pymodbus, influxdb, victoria-metrics, aiosmtpd, openssl, mosquitto, node and npm), then formatting,
+# pymodbus, influxdb, victoria-metrics, aiosmtpd, openssl, mosquitto, node and npm, chromium and
+# chromedriver), then formatting,
 # lints, the type check of the Grafana dashboards, and every test. CI runs
 # exactly this (.ci/run). It also builds the Debian packages for the Pi and runs the tests built
 # for aarch64 under qemu (deploy/build-deb.sh, deploy/test-aarch64.sh: see the end).
@@ -25,6 +26,9 @@ command -v npm >/dev/null || missing+=(npm)
 # The MQTT tests (tests/mqtt.rs) run a real broker, and its clients help by hand.
 command -v mosquitto >/dev/null || missing+=(mosquitto)
 command -v mosquitto_sub >/dev/null || missing+=(mosquitto-clients)
+# The page test (tests/page.rs) drives Debian's chromium through chromedriver.
+command -v chromium >/dev/null || missing+=(chromium)
+command -v chromedriver >/dev/null || missing+=(chromium-driver)
 # The unit file's checks (tests/systemd_unit.rs): systemd-analyze verify and security.
 command -v systemd-analyze >/dev/null || missing+=(systemd)
 # SIGHUP/SIGTERM tests (tests/service.rs) and the unit's ExecReload use /bin/kill.

@@ -138,6 +138,13 @@ impl StatusBoard {
         self.lock().clone()
     }
 
+    /// Runs `f` on every meter's status without copying it (keep `f` short: the buses wait).
+    pub fn for_each(&self, mut f: impl FnMut(&str, &MeterStatus)) {
+        for (name, status) in self.lock().iter() {
+            f(name, status);
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, MeterStatus>> {
         // A poisoned lock only means a reader panicked mid-copy; the data is still whole.
         self.meters.lock().unwrap_or_else(|e| e.into_inner())

@@ -63,6 +63,10 @@ pub enum Route {
     Relays,
     Sinks,
     Metrics,
+    /// The page at `/` (no data in it: it reads the API like any client).
+    Page,
+    /// The last hour of the meters (`?meter=NAME` for one), for the page's charts.
+    History,
     Force(String),
     Release(String),
     Reset(String),
@@ -87,6 +91,7 @@ pub enum Refusal {
 pub fn route(method: &Method, path: &str) -> Result<Route, Refusal> {
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
     let (want, r) = match segments.as_slice() {
+        [] => ("GET", Route::Page),
         ["healthz"] => ("GET", Route::Health),
         ["metrics"] => ("GET", Route::Metrics),
         ["api", "status"] => ("GET", Route::Status),
@@ -96,6 +101,7 @@ pub fn route(method: &Method, path: &str) -> Result<Route, Refusal> {
         ["api", "triggers"] => ("GET", Route::Triggers),
         ["api", "relays"] => ("GET", Route::Relays),
         ["api", "sinks"] => ("GET", Route::Sinks),
+        ["api", "history"] => ("GET", Route::History),
         ["api", "relays", name, "force"] if !name.is_empty() => ("POST", Route::Force(name.to_string())),
         ["api", "relays", name, "release"] if !name.is_empty() => ("POST", Route::Release(name.to_string())),
         ["api", "triggers", name, "reset"] if !name.is_empty() => ("POST", Route::Reset(name.to_string())),
@@ -202,6 +208,8 @@ pub struct Sources {
     pub alerts: Option<Arc<Mutex<crate::alert::run::AlertCounters>>>,
     pub mqtt: Option<Arc<Mutex<MqttCounters>>>,
     pub tally: Arc<Tally>,
+    /// The last hour of each configured meter, sampled from `meters` while the API runs.
+    pub history: Arc<super::history::History>,
     pub relays: Vec<String>,
     pub triggers: Vec<String>,
 }
@@ -218,6 +226,7 @@ impl Sources {
             alerts: None,
             mqtt: None,
             tally: Arc::new(Tally::default()),
+            history: Arc::new(super::history::History::new(config.meters.iter().map(|m| m.name.as_str()))),
             relays: config.relays.iter().map(|r| r.name.clone()).collect(),
             triggers: config.triggers.iter().map(|t| t.name.clone()).collect(),
         }
@@ -355,6 +364,8 @@ impl StatusServer {
                 return;
             }
         };
+        // The page's charts: the latest readings, sampled once a second while the API runs.
+        tokio::spawn(sources.history.clone().run(sources.meters.clone(), stop.clone()));
         let shared = Arc::new(Shared {
             sources,
             token: self.token,
@@ -649,7 +660,7 @@ async fn handle(
                 StatusCode::NOT_FOUND,
                 format!(
                     "no such endpoint {path}: GET /api/status, /api/meters, /api/meters/NAME, /api/ports, \
-                     /api/triggers, /api/relays, /api/sinks, /metrics, /healthz; POST \
+                     /api/triggers, /api/relays, /api/sinks, /api/history, /metrics, /healthz, / (the page); POST \
                      /api/relays/NAME/force, /api/relays/NAME/release, /api/triggers/NAME/reset"
                 ),
             )
@@ -664,7 +675,8 @@ async fn handle(
         }
     };
     let loopback = remote.ip().is_loopback();
-    if route != Route::Health {
+    // The page and the health check carry no data; the page reads the API with the token.
+    if route != Route::Health && route != Route::Page {
         let authorization = req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok());
         if let Err(denied) = authorize(token, loopback, authorization, route.is_write()) {
             if route.is_write() || !loopback {
@@ -675,6 +687,23 @@ async fn handle(
     }
     match route {
         Route::Health => json_reply(StatusCode::OK, &serde_json::json!({"status": "ok"})),
+        Route::Page => page(),
+        Route::History => {
+            let query = req.uri().query().unwrap_or("");
+            let meter = query_value(query, "meter");
+            let since = query_value(query, "since").and_then(|s| s.parse::<i64>().ok());
+            match sources.history.json(Utc::now(), meter.as_deref(), since) {
+                Some(v) => {
+                    let mut r = hyper::Response::new(Body::from(v.to_string()));
+                    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                    r
+                }
+                None => error(
+                    StatusCode::NOT_FOUND,
+                    format!("no meter {:?} in the configuration", meter.unwrap_or_default()),
+                ),
+            }
+        }
         Route::Metrics => {
             let text = super::metrics::render(&sources.snapshot(true).await);
             let mut r = hyper::Response::new(Body::from(text));
@@ -720,6 +749,49 @@ async fn handle(
         Route::Release(relay) => act(sources, Request::Release { relay }, remote).await,
         Route::Reset(trigger) => act(sources, Request::Reset { trigger }, remote).await,
     }
+}
+
+/// The page at `/`, compiled in.
+pub const PAGE: &str = include_str!("page.html");
+
+fn page() -> Reply {
+    let mut r = hyper::Response::new(Body::from(PAGE));
+    let h = r.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    h.insert(hyper::header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Nothing from elsewhere: the page reads only this API.
+    h.insert(
+        hyper::header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; \
+             img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+        ),
+    );
+    r
+}
+
+/// The value of `key` in a query string (`meter=main&x=1`), `%XX` and `+` decoded.
+pub fn query_value(query: &str, key: &str) -> Option<String> {
+    let raw = query.split('&').find_map(|pair| pair.strip_prefix(key)?.strip_prefix('='))?;
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len()
+                && bytes[i + 1].is_ascii_hexdigit()
+                && bytes[i + 2].is_ascii_hexdigit() =>
+            {
+                let hex = |c: u8| (c as char).to_digit(16).unwrap_or(0) as u8;
+                out.push(hex(bytes[i + 1]) * 16 + hex(bytes[i + 2]));
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
 }
 
 fn refused(denied: Denied) -> Reply {
@@ -777,7 +849,9 @@ mod tests {
         assert_eq!(route(&post, "/api/status"), Err(Refusal::Method("GET")));
         assert_eq!(route(&Method::DELETE, "/metrics"), Err(Refusal::Method("GET")));
         assert_eq!(route(&get, "/api/nothing"), Err(Refusal::NotFound));
-        assert_eq!(route(&get, "/"), Err(Refusal::NotFound));
+        assert_eq!(route(&get, "/"), Ok(Route::Page));
+        assert_eq!(route(&get, "/api/history"), Ok(Route::History));
+        assert_eq!(route(&post, "/"), Err(Refusal::Method("GET")));
         assert_eq!(route(&get, "/api/meters//x"), Err(Refusal::NotFound));
         assert!(Route::Force("x".into()).is_write() && !Route::Relays.is_write());
     }
@@ -805,6 +879,28 @@ mod tests {
             "a wrong token is never ignored"
         );
         assert_eq!(authorize(t, false, Some("Bearer"), false), Err(Denied::TokenWrong));
+    }
+
+    #[test]
+    fn query_values() {
+        assert_eq!(query_value("meter=main", "meter").as_deref(), Some("main"));
+        assert_eq!(query_value("x=1&meter=a%20b+c", "meter").as_deref(), Some("a b c"));
+        assert_eq!(query_value("meters=x", "meter"), None);
+        assert_eq!(query_value("meter=%4", "meter").as_deref(), Some("%4"));
+        assert_eq!(query_value("meter=%zz%", "meter").as_deref(), Some("%zz%"));
+        assert_eq!(query_value("meter=%+f", "meter").as_deref(), Some("% f"));
+        assert_eq!(query_value("meter=%ff", "meter"), None, "not UTF-8");
+    }
+
+    #[test]
+    fn the_page_needs_nothing_from_elsewhere() {
+        for needle in
+            ["src=\"http", "href=\"http", "src=\"//", "href=\"//", "url(", "@import", "fetch(\"http"]
+        {
+            assert!(!PAGE.contains(needle), "the page refers to {needle}");
+        }
+        assert!(PAGE.contains("<meta name=\"viewport\""));
+        assert!(PAGE.len() < 40_000, "{} bytes", PAGE.len());
     }
 
     #[test]
@@ -991,6 +1087,34 @@ mod tests {
             let answer = String::from_utf8_lossy(&buf[..n]);
             assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
             assert!(t0.elapsed() <= BODY_TIMEOUT + Duration::from_secs(1), "{:?}", t0.elapsed());
+        }
+
+        async fn ask(addr: SocketAddr, head: &str) -> String {
+            let mut c = TcpStream::connect(addr).await.unwrap();
+            c.write_all(format!("{head}Host: pmtr\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+            rest(&mut c).await
+        }
+
+        #[tokio::test(start_paused = true)]
+        async fn the_page_and_its_history_follow_the_read_rules() {
+            let (addr, _stop, _task) = start(limits(4));
+            let page = ask(addr, "GET / HTTP/1.1\r\n").await;
+            assert!(page.starts_with("HTTP/1.1 200 OK"), "{page}");
+            assert!(page.contains("content-type: text/html; charset=utf-8"), "{page}");
+            assert!(page.contains("content-security-policy: default-src 'none'"), "{page}");
+            assert!(page.ends_with(PAGE));
+            // A wrong token is refused even for the page's data, as for every read.
+            let wrong = ask(addr, "GET /api/history HTTP/1.1\r\nAuthorization: Bearer nope\r\n").await;
+            assert!(wrong.starts_with("HTTP/1.1 401 "), "{wrong}");
+            let history = ask(addr, "GET /api/history HTTP/1.1\r\n").await;
+            assert!(history.starts_with("HTTP/1.1 200 OK"), "{history}");
+            let body: serde_json::Value =
+                serde_json::from_str(history.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+            assert_eq!(body["meters"]["m"], serde_json::json!({}), "no reading yet: {body}");
+            let one = ask(addr, "GET /api/history?meter=m HTTP/1.1\r\n").await;
+            assert!(one.starts_with("HTTP/1.1 200 OK"), "{one}");
+            let none = ask(addr, "GET /api/history?meter=x HTTP/1.1\r\n").await;
+            assert!(none.starts_with("HTTP/1.1 404 ") && none.contains("no meter \\\"x\\\""), "{none}");
         }
 
         #[tokio::test(start_paused = true)]

@@ -6,6 +6,7 @@
 //!
 //! Assembling and rendering are pure; [`http`] is the only I/O.
 
+pub mod history;
 pub mod http;
 pub mod metrics;
 pub mod view;
