@@ -29,7 +29,9 @@
 //! moves the voltages with no load step at all (a sag passing from one phase to another moves
 //! the magnitudes by 70 V in a second and leaves the fitted side where it was). So a step is
 //! credited its movement less [`SOUND_IMPEDANCE`] × the load step, and at most
-//! [`FLOATING_IMPEDANCE`] × the load step.
+//! [`FLOATING_IMPEDANCE`] × the load step; and, for the moment the neutral lets go (which
+//! switches no load), the growth of the displacement less the side's change and the noise
+//! floor (a sag passing between phases moves the point round, not out).
 //!
 //! Its limit: with the loads balanced, a floating neutral does not move, and nothing in the
 //! magnitudes shows it until the balance changes. A displaced neutral whose loads never move
@@ -78,6 +80,7 @@ struct Previous {
     phase: [f64; 3],
     current: Option<[f64; 3]>,
     side: f64,
+    displacement: f64,
 }
 
 #[derive(Debug, Clone)]
@@ -135,7 +138,12 @@ impl MagnitudeTier {
                 credit = match (current, p.current) {
                     (Some(i), Some(j)) => {
                         let step = load_step(phase, i, p.phase, j);
-                        (unexplained - SOUND_IMPEDANCE * step).clamp(0.0, FLOATING_IMPEDANCE * step)
+                        // The neutral letting go: the displacement jumps with no load step
+                        // and the line triangle still.
+                        let opened =
+                            (d - p.displacement - GRID_WEIGHT * (fit.side - p.side).abs() - NOISE_FLOOR)
+                                .max(0.0);
+                        (unexplained - SOUND_IMPEDANCE * step).clamp(0.0, FLOATING_IMPEDANCE * step) + opened
                     }
                     _ => unexplained,
                 };
@@ -143,7 +151,7 @@ impl MagnitudeTier {
         }
         self.score += credit / (CREDIT * k);
         let current = current.filter(|c| c.iter().all(|i| i.is_finite()));
-        self.previous = Some(Previous { time: now, phase, current, side: fit.side });
+        self.previous = Some(Previous { time: now, phase, current, side: fit.side, displacement: d });
 
         if self.state == State::Fault {
             if d < CLEAR_RATIO * shift {
@@ -262,6 +270,21 @@ mod tests {
         assert!(run(false).contains(&State::Fault));
         // With the currents: no load switched, so nothing moved the neutral.
         assert!(!run(true).contains(&State::Fault));
+    }
+
+    #[test]
+    fn magnitude_tier_with_currents_confirms_a_neutral_letting_go_under_steady_loads() {
+        // No load switches: the currents follow the voltages (30 Ω a phase) as the neutral
+        // jumps 36 V and stays.
+        let mut t = MagnitudeTier::new(Settings::default());
+        let mut states = vec![];
+        for s in 0..10 {
+            let n = if s < 5 { Point::new(1.0, 0.0) } else { Point::new(35.0, -10.0) };
+            let u = magnitudes(n, VP);
+            states.push(t.update(f64::from(s), u, Some(u.map(|v| v / 30.0))).state);
+        }
+        assert!(!states[..5].contains(&State::Fault), "{states:?}");
+        assert_eq!(states[5], State::Fault, "{states:?}");
     }
 
     #[test]
