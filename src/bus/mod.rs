@@ -8,6 +8,7 @@
 //! ```
 
 pub mod liveness;
+pub mod network;
 pub mod poll;
 pub mod port;
 pub mod scan;
@@ -187,6 +188,10 @@ impl Engine {
                 liveness: liveness.clone(),
                 clock: clock.clone(),
             });
+            if bus.kind.is_network() {
+                tasks.push(tokio::spawn(network::supervise(shared, shutdown.clone())));
+                continue;
+            }
             let all = Arc::clone(&active);
             tasks.push(tokio::spawn(supervise(shared, index, all, claimed.clone(), shutdown.clone())));
         }
@@ -222,7 +227,7 @@ fn device_of(path: &str) -> PathBuf {
 /// `/dev/serial/by-id/usb-FTDI_…` on an RX380 bus beats `/dev/ttyUSB*` on a PZEM bus.
 pub fn port_owner(device: &Path, buses: &[Bus]) -> Option<usize> {
     let mut best: Option<(u8, usize)> = None;
-    for (i, bus) in buses.iter().enumerate() {
+    for (i, bus) in buses.iter().enumerate().filter(|(_, b)| !b.kind.is_network()) {
         for pattern in &bus.ports {
             let score = specificity(pattern);
             if best.is_some_and(|(s, _)| s >= score) {

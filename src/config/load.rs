@@ -61,6 +61,7 @@ const BUS_KEYS: &[&str] = &[
     "max_backoff",
     "rescan",
     "kind",
+    "host",
 ];
 const METER_KEYS: &[&str] = &[
     "name",
@@ -888,7 +889,22 @@ impl<'s> Loader<'s> {
             }
             None => self.error(element.span(), key("name"), "missing required key"),
         }
+        // A bus over the network names a `host`, not serial ports.
+        let network = t
+            .get("kind")
+            .and_then(|v| v.get_ref().as_str())
+            .is_some_and(|k| BusKind::parse(k).is_some_and(BusKind::is_network));
+        if network {
+            self.network_bus(element, t, &key, &mut bus);
+        } else if let Some((k, _)) = t.get_key_value("host") {
+            self.error(
+                k.span(),
+                key("host"),
+                "only for a bus of `kind = \"rtu-over-tcp\"`; a serial bus names its `port` or `ports`",
+            );
+        }
         match (t.get_key_value("port"), t.get_key_value("ports")) {
+            _ if network => {}
             (Some((pk, _)), Some((sk, _))) => {
                 let (second, name) =
                     if pk.span().start > sk.span().start { (pk, "port") } else { (sk, "ports") };
@@ -946,21 +962,24 @@ impl<'s> Loader<'s> {
         }
         if let Some(v) = t.get("kind") {
             if let Some(s) = self.string(v, &key("kind")) {
-                match s.as_str() {
-                    "rs485" => bus.kind = Some((BusKind::Rs485, v.span())),
-                    "power-line" => bus.kind = Some((BusKind::PowerLine, v.span())),
-                    _ => {
+                match BusKind::parse(&s) {
+                    Some(k) => bus.kind = Some((k, v.span())),
+                    None => {
                         let hint = match s.to_ascii_lowercase().replace(['_', ' '], "-").as_str() {
                             "powerline" | "plc" | "power-line" => " (did you mean \"power-line\"?)",
                             "rs-485" | "rs485" | "modbus" | "rtu" => " (did you mean \"rs485\"?)",
+                            "rtu-tcp" | "rtuovertcp" | "rtu-over-ip" | "tcp-rtu" => {
+                                " (did you mean \"rtu-over-tcp\"?)"
+                            }
                             _ => "",
                         };
                         self.error(
                             v.span(),
                             key("kind"),
                             format!(
-                                "unknown bus kind {s:?}: \"rs485\" (the default) or \"power-line\" \
-                                 (PMTR_001_SRV servers behind a power-line modem){hint}"
+                                "unknown bus kind {s:?}: \"rs485\" (the default), \"power-line\" \
+                                 (PMTR_001_SRV servers behind a power-line modem) or \"rtu-over-tcp\" \
+                                 (RTU frames through a network converter){hint}"
                             ),
                         );
                     }
@@ -968,6 +987,40 @@ impl<'s> Loader<'s> {
             }
         }
         bus
+    }
+
+    /// The `host = "H:P"` of a bus over the network (its only "port"), and no serial ports.
+    fn network_bus(
+        &mut self,
+        element: &Value<'_>,
+        t: &DeTable<'_>,
+        key: &dyn Fn(&str) -> String,
+        bus: &mut BusDraft,
+    ) {
+        for k in ["port", "ports"] {
+            if let Some((k_span, _)) = t.get_key_value(k) {
+                self.error(
+                    k_span.span(),
+                    key(k),
+                    "a bus over the network has no serial port: give its converter as `host = \"HOST:PORT\"`",
+                );
+            }
+        }
+        match t.get("host") {
+            None => self.error(
+                element.span(),
+                key("host"),
+                "missing required key, e.g. host = \"192.168.1.50:502\"",
+            ),
+            Some(v) => {
+                if let Some(h) = self.non_empty_string(v, &key("host")) {
+                    match super::check_host(&h) {
+                        Ok(()) => bus.ports = Some(vec![h]),
+                        Err(why) => self.error(v.span(), key("host"), why),
+                    }
+                }
+            }
+        }
     }
 
     fn port_pattern(&mut self, v: &Value<'_>, key: &str) -> Option<String> {
@@ -1326,7 +1379,7 @@ impl<'s> Loader<'s> {
                 },
                 timeout: b.timeout.unwrap_or(match kind {
                     BusKind::PowerLine => DEFAULT_POWER_LINE_TIMEOUT,
-                    BusKind::Rs485 => DEFAULT_TIMEOUT,
+                    BusKind::Rs485 | BusKind::RtuOverTcp => DEFAULT_TIMEOUT,
                 }),
                 kind,
                 retries: b.retries.unwrap_or(DEFAULT_RETRIES),
@@ -1549,6 +1602,22 @@ level = "low"
             (action.pins.as_slice(), action.level_high, action.recovery),
             (&[22u8][..], false, Duration::from_secs(300))
         );
+    }
+
+    #[test]
+    fn the_commented_out_converter_block_loads_too() {
+        let out = uncommented(
+            "Meters behind a network converter",
+            "PMTR_001_SRV servers behind a power-line modem",
+            |code| (code.starts_with('[') || code.contains(" = ")).then(|| code.into()),
+        );
+        let config = load_str(&out, "pmtr.toml").unwrap_or_else(|e| panic!("{e}\n{out}"));
+        let bus = config.bus(&config.meter("ev").unwrap().bus).unwrap();
+        assert_eq!(
+            (bus.kind, bus.ports.as_slice()),
+            (BusKind::RtuOverTcp, &["192.168.1.50:8899".to_owned()][..])
+        );
+        assert_eq!(bus.timeout, Duration::from_millis(500));
     }
 
     #[test]

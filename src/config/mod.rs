@@ -119,6 +119,9 @@ pub enum BusKind {
     /// once per main loop (about 1.2 s), long timeouts, and the bus is resynchronised after
     /// every request that got no reply.
     PowerLine,
+    /// RTU frames carried over a TCP stream by a network converter (an RS-485 to Ethernet or
+    /// Wi-Fi gateway in transparent mode): the bus's `ports` holds its one `host:port`.
+    RtuOverTcp,
 }
 
 impl BusKind {
@@ -126,7 +129,36 @@ impl BusKind {
         match self {
             BusKind::Rs485 => "rs485",
             BusKind::PowerLine => "power-line",
+            BusKind::RtuOverTcp => "rtu-over-tcp",
         }
+    }
+
+    /// The kind named `s` in a configuration file.
+    pub fn parse(s: &str) -> Option<BusKind> {
+        [BusKind::Rs485, BusKind::PowerLine, BusKind::RtuOverTcp].into_iter().find(|k| k.name() == s)
+    }
+
+    /// Whether the bus is reached over the network (`host`) rather than a serial port.
+    pub fn is_network(self) -> bool {
+        matches!(self, BusKind::RtuOverTcp)
+    }
+}
+
+/// Checks a `host = "HOST:PORT"`: a name or an address, and a TCP port (an IPv6 address in
+/// brackets: `[fd00::7]:502`). The name is resolved when the bus connects, not at load.
+pub fn check_host(h: &str) -> Result<(), String> {
+    let Some((host, port)) = h.rsplit_once(':') else {
+        return Err(format!("{h:?} has no port: give HOST:PORT, e.g. \"192.168.1.50:502\""));
+    };
+    let bare = host.strip_prefix('[').and_then(|x| x.strip_suffix(']')).unwrap_or(host);
+    if bare.is_empty() || bare.contains(char::is_whitespace) || (bare.contains(':') && bare == host) {
+        return Err(format!(
+            "{h:?}: expected HOST:PORT (an IPv6 address goes in brackets: \"[fd00::7]:502\")"
+        ));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(()),
+        _ => Err(format!("{h:?}: {port:?} is not a TCP port (1..=65535)")),
     }
 }
 
@@ -732,5 +764,22 @@ impl std::fmt::Debug for MqttSettings {
             .field("max_backoff", &self.max_backoff)
             .field("queue", &self.queue)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod host_tests {
+    use super::check_host;
+
+    #[test]
+    fn a_host_is_a_name_or_address_and_a_port() {
+        for ok in ["192.168.1.50:502", "converter.lan:8899", "[fd00::7]:502", "localhost:1"] {
+            assert_eq!(check_host(ok), Ok(()), "{ok}");
+        }
+        for bad in
+            ["192.168.1.50", ":502", "fd00::7:502", "host:0", "host:65536", "host:x", "a b:502", "[]:502"]
+        {
+            assert!(check_host(bad).is_err(), "{bad}");
+        }
     }
 }

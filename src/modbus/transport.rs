@@ -141,6 +141,15 @@ impl Line for SerialLine {
     }
 }
 
+/// A TCP stream to a converter that carries RTU frames (`kind = "rtu-over-tcp"`): what is
+/// waiting is read and counted by the transport before each request, there is no driver
+/// buffer to drop besides.
+impl Line for tokio::net::TcpStream {
+    fn clear_input(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 impl Line for tokio::io::DuplexStream {
     fn clear_input(&mut self) -> io::Result<()> {
         Ok(())
