@@ -1,5 +1,6 @@
-//! A bus over the network: one TCP connection to a converter (`kind = "rtu-over-tcp"`) that the
-//! port task ([`super::port::run`]) owns like a serial port. The connection is opened, and
+//! A bus over the network: one TCP connection to a converter (`kind = "rtu-over-tcp"`) or to a
+//! Modbus TCP device or gateway (`kind = "tcp"`), that the port task ([`super::port::run`]) owns
+//! like a serial port. The connection is opened, and
 //! opened again when it is lost, with a back-off; while it is down its meters are searching
 //! (a gap in the data, never a zero).
 
@@ -43,6 +44,21 @@ impl Reconnect {
     }
 }
 
+/// An open connection of either kind.
+enum Connection {
+    Rtu(tokio::net::TcpStream),
+    Tcp(crate::modbus::tcp::ModbusTcp),
+}
+
+async fn connect(kind: crate::config::BusKind, host: &str) -> std::io::Result<Connection> {
+    if kind == crate::config::BusKind::Tcp {
+        return crate::modbus::tcp::ModbusTcp::connect(host, CONNECT_TIMEOUT).await.map(Connection::Tcp);
+    }
+    let stream = tokio::net::TcpStream::connect(host).await?;
+    let _ = stream.set_nodelay(true);
+    Ok(Connection::Rtu(stream))
+}
+
 /// Keeps one connection to the bus's host until shutdown.
 pub async fn supervise(shared: Arc<BusShared>, mut shutdown: watch::Receiver<bool>) {
     let Some(host) = shared.bus.ports.first().cloned() else { return };
@@ -53,18 +69,21 @@ pub async fn supervise(shared: Arc<BusShared>, mut shutdown: watch::Receiver<boo
             break;
         }
         let attempt = tokio::select! {
-            r = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(host.as_str())) => r,
+            r = tokio::time::timeout(CONNECT_TIMEOUT, connect(shared.bus.kind, &host)) => r,
             _ = shutdown.changed() => break,
         };
         let mut opened = None;
         match attempt {
-            Ok(Ok(stream)) => {
-                let _ = stream.set_nodelay(true);
-                tracing::info!(bus = %shared.bus.name, host = %host, "connected");
+            Ok(Ok(connection)) => {
+                tracing::info!(bus = %shared.bus.name, host = %host, kind = shared.bus.kind.name(), "connected");
                 complained = false;
                 opened = Some(Instant::now());
                 shared.ports.lock().unwrap_or_else(|e| e.into_inner()).insert(host.clone());
-                let task = tokio::spawn(port::run(host.clone(), stream, shared.clone(), shutdown.clone()));
+                let (name, s, stop) = (host.clone(), shared.clone(), shutdown.clone());
+                let task = match connection {
+                    Connection::Rtu(stream) => tokio::spawn(port::run(name, stream, s, stop)),
+                    Connection::Tcp(session) => tokio::spawn(port::run(name, session, s, stop)),
+                };
                 match task.await {
                     Ok(PortExit::Shutdown) => break,
                     Ok(PortExit::Failed(e)) => {

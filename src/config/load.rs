@@ -893,18 +893,19 @@ impl<'s> Loader<'s> {
         let network = t
             .get("kind")
             .and_then(|v| v.get_ref().as_str())
-            .is_some_and(|k| BusKind::parse(k).is_some_and(BusKind::is_network));
-        if network {
-            self.network_bus(element, t, &key, &mut bus);
+            .and_then(BusKind::parse)
+            .filter(|k| k.is_network());
+        if let Some(kind) = network {
+            self.network_bus(element, t, &key, &mut bus, kind);
         } else if let Some((k, _)) = t.get_key_value("host") {
             self.error(
                 k.span(),
                 key("host"),
-                "only for a bus of `kind = \"rtu-over-tcp\"`; a serial bus names its `port` or `ports`",
+                "only for a bus of `kind = \"rtu-over-tcp\"` or `\"tcp\"`; a serial bus names its `port` or `ports`",
             );
         }
         match (t.get_key_value("port"), t.get_key_value("ports")) {
-            _ if network => {}
+            _ if network.is_some() => {}
             (Some((pk, _)), Some((sk, _))) => {
                 let (second, name) =
                     if pk.span().start > sk.span().start { (pk, "port") } else { (sk, "ports") };
@@ -968,6 +969,7 @@ impl<'s> Loader<'s> {
                         let hint = match s.to_ascii_lowercase().replace(['_', ' '], "-").as_str() {
                             "powerline" | "plc" | "power-line" => " (did you mean \"power-line\"?)",
                             "rs-485" | "rs485" | "modbus" | "rtu" => " (did you mean \"rs485\"?)",
+                            "modbus-tcp" | "modbustcp" | "mbap" => " (did you mean \"tcp\"?)",
                             "rtu-tcp" | "rtuovertcp" | "rtu-over-ip" | "tcp-rtu" => {
                                 " (did you mean \"rtu-over-tcp\"?)"
                             }
@@ -978,8 +980,8 @@ impl<'s> Loader<'s> {
                             key("kind"),
                             format!(
                                 "unknown bus kind {s:?}: \"rs485\" (the default), \"power-line\" \
-                                 (PMTR_001_SRV servers behind a power-line modem) or \"rtu-over-tcp\" \
-                                 (RTU frames through a network converter){hint}"
+                                 (PMTR_001_SRV servers behind a power-line modem), \"rtu-over-tcp\" \
+                                 (RTU frames through a network converter) or \"tcp\" (Modbus TCP){hint}"
                             ),
                         );
                     }
@@ -996,7 +998,19 @@ impl<'s> Loader<'s> {
         t: &DeTable<'_>,
         key: &dyn Fn(&str) -> String,
         bus: &mut BusDraft,
+        kind: BusKind,
     ) {
+        if kind == BusKind::Tcp {
+            for k in ["baud", "parity", "data_bits", "stop_bits", "frame_gap"] {
+                if let Some((k_span, _)) = t.get_key_value(k) {
+                    self.error(
+                        k_span.span(),
+                        key(k),
+                        "a Modbus TCP bus has no serial line (a gateway's serial side is set on the gateway)",
+                    );
+                }
+            }
+        }
         for k in ["port", "ports"] {
             if let Some((k_span, _)) = t.get_key_value(k) {
                 self.error(
@@ -1379,7 +1393,7 @@ impl<'s> Loader<'s> {
                 },
                 timeout: b.timeout.unwrap_or(match kind {
                     BusKind::PowerLine => DEFAULT_POWER_LINE_TIMEOUT,
-                    BusKind::Rs485 | BusKind::RtuOverTcp => DEFAULT_TIMEOUT,
+                    BusKind::Rs485 | BusKind::RtuOverTcp | BusKind::Tcp => DEFAULT_TIMEOUT,
                 }),
                 kind,
                 retries: b.retries.unwrap_or(DEFAULT_RETRIES),
@@ -1618,6 +1632,8 @@ level = "low"
             (BusKind::RtuOverTcp, &["192.168.1.50:8899".to_owned()][..])
         );
         assert_eq!(bus.timeout, Duration::from_millis(500));
+        let lan = config.bus(&config.meter("heat-pump").unwrap().bus).unwrap();
+        assert_eq!(lan.kind, BusKind::Tcp);
     }
 
     #[test]

@@ -122,6 +122,9 @@ pub enum BusKind {
     /// RTU frames carried over a TCP stream by a network converter (an RS-485 to Ethernet or
     /// Wi-Fi gateway in transparent mode): the bus's `ports` holds its one `host:port`.
     RtuOverTcp,
+    /// Modbus TCP (MBAP header, the meter's address as unit id): meters that speak it
+    /// themselves, or behind a Modbus TCP gateway. `ports` holds its one `host:port`.
+    Tcp,
 }
 
 impl BusKind {
@@ -130,17 +133,20 @@ impl BusKind {
             BusKind::Rs485 => "rs485",
             BusKind::PowerLine => "power-line",
             BusKind::RtuOverTcp => "rtu-over-tcp",
+            BusKind::Tcp => "tcp",
         }
     }
 
     /// The kind named `s` in a configuration file.
     pub fn parse(s: &str) -> Option<BusKind> {
-        [BusKind::Rs485, BusKind::PowerLine, BusKind::RtuOverTcp].into_iter().find(|k| k.name() == s)
+        [BusKind::Rs485, BusKind::PowerLine, BusKind::RtuOverTcp, BusKind::Tcp]
+            .into_iter()
+            .find(|k| k.name() == s)
     }
 
     /// Whether the bus is reached over the network (`host`) rather than a serial port.
     pub fn is_network(self) -> bool {
-        matches!(self, BusKind::RtuOverTcp)
+        matches!(self, BusKind::RtuOverTcp | BusKind::Tcp)
     }
 }
 
