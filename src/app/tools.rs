@@ -195,6 +195,8 @@ pub fn adhoc_meter(model: Model, address: u8) -> Meter {
         poll: Duration::from_secs(1),
         phase: Phase::L1,
         server: None,
+        unit: None,
+        writable: Vec::new(),
     }
 }
 

@@ -73,6 +73,7 @@ pub async fn run<L: Line>(
             }
         })
         .collect();
+    let mut queue = shared.open_queue(&port);
     let exit = loop {
         if *shutdown.borrow() {
             break PortExit::Shutdown;
@@ -99,10 +100,19 @@ pub async fn run<L: Line>(
             }
         };
         // On a saturated bus the next meter is already due: go on without a timer round trip.
+        // Until then, requests of Modbus TCP clients for our meters (ours first: they only
+        // run while no poll is due).
         if due > Instant::now() {
             beat.idle();
             tokio::select! {
                 _ = tokio::time::sleep_until(due) => {}
+                Some(p) = queue.recv() => {
+                    beat.busy();
+                    if let Err(e) = pass_through(&mut t, p, bus.timeout).await {
+                        break exit_on(e);
+                    }
+                    continue;
+                }
                 _ = shutdown.changed() => break PortExit::Shutdown,
             }
             beat.busy();
@@ -190,6 +200,7 @@ pub async fn run<L: Line>(
                     s.counters.energy_backwards += u64::from(backwards);
                     s.counters.readings_dropped += u64::from(dropped);
                     s.last_reading = Some(reading);
+                    s.raw = Some(Arc::new(super::status::RawRegisters { at: now, blocks: polled.raw }));
                 });
             }
             Err(e) => {
@@ -222,10 +233,26 @@ pub async fn run<L: Line>(
             }
         }
     };
+    shared.close_queue(&port);
     // On shutdown the map is kept (status still shows where each meter was); a failed port
     // gives its meters up so that the other ports look for them.
     shared.port_ended(&port, matches!(exit, PortExit::Failed(_)));
     exit
+}
+
+/// Runs one request of a Modbus TCP client (one attempt) and answers it; one whose client
+/// gave up waiting is dropped unsent.
+async fn pass_through<L: Line>(
+    t: &mut Transport<L>,
+    p: super::PassThrough,
+    timeout: Duration,
+) -> std::io::Result<()> {
+    if p.reply.is_closed() {
+        return Ok(());
+    }
+    let out = t.transact(&p.request, timeout).await?;
+    let _ = p.reply.send(out.result);
+    Ok(())
 }
 
 /// The end of a port task whose transport failed: a shutdown when the transport refused a
@@ -386,6 +413,8 @@ address = 4
             memory: None,
             liveness: Arc::new(crate::bus::liveness::Liveness::default()),
             clock: crate::clock::WallClock::new(crate::clock::FakeSource::new(true), Duration::ZERO),
+            passthrough: Mutex::new(Default::default()),
+            queue: 1,
         });
         (shared, rx)
     }

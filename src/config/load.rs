@@ -14,6 +14,7 @@
 //! by their name when it is known: `meter[2] "gen".address`, `bus[0].ports`.
 
 mod email;
+mod modbus_server;
 mod neutral;
 mod server;
 mod sink;
@@ -35,8 +36,19 @@ use toml::Spanned;
 /// Every top-level key of the file. The loader reads `gateway`, `bus` and `meter` itself; any
 /// other key listed here is accepted and left alone, for the subsystem that owns it to read.
 /// A subsystem that adds a section adds its key here.
-pub const TOP_LEVEL_KEYS: &[&str] =
-    &["gateway", "bus", "meter", "sink", "relay", "trigger", "alerts", "status", "mqtt", "neutral"];
+pub const TOP_LEVEL_KEYS: &[&str] = &[
+    "gateway",
+    "bus",
+    "meter",
+    "sink",
+    "relay",
+    "trigger",
+    "alerts",
+    "status",
+    "mqtt",
+    "neutral",
+    "modbus_server",
+];
 
 const GATEWAY_KEYS: &[&str] =
     &["name", "state_dir", "log_readings", "gpio", "control_socket", "health_interval", "clock_sync_wait"];
@@ -70,6 +82,8 @@ const METER_KEYS: &[&str] = &[
     "bus",
     "poll",
     "phase",
+    "unit",
+    "writable",
     "multiplier",
     "time_sync",
     "push_actions",
@@ -464,6 +478,8 @@ struct MeterDraft {
     poll: Option<(Duration, Range<usize>)>,
     phase: Option<(Phase, Range<usize>)>,
     server: Option<crate::config::ServerSettings>,
+    unit: Option<(u8, Range<usize>)>,
+    writable: Vec<u16>,
 }
 
 struct Loader<'s> {
@@ -760,6 +776,9 @@ impl<'s> Loader<'s> {
         };
 
         self.cross_check(&buses, &mut meters);
+        if root.contains_key("modbus_server") {
+            self.distinct_units(&meters);
+        }
         let sinks = self.sinks(root, &gateway);
         // Triggers are checked against the meters as they will be (assemble fills defaults);
         // while a meter has an error, expressions are not checked (they would only repeat it).
@@ -770,6 +789,7 @@ impl<'s> Loader<'s> {
         let (alerts, email) = self.alerts(root);
         let status = self.status(root);
         let mqtt = self.mqtt(root, &gateway_name);
+        let modbus_server = self.modbus_server(root);
         if !self.errors.is_empty() {
             return None;
         }
@@ -782,6 +802,7 @@ impl<'s> Loader<'s> {
         config.status = status;
         config.mqtt = mqtt;
         config.neutral = neutral;
+        config.modbus_server = modbus_server;
         Some(config)
     }
 
@@ -1037,6 +1058,50 @@ impl<'s> Loader<'s> {
         }
     }
 
+    /// A list of register numbers (0..=65535).
+    fn register_list(&mut self, v: &Value<'_>, key: &str) -> Vec<u16> {
+        if self.is_damaged(v) {
+            return Vec::new();
+        }
+        let Some(items) = v.get_ref().as_array() else {
+            self.wrong_type(v, key, "an array of register numbers, e.g. [1, 2]");
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            if let Some(n) = self.integer_in(item, &format!("{key}[{i}]"), 0..=65535) {
+                out.push(n as u16);
+            }
+        }
+        out
+    }
+
+    /// Every meter served by the Modbus TCP server needs its own unit id.
+    fn distinct_units(&mut self, meters: &[MeterDraft]) {
+        let mut seen: Vec<(u8, &str)> = Vec::new();
+        for m in meters {
+            let (Some((name, _)), Some(unit)) =
+                (&m.name, m.unit.as_ref().map(|u| u.0).or(m.address.as_ref().map(|a| a.0)))
+            else {
+                continue;
+            };
+            if let Some((_, other)) = seen.iter().find(|(u, _)| *u == unit) {
+                let span = m.unit.as_ref().map_or(m.span.clone(), |u| u.1.clone());
+                let key = format!("{}.unit", m.path);
+                self.error(
+                    span,
+                    key,
+                    format!(
+                        "unit {unit} on the Modbus TCP server is also meter {other:?}'s: give one of them its own \
+                         `unit = N` (1..=247)"
+                    ),
+                );
+            } else {
+                seen.push((unit, name));
+            }
+        }
+    }
+
     fn port_pattern(&mut self, v: &Value<'_>, key: &str) -> Option<String> {
         let p = self.non_empty_string(v, key)?;
         if let Err(e) = glob::Pattern::new(&p) {
@@ -1129,6 +1194,8 @@ impl<'s> Loader<'s> {
             poll: None,
             phase: None,
             server: None,
+            unit: None,
+            writable: Vec::new(),
         };
         for required in ["name", "model", "address"] {
             if !t.contains_key(required) {
@@ -1195,6 +1262,12 @@ impl<'s> Loader<'s> {
                     );
                 }
             }
+        }
+        if let Some(v) = t.get("unit") {
+            meter.unit = self.integer_in(v, &key("unit"), 1..=247).map(|n| (n as u8, v.span()));
+        }
+        if let Some(v) = t.get("writable") {
+            meter.writable = self.register_list(v, &key("writable"));
         }
         if let Some(v) = t.get("phase") {
             if let Some(s) = self.string(v, &key("phase")) {
@@ -1347,6 +1420,7 @@ impl<'s> Loader<'s> {
             alerts: Default::default(),
             status: Default::default(),
             mqtt: None,
+            modbus_server: None,
             neutral: Vec::new(),
         };
         for m in meters {
@@ -1368,6 +1442,8 @@ impl<'s> Loader<'s> {
                 }),
                 server: m.server,
                 phase: m.phase.map_or(Phase::L1, |(p, _)| p),
+                unit: m.unit.map(|(u, _)| u),
+                writable: m.writable,
             });
         }
         for b in buses {
@@ -1615,6 +1691,23 @@ level = "low"
         assert_eq!(
             (action.pins.as_slice(), action.level_high, action.recovery),
             (&[22u8][..], false, Duration::from_secs(300))
+        );
+    }
+
+    #[test]
+    fn the_commented_out_modbus_server_block_loads_too() {
+        let out = uncommented(
+            "[modbus_server]: a Modbus TCP server",
+            "[[neutral]]: a three-phase supply",
+            |code| (code == "[modbus_server]" || code.contains(" = ")).then(|| code.into()),
+        );
+        let config = load_str(&out, "pmtr.toml").unwrap_or_else(|e| panic!("{e}\n{out}"));
+        let s = config.modbus_server.expect("[modbus_server]");
+        assert_eq!(s.listen.to_string(), "127.0.0.1:1502");
+        assert_eq!(s.allow.iter().map(ToString::to_string).collect::<Vec<_>>(), ["192.168.1.0/24"]);
+        assert_eq!(
+            (s.max_age, s.max_connections, s.requests_per_second, s.queue),
+            (Duration::from_secs(10), 16, 1000, 4)
         );
     }
 

@@ -35,6 +35,40 @@ pub struct Config {
     pub mqtt: Option<MqttSettings>,
     /// `[[neutral]]`: three-phase voltage sets watched for a broken neutral.
     pub neutral: Vec<NeutralSet>,
+    /// `[modbus_server]`: the meters served to other Modbus masters. None when the file has no
+    /// such table (or `enabled = false`).
+    pub modbus_server: Option<ModbusServerSettings>,
+}
+
+/// `[modbus_server]`: a Modbus TCP server answering for every meter from its latest reading.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ModbusServerSettings {
+    /// Default 127.0.0.1:1502.
+    pub listen: std::net::SocketAddr,
+    /// The client networks let in; empty means loopback clients only (and is refused with a
+    /// non-loopback `listen`).
+    pub allow: Vec<crate::modbus_server::Cidr>,
+    /// The oldest a cached answer may be; older, the read goes to the meter. Default 10 s.
+    pub max_age: Duration,
+    /// Connections at once. Default 16.
+    pub max_connections: usize,
+    /// Requests a second for each connection; more are answered "busy" (0x06). Default 1000.
+    pub requests_per_second: u32,
+    /// Pass-through requests that may wait for one port; more are answered "busy". Default 4.
+    pub queue: usize,
+}
+
+impl Default for ModbusServerSettings {
+    fn default() -> Self {
+        ModbusServerSettings {
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 1502)),
+            allow: Vec::new(),
+            max_age: Duration::from_secs(10),
+            max_connections: 16,
+            requests_per_second: 1000,
+            queue: 4,
+        }
+    }
 }
 
 impl Config {
@@ -226,6 +260,17 @@ pub struct Meter {
     pub phase: Phase,
     /// A PMTR_001_SRV's settings (`model = "pmtr-srv"` only).
     pub server: Option<ServerSettings>,
+    /// Its unit id on the Modbus TCP server; None: its address.
+    pub unit: Option<u8>,
+    /// Holding registers a Modbus TCP client may write through the server (none by default).
+    pub writable: Vec<u16>,
+}
+
+impl Meter {
+    /// Its unit id on the Modbus TCP server.
+    pub fn unit_id(&self) -> u8 {
+        self.unit.unwrap_or(self.address)
+    }
 }
 
 impl Meter {
