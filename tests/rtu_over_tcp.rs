@@ -169,3 +169,55 @@ async fn a_meter_behind_a_converter_is_read_and_a_lost_connection_is_a_gap() {
     daemon.stop().await;
     assert!(sim.stats().bytes_in > 0);
 }
+
+/// `pmtr read --rtu-over-tcp HOST:PORT --address N` and `pmtr scan --rtu-over-tcp HOST:PORT`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pmtr_read_and_scan_reach_a_meter_behind_a_converter() {
+    let dir = tempfile::tempdir().unwrap();
+    let tty = dir.path().join("ttyConverter");
+    let line = pmtr::config::LineSettings {
+        baud: 9600,
+        data_bits: 8,
+        parity: pmtr::config::Parity::None,
+        stop_bits: 1,
+    };
+    let _sim = SimPort::spawn(SimPortOptions {
+        link: Some(tty.clone()),
+        line,
+        turnaround: Duration::from_millis(5),
+        meters: vec![format!("pzem-016@4,volts={VOLTS},amps={AMPS},pf=1,hz=50,kwh=3").parse().unwrap()],
+    })
+    .unwrap();
+    let tcp_port = servers::free_port();
+    let _relay = Relay::start(tcp_port, &tty);
+    let host = format!("127.0.0.1:{tcp_port}");
+    let pmtr = env!("CARGO_BIN_EXE_pmtr");
+    // socat listens a moment after it starts.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let out = loop {
+        let out = tokio::process::Command::new(pmtr)
+            .args(["read", "--rtu-over-tcp", &host, "--address", "4", "--json"])
+            .output()
+            .await
+            .unwrap();
+        if out.status.success() || Instant::now() > deadline {
+            break out;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let reading: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let volts = reading["samples"].as_array().unwrap().iter().find(|s| s["quantity"] == "Voltage").unwrap();
+    assert_eq!(volts["value"].as_f64(), Some(VOLTS), "{reading}");
+
+    let out = tokio::process::Command::new(pmtr)
+        .args(["scan", "--rtu-over-tcp", &host, "--addresses", "3-5", "--timeout", "200ms"])
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let found: Vec<&str> = text.lines().collect();
+    assert_eq!(found.len(), 1, "only address 4 answers: {text}");
+    assert!(found[0].split_whitespace().nth(1) == Some("4") && found[0].contains("pzem"), "{text}");
+}
