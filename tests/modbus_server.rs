@@ -41,7 +41,7 @@ fn sim(dir: &Path) -> SimPort {
     .unwrap()
 }
 
-fn config(dir: &Path, modbus: u16, api: u16) -> pmtr::config::Config {
+fn config(dir: &Path, modbus: u16, api: u16, limits: &str) -> pmtr::config::Config {
     let text = format!(
         r#"
 [gateway]
@@ -69,6 +69,7 @@ listen = "127.0.0.1:{modbus}"
 allow = ["127.0.0.1/32"]
 max_age = "5s"
 queue = 2
+{limits}
 [status]
 listen = "127.0.0.1:{api}"
 "#,
@@ -113,7 +114,7 @@ async fn other_masters_read_and_write_through_pmtr_while_it_polls() {
     let sim = sim(dir.path());
     let (modbus, api) = (servers::free_port(), servers::free_port());
     let board = FakeBoard::new();
-    let daemon = Daemon::start(config(dir.path(), modbus, api), &board);
+    let daemon = Daemon::start(config(dir.path(), modbus, api, ""), &board);
     let base = format!("http://127.0.0.1:{api}");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -228,4 +229,40 @@ async fn other_masters_read_and_write_through_pmtr_while_it_polls() {
     assert_eq!(stats.ignored, 0, "{stats:?}");
     assert_eq!(stats.collisions, 0, "{stats:?}");
     assert_eq!(stats.frames, stats.requests, "{stats:?}");
+}
+
+/// `max_connections` and `requests_per_second`: a client past the first is closed at once; a
+/// request past the rate in one second is answered busy (0x06).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_and_request_rate_are_limited() {
+    let dir = tempfile::tempdir().unwrap();
+    let _sim = sim(dir.path());
+    let (modbus, api) = (servers::free_port(), servers::free_port());
+    let board = FakeBoard::new();
+    let limits = "max_connections = 1\nrequests_per_second = 5";
+    let daemon = Daemon::start(config(dir.path(), modbus, api, limits), &board);
+    let base = format!("http://127.0.0.1:{api}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while get_json(&format!("{base}/api/meters/main")).await.is_none_or(|m| m["state"] != "ok") {
+        assert!(Instant::now() < deadline, "no reading of main within 20 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut first = client(modbus).await;
+    let mut answers = vec![];
+    for _ in 0..10 {
+        answers.push(first.read_input_registers(0, 10).await.unwrap().map_err(u8::from).map(|w| w.len()));
+    }
+    // Ten requests take milliseconds: the first five of the second are served, the rest busy
+    // (a second boundary in between lets a few more through, never all ten).
+    assert!(answers[..5].iter().all(|a| *a == Ok(10)), "{answers:?}");
+    assert!(answers.iter().any(|a| *a == Err(0x06)), "{answers:?}");
+    let mut second = client(modbus).await;
+    let r = tokio::time::timeout(Duration::from_secs(5), second.read_input_registers(0, 10)).await;
+    assert!(matches!(r, Ok(Err(_))), "a second client was served: {r:?}");
+    let s = get_json(&format!("{base}/api/status")).await.unwrap();
+    assert_eq!(s["modbus_server"]["refused_over_limit"], 1, "{s}");
+    assert_eq!(s["modbus_server"]["open_connections"], 1, "{s}");
+    assert!(s["modbus_server"]["busy"].as_u64().unwrap() >= 1, "{s}");
+    drop(first);
+    daemon.stop().await;
 }
