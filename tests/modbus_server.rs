@@ -255,7 +255,7 @@ async fn connections_and_request_rate_are_limited() {
     // Ten requests take milliseconds: the first five of the second are served, the rest busy
     // (a second boundary in between lets a few more through, never all ten).
     assert!(answers[..5].iter().all(|a| *a == Ok(10)), "{answers:?}");
-    assert!(answers.iter().any(|a| *a == Err(0x06)), "{answers:?}");
+    assert!(answers.contains(&Err(0x06)), "{answers:?}");
     let mut second = client(modbus).await;
     let r = tokio::time::timeout(Duration::from_secs(5), second.read_input_registers(0, 10)).await;
     assert!(matches!(r, Ok(Err(_))), "a second client was served: {r:?}");
