@@ -65,6 +65,7 @@ fn parts(meters: usize) -> Parts {
                 last_error: None,
                 last_reading: Some(reading(&name, model, i)),
                 server: None,
+                raw: None,
             },
         );
     }
@@ -78,6 +79,7 @@ fn parts(meters: usize) -> Parts {
         sinks: Vec::new(),
         alerts: None,
         mqtt: None,
+        modbus_server: None,
         transitions: BTreeMap::new(),
     }
 }

@@ -13,6 +13,7 @@ pub mod control;
 pub mod drops;
 pub mod meter;
 pub mod modbus;
+pub mod modbus_server;
 pub mod mqtt;
 pub mod neutral;
 pub mod pmtr;

@@ -56,6 +56,13 @@ enum Cmd {
         /// How long to wait at each address.
         #[arg(long, default_value = "100ms", value_parser = app::parse_duration_arg)]
         timeout: Duration,
+        /// Scan the units behind a Modbus TCP device or gateway (HOST:PORT) instead of ports.
+        #[arg(long, value_name = "HOST:PORT", conflicts_with = "rtu_over_tcp")]
+        tcp: Option<String>,
+        /// Scan the meters behind a converter passing RTU frames over TCP (HOST:PORT); --baud
+        /// and --parity are its serial side.
+        #[arg(long, value_name = "HOST:PORT")]
+        rtu_over_tcp: Option<String>,
     },
     /// One reading of a configured meter, or of the meter at --port/--address.
     Read {
@@ -63,9 +70,17 @@ enum Cmd {
         meter: Option<String>,
         #[arg(long, short, default_value = "/etc/pmtr/pmtr.toml")]
         config: PathBuf,
-        #[arg(long, conflicts_with = "meter", requires = "address")]
+        #[arg(long, conflicts_with_all = ["meter", "tcp", "rtu_over_tcp"], requires = "address")]
         port: Option<String>,
-        #[arg(long)]
+        /// A Modbus TCP device or gateway (HOST:PORT); the meter is --unit (or --address).
+        #[arg(long, value_name = "HOST:PORT", conflicts_with_all = ["meter", "rtu_over_tcp"], requires = "address")]
+        tcp: Option<String>,
+        /// A converter passing RTU frames over TCP (HOST:PORT); --baud and --parity are its
+        /// serial side.
+        #[arg(long, value_name = "HOST:PORT", conflicts_with = "meter", requires = "address")]
+        rtu_over_tcp: Option<String>,
+        /// The slave address, or a Modbus TCP unit id (--unit).
+        #[arg(long, visible_alias = "unit")]
         address: Option<u8>,
         #[arg(long, default_value = "pzem-016", value_parser = parse_model)]
         model: Model,
@@ -400,10 +415,34 @@ fn main() -> ExitCode {
                     cfg.triggers.len()
                 );
             }
-            Cmd::Scan { ports, addresses, baud, parity, timeout } => {
-                tools::run_scan(ports, addresses, baud, parity, timeout).await?;
+            Cmd::Scan { ports, addresses, baud, parity, timeout, tcp, rtu_over_tcp } => {
+                match (tcp, rtu_over_tcp) {
+                    (Some(host), _) => {
+                        tools::run_network_scan(config::BusKind::Tcp, &host, addresses, baud[0], parity[0], timeout)
+                            .await?;
+                    }
+                    (None, Some(host)) => {
+                        tools::run_network_scan(
+                            config::BusKind::RtuOverTcp,
+                            &host,
+                            addresses,
+                            baud[0],
+                            parity[0],
+                            timeout,
+                        )
+                        .await?;
+                    }
+                    (None, None) => {
+                        tools::run_scan(ports, addresses, baud, parity, timeout).await?;
+                    }
+                }
             }
-            Cmd::Read { meter, config, port, address, model, baud, parity, timeout, json } => {
+            Cmd::Read { meter, config, port, tcp, rtu_over_tcp, address, model, baud, parity, timeout, json } => {
+                let (kind, port) = match (port, tcp, rtu_over_tcp) {
+                    (_, Some(host), _) => (config::BusKind::Tcp, Some(host)),
+                    (_, _, Some(host)) => (config::BusKind::RtuOverTcp, Some(host)),
+                    (port, None, None) => (config::BusKind::Rs485, port),
+                };
                 let target = match (meter, port, address) {
                     (Some(name), _, _) => {
                         let cfg = match load(&config) {
@@ -420,15 +459,21 @@ fn main() -> ExitCode {
                             parity: parity.unwrap_or(if p == 'E' { Parity::Even } else { Parity::None }),
                             stop_bits: 1,
                         };
+                        if kind.is_network() {
+                            config::check_host(&port).map_err(anyhow::Error::msg)?;
+                        }
                         tools::ReadTarget {
                             ports: vec![port],
                             line,
                             meter: tools::adhoc_meter(model, address),
                             timeout,
                             retries: 2,
+                            kind,
                         }
                     }
-                    _ => anyhow::bail!("name a configured meter, or give --port and --address"),
+                    _ => anyhow::bail!(
+                        "name a configured meter, or give --port (or --tcp, --rtu-over-tcp) and --address (or --unit)"
+                    ),
                 };
                 let reading = tools::run_read(target).await?;
                 if json {

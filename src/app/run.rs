@@ -384,6 +384,26 @@ impl Generation {
             None => Engine::start(config, tx, stop_rx.clone()),
         };
         let status = engine.status.clone();
+        // The Modbus TCP server reads the status board and queues requests for the port
+        // tasks: a port that is taken costs the server, never the metering.
+        let modbus_server = match &config.modbus_server {
+            Some(settings) => {
+                match crate::modbus_server::ModbusServer::bind(settings, &engine.buses, status.clone()).await
+                {
+                    Ok((server, listener)) => {
+                        tracing::info!(listen = %server.local_addr(), allow = ?settings.allow.iter().map(ToString::to_string).collect::<Vec<_>>(), "Modbus TCP server ready");
+                        let counters = (server.counters.clone(), server.local_addr());
+                        tokio::spawn(server.run(listener, stop_rx.clone()));
+                        Some(counters)
+                    }
+                    Err(e) => {
+                        tracing::error!("{e}; running without the Modbus TCP server");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
         // Health points (`pmtr_bus`, `pmtr_sink`) through storage, like readings.
         let health = config.gateway.health_interval.map(|every| {
             tokio::spawn(crate::store::health::run(
@@ -478,6 +498,7 @@ impl Generation {
             sources.commands = commands.clone();
             sources.alerts = alert_counters;
             sources.mqtt = mqtt_counters;
+            sources.modbus_server = modbus_server;
             sources.tally = tally.clone();
             if let Ok(addr) = server.local_addr() {
                 tracing::info!(

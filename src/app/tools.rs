@@ -2,9 +2,10 @@
 
 use crate::bus::poll::poll;
 use crate::bus::scan::{scan, Found};
-use crate::config::{Config, LineSettings, Meter, Parity};
+use crate::config::{BusKind, Config, LineSettings, Meter, Parity};
 use crate::meter::{pzem, Model};
-use crate::modbus::transport::{open_serial, Transport};
+use crate::modbus::tcp::ModbusTcp;
+use crate::modbus::transport::{open_serial, Line, Transport};
 use crate::modbus::{FrameError, Reply, Request};
 use crate::reading::{Phase, Reading};
 use anyhow::{anyhow, bail, Context};
@@ -108,6 +109,8 @@ pub struct ReadTarget {
     pub meter: Meter,
     pub timeout: Duration,
     pub retries: u32,
+    /// How `ports` are reached: serial ports, or one `HOST:PORT` of a network bus.
+    pub kind: crate::config::BusKind,
 }
 
 impl ReadTarget {
@@ -118,11 +121,16 @@ impl ReadTarget {
         })?;
         let bus = config.bus(&meter.bus).ok_or_else(|| anyhow!("meter {name}: unknown bus {}", meter.bus))?;
         Ok(ReadTarget {
-            ports: crate::bus::expand_ports(&bus.ports),
+            ports: if bus.kind.is_network() {
+                bus.ports.clone()
+            } else {
+                crate::bus::expand_ports(&bus.ports)
+            },
             line: bus.line,
             timeout: bus.timeout,
             retries: bus.retries,
             meter,
+            kind: bus.kind,
         })
     }
 }
@@ -137,16 +145,24 @@ pub async fn run_read(target: ReadTarget) -> anyhow::Result<Reading> {
     }
     let mut tasks = vec![];
     for port in target.ports.clone() {
-        let (meter, line, timeout, retries) =
-            (target.meter.clone(), target.line, target.timeout, target.retries);
+        let (meter, line, timeout, retries, kind) =
+            (target.meter.clone(), target.line, target.timeout, target.retries, target.kind);
         tasks.push(tokio::spawn(async move {
-            let stream = open_serial(&port, &line).map_err(|e| e.to_string())?;
-            let mut t = Transport::new(stream, &line, None);
-            let mut plan = 0;
-            match poll(&mut t, &meter, &mut plan, 1 + retries, timeout, &mut |_| {}).await {
-                Ok(Ok(polled)) => Ok((port, polled.samples)),
-                Ok(Err(e)) => Err(format!("{port}: {e}")),
-                Err(e) => Err(format!("{port}: {e}")),
+            let attempts = 1 + retries;
+            let connect = |e: std::io::Error| format!("{port}: cannot connect: {e}");
+            match kind {
+                BusKind::Tcp => {
+                    let session = ModbusTcp::connect(&port, CONNECT_TIMEOUT).await.map_err(connect)?;
+                    read_on(Transport::new(session, &line, None), port, meter, attempts, timeout).await
+                }
+                BusKind::RtuOverTcp => {
+                    let stream = tcp_stream(&port).await.map_err(connect)?;
+                    read_on(Transport::new(stream, &line, None), port, meter, attempts, timeout).await
+                }
+                BusKind::Rs485 | BusKind::PowerLine => {
+                    let stream = open_serial(&port, &line).map_err(|e| e.to_string())?;
+                    read_on(Transport::new(stream, &line, None), port, meter, attempts, timeout).await
+                }
             }
         }));
     }
@@ -177,6 +193,101 @@ pub async fn run_read(target: ReadTarget) -> anyhow::Result<Reading> {
     )
 }
 
+/// How long `pmtr read` and `pmtr scan` wait for a TCP connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+async fn tcp_stream(host: &str) -> std::io::Result<tokio::net::TcpStream> {
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(host))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer to the connection"))??;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// One poll of `meter` on `t`.
+async fn read_on<L: Line>(
+    mut t: Transport<L>,
+    port: String,
+    meter: Meter,
+    attempts: u32,
+    timeout: Duration,
+) -> Result<(String, Vec<crate::reading::Sample>), String> {
+    let mut plan = 0;
+    match poll(&mut t, &meter, &mut plan, attempts, timeout, &mut |_| {}).await {
+        Ok(Ok(polled)) => Ok((port, polled.samples)),
+        Ok(Err(e)) => Err(format!("{port}: {e}")),
+        Err(e) => Err(format!("{port}: {e}")),
+    }
+}
+
+/// `pmtr scan --tcp HOST:PORT` or `--rtu-over-tcp HOST:PORT`: the units (addresses) behind one
+/// network device, gateway or converter.
+pub async fn run_network_scan(
+    kind: BusKind,
+    host: &str,
+    addresses: Vec<u8>,
+    baud: u32,
+    parity: Parity,
+    timeout: Duration,
+) -> anyhow::Result<Vec<Found>> {
+    crate::config::check_host(host).map_err(anyhow::Error::msg)?;
+    let line = LineSettings { baud, data_bits: 8, parity, stop_bits: 1 };
+    eprintln!(
+        "scanning {} address(es) on {host} ({}), {} ms per silent address",
+        addresses.len(),
+        kind.name(),
+        timeout.as_millis()
+    );
+    let found = match kind {
+        BusKind::Tcp => {
+            let session = ModbusTcp::connect(host, CONNECT_TIMEOUT)
+                .await
+                .with_context(|| format!("connecting to {host}"))?;
+            scan_on(Transport::new(session, &line, None), host, line, &addresses, timeout).await?
+        }
+        _ => {
+            let stream = tcp_stream(host).await.with_context(|| format!("connecting to {host}"))?;
+            scan_on(Transport::new(stream, &line, None), host, line, &addresses, timeout).await?
+        }
+    };
+    if found.is_empty() {
+        println!("no device answered");
+    }
+    for f in &found {
+        let model = match f.model {
+            Some(m) if m.is_pzem() => "pzem (004T/014/016)".to_string(),
+            Some(m) => m.to_string(),
+            None => "unknown device".to_string(),
+        };
+        println!("{:<28} {:>7}  {:<22} {}", f.port, f.address, model, f.detail);
+    }
+    Ok(found)
+}
+
+/// Probes `addresses` in turn. A gateway's "no path" or "target failed to respond" exception
+/// (0x0A, 0x0B) is an absent unit, like silence.
+async fn scan_on<L: Line>(
+    mut t: Transport<L>,
+    host: &str,
+    line: LineSettings,
+    addresses: &[u8],
+    timeout: Duration,
+) -> anyhow::Result<Vec<Found>> {
+    let mut found = vec![];
+    for &a in addresses {
+        let first = t.transact(&pzem::read_request(a), timeout).await.with_context(|| host.to_string())?;
+        if matches!(first.result, Err(FrameError::Timeout | FrameError::Exception(0x0A | 0x0B))) {
+            continue;
+        }
+        if let Some((model, detail)) =
+            crate::bus::scan::probe(&mut t, a, timeout).await.with_context(|| host.to_string())?
+        {
+            found.push(Found { port: host.to_owned(), line, address: a, model, detail });
+        }
+    }
+    Ok(found)
+}
+
 /// Prints a reading as a table.
 pub fn print_reading(r: &Reading) {
     println!("{} {}", r.meter, r.time.with_timezone(&chrono::Local).format("%Y-%m-%d %H:%M:%S %Z"));
@@ -195,6 +306,8 @@ pub fn adhoc_meter(model: Model, address: u8) -> Meter {
         poll: Duration::from_secs(1),
         phase: Phase::L1,
         server: None,
+        unit: None,
+        writable: Vec::new(),
     }
 }
 

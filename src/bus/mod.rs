@@ -8,6 +8,7 @@
 //! ```
 
 pub mod liveness;
+pub mod network;
 pub mod poll;
 pub mod port;
 pub mod scan;
@@ -38,6 +39,26 @@ pub struct BusShared {
     pub liveness: Arc<liveness::Liveness>,
     /// Whether the gateway's clock can be sent to PMTR servers.
     pub clock: Arc<crate::clock::WallClock>,
+    /// Each port task's queue of requests from the Modbus TCP server, by port.
+    pub(crate) passthrough: Mutex<HashMap<String, mpsc::Sender<PassThrough>>>,
+    /// How many such requests may wait for one port.
+    pub(crate) queue: usize,
+}
+
+/// A request of a Modbus TCP client for a meter, run by the port task that has the meter
+/// between its own polls (see [`BusShared::pass_through`]).
+pub struct PassThrough {
+    pub request: crate::modbus::Request,
+    pub reply: tokio::sync::oneshot::Sender<Result<crate::modbus::Reply, crate::modbus::FrameError>>,
+}
+
+/// Why a request could not be queued for a meter's port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotQueued {
+    /// No port has the meter now.
+    NoPort,
+    /// As many requests as allowed wait already.
+    Busy,
 }
 
 impl BusShared {
@@ -52,6 +73,38 @@ impl BusShared {
     /// Ports remembered from the last run, by meter index.
     pub fn remembered_port_of(&self) -> Vec<Option<String>> {
         self.remembered.clone()
+    }
+
+    /// Queues `request` for the port that has meter `i`: the port task runs it when none of
+    /// its own polls is due, and answers on the returned channel.
+    pub fn pass_through(
+        &self,
+        i: usize,
+        request: crate::modbus::Request,
+    ) -> Result<
+        tokio::sync::oneshot::Receiver<Result<crate::modbus::Reply, crate::modbus::FrameError>>,
+        NotQueued,
+    > {
+        let port = self.lock_owners().get(i).cloned().flatten().ok_or(NotQueued::NoPort)?;
+        let sender = self.passthrough.lock().unwrap_or_else(|e| e.into_inner()).get(&port).cloned();
+        let sender = sender.ok_or(NotQueued::NoPort)?;
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        match sender.try_send(PassThrough { request, reply }) {
+            Ok(()) => Ok(rx),
+            Err(mpsc::error::TrySendError::Full(_)) => Err(NotQueued::Busy),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(NotQueued::NoPort),
+        }
+    }
+
+    /// The queue of a port task starting on `port`.
+    pub(crate) fn open_queue(&self, port: &str) -> mpsc::Receiver<PassThrough> {
+        let (tx, rx) = mpsc::channel(self.queue.max(1));
+        self.passthrough.lock().unwrap_or_else(|e| e.into_inner()).insert(port.to_owned(), tx);
+        rx
+    }
+
+    pub(crate) fn close_queue(&self, port: &str) {
+        self.passthrough.lock().unwrap_or_else(|e| e.into_inner()).remove(port);
     }
 
     pub fn port_count(&self) -> usize {
@@ -148,6 +201,8 @@ pub struct Engine {
     pub status: Arc<StatusBoard>,
     /// Whether every port task makes progress: see [`liveness`].
     pub liveness: Arc<liveness::Liveness>,
+    /// Every bus with meters (for the Modbus TCP server).
+    pub buses: Vec<Arc<BusShared>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -166,6 +221,7 @@ impl Engine {
         let claimed = Arc::new(Mutex::new(HashSet::new()));
         let clock = crate::clock::WallClock::system(config.gateway.clock_sync_wait);
         let mut tasks = vec![];
+        let mut buses = vec![];
         // Buses without meters claim no port.
         let active: Vec<Bus> =
             config.buses.iter().filter(|b| config.meters_on(&b.name).next().is_some()).cloned().collect();
@@ -186,11 +242,18 @@ impl Engine {
                 memory: Some(memory.clone()),
                 liveness: liveness.clone(),
                 clock: clock.clone(),
+                passthrough: Mutex::new(HashMap::new()),
+                queue: config.modbus_server.as_ref().map_or(1, |s| s.queue),
             });
+            buses.push(shared.clone());
+            if bus.kind.is_network() {
+                tasks.push(tokio::spawn(network::supervise(shared, shutdown.clone())));
+                continue;
+            }
             let all = Arc::clone(&active);
             tasks.push(tokio::spawn(supervise(shared, index, all, claimed.clone(), shutdown.clone())));
         }
-        Engine { status, liveness, tasks }
+        Engine { status, liveness, buses, tasks }
     }
 
     /// Waits for every bus task to end (after shutdown).
@@ -222,7 +285,7 @@ fn device_of(path: &str) -> PathBuf {
 /// `/dev/serial/by-id/usb-FTDI_…` on an RX380 bus beats `/dev/ttyUSB*` on a PZEM bus.
 pub fn port_owner(device: &Path, buses: &[Bus]) -> Option<usize> {
     let mut best: Option<(u8, usize)> = None;
-    for (i, bus) in buses.iter().enumerate() {
+    for (i, bus) in buses.iter().enumerate().filter(|(_, b)| !b.kind.is_network()) {
         for pattern in &bus.ports {
             let score = specificity(pattern);
             if best.is_some_and(|(s, _)| s >= score) {

@@ -24,6 +24,40 @@ pub struct Polled {
     pub samples: Vec<Sample>,
     /// A PMTR_001_SRV's reboot sentinel and low-power flag.
     pub server: Option<(u16, bool)>,
+    /// The registers as the meter presented them, one block a request (the Modbus TCP server
+    /// answers from them).
+    pub raw: Vec<RawBlock>,
+}
+
+/// Registers read in one request, as they came.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawBlock {
+    /// 3 (holding) or 4 (input).
+    pub function: u8,
+    pub start: u16,
+    pub words: Vec<u16>,
+}
+
+impl RawBlock {
+    /// The words `start..start + count` read with `function`, if this block holds them all.
+    pub fn slice(&self, function: u8, start: u16, count: u16) -> Option<&[u16]> {
+        let from = usize::from(start.checked_sub(self.start)?);
+        (function == self.function).then_some(())?;
+        self.words.get(from..from + usize::from(count))
+    }
+}
+
+fn raw_blocks(requests: &[crate::modbus::Request], replies: &[Vec<u16>]) -> Vec<RawBlock> {
+    use crate::modbus::Pdu;
+    requests
+        .iter()
+        .zip(replies)
+        .filter_map(|(req, words)| match req.pdu {
+            Pdu::ReadHolding { start, .. } => Some(RawBlock { function: 3, start, words: words.clone() }),
+            Pdu::ReadInput { start, .. } => Some(RawBlock { function: 4, start, words: words.clone() }),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The reading as decoded, unless one of its values is implausible (not finite, or beyond its
@@ -84,14 +118,19 @@ pub async fn poll<L: Line>(
         let polled = if meter.model == crate::meter::Model::PmtrSrv {
             let image = crate::meter::RegisterImage::from_replies(&requests, &replies);
             let plan = crate::pmtr::registers::Plan::of(*plan);
-            crate::pmtr::registers::decode(&image, plan, meter.multiplier())
-                .map(|t| Polled { samples: t.samples, server: Some((t.sentinel, t.low_power)) })
+            crate::pmtr::registers::decode(&image, plan, meter.multiplier()).map(|t| Polled {
+                samples: t.samples,
+                server: Some((t.sentinel, t.low_power)),
+                raw: vec![],
+            })
         } else {
-            meter
-                .model
-                .decode(meter.address, *plan, &replies, meter.phase)
-                .map(|samples| Polled { samples, server: None })
+            meter.model.decode(meter.address, *plan, &replies, meter.phase).map(|samples| Polled {
+                samples,
+                server: None,
+                raw: vec![],
+            })
         };
+        let polled = polled.map(|p| Polled { raw: raw_blocks(&requests, &replies), ..p });
         return Ok(polled.and_then(plausible).map_err(PollError::from));
     }
 }
@@ -108,7 +147,18 @@ mod tests {
                 Sample::new(Phase::L2, quantity, value),
             ],
             server: None,
+            raw: vec![],
         }
+    }
+
+    #[test]
+    fn a_raw_block_gives_the_words_it_holds_and_no_others() {
+        let b = RawBlock { function: 4, start: 10, words: vec![1, 2, 3, 4] };
+        assert_eq!(b.slice(4, 10, 4), Some(&[1, 2, 3, 4][..]));
+        assert_eq!(b.slice(4, 11, 2), Some(&[2, 3][..]));
+        assert_eq!(b.slice(4, 12, 3), None, "past the end");
+        assert_eq!(b.slice(4, 9, 1), None, "before the start");
+        assert_eq!(b.slice(3, 10, 1), None, "another function");
     }
 
     /// A reading with a value no meter can report (a legacy float of 3.4e38, a garbled

@@ -73,11 +73,24 @@ pub async fn run<L: Line>(
             }
         })
         .collect();
+    let mut queue = shared.open_queue(&port);
+    // Whether a poll ran since the last request of a Modbus TCP client: on a bus whose polls
+    // are always due, one such request goes between two polls, so none waits for ever.
+    let mut polled = false;
     let exit = loop {
         if *shutdown.borrow() {
             break PortExit::Shutdown;
         }
         beat.busy();
+        if polled {
+            if let Ok(p) = queue.try_recv() {
+                polled = false;
+                if let Err(e) = pass_through(&mut t, p, bus.timeout).await {
+                    break exit_on(e);
+                }
+                continue;
+            }
+        }
         let owners = shared.owners();
         // A server's duties (time, relay actions), one per turn, between polls.
         if let Err(e) = run_duties(&mut t, &shared, &port, &owners, &mut slots).await {
@@ -99,10 +112,19 @@ pub async fn run<L: Line>(
             }
         };
         // On a saturated bus the next meter is already due: go on without a timer round trip.
+        // Until then, requests of Modbus TCP clients for our meters (ours first: they only
+        // run while no poll is due).
         if due > Instant::now() {
             beat.idle();
             tokio::select! {
                 _ = tokio::time::sleep_until(due) => {}
+                Some(p) = queue.recv() => {
+                    beat.busy();
+                    if let Err(e) = pass_through(&mut t, p, bus.timeout).await {
+                        break exit_on(e);
+                    }
+                    continue;
+                }
                 _ = shutdown.changed() => break PortExit::Shutdown,
             }
             beat.busy();
@@ -133,6 +155,7 @@ pub async fn run<L: Line>(
             Ok(r) => r,
             Err(e) => break exit_on(e),
         };
+        polled = true;
         let now = Instant::now();
         match result {
             Ok(polled) => {
@@ -190,6 +213,7 @@ pub async fn run<L: Line>(
                     s.counters.energy_backwards += u64::from(backwards);
                     s.counters.readings_dropped += u64::from(dropped);
                     s.last_reading = Some(reading);
+                    s.raw = Some(Arc::new(super::status::RawRegisters { at: now, blocks: polled.raw }));
                 });
             }
             Err(e) => {
@@ -222,10 +246,26 @@ pub async fn run<L: Line>(
             }
         }
     };
+    shared.close_queue(&port);
     // On shutdown the map is kept (status still shows where each meter was); a failed port
     // gives its meters up so that the other ports look for them.
     shared.port_ended(&port, matches!(exit, PortExit::Failed(_)));
     exit
+}
+
+/// Runs one request of a Modbus TCP client (one attempt) and answers it; one whose client
+/// gave up waiting is dropped unsent.
+async fn pass_through<L: Line>(
+    t: &mut Transport<L>,
+    p: super::PassThrough,
+    timeout: Duration,
+) -> std::io::Result<()> {
+    if p.reply.is_closed() {
+        return Ok(());
+    }
+    let out = t.transact(&p.request, timeout).await?;
+    let _ = p.reply.send(out.result);
+    Ok(())
 }
 
 /// The end of a port task whose transport failed: a shutdown when the transport refused a
@@ -386,8 +426,63 @@ address = 4
             memory: None,
             liveness: Arc::new(crate::bus::liveness::Liveness::default()),
             clock: crate::clock::WallClock::new(crate::clock::FakeSource::new(true), Duration::ZERO),
+            passthrough: Mutex::new(Default::default()),
+            queue: 1,
         });
         (shared, rx)
+    }
+
+    /// A bus whose polls are always due (each reply takes longer than the poll period): a
+    /// request of a Modbus TCP client still goes on the wire, right after the next poll, and
+    /// the polls go on after it.
+    #[tokio::test(start_paused = true)]
+    async fn a_client_request_goes_between_two_polls_on_a_saturated_bus() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dir = tempfile::tempdir().unwrap();
+        let (shared, _readings) = silent_bus(dir.path());
+        let mut shared = Arc::into_inner(shared).unwrap();
+        shared.bus.timeout = Duration::from_millis(300);
+        shared.bus.retries = 0;
+        shared.meters[0].poll = Duration::from_millis(100);
+        let shared = Arc::new(shared);
+        let (line, mut meter) = tokio::io::duplex(4096);
+        // The meter: 150 ms to answer anything (so a 100 ms poll is always due), FC04 with a
+        // PZEM reading, FC03 with [7, 4]. It tells the function of each request it answers.
+        let (heard_tx, mut heard) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut req = [0u8; 8];
+            while meter.read_exact(&mut req).await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                let words: Vec<u16> = match req[1] {
+                    4 => crate::meter::pzem::encode(230.0, 1.0, 230.0, 1.0, 50.0, 1.0, false).to_vec(),
+                    _ => vec![7, 4],
+                };
+                let mut f = vec![4, req[1], (words.len() * 2) as u8];
+                words.iter().for_each(|w| f.extend_from_slice(&w.to_be_bytes()));
+                crate::modbus::crc::append_crc(&mut f);
+                meter.write_all(&f).await.unwrap();
+                let _ = heard_tx.send(req[1]);
+            }
+        });
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(run("p".into(), line, shared.clone(), stop_rx));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let answer = shared.pass_through(0, crate::modbus::Request::read_holding(4, 1, 2)).unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(2), answer).await.expect("answered").unwrap();
+        assert_eq!(got, Ok(crate::modbus::Reply::Registers(vec![7, 4])));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        stop_tx.send(true).unwrap();
+        let _ = task.await;
+        let mut order = vec![];
+        while let Ok(f) = heard.try_recv() {
+            order.push(f);
+        }
+        let at = order.iter().position(|&f| f == 3).expect("the client's request went on the wire");
+        assert!(at >= 3 && order[..at].iter().all(|&f| f == 4), "polls first: {order:?}");
+        assert!(
+            order[at + 1..].len() >= 3 && order[at + 1..].iter().all(|&f| f == 4),
+            "polls after: {order:?}"
+        );
     }
 
     /// Stop asked 25 s into a retry sequence of 11 × 10 s: the port task ends once the request

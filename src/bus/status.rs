@@ -80,6 +80,17 @@ pub struct MeterStatus {
     pub last_reading: Option<Reading>,
     /// A PMTR_001_SRV's duties (None for other models).
     pub server: Option<ServerStatus>,
+    /// The registers of the last good poll, as the meter presented them (for the Modbus TCP
+    /// server; not in the status API).
+    #[serde(skip)]
+    pub raw: Option<std::sync::Arc<RawRegisters>>,
+}
+
+/// The registers of one good poll and when they were read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawRegisters {
+    pub at: tokio::time::Instant,
+    pub blocks: Vec<super::poll::RawBlock>,
 }
 
 impl MeterStatus {
@@ -96,6 +107,7 @@ impl MeterStatus {
             last_error: None,
             last_reading: None,
             server: (model == crate::meter::Model::PmtrSrv).then(Default::default),
+            raw: None,
         }
     }
 }

@@ -14,6 +14,7 @@
 //! by their name when it is known: `meter[2] "gen".address`, `bus[0].ports`.
 
 mod email;
+mod modbus_server;
 mod neutral;
 mod server;
 mod sink;
@@ -35,8 +36,19 @@ use toml::Spanned;
 /// Every top-level key of the file. The loader reads `gateway`, `bus` and `meter` itself; any
 /// other key listed here is accepted and left alone, for the subsystem that owns it to read.
 /// A subsystem that adds a section adds its key here.
-pub const TOP_LEVEL_KEYS: &[&str] =
-    &["gateway", "bus", "meter", "sink", "relay", "trigger", "alerts", "status", "mqtt", "neutral"];
+pub const TOP_LEVEL_KEYS: &[&str] = &[
+    "gateway",
+    "bus",
+    "meter",
+    "sink",
+    "relay",
+    "trigger",
+    "alerts",
+    "status",
+    "mqtt",
+    "neutral",
+    "modbus_server",
+];
 
 const GATEWAY_KEYS: &[&str] =
     &["name", "state_dir", "log_readings", "gpio", "control_socket", "health_interval", "clock_sync_wait"];
@@ -61,6 +73,7 @@ const BUS_KEYS: &[&str] = &[
     "max_backoff",
     "rescan",
     "kind",
+    "host",
 ];
 const METER_KEYS: &[&str] = &[
     "name",
@@ -69,6 +82,8 @@ const METER_KEYS: &[&str] = &[
     "bus",
     "poll",
     "phase",
+    "unit",
+    "writable",
     "multiplier",
     "time_sync",
     "push_actions",
@@ -463,6 +478,8 @@ struct MeterDraft {
     poll: Option<(Duration, Range<usize>)>,
     phase: Option<(Phase, Range<usize>)>,
     server: Option<crate::config::ServerSettings>,
+    unit: Option<(u8, Range<usize>)>,
+    writable: Vec<u16>,
 }
 
 struct Loader<'s> {
@@ -763,6 +780,9 @@ impl<'s> Loader<'s> {
         };
 
         self.cross_check(&buses, &mut meters);
+        if root.contains_key("modbus_server") {
+            self.distinct_units(&meters);
+        }
         let sinks = self.sinks(root, &gateway);
         // Triggers are checked against the meters as they will be (assemble fills defaults);
         // while a meter has an error, expressions are not checked (they would only repeat it).
@@ -773,6 +793,7 @@ impl<'s> Loader<'s> {
         let (alerts, email) = self.alerts(root);
         let status = self.status(root);
         let mqtt = self.mqtt(root, &gateway_name);
+        let modbus_server = self.modbus_server(root);
         if !self.errors.is_empty() {
             return None;
         }
@@ -785,6 +806,7 @@ impl<'s> Loader<'s> {
         config.status = status;
         config.mqtt = mqtt;
         config.neutral = neutral;
+        config.modbus_server = modbus_server;
         Some(config)
     }
 
@@ -892,7 +914,23 @@ impl<'s> Loader<'s> {
             }
             None => self.error(element.span(), key("name"), "missing required key"),
         }
+        // A bus over the network names a `host`, not serial ports.
+        let network = t
+            .get("kind")
+            .and_then(|v| v.get_ref().as_str())
+            .and_then(BusKind::parse)
+            .filter(|k| k.is_network());
+        if let Some(kind) = network {
+            self.network_bus(element, t, &key, &mut bus, kind);
+        } else if let Some((k, _)) = t.get_key_value("host") {
+            self.error(
+                k.span(),
+                key("host"),
+                "only for a bus of `kind = \"rtu-over-tcp\"` or `\"tcp\"`; a serial bus names its `port` or `ports`",
+            );
+        }
         match (t.get_key_value("port"), t.get_key_value("ports")) {
+            _ if network.is_some() => {}
             (Some((pk, _)), Some((sk, _))) => {
                 let (second, name) =
                     if pk.span().start > sk.span().start { (pk, "port") } else { (sk, "ports") };
@@ -950,21 +988,25 @@ impl<'s> Loader<'s> {
         }
         if let Some(v) = t.get("kind") {
             if let Some(s) = self.string(v, &key("kind")) {
-                match s.as_str() {
-                    "rs485" => bus.kind = Some((BusKind::Rs485, v.span())),
-                    "power-line" => bus.kind = Some((BusKind::PowerLine, v.span())),
-                    _ => {
+                match BusKind::parse(&s) {
+                    Some(k) => bus.kind = Some((k, v.span())),
+                    None => {
                         let hint = match s.to_ascii_lowercase().replace(['_', ' '], "-").as_str() {
                             "powerline" | "plc" | "power-line" => " (did you mean \"power-line\"?)",
                             "rs-485" | "rs485" | "modbus" | "rtu" => " (did you mean \"rs485\"?)",
+                            "modbus-tcp" | "modbustcp" | "mbap" => " (did you mean \"tcp\"?)",
+                            "rtu-tcp" | "rtuovertcp" | "rtu-over-ip" | "tcp-rtu" => {
+                                " (did you mean \"rtu-over-tcp\"?)"
+                            }
                             _ => "",
                         };
                         self.error(
                             v.span(),
                             key("kind"),
                             format!(
-                                "unknown bus kind {s:?}: \"rs485\" (the default) or \"power-line\" \
-                                 (PMTR_001_SRV servers behind a power-line modem){hint}"
+                                "unknown bus kind {s:?}: \"rs485\" (the default), \"power-line\" \
+                                 (PMTR_001_SRV servers behind a power-line modem), \"rtu-over-tcp\" \
+                                 (RTU frames through a network converter) or \"tcp\" (Modbus TCP){hint}"
                             ),
                         );
                     }
@@ -972,6 +1014,96 @@ impl<'s> Loader<'s> {
             }
         }
         bus
+    }
+
+    /// The `host = "H:P"` of a bus over the network (its only "port"), and no serial ports.
+    fn network_bus(
+        &mut self,
+        element: &Value<'_>,
+        t: &DeTable<'_>,
+        key: &dyn Fn(&str) -> String,
+        bus: &mut BusDraft,
+        kind: BusKind,
+    ) {
+        if kind == BusKind::Tcp {
+            for k in ["baud", "parity", "data_bits", "stop_bits", "frame_gap"] {
+                if let Some((k_span, _)) = t.get_key_value(k) {
+                    self.error(
+                        k_span.span(),
+                        key(k),
+                        "a Modbus TCP bus has no serial line (a gateway's serial side is set on the gateway)",
+                    );
+                }
+            }
+        }
+        for k in ["port", "ports"] {
+            if let Some((k_span, _)) = t.get_key_value(k) {
+                self.error(
+                    k_span.span(),
+                    key(k),
+                    "a bus over the network has no serial port: give its converter as `host = \"HOST:PORT\"`",
+                );
+            }
+        }
+        match t.get("host") {
+            None => self.error(
+                element.span(),
+                key("host"),
+                "missing required key, e.g. host = \"192.168.1.50:502\"",
+            ),
+            Some(v) => {
+                if let Some(h) = self.non_empty_string(v, &key("host")) {
+                    match super::check_host(&h) {
+                        Ok(()) => bus.ports = Some(vec![h]),
+                        Err(why) => self.error(v.span(), key("host"), why),
+                    }
+                }
+            }
+        }
+    }
+
+    /// A list of register numbers (0..=65535).
+    fn register_list(&mut self, v: &Value<'_>, key: &str) -> Vec<u16> {
+        if self.is_damaged(v) {
+            return Vec::new();
+        }
+        let Some(items) = v.get_ref().as_array() else {
+            self.wrong_type(v, key, "an array of register numbers, e.g. [1, 2]");
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            if let Some(n) = self.integer_in(item, &format!("{key}[{i}]"), 0..=65535) {
+                out.push(n as u16);
+            }
+        }
+        out
+    }
+
+    /// Every meter served by the Modbus TCP server needs its own unit id.
+    fn distinct_units(&mut self, meters: &[MeterDraft]) {
+        let mut seen: Vec<(u8, &str)> = Vec::new();
+        for m in meters {
+            let (Some((name, _)), Some(unit)) =
+                (&m.name, m.unit.as_ref().map(|u| u.0).or(m.address.as_ref().map(|a| a.0)))
+            else {
+                continue;
+            };
+            if let Some((_, other)) = seen.iter().find(|(u, _)| *u == unit) {
+                let span = m.unit.as_ref().map_or(m.span.clone(), |u| u.1.clone());
+                let key = format!("{}.unit", m.path);
+                self.error(
+                    span,
+                    key,
+                    format!(
+                        "unit {unit} on the Modbus TCP server is also meter {other:?}'s: give one of them its own \
+                         `unit = N` (1..=247)"
+                    ),
+                );
+            } else {
+                seen.push((unit, name));
+            }
+        }
     }
 
     fn port_pattern(&mut self, v: &Value<'_>, key: &str) -> Option<String> {
@@ -1066,6 +1198,8 @@ impl<'s> Loader<'s> {
             poll: None,
             phase: None,
             server: None,
+            unit: None,
+            writable: Vec::new(),
         };
         for required in ["name", "model", "address"] {
             if !t.contains_key(required) {
@@ -1132,6 +1266,12 @@ impl<'s> Loader<'s> {
                     );
                 }
             }
+        }
+        if let Some(v) = t.get("unit") {
+            meter.unit = self.integer_in(v, &key("unit"), 1..=247).map(|n| (n as u8, v.span()));
+        }
+        if let Some(v) = t.get("writable") {
+            meter.writable = self.register_list(v, &key("writable"));
         }
         if let Some(v) = t.get("phase") {
             if let Some(s) = self.string(v, &key("phase")) {
@@ -1284,6 +1424,7 @@ impl<'s> Loader<'s> {
             alerts: Default::default(),
             status: Default::default(),
             mqtt: None,
+            modbus_server: None,
             neutral: Vec::new(),
         };
         for m in meters {
@@ -1305,6 +1446,8 @@ impl<'s> Loader<'s> {
                 }),
                 server: m.server,
                 phase: m.phase.map_or(Phase::L1, |(p, _)| p),
+                unit: m.unit.map(|(u, _)| u),
+                writable: m.writable,
             });
         }
         for b in buses {
@@ -1330,7 +1473,7 @@ impl<'s> Loader<'s> {
                 },
                 timeout: b.timeout.unwrap_or(match kind {
                     BusKind::PowerLine => DEFAULT_POWER_LINE_TIMEOUT,
-                    BusKind::Rs485 => DEFAULT_TIMEOUT,
+                    BusKind::Rs485 | BusKind::RtuOverTcp | BusKind::Tcp => DEFAULT_TIMEOUT,
                 }),
                 kind,
                 retries: b.retries.unwrap_or(DEFAULT_RETRIES),
@@ -1553,6 +1696,41 @@ level = "low"
             (action.pins.as_slice(), action.level_high, action.recovery),
             (&[22u8][..], false, Duration::from_secs(300))
         );
+    }
+
+    #[test]
+    fn the_commented_out_modbus_server_block_loads_too() {
+        let out = uncommented(
+            "[modbus_server]: a Modbus TCP server",
+            "[[neutral]]: a three-phase supply",
+            |code| (code == "[modbus_server]" || code.contains(" = ")).then(|| code.into()),
+        );
+        let config = load_str(&out, "pmtr.toml").unwrap_or_else(|e| panic!("{e}\n{out}"));
+        let s = config.modbus_server.expect("[modbus_server]");
+        assert_eq!(s.listen.to_string(), "127.0.0.1:1502");
+        assert_eq!(s.allow.iter().map(ToString::to_string).collect::<Vec<_>>(), ["192.168.1.0/24"]);
+        assert_eq!(
+            (s.max_age, s.max_connections, s.requests_per_second, s.queue),
+            (Duration::from_secs(10), 16, 1000, 4)
+        );
+    }
+
+    #[test]
+    fn the_commented_out_converter_block_loads_too() {
+        let out = uncommented(
+            "Meters behind a network converter",
+            "PMTR_001_SRV servers behind a power-line modem",
+            |code| (code.starts_with('[') || code.contains(" = ")).then(|| code.into()),
+        );
+        let config = load_str(&out, "pmtr.toml").unwrap_or_else(|e| panic!("{e}\n{out}"));
+        let bus = config.bus(&config.meter("ev").unwrap().bus).unwrap();
+        assert_eq!(
+            (bus.kind, bus.ports.as_slice()),
+            (BusKind::RtuOverTcp, &["192.168.1.50:8899".to_owned()][..])
+        );
+        assert_eq!(bus.timeout, Duration::from_millis(500));
+        let lan = config.bus(&config.meter("heat-pump").unwrap().bus).unwrap();
+        assert_eq!(lan.kind, BusKind::Tcp);
     }
 
     #[test]

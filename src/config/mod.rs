@@ -35,6 +35,40 @@ pub struct Config {
     pub mqtt: Option<MqttSettings>,
     /// `[[neutral]]`: three-phase voltage sets watched for a broken neutral.
     pub neutral: Vec<NeutralSet>,
+    /// `[modbus_server]`: the meters served to other Modbus masters. None when the file has no
+    /// such table (or `enabled = false`).
+    pub modbus_server: Option<ModbusServerSettings>,
+}
+
+/// `[modbus_server]`: a Modbus TCP server answering for every meter from its latest reading.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ModbusServerSettings {
+    /// Default 127.0.0.1:1502.
+    pub listen: std::net::SocketAddr,
+    /// The client networks let in; empty means loopback clients only (and is refused with a
+    /// non-loopback `listen`).
+    pub allow: Vec<crate::modbus_server::Cidr>,
+    /// The oldest a cached answer may be; older, the read goes to the meter. Default 10 s.
+    pub max_age: Duration,
+    /// Connections at once. Default 16.
+    pub max_connections: usize,
+    /// Requests a second for each connection; more are answered "busy" (0x06). Default 1000.
+    pub requests_per_second: u32,
+    /// Pass-through requests that may wait for one port; more are answered "busy". Default 4.
+    pub queue: usize,
+}
+
+impl Default for ModbusServerSettings {
+    fn default() -> Self {
+        ModbusServerSettings {
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 1502)),
+            allow: Vec::new(),
+            max_age: Duration::from_secs(10),
+            max_connections: 16,
+            requests_per_second: 1000,
+            queue: 4,
+        }
+    }
 }
 
 impl Config {
@@ -119,6 +153,12 @@ pub enum BusKind {
     /// once per main loop (about 1.2 s), long timeouts, and the bus is resynchronised after
     /// every request that got no reply.
     PowerLine,
+    /// RTU frames carried over a TCP stream by a network converter (an RS-485 to Ethernet or
+    /// Wi-Fi gateway in transparent mode): the bus's `ports` holds its one `host:port`.
+    RtuOverTcp,
+    /// Modbus TCP (MBAP header, the meter's address as unit id): meters that speak it
+    /// themselves, or behind a Modbus TCP gateway. `ports` holds its one `host:port`.
+    Tcp,
 }
 
 impl BusKind {
@@ -126,7 +166,39 @@ impl BusKind {
         match self {
             BusKind::Rs485 => "rs485",
             BusKind::PowerLine => "power-line",
+            BusKind::RtuOverTcp => "rtu-over-tcp",
+            BusKind::Tcp => "tcp",
         }
+    }
+
+    /// The kind named `s` in a configuration file.
+    pub fn parse(s: &str) -> Option<BusKind> {
+        [BusKind::Rs485, BusKind::PowerLine, BusKind::RtuOverTcp, BusKind::Tcp]
+            .into_iter()
+            .find(|k| k.name() == s)
+    }
+
+    /// Whether the bus is reached over the network (`host`) rather than a serial port.
+    pub fn is_network(self) -> bool {
+        matches!(self, BusKind::RtuOverTcp | BusKind::Tcp)
+    }
+}
+
+/// Checks a `host = "HOST:PORT"`: a name or an address, and a TCP port (an IPv6 address in
+/// brackets: `[fd00::7]:502`). The name is resolved when the bus connects, not at load.
+pub fn check_host(h: &str) -> Result<(), String> {
+    let Some((host, port)) = h.rsplit_once(':') else {
+        return Err(format!("{h:?} has no port: give HOST:PORT, e.g. \"192.168.1.50:502\""));
+    };
+    let bare = host.strip_prefix('[').and_then(|x| x.strip_suffix(']')).unwrap_or(host);
+    if bare.is_empty() || bare.contains(char::is_whitespace) || (bare.contains(':') && bare == host) {
+        return Err(format!(
+            "{h:?}: expected HOST:PORT (an IPv6 address goes in brackets: \"[fd00::7]:502\")"
+        ));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(()),
+        _ => Err(format!("{h:?}: {port:?} is not a TCP port (1..=65535)")),
     }
 }
 
@@ -188,6 +260,17 @@ pub struct Meter {
     pub phase: Phase,
     /// A PMTR_001_SRV's settings (`model = "pmtr-srv"` only).
     pub server: Option<ServerSettings>,
+    /// Its unit id on the Modbus TCP server; None: its address.
+    pub unit: Option<u8>,
+    /// Holding registers a Modbus TCP client may write through the server (none by default).
+    pub writable: Vec<u16>,
+}
+
+impl Meter {
+    /// Its unit id on the Modbus TCP server.
+    pub fn unit_id(&self) -> u8 {
+        self.unit.unwrap_or(self.address)
+    }
 }
 
 impl Meter {
@@ -732,5 +815,22 @@ impl std::fmt::Debug for MqttSettings {
             .field("max_backoff", &self.max_backoff)
             .field("queue", &self.queue)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod host_tests {
+    use super::check_host;
+
+    #[test]
+    fn a_host_is_a_name_or_address_and_a_port() {
+        for ok in ["192.168.1.50:502", "converter.lan:8899", "[fd00::7]:502", "localhost:1"] {
+            assert_eq!(check_host(ok), Ok(()), "{ok}");
+        }
+        for bad in
+            ["192.168.1.50", ":502", "fd00::7:502", "host:0", "host:65536", "host:x", "a b:502", "[]:502"]
+        {
+            assert!(check_host(bad).is_err(), "{bad}");
+        }
     }
 }

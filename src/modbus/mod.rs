@@ -2,6 +2,7 @@
 
 pub mod crc;
 pub mod frame;
+pub mod tcp;
 pub mod transport;
 
 pub use frame::{FrameError, Pdu, Reply, Request};

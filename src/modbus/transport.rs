@@ -31,6 +31,22 @@ pub trait Line: AsyncRead + AsyncWrite + Unpin + Send {
     fn unpark(&mut self) -> io::Result<()> {
         Ok(())
     }
+
+    /// A line that carries whole transactions itself (Modbus TCP) rather than RTU bytes: the
+    /// transport hands each request to it.
+    fn session(&mut self) -> Option<&mut dyn Session> {
+        None
+    }
+}
+
+/// Whole Modbus transactions over a connection that frames them itself (see
+/// [`crate::modbus::tcp`]): the same [`Outcome`]s as RTU, so the same counters.
+pub trait Session: Send {
+    fn transact<'a>(
+        &'a mut self,
+        req: &'a Request,
+        timeout: Duration,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = io::Result<Outcome>> + Send + 'a>>;
 }
 
 /// A serial port registered with tokio by pmtr itself, so that it can leave epoll while the
@@ -138,6 +154,15 @@ impl Line for SerialLine {
 
     fn unpark(&mut self) -> io::Result<()> {
         self.watch().map(|_| ())
+    }
+}
+
+/// A TCP stream to a converter that carries RTU frames (`kind = "rtu-over-tcp"`): what is
+/// waiting is read and counted by the transport before each request, there is no driver
+/// buffer to drop besides.
+impl Line for tokio::net::TcpStream {
+    fn clear_input(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
@@ -252,6 +277,9 @@ impl<L: Line> Transport<L> {
     pub async fn transact(&mut self, req: &Request, timeout: Duration) -> io::Result<Outcome> {
         if self.stopping() {
             return Err(stopping_error());
+        }
+        if let Some(session) = self.line.session() {
+            return session.transact(req, timeout).await;
         }
         self.keep_gap().await;
         let stale_bytes = self.drain_input().await?;

@@ -207,6 +207,8 @@ pub struct Sources {
     pub commands: Option<mpsc::Sender<Command>>,
     pub alerts: Option<Arc<Mutex<crate::alert::run::AlertCounters>>>,
     pub mqtt: Option<Arc<Mutex<MqttCounters>>>,
+    /// The Modbus TCP server's counters and its address.
+    pub modbus_server: Option<(Arc<crate::modbus_server::Counters>, std::net::SocketAddr)>,
     pub tally: Arc<Tally>,
     /// The last hour of each configured meter, sampled from `meters` while the API runs.
     pub history: Arc<super::history::History>,
@@ -225,6 +227,7 @@ impl Sources {
             commands: None,
             alerts: None,
             mqtt: None,
+            modbus_server: None,
             tally: Arc::new(Tally::default()),
             history: Arc::new(super::history::History::new(config.meters.iter().map(|m| m.name.as_str()))),
             relays: config.relays.iter().map(|r| r.name.clone()).collect(),
@@ -284,6 +287,10 @@ impl Sources {
                 .as_ref()
                 .map(|a| AlertView::from(&*a.lock().unwrap_or_else(|e| e.into_inner()))),
             mqtt: self.mqtt.as_ref().map(|m| m.lock().unwrap_or_else(|e| e.into_inner()).clone()),
+            modbus_server: self
+                .modbus_server
+                .as_ref()
+                .map(|(c, listen)| crate::modbus_server::ModbusServer::snapshot(c, *listen)),
             transitions: self.tally.transitions(),
         })
     }

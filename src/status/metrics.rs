@@ -327,6 +327,45 @@ pub fn render(s: &Snapshot) -> String {
             let _ = writeln!(out, "{name} {v}");
         }
     }
+    if let Some(m) = &s.modbus_server {
+        family(&mut out, "pmtr_modbus_server_open_connections", "gauge", "Modbus TCP clients connected now.");
+        let _ = writeln!(out, "pmtr_modbus_server_open_connections {}", m.open_connections);
+        for (name, help, v) in [
+            ("pmtr_modbus_server_connections_total", "Modbus TCP clients let in.", m.connections),
+            (
+                "pmtr_modbus_server_refused_not_allowed_total",
+                "Clients refused: not in `allow`.",
+                m.refused_not_allowed,
+            ),
+            (
+                "pmtr_modbus_server_refused_over_limit_total",
+                "Clients refused: max_connections reached.",
+                m.refused_over_limit,
+            ),
+            ("pmtr_modbus_server_requests_total", "Requests received.", m.requests),
+            (
+                "pmtr_modbus_server_from_cache_total",
+                "Reads answered from the latest reading's registers.",
+                m.from_cache,
+            ),
+            (
+                "pmtr_modbus_server_passed_through_total",
+                "Requests run on the bus for a client.",
+                m.passed_through,
+            ),
+            ("pmtr_modbus_server_writes_total", "Writes passed to a meter.", m.writes),
+            ("pmtr_modbus_server_exceptions_total", "Requests answered with an exception.", m.exceptions),
+            (
+                "pmtr_modbus_server_busy_total",
+                "Exceptions 0x06: a queue full or the request rate over its limit.",
+                m.busy,
+            ),
+            ("pmtr_modbus_server_silent_total", "Exceptions 0x0B: the meter silent.", m.silent),
+        ] {
+            family(&mut out, name, "counter", help);
+            let _ = writeln!(out, "{name} {v}");
+        }
+    }
     out
 }
 

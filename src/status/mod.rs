@@ -46,6 +46,9 @@ pub struct Snapshot {
     pub alerts: Option<AlertView>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mqtt: Option<MqttCounters>,
+    /// The Modbus TCP server's counters (when `[modbus_server]` is on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modbus_server: Option<crate::modbus_server::ServerCounters>,
 }
 
 /// One meter: where it is, how its polls go, and its latest reading.
@@ -171,6 +174,7 @@ pub struct Parts {
     pub sinks: Vec<SinkView>,
     pub alerts: Option<AlertView>,
     pub mqtt: Option<MqttCounters>,
+    pub modbus_server: Option<crate::modbus_server::ServerCounters>,
     pub transitions: BTreeMap<String, u64>,
 }
 
@@ -229,6 +233,7 @@ impl Snapshot {
             sinks: p.sinks,
             alerts: p.alerts,
             mqtt: p.mqtt,
+            modbus_server: p.modbus_server,
         }
     }
 
@@ -309,6 +314,7 @@ pub(crate) mod tests {
                 last_error: Some("timeout".into()),
                 last_reading: Some(reading),
                 server: None,
+                raw: None,
             },
         );
         meters.insert("gen".to_owned(), MeterStatus::searching("house".into(), 6, Model::Rx380));
@@ -357,6 +363,7 @@ pub(crate) mod tests {
             }],
             alerts: Some(AlertView { alerts: 3, mails_sent: 1, ..AlertView::default() }),
             mqtt: None,
+            modbus_server: None,
             transitions: [("pump".to_owned(), 4)].into_iter().collect(),
         }
     }

@@ -177,6 +177,24 @@ where
             a.mails_dropped
         );
     }
+    if let Some(m) = &s.modbus_server {
+        let _ = writeln!(
+            out,
+            "{}modbus server {}: {} client(s) now, {} requests ({} from cache, {} through the bus, {} writes), \
+             {} exceptions ({} busy, {} silent), {} clients refused",
+            if s.mqtt.is_some() || s.alerts.is_some() { "" } else { "\n" },
+            m.listen,
+            m.open_connections,
+            m.requests,
+            m.from_cache,
+            m.passed_through,
+            m.writes,
+            m.exceptions,
+            m.busy,
+            m.silent,
+            m.refused_not_allowed + m.refused_over_limit
+        );
+    }
     out
 }
 
@@ -217,6 +235,32 @@ mod tests {
         assert_eq!(duration(7380), "2h 03m");
         assert_eq!(duration(4 * 86_400 + 3600 + 5), "4d 1h");
         assert_eq!(bytes(2048), "2.0 KiB");
+    }
+
+    #[test]
+    fn the_modbus_server_line() {
+        let mut s = Snapshot::assemble(super::super::tests::parts());
+        s.modbus_server = Some(crate::modbus_server::ServerCounters {
+            listen: "127.0.0.1:1502".into(),
+            open_connections: 2,
+            requests: 100,
+            from_cache: 90,
+            passed_through: 8,
+            writes: 1,
+            exceptions: 2,
+            busy: 1,
+            silent: 1,
+            refused_not_allowed: 3,
+            ..Default::default()
+        });
+        let text = render(&s, &Utc);
+        assert!(
+            text.contains(
+                "modbus server 127.0.0.1:1502: 2 client(s) now, 100 requests (90 from cache, 8 through the bus, \
+                 1 writes), 2 exceptions (1 busy, 1 silent), 3 clients refused"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

@@ -104,6 +104,7 @@ mod tests {
             last_error: None,
             last_reading: None,
             server: None,
+            raw: None,
         }
     }
 

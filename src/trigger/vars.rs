@@ -222,6 +222,8 @@ mod tests {
             poll: Duration::from_secs(1),
             phase,
             server: None,
+            unit: None,
+            writable: Vec::new(),
         }
     }
 
