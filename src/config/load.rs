@@ -14,6 +14,7 @@
 //! by their name when it is known: `meter[2] "gen".address`, `bus[0].ports`.
 
 mod email;
+mod energy;
 mod neutral;
 mod server;
 mod sink;
@@ -35,8 +36,10 @@ use toml::Spanned;
 /// Every top-level key of the file. The loader reads `gateway`, `bus` and `meter` itself; any
 /// other key listed here is accepted and left alone, for the subsystem that owns it to read.
 /// A subsystem that adds a section adds its key here.
-pub const TOP_LEVEL_KEYS: &[&str] =
-    &["gateway", "bus", "meter", "sink", "relay", "trigger", "alerts", "status", "mqtt", "neutral"];
+pub const TOP_LEVEL_KEYS: &[&str] = &[
+    "gateway", "bus", "meter", "sink", "relay", "trigger", "alerts", "status", "mqtt", "neutral", "energy",
+    "tariff",
+];
 
 const GATEWAY_KEYS: &[&str] =
     &["name", "state_dir", "log_readings", "gpio", "control_socket", "health_interval", "clock_sync_wait"];
@@ -769,6 +772,7 @@ impl<'s> Loader<'s> {
         let (alerts, email) = self.alerts(root);
         let status = self.status(root);
         let mqtt = self.mqtt(root, &gateway_name);
+        let energy = self.energy(root, config.as_ref().map(|c| &c.meters[..]));
         if !self.errors.is_empty() {
             return None;
         }
@@ -781,6 +785,7 @@ impl<'s> Loader<'s> {
         config.status = status;
         config.mqtt = mqtt;
         config.neutral = neutral;
+        config.energy = energy;
         Some(config)
     }
 
@@ -1281,6 +1286,7 @@ impl<'s> Loader<'s> {
             status: Default::default(),
             mqtt: None,
             neutral: Vec::new(),
+            energy: Default::default(),
         };
         for m in meters {
             let (Some((name, _)), Some(model), Some((address, _)), Some((bus, _))) =
@@ -1561,6 +1567,24 @@ level = "low"
         let rx = config.meter("rx380").unwrap();
         assert_eq!((rx.model, rx.address, rx.poll), (Model::Rx380, 1, Duration::from_secs(10)));
         assert_eq!(config.bus(&rx.bus).unwrap().line.to_string(), "19200 8E1");
+    }
+
+    #[test]
+    fn the_commented_out_energy_block_loads() {
+        let out = uncommented(
+            "[energy] and [[tariff]]: energy per day",
+            "[[neutral]]: a three-phase supply",
+            |code| {
+                (!code.contains("]]:") && (code.starts_with('[') || code.contains(" = ")))
+                    .then(|| code.into())
+            },
+        );
+        let config = load_str(&out, "pmtr.toml").unwrap_or_else(|e| panic!("{e}\n{out}"));
+        assert_eq!(config.energy.timezone.as_deref(), Some("America/Chicago"));
+        let t = &config.energy.tariffs[0];
+        assert_eq!((t.name.as_str(), t.price, t.standing_charge, t.rates.len()), ("utility", 0.16, 0.35, 2));
+        assert_eq!((t.rates[0].from, t.rates[0].to, t.rates[1].price), (22, 6, 0.11));
+        assert_eq!(t.meters, ["mainA", "mainB"]);
     }
 
     #[test]

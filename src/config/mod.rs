@@ -35,6 +35,8 @@ pub struct Config {
     pub mqtt: Option<MqttSettings>,
     /// `[[neutral]]`: three-phase voltage sets watched for a broken neutral.
     pub neutral: Vec<NeutralSet>,
+    /// `[energy]` and `[[tariff]]`: the time zone of the energy periods, and prices.
+    pub energy: EnergySettings,
 }
 
 impl Config {
@@ -403,6 +405,14 @@ pub enum OnStale {
     Trip,
     /// Release.
     Release,
+}
+
+/// `[energy]` and `[[tariff]]` (see [`crate::energy`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct EnergySettings {
+    /// An IANA zone (`Europe/Berlin`), checked. None: the gateway's own zone.
+    pub timezone: Option<String>,
+    pub tariffs: Vec<crate::energy::Tariff>,
 }
 
 /// `[[neutral]]`: a three-phase voltage set watched for a broken neutral (see

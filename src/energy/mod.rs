@@ -9,6 +9,8 @@
 pub mod book;
 pub mod calendar;
 pub mod counter;
+pub mod run;
+pub mod saved;
 pub mod tariff;
 
 pub use book::{Book, Books, PeriodTotal};
