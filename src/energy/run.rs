@@ -226,6 +226,23 @@ mod tests {
         }
     }
 
+    /// The control socket's requests: energy totals to the books, everything else to the
+    /// triggers.
+    #[tokio::test]
+    async fn the_router_sends_energy_requests_to_the_books() {
+        let (to_router, from) = mpsc::channel(4);
+        let (triggers, mut at_triggers) = mpsc::channel(4);
+        let (energy, mut at_energy) = mpsc::channel(4);
+        tokio::spawn(route(from, triggers, energy));
+        let set = Request::EnergySet { meter: "m".into(), counter: None, value: 1.0 };
+        for r in [set.clone(), Request::Status] {
+            let (reply, _) = tokio::sync::oneshot::channel();
+            to_router.send(Command::new(r, Caller::Internal("test"), reply)).await.unwrap();
+        }
+        assert_eq!(at_energy.recv().await.unwrap().request, set);
+        assert_eq!(at_triggers.recv().await.unwrap().request, Request::Status);
+    }
+
     /// The task books what the status board shows, takes `energy set`, and saves at stop; the
     /// next start goes on from the file.
     #[tokio::test(start_paused = true)]
