@@ -195,6 +195,19 @@ impl Book {
             .flat_map(|(m, b)| b.counters.iter().map(move |(n, c)| (m.as_str(), n.as_str(), c.total)))
     }
 
+    /// Today's active energy of `meter` at `now`, and its cost under the first tariff that
+    /// applies to it (standing charge included), None without one.
+    pub fn today(&self, meter: &str, now: DateTime<Utc>) -> (f64, Option<f64>) {
+        let day = self.books.meters.get(meter).and_then(|b| b.days.get(&calendar::local_date(now, self.tz)));
+        let kwh = day.map_or(0.0, |d| d.kwh);
+        let cost = self
+            .tariffs
+            .iter()
+            .find(|t| t.applies_to(meter))
+            .map(|t| t.standing_charge + day.and_then(|d| d.cost.get(&t.name)).copied().unwrap_or(0.0));
+        (kwh, cost)
+    }
+
     /// The periods of one meter as they stand at `now`.
     pub fn periods(&self, meter: &str, now: DateTime<Utc>) -> Vec<PeriodTotal> {
         let today = calendar::local_date(now, self.tz);
