@@ -79,6 +79,7 @@ fn parts(meters: usize) -> Parts {
         alerts: None,
         mqtt: None,
         transitions: BTreeMap::new(),
+        energy: Vec::new(),
     }
 }
 

@@ -486,6 +486,7 @@ impl Generation {
             sources.commands = commands.clone();
             sources.alerts = alert_counters;
             sources.mqtt = mqtt_counters;
+            sources.energy = Some(generation.energy.book.clone());
             sources.tally = tally.clone();
             if let Ok(addr) = server.local_addr() {
                 tracing::info!(

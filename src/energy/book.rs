@@ -64,8 +64,17 @@ pub struct Note {
     pub total: f64,
 }
 
+/// One meter's totals and periods, as the status API and `/metrics` show them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MeterEnergy {
+    pub meter: String,
+    /// Lifetime totals by counter name.
+    pub totals: BTreeMap<String, f64>,
+    pub periods: Vec<PeriodTotal>,
+}
+
 /// One period of one meter.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PeriodTotal {
     pub period: Period,
     pub from: NaiveDate,
@@ -76,7 +85,7 @@ pub struct PeriodTotal {
     pub costs: Vec<Cost>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Cost {
     pub tariff: String,
     pub currency: String,
@@ -193,6 +202,19 @@ impl Book {
             .meters
             .iter()
             .flat_map(|(m, b)| b.counters.iter().map(move |(n, c)| (m.as_str(), n.as_str(), c.total)))
+    }
+
+    /// Every meter's totals and periods at `now`.
+    pub fn views(&self, now: DateTime<Utc>) -> Vec<MeterEnergy> {
+        self.books
+            .meters
+            .iter()
+            .map(|(m, b)| MeterEnergy {
+                meter: m.clone(),
+                totals: b.counters.iter().map(|(n, c)| (n.clone(), c.total)).collect(),
+                periods: self.periods(m, now),
+            })
+            .collect()
     }
 
     /// Today's active energy of `meter` at `now`, and its cost under the first tariff that

@@ -204,6 +204,8 @@ pub struct Sources {
     pub tally: Arc<Tally>,
     pub relays: Vec<String>,
     pub triggers: Vec<String>,
+    /// The energy books (None in tests that do not keep them).
+    pub energy: Option<Arc<Mutex<crate::energy::Book>>>,
 }
 
 impl Sources {
@@ -220,6 +222,7 @@ impl Sources {
             tally: Arc::new(Tally::default()),
             relays: config.relays.iter().map(|r| r.name.clone()).collect(),
             triggers: config.triggers.iter().map(|t| t.name.clone()).collect(),
+            energy: None,
         }
     }
 
@@ -276,6 +279,10 @@ impl Sources {
                 .map(|a| AlertView::from(&*a.lock().unwrap_or_else(|e| e.into_inner()))),
             mqtt: self.mqtt.as_ref().map(|m| m.lock().unwrap_or_else(|e| e.into_inner()).clone()),
             transitions: self.tally.transitions(),
+            energy: self
+                .energy
+                .as_ref()
+                .map_or(Vec::new(), |b| b.lock().unwrap_or_else(|e| e.into_inner()).views(Utc::now())),
         })
     }
 }

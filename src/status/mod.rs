@@ -45,6 +45,9 @@ pub struct Snapshot {
     pub alerts: Option<AlertView>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mqtt: Option<MqttCounters>,
+    /// The energy books: lifetime totals, periods and costs per meter (see `crate::energy`).
+    #[serde(default)]
+    pub energy: Vec<crate::energy::book::MeterEnergy>,
 }
 
 /// One meter: where it is, how its polls go, and its latest reading.
@@ -171,6 +174,7 @@ pub struct Parts {
     pub alerts: Option<AlertView>,
     pub mqtt: Option<MqttCounters>,
     pub transitions: BTreeMap<String, u64>,
+    pub energy: Vec<crate::energy::book::MeterEnergy>,
 }
 
 impl Snapshot {
@@ -228,6 +232,7 @@ impl Snapshot {
             sinks: p.sinks,
             alerts: p.alerts,
             mqtt: p.mqtt,
+            energy: p.energy,
         }
     }
 
@@ -357,6 +362,24 @@ pub(crate) mod tests {
             alerts: Some(AlertView { alerts: 3, mails_sent: 1, ..AlertView::default() }),
             mqtt: None,
             transitions: [("pump".to_owned(), 4)].into_iter().collect(),
+            energy: vec![crate::energy::book::MeterEnergy {
+                meter: "main".into(),
+                totals: [("l1_energy".to_owned(), 1234.5)].into_iter().collect(),
+                periods: vec![crate::energy::book::PeriodTotal {
+                    period: crate::energy::Period::Today,
+                    from: "2026-11-21".parse().unwrap(),
+                    to: "2026-11-21".parse().unwrap(),
+                    kwh: 3.25,
+                    partial: true,
+                    costs: vec![crate::energy::book::Cost {
+                        tariff: "home".into(),
+                        currency: "EUR".into(),
+                        energy: 0.975,
+                        standing: 0.5,
+                        total: 1.475,
+                    }],
+                }],
+            }],
         }
     }
 
