@@ -466,6 +466,7 @@ impl Generation {
                     records: records.subscribe(),
                     meters: status.clone(),
                     commands: commands.clone(),
+                    energy: Some(generation.energy.book.clone()),
                 };
                 match Mqtt::start(config, settings, sources, stop_rx.clone()) {
                     Ok(m) => Some(m),
