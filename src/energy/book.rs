@@ -144,12 +144,14 @@ impl Book {
                     add(book, &self.tariffs, meter, tz, from, to, &parts);
                 }
             }
-            if !matches!(event, Event::Counted | Event::Jitter) {
+            if !matches!(event, Event::Counted | Event::Jitter | Event::Stale) {
                 notes.push(Note { meter: meter.to_string(), counter: name, event, raw: s.value, total });
             }
         }
         let keep = calendar::oldest_needed(calendar::local_date(reading.time, tz));
-        book.days = book.days.split_off(&keep);
+        if book.days.first_key_value().is_some_and(|(d, _)| *d < keep) {
+            book.days = book.days.split_off(&keep);
+        }
         notes
     }
 

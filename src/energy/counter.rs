@@ -64,7 +64,14 @@ pub enum Event {
     Glitch,
     /// A reading no later than the previous one: ignored.
     Stale,
+    /// A reading more than [`CLOCK_BACK`] older than the previous one: the clock was set back
+    /// (it was wrong, then synchronised). The books start again from this reading, counting
+    /// nothing for the step, rather than waiting until the clock passes the wrong time again.
+    ClockBack,
 }
+
+/// How far back a reading's time may be before it is taken as the clock set back.
+pub const CLOCK_BACK: chrono::Duration = chrono::Duration::hours(1);
 
 /// Energy used between two instants, to be split by time over periods and tariffs.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -112,7 +119,16 @@ impl Counter {
     /// wraps) and returns what it did and the energy it counted, in time order.
     pub fn update(&mut self, raw: f64, time: DateTime<Utc>, range: Option<f64>) -> (Event, Vec<Part>) {
         let last = self.pending.map_or(self.time, |p| p.time.max(self.time));
-        if time <= last || !raw.is_finite() {
+        if !raw.is_finite() {
+            return (Event::Stale, vec![]);
+        }
+        if last - time > CLOCK_BACK {
+            self.pending = None;
+            self.raw = raw;
+            self.time = time;
+            return (Event::ClockBack, vec![]);
+        }
+        if time <= last {
             return (Event::Stale, vec![]);
         }
         if let Some(p) = self.pending {
@@ -317,6 +333,17 @@ mod tests {
         assert_eq!(c.update(2.0, at(5), None).0, Event::Stale);
         assert_eq!(c.update(f64::NAN, at(20), None).0, Event::Stale);
         assert_eq!(c.total, 1.0);
+    }
+
+    #[test]
+    fn a_clock_set_back_restarts_from_the_reading_instead_of_waiting() {
+        let mut c = Counter::start(10.0, at(100_000));
+        assert_eq!(c.update(10.5, at(100_000 - 60), None).0, Event::Stale);
+        assert_eq!(c.update(10.5, at(0), None).0, Event::ClockBack);
+        assert_eq!(c.total, 10.0);
+        let (e, parts) = c.update(10.75, at(60), None);
+        assert_eq!(e, Event::Counted);
+        assert!(close(kwh(&parts), 0.25) && close(c.total, 10.25));
     }
 
     #[test]

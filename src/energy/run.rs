@@ -122,6 +122,7 @@ async fn run(
     let mut look = tokio::time::interval(LOOK_EVERY);
     let mut save = tokio::time::interval(SAVE_EVERY);
     look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    save.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     save.tick().await;
     let mut dirty = false;
     let mut open = true;
@@ -196,6 +197,9 @@ fn log(n: &Note) {
         }
         Event::Glitch => {
             tracing::warn!(%meter, %counter, raw, total, "energy reading not confirmed: dropped as a glitch")
+        }
+        Event::ClockBack => {
+            tracing::warn!(%meter, %counter, raw, total, "the clock went back more than an hour: energy counted again from this reading")
         }
         Event::Stale | Event::Counted | Event::Jitter => {}
     }
