@@ -81,6 +81,7 @@ fn parts(meters: usize) -> Parts {
         mqtt: None,
         modbus_server: None,
         transitions: BTreeMap::new(),
+        energy: Vec::new(),
     }
 }
 

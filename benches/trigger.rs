@@ -8,7 +8,11 @@
 //!    channel, the trigger task, the relay bank and the fake GPIO's write, from `send` to the
 //!    write's timestamp; and the floor of that path (a task that writes the pin at once).
 //!
-//! `cargo bench --bench trigger [-- eval|reading|task]` (BENCH_N=N evaluations per expression).
+//! 4. `energy`: a reading through the engine when a budget trigger reads `today_cost`: the
+//!    engine's own energy books (counter, split by local hour, tariff with a night rate) then
+//!    the expression, timed for each reading, against the same trigger on `L1P`.
+//!
+//! `cargo bench --bench trigger [-- eval|reading|task|energy]` (BENCH_N=N evaluations per expression).
 
 use chrono::Utc;
 use pmtr::meter::Model;
@@ -280,5 +284,42 @@ fn main() {
     }
     if run("task") {
         bench_task();
+    }
+    if run("energy") {
+        bench_energy();
+    }
+}
+
+fn bench_energy() {
+    for when in ["L1P > 4000", "today_cost > 5"] {
+        let text = format!(
+            "{CONFIG}[energy]\ntimezone = \"Europe/Berlin\"\n[[tariff]]\nname = \"home\"\ncurrency = \"EUR\"\nprice = 0.3\n\
+             standing_charge = 0.4\n[[tariff.rate]]\nhours = \"22-6\"\nprice = 0.2\n\
+             [[trigger]]\nname = \"budget\"\nmeter = \"main\"\nwhen = \"{when}\"\nrelays = [\"heater\"]\n"
+        );
+        let config = pmtr::config::load_str(&text, "bench.toml").unwrap();
+        let mut engine = Engine::new(&config, Duration::ZERO).unwrap();
+        let start = Utc::now();
+        let count = 200_000;
+        let mut times = Vec::with_capacity(count);
+        for i in 0..count {
+            // A reading every 200 ms at 3.6 kW: 0.2 Wh each; 11 hours of readings.
+            let wall = start + chrono::Duration::milliseconds(i as i64 * 200);
+            let mut r = pzem("main", 230.0, 15.65);
+            r.time = wall;
+            for s in &mut r.samples {
+                if s.quantity == pmtr::reading::Quantity::ActiveEnergy {
+                    s.value = 100.0 + i as f64 * 0.0002;
+                }
+            }
+            let now =
+                Now { mono: Duration::from_millis(i as u64 * 200), wall, local: Some(wall.naive_utc()) };
+            let t0 = Instant::now();
+            let out = engine.on_reading(&r, now);
+            times.push(t0.elapsed().as_nanos() as u64);
+            black_box(&out);
+        }
+        println!("reading through the engine, one trigger `{when}` (energy books only when it reads them):");
+        println!("  {}", percentiles(times));
     }
 }

@@ -11,6 +11,7 @@ pub mod clock;
 pub mod config;
 pub mod control;
 pub mod drops;
+pub mod energy;
 pub mod meter;
 pub mod modbus;
 pub mod modbus_server;

@@ -163,6 +163,32 @@ enum Cmd {
         #[command(subcommand)]
         cmd: TriggerCmd,
     },
+    /// Energy per meter: lifetime totals, today, yesterday, this week, this month, last month,
+    /// this year, and their cost per tariff (from the books the daemon saves every minute).
+    Energy {
+        #[command(subcommand)]
+        cmd: Option<EnergyCmd>,
+        #[arg(long, short, default_value = "/etc/pmtr/pmtr.toml")]
+        config: PathBuf,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum EnergyCmd {
+    /// Align a lifetime total with the utility meter's display: `pmtr energy set main 12345.6`
+    /// or `pmtr energy set main l2_energy 4321` (logged; through the daemon when it runs).
+    Set {
+        meter: String,
+        /// [COUNTER] VALUE: the counter (`l1_energy`, `total_energy`) may be left out when the
+        /// meter has one; the value in kWh.
+        #[arg(num_args = 1..=2, required = true, value_name = "[COUNTER] VALUE")]
+        args: Vec<String>,
+        #[arg(long, short, default_value = "/etc/pmtr/pmtr.toml")]
+        config: PathBuf,
+    },
 }
 
 /// Where the running daemon listens.
@@ -585,6 +611,39 @@ fn main() -> ExitCode {
                     RelayCmd::Release { name, daemon } => {
                         let request = Request::Release { relay: name };
                         ask_daemon(daemon, async |s| control::act(s, &request).await).await
+                    }
+                });
+            }
+            Cmd::Energy { cmd, config, json } => {
+                let (config, set) = match cmd {
+                    None => (config, None),
+                    Some(EnergyCmd::Set { meter, args, config }) => (config, Some((meter, args))),
+                };
+                let c = match load(&config) {
+                    Ok(c) => c,
+                    Err(code) => return Ok(code),
+                };
+                let result = match set {
+                    None => app::energy::show(&c, json),
+                    Some((meter, args)) => {
+                        let (counter, value) = match args.as_slice() {
+                            [v] => (None, v.as_str()),
+                            [c, v] => (Some(c.as_str()), v.as_str()),
+                            _ => (None, ""),
+                        };
+                        match value.parse::<f64>() {
+                            Ok(v) => app::energy::set(&c, &meter, counter, v).await,
+                            Err(_) => Err(format!(
+                                "{value:?} is not a number of kWh: pmtr energy set METER [COUNTER] VALUE"
+                            )),
+                        }
+                    }
+                };
+                return Ok(match result {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(message) => {
+                        eprintln!("error: {message}");
+                        ExitCode::from(1)
                     }
                 });
             }

@@ -197,7 +197,25 @@ fn fact(c: &Config, key: &str) -> Option<String> {
         "status.token" => return Some(if c.status.token.is_some() { "set" } else { "none" }.to_owned()),
         "mqtt" => return Some(if c.mqtt.is_some() { "set" } else { "none" }.to_owned()),
         "neutral" => return Some(c.neutral.len().to_string()),
+        "energy.timezone" => return Some(c.energy.timezone.clone().unwrap_or_else(|| "gateway".into())),
+        "tariffs" => return Some(c.energy.tariffs.len().to_string()),
         _ => {}
+    }
+    if let Some(sel) = key.strip_prefix("tariff") {
+        let (t, rest) = select(&c.energy.tariffs, |t| &t.name, sel)?;
+        return Some(match rest.strip_prefix('.')? {
+            "currency" => t.currency.clone(),
+            "price" => t.price.to_string(),
+            "standing_charge" => t.standing_charge.to_string(),
+            "meters" => format!("{:?}", t.meters),
+            "rates" => t
+                .rates
+                .iter()
+                .map(|r| format!("{:?} {}-{} {}", r.days, r.from, r.to, r.price))
+                .collect::<Vec<_>>()
+                .join("; "),
+            _ => return None,
+        });
     }
     if let Some(k) = key.strip_prefix("mqtt.") {
         return mqtt_fact(c.mqtt.as_ref()?, k);

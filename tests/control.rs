@@ -76,6 +76,7 @@ fn engine_answer(request: &Request) -> Response {
         Request::Reset { trigger } => {
             Response::Error { message: format!("trigger `{trigger}` is not latched") }
         }
+        Request::EnergySet { meter, .. } => Response::Error { message: format!("no books for {meter}") },
     }
 }
 

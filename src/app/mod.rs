@@ -2,6 +2,7 @@
 
 pub mod control;
 pub mod demo;
+pub mod energy;
 pub mod live;
 pub mod run;
 pub mod servers;

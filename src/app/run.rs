@@ -267,6 +267,8 @@ struct Generation {
     alerting: Option<crate::alert::run::Alerting>,
     mqtt: Option<Mqtt>,
     status_api: Option<JoinHandle<()>>,
+    /// The energy books, beside the flow (they read the status board).
+    energy: crate::energy::run::Energy,
 }
 
 impl Generation {
@@ -366,10 +368,14 @@ impl Generation {
             tracing::info!(relays = config.relays.len(), triggers = config.triggers.len(), "triggers ready");
             Some(t)
         };
+        let (energy_tx, energy_rx) = crate::energy::run::requests();
         let control = match (control, &triggers) {
             (Some(server), Some(t)) => {
                 tracing::info!(socket = %server.path().display(), "control socket ready");
-                Some(tokio::spawn(server.run(t.commands.clone(), stop_rx.clone())))
+                // `pmtr energy set` goes to the energy books, the rest to the trigger task.
+                let (routed, from_socket) = mpsc::channel(16);
+                tokio::spawn(crate::energy::run::route(from_socket, t.commands.clone(), energy_tx));
+                Some(tokio::spawn(server.run(routed, stop_rx.clone())))
             }
             _ => None,
         };
@@ -404,6 +410,7 @@ impl Generation {
             }
             None => None,
         };
+        let energy = crate::energy::run::Energy::start(config, status.clone(), energy_rx, stop_rx.clone());
         // Health points (`pmtr_bus`, `pmtr_sink`) through storage, like readings.
         let health = config.gateway.health_interval.map(|every| {
             tokio::spawn(crate::store::health::run(
@@ -442,6 +449,7 @@ impl Generation {
             alerting: None,
             mqtt: None,
             status_api: None,
+            energy,
         };
         // From here on a failure stops what runs, relays handed over as they are.
         let alerting = match &config.email {
@@ -478,6 +486,7 @@ impl Generation {
                     records: records.subscribe(),
                     meters: status.clone(),
                     commands: commands.clone(),
+                    energy: Some(generation.energy.book.clone()),
                 };
                 match Mqtt::start(config, settings, sources, stop_rx.clone()) {
                     Ok(m) => Some(m),
@@ -499,6 +508,7 @@ impl Generation {
             sources.alerts = alert_counters;
             sources.mqtt = mqtt_counters;
             sources.modbus_server = modbus_server;
+            sources.energy = Some(generation.energy.book.clone());
             sources.tally = tally.clone();
             if let Ok(addr) = server.local_addr() {
                 tracing::info!(
@@ -528,6 +538,7 @@ impl Generation {
     async fn stop(self, handover: bool) -> Option<Handover> {
         let _ = self.stop_tx.send(true);
         self.engine.join().await;
+        self.energy.join().await;
         self.summary.abort();
         if let Some(h) = self.health {
             let _ = h.await;

@@ -14,6 +14,7 @@
 //! by their name when it is known: `meter[2] "gen".address`, `bus[0].ports`.
 
 mod email;
+mod energy;
 mod modbus_server;
 mod neutral;
 mod server;
@@ -48,6 +49,8 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "mqtt",
     "neutral",
     "modbus_server",
+    "energy",
+    "tariff",
 ];
 
 const GATEWAY_KEYS: &[&str] =
@@ -794,6 +797,7 @@ impl<'s> Loader<'s> {
         let status = self.status(root);
         let mqtt = self.mqtt(root, &gateway_name);
         let modbus_server = self.modbus_server(root);
+        let energy = self.energy(root, config.as_ref().map(|c| &c.meters[..]));
         if !self.errors.is_empty() {
             return None;
         }
@@ -807,6 +811,7 @@ impl<'s> Loader<'s> {
         config.mqtt = mqtt;
         config.neutral = neutral;
         config.modbus_server = modbus_server;
+        config.energy = energy;
         Some(config)
     }
 
@@ -1426,6 +1431,7 @@ impl<'s> Loader<'s> {
             mqtt: None,
             modbus_server: None,
             neutral: Vec::new(),
+            energy: Default::default(),
         };
         for m in meters {
             let (Some((name, _)), Some(model), Some((address, _)), Some((bus, _))) =
@@ -1743,6 +1749,24 @@ level = "low"
         let rx = config.meter("rx380").unwrap();
         assert_eq!((rx.model, rx.address, rx.poll), (Model::Rx380, 1, Duration::from_secs(10)));
         assert_eq!(config.bus(&rx.bus).unwrap().line.to_string(), "19200 8E1");
+    }
+
+    #[test]
+    fn the_commented_out_energy_block_loads() {
+        let out = uncommented(
+            "[energy] and [[tariff]]: energy per day",
+            "[[neutral]]: a three-phase supply",
+            |code| {
+                (!code.contains("]]:") && (code.starts_with('[') || code.contains(" = ")))
+                    .then(|| code.into())
+            },
+        );
+        let config = load_str(&out, "pmtr.toml").unwrap_or_else(|e| panic!("{e}\n{out}"));
+        assert_eq!(config.energy.timezone.as_deref(), Some("America/Chicago"));
+        let t = &config.energy.tariffs[0];
+        assert_eq!((t.name.as_str(), t.price, t.standing_charge, t.rates.len()), ("utility", 0.16, 0.35, 2));
+        assert_eq!((t.rates[0].from, t.rates[0].to, t.rates[1].price), (22, 6, 0.11));
+        assert_eq!(t.meters, ["mainA", "mainB"]);
     }
 
     #[test]

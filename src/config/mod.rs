@@ -38,6 +38,8 @@ pub struct Config {
     /// `[modbus_server]`: the meters served to other Modbus masters. None when the file has no
     /// such table (or `enabled = false`).
     pub modbus_server: Option<ModbusServerSettings>,
+    /// `[energy]` and `[[tariff]]`: the time zone of the energy periods, and prices.
+    pub energy: EnergySettings,
 }
 
 /// `[modbus_server]`: a Modbus TCP server answering for every meter from its latest reading.
@@ -486,6 +488,14 @@ pub enum OnStale {
     Trip,
     /// Release.
     Release,
+}
+
+/// `[energy]` and `[[tariff]]` (see [`crate::energy`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct EnergySettings {
+    /// An IANA zone (`Europe/Berlin`), checked. None: the gateway's own zone.
+    pub timezone: Option<String>,
+    pub tariffs: Vec<crate::energy::Tariff>,
 }
 
 /// `[[neutral]]`: a three-phase voltage set watched for a broken neutral (see

@@ -27,6 +27,9 @@ pub enum Request {
     Release { relay: String },
     /// Reset a latched trigger.
     Reset { trigger: String },
+    /// Align a meter's lifetime energy total (`pmtr energy set`); `counter` may be left out when
+    /// the meter has one.
+    EnergySet { meter: String, counter: Option<String>, value: f64 },
 }
 
 /// The daemon's answer.

@@ -258,6 +258,9 @@ fn describe(request: &Request) -> String {
         Request::Force { relay, level, seconds: None } => format!("force relay {relay} {level}"),
         Request::Release { relay } => format!("release relay {relay}"),
         Request::Reset { trigger } => format!("reset trigger {trigger}"),
+        Request::EnergySet { meter, counter, value } => {
+            format!("set energy total of {meter} {} to {value}", counter.as_deref().unwrap_or(""))
+        }
     }
 }
 

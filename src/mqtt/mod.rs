@@ -86,6 +86,10 @@ impl Topics {
     pub fn meter_state(&self, meter: &str) -> String {
         format!("{}/meter/{}/state", self.prefix, topic_level(meter))
     }
+    /// A meter's energy books: lifetime totals, periods and costs (see "Energy and cost").
+    pub fn meter_energy(&self, meter: &str) -> String {
+        format!("{}/meter/{}/energy", self.prefix, topic_level(meter))
+    }
     pub fn meter_availability(&self, meter: &str) -> String {
         format!("{}/meter/{}/availability", self.prefix, topic_level(meter))
     }
@@ -122,6 +126,92 @@ impl Topics {
 
     pub fn meter_available(&self, meter: &str, online: bool) -> Message {
         Message::state(self.meter_availability(meter), if online { ONLINE } else { OFFLINE })
+    }
+
+    /// A meter's energy books, retained: `{"lifetime":{"l1_energy":1234.5},"periods":{"today":
+    /// {"kwh":3.25,"partial":false,"cost":{"home":1.2}},…}}` (costs with standing charges).
+    pub fn energy(&self, e: &crate::energy::book::MeterEnergy) -> Message {
+        let periods: serde_json::Map<String, Value> = e
+            .periods
+            .iter()
+            .map(|p| {
+                let cost: serde_json::Map<String, Value> =
+                    p.costs.iter().map(|c| (c.tariff.clone(), json!(round6(c.total)))).collect();
+                (
+                    p.period.name().to_owned(),
+                    json!({"kwh": round6(p.kwh), "partial": p.partial, "cost": cost}),
+                )
+            })
+            .collect();
+        let lifetime: serde_json::Map<String, Value> =
+            e.totals.iter().map(|(n, t)| (n.clone(), json!(round6(*t)))).collect();
+        Message::state(
+            self.meter_energy(&e.meter),
+            json!({"lifetime": lifetime, "periods": periods}).to_string(),
+        )
+    }
+
+    /// Home Assistant sensors of a meter's energy books: each lifetime total and today's and this
+    /// month's energy (`total_increasing`: the dashboard takes a drop as a new cycle), and
+    /// today's cost per tariff (`monetary`, `total`).
+    fn energy_discovery(&self, m: &Meter, config: &Config, device: &Value, origin: &Value) -> Vec<Message> {
+        let mut sensors: Vec<(String, String, String, &str, &str, String)> = Vec::new();
+        for (phase, quantity) in m.model.sample_set(m.phase) {
+            if !quantity.is_counter() {
+                continue;
+            }
+            let counter = crate::energy::book::counter_name(phase, quantity);
+            let class = if quantity == Quantity::ActiveEnergy { "energy" } else { "" };
+            sensors.push((
+                format!("lifetime_{counter}"),
+                format!("Lifetime {}", entity_name(phase, quantity).to_lowercase()),
+                format!("{{{{ value_json.lifetime.{counter} }}}}"),
+                class,
+                "total_increasing",
+                quantity.unit().to_owned(),
+            ));
+        }
+        for (period, name) in [("today", "Energy today"), ("this_month", "Energy this month")] {
+            sensors.push((
+                format!("{period}_kwh"),
+                name.to_owned(),
+                format!("{{{{ value_json.periods.{period}.kwh }}}}"),
+                "energy",
+                "total_increasing",
+                "kWh".to_owned(),
+            ));
+        }
+        for t in config.energy.tariffs.iter().filter(|t| t.applies_to(&m.name)) {
+            sensors.push((
+                format!("today_cost_{}", t.name),
+                format!("Cost today ({})", t.name),
+                format!("{{{{ value_json.periods.today.cost['{}'] }}}}", t.name),
+                "monetary",
+                "total",
+                t.currency.clone(),
+            ));
+        }
+        sensors
+            .into_iter()
+            .map(|(key, name, template, class, state_class, unit)| {
+                let object = format!("{}_{key}", m.name);
+                let mut doc = json!({
+                    "name": name,
+                    "unique_id": format!("{}_{}", self.node, topic_level(&object)),
+                    "state_topic": self.meter_energy(&m.name),
+                    "value_template": template,
+                    "state_class": state_class,
+                    "unit_of_measurement": unit,
+                    "availability_topic": self.status(),
+                    "device": device,
+                    "origin": origin,
+                });
+                if !class.is_empty() {
+                    doc["device_class"] = class.into();
+                }
+                Message::state(self.discovery("sensor", &object), doc.to_string())
+            })
+            .collect()
     }
 
     /// A reading as one JSON object: its time and every value under its trigger variable name
@@ -222,6 +312,8 @@ impl Topics {
         let mut out = Vec::new();
         for m in &config.meters {
             out.extend(self.meter_discovery(m, gateway, &origin));
+            let device = json!({"identifiers": [format!("{}_{}", self.node, topic_level(&m.name))]});
+            out.extend(self.energy_discovery(m, config, &device, &origin));
         }
         for r in &config.relays {
             let object = format!("relay_{}", r.name);
@@ -388,6 +480,11 @@ fn home_assistant_class(q: Quantity) -> (Option<&'static str>, &'static str) {
     }
 }
 
+/// Rounded to 1e-6, as readings are.
+fn round6(v: f64) -> f64 {
+    (v * 1e6).round() / 1e6
+}
+
 /// A value as JSON: rounded to 1e-6; `null` for what JSON cannot hold.
 fn push_number(out: &mut String, v: f64) {
     let r = (v * 1e6).round() / 1e6;
@@ -465,6 +562,11 @@ name = "overvolt"
 meter = "mainA"
 when = "L2U > 253"
 relays = ["pump"]
+[[tariff]]
+name = "home"
+currency = "EUR"
+price = 0.3
+meters = ["mainA"]
 "#;
         crate::config::load_str(src, "t.toml").unwrap()
     }
@@ -605,6 +707,53 @@ meter = "plant"
         );
         let a: Value = serde_json::from_slice(&attrs.payload).unwrap();
         assert_eq!(a["event"], "fault");
+    }
+
+    /// Lifetime totals and today's energy are `total_increasing` (Home Assistant's energy
+    /// dashboard takes them; a drop at midnight is a new cycle); a cost is `monetary`, `total`.
+    #[test]
+    fn energy_books_are_published_and_discovered() {
+        let config = config();
+        let t = Topics::new(&settings(), &config.gateway.name);
+        let docs = t.discovery_documents(&config);
+        let find = |topic: &str| -> Value {
+            let m = docs.iter().find(|m| m.topic == topic).unwrap_or_else(|| panic!("no {topic}"));
+            serde_json::from_slice(&m.payload).unwrap()
+        };
+        let life = find("homeassistant/sensor/pmtr_house_pi/mainA_lifetime_l2_energy/config");
+        assert_eq!(
+            (
+                life["device_class"].as_str(),
+                life["state_class"].as_str(),
+                life["unit_of_measurement"].as_str()
+            ),
+            (Some("energy"), Some("total_increasing"), Some("kWh"))
+        );
+        assert_eq!(life["state_topic"], "pmtr/house-pi/meter/mainA/energy");
+        assert_eq!(life["value_template"], "{{ value_json.lifetime.l2_energy }}");
+        let today = find("homeassistant/sensor/pmtr_house_pi/mainA_today_kwh/config");
+        assert_eq!(today["state_class"], "total_increasing");
+        assert_eq!(today["value_template"], "{{ value_json.periods.today.kwh }}");
+        let cost = find("homeassistant/sensor/pmtr_house_pi/mainA_today_cost_home/config");
+        assert_eq!(
+            (cost["device_class"].as_str(), cost["state_class"].as_str()),
+            (Some("monetary"), Some("total"))
+        );
+        assert_eq!(cost["unit_of_measurement"], "EUR");
+        // The tariff is mainA's only.
+        assert!(!docs.iter().any(|m| m.topic.contains("plant_today_cost")));
+        let reactive = find("homeassistant/sensor/pmtr_house_pi/plant_lifetime_total_reactive_energy/config");
+        assert!(reactive.get("device_class").is_none());
+
+        let e = crate::status::tests::parts().energy.remove(0);
+        let m = t.energy(&e);
+        assert!(m.retain);
+        assert_eq!(m.topic, "pmtr/house-pi/meter/main/energy");
+        let v: Value = serde_json::from_slice(&m.payload).unwrap();
+        assert_eq!(v["lifetime"]["l1_energy"], 1234.5);
+        assert_eq!(v["periods"]["today"]["kwh"], 3.25);
+        assert_eq!(v["periods"]["today"]["partial"], true);
+        assert_eq!(v["periods"]["today"]["cost"]["home"], 1.475);
     }
 
     #[test]

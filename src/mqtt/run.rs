@@ -53,7 +53,12 @@ pub struct Sources {
     pub meters: Arc<StatusBoard>,
     /// Relay and trigger states at each connection (None without triggers and relays).
     pub commands: Option<mpsc::Sender<Command>>,
+    /// The energy books, published every [`ENERGY_EVERY`] and at each connection.
+    pub energy: Option<Arc<Mutex<crate::energy::Book>>>,
 }
+
+/// How often each meter's energy books are published.
+pub const ENERGY_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -272,6 +277,8 @@ impl Publisher {
         let mut tick = tokio::time::interval(AVAILABILITY_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut records_open = true;
+        let mut energy_tick = tokio::time::interval(ENERGY_EVERY);
+        energy_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             tokio::select! {
                 _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
@@ -289,6 +296,7 @@ impl Publisher {
                     Err(broadcast::error::RecvError::Closed) => records_open = false,
                 },
                 _ = tick.tick() => self.meter_availability(&sources.meters, false),
+                _ = energy_tick.tick() => self.energy(&sources),
             }
         }
         // A clean stop says offline itself (the broker sends the last will only when the
@@ -338,6 +346,7 @@ impl Publisher {
             self.send_discovery();
         }
         self.meter_availability(&sources.meters, true);
+        self.energy(sources);
         let Some(commands) = &sources.commands else { return };
         let (reply, answer) = oneshot::channel();
         let asked = commands.send(Command::within(
@@ -396,6 +405,18 @@ impl Publisher {
         }
     }
 
+    /// Publishes each meter's energy books.
+    fn energy(&self, sources: &Sources) {
+        let Some(book) = &sources.energy else { return };
+        if !self.connected() {
+            return;
+        }
+        let views = book.lock().unwrap_or_else(|e| e.into_inner()).views(chrono::Utc::now());
+        for e in &views {
+            self.publish(self.topics.energy(e));
+        }
+    }
+
     /// Publishes each meter's availability when it changed (or every one, with `all`).
     fn meter_availability(&mut self, meters: &StatusBoard, all: bool) {
         if !self.connected() {
@@ -447,7 +468,7 @@ mod tests {
         let mqtt = Mqtt::start(
             &config,
             config.mqtt.as_ref().unwrap(),
-            Sources { records: rx, meters, commands: None },
+            Sources { records: rx, meters, commands: None, energy: None },
             stop,
         )
         .unwrap();

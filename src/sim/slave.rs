@@ -379,6 +379,13 @@ impl SimSlave {
         self.kwh
     }
 
+    /// Resets the energy counters to zero, as the PZEM's reset command does.
+    pub fn reset_energy(&mut self) {
+        self.kwh = 0.0;
+        self.kvah = 0.0;
+        self.kvarh = 0.0;
+    }
+
     /// Integrates energy up to `t_s` (time never runs backwards: an earlier `t_s` is ignored).
     /// Power is taken in steps of at most one second (at most 10 000 steps), at each step's
     /// middle; energy counts the magnitude of power (an exporting RX380 still counts up).
@@ -567,9 +574,7 @@ impl SimSlave {
                 if body.len() != 2 {
                     return (None, None);
                 }
-                self.kwh = 0.0;
-                self.kvah = 0.0;
-                self.kvarh = 0.0;
+                self.reset_energy();
                 (Some(frame(body)), None)
             }
             _ => (Some(exception(addr, function, 1)), None),

@@ -214,6 +214,8 @@ pub struct Sources {
     pub history: Arc<super::history::History>,
     pub relays: Vec<String>,
     pub triggers: Vec<String>,
+    /// The energy books (None in tests that do not keep them).
+    pub energy: Option<Arc<Mutex<crate::energy::Book>>>,
 }
 
 impl Sources {
@@ -232,6 +234,7 @@ impl Sources {
             history: Arc::new(super::history::History::new(config.meters.iter().map(|m| m.name.as_str()))),
             relays: config.relays.iter().map(|r| r.name.clone()).collect(),
             triggers: config.triggers.iter().map(|t| t.name.clone()).collect(),
+            energy: None,
         }
     }
 
@@ -292,6 +295,10 @@ impl Sources {
                 .as_ref()
                 .map(|(c, listen)| crate::modbus_server::ModbusServer::snapshot(c, *listen)),
             transitions: self.tally.transitions(),
+            energy: self
+                .energy
+                .as_ref()
+                .map_or(Vec::new(), |b| b.lock().unwrap_or_else(|e| e.into_inner()).views(Utc::now())),
         })
     }
 }

@@ -366,7 +366,77 @@ pub fn render(s: &Snapshot) -> String {
             let _ = writeln!(out, "{name} {v}");
         }
     }
+    energy(&mut out, s);
     out
+}
+
+/// The energy books: lifetime totals, and each period's energy, partial flag and cost.
+fn energy(out: &mut String, s: &Snapshot) {
+    if s.energy.is_empty() {
+        return;
+    }
+    let name = "pmtr_energy_lifetime_kilowatthours_total";
+    family(
+        out,
+        name,
+        "counter",
+        "Lifetime total of an energy counter: never goes back on a reset, rollover or new meter.",
+    );
+    for m in &s.energy {
+        for (counter, total) in &m.totals {
+            let _ = writeln!(
+                out,
+                "{name}{{meter=\"{}\",counter=\"{}\"}} {}",
+                label(&m.meter),
+                label(counter),
+                number(*total)
+            );
+        }
+    }
+    for (name, help) in [
+        ("pmtr_energy_period_kilowatthours", "Active energy of a local period (today, this_month, ...)."),
+        ("pmtr_energy_period_partial", "1 when pmtr did not see all of the period."),
+    ] {
+        family(out, name, "gauge", help);
+        for m in &s.energy {
+            for p in &m.periods {
+                let v = if name.ends_with("partial") { f64::from(u8::from(p.partial)) } else { p.kwh };
+                let _ = writeln!(
+                    out,
+                    "{name}{{meter=\"{}\",period=\"{}\"}} {}",
+                    label(&m.meter),
+                    p.period.name(),
+                    number(v)
+                );
+            }
+        }
+    }
+    let name = "pmtr_energy_period_cost";
+    let mut started = false;
+    for m in &s.energy {
+        for p in &m.periods {
+            for c in &p.costs {
+                if !started {
+                    family(
+                        out,
+                        name,
+                        "gauge",
+                        "Cost of a local period under a tariff, standing charge included.",
+                    );
+                    started = true;
+                }
+                let _ = writeln!(
+                    out,
+                    "{name}{{meter=\"{}\",period=\"{}\",tariff=\"{}\",currency=\"{}\"}} {}",
+                    label(&m.meter),
+                    p.period.name(),
+                    label(&c.tariff),
+                    label(&c.currency),
+                    number(c.total)
+                );
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -410,6 +480,22 @@ mod tests {
         assert_eq!(value_of(&text, "pmtr_alerts_total"), Some("3"));
         assert_eq!(value_of(&text, "pmtr_uptime_seconds"), Some("7201"));
         assert!(value_of(&text, "pmtr_mqtt_connected").is_none(), "no MQTT configured");
+    }
+
+    #[test]
+    fn energy_totals_periods_and_costs() {
+        let text = render(&Snapshot::assemble(super::super::tests::parts()));
+        let v = |k: &str| value_of(&text, k);
+        assert_eq!(
+            v(r#"pmtr_energy_lifetime_kilowatthours_total{meter="main",counter="l1_energy"}"#),
+            Some("1234.5")
+        );
+        assert_eq!(v(r#"pmtr_energy_period_kilowatthours{meter="main",period="today"}"#), Some("3.25"));
+        assert_eq!(v(r#"pmtr_energy_period_partial{meter="main",period="today"}"#), Some("1"));
+        assert_eq!(
+            v(r#"pmtr_energy_period_cost{meter="main",period="today",tariff="home",currency="EUR"}"#),
+            Some("1.475")
+        );
     }
 
     #[test]

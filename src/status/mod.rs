@@ -49,6 +49,9 @@ pub struct Snapshot {
     /// The Modbus TCP server's counters (when `[modbus_server]` is on).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub modbus_server: Option<crate::modbus_server::ServerCounters>,
+    /// The energy books: lifetime totals, periods and costs per meter (see `crate::energy`).
+    #[serde(default)]
+    pub energy: Vec<crate::energy::book::MeterEnergy>,
 }
 
 /// One meter: where it is, how its polls go, and its latest reading.
@@ -176,6 +179,7 @@ pub struct Parts {
     pub mqtt: Option<MqttCounters>,
     pub modbus_server: Option<crate::modbus_server::ServerCounters>,
     pub transitions: BTreeMap<String, u64>,
+    pub energy: Vec<crate::energy::book::MeterEnergy>,
 }
 
 impl Snapshot {
@@ -234,6 +238,7 @@ impl Snapshot {
             alerts: p.alerts,
             mqtt: p.mqtt,
             modbus_server: p.modbus_server,
+            energy: p.energy,
         }
     }
 
@@ -365,6 +370,24 @@ pub(crate) mod tests {
             mqtt: None,
             modbus_server: None,
             transitions: [("pump".to_owned(), 4)].into_iter().collect(),
+            energy: vec![crate::energy::book::MeterEnergy {
+                meter: "main".into(),
+                totals: [("l1_energy".to_owned(), 1234.5)].into_iter().collect(),
+                periods: vec![crate::energy::book::PeriodTotal {
+                    period: crate::energy::Period::Today,
+                    from: "2026-11-21".parse().unwrap(),
+                    to: "2026-11-21".parse().unwrap(),
+                    kwh: 3.25,
+                    partial: true,
+                    costs: vec![crate::energy::book::Cost {
+                        tariff: "home".into(),
+                        currency: "EUR".into(),
+                        energy: 0.975,
+                        standing: 0.5,
+                        total: 1.475,
+                    }],
+                }],
+            }],
         }
     }
 

@@ -139,6 +139,9 @@ pub struct Engine {
     neutral: crate::neutral::watch::Watch,
     /// Per set, its meters (indices).
     set_meters: Vec<Vec<usize>>,
+    /// The energy books of `today_kwh` and `today_cost`: kept by the engine itself from the
+    /// readings it sees (the same pure books as the energy task's), None when no trigger reads them.
+    energy: Option<crate::energy::Book>,
 }
 
 impl Engine {
@@ -177,7 +180,7 @@ impl Engine {
                 .map(|s| match s {
                     Source::Clock(c) => Input::Clock(*c),
                     // A verdict is already a judgement over time: never averaged.
-                    Source::Neutral { .. } => Input::Latest(None),
+                    Source::Neutral { .. } | Source::Energy { .. } => Input::Latest(None),
                     Source::Meter { quantity, .. } => match t.average {
                         Some(w) if !quantity.is_counter() => Input::Average(MovingAverage::new(w)),
                         _ => Input::Latest(None),
@@ -234,7 +237,29 @@ impl Engine {
             .iter()
             .map(|n| n.meters().iter().filter_map(|m| meter_index.get(*m).copied()).collect())
             .collect();
-        Ok(Engine { triggers, relays, meter_index, readers, last_seen, started: now, neutral, set_meters })
+        // The energy books only when an expression reads them (`today_kwh`, `today_cost`).
+        let energy = triggers
+            .iter()
+            .any(|t| t.sources.iter().any(|s| matches!(s, Source::Energy { .. })))
+            .then(|| {
+                crate::energy::Book::new(
+                    crate::energy::run::zone(config),
+                    config.energy.tariffs.clone(),
+                    crate::energy::run::ranges(config),
+                    Default::default(),
+                )
+            });
+        Ok(Engine {
+            triggers,
+            relays,
+            meter_index,
+            readers,
+            last_seen,
+            started: now,
+            neutral,
+            set_meters,
+            energy,
+        })
     }
 
     /// The level relay `i` must have now.
@@ -308,11 +333,22 @@ impl Engine {
         s
     }
 
+    /// Goes on from the saved energy books (`today_kwh` continues across a restart).
+    pub fn restore_energy(&mut self, books: crate::energy::Books) {
+        if let Some(b) = &mut self.energy {
+            b.books = books;
+        }
+    }
+
     /// A reading arrived.
     pub fn on_reading(&mut self, reading: &Reading, now: Now) -> Output {
         let mut out = Output::default();
         let Some(&m) = self.meter_index.get(&*reading.meter) else { return out };
         self.last_seen[m] = Some(now.mono);
+        let today = self.energy.as_mut().map(|b| {
+            b.record(reading);
+            b.today(&reading.meter, reading.time)
+        });
         if let Some(c) = self.neutral.on_reading(reading, now.mono) {
             out.changes.push(neutral_change(&c, now.wall));
         }
@@ -327,6 +363,17 @@ impl Engine {
                 {
                     if Some(s) == set {
                         *l = var.value(&v);
+                    }
+                    continue;
+                }
+                if let (Source::Energy { meter, var }, Input::Latest(l), Some((kwh, cost))) =
+                    (*source, &mut *input, today)
+                {
+                    if meter == m {
+                        *l = match var {
+                            vars::EnergyVar::TodayKwh => Some(kwh),
+                            vars::EnergyVar::TodayCost => cost,
+                        };
                     }
                     continue;
                 }
@@ -583,7 +630,7 @@ impl Engine {
         let t = &mut self.triggers[ti];
         for (k, (source, input)) in t.sources.iter().zip(&mut t.inputs).enumerate() {
             let silent = match source {
-                Source::Meter { meter, .. } => {
+                Source::Meter { meter, .. } | Source::Energy { meter, .. } => {
                     now.mono.saturating_sub(self.last_seen[*meter].unwrap_or(self.started)) > t.stale_after
                 }
                 // A set is as fresh as its most silent meter.
@@ -817,6 +864,40 @@ meter = "main"
 when = "neutral_shift > 30"
 relays = ["heater"]
 "#;
+
+    /// "Cut the heater when today's cost passes 5 EUR": 0.25 kWh a second at 0.5 EUR/kWh
+    /// passes 5 EUR after 40 s, then the 3 s hold.
+    #[test]
+    fn a_budget_trigger_reads_today_cost() {
+        let mut e = engine(
+            r#"
+[energy]
+timezone = "UTC"
+[[tariff]]
+name = "home"
+currency = "EUR"
+price = 0.5
+[[trigger]]
+name = "budget"
+meter = "main"
+when = "today_cost > 5"
+hold = "3s"
+relays = ["motor"]
+"#,
+        );
+        let mut switched = None;
+        for s in 0..60u64 {
+            let kwh = 100.0 + 0.25 * s as f64;
+            let out =
+                e.on_reading(&pzem_reading("main", Phase::L1, 230.0, 1.0, kwh, at(s as f64)), at(s as f64));
+            if let Some((_, l)) = out.switches.first() {
+                switched.get_or_insert((s, *l));
+            }
+        }
+        assert_eq!(switched, Some((44, Level::Off)));
+        let status = e.trigger_status();
+        assert!(status[0].values.contains("today_cost=7.375"), "{}", status[0].values);
+    }
 
     #[test]
     fn a_broken_neutral_trips_a_trigger_on_neutral_fault() {

@@ -128,6 +128,12 @@ impl Triggers {
         let origin = Instant::now();
         let clock = crate::clock::WallClock::system(config.gateway.clock_sync_wait);
         let mut engine = Engine::new(config, Duration::ZERO).map_err(StartError::Config)?;
+        // `today_kwh` goes on from the books the energy task saved (read only: that task sets a
+        // damaged file aside and says so).
+        let energy = crate::energy::saved::path_in(&config.gateway.state_dir);
+        if let Ok(text) = std::fs::read_to_string(&energy) {
+            engine.restore_energy(serde_json::from_str(&text).unwrap_or_default());
+        }
         let saved_path = saved::path_in(&config.gateway.state_dir);
         let (saved, orphans) = match handover.take() {
             Some(Handover { saved, bank }) => (Some(saved), Some(bank.keep_orphans(&config.relays))),
@@ -356,6 +362,8 @@ impl Shell {
                 .engine
                 .reset(trigger, &by, now)
                 .map(|out| (out, format!("trigger {trigger} reset: it trips again only after its hold"))),
+            // The control socket routes these to the energy books; none should come here.
+            Request::EnergySet { .. } => Err("energy totals are not kept by the trigger task".to_string()),
         };
         let response = match result {
             Ok((out, message)) => {

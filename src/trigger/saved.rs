@@ -66,11 +66,17 @@ pub fn load(path: &Path) -> Loaded {
 
 /// Writes `saved` atomically.
 pub fn save(path: &Path, saved: &Saved) -> std::io::Result<()> {
+    write_atomically(path, &serde_json::to_vec_pretty(saved).map_err(std::io::Error::other)?)
+}
+
+/// Writes `bytes` and a newline to `path` atomically: a temporary file beside it, fsync,
+/// rename, fsync of the folder (the energy books are saved the same way).
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
     let tmp = path.with_extension("json.tmp");
     let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&serde_json::to_vec_pretty(saved).map_err(std::io::Error::other)?)?;
+    f.write_all(bytes)?;
     f.write_all(b"\n")?;
     f.sync_all()?;
     drop(f);

@@ -7,6 +7,9 @@
 //! - `neutral_fault` (1 while the meter's `[[neutral]]` set is in `fault`, else 0) and
 //!   `neutral_shift` (its estimated neutral displacement, volts): a meter in a set; unknown
 //!   until the set has had its first sample.
+//! - `today_kwh` (the meter's active energy since local midnight, kWh) and `today_cost` (its
+//!   cost today under the first `[[tariff]]` that applies to it, standing charge included): any
+//!   meter; unknown until its first reading, and `today_cost` while no tariff applies.
 //! - `hour` (0–23), `minute` (0–59), `weekday` (1 = Monday … 7 = Sunday), `day` (1–31),
 //!   `month` (1–12): the gateway's local time, whole numbers.
 
@@ -63,6 +66,25 @@ pub enum Source {
         meter: usize,
         var: NeutralVar,
     },
+    /// Today's energy or cost of `meter` (see [`crate::energy`]).
+    Energy {
+        meter: usize,
+        var: EnergyVar,
+    },
+}
+
+/// An energy-book variable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnergyVar {
+    /// `today_kwh`.
+    TodayKwh,
+    /// `today_cost`.
+    TodayCost,
+}
+
+impl EnergyVar {
+    pub const ALL: [(&'static str, EnergyVar); 2] =
+        [("today_kwh", EnergyVar::TodayKwh), ("today_cost", EnergyVar::TodayCost)];
 }
 
 /// A broken-neutral variable.
@@ -93,7 +115,7 @@ impl Source {
             Source::Meter { quantity: Quantity::Alarm, .. }
             | Source::Clock(_)
             | Source::Neutral { var: NeutralVar::Fault, .. } => Kind::Integer,
-            Source::Meter { .. } | Source::Neutral { .. } => Kind::Number,
+            Source::Meter { .. } | Source::Neutral { .. } | Source::Energy { .. } => Kind::Number,
         }
     }
 }
@@ -103,7 +125,9 @@ pub fn meters_of(sources: &[Source]) -> Vec<usize> {
     let mut meters: Vec<usize> = sources
         .iter()
         .filter_map(|s| match s {
-            Source::Meter { meter, .. } | Source::Neutral { meter, .. } => Some(*meter),
+            Source::Meter { meter, .. } | Source::Neutral { meter, .. } | Source::Energy { meter, .. } => {
+                Some(*meter)
+            }
             Source::Clock(_) => None,
         })
         .collect();
@@ -184,6 +208,9 @@ pub fn resolve(
             }
         };
     }
+    if let Some((_, v)) = EnergyVar::ALL.iter().find(|(n, _)| *n == var) {
+        return Ok(Source::Energy { meter, var: *v });
+    }
     let offered = meter_variables(m);
     if let Some((_, phase, quantity)) = offered.iter().find(|(n, _, _)| n == var) {
         return Ok(Source::Meter { meter, phase: *phase, quantity: *quantity });
@@ -192,6 +219,7 @@ pub fn resolve(
     if set.is_some() {
         names.extend(NeutralVar::ALL.iter().map(|(n, _)| *n));
     }
+    names.extend(EnergyVar::ALL.iter().map(|(n, _)| *n));
     let close = super::expr_hint(var, &names);
     let on = if m.model.is_pzem() { format!(" on {:?}", m.phase) } else { String::new() };
     Err(format!("meter \"{}\" ({}{on}) has no `{var}`{close}; it has {}", m.name, m.model, names.join(" ")))
