@@ -338,6 +338,21 @@ async fn the_page_shows_the_meter_and_forces_a_relay_only_with_the_token() {
     assert!(sink.as_str().unwrap().contains("healthy"), "{sink}");
     let bus = browser.script("return document.querySelector('[data-bus=\"b\"]').textContent").await;
     assert!(bus.as_str().unwrap().contains("1/1 answering"), "{bus}");
+    // The energy books of the meter (a PZEM counts energy), and no broken-neutral part
+    // without a `[[neutral]]` set; a set's row as the page draws it.
+    let energy = browser
+        .wait_for(
+            "the energy of main",
+            "const e = document.querySelector('[data-energy=\"main\"]'); return e && e.textContent",
+        )
+        .await;
+    assert!(energy.as_str().unwrap().contains("kWh"), "{energy}");
+    assert_eq!(browser.script("return document.getElementById('energy-part').hidden").await, json!(false));
+    assert_eq!(browser.script("return document.getElementById('neutral-part').hidden").await, json!(true));
+    let set = browser
+        .script("return neutralRow({name: 'supply', state: 'fault', shift: 38.2, score: 1.5}).textContent")
+        .await;
+    assert_eq!(set, json!("supplyFAULT38.20 V1.50"));
     browser.screenshot("page.png").await;
     // The page asks only for the buckets it lacks and shifts its hour along.
     let merged = browser
