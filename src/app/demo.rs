@@ -116,7 +116,29 @@ average = "2s"
 hold = "3s"
 recovery = "5s"
 relays = ["water-heater"]
+
+# The workshop's supply watched for a broken neutral (its RX380 measures the line voltages
+# too): the demo's workshop neutral breaks at t=45 s, and the trigger cuts the workshop's
+# mains and keeps them cut until `pmtr trigger reset broken-neutral`.
+[[neutral]]
+name = "supply"
+meter = "workshop"
+
+[[relay]]
+name = "workshop-mains"
+pin = 27
+default = "on"
+
+[[trigger]]
+name = "broken-neutral"
+meter = "workshop"
+when = "neutral_fault == 1"
+relays = ["workshop-mains"]
+latch = true
 "#;
+
+/// When the demo's workshop neutral breaks, seconds after the start.
+pub const NEUTRAL_BREAKS_AT: u64 = 45;
 
 /// Where the demo's CSV files go (kept after it ends, unlike its scratch directory).
 pub fn demo_csv_dir() -> PathBuf {
@@ -209,7 +231,13 @@ async fn run_in(dir: &std::path::Path, opts: DemoOptions) -> anyhow::Result<()> 
     let mut b = port("ttyUSB1", 9600, "pzem-016@4,volts=121.3,amps=12.5,pf=0.95,profile=noise:2")?;
     let c = port("ttyUSB2", 9600, "pzem-016@5,volts=119.8,amps=7.25,pf=0.9")?;
     c.with_slave(5, |s| s.set_profile(Profile::Script(vec![(20.0, 130.0), (32.0, 119.8)])));
-    let _rx = port("ttyRX0", 19200, "rx380@1,profile=noise:1")?;
+    // The workshop's RX380 reads a simulated supply (a 230 V source, unbalanced loads switching
+    // behind it) whose neutral opens at NEUTRAL_BREAKS_AT.
+    let rx = port("ttyRX0", 19200, "rx380@1")?;
+    let workshop = crate::sim::grid::Grid::new(7, 230.0).with_house([3000.0, 1500.0, 300.0]);
+    let trace =
+        std::sync::Arc::new(crate::sim::GridTrace::record(workshop, 900, Some(NEUTRAL_BREAKS_AT as usize)));
+    rx.with_slave(1, |s| s.set_profile(Profile::Grid { trace, phase: 0 }));
     // A PMTR_001_SRV behind a power-line modem: pmtr sets its clock and pushes its action.
     let values = ServerValues {
         volts: [229.6, 231.2, 230.4],
@@ -320,6 +348,9 @@ async fn run_in(dir: &std::path::Path, opts: DemoOptions) -> anyhow::Result<()> 
                     b.replug(Some(dir.join("ttyUSB7")))?;
                     say(&mut events, "plugged it back in as ttyUSB7".into());
                     step = 2;
+                } else if step == 2 && t >= NEUTRAL_BREAKS_AT {
+                    say(&mut events, "the workshop's neutral breaks (simulated)".into());
+                    step = 3;
                 }
                 for text in duties.seen(&status.snapshot(), |a| held(&plc, a)) {
                     say(&mut events, text);
@@ -585,6 +616,7 @@ mod tests {
         let shed = c.meters.iter().find(|m| m.name == "shed").expect("the PMTR server");
         assert_eq!(shed.address, SERVER);
         assert_eq!(c.meters.len(), 5);
+        assert_eq!(c.neutral.len(), 1, "the workshop's supply");
     }
 
     #[test]
