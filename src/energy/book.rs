@@ -223,7 +223,7 @@ impl Book {
     /// `today` and `this_month` so far; with `closing` (the first write of a new local day, or
     /// of a run) also `yesterday` and `last_month`, their last word after a midnight. A
     /// period's point is stamped with its start (local midnight), so each write replaces the
-    /// previous one.
+    /// previous one. A period with no day in the books gets no point.
     pub fn points(&self, now: DateTime<Utc>, closing: bool) -> Vec<EnergyPoint> {
         let mut out: Vec<EnergyPoint> = self
             .totals()
@@ -236,8 +236,13 @@ impl Book {
                 })
             })
             .collect();
-        for meter in self.books.meters.keys() {
+        for (meter, book) in &self.books.meters {
             for p in self.periods(meter, now) {
+                // A period the books saw nothing of gets no point (no zeros for the days before
+                // a meter was first read).
+                if book.days.range(p.from..=p.to).next().is_none() {
+                    continue;
+                }
                 let kind = match p.period {
                     Period::Today => PeriodKind::Day,
                     Period::ThisMonth => PeriodKind::Month,
