@@ -33,6 +33,8 @@ const TIME_FILTER: &str = "time > now() - 1h";
 /// days, this month): the energy books' day and month points are stamped at their local
 /// midnight, which may be more than an hour before the run. (A `timeShift`, as on last month's
 /// panel, is not applied: the run has no data a month old.)
+/// The column list entry of a regex of fields: at least one column of the series has values.
+const ANY_COLUMN: &str = "*";
 const PANEL_TIME_FILTER: &str = "time > now() - 62d";
 const INTERVAL: &str = "1s";
 
@@ -81,6 +83,11 @@ flush_interval = "100ms"
 name = "water-heater"
 pin = {pin}
 default = "on"
+[[tariff]]
+name = "home"
+currency = "EUR"
+price = 0.30
+standing_charge = 0.5
 [[neutral]]
 name = "plant-supply"
 meter = "plant"
@@ -203,6 +210,11 @@ fn selected_columns(query: &str, what: &str) -> Vec<String> {
         .into_iter()
         .map(|item| {
             let unquote = |s: &str| s.trim().trim_matches('"').to_owned();
+            // A function of a regex of fields (`last(/^cost_/)`) gives a column per field that
+            // matches, named by InfluxDB (`last_cost_home`): checked as "any column".
+            if item.contains("(/") {
+                return ANY_COLUMN.to_owned();
+            }
             match item.rfind(" AS ").or_else(|| item.rfind(" as ")) {
                 Some(i) => unquote(&item[i + 4..]),
                 None if item.starts_with('"') && item.ends_with('"') && item.matches('"').count() == 2 => {
@@ -307,6 +319,17 @@ fn check_target(
     let series = series(&result);
     assert!(!series.is_empty(), "{what}: the query gives no series\n  {q}");
     for column in &columns {
+        if column == ANY_COLUMN {
+            let any = series.iter().any(|s| {
+                s["values"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|row| row.as_array().unwrap()[1..].iter().any(|v| !v.is_null()))
+            });
+            assert!(any, "{what}: no column matching its regex has a value\n  {q}");
+            continue;
+        }
         let mut has_value = false;
         for s in &series {
             let names: Vec<&str> =
