@@ -123,7 +123,7 @@ async fn a_counter_reset_mid_run_keeps_the_total_and_the_day_adds_up() {
     let start = chrono::DateTime::from_timestamp_millis(today[0].as_i64().unwrap()).unwrap();
     assert_eq!(today[3].as_str().unwrap(), start.date_naive().to_string(), "stamped at its start");
     assert_eq!(start.time(), chrono::NaiveTime::MIN, "UTC midnight");
-    assert_eq!(today[2].as_i64(), Some(1), "the first day a meter is read is partial");
+    assert_eq!(days[0][2].as_i64(), Some(1), "the first day a meter is read is partial");
     // CSV got the same points.
     let csv = std::fs::read_dir(dir.path().join("csv"))
         .unwrap()
