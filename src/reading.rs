@@ -292,6 +292,8 @@ pub enum Record {
     Reading(Reading),
     Change(StateChange),
     Health(Health),
+    /// A point of the energy books: a lifetime total or a day's or month's energy and cost.
+    Energy(EnergyPoint),
 }
 
 impl Record {
@@ -300,6 +302,7 @@ impl Record {
             Record::Reading(r) => r.time,
             Record::Change(c) => c.time,
             Record::Health(h) => h.time(),
+            Record::Energy(e) => e.time(),
         }
     }
 }
@@ -308,6 +311,79 @@ impl From<Health> for Record {
     fn from(h: Health) -> Self {
         Record::Health(h)
     }
+}
+
+impl From<EnergyPoint> for Record {
+    fn from(e: EnergyPoint) -> Self {
+        Record::Energy(e)
+    }
+}
+
+/// A point of the energy books, written every minute as they are saved and at stop:
+/// measurements `pmtr_energy` (a lifetime total) and `pmtr_energy_period` (a local day or month).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum EnergyPoint {
+    Total(EnergyTotal),
+    Period(EnergyPeriod),
+}
+
+impl EnergyPoint {
+    /// When the books stood so (the time of a CSV row; the stored time of a total).
+    pub fn time(&self) -> DateTime<Utc> {
+        match self {
+            EnergyPoint::Total(t) => t.time,
+            EnergyPoint::Period(p) => p.time,
+        }
+    }
+}
+
+/// One counter's lifetime total (never goes back).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnergyTotal {
+    pub time: DateTime<Utc>,
+    pub meter: Arc<str>,
+    /// `l1_energy`, `total_energy`, `total_reactive_energy`.
+    pub counter: Arc<str>,
+    pub kwh: f64,
+}
+
+/// Which period a period point is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PeriodKind {
+    Day,
+    Month,
+}
+
+impl PeriodKind {
+    /// The spool stores positions in this array: add at the end only.
+    pub const ALL: [PeriodKind; 2] = [PeriodKind::Day, PeriodKind::Month];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeriodKind::Day => "day",
+            PeriodKind::Month => "month",
+        }
+    }
+}
+
+/// A local day's or month's active energy and cost so far, stored at the period's start so
+/// that each write replaces the previous one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnergyPeriod {
+    /// When the books stood so.
+    pub time: DateTime<Utc>,
+    /// The period's start: its local midnight (the stored time).
+    pub start: DateTime<Utc>,
+    /// Its first local date.
+    pub date: chrono::NaiveDate,
+    pub meter: Arc<str>,
+    pub period: PeriodKind,
+    pub kwh: f64,
+    /// Some of it was not seen: the numbers are what was seen, never guessed.
+    pub partial: bool,
+    /// Cost per tariff (energy and standing charges), in the tariff's currency.
+    pub costs: Vec<(Arc<str>, f64)>,
 }
 
 /// A health point, written every `gateway.health_interval`: the cumulative counters of one

@@ -410,7 +410,14 @@ impl Generation {
             }
             None => None,
         };
-        let energy = crate::energy::run::Energy::start(config, status.clone(), energy_rx, stop_rx.clone());
+        // The books' points (`pmtr_energy`, `pmtr_energy_period`) through storage, never waiting.
+        let energy = crate::energy::run::Energy::start(
+            config,
+            status.clone(),
+            energy_rx,
+            store_tx.clone(),
+            stop_rx.clone(),
+        );
         // Health points (`pmtr_bus`, `pmtr_sink`) through storage, like readings.
         let health = config.gateway.health_interval.map(|every| {
             tokio::spawn(crate::store::health::run(

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use super::calendar::{self, Period};
 use super::counter::{Counter, Event, Part};
 use super::tariff::Tariff;
-use crate::reading::{Phase, Quantity, Reading};
+use crate::reading::{EnergyPeriod, EnergyPoint, EnergyTotal, PeriodKind, Phase, Quantity, Reading};
 
 /// The longest time between two readings whose energy is still split over hours, days and
 /// tariffs by time. Beyond it (the gateway was down, the meter silent) the energy still joins
@@ -217,6 +217,52 @@ impl Book {
                 periods: self.periods(m, now),
             })
             .collect()
+    }
+
+    /// What storage gets of the books at `now`: every lifetime total, and per meter its
+    /// `today` and `this_month` so far; with `closing` (the first write of a new local day, or
+    /// of a run) also `yesterday` and `last_month`, their last word after a midnight. A
+    /// period's point is stamped with its start (local midnight), so each write replaces the
+    /// previous one. A period with no day in the books gets no point.
+    pub fn points(&self, now: DateTime<Utc>, closing: bool) -> Vec<EnergyPoint> {
+        let mut out: Vec<EnergyPoint> = self
+            .totals()
+            .map(|(meter, counter, kwh)| {
+                EnergyPoint::Total(EnergyTotal {
+                    time: now,
+                    meter: meter.into(),
+                    counter: counter.into(),
+                    kwh,
+                })
+            })
+            .collect();
+        for (meter, book) in &self.books.meters {
+            for p in self.periods(meter, now) {
+                // A period the books saw nothing of gets no point (no zeros for the days before
+                // a meter was first read).
+                if book.days.range(p.from..=p.to).next().is_none() {
+                    continue;
+                }
+                let kind = match p.period {
+                    Period::Today => PeriodKind::Day,
+                    Period::ThisMonth => PeriodKind::Month,
+                    Period::Yesterday if closing => PeriodKind::Day,
+                    Period::LastMonth if closing => PeriodKind::Month,
+                    _ => continue,
+                };
+                out.push(EnergyPoint::Period(EnergyPeriod {
+                    time: now,
+                    start: calendar::day_start(p.from, self.tz),
+                    date: p.from,
+                    meter: meter.as_str().into(),
+                    period: kind,
+                    kwh: p.kwh,
+                    partial: p.partial,
+                    costs: p.costs.iter().map(|c| (c.tariff.as_str().into(), c.total)).collect(),
+                }));
+            }
+        }
+        out
     }
 
     /// Today's active energy of `meter` at `now`, and its cost under the first tariff that

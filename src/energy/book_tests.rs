@@ -283,6 +283,47 @@ fn a_tariff_for_other_meters_costs_nothing_here() {
     assert!(b.periods("main", utc("2026-07-01T10:05:00Z"))[0].costs.is_empty());
 }
 
+/// Storage gets the totals and, per meter, the local day and month so far stamped at their
+/// local midnight; closing adds yesterday and last month.
+#[test]
+fn points_for_storage_are_the_totals_and_the_day_and_month_at_their_start() {
+    let mut b = book();
+    b.record(&reading("main", utc("2026-06-30T21:50:00Z"), 10.0)); // 23:50 in Berlin
+    b.record(&reading("main", utc("2026-06-30T22:10:00Z"), 11.0)); // 00:10 on July 1st
+    let now = utc("2026-06-30T22:10:00Z");
+    let points = b.points(now, false);
+    let EnergyPoint::Total(t) = &points[0] else { panic!("{points:?}") };
+    assert_eq!((&*t.meter, &*t.counter, t.kwh, t.time), ("main", "l1_energy", 11.0, now));
+    let periods: Vec<&EnergyPeriod> = points
+        .iter()
+        .filter_map(|p| match p {
+            EnergyPoint::Period(p) => Some(p),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(periods.len(), 2);
+    let (day, month) = (periods[0], periods[1]);
+    assert_eq!(
+        (day.period, day.date, day.start),
+        (PeriodKind::Day, date("2026-07-01"), utc("2026-06-30T22:00:00Z"))
+    );
+    assert_eq!((month.period, month.date, month.start), (PeriodKind::Month, date("2026-07-01"), day.start));
+    assert!(close(day.kwh, 0.5) && close(month.kwh, 0.5));
+    // 0.5 kWh at the night price and the day's standing charge.
+    assert_eq!(&*day.costs[0].0, "home");
+    assert!(close(day.costs[0].1, 0.5 * 0.20 + 0.5));
+    let closing = b.points(now, true);
+    let yesterday = closing
+        .iter()
+        .find_map(|p| match p {
+            EnergyPoint::Period(p) if p.date == date("2026-06-30") && p.period == PeriodKind::Day => Some(p),
+            _ => None,
+        })
+        .expect("yesterday on closing");
+    assert!(close(yesterday.kwh, 0.5) && yesterday.partial, "seen from 23:50 only");
+    assert_eq!(closing.len(), 5, "a total, today, this month, yesterday, last month");
+}
+
 mod property {
     use super::*;
     use proptest::prelude::*;

@@ -90,13 +90,14 @@ impl Energy {
         config: &Config,
         status: Arc<StatusBoard>,
         requests: mpsc::Receiver<Command>,
+        store: crate::store::Intake,
         stop: watch::Receiver<bool>,
     ) -> Energy {
         let path = saved::path_in(&config.gateway.state_dir);
         let book = Arc::new(Mutex::new(open(config, &path)));
         tracing::info!(timezone = %lock(&book).tz, tariffs = config.energy.tariffs.len(), "energy books ready");
         let meters: Vec<String> = config.meters.iter().map(|m| m.name.clone()).collect();
-        let task = tokio::spawn(run(book.clone(), meters, status, path, requests, stop));
+        let task = tokio::spawn(run(book.clone(), meters, status, path, requests, store, stop));
         Energy { book, task }
     }
 
@@ -116,8 +117,10 @@ async fn run(
     status: Arc<StatusBoard>,
     path: PathBuf,
     mut requests: mpsc::Receiver<Command>,
+    store: crate::store::Intake,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut points = Points { store, last_day: None };
     let mut seen: BTreeMap<String, DateTime<Utc>> = BTreeMap::new();
     let mut look = tokio::time::interval(LOOK_EVERY);
     let mut save = tokio::time::interval(SAVE_EVERY);
@@ -131,6 +134,7 @@ async fn run(
             _ = look.tick() => dirty |= take_readings(&book, &meters, &status, &mut seen),
             _ = save.tick(), if dirty => {
                 write(&book, &path);
+                points.send(&book);
                 dirty = false;
             }
             r = requests.recv(), if open => match r {
@@ -144,6 +148,7 @@ async fn run(
                         Ok((counter, old)) => {
                             tracing::info!(%meter, %counter, old, new = value, by = %c.caller, "energy total set by hand");
                             write(&book, &path);
+                            points.send(&book);
                             Response::Done { message: format!("{meter} {counter}: total set to {value} kWh (was {old})") }
                         }
                         Err(message) => Response::Error { message },
@@ -157,6 +162,30 @@ async fn run(
     }
     take_readings(&book, &meters, &status, &mut seen);
     write(&book, &path);
+    points.send(&book);
+}
+
+/// The books' points on their way to storage, handed over without waiting (a full queue
+/// drops them, counted; the next write a minute later replaces them).
+struct Points {
+    store: crate::store::Intake,
+    /// The local date of the last write: the first write of a new day closes the last one.
+    last_day: Option<chrono::NaiveDate>,
+}
+
+impl Points {
+    fn send(&mut self, book: &Mutex<Book>) {
+        let now = Utc::now();
+        let book = lock(book);
+        let today = super::calendar::local_date(now, book.tz);
+        let closing = self.last_day != Some(today);
+        self.last_day = Some(today);
+        for p in book.points(now, closing) {
+            if self.store.offer(p.into()).is_err() {
+                return;
+            }
+        }
+    }
 }
 
 /// Books every meter's newest reading not booked yet. True when any was.
@@ -262,7 +291,8 @@ mod tests {
         status.register("main", MeterStatus::searching("b".into(), 1, Model::Pzem016));
         let (stop_tx, stop) = watch::channel(false);
         let (tx, rx) = requests();
-        let energy = Energy::start(&config, status.clone(), rx, stop);
+        let (store, mut stored) = crate::store::Intake::channel(64);
+        let energy = Energy::start(&config, status.clone(), rx, store, stop);
         for (t, kwh) in [("2026-07-01T10:00:00Z", 5.0), ("2026-07-01T10:00:05Z", 5.25)] {
             status.update("main", |s| s.last_reading = Some(reading(t, kwh)));
             tokio::time::sleep(LOOK_EVERY * 2).await;
@@ -280,5 +310,14 @@ mod tests {
         assert_eq!(main.counters["l1_energy"].total, 100.25);
         assert_eq!(main.days[&"2026-07-01".parse().unwrap()].kwh, 0.5);
         assert_eq!(open(&config, &saved::path_in(dir.path())).books, books);
+        // Storage got the points of each write (the set by hand, the stop): the last total
+        // is the saved one.
+        let mut last_total = None;
+        while let Ok(r) = stored.try_recv() {
+            if let crate::reading::Record::Energy(crate::reading::EnergyPoint::Total(t)) = r {
+                last_total = Some(t.kwh);
+            }
+        }
+        assert_eq!(last_total, Some(100.25));
     }
 }

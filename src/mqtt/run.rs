@@ -402,6 +402,8 @@ impl Publisher {
             // The gateway's own health goes to the database; the broker gets the status API's
             // view through the readings and states.
             Record::Health(_) => {}
+            // The energy books go to the broker from the books themselves.
+            Record::Energy(_) => {}
         }
     }
 

@@ -13,10 +13,15 @@
 //! row per meter and per sink: `time,subject,name,bus,` then every counter (see
 //! [`csv_health_header`]). A meter group called `health` writes to
 //! `health.readings-<YYYY-MM-DD>.csv`.
+//!
+//! Points of the energy books go to `<dir>/energy-<YYYY-MM-DD>.csv` by the day they were
+//! written: `time,meter,counter,period,start,kwh,partial,tariff,cost` (see
+//! [`csv_energy_rows`]). A meter group called `energy` writes to
+//! `energy.readings-<YYYY-MM-DD>.csv`.
 
 use super::schema::{
-    csv_change_row, csv_header, csv_health_header, csv_health_row, csv_rows, quantities_of,
-    CSV_CHANGES_HEADER,
+    csv_change_row, csv_energy_rows, csv_header, csv_health_header, csv_health_row, csv_rows, quantities_of,
+    CSV_CHANGES_HEADER, CSV_ENERGY_HEADER,
 };
 use super::sink::{WriteError, WriteFuture, Writer};
 use crate::meter::Model;
@@ -67,12 +72,16 @@ struct CsvFiles {
     changes: Option<(NaiveDate, File)>,
     /// The open file of health points.
     health: Option<(NaiveDate, File)>,
+    /// The open file of energy points.
+    energy: Option<(NaiveDate, File)>,
 }
 
 /// The file name stem of state changes.
 const CHANGES: &str = "changes";
 /// The file name stem of health points.
 const HEALTH: &str = "health";
+/// The file name stem of energy points.
+const ENERGY: &str = "energy";
 
 fn columns_for(models: impl IntoIterator<Item = Model>) -> Vec<Quantity> {
     let models: Vec<Model> = models.into_iter().collect();
@@ -118,7 +127,16 @@ impl CsvFiles {
             groups.insert(meter.clone(), group);
         }
         let columns = models.into_iter().map(|(g, ms)| (g, columns_for(ms))).collect();
-        CsvFiles { dir, zone, groups, columns, open: HashMap::new(), changes: None, health: None }
+        CsvFiles {
+            dir,
+            zone,
+            groups,
+            columns,
+            open: HashMap::new(),
+            changes: None,
+            health: None,
+            energy: None,
+        }
     }
 
     fn stamp(&self, t: DateTime<Utc>) -> (NaiveDate, String) {
@@ -163,7 +181,7 @@ impl CsvFiles {
         if stale {
             std::fs::create_dir_all(&self.dir)?;
             let renamed;
-            let stem = if group == CHANGES || group == HEALTH {
+            let stem = if group == CHANGES || group == HEALTH || group == ENERGY {
                 renamed = format!("{group}.readings");
                 &renamed
             } else {
@@ -196,12 +214,22 @@ impl CsvFiles {
         Ok(&mut self.health.as_mut().expect("just opened").1)
     }
 
+    fn energy_file(&mut self, day: NaiveDate) -> std::io::Result<&mut File> {
+        if self.energy.as_ref().is_none_or(|(d, _)| *d != day) {
+            std::fs::create_dir_all(&self.dir)?;
+            let f = open_with_header(&self.dir.join(format!("{ENERGY}-{day}.csv")), CSV_ENERGY_HEADER)?;
+            self.energy = Some((day, f));
+        }
+        Ok(&mut self.energy.as_mut().expect("just opened").1)
+    }
+
     /// Appends the rows of a batch; `touched` gets each file written with its length before.
     fn write_now(&mut self, batch: &[Record], touched: &mut Vec<(File, u64)>) -> std::io::Result<()> {
         // Rows per (group, day), in arrival order; state changes per day.
         let mut out: Vec<(String, NaiveDate, String)> = Vec::new();
         let mut changes: Vec<(NaiveDate, String)> = Vec::new();
         let mut health: Vec<(NaiveDate, String)> = Vec::new();
+        let mut energy: Vec<(NaiveDate, String)> = Vec::new();
         for r in batch {
             let r = match r {
                 Record::Reading(r) => r,
@@ -227,6 +255,18 @@ impl CsvFiles {
                         }
                     };
                     csv_health_row(h, &time, &mut health[i].1);
+                    continue;
+                }
+                Record::Energy(e) => {
+                    let (day, time) = self.stamp(e.time());
+                    let i = match energy.iter().position(|(d, _)| *d == day) {
+                        Some(i) => i,
+                        None => {
+                            energy.push((day, String::new()));
+                            energy.len() - 1
+                        }
+                    };
+                    csv_energy_rows(e, &time, &mut energy[i].1);
                     continue;
                 }
             };
@@ -257,6 +297,9 @@ impl CsvFiles {
         }
         for (day, text) in health {
             append(self.health_file(day)?, &text, touched)?;
+        }
+        for (day, text) in energy {
+            append(self.energy_file(day)?, &text, touched)?;
         }
         Ok(())
     }
@@ -332,6 +375,7 @@ impl Writer for CsvWriter {
                 }
                 Record::Change(c) => csv_change_row(c, &c.time.to_rfc3339(), &mut s),
                 Record::Health(h) => csv_health_row(h, &h.time().to_rfc3339(), &mut s),
+                Record::Energy(e) => csv_energy_rows(e, &e.time().to_rfc3339(), &mut s),
             }
         }
         s

@@ -23,6 +23,15 @@
 //!           sink: sink name length: u8 | sink name
 //!         | value count: u8 | values: u64 LE each, in the order of
 //!           `MeterHealth::FIELDS` or `SinkHealth::FIELDS`
+//!   bits 7, 6 and 5 set (flags = 0xE0): a point of the energy books
+//!         | time: i64 LE, nanoseconds since 1970 UTC (when the books stood so)
+//!         | kind: u8 (0: a lifetime total, 1: a period)
+//!         | total: meter name length: u8 | meter name | counter name length: u8 | counter name
+//!                | kwh: f64 LE
+//!           period: start: i64 LE, nanoseconds | date: i32 LE, days from 0001-01-01
+//!                | period: u8 (a position in `PeriodKind::ALL`) | partial: u8
+//!                | meter name length: u8 | meter name | kwh: f64 LE
+//!                | cost count: u8 | per cost: tariff name length: u8, tariff name, cost: f64 LE
 //! ```
 //!
 //! Model, phase, quantity, subject and event are positions in [`Model::ALL`], [`Phase::ALL`],
@@ -37,12 +46,15 @@
 //! changes are written as before, and a health point (a PZEM meter on bus `house`: 7 + 1 + 8 + 1 +
 //! 6 + 6 + 1 + 9 × 8 = 102 bytes) is told apart by bits 7 and 6. A pmtr from before health points
 //! must not replay a spool holding them: it would take them for state changes (most of them
-//! unreadable, skipped and logged).
+//! unreadable, skipped and logged). Energy points came after health points: neither a health
+//! point (flags exactly 0xC0) nor a state change ever has bit 5 set with bits 7 and 6, so every
+//! older record decodes as before; a pmtr from before energy points must not replay a spool
+//! holding them (it takes them for health points of an unknown kind: skipped and logged).
 
 use crate::meter::Model;
 use crate::reading::{
-    ChangeEvent, Health, MeterHealth, Phase, Quality, Quantity, Reading, Record, Sample, SinkHealth,
-    StateChange, Subject,
+    ChangeEvent, EnergyPeriod, EnergyPoint, EnergyTotal, Health, MeterHealth, PeriodKind, Phase, Quality,
+    Quantity, Reading, Record, Sample, SinkHealth, StateChange, Subject,
 };
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
@@ -60,6 +72,11 @@ pub const MAX_PAYLOAD: usize = 4096;
 pub const CHANGE_FLAG: u8 = 0x80;
 /// Flags bits 7 and 6: the payload is a health point.
 pub const HEALTH_FLAGS: u8 = 0xC0;
+/// Flags bits 7, 6 and 5: the payload is a point of the energy books.
+pub const ENERGY_FLAGS: u8 = 0xE0;
+/// The most tariffs a period point keeps in the spool (so that it fits [`MAX_PAYLOAD`] even
+/// with 255-byte names).
+pub const MAX_COSTS: usize = 12;
 /// The longest cause kept; a longer one is cut at a character boundary.
 pub const MAX_CAUSE: usize = 1024;
 
@@ -104,6 +121,7 @@ pub fn encode(record: &Record, out: &mut Vec<u8>) {
         Record::Reading(r) => encode_reading(r, out),
         Record::Change(c) => encode_change(c, out),
         Record::Health(h) => encode_health(h, out),
+        Record::Energy(e) => encode_energy(e, out),
     }
     let len = (out.len() - start - HEADER) as u16;
     out[start + 1..start + 3].copy_from_slice(&len.to_le_bytes());
@@ -169,6 +187,34 @@ fn encode_health(health: &Health, out: &mut Vec<u8>) {
     out.push(values.len() as u8);
     for v in values {
         out.extend_from_slice(&v.to_le_bytes());
+    }
+}
+
+fn encode_energy(point: &EnergyPoint, out: &mut Vec<u8>) {
+    out.push(ENERGY_FLAGS);
+    push_time(&point.time(), out);
+    match point {
+        EnergyPoint::Total(t) => {
+            out.push(0);
+            push_name(&t.meter, out);
+            push_name(&t.counter, out);
+            out.extend_from_slice(&t.kwh.to_le_bytes());
+        }
+        EnergyPoint::Period(p) => {
+            out.push(1);
+            push_time(&p.start, out);
+            out.extend_from_slice(&chrono::Datelike::num_days_from_ce(&p.date).to_le_bytes());
+            out.push(index_of(&PeriodKind::ALL, &p.period));
+            out.push(u8::from(p.partial));
+            push_name(&p.meter, out);
+            out.extend_from_slice(&p.kwh.to_le_bytes());
+            let costs = &p.costs[..p.costs.len().min(MAX_COSTS)];
+            out.push(costs.len() as u8);
+            for (tariff, cost) in costs {
+                push_name(tariff, out);
+                out.extend_from_slice(&cost.to_le_bytes());
+            }
+        }
     }
 }
 
@@ -239,7 +285,9 @@ fn lookup<T: Copy>(all: &[T], i: u8, what: &'static str) -> Result<T, PayloadErr
 pub fn decode(payload: &[u8], names: &mut Names) -> Result<Record, PayloadError> {
     let mut p = Payload(payload);
     let flags = p.u8()?;
-    if flags & HEALTH_FLAGS == HEALTH_FLAGS {
+    if flags == ENERGY_FLAGS {
+        decode_energy(p, names).map(Record::Energy)
+    } else if flags & HEALTH_FLAGS == HEALTH_FLAGS {
         decode_health(p, names).map(Record::Health)
     } else if flags & CHANGE_FLAG != 0 {
         decode_change(flags, p, names).map(Record::Change)
@@ -316,6 +364,41 @@ fn decode_health(mut p: Payload<'_>, names: &mut Names) -> Result<Health, Payloa
     };
     p.end()?;
     Ok(health)
+}
+
+fn decode_energy(mut p: Payload<'_>, names: &mut Names) -> Result<EnergyPoint, PayloadError> {
+    let time = p.time()?;
+    let point = match p.u8()? {
+        0 => {
+            let len = usize::from(p.u8()?);
+            let meter = names.get(p.str(len, "meter name")?);
+            let len = usize::from(p.u8()?);
+            let counter = names.get(p.str(len, "counter name")?);
+            let kwh = f64::from_le_bytes(p.array()?);
+            EnergyPoint::Total(EnergyTotal { time, meter, counter, kwh })
+        }
+        1 => {
+            let start = p.time()?;
+            let date = chrono::NaiveDate::from_num_days_from_ce_opt(i32::from_le_bytes(p.array()?))
+                .ok_or(PayloadError("period date"))?;
+            let period = lookup(&PeriodKind::ALL, p.u8()?, "unknown period")?;
+            let partial = p.u8()? != 0;
+            let len = usize::from(p.u8()?);
+            let meter = names.get(p.str(len, "meter name")?);
+            let kwh = f64::from_le_bytes(p.array()?);
+            let count = usize::from(p.u8()?);
+            let mut costs = Vec::with_capacity(count);
+            for _ in 0..count {
+                let len = usize::from(p.u8()?);
+                let tariff = names.get(p.str(len, "tariff name")?);
+                costs.push((tariff, f64::from_le_bytes(p.array()?)));
+            }
+            EnergyPoint::Period(EnergyPeriod { time, start, date, meter, period, kwh, partial, costs })
+        }
+        _ => return Err(PayloadError("unknown energy point kind")),
+    };
+    p.end()?;
+    Ok(point)
 }
 
 /// What the scanner finds at a position.
@@ -708,6 +791,94 @@ mod tests {
         for r in &all {
             encode(r, &mut buf);
         }
+        assert_eq!(decoded(&buf), all);
+    }
+
+    fn energy_points() -> Vec<Record> {
+        let time = Utc.timestamp_nanos(1_783_000_000_123_456_789);
+        let total = EnergyTotal { time, meter: "mainA".into(), counter: "l1_energy".into(), kwh: 1234.567 };
+        let period = EnergyPeriod {
+            time,
+            start: Utc.timestamp_nanos(1_782_943_200_000_000_000),
+            date: "2026-07-01".parse().unwrap(),
+            meter: "mainA".into(),
+            period: PeriodKind::Day,
+            kwh: 12.5,
+            partial: true,
+            costs: vec![("night".into(), 1.25), ("flat".into(), 3.5)],
+        };
+        let month =
+            EnergyPeriod { period: PeriodKind::Month, partial: false, costs: vec![], ..period.clone() };
+        [EnergyPoint::Total(total), EnergyPoint::Period(period), EnergyPoint::Period(month)]
+            .into_iter()
+            .map(Record::Energy)
+            .collect()
+    }
+
+    /// Energy points go through the spool and come back the same, beside the older kinds.
+    #[test]
+    fn energy_points_round_trip_beside_readings_changes_and_health() {
+        let mut all = energy_points();
+        all.extend([reading(1), change(2), health(3)]);
+        let mut buf = Vec::new();
+        for r in &all {
+            encode(r, &mut buf);
+        }
+        assert_eq!(decoded(&buf), all);
+        let mut one = Vec::new();
+        encode(&all[0], &mut one);
+        assert_eq!(one[HEADER], ENERGY_FLAGS);
+        assert_eq!(one.len(), HEADER + 1 + 8 + 1 + 6 + 10 + 8, "a total: 41 bytes");
+        // The longest period point still fits.
+        let Record::Energy(EnergyPoint::Period(p)) = &all[1] else { unreachable!() };
+        let long: Arc<str> = "x".repeat(300).into();
+        let costs = (0..300).map(|_| (long.clone(), 1.0)).collect();
+        let big =
+            Record::Energy(EnergyPoint::Period(EnergyPeriod { meter: long.clone(), costs, ..p.clone() }));
+        let mut out = Vec::new();
+        encode(&big, &mut out);
+        assert!(out.len() - HEADER <= MAX_PAYLOAD, "{} bytes", out.len() - HEADER);
+        let Record::Energy(EnergyPoint::Period(back)) = &decoded(&out)[0] else { panic!() };
+        assert_eq!(back.costs.len(), MAX_COSTS);
+        // A damaged kind or period is an error, not a guess.
+        let mut bad = one[HEADER..].to_vec();
+        bad[9] = 7;
+        assert_eq!(decode(&bad, &mut Names::default()), Err(PayloadError("unknown energy point kind")));
+    }
+
+    /// A spool written before energy points existed replays as before: these bytes are a
+    /// reading, a state change and a health point as the previous version wrote them.
+    #[test]
+    fn a_spool_from_before_energy_points_still_replays() {
+        let health = "a75f0055b1568cc0154d56f8d0037a180005686f757365056d61696e41090100000000000000020000000000\
+                      0000030000000000000004000000000000000500000000000000060000000000000007000000000000000800\
+                      0000000000000100000000000000";
+        let change = "a722008d1dcb3981154d56f8d0037a1800000b6f766572766f6c7461676509004c31553d3235342e32";
+        let time = Utc.timestamp_nanos(1_763_726_400_123_456_789);
+        let all = vec![
+            Record::Health(Health::Meter(MeterHealth::from_values(
+                time,
+                "house".into(),
+                "mainA".into(),
+                [1, 2, 3, 4, 5, 6, 7, 8, 1],
+            ))),
+            Record::Change(StateChange {
+                time,
+                subject: Subject::Trigger,
+                name: "overvoltage".into(),
+                event: ChangeEvent::Tripped,
+                active: true,
+                held: false,
+                dry_run: false,
+                cause: "L1U=254.2".into(),
+            }),
+        ];
+        let mut buf = Vec::new();
+        for r in &all {
+            encode(r, &mut buf);
+        }
+        assert_eq!(hex(&buf), format!("{health}{change}"), "the encoder writes the older kinds as before");
+        assert_ne!(buf[HEADER], ENERGY_FLAGS);
         assert_eq!(decoded(&buf), all);
     }
 

@@ -40,9 +40,24 @@
 //! - tags: `gateway`, and `bus` and `meter`, or `sink`;
 //! - fields: every counter of [`MeterHealth::FIELDS`] or [`SinkHealth::FIELDS`], integers,
 //!   cumulative since pmtr started (spool and memory depths are levels).
+//!
+//! The energy books give a point per lifetime total and per local day and month:
+//!
+//! ```text
+//! pmtr_energy,gateway=house,meter=kitchen,counter=l1_energy kwh=1234.567 1783000000123
+//! pmtr_energy_period,gateway=house,meter=kitchen,period=day,start=2026-07-01 kwh=12.5,partial=0i,cost_night=1.25 1782943200000
+//! ```
+//!
+//! - measurement: `<measurement>_energy` and `<measurement>_energy_period`;
+//! - a total: tags `meter`, `counter`; field `kwh`; time: when the books were written;
+//! - a period: tags `meter`, `period` (`day`, `month`), `start` (its first local date); fields
+//!   `kwh`, `partial` (integer 0/1) and `cost_<tariff>` per tariff that applies (energy and
+//!   standing charges); time: the period's start (local midnight), so each write replaces the
+//!   last.
 
 use crate::reading::{
-    Health, MeterHealth, Phase, Quantity, Reading, Record, Sample, SinkHealth, StateChange, Subject,
+    EnergyPoint, Health, MeterHealth, Phase, Quantity, Reading, Record, Sample, SinkHealth, StateChange,
+    Subject,
 };
 use std::fmt::Write as _;
 
@@ -62,6 +77,9 @@ pub struct LineProtocol {
     /// The same for `<measurement>_bus` and `<measurement>_sink`.
     bus_prefix: String,
     sink_prefix: String,
+    /// The same for `<measurement>_energy` and `<measurement>_energy_period`.
+    energy_prefix: String,
+    period_prefix: String,
 }
 
 impl LineProtocol {
@@ -80,6 +98,8 @@ impl LineProtocol {
             neutral_prefix: with_gateway(&format!("{measurement}_neutral")),
             bus_prefix: with_gateway(&format!("{measurement}_bus")),
             sink_prefix: with_gateway(&format!("{measurement}_sink")),
+            energy_prefix: with_gateway(&format!("{measurement}_energy")),
+            period_prefix: with_gateway(&format!("{measurement}_energy_period")),
         }
     }
 
@@ -89,7 +109,45 @@ impl LineProtocol {
             Record::Reading(r) => self.encode_reading(r, out),
             Record::Change(c) => self.encode_change(c, out),
             Record::Health(h) => self.encode_health(h, out),
+            Record::Energy(e) => self.encode_energy(e, out),
         }
+    }
+
+    /// Appends the one point of an energy record to `out`. Returns 1, or 0 for a total that
+    /// is not a number (never written).
+    pub fn encode_energy(&self, point: &EnergyPoint, out: &mut String) -> usize {
+        match point {
+            EnergyPoint::Total(t) => {
+                if !t.kwh.is_finite() {
+                    return 0;
+                }
+                out.push_str(&self.energy_prefix);
+                for (tag, value) in [("meter", &t.meter), ("counter", &t.counter)] {
+                    if !value.is_empty() {
+                        let _ = write!(out, ",{tag}=");
+                        escape_into(out, value, TAG_SPECIAL);
+                    }
+                }
+                let _ = writeln!(out, " kwh={} {}", stored_value(t.kwh), t.time.timestamp_millis());
+            }
+            EnergyPoint::Period(p) => {
+                out.push_str(&self.period_prefix);
+                if !p.meter.is_empty() {
+                    out.push_str(",meter=");
+                    escape_into(out, &p.meter, TAG_SPECIAL);
+                }
+                let _ = write!(out, ",period={},start={}", p.period.as_str(), p.date);
+                let kwh = if p.kwh.is_finite() { stored_value(p.kwh) } else { 0.0 };
+                let _ = write!(out, " kwh={kwh},partial={}i", u8::from(p.partial));
+                for (tariff, cost) in p.costs.iter().filter(|(_, c)| c.is_finite()) {
+                    out.push_str(",cost_");
+                    escape_into(out, tariff, TAG_SPECIAL);
+                    let _ = write!(out, "={}", stored_value(*cost));
+                }
+                let _ = writeln!(out, " {}", p.start.timestamp_millis());
+            }
+        }
+        1
     }
 
     /// Appends the one point of a health record to `out`. Returns 1.
@@ -217,6 +275,8 @@ pub fn point_count(record: &Record) -> usize {
     match record {
         Record::Reading(r) => phases_of(&r.samples).len(),
         Record::Change(_) | Record::Health(_) => 1,
+        Record::Energy(EnergyPoint::Total(t)) => usize::from(t.kwh.is_finite()),
+        Record::Energy(EnergyPoint::Period(_)) => 1,
     }
 }
 
@@ -377,6 +437,49 @@ pub fn csv_health_row(health: &Health, time: &str, out: &mut String) {
     }
     out.push_str(&",".repeat(after));
     out.push('\n');
+}
+
+/// The header of the CSV file of energy points.
+pub const CSV_ENERGY_HEADER: &str = "time,meter,counter,period,start,kwh,partial,tariff,cost\n";
+
+/// The CSV rows of an energy point, `time` (when the books were written) already formatted:
+/// a total gives one row (`counter` and `kwh`); a period one row per tariff (`tariff`,
+/// `cost`), or one with those empty when no tariff applies.
+pub fn csv_energy_rows(point: &EnergyPoint, time: &str, out: &mut String) {
+    let text = |out: &mut String, s: &str| push_csv_text(out, s, s.contains([',', '"', '\n', '\r']));
+    let _ = write!(out, "{time},");
+    match point {
+        EnergyPoint::Total(t) => {
+            text(out, &t.meter);
+            out.push(',');
+            text(out, &t.counter);
+            let _ = writeln!(out, ",,,{},,,", stored_value(t.kwh));
+        }
+        EnergyPoint::Period(p) => {
+            let row_start = out.len() - time.len() - 1;
+            text(out, &p.meter);
+            let _ = write!(
+                out,
+                ",,{},{},{},{}",
+                p.period.as_str(),
+                p.date,
+                stored_value(p.kwh),
+                u8::from(p.partial)
+            );
+            let head = out[row_start..].to_string();
+            if p.costs.is_empty() {
+                out.push_str(",,\n");
+            }
+            for (i, (tariff, cost)) in p.costs.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(&head);
+                }
+                out.push(',');
+                text(out, tariff);
+                let _ = writeln!(out, ",{}", stored_value(*cost));
+            }
+        }
+    }
 }
 
 fn push_csv_text(out: &mut String, s: &str, quoted: bool) {
@@ -678,6 +781,67 @@ mod tests {
         );
         for row in out.lines() {
             assert_eq!(row.split(',').count(), header.trim_end().split(',').count(), "{row}");
+        }
+    }
+
+    fn energy_points() -> [EnergyPoint; 3] {
+        use crate::reading::{EnergyPeriod, EnergyTotal, PeriodKind};
+        let time = chrono::Utc.timestamp_millis_opt(1_783_000_000_123).unwrap();
+        let total =
+            EnergyTotal { time, meter: "kitchen".into(), counter: "l1_energy".into(), kwh: 1234.5670000001 };
+        let day = EnergyPeriod {
+            time,
+            start: chrono::Utc.timestamp_millis_opt(1_782_943_200_000).unwrap(),
+            date: "2026-07-01".parse().unwrap(),
+            meter: "kitchen".into(),
+            period: PeriodKind::Day,
+            kwh: 12.5,
+            partial: false,
+            costs: vec![("night rate".into(), 1.25), ("flat".into(), 3.5)],
+        };
+        let month = EnergyPeriod { period: PeriodKind::Month, partial: true, costs: vec![], ..day.clone() };
+        [EnergyPoint::Total(total), EnergyPoint::Period(day), EnergyPoint::Period(month)]
+    }
+
+    /// A total is a point at the time of the write; a period one at its start, with a cost
+    /// field per tariff (its name escaped as a field key).
+    #[test]
+    fn energy_points_in_line_protocol() {
+        let lp = LineProtocol::new("pmtr", "house");
+        let mut out = String::new();
+        for p in energy_points() {
+            assert_eq!(lp.encode(&Record::Energy(p.clone()), &mut out), 1);
+            assert_eq!(point_count(&Record::Energy(p)), 1);
+        }
+        assert_eq!(
+            out,
+            "pmtr_energy,gateway=house,meter=kitchen,counter=l1_energy kwh=1234.567 1783000000123\n\
+             pmtr_energy_period,gateway=house,meter=kitchen,period=day,start=2026-07-01 kwh=12.5,partial=0i,cost_night\\ rate=1.25,cost_flat=3.5 1782943200000\n\
+             pmtr_energy_period,gateway=house,meter=kitchen,period=month,start=2026-07-01 kwh=12.5,partial=1i 1782943200000\n"
+        );
+        let [EnergyPoint::Total(mut t), ..] = energy_points() else { unreachable!() };
+        t.kwh = f64::NAN;
+        let nan = Record::Energy(EnergyPoint::Total(t));
+        assert_eq!((lp.encode(&nan, &mut String::new()), point_count(&nan)), (0, 0));
+    }
+
+    /// One CSV row per total, and per tariff of a period (one with the tariff empty without
+    /// any); every row has the header's columns.
+    #[test]
+    fn energy_points_as_csv_rows() {
+        let mut out = String::new();
+        for p in energy_points() {
+            csv_energy_rows(&p, "T", &mut out);
+        }
+        assert_eq!(
+            out,
+            "T,kitchen,l1_energy,,,1234.567,,,\n\
+             T,kitchen,,day,2026-07-01,12.5,0,night rate,1.25\n\
+             T,kitchen,,day,2026-07-01,12.5,0,flat,3.5\n\
+             T,kitchen,,month,2026-07-01,12.5,1,,\n"
+        );
+        for row in out.lines() {
+            assert_eq!(row.split(',').count(), CSV_ENERGY_HEADER.trim_end().split(',').count(), "{row}");
         }
     }
 }

@@ -132,8 +132,10 @@ enum Source {
 
 struct Flight {
     source: Source,
-    /// Records in the batch, and how many of them are state changes and health points.
+    /// Records in the batch, and how many of them are readings, state changes and health
+    /// points (the rest are energy points, counted in `points` only).
     records: usize,
+    readings: usize,
     changes: usize,
     health: usize,
     points: usize,
@@ -141,6 +143,10 @@ struct Flight {
     /// what arrives meanwhile goes to the spool.
     late_at: Option<Instant>,
     future: WriteFuture,
+}
+
+fn readings_in(batch: &[Record]) -> usize {
+    batch.iter().filter(|r| matches!(r, Record::Reading(_))).count()
 }
 
 fn changes_in(batch: &[Record]) -> usize {
@@ -443,6 +449,7 @@ impl Sink {
                 let future = self.writer.write(&b.records);
                 Some(Flight {
                     records: b.records.len(),
+                    readings: readings_in(&b.records),
                     changes: changes_in(&b.records),
                     health: health_in(&b.records),
                     points: self.writer.points(&b.records),
@@ -488,6 +495,7 @@ impl Sink {
         let future = self.writer.write(&batch);
         Flight {
             records: batch.len(),
+            readings: readings_in(&batch),
             changes: changes_in(&batch),
             health: health_in(&batch),
             points: self.writer.points(&batch),
@@ -508,7 +516,7 @@ impl Sink {
                 }
                 {
                     let mut s = self.status.lock();
-                    s.readings_written += (f.records - f.changes - f.health) as u64;
+                    s.readings_written += f.readings as u64;
                     s.changes_written += f.changes as u64;
                     s.health_written += f.health as u64;
                     s.points_written += f.points as u64;
@@ -785,6 +793,7 @@ mod tests {
             Record::Reading(r) => r.samples[0].value as u64,
             Record::Change(c) => c.cause.parse().unwrap(),
             Record::Health(h) => h.fields()[0].1,
+            Record::Energy(e) => (e.time().timestamp_millis() - 1_700_000_000_000) as u64,
         }
     }
 
@@ -818,6 +827,16 @@ mod tests {
             "influx".into(),
             [i, 0, 0, 0, 0, 0, 0],
         )))
+    }
+
+    fn energy(i: u64) -> Record {
+        let time = chrono::DateTime::from_timestamp_millis(1_700_000_000_000 + i as i64).unwrap();
+        Record::Energy(crate::reading::EnergyPoint::Total(crate::reading::EnergyTotal {
+            time,
+            meter: "m".into(),
+            counter: "l1_energy".into(),
+            kwh: 1.0,
+        }))
     }
 
     struct Rig {
@@ -1015,6 +1034,28 @@ mod tests {
         assert!(s.disk_bytes_written > 0, "the outage went through the spool");
         assert_eq!((s.readings_written, s.changes_written, s.points_written), (20, 10, 30));
         assert_eq!((s.spool_readings, s.in_memory), (0, 0));
+        drop(rig.tx);
+        rig.task.await.unwrap();
+    }
+
+    /// Energy points go the way of readings through an outage; they count as points, never
+    /// as readings, changes or health points.
+    #[tokio::test(start_paused = true)]
+    async fn energy_points_go_the_way_of_readings_and_count_as_points_only() {
+        let fake = Fake { script: VecDeque::from(vec![Err(retry()); 2]), ..Fake::default() };
+        let rig = rig(fake, Durability::Outage, None);
+        for i in 0..20 {
+            rig.tx.send(if i % 2 == 0 { energy(i) } else { reading(i) }).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let mut written = rig.fake.lock().unwrap().written.clone();
+        written.sort_unstable();
+        assert_eq!(written, (0..20).collect::<Vec<_>>(), "every record once, through the spool");
+        let s = rig.status.snapshot();
+        assert!(s.disk_bytes_written > 0, "the outage went through the spool");
+        assert_eq!((s.readings_written, s.changes_written, s.health_written), (10, 0, 0));
+        assert_eq!(s.points_written, 20);
         drop(rig.tx);
         rig.task.await.unwrap();
     }

@@ -682,6 +682,7 @@ mod tests {
                 Record::Reading(r) => r.samples[0].value as u64,
                 Record::Change(c) => c.cause.parse().unwrap(),
                 Record::Health(h) => h.fields()[0].1,
+                Record::Energy(e) => (e.time().timestamp_millis() - 1_700_000_000_000) as u64,
             })
             .collect()
     }
