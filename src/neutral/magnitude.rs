@@ -107,6 +107,8 @@ impl MagnitudeTier {
 
     /// A sample: the phase voltages and, where measured, the phase currents.
     pub fn update(&mut self, now: f64, phase: [f64; 3], current: Option<[f64; 3]>) -> Verdict {
+        // Currents that are not numbers are no currents.
+        let current = current.filter(|c| c.iter().all(|i| i.is_finite()));
         let Some(fit) = equilateral_fit(phase) else {
             self.previous = None;
             return Verdict { state: self.state, score: self.score, shift: None };
@@ -143,14 +145,18 @@ impl MagnitudeTier {
                         let opened =
                             (d - p.displacement - GRID_WEIGHT * (fit.side - p.side).abs() - NOISE_FLOOR)
                                 .max(0.0);
-                        (unexplained - SOUND_IMPEDANCE * step).clamp(0.0, FLOATING_IMPEDANCE * step) + opened
+                        if step.is_finite() {
+                            (unexplained - SOUND_IMPEDANCE * step).max(0.0).min(FLOATING_IMPEDANCE * step)
+                                + opened
+                        } else {
+                            unexplained
+                        }
                     }
                     _ => unexplained,
                 };
             }
         }
         self.score += credit / (CREDIT * k);
-        let current = current.filter(|c| c.iter().all(|i| i.is_finite()));
         self.previous = Some(Previous { time: now, phase, current, side: fit.side, displacement: d });
 
         if self.state == State::Fault {
@@ -299,6 +305,22 @@ mod tests {
             states.push(t.update(f64::from(s), magnitudes(n, VP), Some(i)).state);
         }
         assert_eq!(*states.last().unwrap(), State::Fault, "{states:?}");
+    }
+
+    #[test]
+    fn magnitude_tier_takes_any_currents_without_a_panic() {
+        let mut t = MagnitudeTier::new(Settings::default());
+        let odd = [f64::NAN, f64::INFINITY, -f64::INFINITY, 0.0, -5.0, f64::MAX, f64::MIN_POSITIVE, 1e300];
+        let mut s = 0.0;
+        for a in odd {
+            for b in odd {
+                for n in [Point::new(40.0, 0.0), Point::new(-20.0, 35.0)] {
+                    let v = t.update(s, magnitudes(n, VP), Some([a, b, 1.0]));
+                    assert!(v.score.is_finite(), "{a} {b}: {v:?}");
+                    s += 1.0;
+                }
+            }
+        }
     }
 
     #[test]
