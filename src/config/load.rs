@@ -1708,7 +1708,7 @@ level = "low"
     fn the_commented_out_modbus_server_block_loads_too() {
         let out = uncommented(
             "[modbus_server]: a Modbus TCP server",
-            "[[neutral]]: a three-phase supply",
+            "[energy] and [[tariff]]: energy per day",
             |code| (code == "[modbus_server]" || code.contains(" = ")).then(|| code.into()),
         );
         let config = load_str(&out, "pmtr.toml").unwrap_or_else(|e| panic!("{e}\n{out}"));
