@@ -10,35 +10,12 @@ pub fn path_in(state_dir: &Path) -> PathBuf {
     state_dir.join("energy.json")
 }
 
-/// What [`load`] found.
-#[derive(Debug, PartialEq)]
-pub enum Loaded {
-    Found(Books),
-    /// First start: nothing saved.
-    Missing,
-    /// The file could not be read or parsed; it was moved to `moved_to` (the books start
-    /// afresh, and the evidence stays).
-    Damaged {
-        error: String,
-        moved_to: Option<PathBuf>,
-    },
-}
+/// What [`load`] found: the books, nothing (first start), or a damaged file moved aside.
+pub type Loaded = crate::trigger::saved::Loaded<Books>;
 
 /// Reads the saved books. A damaged file is moved aside (`energy.json.damaged`).
 pub fn load(path: &Path) -> Loaded {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Loaded::Missing,
-        Err(e) => return Loaded::Damaged { error: e.to_string(), moved_to: None },
-    };
-    match serde_json::from_str(&text) {
-        Ok(b) => Loaded::Found(b),
-        Err(e) => {
-            let aside = path.with_extension("json.damaged");
-            let moved_to = std::fs::rename(path, &aside).ok().map(|_| aside);
-            Loaded::Damaged { error: e.to_string(), moved_to }
-        }
-    }
+    crate::trigger::saved::load_json(path)
 }
 
 /// Loads the books for a start, logging what was found; never fails.

@@ -29,10 +29,10 @@ pub struct SavedTrigger {
     pub when: String,
 }
 
-/// What [`load`] found.
+/// What [`load`] (or [`load_json`] for another file) found.
 #[derive(Debug, PartialEq)]
-pub enum Loaded {
-    Found(Saved),
+pub enum Loaded<T = Saved> {
+    Found(T),
     /// First start: nothing saved.
     Missing,
     /// The file could not be read or parsed; it was moved to `moved_to`.
@@ -49,6 +49,12 @@ pub fn path_in(state_dir: &Path) -> PathBuf {
 /// Reads the saved state. A damaged file is moved aside (`triggers.json.damaged`) so that
 /// the next save does not hide the evidence.
 pub fn load(path: &Path) -> Loaded {
+    load_json(path)
+}
+
+/// Reads a JSON state file: missing is no error, and a file that does not parse is moved aside
+/// (`<name>.json.damaged`) so that the next save does not hide the evidence.
+pub fn load_json<T: serde::de::DeserializeOwned>(path: &Path) -> Loaded<T> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Loaded::Missing,
