@@ -1,6 +1,7 @@
 //! Records and readings dropped on a full queue: counted, and logged at most once a minute
 //! with the number since the last line, so that a stuck consumer is seen without a log flood.
 
+use crate::sync::Locked;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -28,7 +29,7 @@ impl Drops {
     /// Returns whether it logged.
     pub fn count(&self) -> bool {
         let total = self.total.fetch_add(1, Ordering::Relaxed) + 1;
-        let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        let mut log = self.log.locked();
         log.1 += 1;
         let now = Instant::now();
         if log.0.is_some_and(|t| now.duration_since(t) < LOG_EVERY) {

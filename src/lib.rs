@@ -24,4 +24,5 @@ pub mod sim;
 pub mod spelling;
 pub mod status;
 pub mod store;
+pub mod sync;
 pub mod trigger;

@@ -6,6 +6,7 @@
 //! the queue is full the oldest message goes, and the loss is counted. A file that cannot be
 //! read is moved aside (`<name>.damaged`) and named in the warnings, never silently deleted.
 
+use crate::sync::Locked;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
@@ -138,7 +139,7 @@ pub async fn off_runtime<T: Send + 'static>(
     f: impl FnOnce(&mut Queue) -> T + Send + 'static,
 ) -> Option<T> {
     let queue = queue.clone();
-    match tokio::task::spawn_blocking(move || f(&mut queue.lock().unwrap_or_else(|e| e.into_inner()))).await {
+    match tokio::task::spawn_blocking(move || f(&mut queue.locked())).await {
         Ok(t) => Some(t),
         Err(e) => {
             tracing::error!(error = %e, "the alert queue's file work failed");

@@ -12,6 +12,7 @@ use crate::bus::status::StatusBoard;
 use crate::config::{Alerts, Config, EmailSettings};
 use crate::reading::StateChange;
 use crate::store::{SinkStatus, StoreEvent};
+use crate::sync::Locked;
 use chrono::Utc;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -215,7 +216,7 @@ impl Producer {
             return;
         }
         tracing::info!(kind = a.kind.name(), "alert: {}", a.summary);
-        self.counters.lock().unwrap_or_else(|e| e.into_inner()).alerts += 1;
+        self.counters.locked().alerts += 1;
         let to = self.settings.recipients(a.kind, &self.to).to_vec();
         let limits = Limits {
             digest: self.settings.digest,
@@ -251,7 +252,7 @@ impl Producer {
         let queued = off_runtime(&self.queue, move |q| {
             let mut queued = false;
             for (to, subject, body) in mails {
-                let mut c = counters.lock().unwrap_or_else(|e| e.into_inner());
+                let mut c = counters.locked();
                 match q.push(to, subject, body, Utc::now()) {
                     Ok(dropped) => {
                         c.mails_queued += 1;
@@ -298,7 +299,7 @@ async fn send_loop(
             Ok(()) => {
                 backoff = FIRST_BACKOFF;
                 tracing::info!(subject = %m.subject, to = ?m.to, "alert mail sent");
-                counters.lock().unwrap_or_else(|e| e.into_inner()).mails_sent += 1;
+                counters.locked().mails_sent += 1;
                 if let Some(Err(e)) = off_runtime(&queue, |q| q.pop_front()).await {
                     tracing::error!(error = %e, "cannot remove a sent alert mail from the queue: it may go twice");
                 }
@@ -306,7 +307,7 @@ async fn send_loop(
             Err(e @ SendError::Permanent { .. }) => {
                 tracing::error!(error = %e, subject = %m.subject,
                     "the mail server refused an alert mail for good; it is dropped (check with `pmtr test-email`)");
-                counters.lock().unwrap_or_else(|e| e.into_inner()).mails_refused += 1;
+                counters.locked().mails_refused += 1;
                 let _ = off_runtime(&queue, |q| q.pop_front()).await;
             }
             Err(e) => {

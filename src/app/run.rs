@@ -12,6 +12,7 @@ use crate::relay::{FakeBoard, Gpio};
 use crate::status::http::StatusServer;
 use crate::status::Tally;
 use crate::store::Storage;
+use crate::sync::Locked;
 use crate::trigger::run::{Handover, Triggers};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -208,7 +209,7 @@ struct Watched {
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    m.locked()
 }
 
 /// A one-line state for `systemctl status`.

@@ -4,6 +4,7 @@
 //! longer fed, so systemd restarts pmtr. Pure bookkeeping: the clock is tokio's, so the tests
 //! run on a paused one.
 
+use crate::sync::Locked;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -45,7 +46,7 @@ impl Liveness {
     /// Registers a task, idle, that may be busy for at most `limit` at a stretch.
     pub fn register(self: &Arc<Self>, name: impl Into<String>, limit: Duration) -> Beat {
         let id = {
-            let mut n = self.next_id.lock().unwrap_or_else(|e| e.into_inner());
+            let mut n = self.next_id.locked();
             *n += 1;
             *n
         };
@@ -76,7 +77,7 @@ impl Liveness {
     }
 
     fn lock(&self) -> MutexGuard<'_, Vec<Entry>> {
-        self.tasks.lock().unwrap_or_else(|e| e.into_inner())
+        self.tasks.locked()
     }
 
     fn set(&self, id: u64, busy_since: Option<Instant>) {

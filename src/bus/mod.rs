@@ -17,6 +17,7 @@ pub mod status;
 
 use crate::config::{Bus, Config, Meter};
 use crate::reading::Reading;
+use crate::sync::Locked;
 use status::{MeterState, MeterStatus, StatusBoard};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -63,7 +64,7 @@ pub enum NotQueued {
 
 impl BusShared {
     fn lock_owners(&self) -> std::sync::MutexGuard<'_, Vec<Option<String>>> {
-        self.owners.lock().unwrap_or_else(|e| e.into_inner())
+        self.owners.locked()
     }
 
     pub fn owners(&self) -> Vec<Option<String>> {
@@ -86,7 +87,7 @@ impl BusShared {
         NotQueued,
     > {
         let port = self.lock_owners().get(i).cloned().flatten().ok_or(NotQueued::NoPort)?;
-        let sender = self.passthrough.lock().unwrap_or_else(|e| e.into_inner()).get(&port).cloned();
+        let sender = self.passthrough.locked().get(&port).cloned();
         let sender = sender.ok_or(NotQueued::NoPort)?;
         let (reply, rx) = tokio::sync::oneshot::channel();
         match sender.try_send(PassThrough { request, reply }) {
@@ -99,16 +100,16 @@ impl BusShared {
     /// The queue of a port task starting on `port`.
     pub(crate) fn open_queue(&self, port: &str) -> mpsc::Receiver<PassThrough> {
         let (tx, rx) = mpsc::channel(self.queue.max(1));
-        self.passthrough.lock().unwrap_or_else(|e| e.into_inner()).insert(port.to_owned(), tx);
+        self.passthrough.locked().insert(port.to_owned(), tx);
         rx
     }
 
     pub(crate) fn close_queue(&self, port: &str) {
-        self.passthrough.lock().unwrap_or_else(|e| e.into_inner()).remove(port);
+        self.passthrough.locked().remove(port);
     }
 
     pub fn port_count(&self) -> usize {
-        self.ports.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.ports.locked().len()
     }
 
     /// Records that meter `i` answered on `port`. False if another port has it already (two
@@ -155,7 +156,7 @@ impl BusShared {
                 self.release(i, port);
             }
         }
-        self.ports.lock().unwrap_or_else(|e| e.into_inner()).remove(port);
+        self.ports.locked().remove(port);
     }
 }
 
@@ -339,7 +340,7 @@ async fn supervise(
             running.iter().filter(|(_, (_, h))| h.is_finished()).map(|(p, _)| p.clone()).collect();
         for p in ended {
             if let Some((canon, h)) = running.remove(&p) {
-                claimed.lock().unwrap_or_else(|e| e.into_inner()).remove(&canon);
+                claimed.locked().remove(&canon);
                 match h.await {
                     Ok(port::PortExit::Failed(e)) => {
                         tracing::warn!(bus = %shared.bus.name, port = %p, error = %e, "port lost (unplugged?); its meters will be searched for on every port")
@@ -370,19 +371,19 @@ async fn supervise(
                 }
                 continue;
             }
-            if !claimed.lock().unwrap_or_else(|e| e.into_inner()).insert(canon.clone()) {
+            if !claimed.locked().insert(canon.clone()) {
                 continue; // another bus (or another name of this port) has it
             }
             match crate::modbus::transport::open_serial(&path, &shared.bus.line) {
                 Ok(line) => {
                     complained.remove(&path);
                     tracing::info!(bus = %shared.bus.name, port = %path, settings = %shared.bus.line, "port opened");
-                    shared.ports.lock().unwrap_or_else(|e| e.into_inner()).insert(path.clone());
+                    shared.ports.locked().insert(path.clone());
                     let h = tokio::spawn(port::run(path.clone(), line, shared.clone(), shutdown.clone()));
                     running.insert(path, (canon, h));
                 }
                 Err(e) => {
-                    claimed.lock().unwrap_or_else(|e| e.into_inner()).remove(&canon);
+                    claimed.locked().remove(&canon);
                     if complained.insert(path.clone()) {
                         tracing::error!(bus = %shared.bus.name, "{e}");
                     }

@@ -6,6 +6,7 @@
 
 use super::port::{self, PortExit};
 use super::BusShared;
+use crate::sync::Locked;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -78,7 +79,7 @@ pub async fn supervise(shared: Arc<BusShared>, mut shutdown: watch::Receiver<boo
                 tracing::info!(bus = %shared.bus.name, host = %host, kind = shared.bus.kind.name(), "connected");
                 complained = false;
                 opened = Some(Instant::now());
-                shared.ports.lock().unwrap_or_else(|e| e.into_inner()).insert(host.clone());
+                shared.ports.locked().insert(host.clone());
                 let (name, s, stop) = (host.clone(), shared.clone(), shutdown.clone());
                 let task = match connection {
                     Connection::Rtu(stream) => tokio::spawn(port::run(name, stream, s, stop)),

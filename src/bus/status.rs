@@ -3,6 +3,7 @@
 use crate::modbus::transport::Outcome;
 use crate::modbus::FrameError;
 use crate::reading::Reading;
+use crate::sync::Locked;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -159,7 +160,7 @@ impl StatusBoard {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, MeterStatus>> {
         // A poisoned lock only means a reader panicked mid-copy; the data is still whole.
-        self.meters.lock().unwrap_or_else(|e| e.into_inner())
+        self.meters.locked()
     }
 }
 

@@ -10,6 +10,7 @@ use crate::bus::status::StatusBoard;
 use crate::config::Config;
 use crate::control::{Command, Request, Response};
 use crate::meter::Model;
+use crate::sync::Locked;
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use std::collections::BTreeMap;
@@ -95,7 +96,7 @@ impl Energy {
     ) -> Energy {
         let path = saved::path_in(&config.gateway.state_dir);
         let book = Arc::new(Mutex::new(open(config, &path)));
-        tracing::info!(timezone = %lock(&book).tz, tariffs = config.energy.tariffs.len(), "energy books ready");
+        tracing::info!(timezone = %book.locked().tz, tariffs = config.energy.tariffs.len(), "energy books ready");
         let meters: Vec<String> = config.meters.iter().map(|m| m.name.clone()).collect();
         let task = tokio::spawn(run(book.clone(), meters, status, path, requests, store, stop));
         Energy { book, task }
@@ -105,10 +106,6 @@ impl Energy {
     pub async fn join(self) {
         let _ = self.task.await;
     }
-}
-
-fn lock(book: &Mutex<Book>) -> std::sync::MutexGuard<'_, Book> {
-    book.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 async fn run(
@@ -143,7 +140,7 @@ async fn run(
                         let _ = c.reply.send(Response::Error { message: "not an energy request".into() });
                         continue;
                     };
-                    let result = lock(&book).set_total(meter, counter.as_deref(), *value);
+                    let result = book.locked().set_total(meter, counter.as_deref(), *value);
                     let response = match result {
                         Ok((counter, old)) => {
                             tracing::info!(%meter, %counter, old, new = value, by = %c.caller, "energy total set by hand");
@@ -176,7 +173,7 @@ struct Points {
 impl Points {
     fn send(&mut self, book: &Mutex<Book>) {
         let now = Utc::now();
-        let book = lock(book);
+        let book = book.locked();
         let today = super::calendar::local_date(now, book.tz);
         let closing = self.last_day != Some(today);
         self.last_day = Some(today);
@@ -202,7 +199,7 @@ fn take_readings(
             continue;
         }
         seen.insert(m.clone(), r.time);
-        let notes = lock(book).record(&r);
+        let notes = book.locked().record(&r);
         notes.iter().for_each(log);
         any = true;
     }
@@ -235,7 +232,7 @@ fn log(n: &Note) {
 }
 
 fn write(book: &Mutex<Book>, path: &Path) {
-    let books = lock(book).books.clone();
+    let books = book.locked().books.clone();
     if let Err(e) = saved::save(path, &books) {
         tracing::error!(file = %path.display(), error = %e, "cannot save the energy books (they stay in memory)");
     }

@@ -18,6 +18,7 @@ use crate::bus::status::StatusBoard;
 use crate::bus::{BusShared, NotQueued};
 use crate::config::ModbusServerSettings;
 use crate::modbus::{FrameError, Pdu, Reply};
+use crate::sync::Locked;
 use decide::{Answer, MeterView};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -248,7 +249,7 @@ impl Drop for Connection {
 impl Connection {
     fn over_rate(&self) -> bool {
         let now = Instant::now();
-        let mut w = self.window.lock().unwrap_or_else(|e| e.into_inner());
+        let mut w = self.window.locked();
         if now.saturating_duration_since(w.0) >= Duration::from_secs(1) {
             *w = (now, 0);
         }

@@ -13,6 +13,7 @@ use crate::bus::status::{MeterState, StatusBoard};
 use crate::config::{Config, MqttSettings};
 use crate::control::{Caller, Command, Request, Response};
 use crate::reading::Record;
+use crate::sync::Locked;
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Packet, QoS, Transport};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -80,10 +81,6 @@ enum Link {
     Connected,
     /// Home Assistant restarted (it published `online` on its status topic).
     HomeAssistantOnline,
-}
-
-fn lock(c: &Mutex<MqttCounters>) -> std::sync::MutexGuard<'_, MqttCounters> {
-    c.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// rustls with the ring provider, the built-in web roots and the certificates of `ca_file`.
@@ -207,13 +204,13 @@ async fn drive(
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 backoff = FIRST_BACKOFF;
                 if failing {
-                    tracing::info!(broker = %lock(&counters).broker, "mqtt: connected again");
+                    tracing::info!(broker = %counters.locked().broker, "mqtt: connected again");
                 } else {
-                    tracing::info!(broker = %lock(&counters).broker, "mqtt: connected");
+                    tracing::info!(broker = %counters.locked().broker, "mqtt: connected");
                 }
                 failing = false;
                 {
-                    let mut c = lock(&counters);
+                    let mut c = counters.locked();
                     c.connected = true;
                     c.connections += 1;
                 }
@@ -231,12 +228,12 @@ async fn drive(
             Err(e) => {
                 let message = e.to_string();
                 {
-                    let mut c = lock(&counters);
+                    let mut c = counters.locked();
                     c.connected = false;
                     c.last_error = Some(message.clone());
                 }
                 if !failing {
-                    tracing::warn!(broker = %lock(&counters).broker, error = %message,
+                    tracing::warn!(broker = %counters.locked().broker, error = %message,
                         "mqtt: no connection to the broker; readings are not published until it is back \
                          (trying again with back-off)");
                     failing = true;
@@ -292,7 +289,7 @@ impl Publisher {
                 },
                 r = sources.records.recv(), if records_open => match r {
                     Ok(r) => self.on_record(&r),
-                    Err(broadcast::error::RecvError::Lagged(n)) => lock(&self.counters).dropped += n,
+                    Err(broadcast::error::RecvError::Lagged(n)) => self.counters.locked().dropped += n,
                     Err(broadcast::error::RecvError::Closed) => records_open = false,
                 },
                 _ = tick.tick() => self.meter_availability(&sources.meters, false),
@@ -312,18 +309,18 @@ impl Publisher {
     }
 
     fn connected(&self) -> bool {
-        lock(&self.counters).connected
+        self.counters.locked().connected
     }
 
     fn publish(&self, m: Message) -> bool {
         let q = if m.state { QoS::AtLeastOnce } else { self.reading_qos };
         match self.client.try_publish(m.topic, q, m.retain, m.payload) {
             Ok(()) => {
-                lock(&self.counters).published += 1;
+                self.counters.locked().published += 1;
                 true
             }
             Err(_) => {
-                lock(&self.counters).dropped += 1;
+                self.counters.locked().dropped += 1;
                 false
             }
         }
@@ -387,7 +384,7 @@ impl Publisher {
     fn on_record(&mut self, r: &Record) {
         if !self.connected() {
             // The database keeps it; the broker is away.
-            lock(&self.counters).dropped += 1;
+            self.counters.locked().dropped += 1;
             return;
         }
         match r {
@@ -413,7 +410,7 @@ impl Publisher {
         if !self.connected() {
             return;
         }
-        let views = book.lock().unwrap_or_else(|e| e.into_inner()).views(chrono::Utc::now());
+        let views = book.locked().views(chrono::Utc::now());
         for e in &views {
             self.publish(self.topics.energy(e));
         }
@@ -485,11 +482,11 @@ mod tests {
             records.send(Record::Reading(reading.clone())).unwrap();
         }
         let t0 = tokio::time::Instant::now();
-        while lock(&mqtt.counters).dropped < 100 {
+        while mqtt.counters.locked().dropped < 100 {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         assert!(t0.elapsed() < Duration::from_millis(200), "{:?}", t0.elapsed());
-        let c = lock(&mqtt.counters).clone();
+        let c = mqtt.counters.locked().clone();
         assert!(!c.connected && c.published == 0, "{c:?}");
         stop_tx.send(true).unwrap();
         mqtt.join().await;

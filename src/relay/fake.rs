@@ -11,6 +11,7 @@
 //! the same pins for the test that watches them.
 
 use super::{Gpio, Pin, RelayError};
+use crate::sync::Locked;
 use chrono::{DateTime, Utc};
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -194,7 +195,7 @@ impl FakeBoard {
     fn lock(&self) -> MutexGuard<'_, BoardState> {
         // A test that panicked while holding the lock leaves the state as consistent as any
         // other moment: keep going.
-        self.shared.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.shared.state.locked()
     }
 
     fn record(&self, pin: u8, high: bool, op: FakeOp) -> Result<(), RelayError> {

@@ -19,6 +19,7 @@
 
 use super::pmtr_srv::PmtrServer;
 use super::pty::{self, Served};
+use crate::sync::Locked;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use std::collections::VecDeque;
 use std::fs::File;
@@ -92,7 +93,7 @@ struct Shared {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.locked()
     }
 
     fn sim_t(&self, at: Instant) -> f64 {

@@ -10,6 +10,7 @@
 use super::pty::{self, sleep_until, Served, TICK};
 use super::slave::{request_len, Fault, Response, SimMeterSpec, SimSlave};
 use crate::config::LineSettings;
+use crate::sync::Locked;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use std::collections::VecDeque;
 use std::fs::File;
@@ -84,7 +85,7 @@ impl Shared {
     /// The state, even after a panic elsewhere (there is nothing a panic could leave half-done
     /// that matters to a simulator).
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.locked()
     }
 }
 

@@ -13,6 +13,7 @@
 
 use crate::bus::status::StatusBoard;
 use crate::reading::{Phase, Quantity, Reading};
+use crate::sync::Locked;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
@@ -133,7 +134,7 @@ impl History {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Ring>> {
-        self.rings.lock().unwrap_or_else(|e| e.into_inner())
+        self.rings.locked()
     }
 
     /// Adds a reading of a configured meter (others are ignored: nothing is allocated).

@@ -22,6 +22,7 @@ use crate::control::{Caller, Command, Request, Response};
 use crate::mqtt::run::MqttCounters;
 use crate::relay::Level;
 use crate::store::SinkStatus;
+use crate::sync::Locked;
 use chrono::{DateTime, Utc};
 use hyper::body::HttpBody;
 use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
@@ -285,20 +286,14 @@ impl Sources {
                     state: s.snapshot(),
                 })
                 .collect(),
-            alerts: self
-                .alerts
-                .as_ref()
-                .map(|a| AlertView::from(&*a.lock().unwrap_or_else(|e| e.into_inner()))),
-            mqtt: self.mqtt.as_ref().map(|m| m.lock().unwrap_or_else(|e| e.into_inner()).clone()),
+            alerts: self.alerts.as_ref().map(|a| AlertView::from(&*a.locked())),
+            mqtt: self.mqtt.as_ref().map(|m| m.locked().clone()),
             modbus_server: self
                 .modbus_server
                 .as_ref()
                 .map(|(c, listen)| crate::modbus_server::ModbusServer::snapshot(c, *listen)),
             transitions: self.tally.transitions(),
-            energy: self
-                .energy
-                .as_ref()
-                .map_or(Vec::new(), |b| b.lock().unwrap_or_else(|e| e.into_inner()).views(Utc::now())),
+            energy: self.energy.as_ref().map_or(Vec::new(), |b| b.locked().views(Utc::now())),
         })
     }
 }

@@ -17,6 +17,7 @@ use crate::meter::Model;
 use crate::mqtt::run::MqttCounters;
 use crate::reading::{ChangeEvent, Phase, Quantity, Sample, StateChange, Subject};
 use crate::store::SinkState;
+use crate::sync::Locked;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -258,13 +259,13 @@ impl Tally {
     /// claim at start (cause `start…`).
     pub fn count(&self, c: &StateChange) {
         if c.subject == Subject::Relay && c.event == ChangeEvent::Switched && !c.cause.starts_with("start") {
-            let mut t = self.transitions.lock().unwrap_or_else(|e| e.into_inner());
+            let mut t = self.transitions.locked();
             *t.entry(c.name.to_string()).or_default() += 1;
         }
     }
 
     pub fn transitions(&self) -> BTreeMap<String, u64> {
-        self.transitions.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.transitions.locked().clone()
     }
 
     /// Counts every change of `changes` until it closes.

@@ -26,6 +26,7 @@ use super::schema::{
 use super::sink::{WriteError, WriteFuture, Writer};
 use crate::meter::Model;
 use crate::reading::{Quantity, Record};
+use crate::sync::Locked;
 use chrono::{DateTime, Local, NaiveDate, SecondsFormat, Utc};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -103,7 +104,7 @@ impl CsvWriter {
 
     /// Writes a batch now, on this thread: every row of it durably (fsync), or none.
     pub fn write_now(&mut self, batch: &[Record]) -> std::io::Result<()> {
-        self.files.lock().unwrap_or_else(|e| e.into_inner()).write_all(batch)
+        self.files.locked().write_all(batch)
     }
 }
 
@@ -348,7 +349,7 @@ impl Writer for CsvWriter {
         };
         let files = self.files.clone();
         let batch = batch.to_vec();
-        let job = move || files.lock().unwrap_or_else(|e| e.into_inner()).write_all(&batch);
+        let job = move || files.locked().write_all(&batch);
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 let handle = runtime.spawn_blocking(job);

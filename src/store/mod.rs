@@ -33,6 +33,7 @@ pub mod spool;
 use crate::config::{Config, SinkKind};
 use crate::drops::Drops;
 use crate::reading::Record;
+use crate::sync::Locked;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sink::{Sink, SinkOptions, Writer};
@@ -115,7 +116,7 @@ impl SinkStatus {
     }
 
     pub fn lock(&self) -> MutexGuard<'_, SinkState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.locked()
     }
 
     pub fn snapshot(&self) -> SinkState {
@@ -445,9 +446,12 @@ mod tests {
         }
     }
 
-    /// Waits for `ok`, at most 10 s: a bound that only a hang reaches, not a timing assert.
+    /// Waits for `ok`, at most 60 s of wall time: a bound that only a hang reaches, not a
+    /// timing assert (counted in wall time, not in polls: on a machine loaded by parallel
+    /// builds, 10,000 polls of 1 ms took longer than the sinks' threads were given to run).
     async fn eventually(what: &str, ok: impl Fn() -> bool) {
-        for _ in 0..10_000 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while std::time::Instant::now() < deadline {
             if ok() {
                 return;
             }
