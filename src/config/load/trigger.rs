@@ -1,10 +1,10 @@
 //! `[[relay]]` and `[[trigger]]`: relays on GPIO pins, and the expressions that drive them.
 
 use super::{element_path, suggest, Loader, Value};
+use crate::config::vars;
+use crate::config::Level;
 use crate::config::{Meter, OnShutdown, OnStale, Relay, Trigger};
-use crate::relay::Level;
-use crate::trigger::expr::{ExprError, Expression};
-use crate::trigger::vars;
+use crate::expr::{ExprError, Expression};
 use std::collections::HashMap;
 use std::ops::Range;
 use std::time::Duration;
