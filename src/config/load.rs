@@ -73,8 +73,8 @@ const FALLBACK_BAUD: u32 = 9600;
 const FALLBACK_PARITY: Parity = Parity::None;
 const DEFAULT_DATA_BITS: u8 = 8;
 const DEFAULT_STOP_BITS: u8 = 1;
-const DEFAULT_TIMEOUT: Duration = Duration::from_millis(300);
-const DEFAULT_RETRIES: u32 = 2;
+const DEFAULT_TIMEOUT: Duration = super::DEFAULT_BUS_TIMEOUT;
+const DEFAULT_RETRIES: u32 = super::DEFAULT_BUS_RETRIES;
 const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(60);
 const DEFAULT_RESCAN: Duration = Duration::from_secs(5);
 const DEFAULT_POLL: Duration = Duration::from_secs(1);
@@ -682,6 +682,12 @@ level = "low"
             config.neutral.iter().map(|n| (n.name.as_str(), n.meters(), n.nominal, n.shift)).collect();
         assert_eq!(sets, [("supply", vec!["rx380"], 230.0, 20.0), ("panel", vec!["panel-1"], 230.0, 20.0)]);
         assert_eq!(config.neutral[0].sensitivity, crate::neutral::Sensitivity::Normal);
+    }
+
+    #[test]
+    fn the_command_line_timeout_default_is_the_buses() {
+        let cli = crate::app::parse_duration_arg(crate::config::DEFAULT_BUS_TIMEOUT_TEXT);
+        assert_eq!(cli, Ok(crate::config::DEFAULT_BUS_TIMEOUT));
     }
 
     #[test]

@@ -672,6 +672,15 @@ pub const DEFAULT_STATUS_PORT: u16 = 9780;
 /// The default `[status] max_connections`.
 pub const DEFAULT_STATUS_CONNECTIONS: usize = 32;
 
+/// Where the daemon and the commands read the configuration unless told otherwise.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/pmtr/pmtr.toml";
+/// A bus's `timeout` when the file gives none; `pmtr read` and the PZEM commands wait as long.
+pub const DEFAULT_BUS_TIMEOUT: Duration = Duration::from_millis(300);
+/// [`DEFAULT_BUS_TIMEOUT`] as written on a command line (a unit test checks they agree).
+pub const DEFAULT_BUS_TIMEOUT_TEXT: &str = "300ms";
+/// A bus's `retries` when the file gives none; `pmtr read` retries as often.
+pub const DEFAULT_BUS_RETRIES: u32 = 2;
+
 impl std::fmt::Debug for StatusSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StatusSettings")
