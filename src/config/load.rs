@@ -422,8 +422,6 @@ fn gateway_name_of_host(hostname: Option<&str>) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::bus::BUS_KEYS;
-    use super::meter::METER_KEYS;
     use super::read::MAX_DURATION;
     use super::*;
     use crate::relay::Level;
@@ -690,32 +688,6 @@ level = "low"
         assert_eq!(cli, Ok(crate::config::DEFAULT_BUS_TIMEOUT));
     }
 
-    #[test]
-    fn durations() {
-        let ok = [
-            ("500ms", Duration::from_millis(500)),
-            ("5s", Duration::from_secs(5)),
-            ("1m", Duration::from_secs(60)),
-            ("1h", Duration::from_secs(3600)),
-            ("1.5s", Duration::from_millis(1500)),
-            ("0.25ms", Duration::from_micros(250)),
-            (" 10 s ", Duration::from_secs(10)),
-            ("0s", Duration::ZERO),
-        ];
-        for (s, d) in ok {
-            assert_eq!(parse_duration(s), Ok(d), "{s}");
-        }
-        assert_eq!(parse_duration("2.s"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_duration(".5s"), Ok(Duration::from_millis(500)));
-        for bad in
-            ["", "s", "5", "5sec", "-5s", "1.2.3s", "5 x", "1e3s", "ms", ".s", "99999999999999999999999h"]
-        {
-            assert!(parse_duration(bad).is_err(), "{bad:?} should be rejected");
-        }
-        assert!(parse_duration("5").unwrap_err().contains("\"5s\""));
-        assert!(parse_duration("5sec").unwrap_err().contains("units: ms, s, m, h"));
-    }
-
     #[tokio::test(start_paused = true)]
     async fn the_longest_durations_allowed_do_not_overflow_the_bus_schedule() {
         let src = "[[bus]]\nname = \"b\"\nport = \"/dev/x\"\nmax_backoff = \"1h\"\nrescan = \"1h\"\n\
@@ -773,26 +745,6 @@ level = "low"
     }
 
     #[test]
-    fn line_and_column() {
-        let src = "ab\ncdé\n\nxyz";
-        let lines = Lines::new(src);
-        let at = |offset| lines.line_col(src, offset);
-        assert_eq!(at(0), (1, 1));
-        assert_eq!(at(1), (1, 2));
-        assert_eq!(at(2), (1, 3)); // the newline itself
-        assert_eq!(at(3), (2, 1));
-        assert_eq!(at(5), (2, 3)); // 'é', two bytes
-        assert_eq!(at(6), (2, 3)); // inside 'é': back to its start
-        assert_eq!(at(7), (2, 4));
-        assert_eq!(at(8), (3, 1));
-        assert_eq!(at(9), (4, 1));
-        assert_eq!(at(12), (4, 4)); // end of text
-        assert_eq!(at(1000), (4, 4)); // clamped
-        assert_eq!(Lines::new("").line_col("", 0), (1, 1));
-        assert_eq!(Lines::new("a\r\nb").line_col("a\r\nb", 3), (2, 1));
-    }
-
-    #[test]
     fn syntax_errors_in_a_value_do_not_give_a_second_error() {
         // `5 5` is recovered as a string: no "expected an integer" on top of the syntax error.
         let e = errors("[[bus]]\nname = \"b\"\nport = \"/dev/x\"\n[[meter]]\nname = \"m\"\nmodel = \"rx380\"\naddress = 5 5\n");
@@ -804,20 +756,6 @@ level = "low"
     fn a_duplicate_key_is_named_after_its_section() {
         let e = errors("[[bus]]\nname = \"b\"\nport = \"/dev/x\"\n[[meter]]\nname = \"m\"\nmodel = \"rx380\"\naddress = 1\nname = \"n\"\n");
         assert_eq!(e, ["t.toml:8:1: meter[0] \"m\".name: duplicate key"]);
-    }
-
-    #[test]
-    fn suggestions() {
-        assert_eq!(suggest("adress", METER_KEYS.iter().copied()), Some("address"));
-        assert_eq!(suggest("meters", TOP_LEVEL_KEYS.iter().copied()), Some("meter"));
-        assert_eq!(suggest("buss", TOP_LEVEL_KEYS.iter().copied()), Some("bus"));
-        assert_eq!(suggest("Baud", BUS_KEYS.iter().copied()), Some("baud"));
-        assert_eq!(suggest("bsu", TOP_LEVEL_KEYS.iter().copied()), Some("bus")); // a transposition is one edit
-        assert_eq!(suggest("stopbits", BUS_KEYS.iter().copied()), Some("stop_bits"));
-        assert_eq!(suggest("pzem16", Model::ALL.iter().map(|m| m.name())), Some("pzem-016"));
-        assert_eq!(suggest("x", TOP_LEVEL_KEYS.iter().copied()), None);
-        assert_eq!(suggest("influxdb", TOP_LEVEL_KEYS.iter().copied()), None);
-        assert_eq!(suggest("", TOP_LEVEL_KEYS.iter().copied()), None);
     }
 
     #[test]
@@ -870,20 +808,6 @@ level = "low"
         );
         assert_eq!(e.len(), 1, "{e:?}");
         assert!(e[0].starts_with("t.toml:6:9: meter[0] \"m\".model: "), "{e:?}");
-    }
-
-    #[test]
-    fn display() {
-        let e = ConfigError {
-            file: "pmtr.toml".into(),
-            line: 14,
-            column: 1,
-            key: "meter[1].adress".into(),
-            message: "unknown key (did you mean `address`?)".into(),
-        };
-        assert_eq!(e.to_string(), "pmtr.toml:14:1: meter[1].adress: unknown key (did you mean `address`?)");
-        let both = ConfigErrors(vec![e.clone(), e]);
-        assert_eq!(both.to_string().lines().count(), 2);
     }
 
     #[test]

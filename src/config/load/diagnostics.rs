@@ -283,3 +283,60 @@ impl Loader<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::load::bus::BUS_KEYS;
+    use crate::config::load::meter::METER_KEYS;
+    use crate::config::load::TOP_LEVEL_KEYS;
+    use crate::meter::Model;
+
+    #[test]
+    fn line_and_column() {
+        let src = "ab\ncdé\n\nxyz";
+        let lines = Lines::new(src);
+        let at = |offset| lines.line_col(src, offset);
+        assert_eq!(at(0), (1, 1));
+        assert_eq!(at(1), (1, 2));
+        assert_eq!(at(2), (1, 3)); // the newline itself
+        assert_eq!(at(3), (2, 1));
+        assert_eq!(at(5), (2, 3)); // 'é', two bytes
+        assert_eq!(at(6), (2, 3)); // inside 'é': back to its start
+        assert_eq!(at(7), (2, 4));
+        assert_eq!(at(8), (3, 1));
+        assert_eq!(at(9), (4, 1));
+        assert_eq!(at(12), (4, 4)); // end of text
+        assert_eq!(at(1000), (4, 4)); // clamped
+        assert_eq!(Lines::new("").line_col("", 0), (1, 1));
+        assert_eq!(Lines::new("a\r\nb").line_col("a\r\nb", 3), (2, 1));
+    }
+
+    #[test]
+    fn suggestions() {
+        assert_eq!(suggest("adress", METER_KEYS.iter().copied()), Some("address"));
+        assert_eq!(suggest("meters", TOP_LEVEL_KEYS.iter().copied()), Some("meter"));
+        assert_eq!(suggest("buss", TOP_LEVEL_KEYS.iter().copied()), Some("bus"));
+        assert_eq!(suggest("Baud", BUS_KEYS.iter().copied()), Some("baud"));
+        assert_eq!(suggest("bsu", TOP_LEVEL_KEYS.iter().copied()), Some("bus")); // a transposition is one edit
+        assert_eq!(suggest("stopbits", BUS_KEYS.iter().copied()), Some("stop_bits"));
+        assert_eq!(suggest("pzem16", Model::ALL.iter().map(|m| m.name())), Some("pzem-016"));
+        assert_eq!(suggest("x", TOP_LEVEL_KEYS.iter().copied()), None);
+        assert_eq!(suggest("influxdb", TOP_LEVEL_KEYS.iter().copied()), None);
+        assert_eq!(suggest("", TOP_LEVEL_KEYS.iter().copied()), None);
+    }
+
+    #[test]
+    fn display() {
+        let e = ConfigError {
+            file: "pmtr.toml".into(),
+            line: 14,
+            column: 1,
+            key: "meter[1].adress".into(),
+            message: "unknown key (did you mean `address`?)".into(),
+        };
+        assert_eq!(e.to_string(), "pmtr.toml:14:1: meter[1].adress: unknown key (did you mean `address`?)");
+        let both = ConfigErrors(vec![e.clone(), e]);
+        assert_eq!(both.to_string().lines().count(), 2);
+    }
+}

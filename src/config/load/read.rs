@@ -278,3 +278,34 @@ impl Loader<'_> {
         Some(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        let ok = [
+            ("500ms", Duration::from_millis(500)),
+            ("5s", Duration::from_secs(5)),
+            ("1m", Duration::from_secs(60)),
+            ("1h", Duration::from_secs(3600)),
+            ("1.5s", Duration::from_millis(1500)),
+            ("0.25ms", Duration::from_micros(250)),
+            (" 10 s ", Duration::from_secs(10)),
+            ("0s", Duration::ZERO),
+        ];
+        for (s, d) in ok {
+            assert_eq!(parse_duration(s), Ok(d), "{s}");
+        }
+        assert_eq!(parse_duration("2.s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration(".5s"), Ok(Duration::from_millis(500)));
+        for bad in
+            ["", "s", "5", "5sec", "-5s", "1.2.3s", "5 x", "1e3s", "ms", ".s", "99999999999999999999999h"]
+        {
+            assert!(parse_duration(bad).is_err(), "{bad:?} should be rejected");
+        }
+        assert!(parse_duration("5").unwrap_err().contains("\"5s\""));
+        assert!(parse_duration("5sec").unwrap_err().contains("units: ms, s, m, h"));
+    }
+}
