@@ -437,7 +437,7 @@ pub enum OnStale {
     Release,
 }
 
-/// `[energy]` and `[[tariff]]` (see [`crate::energy`]).
+/// `[energy]` and `[[tariff]]` (read by the `energy` module).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct EnergySettings {
     /// An IANA zone (`Europe/Berlin`), checked. None: the gateway's own zone.
@@ -446,7 +446,7 @@ pub struct EnergySettings {
 }
 
 /// `[[neutral]]`: a three-phase voltage set watched for a broken neutral (see
-/// [`crate::neutral`]).
+/// the `neutral` module).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct NeutralSet {
     pub name: String,

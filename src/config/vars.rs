@@ -69,7 +69,7 @@ pub enum Source {
         meter: usize,
         var: NeutralVar,
     },
-    /// Today's energy or cost of `meter` (see [`crate::energy`]).
+    /// Today's energy or cost of `meter` (kept by the `energy` module).
     Energy {
         meter: usize,
         var: EnergyVar,
