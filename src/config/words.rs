@@ -7,7 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
-/// A relay's logical level.
+/// A relay's logical level: a `[[relay]]`'s `default` and a `[[trigger]]`'s `level`. The
+/// relay bank, the control socket, MQTT and the status API use it; `relay` adds the pin side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Level {
@@ -45,7 +46,7 @@ impl std::fmt::Display for Level {
     }
 }
 
-/// When readings touch the disk.
+/// When readings touch the disk: a `[[sink]]`'s `durability`, which the sink obeys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Durability {
@@ -57,7 +58,7 @@ pub enum Durability {
     Always,
 }
 
-/// Which meters share a file.
+/// Which meters share a file: a CSV `[[sink]]`'s `group_by`, which the CSV writer obeys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum GroupBy {
@@ -67,7 +68,7 @@ pub enum GroupBy {
     Gateway,
 }
 
-/// The clock of the timestamps and of the day boundary.
+/// The clock of the timestamps and of the day boundary: a CSV `[[sink]]`'s `timezone`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TimeZone {
@@ -75,7 +76,8 @@ pub enum TimeZone {
     Utc,
 }
 
-/// What an alert is about.
+/// What an alert is about: `[alerts]` names the kinds mailed and routed; the alert policy
+/// sorts and limits by them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum AlertKind {
     /// A trigger tripped or latched (or would have, in a dry run).
@@ -142,7 +144,8 @@ impl AlertKind {
     }
 }
 
-/// How quickly evidence confirms a fault: faster is more exposed to grid disturbances.
+/// How quickly evidence confirms a fault: faster is more exposed to grid disturbances. A
+/// `[[neutral]]` set's `sensitivity`; the detectors scale their evidence by it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Sensitivity {
@@ -164,7 +167,8 @@ impl Sensitivity {
 }
 
 /// A name made safe as one topic level and as a Home Assistant object id: ASCII letters,
-/// digits, `_` and `-`; anything else becomes `_`.
+/// digits, `_` and `-`; anything else becomes `_`. The configuration derives the MQTT client
+/// id and topic prefix from the gateway's name with it; MQTT builds every topic with it.
 pub fn topic_level(name: &str) -> String {
     let s: String = name
         .chars()
