@@ -22,7 +22,7 @@ struct Cli {
 enum Cmd {
     /// Run the gateway (what systemd starts).
     Run {
-        #[arg(long, short, default_value = "/etc/pmtr/pmtr.toml")]
+        #[arg(long, short, default_value = config::DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
     /// The whole gateway on simulated meters: no hardware, no database.
@@ -68,7 +68,7 @@ enum Cmd {
     Read {
         /// Meter name from the configuration.
         meter: Option<String>,
-        #[arg(long, short, default_value = "/etc/pmtr/pmtr.toml")]
+        #[arg(long, short, default_value = config::DEFAULT_CONFIG_PATH)]
         config: PathBuf,
         #[arg(long, conflicts_with_all = ["meter", "tcp", "rtu_over_tcp"], requires = "address")]
         port: Option<String>,
@@ -88,7 +88,7 @@ enum Cmd {
         baud: Option<u32>,
         #[arg(long, value_parser = tools::parse_parity)]
         parity: Option<Parity>,
-        #[arg(long, default_value = "300ms", value_parser = app::parse_duration_arg)]
+        #[arg(long, default_value = config::DEFAULT_BUS_TIMEOUT_TEXT, value_parser = app::parse_duration_arg)]
         timeout: Duration,
         /// Print the reading as JSON.
         #[arg(long)]
@@ -122,7 +122,7 @@ enum Cmd {
     /// Send one test mail with [alerts.email] and report each step (DNS, connect, TLS, AUTH,
     /// message). Exit status 0 only when the server accepted it.
     TestEmail {
-        #[arg(long, short, default_value = "/etc/pmtr/pmtr.toml")]
+        #[arg(long, short, default_value = config::DEFAULT_CONFIG_PATH)]
         config: PathBuf,
         /// Send to this address instead of the configured `to` (repeat for several).
         #[arg(long, value_name = "ADDR")]
@@ -132,7 +132,7 @@ enum Cmd {
     /// triggers, sinks and spools, MQTT (from its status API).
     Status {
         /// The configuration whose `[status]` (address and token) to use.
-        #[arg(long, short, default_value = "/etc/pmtr/pmtr.toml")]
+        #[arg(long, short, default_value = config::DEFAULT_CONFIG_PATH)]
         config: PathBuf,
         /// The status API's URL, e.g. http://127.0.0.1:9780 or https://pi.lan:9780 (wins over
         /// --config).
@@ -168,7 +168,7 @@ enum Cmd {
     Energy {
         #[command(subcommand)]
         cmd: Option<EnergyCmd>,
-        #[arg(long, short, default_value = "/etc/pmtr/pmtr.toml")]
+        #[arg(long, short, default_value = config::DEFAULT_CONFIG_PATH)]
         config: PathBuf,
         /// Print as JSON.
         #[arg(long)]
@@ -186,7 +186,7 @@ enum EnergyCmd {
         /// meter has one; the value in kWh.
         #[arg(num_args = 1..=2, required = true, value_name = "[COUNTER] VALUE")]
         args: Vec<String>,
-        #[arg(long, short, default_value = "/etc/pmtr/pmtr.toml")]
+        #[arg(long, short, default_value = config::DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
 }
@@ -195,7 +195,7 @@ enum EnergyCmd {
 #[derive(clap::Args)]
 struct Daemon {
     /// The configuration whose `gateway.control_socket` to use.
-    #[arg(long, short, default_value = "/etc/pmtr/pmtr.toml")]
+    #[arg(long, short, default_value = config::DEFAULT_CONFIG_PATH)]
     config: PathBuf,
     /// The daemon's control socket (wins over --config).
     #[arg(long, value_name = "PATH")]
@@ -301,13 +301,13 @@ enum PmtrCmd {
     },
     /// Set the clock of the configured servers (all, or those named).
     SyncTime {
-        #[arg(long, short, default_value = "/etc/pmtr/pmtr.toml")]
+        #[arg(long, short, default_value = config::DEFAULT_CONFIG_PATH)]
         config: PathBuf,
         servers: Vec<String>,
     },
     /// Push the relay actions of the configured servers (all, or those named): five slots each.
     PushActions {
-        #[arg(long, short, default_value = "/etc/pmtr/pmtr.toml")]
+        #[arg(long, short, default_value = config::DEFAULT_CONFIG_PATH)]
         config: PathBuf,
         servers: Vec<String>,
     },
@@ -493,7 +493,7 @@ fn main() -> ExitCode {
                             line,
                             meter: tools::adhoc_meter(model, address),
                             timeout,
-                            retries: 2,
+                            retries: config::DEFAULT_BUS_RETRIES,
                             kind,
                         }
                     }
@@ -509,7 +509,7 @@ fn main() -> ExitCode {
                 }
             }
             Cmd::Pzem { cmd } => {
-                let t = Duration::from_millis(300);
+                let t = config::DEFAULT_BUS_TIMEOUT;
                 match cmd {
                     PzemCmd::SetAddress { port, address, new } => {
                         tools::pzem_set_address(&port, address, new, t).await?

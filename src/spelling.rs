@@ -47,6 +47,21 @@ pub fn distance_within(a: &str, b: &str, max: usize, steps: &mut u64) -> Option<
     Some(d[a.len() * width + b.len()]).filter(|&v| v <= max)
 }
 
+/// " (did you mean X, Y?)" for the candidates within edit distance 2 of `word`
+/// (case-insensitive, closest first, at most 3), or "".
+pub fn expr_hint(word: &str, candidates: &[&str]) -> String {
+    let mut steps = 0;
+    let mut scored: Vec<(usize, &str)> =
+        candidates.iter().filter_map(|c| distance_within(word, c, 2, &mut steps).map(|d| (d, *c))).collect();
+    scored.sort();
+    let close: Vec<&str> = scored.into_iter().take(3).map(|(_, c)| c).collect();
+    if close.is_empty() {
+        String::new()
+    } else {
+        format!(" (did you mean {}?)", close.join(", "))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,5 +104,21 @@ mod tests {
         let mut steps = 0;
         assert_eq!(distance_within("a", &"b".repeat(LONGEST), 2, &mut steps), None);
         assert_eq!(steps, 0, "lengths farther apart than the distance allowed are not compared");
+    }
+}
+
+#[cfg(test)]
+mod hint_tests {
+    use super::*;
+
+    #[test]
+    fn hints() {
+        assert_eq!(expr_hint("L1V", &["L1U", "L1I", "P"]), " (did you mean L1I, L1U?)");
+        assert_eq!(expr_hint("zzzz", &["L1U"]), "");
+    }
+
+    #[test]
+    fn a_megabyte_variable_gets_no_hint() {
+        assert_eq!(expr_hint(&"L".repeat(1 << 20), &["L1U", "L1I", "P"]), "");
     }
 }

@@ -13,72 +13,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt::Write;
 use std::time::Duration;
 
-/// What an alert is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum AlertKind {
-    /// A trigger tripped or latched (or would have, in a dry run).
-    TriggerTripped,
-    /// A trigger released, or its latch was reset.
-    TriggerReleased,
-    /// A relay forced by hand, or its force released.
-    RelayForced,
-    /// A relay could not be switched.
-    RelayFailed,
-    /// A meter stopped answering.
-    MeterSilent,
-    /// A meter answers again.
-    MeterBack,
-    /// The database has been unreachable for longer than the set time.
-    DatabaseDown,
-    DatabaseBack,
-    /// The spool filled past its mark.
-    SpoolFilling,
-    /// The spool was full: readings were dropped.
-    SpoolDropped,
-    /// The daemon started after an unclean stop.
-    UncleanStop,
-    /// A `[[neutral]]` set found a broken neutral, or left that fault.
-    NeutralFault,
-}
-
-impl AlertKind {
-    pub const ALL: [AlertKind; 12] = [
-        AlertKind::TriggerTripped,
-        AlertKind::TriggerReleased,
-        AlertKind::RelayForced,
-        AlertKind::RelayFailed,
-        AlertKind::MeterSilent,
-        AlertKind::MeterBack,
-        AlertKind::DatabaseDown,
-        AlertKind::DatabaseBack,
-        AlertKind::SpoolFilling,
-        AlertKind::SpoolDropped,
-        AlertKind::UncleanStop,
-        AlertKind::NeutralFault,
-    ];
-
-    /// The name in the configuration.
-    pub fn name(self) -> &'static str {
-        match self {
-            AlertKind::TriggerTripped => "trigger_tripped",
-            AlertKind::TriggerReleased => "trigger_released",
-            AlertKind::RelayForced => "relay_forced",
-            AlertKind::RelayFailed => "relay_failed",
-            AlertKind::MeterSilent => "meter_silent",
-            AlertKind::MeterBack => "meter_back",
-            AlertKind::DatabaseDown => "database_down",
-            AlertKind::DatabaseBack => "database_back",
-            AlertKind::SpoolFilling => "spool_filling",
-            AlertKind::SpoolDropped => "spool_dropped",
-            AlertKind::UncleanStop => "unclean_stop",
-            AlertKind::NeutralFault => "neutral_fault",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<AlertKind> {
-        AlertKind::ALL.into_iter().find(|k| k.name() == s)
-    }
-}
+pub use crate::config::AlertKind;
 
 /// One alert: what happened, to what, and the facts.
 #[derive(Debug, Clone, PartialEq)]

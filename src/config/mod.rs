@@ -1,11 +1,17 @@
 //! The typed configuration. `load` turns a TOML file into a [`Config`] or into every error it
 //! has, each with file, line, column and key.
 
+pub mod cidr;
 mod load;
 mod secret;
+pub mod tariff;
+pub mod vars;
+mod words;
 
+pub use crate::modbus::{LineSettings, Parity};
 pub use load::{load_file, load_str, parse_duration, ConfigError, ConfigErrors};
 pub use secret::{redact_urls, Secret};
+pub use words::{topic_level, AlertKind, Durability, GroupBy, Level, Sensitivity, TimeZone};
 
 use crate::meter::Model;
 use crate::reading::Phase;
@@ -49,7 +55,7 @@ pub struct ModbusServerSettings {
     pub listen: std::net::SocketAddr,
     /// The client networks let in; empty means loopback clients only (and is refused with a
     /// non-loopback `listen`).
-    pub allow: Vec<crate::modbus_server::Cidr>,
+    pub allow: Vec<cidr::Cidr>,
     /// The oldest a cached answer may be; older, the read goes to the meter. Default 10 s.
     pub max_age: Duration,
     /// Connections at once. Default 16.
@@ -204,49 +210,6 @@ pub fn check_host(h: &str) -> Result<(), String> {
     }
 }
 
-/// Serial line settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LineSettings {
-    pub baud: u32,
-    pub data_bits: u8,
-    pub parity: Parity,
-    pub stop_bits: u8,
-}
-
-impl LineSettings {
-    pub fn char_time(&self) -> Duration {
-        crate::modbus::frame::char_time(
-            self.baud,
-            self.data_bits,
-            self.parity != Parity::None,
-            self.stop_bits,
-        )
-    }
-
-    pub fn frame_gap(&self) -> Duration {
-        crate::modbus::frame::inter_frame_gap(self.char_time(), self.baud)
-    }
-}
-
-impl std::fmt::Display for LineSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let p = match self.parity {
-            Parity::None => 'N',
-            Parity::Even => 'E',
-            Parity::Odd => 'O',
-        };
-        write!(f, "{} {}{}{}", self.baud, self.data_bits, p, self.stop_bits)
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Parity {
-    None,
-    Even,
-    Odd,
-}
-
 /// `[[meter]]`: one meter on a bus.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Meter {
@@ -335,22 +298,6 @@ pub struct ServerAction {
     pub dry_run: bool,
 }
 
-impl ServerAction {
-    /// The slot as sent to a server with the current (`legacy` false) or the legacy firmware.
-    pub fn slot(&self, legacy: bool) -> Result<crate::pmtr::action::Slot, String> {
-        let text = if legacy { self.legacy_text.clone()? } else { self.firmware_text.clone() };
-        Ok(crate::pmtr::action::Slot {
-            text,
-            window: self.average,
-            pins: crate::pmtr::action::pin_entries(&self.pins),
-            recovery: crate::pmtr::action::recovery_passes(self.recovery.as_secs_f64()),
-            level_high: self.level_high,
-            dry_run: self.dry_run,
-            auto: !self.latch,
-        })
-    }
-}
-
 /// `[[sink]]`: one destination of the readings, with its own batch, spool and retries.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Sink {
@@ -364,7 +311,7 @@ pub struct Sink {
     /// HTTP request timeout. Default 10 s.
     pub timeout: Duration,
     /// When readings touch the disk. Default `outage`.
-    pub durability: crate::store::sink::Durability,
+    pub durability: Durability,
     /// How often spool appends are made power-cut safe (fsync). Default 1 s.
     pub sync_interval: Duration,
     /// The longest wait between two tries while the database is away. Default 60 s.
@@ -402,7 +349,7 @@ pub enum SinkKind {
         token: Secret,
     },
     /// Daily CSV files.
-    Csv { dir: PathBuf, group_by: crate::store::csv::GroupBy, timezone: crate::store::csv::TimeZone },
+    Csv { dir: PathBuf, group_by: GroupBy, timezone: TimeZone },
 }
 
 impl std::fmt::Debug for SinkKind {
@@ -473,7 +420,7 @@ pub struct Relay {
     pub active_low: bool,
     /// The level while none of its triggers is tripped, and at start when nothing was saved.
     /// Default off.
-    pub default: crate::relay::Level,
+    pub default: Level,
     /// Default hold.
     pub on_shutdown: OnShutdown,
 }
@@ -490,16 +437,16 @@ pub enum OnStale {
     Release,
 }
 
-/// `[energy]` and `[[tariff]]` (see [`crate::energy`]).
+/// `[energy]` and `[[tariff]]` (read by the `energy` module).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct EnergySettings {
     /// An IANA zone (`Europe/Berlin`), checked. None: the gateway's own zone.
     pub timezone: Option<String>,
-    pub tariffs: Vec<crate::energy::Tariff>,
+    pub tariffs: Vec<tariff::Tariff>,
 }
 
 /// `[[neutral]]`: a three-phase voltage set watched for a broken neutral (see
-/// [`crate::neutral`]).
+/// the `neutral` module).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct NeutralSet {
     pub name: String,
@@ -509,7 +456,7 @@ pub struct NeutralSet {
     /// The neutral displacement that is a fault, volts. Default 20.
     pub shift: f64,
     /// Default normal.
-    pub sensitivity: crate::neutral::Sensitivity,
+    pub sensitivity: Sensitivity,
 }
 
 /// Where a set's three phase voltages come from.
@@ -529,10 +476,6 @@ impl NeutralSet {
             NeutralSource::Meter(m) => vec![m.as_str()],
             NeutralSource::Meters(m) => m.iter().map(String::as_str).collect(),
         }
-    }
-
-    pub fn settings(&self) -> crate::neutral::Settings {
-        crate::neutral::Settings { nominal: self.nominal, shift: self.shift, sensitivity: self.sensitivity }
     }
 }
 
@@ -554,7 +497,7 @@ pub struct Trigger {
     /// How long it must stay false before the trigger releases. Default 0.
     pub recovery: Duration,
     /// The level of its relays while tripped: the opposite of their default.
-    pub level: crate::relay::Level,
+    pub level: Level,
     pub relays: Vec<String>,
     /// Evaluate and log, never touch a relay. Default false.
     pub dry_run: bool,
@@ -662,10 +605,10 @@ pub struct Alerts {
     pub spool_mark: u8,
     /// The kinds that are mailed. Default: all.
     #[serde(skip)]
-    pub kinds: Vec<crate::alert::policy::AlertKind>,
+    pub kinds: Vec<AlertKind>,
     /// Recipients of a kind instead of `email.to`.
     #[serde(skip)]
-    pub route: Vec<(crate::alert::policy::AlertKind, Vec<String>)>,
+    pub route: Vec<(AlertKind, Vec<String>)>,
     /// The most mails kept waiting for the server (on disk). Default 1000.
     pub queue_max: usize,
 }
@@ -679,7 +622,7 @@ impl Default for Alerts {
             database_after: Duration::from_secs(300),
             meter_after: Duration::from_secs(60),
             spool_mark: 80,
-            kinds: crate::alert::policy::AlertKind::ALL.to_vec(),
+            kinds: AlertKind::ALL.to_vec(),
             route: Vec::new(),
             queue_max: 1000,
         }
@@ -688,11 +631,7 @@ impl Default for Alerts {
 
 impl Alerts {
     /// Who gets alerts of `kind`, given the default recipients.
-    pub fn recipients<'a>(
-        &'a self,
-        kind: crate::alert::policy::AlertKind,
-        default: &'a [String],
-    ) -> &'a [String] {
+    pub fn recipients<'a>(&'a self, kind: AlertKind, default: &'a [String]) -> &'a [String] {
         self.route.iter().find(|(k, _)| *k == kind).map_or(default, |(_, to)| to)
     }
 }
@@ -732,6 +671,15 @@ impl Default for StatusSettings {
 pub const DEFAULT_STATUS_PORT: u16 = 9780;
 /// The default `[status] max_connections`.
 pub const DEFAULT_STATUS_CONNECTIONS: usize = 32;
+
+/// Where the daemon and the commands read the configuration unless told otherwise.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/pmtr/pmtr.toml";
+/// A bus's `timeout` when the file gives none; `pmtr read` and the PZEM commands wait as long.
+pub const DEFAULT_BUS_TIMEOUT: Duration = Duration::from_millis(300);
+/// [`DEFAULT_BUS_TIMEOUT`] as written on a command line (a unit test checks they agree).
+pub const DEFAULT_BUS_TIMEOUT_TEXT: &str = "300ms";
+/// A bus's `retries` when the file gives none; `pmtr read` retries as often.
+pub const DEFAULT_BUS_RETRIES: u32 = 2;
 
 impl std::fmt::Debug for StatusSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

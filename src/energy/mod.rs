@@ -11,7 +11,7 @@ pub mod calendar;
 pub mod counter;
 pub mod run;
 pub mod saved;
-pub mod tariff;
+pub use crate::config::tariff;
 
 pub use book::{Book, Books, PeriodTotal};
 pub use calendar::Period;

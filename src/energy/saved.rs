@@ -11,11 +11,11 @@ pub fn path_in(state_dir: &Path) -> PathBuf {
 }
 
 /// What [`load`] found: the books, nothing (first start), or a damaged file moved aside.
-pub type Loaded = crate::trigger::saved::Loaded<Books>;
+pub type Loaded = crate::state_file::Loaded<Books>;
 
 /// Reads the saved books. A damaged file is moved aside (`energy.json.damaged`).
 pub fn load(path: &Path) -> Loaded {
-    crate::trigger::saved::load_json(path)
+    crate::state_file::load_json(path)
 }
 
 /// Loads the books for a start, logging what was found; never fails.
@@ -37,7 +37,7 @@ pub fn load_logged(path: &Path) -> Books {
 
 /// Writes the books atomically.
 pub fn save(path: &Path, books: &Books) -> std::io::Result<()> {
-    crate::trigger::saved::write_atomically(path, &serde_json::to_vec(books).map_err(std::io::Error::other)?)
+    crate::state_file::write_atomically(path, &serde_json::to_vec(books).map_err(std::io::Error::other)?)
 }
 
 #[cfg(test)]

@@ -2,7 +2,9 @@
 
 pub mod crc;
 pub mod frame;
+pub mod line;
 pub mod tcp;
 pub mod transport;
 
 pub use frame::{FrameError, Pdu, Reply, Request};
+pub use line::{LineSettings, Parity};

@@ -8,7 +8,7 @@
 //! tokio-modbus is used in the tests as the independent client our simulators must satisfy.
 
 use super::frame::{FrameError, Pdu, Reply, ReplyScanner, Request, Scan};
-use crate::config::{LineSettings, Parity};
+use super::{LineSettings, Parity};
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;

@@ -9,7 +9,7 @@
 //! never stands in front of a poll or a relay: it reads the status board and hands requests to
 //! the port tasks through bounded queues.
 
-pub mod cidr;
+pub use crate::config::cidr;
 pub mod decide;
 
 pub use cidr::Cidr;

@@ -27,19 +27,7 @@ use crate::reading::{Phase, Quantity, Reading, StateChange, Subject};
 use serde_json::{json, Value};
 use std::fmt::Write as _;
 
-/// A name made safe as one topic level and as a Home Assistant object id: ASCII letters,
-/// digits, `_` and `-`; anything else becomes `_`.
-pub fn topic_level(name: &str) -> String {
-    let s: String = name
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' { c } else { '_' })
-        .collect();
-    if s.is_empty() {
-        "_".to_owned()
-    } else {
-        s
-    }
-}
+pub use crate::config::topic_level;
 
 /// One message to publish.
 #[derive(Debug, Clone, PartialEq)]

@@ -52,26 +52,7 @@ impl State {
     }
 }
 
-/// How quickly evidence confirms a fault: faster is more exposed to grid disturbances.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Sensitivity {
-    Low,
-    #[default]
-    Normal,
-    High,
-}
-
-impl Sensitivity {
-    /// The factor on the evidence a fault needs (and on the hold times).
-    pub fn factor(self) -> f64 {
-        match self {
-            Sensitivity::Low => 2.0,
-            Sensitivity::Normal => 1.0,
-            Sensitivity::High => 0.5,
-        }
-    }
-}
+pub use crate::config::Sensitivity;
 
 /// A set's settings.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -81,6 +62,13 @@ pub struct Settings {
     /// The neutral displacement that is a fault, volts (default 20).
     pub shift: f64,
     pub sensitivity: Sensitivity,
+}
+
+impl Settings {
+    /// A configured set's settings.
+    pub fn of(set: &crate::config::NeutralSet) -> Settings {
+        Settings { nominal: set.nominal, shift: set.shift, sensitivity: set.sensitivity }
+    }
 }
 
 impl Default for Settings {

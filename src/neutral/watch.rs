@@ -84,7 +84,7 @@ impl Watch {
                 }
                 SetRt {
                     name: n.name.as_str().into(),
-                    detector: Detector::new(n.settings()),
+                    detector: Detector::new(super::Settings::of(n)),
                     pending: [None; 3],
                     verdict: None,
                 }

@@ -2,36 +2,14 @@
 //! and the rules the firmware does not check itself (pmtr-server.md §8, §10). Pure.
 
 use super::registers::{ACTION_TEXT_REGISTERS, COIL_ACTION_OPTIONS, COIL_COMMIT, HR_ACTION, HR_ACTION_TEXT};
+use crate::config::ServerAction;
 use crate::modbus::Request;
 
-/// Slots per server.
-pub const SLOTS: usize = 5;
-/// Pin entries per slot: all eight are driven, so unused ones repeat a real pin.
-pub const PIN_ENTRIES: usize = 8;
-/// The moving-average windows the firmware has (any other leaves the result uninitialised).
-pub const WINDOWS: [u8; 2] = [5, 10];
-/// The server counts the recovery period in main-loop passes, about this long each.
-pub const LOOP_PASS_MS: u64 = 1200;
+pub use crate::pmtr_action::{reserved_pin, LOOP_PASS_MS, MAX_PIN, PIN_ENTRIES, SLOTS, WINDOWS};
+
 /// Registers per write of the text: a frame of 7 + 32 + 2 = 41 bytes, well within the
 /// server's 64-byte receive buffer.
 pub const TEXT_CHUNK: u16 = 16;
-/// The Mega 2560's digital pins are 0..=69 (A0..A15 are 54..69).
-pub const MAX_PIN: u8 = 69;
-
-/// Pins the firmware itself uses, and what for: an action must not drive them.
-pub fn reserved_pin(pin: u8) -> Option<&'static str> {
-    Some(match pin {
-        0 | 1 => "the USB serial port",
-        16 | 17 => "Serial2, the PZEM modules",
-        18 | 19 => "Serial1, the power-line modem",
-        20 | 21 => "I²C, the DS3231 clock",
-        31 => "the RS-485 driver enable",
-        32..=35 => "the ADG333A switch between the PZEMs",
-        36..=44 => "the address DIP switch and its supply",
-        69 => "A15, the 12 V supply sense",
-        _ => return None,
-    })
-}
 
 /// One slot as pmtr sends it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,6 +85,24 @@ impl Slot {
         }
         out.push(Request::write_coil(address, COIL_COMMIT, true));
         out
+    }
+}
+
+/// The configured action as a slot (the configuration describes it; this module knows the
+/// server's slots).
+impl ServerAction {
+    /// The slot as sent to a server with the current (`legacy` false) or the legacy firmware.
+    pub fn slot(&self, legacy: bool) -> Result<Slot, String> {
+        let text = if legacy { self.legacy_text.clone()? } else { self.firmware_text.clone() };
+        Ok(Slot {
+            text,
+            window: self.average,
+            pins: pin_entries(&self.pins),
+            recovery: recovery_passes(self.recovery.as_secs_f64()),
+            level_high: self.level_high,
+            dry_run: self.dry_run,
+            auto: !self.latch,
+        })
     }
 }
 

@@ -14,6 +14,6 @@
 
 pub mod action;
 pub mod duty;
-pub mod expr;
+pub use crate::pmtr_action::expr;
 pub mod master;
 pub mod registers;

@@ -4,49 +4,13 @@
 //! Levels are logical: [`Level::On`] energises the relay's coil. `active_low` relays (most
 //! relay boards) are switched on by driving their pin low.
 
-use serde::{Deserialize, Serialize};
-use std::fmt;
+pub use crate::config::Level;
 
-/// A relay's logical level.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Level {
-    Off,
-    On,
-}
-
+/// Where a level meets the wiring (the word itself is the configuration's).
 impl Level {
-    pub fn opposite(self) -> Level {
-        match self {
-            Level::Off => Level::On,
-            Level::On => Level::Off,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Level::Off => "off",
-            Level::On => "on",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Level> {
-        match s.to_ascii_lowercase().as_str() {
-            "on" => Some(Level::On),
-            "off" => Some(Level::Off),
-            _ => None,
-        }
-    }
-
     /// The pin voltage that gives this level: high for on, unless `active_low`.
     pub fn pin_high(self, active_low: bool) -> bool {
         (self == Level::On) != active_low
-    }
-}
-
-impl fmt::Display for Level {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 

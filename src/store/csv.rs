@@ -28,30 +28,13 @@ use crate::meter::Model;
 use crate::reading::{Quantity, Record};
 use crate::sync::Locked;
 use chrono::{DateTime, Local, NaiveDate, SecondsFormat, Utc};
-use serde::Serialize;
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-/// Which meters share a file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum GroupBy {
-    Meter,
-    Bus,
-    /// One file for the whole gateway, named after it.
-    Gateway,
-}
-
-/// The clock of the timestamps and of the day boundary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TimeZone {
-    Local,
-    Utc,
-}
+pub use crate::config::{GroupBy, TimeZone};
 
 /// The CSV writer: its files live behind a lock so that each write runs on a blocking
 /// thread (`spawn_blocking`), never on the sink's loop: a slow or hung disk holds only its

@@ -101,17 +101,7 @@ pub trait Writer: Send {
     }
 }
 
-/// When readings touch the disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Durability {
-    /// Only while the database is away or behind. A power cut loses what waits in memory
-    /// (at most `flush_interval` of readings).
-    Outage,
-    /// Every reading is appended to the spool before it is sent: a power cut loses at most
-    /// `sync_interval`, at the price of a disk write per reading.
-    Always,
-}
+pub use crate::config::Durability;
 
 #[derive(Debug, Clone)]
 pub struct SinkOptions {

@@ -13,7 +13,7 @@
 use super::expr::Expression;
 use super::saved::{Saved, SavedTrigger};
 use super::state::{Hysteresis, State, Transition};
-use super::vars::{self, Source};
+use super::vars::{self, NeutralVar, Source};
 use super::MovingAverage;
 use crate::config::{Config, OnStale};
 use crate::control::{Forced, RelayStatus, TriggerStatus};
@@ -362,7 +362,7 @@ impl Engine {
                     (*source, &mut *input, verdict)
                 {
                     if Some(s) == set {
-                        *l = var.value(&v);
+                        *l = neutral_value(var, &v);
                     }
                     continue;
                 }
@@ -681,6 +681,14 @@ impl Engine {
         out.save = true;
         out.changes.push(trigger_change(t, event, now.wall, cause.to_owned()));
         self.update_relays_of(ti, now, out);
+    }
+}
+
+/// A neutral variable's value in a verdict; None when the verdict has no displacement.
+fn neutral_value(var: NeutralVar, v: &crate::neutral::Verdict) -> Option<f64> {
+    match var {
+        NeutralVar::Fault => Some(if v.state == crate::neutral::State::Fault { 1.0 } else { 0.0 }),
+        NeutralVar::Shift => v.shift,
     }
 }
 

@@ -6,7 +6,6 @@ use crate::control::Forced;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// The file's content.
@@ -29,18 +28,10 @@ pub struct SavedTrigger {
     pub when: String,
 }
 
-/// What [`load`] (or [`load_json`] for another file) found.
-#[derive(Debug, PartialEq)]
-pub enum Loaded<T = Saved> {
-    Found(T),
-    /// First start: nothing saved.
-    Missing,
-    /// The file could not be read or parsed; it was moved to `moved_to`.
-    Damaged {
-        error: String,
-        moved_to: Option<PathBuf>,
-    },
-}
+pub use crate::state_file::{load_json, write_atomically};
+
+/// What [`load`] found.
+pub type Loaded<T = Saved> = crate::state_file::Loaded<T>;
 
 pub fn path_in(state_dir: &Path) -> PathBuf {
     state_dir.join("triggers.json")
@@ -52,42 +43,9 @@ pub fn load(path: &Path) -> Loaded {
     load_json(path)
 }
 
-/// Reads a JSON state file: missing is no error, and a file that does not parse is moved aside
-/// (`<name>.json.damaged`) so that the next save does not hide the evidence.
-pub fn load_json<T: serde::de::DeserializeOwned>(path: &Path) -> Loaded<T> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Loaded::Missing,
-        Err(e) => return Loaded::Damaged { error: e.to_string(), moved_to: None },
-    };
-    match serde_json::from_str(&text) {
-        Ok(s) => Loaded::Found(s),
-        Err(e) => {
-            let aside = path.with_extension("json.damaged");
-            let moved_to = std::fs::rename(path, &aside).ok().map(|_| aside);
-            Loaded::Damaged { error: e.to_string(), moved_to }
-        }
-    }
-}
-
 /// Writes `saved` atomically.
 pub fn save(path: &Path, saved: &Saved) -> std::io::Result<()> {
     write_atomically(path, &serde_json::to_vec_pretty(saved).map_err(std::io::Error::other)?)
-}
-
-/// Writes `bytes` and a newline to `path` atomically: a temporary file beside it, fsync,
-/// rename, fsync of the folder (the energy books are saved the same way).
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let tmp = path.with_extension("json.tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.write_all(b"\n")?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]

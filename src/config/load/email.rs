@@ -2,7 +2,7 @@
 //! the mail server alert mail goes through.
 
 use super::{suggest, Loader, Value};
-use crate::alert::policy::AlertKind;
+use crate::config::AlertKind;
 use crate::config::{Alerts, EmailSettings, EmailTls};
 use lettre::message::Mailbox;
 use std::path::PathBuf;

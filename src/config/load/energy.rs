@@ -1,8 +1,8 @@
 //! `[energy]`: the time zone of the energy periods; `[[tariff]]`: prices for the cost.
 
 use super::{element_path, suggest, Loader, Value};
+use crate::config::tariff::{parse_days, parse_hours, Rate, Tariff};
 use crate::config::{EnergySettings, Meter};
-use crate::energy::tariff::{parse_days, parse_hours, Rate, Tariff};
 use std::collections::HashMap;
 use toml::de::DeTable;
 

@@ -1,8 +1,8 @@
 //! `[modbus_server]`: the Modbus TCP server answering other masters for pmtr's meters.
 
 use super::Loader;
+use crate::config::cidr::Cidr;
 use crate::config::ModbusServerSettings;
-use crate::modbus_server::Cidr;
 use std::time::Duration;
 use toml::de::DeTable;
 

@@ -1,8 +1,8 @@
 //! `[[neutral]]`: three-phase voltage sets watched for a broken neutral.
 
 use super::{element_path, suggest, Loader, Value};
+use crate::config::Sensitivity;
 use crate::config::{Meter, NeutralSet, NeutralSource};
-use crate::neutral::Sensitivity;
 use crate::reading::Phase;
 use std::collections::HashMap;
 use std::ops::Range;

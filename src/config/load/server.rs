@@ -3,8 +3,8 @@
 
 use super::{Loader, Value};
 use crate::config::{ServerAction, ServerSettings};
-use crate::pmtr::action::{self, reserved_pin, MAX_PIN, SLOTS, WINDOWS};
-use crate::pmtr::expr::{self, Units};
+use crate::pmtr_action::expr::{self, Units};
+use crate::pmtr_action::{self as action, reserved_pin, MAX_PIN, SLOTS, WINDOWS};
 use std::time::Duration;
 use toml::de::DeTable;
 
@@ -171,10 +171,8 @@ impl Loader<'_> {
                         texts = Some((text, firmware, legacy));
                     }
                     Err(e) => {
-                        let as_trigger = crate::trigger::expr::ExprError::Type {
-                            offset: e.offset,
-                            message: String::new(),
-                        };
+                        let as_trigger =
+                            crate::expr::ExprError::Type { offset: e.offset, message: String::new() };
                         let span = self.span_in_string(v.span(), &text, &as_trigger);
                         self.error(span, key("when"), format!("`{}`: {}", text.trim(), e.message));
                         ok = false;

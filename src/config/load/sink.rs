@@ -1,9 +1,8 @@
 //! `[[sink]]`: where readings are written.
 
 use super::{element_path, suggest, Loader, Value};
+use crate::config::{Durability, GroupBy, TimeZone};
 use crate::config::{Gateway, Secret, Sink, SinkKind};
-use crate::store::csv::{GroupBy, TimeZone};
-use crate::store::sink::Durability;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;

@@ -230,11 +230,11 @@ impl Loader<'_> {
                 }
                 Some(c)
             }),
-            None => Some(format!("pmtr-{}", crate::mqtt::topic_level(gateway))),
+            None => Some(format!("pmtr-{}", crate::config::topic_level(gateway))),
         };
         let topic_prefix = match t.get("topic_prefix") {
             Some(v) => self.topic(v, &key("topic_prefix")),
-            None => Some(format!("pmtr/{}", crate::mqtt::topic_level(gateway))),
+            None => Some(format!("pmtr/{}", crate::config::topic_level(gateway))),
         };
         let discovery = t.get("discovery").and_then(|v| self.boolean(v, &key("discovery"))).unwrap_or(true);
         let discovery_prefix = match t.get("discovery_prefix") {

@@ -1,10 +1,10 @@
 //! `[[relay]]` and `[[trigger]]`: relays on GPIO pins, and the expressions that drive them.
 
 use super::{element_path, suggest, Loader, Value};
+use crate::config::vars;
+use crate::config::Level;
 use crate::config::{Meter, OnShutdown, OnStale, Relay, Trigger};
-use crate::relay::Level;
-use crate::trigger::expr::{ExprError, Expression};
-use crate::trigger::vars;
+use crate::expr::{ExprError, Expression};
 use std::collections::HashMap;
 use std::ops::Range;
 use std::time::Duration;
@@ -33,6 +33,15 @@ const MIN_AVERAGE: Duration = Duration::from_secs(1);
 const MAX_AVERAGE: Duration = Duration::from_secs(3600);
 const MAX_HOLD: Duration = Duration::from_secs(24 * 3600);
 const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(30);
+
+/// A trigger's timing keys, read.
+struct Timing {
+    average: Option<Duration>,
+    hold: Duration,
+    recovery: Duration,
+    stale_after: Duration,
+    on_stale: OnStale,
+}
 
 /// A relay with where it was written.
 struct RelayDraft {
@@ -211,11 +220,44 @@ impl Loader<'_> {
         let meters = checked.unwrap_or_default();
         let path = element_path("trigger", index, t);
         self.check_keys(t, &path, TRIGGER_KEYS);
-        let key = |k: &str| format!("{path}.{k}");
         let name = self.name_of(t, element, &path, "trigger");
         let mut ok = name.is_some();
+        let own = self.own_meter(t, &path, checked);
+        let mut sources = Vec::new();
+        let expr_ok = self.condition(element, t, &path, own, checked, &mut sources);
+        ok &= expr_ok;
+        let read = vars::meters_of(&sources);
+        let timing = self.timing(t, &path, &read, meters, expr_ok, &mut ok);
+        let [dry_run, latch, alert] = self.flags(t, &path, &mut ok);
+        let (relay_names, relay_spans) = self.trigger_relays(t, &path, relays, &mut ok);
+        let level = self.trip_level(t, &path, relays, &relay_names, &relay_spans, &mut ok);
+        if !ok {
+            return None;
+        }
+        Some(Trigger {
+            name: name?,
+            when: t.get("when").and_then(|v| v.get_ref().as_str()).unwrap_or_default().to_owned(),
+            meter: own.flatten().map(|i| meters[i].name.clone()),
+            meters: read.iter().map(|&m| meters[m].name.clone()).collect(),
+            average: timing.average,
+            hold: timing.hold,
+            recovery: timing.recovery,
+            level: level.unwrap_or(Level::On),
+            relays: relay_names,
+            dry_run,
+            latch,
+            alert,
+            stale_after: timing.stale_after,
+            on_stale: timing.on_stale,
+        })
+    }
 
-        let own = match t.get("meter") {
+    /// `meter`: the index of the trigger's own meter; `Some(None)` when it has none, None when
+    /// the key is wrong (reported) or the meters themselves are not checked.
+    fn own_meter(&mut self, t: &DeTable<'_>, path: &str, checked: Option<&[Meter]>) -> Option<Option<usize>> {
+        let meters = checked.unwrap_or_default();
+        let key = |k: &str| format!("{path}.{k}");
+        match t.get("meter") {
             None => Some(None),
             Some(v) => match self.non_empty_string(v, &key("meter")) {
                 None => None,
@@ -231,10 +273,23 @@ impl Loader<'_> {
                     }
                 },
             },
-        };
+        }
+    }
 
-        let mut sources = Vec::new();
-        let expr_ok = match (t.get("when"), own) {
+    /// `when`: the expression compiles against the meters and sets, its variables' sources in
+    /// `sources`. False when it is missing or wrong (reported), or cannot be checked yet.
+    fn condition(
+        &mut self,
+        element: &Value<'_>,
+        t: &DeTable<'_>,
+        path: &str,
+        own: Option<Option<usize>>,
+        checked: Option<&[Meter]>,
+        sources: &mut Vec<vars::Source>,
+    ) -> bool {
+        let meters = checked.unwrap_or_default();
+        let key = |k: &str| format!("{path}.{k}");
+        match (t.get("when"), own) {
             (None, _) => {
                 self.error(
                     element.span(),
@@ -274,32 +329,43 @@ impl Loader<'_> {
                     }
                 }
             },
-        };
-        ok &= expr_ok;
-        let read = vars::meters_of(&sources);
+        }
+    }
 
-        let average = match self.duration_key(t, &path, "average", MIN_AVERAGE, MAX_AVERAGE) {
+    /// `average`, `hold`, `recovery`, `stale_after` (at least two polls of the slowest meter
+    /// read, checked when the expression is) and `on_stale`.
+    fn timing(
+        &mut self,
+        t: &DeTable<'_>,
+        path: &str,
+        read: &[usize],
+        meters: &[Meter],
+        expr_ok: bool,
+        ok: &mut bool,
+    ) -> Timing {
+        let key = |k: &str| format!("{path}.{k}");
+        let average = match self.duration_key(t, path, "average", MIN_AVERAGE, MAX_AVERAGE) {
             Some(a) => a,
             None => {
-                ok = false;
+                *ok = false;
                 None
             }
         };
         let mut durations = [Duration::ZERO; 2];
         for (k, slot) in ["hold", "recovery"].into_iter().zip(&mut durations) {
-            match self.duration_key(t, &path, k, Duration::ZERO, MAX_HOLD) {
+            match self.duration_key(t, path, k, Duration::ZERO, MAX_HOLD) {
                 Some(d) => *slot = d.unwrap_or(Duration::ZERO),
-                None => ok = false,
+                None => *ok = false,
             }
         }
-        let stale_after =
-            match self.duration_key(t, &path, "stale_after", Duration::from_secs(1), MAX_AVERAGE) {
-                Some(d) => d,
-                None => {
-                    ok = false;
-                    None
-                }
-            };
+        let stale_after = match self.duration_key(t, path, "stale_after", Duration::from_secs(1), MAX_AVERAGE)
+        {
+            Some(d) => d,
+            None => {
+                *ok = false;
+                None
+            }
+        };
         let slowest = read.iter().map(|&m| meters[m].poll).max().unwrap_or(Duration::ZERO);
         let stale_after = match stale_after {
             Some(d) if d < slowest * 2 && expr_ok => {
@@ -314,7 +380,7 @@ impl Loader<'_> {
                         slowest * 2
                     ),
                 );
-                ok = false;
+                *ok = false;
                 d
             }
             Some(d) => d,
@@ -330,23 +396,38 @@ impl Loader<'_> {
             ) {
                 Some(s) => s,
                 None => {
-                    ok = false;
+                    *ok = false;
                     OnStale::Hold
                 }
             },
         };
+        Timing { average, hold: durations[0], recovery: durations[1], stale_after, on_stale }
+    }
+
+    /// `dry_run`, `latch` and `alert` (false, false, true unless written).
+    fn flags(&mut self, t: &DeTable<'_>, path: &str, ok: &mut bool) -> [bool; 3] {
+        let key = |k: &str| format!("{path}.{k}");
         let mut flags = [false, false, true];
         for (k, slot) in ["dry_run", "latch", "alert"].into_iter().zip(&mut flags) {
             if let Some(v) = t.get(k) {
                 match self.boolean(v, &key(k)) {
                     Some(b) => *slot = b,
-                    None => ok = false,
+                    None => *ok = false,
                 }
             }
         }
-        let [dry_run, latch, alert] = flags;
+        flags
+    }
 
-        // Relays, and the level they take while the trigger is tripped.
+    /// `relays`: each a declared relay, listed once; their names and where each was written.
+    fn trigger_relays(
+        &mut self,
+        t: &DeTable<'_>,
+        path: &str,
+        relays: &[RelayDraft],
+        ok: &mut bool,
+    ) -> (Vec<String>, Vec<Range<usize>>) {
+        let key = |k: &str| format!("{path}.{k}");
         let mut relay_names: Vec<String> = Vec::new();
         let mut relay_spans: Vec<Range<usize>> = Vec::new();
         if let Some(v) = t.get("relays") {
@@ -354,12 +435,12 @@ impl Loader<'_> {
                 Some(items) => {
                     for item in items {
                         let Some(r) = self.non_empty_string(item, &key("relays")) else {
-                            ok = false;
+                            *ok = false;
                             continue;
                         };
                         if relay_names.contains(&r) {
                             self.error(item.span(), key("relays"), format!("relay {r:?} is listed twice"));
-                            ok = false;
+                            *ok = false;
                         } else if !relays.iter().any(|d| d.relay.name == r) {
                             let message = if relays.is_empty() {
                                 format!("no relay named {r:?}: declare it in a [[relay]] with its GPIO pin")
@@ -374,32 +455,47 @@ impl Loader<'_> {
                                 format!("no relay named {r:?}{hint}")
                             };
                             self.error(item.span(), key("relays"), message);
-                            ok = false;
+                            *ok = false;
                         } else {
                             relay_names.push(r);
                             relay_spans.push(item.span());
                         }
                     }
                 }
-                None if self.is_damaged(v) => ok = false,
+                None if self.is_damaged(v) => *ok = false,
                 None => {
                     self.wrong_type(v, &key("relays"), "an array of relay names, e.g. relays = [\"heater\"]");
-                    ok = false;
+                    *ok = false;
                 }
             }
         }
+        (relay_names, relay_spans)
+    }
+
+    /// The level the trigger's relays take while it is tripped: the opposite of their default,
+    /// the same for all of them, and `level` when written must agree.
+    fn trip_level(
+        &mut self,
+        t: &DeTable<'_>,
+        path: &str,
+        relays: &[RelayDraft],
+        relay_names: &[String],
+        relay_spans: &[Range<usize>],
+        ok: &mut bool,
+    ) -> Option<Level> {
+        let key = |k: &str| format!("{path}.{k}");
         let written_level = match t.get("level") {
             None => None,
             Some(v) => match self.level(v, &key("level")) {
                 Some(l) => Some((l, v.span())),
                 None => {
-                    ok = false;
+                    *ok = false;
                     None
                 }
             },
         };
         let mut level = written_level.as_ref().map(|(l, _)| *l);
-        for (r, span) in relay_names.iter().zip(&relay_spans) {
+        for (r, span) in relay_names.iter().zip(relay_spans) {
             let d = relays.iter().find(|d| &d.relay.name == r).expect("checked above");
             let trip = d.relay.default.opposite();
             match (written_level.as_ref(), level) {
@@ -415,7 +511,7 @@ impl Loader<'_> {
                             d.relay.name, d.path, d.line, d.relay.name
                         ),
                     );
-                    ok = false;
+                    *ok = false;
                 }
                 (None, Some(first)) if first != trip => {
                     self.error(
@@ -428,30 +524,12 @@ impl Loader<'_> {
                             d.relay.name, d.relay.default
                         ),
                     );
-                    ok = false;
+                    *ok = false;
                 }
                 _ => level = Some(trip),
             }
         }
-        if !ok {
-            return None;
-        }
-        Some(Trigger {
-            name: name?,
-            when: t.get("when").and_then(|v| v.get_ref().as_str()).unwrap_or_default().to_owned(),
-            meter: own.flatten().map(|i| meters[i].name.clone()),
-            meters: read.iter().map(|&m| meters[m].name.clone()).collect(),
-            average,
-            hold: durations[0],
-            recovery: durations[1],
-            level: level.unwrap_or(Level::On),
-            relays: relay_names,
-            dry_run,
-            latch,
-            alert,
-            stale_after,
-            on_stale,
-        })
+        level
     }
 
     /// The span of what an expression error is about, inside the TOML string that holds the

@@ -1,4 +1,7 @@
 //! Trigger variables: what each name in an expression reads. Pure.
+//! Here, in `config`, because they are resolved against the configured meters and neutral sets:
+//! the loader checks every trigger with them and the engine reads through them (re-exported as
+//! `trigger::vars`).
 //!
 //! - `L1U`, `L12U`, `P`, `L1e`…: the trigger's own `meter`, by the PMTR names
 //!   ([`Sample::variable`](crate::reading::Sample::variable)), in SI units, energy in kWh.
@@ -13,8 +16,8 @@
 //! - `hour` (0–23), `minute` (0–59), `weekday` (1 = Monday … 7 = Sunday), `day` (1–31),
 //!   `month` (1–12): the gateway's local time, whole numbers.
 
-use super::expr::Kind;
-use crate::config::{Meter, NeutralSet};
+use super::{Meter, NeutralSet};
+use crate::expr::Kind;
 use crate::reading::{Phase, Quantity};
 use chrono::{Datelike, Timelike};
 
@@ -66,7 +69,7 @@ pub enum Source {
         meter: usize,
         var: NeutralVar,
     },
-    /// Today's energy or cost of `meter` (see [`crate::energy`]).
+    /// Today's energy or cost of `meter` (kept by the `energy` module).
     Energy {
         meter: usize,
         var: EnergyVar,
@@ -99,14 +102,6 @@ pub enum NeutralVar {
 impl NeutralVar {
     pub const ALL: [(&'static str, NeutralVar); 2] =
         [("neutral_fault", NeutralVar::Fault), ("neutral_shift", NeutralVar::Shift)];
-
-    /// Its value in a verdict; None when the verdict has no displacement.
-    pub fn value(self, v: &crate::neutral::Verdict) -> Option<f64> {
-        match self {
-            NeutralVar::Fault => Some(if v.state == crate::neutral::State::Fault { 1.0 } else { 0.0 }),
-            NeutralVar::Shift => v.shift,
-        }
-    }
 }
 
 impl Source {
@@ -220,14 +215,14 @@ pub fn resolve(
         names.extend(NeutralVar::ALL.iter().map(|(n, _)| *n));
     }
     names.extend(EnergyVar::ALL.iter().map(|(n, _)| *n));
-    let close = super::expr_hint(var, &names);
+    let close = crate::spelling::expr_hint(var, &names);
     let on = if m.model.is_pzem() { format!(" on {:?}", m.phase) } else { String::new() };
     Err(format!("meter \"{}\" ({}{on}) has no `{var}`{close}; it has {}", m.name, m.model, names.join(" ")))
 }
 
 fn hint<'a>(word: &str, candidates: impl Iterator<Item = &'a str>, _what: &str) -> String {
     let c: Vec<&str> = candidates.collect();
-    let close = super::expr_hint(word, &c);
+    let close = crate::spelling::expr_hint(word, &c);
     if close.is_empty() && !c.is_empty() {
         format!(" (meters: {})", c.join(", "))
     } else {

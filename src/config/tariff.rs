@@ -1,4 +1,6 @@
 //! Tariffs: a price per kWh by weekday and local hour, and an optional standing charge per day.
+//! Here, in `config`, because a tariff is what the file describes; `energy` prices with it
+//! (and re-exports it as `energy::tariff`).
 
 use chrono::{DateTime, Datelike, Timelike, Utc, Weekday};
 use chrono_tz::Tz;

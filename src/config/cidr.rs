@@ -1,4 +1,6 @@
 //! Client networks let into the Modbus TCP server (`allow = ["192.168.1.0/24"]`).
+//! Here, in `config`, because the file describes them; `modbus_server` filters with them (and
+//! re-exports this as `modbus_server::cidr`).
 
 use std::net::IpAddr;
 

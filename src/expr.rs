@@ -1,4 +1,6 @@
 //! Trigger expressions: evalexpr 11.3 (MIT), parsed and checked once, evaluated per reading.
+//! A leaf of its own (no `crate::` import): the configuration checks expressions with it at
+//! load and the trigger engine evaluates them (re-exported as `trigger::expr`).
 //!
 //! Checks at compile time, each with the position of the culprit in the text:
 //! - syntax (evalexpr's parser);
