@@ -1,7 +1,9 @@
 //! The `pmtr` binary as a user meets it, against simulated meters on pseudo-terminals.
 
-use pmtr::config::{LineSettings, Parity};
-use pmtr::sim::{SimPort, SimPortOptions};
+#[path = "support/simulator.rs"]
+mod simulator;
+
+use pmtr::sim::SimPort;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -15,13 +17,7 @@ fn text(o: &Output) -> (String, String) {
 }
 
 fn sim(link: &Path, meters: &[&str]) -> SimPort {
-    SimPort::spawn(SimPortOptions {
-        link: Some(link.to_path_buf()),
-        line: LineSettings { baud: 9600, data_bits: 8, parity: Parity::None, stop_bits: 1 },
-        turnaround: Duration::from_millis(2),
-        meters: meters.iter().map(|m| m.parse().unwrap()).collect(),
-    })
-    .unwrap()
+    simulator::spawn_with(link, simulator::line_8n1(), Duration::from_millis(2), meters)
 }
 
 #[test]

@@ -9,9 +9,9 @@ mod servers;
 #[path = "support/smtp.rs"]
 mod smtp;
 
-use gateway::{Daemon, PIN};
+use gateway::{simulator, Daemon, PIN};
 use pmtr::relay::FakeBoard;
-use pmtr::sim::{SimPort, SimPortOptions};
+use pmtr::sim::SimPort;
 use serde_json::Value;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -32,21 +32,10 @@ relays = ["motor"]
 "#;
 
 fn meter(dir: &Path) -> SimPort {
-    let line = pmtr::config::LineSettings {
-        baud: 9600,
-        data_bits: 8,
-        parity: pmtr::config::Parity::None,
-        stop_bits: 1,
-    };
-    SimPort::spawn(SimPortOptions {
-        link: Some(dir.join("ttyUSB0")),
-        line,
-        turnaround: Duration::from_millis(5),
-        meters: vec![format!("pzem-016@4,volts={VOLTS},amps={AMPS},pf={PF},hz={HZ},kwh=12.5")
-            .parse()
-            .unwrap()],
-    })
-    .unwrap()
+    simulator::spawn(
+        &dir.join("ttyUSB0"),
+        &[format!("pzem-016@4,volts={VOLTS},amps={AMPS},pf={PF},hz={HZ},kwh=12.5")],
+    )
 }
 
 /// The gateway with its API on `listen`, plus `status` keys.
@@ -337,18 +326,8 @@ async fn pmtr_status_shows_the_running_gateway() {
     let dir = tempfile::tempdir().unwrap();
     let _meter = meter(dir.path());
     // L2 and L3 beside `main` on L1, the same voltage on each: a sound neutral.
-    let _phases = SimPort::spawn(SimPortOptions {
-        link: Some(dir.path().join("ttyUSB1")),
-        line: pmtr::config::LineSettings {
-            baud: 9600,
-            data_bits: 8,
-            parity: pmtr::config::Parity::None,
-            stop_bits: 1,
-        },
-        turnaround: Duration::from_millis(5),
-        meters: [5, 6].iter().map(|a| format!("pzem-016@{a},volts={VOLTS}").parse().unwrap()).collect(),
-    })
-    .unwrap();
+    let phases: Vec<String> = [5, 6].iter().map(|a| format!("pzem-016@{a},volts={VOLTS}")).collect();
+    let _phases = simulator::spawn(&dir.path().join("ttyUSB1"), &phases);
     let neutral = r#"
 [[meter]]
 name = "l2"
