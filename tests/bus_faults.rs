@@ -6,7 +6,7 @@
 mod simulator;
 
 use pmtr::bus::status::MeterStatus;
-use pmtr::bus::Engine;
+use pmtr::bus::BusEngine;
 use pmtr::config::{Config, LineSettings, Parity};
 use pmtr::reading::Reading;
 use pmtr::sim::{Fault, SimPort};
@@ -38,7 +38,7 @@ fn config(dir: &Path, pattern: &str, extra_bus: &str, meters: &[(&str, u8)]) -> 
 }
 
 struct Run {
-    engine: Engine,
+    engine: BusEngine,
     rx: mpsc::Receiver<Reading>,
     stop: watch::Sender<bool>,
 }
@@ -46,7 +46,7 @@ struct Run {
 fn start(config: &Config) -> Run {
     let (tx, rx) = mpsc::channel(1024);
     let (stop, stop_rx) = watch::channel(false);
-    Run { engine: Engine::start(config, tx, stop_rx), rx, stop }
+    Run { engine: BusEngine::start(config, tx, stop_rx), rx, stop }
 }
 
 impl Run {

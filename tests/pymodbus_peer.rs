@@ -177,7 +177,7 @@ poll = "500ms"
     let config = pmtr::config::load_str(&text, "peer.toml").unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::channel(64);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let engine = pmtr::bus::Engine::start(&config, tx, stop_rx);
+    let engine = pmtr::bus::BusEngine::start(&config, tx, stop_rx);
     let mut seen = std::collections::BTreeSet::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while seen.len() < 2 {

@@ -185,9 +185,9 @@ enum Then {
     Sync { since: f64 },
 }
 
-/// A slot with its trip state.
+/// An action slot armed: its action and its trip state.
 #[derive(Debug, Clone)]
-struct Slot {
+struct ArmedAction {
     action: ActionSlot,
     trip: TripState,
 }
@@ -275,7 +275,7 @@ pub struct PmtrServer {
     averages: Averages,
     low_power: bool,
 
-    slots: [Option<Slot>; 5],
+    slots: [Option<ArmedAction>; 5],
     pins: BTreeMap<u8, bool>,
     /// The RTC: (value set, sim time when set).
     rtc: Option<(u32, f64)>,
@@ -849,7 +849,7 @@ impl PmtrServer {
             auto: self.coils[4],
         };
         let trip = self.slots[slot].as_ref().map(|s| s.trip).unwrap_or_default();
-        self.slots[slot] = Some(Slot { action, trip });
+        self.slots[slot] = Some(ArmedAction { action, trip });
     }
 
     /// The expression's value, or `None` when the firmware's result is undefined.
