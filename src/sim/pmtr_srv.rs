@@ -1,5 +1,5 @@
 //! A simulated PMTR_001_SRV server (Arduino Mega, three PZEM-004T, DS3231, power-line modem),
-//! faithful to the firmware described in `/work/shared/reference/pmtr-server.md` — its quirks
+//! faithful to the firmware described in the server's reference (`pmtr-server.md`) — its quirks
 //! included, so that pmtr's PMTR master mode is tested against them.
 //!
 //! Pure: no I/O, no clock. The caller passes monotonic sim time `t` in seconds, delivers what
