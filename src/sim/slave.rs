@@ -9,7 +9,7 @@ mod profile;
 mod spec;
 
 pub use profile::{Fault, GridTrace, Hostile, Profile};
-pub use spec::SimMeterSpec;
+pub use spec::{SimMeterSpec, SpecError};
 
 use crate::meter::{pzem, rx380, Model};
 use crate::modbus::crc::{append_crc, check_crc};

@@ -91,30 +91,94 @@ impl SimMeterSpec {
     }
 }
 
-fn number<T: FromStr>(key: &str, v: &str) -> Result<T, String> {
-    v.trim().parse().map_err(|_| format!("{key}: `{v}` is not a valid number"))
+/// Why a simulated meter's text does not parse; the text goes to the user as is.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SpecError {
+    #[error("{key}: `{value}` is not a valid number")]
+    NotANumber { key: String, value: String },
+    #[error("{key}: `{value}` is not a finite number")]
+    NotFinite { key: String, value: String },
+    /// `form` is the profile's form, e.g. `` `ramp:PERCENT_PER_S` ``.
+    #[error("profile `{profile}`: expected {form}")]
+    ProfileForm { profile: String, form: &'static str },
+    #[error("profile `{0}`: the noise amplitude must not be negative")]
+    NegativeNoise(String),
+    #[error("profile `{profile}`: script point `{point}` is not T=VOLTS")]
+    ScriptPoint { profile: String, point: String },
+    #[error("profile `{0}`: script times must increase")]
+    ScriptOrder(String),
+    #[error("unknown profile `{0}` (steady, ramp, step, noise, script)")]
+    UnknownProfile(String),
+    #[error("late: `{0}` must be between 0 and 1 hour")]
+    LateRange(String),
+    #[error("fault `{0}` takes no argument")]
+    FaultArgument(String),
+    #[error("fault `late` needs a delay: `late:200` (ms) or `late:1.5s`")]
+    LateNeedsDelay,
+    #[error("fault `{0}`: the exception code must be 1..255")]
+    ExceptionCode(String),
+    #[error("fault `exception` needs a code: `exception:4`")]
+    ExceptionNeedsCode,
+    #[error("fault `{0}`: the pattern is exceptions, headers or overlap")]
+    HostilePattern(String),
+    #[error("fault `{0}`: the length must be 1..4096 bytes")]
+    HostileLength(String),
+    #[error(
+        "unknown fault `{0}` (none, no-reply, bad-crc, late:MS, exception:CODE, garbage, \
+         hostile:PATTERN[:BYTES])"
+    )]
+    UnknownFault(String),
+    #[error("`{0}`: expected MODEL@ADDRESS[,key=value...], e.g. pzem-016@4")]
+    NoAddress(String),
+    /// `known` lists the models, comma-separated.
+    #[error("unknown meter model `{model}` (known: {known})")]
+    UnknownModel { model: String, known: String },
+    #[error("`{spec}`: the address must be 1..247, not `{address}`")]
+    Address { spec: String, address: String },
+    #[error("`{item}`: expected key=value (in `{spec}`)")]
+    NotKeyValue { item: String, spec: String },
+    #[error("{key} must not be negative, got `{value}`")]
+    Negative { key: String, value: String },
+    /// `min` is 0 for a PZEM, -1 (export) for an RX380.
+    #[error("pf must be in {min}..1, got `{value}`")]
+    PowerFactor { min: f64, value: String },
+    #[error("max-block must be at least 1")]
+    MaxBlockZero,
+    #[error("`{key}` does not apply to a {model}")]
+    NotForModel { key: String, model: Model },
+    #[error("every must be at least 1")]
+    EveryZero,
+    #[error(
+        "unknown key `{key}` in `{spec}` (volts, amps, pf, hz, kwh, threshold, max-block, \
+         profile, fault, every)"
+    )]
+    UnknownKey { key: String, spec: String },
 }
 
-fn finite(key: &str, v: &str) -> Result<f64, String> {
+fn number<T: FromStr>(key: &str, v: &str) -> Result<T, SpecError> {
+    v.trim().parse().map_err(|_| SpecError::NotANumber { key: key.to_owned(), value: v.to_owned() })
+}
+
+fn finite(key: &str, v: &str) -> Result<f64, SpecError> {
     let x: f64 = number(key, v)?;
     if x.is_finite() {
         Ok(x)
     } else {
-        Err(format!("{key}: `{v}` is not a finite number"))
+        Err(SpecError::NotFinite { key: key.to_owned(), value: v.to_owned() })
     }
 }
 
 impl FromStr for Profile {
-    type Err = String;
+    type Err = SpecError;
 
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, SpecError> {
         let (kind, arg) = s.split_once(':').unwrap_or((s, ""));
         let args: Vec<&str> = if arg.is_empty() { vec![] } else { arg.split(':').collect() };
-        let want = |n: &[usize], form: &str| -> Result<(), String> {
+        let want = |n: &[usize], form: &'static str| -> Result<(), SpecError> {
             if n.contains(&args.len()) {
                 Ok(())
             } else {
-                Err(format!("profile `{s}`: expected {form}"))
+                Err(SpecError::ProfileForm { profile: s.to_owned(), form })
             }
         };
         match kind.trim().to_ascii_lowercase().as_str() {
@@ -134,7 +198,7 @@ impl FromStr for Profile {
                 want(&[1, 2], "`noise:PERCENT` or `noise:PERCENT:SEED`")?;
                 let amplitude = finite("noise amplitude", args[0])?;
                 if amplitude < 0.0 {
-                    return Err(format!("profile `{s}`: the noise amplitude must not be negative"));
+                    return Err(SpecError::NegativeNoise(s.to_owned()));
                 }
                 let seed = match args.get(1) {
                     Some(v) => number("noise seed", v)?,
@@ -145,21 +209,25 @@ impl FromStr for Profile {
             "script" => {
                 let mut points = Vec::new();
                 for p in arg.split(';').filter(|p| !p.trim().is_empty()) {
-                    let (t, v) = p
-                        .split_once('=')
-                        .ok_or_else(|| format!("profile `{s}`: script point `{p}` is not T=VOLTS"))?;
+                    let (t, v) = p.split_once('=').ok_or_else(|| SpecError::ScriptPoint {
+                        profile: s.to_owned(),
+                        point: p.to_owned(),
+                    })?;
                     let (t, v) = (finite("script time", t)?, finite("script volts", v)?);
                     if points.last().is_some_and(|&(last, _)| t <= last) {
-                        return Err(format!("profile `{s}`: script times must increase"));
+                        return Err(SpecError::ScriptOrder(s.to_owned()));
                     }
                     points.push((t, v));
                 }
                 if points.is_empty() {
-                    return Err(format!("profile `{s}`: expected `script:T=VOLTS;T=VOLTS;...`"));
+                    return Err(SpecError::ProfileForm {
+                        profile: s.to_owned(),
+                        form: "`script:T=VOLTS;T=VOLTS;...`",
+                    });
                 }
                 Ok(Profile::Script(points))
             }
-            other => Err(format!("unknown profile `{other}` (steady, ramp, step, noise, script)")),
+            other => Err(SpecError::UnknownProfile(other.to_owned())),
         }
     }
 }
@@ -184,7 +252,7 @@ impl fmt::Display for Profile {
     }
 }
 
-fn parse_delay(s: &str) -> Result<Duration, String> {
+fn parse_delay(s: &str) -> Result<Duration, SpecError> {
     let s = s.trim();
     let (num, scale) = if let Some(ms) = s.strip_suffix("ms") {
         (ms, 1e-3)
@@ -195,22 +263,22 @@ fn parse_delay(s: &str) -> Result<Duration, String> {
     };
     let x = finite("late", num)?;
     if x < 0.0 || x * scale > 3600.0 {
-        return Err(format!("late: `{s}` must be between 0 and 1 hour"));
+        return Err(SpecError::LateRange(s.to_owned()));
     }
     Ok(Duration::from_secs_f64(x * scale))
 }
 
 impl FromStr for Fault {
-    type Err = String;
+    type Err = SpecError;
 
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, SpecError> {
         let (kind, arg) = s.split_once(':').unwrap_or((s, ""));
         let kind = kind.trim().to_ascii_lowercase();
         let no_arg = |f: Fault| {
             if arg.is_empty() {
                 Ok(f)
             } else {
-                Err(format!("fault `{s}` takes no argument"))
+                Err(SpecError::FaultArgument(s.to_owned()))
             }
         };
         match kind.as_str() {
@@ -219,7 +287,7 @@ impl FromStr for Fault {
             "bad-crc" | "crc" => no_arg(Fault::BadCrc),
             "garbage" => no_arg(Fault::Garbage),
             "late" if !arg.is_empty() => Ok(Fault::Late(parse_delay(arg)?)),
-            "late" => Err("fault `late` needs a delay: `late:200` (ms) or `late:1.5s`".into()),
+            "late" => Err(SpecError::LateNeedsDelay),
             "exception" if !arg.is_empty() => {
                 let code = arg.trim();
                 let code = match code.strip_prefix("0x") {
@@ -228,25 +296,22 @@ impl FromStr for Fault {
                 };
                 match code {
                     Some(c) if c > 0 => Ok(Fault::Exception(c)),
-                    _ => Err(format!("fault `{s}`: the exception code must be 1..255")),
+                    _ => Err(SpecError::ExceptionCode(s.to_owned())),
                 }
             }
-            "exception" => Err("fault `exception` needs a code: `exception:4`".into()),
+            "exception" => Err(SpecError::ExceptionNeedsCode),
             "hostile" => {
                 let (kind, len) = arg.split_once(':').unwrap_or((arg, "260"));
                 let kind = Hostile::ALL
                     .into_iter()
                     .find(|h| h.name() == kind.trim())
-                    .ok_or_else(|| format!("fault `{s}`: the pattern is exceptions, headers or overlap"))?;
+                    .ok_or_else(|| SpecError::HostilePattern(s.to_owned()))?;
                 match len.trim().parse::<u16>() {
                     Ok(n) if (1..=4096).contains(&n) => Ok(Fault::Hostile(kind, n)),
-                    _ => Err(format!("fault `{s}`: the length must be 1..4096 bytes")),
+                    _ => Err(SpecError::HostileLength(s.to_owned())),
                 }
             }
-            other => Err(format!(
-                "unknown fault `{other}` (none, no-reply, bad-crc, late:MS, exception:CODE, garbage, \
-                 hostile:PATTERN[:BYTES])"
-            )),
+            other => Err(SpecError::UnknownFault(other.to_owned())),
         }
     }
 }
@@ -266,35 +331,34 @@ impl fmt::Display for Fault {
 }
 
 impl FromStr for SimMeterSpec {
-    type Err = String;
+    type Err = SpecError;
 
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, SpecError> {
         let mut parts = s.split(',');
         let head = parts.next().unwrap_or_default().trim();
-        let (model, addr) = head
-            .split_once('@')
-            .ok_or_else(|| format!("`{s}`: expected MODEL@ADDRESS[,key=value...], e.g. pzem-016@4"))?;
+        let (model, addr) = head.split_once('@').ok_or_else(|| SpecError::NoAddress(s.to_owned()))?;
         let model = Model::parse(model.trim()).ok_or_else(|| {
             let known: Vec<&str> = Model::ALL.iter().map(|m| m.name()).collect();
-            format!("unknown meter model `{}` (known: {})", model.trim(), known.join(", "))
+            SpecError::UnknownModel { model: model.trim().to_owned(), known: known.join(", ") }
         })?;
         let address = match addr.trim().parse::<u8>() {
             Ok(a @ 1..=247) => a,
-            _ => return Err(format!("`{s}`: the address must be 1..247, not `{}`", addr.trim())),
+            _ => return Err(SpecError::Address { spec: s.to_owned(), address: addr.trim().to_owned() }),
         };
         let mut spec = SimMeterSpec::new(model, address);
         for kv in parts {
             if kv.trim().is_empty() {
                 continue;
             }
-            let (key, v) =
-                kv.split_once('=').ok_or_else(|| format!("`{kv}`: expected key=value (in `{s}`)"))?;
+            let (key, v) = kv
+                .split_once('=')
+                .ok_or_else(|| SpecError::NotKeyValue { item: kv.to_owned(), spec: s.to_owned() })?;
             let key = key.trim().to_ascii_lowercase();
             let positive = |x: f64| {
                 if x >= 0.0 {
                     Ok(x)
                 } else {
-                    Err(format!("{key} must not be negative, got `{}`", v.trim()))
+                    Err(SpecError::Negative { key: key.clone(), value: v.trim().to_owned() })
                 }
             };
             match key.as_str() {
@@ -306,7 +370,10 @@ impl FromStr for SimMeterSpec {
                     let pf = finite(&key, v)?;
                     let range = if model.is_pzem() { 0.0..=1.0 } else { -1.0..=1.0 };
                     if !range.contains(&pf) {
-                        return Err(format!("pf must be in {}..1, got `{}`", range.start(), v.trim()));
+                        return Err(SpecError::PowerFactor {
+                            min: *range.start(),
+                            value: v.trim().to_owned(),
+                        });
                     }
                     spec.pf = Some(pf);
                 }
@@ -314,12 +381,12 @@ impl FromStr for SimMeterSpec {
                 "max-block" | "max_block" if !model.is_pzem() => {
                     let n: u16 = number(&key, v)?;
                     if n == 0 {
-                        return Err("max-block must be at least 1".into());
+                        return Err(SpecError::MaxBlockZero);
                     }
                     spec.max_block = Some(n);
                 }
                 "threshold" | "max-block" | "max_block" => {
-                    return Err(format!("`{key}` does not apply to a {model}"));
+                    return Err(SpecError::NotForModel { key: key.clone(), model });
                 }
                 "profile" => {
                     spec.profile = v.parse()?;
@@ -332,15 +399,10 @@ impl FromStr for SimMeterSpec {
                 }
                 "fault" => spec.fault = v.parse()?,
                 "every" => match number::<u32>(&key, v)? {
-                    0 => return Err("every must be at least 1".into()),
+                    0 => return Err(SpecError::EveryZero),
                     n => spec.fault_every = Some(n),
                 },
-                other => {
-                    return Err(format!(
-                        "unknown key `{other}` in `{s}` (volts, amps, pf, hz, kwh, threshold, max-block, \
-                         profile, fault, every)"
-                    ))
-                }
+                other => return Err(SpecError::UnknownKey { key: other.to_owned(), spec: s.to_owned() }),
             }
         }
         Ok(spec)
@@ -419,7 +481,7 @@ mod tests {
 
     #[test]
     fn spec_errors_say_what_is_wrong() {
-        let err = |s: &str| s.parse::<SimMeterSpec>().unwrap_err();
+        let err = |s: &str| s.parse::<SimMeterSpec>().unwrap_err().to_string();
         assert!(err("pzem-016").contains("MODEL@ADDRESS"));
         assert!(err("pzem-017@4").contains("unknown meter model `pzem-017`"));
         assert!(err("pzem-016@0").contains("1..247"));
