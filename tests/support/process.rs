@@ -18,14 +18,15 @@
 
 use std::io;
 use std::os::unix::process::CommandExt;
-use std::process::{Child, ChildStdout, Command, ExitStatus};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Output};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
 /// A started process, killed (with its group, if it has one) when dropped.
 pub struct Proc {
-    child: Child,
+    /// Taken only by [`Proc::wait_with_output`], which consumes the wrapper.
+    child: Option<Child>,
     what: String,
     group: bool,
 }
@@ -35,7 +36,7 @@ impl Proc {
     /// to get it.
     pub fn start(what: &str, cmd: &mut Command, install: &str) -> Proc {
         match cmd.spawn() {
-            Ok(child) => Proc { child, what: what.to_string(), group: false },
+            Ok(child) => Proc { child: Some(child), what: what.to_string(), group: false },
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 panic!("{what} not found: install it with `{install}` (tests/run.sh does this)")
             }
@@ -55,18 +56,29 @@ impl Proc {
         &self.what
     }
 
+    fn child(&mut self) -> &mut Child {
+        self.child.as_mut().expect("the process is still held")
+    }
+
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.child.as_ref().expect("the process is still held").id()
     }
 
     /// Its stdout, once, when it was started with `Stdio::piped()`.
     pub fn take_stdout(&mut self) -> ChildStdout {
-        self.child.stdout.take().unwrap_or_else(|| panic!("{}: stdout is not a pipe", self.what))
+        let what = self.what.clone();
+        self.child().stdout.take().unwrap_or_else(|| panic!("{what}: stdout is not a pipe"))
     }
 
     /// `Some(status)` once the process has exited.
     pub fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().ok().flatten()
+        self.child().try_wait().ok().flatten()
+    }
+
+    /// Waits for the process to end by itself and collects what is left of its piped output.
+    pub fn wait_with_output(mut self) -> Output {
+        let child = self.child.take().expect("the process is still held");
+        child.wait_with_output().unwrap_or_else(|e| panic!("{}: {e}", self.what))
     }
 
     /// Sends `sig` to the process (to its group if it has one).
@@ -109,12 +121,14 @@ impl Proc {
         if self.group || self.exited().is_none() {
             self.signal(Signal::SIGKILL);
         }
-        let _ = self.child.wait();
+        let _ = self.child().wait();
     }
 }
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        self.kill();
+        if self.child.is_some() {
+            self.kill();
+        }
     }
 }
