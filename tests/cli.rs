@@ -148,14 +148,15 @@ fn demo_on_a_terminal(args: &[&str]) -> (String, String, bool) {
     let mut t = nix::sys::termios::tcgetattr(&pty.slave).unwrap();
     nix::sys::termios::cfmakeraw(&mut t);
     nix::sys::termios::tcsetattr(&pty.slave, nix::sys::termios::SetArg::TCSANOW, &t).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_pmtr"))
-        .arg("demo")
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pmtr"));
+    cmd.arg("demo")
         .args(args)
         .stdin(std::process::Stdio::null())
         .stdout(std::fs::File::from(pty.slave))
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run pmtr demo");
+        .stderr(std::process::Stdio::piped());
+    let child = Proc::start("pmtr", &mut cmd, "cargo build");
+    // Our copy of the terminal's slave side goes with the command: the reader sees EIO at the end.
+    drop(cmd);
     let mut master = std::fs::File::from(pty.master);
     let reader = std::thread::spawn(move || {
         let mut out = Vec::new();
@@ -163,7 +164,7 @@ fn demo_on_a_terminal(args: &[&str]) -> (String, String, bool) {
         let _ = master.read_to_end(&mut out);
         out
     });
-    let o = child.wait_with_output().unwrap();
+    let o = child.wait_with_output();
     let out = reader.join().unwrap();
     (
         String::from_utf8_lossy(&out).into_owned(),
