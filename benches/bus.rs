@@ -8,7 +8,7 @@
 //! `cargo bench --bench bus [-- efficiency|parallel|footprint|start]` (BENCH_SECONDS=N to
 //! change the measuring window, default 20).
 
-use pmtr::bus::Engine;
+use pmtr::bus::BusEngine;
 use pmtr::config::{LineSettings, Parity};
 use pmtr::sim::{SimPort, SimPortOptions};
 use std::io::{BufRead, BufReader};
@@ -71,7 +71,7 @@ async fn reads_per_second(ports: usize, per_port: u8, window: Duration) -> f64 {
             .expect("bench config");
     let (tx, mut rx) = mpsc::channel(4096);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let engine = Engine::start(&config, tx, stop_rx);
+    let engine = BusEngine::start(&config, tx, stop_rx);
     let total = ports * per_port as usize;
     let mut seen = std::collections::HashSet::new();
     while seen.len() < total {

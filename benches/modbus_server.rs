@@ -11,7 +11,7 @@
 //! `cargo bench --bench modbus_server [-- cache|passthrough]` (BENCH_SECONDS=N per cache case,
 //! default 5; BENCH_N=N pass-through reads per case, default 50).
 
-use pmtr::bus::Engine;
+use pmtr::bus::BusEngine;
 use pmtr::modbus_server::ModbusServer;
 use pmtr::sim::{SimPort, SimPortOptions};
 use std::path::Path;
@@ -45,7 +45,7 @@ fn sim(dir: &Path, addresses: &[u8]) -> SimPort {
 }
 
 struct Gateway {
-    engine: Engine,
+    engine: BusEngine,
     stop: tokio::sync::watch::Sender<bool>,
     port: u16,
     readings: Arc<std::sync::atomic::AtomicU64>,
@@ -74,7 +74,7 @@ async fn start(dir: &Path, addresses: &[u8], poll: &str) -> Gateway {
         }
     });
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let engine = Engine::start(&config, tx, stop_rx.clone());
+    let engine = BusEngine::start(&config, tx, stop_rx.clone());
     let settings = config.modbus_server.clone().unwrap();
     let (server, listener) =
         ModbusServer::bind(&settings, &engine.buses, engine.status.clone()).await.unwrap();

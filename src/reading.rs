@@ -1,4 +1,7 @@
-//! The one data type that flows from the buses to every consumer.
+//! What flows from the buses and the gateway to its consumers: a meter's [`Reading`] (its
+//! [`Sample`]s, each a [`Phase`] and a [`Quantity`]); and the [`Record`]s storage writes: readings,
+//! trigger and relay [`StateChange`]s, the gateway's [`Health`] points and the energy books'
+//! [`EnergyPoint`]s.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

@@ -5,6 +5,8 @@
 //! - With the mail server away, the alerts wait in the queue on disk, across a restart of the
 //!   daemon, and arrive once each, in order, when the server comes up.
 
+#[path = "support/servers.rs"]
+mod servers;
 #[path = "support/smtp.rs"]
 mod smtp;
 

@@ -2,33 +2,23 @@
 //! meter that dies, garbage on the line, bad CRCs, an adapter unplugged and re-plugged under
 //! another name, a port that refuses its settings.
 
+#[path = "support/simulator.rs"]
+mod simulator;
+
 use pmtr::bus::status::MeterStatus;
-use pmtr::bus::Engine;
+use pmtr::bus::BusEngine;
 use pmtr::config::{Config, LineSettings, Parity};
 use pmtr::reading::Reading;
-use pmtr::sim::{Fault, SimPort, SimPortOptions};
+use pmtr::sim::{Fault, SimPort};
+use simulator::{line_8n1 as line, spawn as sim};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-fn line() -> LineSettings {
-    LineSettings { baud: 9600, data_bits: 8, parity: Parity::None, stop_bits: 1 }
-}
-
-fn sim(link: &Path, meters: &[&str]) -> SimPort {
-    sim_at(link, line(), meters)
-}
-
 fn sim_at(link: &Path, line: LineSettings, meters: &[&str]) -> SimPort {
-    SimPort::spawn(SimPortOptions {
-        link: Some(link.to_path_buf()),
-        line,
-        turnaround: Duration::from_millis(5),
-        meters: meters.iter().map(|m| m.parse().unwrap()).collect(),
-    })
-    .unwrap()
+    simulator::spawn_with(link, line, Duration::from_millis(5), meters)
 }
 
 fn config(dir: &Path, pattern: &str, extra_bus: &str, meters: &[(&str, u8)]) -> Config {
@@ -48,7 +38,7 @@ fn config(dir: &Path, pattern: &str, extra_bus: &str, meters: &[(&str, u8)]) -> 
 }
 
 struct Run {
-    engine: Engine,
+    engine: BusEngine,
     rx: mpsc::Receiver<Reading>,
     stop: watch::Sender<bool>,
 }
@@ -56,7 +46,7 @@ struct Run {
 fn start(config: &Config) -> Run {
     let (tx, rx) = mpsc::channel(1024);
     let (stop, stop_rx) = watch::channel(false);
-    Run { engine: Engine::start(config, tx, stop_rx), rx, stop }
+    Run { engine: BusEngine::start(config, tx, stop_rx), rx, stop }
 }
 
 impl Run {

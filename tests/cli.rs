@@ -1,7 +1,12 @@
 //! The `pmtr` binary as a user meets it, against simulated meters on pseudo-terminals.
 
-use pmtr::config::{LineSettings, Parity};
-use pmtr::sim::{SimPort, SimPortOptions};
+#[path = "support/process.rs"]
+mod process;
+#[path = "support/simulator.rs"]
+mod simulator;
+
+use pmtr::sim::SimPort;
+use process::Proc;
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -15,13 +20,7 @@ fn text(o: &Output) -> (String, String) {
 }
 
 fn sim(link: &Path, meters: &[&str]) -> SimPort {
-    SimPort::spawn(SimPortOptions {
-        link: Some(link.to_path_buf()),
-        line: LineSettings { baud: 9600, data_bits: 8, parity: Parity::None, stop_bits: 1 },
-        turnaround: Duration::from_millis(2),
-        meters: meters.iter().map(|m| m.parse().unwrap()).collect(),
-    })
-    .unwrap()
+    simulator::spawn_with(link, simulator::line_8n1(), Duration::from_millis(2), meters)
 }
 
 #[test]
@@ -149,14 +148,15 @@ fn demo_on_a_terminal(args: &[&str]) -> (String, String, bool) {
     let mut t = nix::sys::termios::tcgetattr(&pty.slave).unwrap();
     nix::sys::termios::cfmakeraw(&mut t);
     nix::sys::termios::tcsetattr(&pty.slave, nix::sys::termios::SetArg::TCSANOW, &t).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_pmtr"))
-        .arg("demo")
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pmtr"));
+    cmd.arg("demo")
         .args(args)
         .stdin(std::process::Stdio::null())
         .stdout(std::fs::File::from(pty.slave))
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run pmtr demo");
+        .stderr(std::process::Stdio::piped());
+    let child = Proc::start("pmtr", &mut cmd, "cargo build");
+    // Our copy of the terminal's slave side goes with the command: the reader sees EIO at the end.
+    drop(cmd);
     let mut master = std::fs::File::from(pty.master);
     let reader = std::thread::spawn(move || {
         let mut out = Vec::new();
@@ -164,7 +164,7 @@ fn demo_on_a_terminal(args: &[&str]) -> (String, String, bool) {
         let _ = master.read_to_end(&mut out);
         out
     });
-    let o = child.wait_with_output().unwrap();
+    let o = child.wait_with_output();
     let out = reader.join().unwrap();
     (
         String::from_utf8_lossy(&out).into_owned(),
@@ -265,17 +265,16 @@ fn a_closed_stdout_ends_the_one_shot_commands_quietly_by_sigpipe() {
 fn a_closed_stdout_stops_the_demo_cleanly() {
     use std::io::{BufRead, BufReader};
     // No end but Ctrl-C or a gone reader (the 120 s only keep a broken build from hanging).
-    let mut demo = Command::new(env!("CARGO_BIN_EXE_pmtr"))
-        .args(["demo", "--no-open", "--seconds", "120"])
+    let mut demo = Command::new(env!("CARGO_BIN_EXE_pmtr"));
+    demo.args(["demo", "--no-open", "--seconds", "120"])
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = demo.id();
+        .stderr(std::process::Stdio::piped());
+    let mut demo = Proc::start("pmtr", &mut demo, "cargo build");
+    let pid = demo.pid();
     let mut first = String::new();
-    BufReader::new(demo.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    BufReader::new(demo.take_stdout()).read_line(&mut first).unwrap();
     assert!(first.starts_with("# 5 simulated meters"), "{first}");
-    let o = demo.wait_with_output().unwrap();
+    let o = demo.wait_with_output();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{:?}: {err}", o.status);
     assert!(err.contains("stdout closed: stopping the demo"), "{err}");
@@ -290,15 +289,14 @@ fn simulated_pmtr_servers_answer_pmtr_read() {
     use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir().unwrap();
     let link = dir.path().join("ttyPLC0");
-    let mut sim = Command::new(env!("CARGO_BIN_EXE_pmtr"))
-        .args(["simulate", "--link", link.to_str().unwrap(), "pmtr-srv@5,volts=241.5,loop=200ms"])
+    let mut sim = Command::new(env!("CARGO_BIN_EXE_pmtr"));
+    sim.args(["simulate", "--link", link.to_str().unwrap(), "pmtr-srv@5,volts=241.5,loop=200ms"])
         .arg("pmtr-srv@6,amps=4.5,loop=200ms")
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+        .stderr(std::process::Stdio::piped());
+    let mut sim = Proc::start("pmtr", &mut sim, "cargo build");
     let mut first = String::new();
-    BufReader::new(sim.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    BufReader::new(sim.take_stdout()).read_line(&mut first).unwrap();
     assert_eq!(first.trim(), link.display().to_string());
     let read = |address: &str| {
         let port = link.to_str().unwrap();
@@ -317,9 +315,9 @@ fn simulated_pmtr_servers_answer_pmtr_read() {
     let six = read("6");
     assert_eq!(value(&five, "L3U "), Some(241.5), "{five}");
     assert_eq!(value(&six, "L2I "), Some(4.5), "{six}");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(sim.id() as i32), nix::sys::signal::Signal::SIGINT)
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(sim.pid() as i32), nix::sys::signal::Signal::SIGINT)
         .unwrap();
-    let o = sim.wait_with_output().unwrap();
+    let o = sim.wait_with_output();
     assert!(o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("simulator stopped") && err.contains("replies: "), "{err}");

@@ -2,6 +2,8 @@
 //! delivery over STARTTLS+AUTH and implicit TLS, and each way it can fail, through the library
 //! and through `pmtr test-email`.
 
+#[path = "support/servers.rs"]
+mod servers;
 #[path = "support/smtp.rs"]
 mod smtp;
 

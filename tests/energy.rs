@@ -13,10 +13,9 @@ mod gateway;
 #[path = "support/servers.rs"]
 mod servers;
 
-use gateway::Daemon;
+use gateway::{simulator, Daemon};
 use pmtr::energy::saved::{self, Loaded};
 use pmtr::relay::FakeBoard;
-use pmtr::sim::{SimPort, SimPortOptions};
 use std::time::Duration;
 
 const TOLERANCE_KWH: f64 = 0.020;
@@ -24,18 +23,7 @@ const TOLERANCE_KWH: f64 = 0.020;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_counter_reset_mid_run_keeps_the_total_and_the_day_adds_up() {
     let dir = tempfile::tempdir().unwrap();
-    let port = SimPort::spawn(SimPortOptions {
-        link: Some(dir.path().join("ttyUSB0")),
-        line: pmtr::config::LineSettings {
-            baud: 9600,
-            data_bits: 8,
-            parity: pmtr::config::Parity::None,
-            stop_bits: 1,
-        },
-        turnaround: Duration::from_millis(5),
-        meters: vec!["pzem-016@4,volts=230,amps=100,pf=1,kwh=100".parse().unwrap()],
-    })
-    .unwrap();
+    let port = simulator::spawn(&dir.path().join("ttyUSB0"), &["pzem-016@4,volts=230,amps=100,pf=1,kwh=100"]);
     let db = servers::Influx1::start();
     db.create_database("meters");
     let rest = format!(

@@ -15,10 +15,8 @@ mod gateway;
 #[path = "support/servers.rs"]
 mod servers;
 
-use gateway::Daemon;
-use pmtr::config::{LineSettings, Parity};
+use gateway::{simulator, Daemon};
 use pmtr::relay::FakeBoard;
-use pmtr::sim::{SimPort, SimPortOptions};
 use serde_json::Value;
 use servers::Influx1;
 use std::collections::{BTreeMap, BTreeSet};
@@ -369,17 +367,10 @@ async fn every_panel_query_of_every_dashboard_gives_its_series() {
     db.create_database(DATABASE);
     let dir = tempfile::tempdir().unwrap();
     // mainB at 130 V trips `overvoltage-B` at its first reading; the dry-run trigger never does.
-    let port = SimPort::spawn(SimPortOptions {
-        link: Some(dir.path().join("ttyUSB0")),
-        line: LineSettings { baud: 9600, data_bits: 8, parity: Parity::None, stop_bits: 1 },
-        turnaround: Duration::from_millis(5),
-        meters: vec![
-            "pzem-016@4,volts=121".parse().unwrap(),
-            "pzem-016@5,volts=130".parse().unwrap(),
-            "rx380@1".parse().unwrap(),
-        ],
-    })
-    .unwrap();
+    let port = simulator::spawn(
+        &dir.path().join("ttyUSB0"),
+        &["pzem-016@4,volts=121", "pzem-016@5,volts=130", "rx380@1"],
+    );
     // The RX380 plays a supply whose neutral opens after 1 s: the set `plant-supply` changes
     // state, which writes `pmtr_neutral` points.
     let trace = pmtr::sim::GridTrace::record(

@@ -11,9 +11,9 @@ mod gateway;
 #[path = "support/servers.rs"]
 mod servers;
 
-use gateway::Daemon;
+use gateway::{simulator, Daemon};
 use pmtr::relay::FakeBoard;
-use pmtr::sim::{SimPort, SimPortOptions};
+use pmtr::sim::SimPort;
 use serde_json::Value;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -21,24 +21,12 @@ use tokio_modbus::client::{Context, Reader, Writer};
 use tokio_modbus::slave::{Slave, SlaveContext};
 
 fn sim(dir: &Path) -> SimPort {
-    let line = pmtr::config::LineSettings {
-        baud: 9600,
-        data_bits: 8,
-        parity: pmtr::config::Parity::None,
-        stop_bits: 1,
-    };
-    SimPort::spawn(SimPortOptions {
-        link: Some(dir.join("ttyUSB0")),
-        line,
-        turnaround: Duration::from_millis(5),
-        // 23 W: the energy register moves by one Wh every 2.6 minutes, so the registers hold
-        // still for the length of the test.
-        meters: vec![
-            "pzem-016@4,volts=231.5,amps=0.1,pf=1,hz=50,kwh=12.5".parse().unwrap(),
-            "pzem-016@5,fault=no-reply".parse().unwrap(),
-        ],
-    })
-    .unwrap()
+    // 23 W: the energy register moves by one Wh every 2.6 minutes, so the registers hold still
+    // for the length of the test.
+    simulator::spawn(
+        &dir.join("ttyUSB0"),
+        &["pzem-016@4,volts=231.5,amps=0.1,pf=1,hz=50,kwh=12.5", "pzem-016@5,fault=no-reply"],
+    )
 }
 
 fn config(dir: &Path, modbus: u16, api: u16, limits: &str) -> pmtr::config::Config {

@@ -7,14 +7,17 @@
 
 #[path = "support/gateway.rs"]
 mod gateway;
+#[path = "support/meter_api.rs"]
+mod meter_api;
 #[path = "support/servers.rs"]
 mod servers;
 
 use gateway::Daemon;
+use meter_api::{meter_json, readings, until};
 use pmtr::relay::FakeBoard;
 use serde_json::Value;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The PZEM-016's input registers 0x0000..0x0009, as the meter presents them: voltage in 0.1 V;
@@ -23,7 +26,8 @@ use std::time::{Duration, Instant};
 /// 231.4 V, 5.678 A, 1250.3 W, 123,456 Wh (= 1 × 65536 + 57,920), 49.9 Hz, PF 0.95, no alarm.
 const PZEM_IMAGE: [u16; 10] = [2314, 5678, 0, 12503, 0, 57920, 1, 499, 95, 0];
 
-struct Server(Child);
+/// The pymodbus server, killed at drop.
+struct Server(#[allow(dead_code)] servers::Proc);
 
 impl Server {
     fn start(port: u16) -> Server {
@@ -34,26 +38,18 @@ impl Server {
         assert!(ok, "pymodbus==3.16.1 is required for this test and was not found: run tests/run.sh, which installs it");
         let images = serde_json::json!({ "4": { "start": 0, "ir": PZEM_IMAGE } });
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/pymodbus_tcp_meters.py");
-        let mut child = Command::new("python3")
-            .arg(&script)
+        let mut cmd = Command::new("python3");
+        cmd.arg(&script)
             .arg(port.to_string())
             .arg(images.to_string())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3");
-        let mut out = child.stdout.take().unwrap();
+            .stderr(Stdio::null());
+        let mut server = servers::Proc::start("python3", &mut cmd, "apt-get install python3");
         let mut buf = [0u8; 6];
-        std::io::Read::read_exact(&mut out, &mut buf).expect("the pymodbus server did not start");
+        std::io::Read::read_exact(&mut server.take_stdout(), &mut buf)
+            .expect("the pymodbus server did not start");
         assert_eq!(&buf, b"ready\n");
-        Server(child)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        Server(server)
     }
 }
 
@@ -88,39 +84,11 @@ listen = "127.0.0.1:{api}"
     pmtr::config::load_str(&text, "test.toml").unwrap_or_else(|e| panic!("{e}"))
 }
 
-async fn meter_json(base: &str, name: &str) -> Option<Value> {
-    let url = format!("{base}/api/meters/{name}");
-    let r =
-        tokio::task::spawn_blocking(move || servers::try_http("GET", &url, &[], b"")).await.unwrap().ok()?;
-    (r.status == 200).then(|| serde_json::from_slice(&r.body).unwrap())
-}
-
-async fn until(base: &str, name: &str, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let m = meter_json(base, name).await;
-        if let Some(m) = &m {
-            if ok(m) {
-                return m.clone();
-            }
-        }
-        assert!(Instant::now() < deadline, "{what} within 20 s: {m:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn readings(m: &Value) -> u64 {
-    m["counters"]["readings"].as_u64().unwrap_or_else(|| panic!("no readings counter in {m}"))
-}
-
+/// The values of [`PZEM_IMAGE`], as the status API shows them.
 fn check_values(m: &Value) {
-    let v = &m["reading"]["values"];
-    for (name, want) in
-        [("L1U", 231.4), ("L1I", 5.678), ("L1P", 1250.3), ("L1e", 123.456), ("L1f", 49.9), ("L1pf", 0.95)]
-    {
-        let got = v[name].as_f64().unwrap_or_else(|| panic!("no {name} in {m}"));
-        assert!((got - want).abs() < 1e-9, "{name}: {got} instead of {want}: {m}");
-    }
+    let want =
+        [("L1U", 231.4), ("L1I", 5.678), ("L1P", 1250.3), ("L1e", 123.456), ("L1f", 49.9), ("L1pf", 0.95)];
+    meter_api::check_values(m, &want, 1e-9);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

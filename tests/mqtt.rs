@@ -273,18 +273,14 @@ async fn the_last_will_says_offline_when_pmtr_is_killed() {
     let cfg = dir.path().join("pmtr.toml");
     std::fs::write(&cfg, toml(dir.path(), broker.port(), servers::free_port())).unwrap();
     let log = dir.path().join("pmtr.log");
-    let mut pmtr = tokio::process::Command::new(env!("CARGO_BIN_EXE_pmtr"))
-        .args(["run", "--config", cfg.to_str().unwrap()])
-        .stderr(std::fs::File::create(&log).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_pmtr"));
+    cmd.args(["run", "--config", cfg.to_str().unwrap()]).stderr(std::fs::File::create(&log).unwrap());
+    let mut pmtr = servers::Proc::start("pmtr", &mut cmd, "cargo build");
     let w = Watcher::start(broker.port()).await;
     w.payload(&format!("{PREFIX}/status"), "online").await;
     w.wait(&format!("{PREFIX}/meter/main/state"), |_| true).await;
 
-    pmtr.start_kill().unwrap(); // SIGKILL
-    let _ = pmtr.wait().await;
+    pmtr.kill(); // SIGKILL
     let t0 = Instant::now();
     let will = w.payload(&format!("{PREFIX}/status"), "offline").await;
     eprintln!("last will after {:?}", t0.elapsed());

@@ -13,10 +13,12 @@
 
 #[path = "support/gateway.rs"]
 mod gateway;
+#[path = "support/reading.rs"]
+mod test_reading;
 
 use pmtr::config::load_str;
 use pmtr::meter::Model;
-use pmtr::reading::{Phase, Quantity, Reading, Sample};
+use pmtr::reading::{Phase, Quantity, Reading};
 use pmtr::relay::Level;
 use pmtr::sim::grid::{Disturbance, Grid, GridSample};
 use pmtr::trigger::engine::{Engine, Now};
@@ -81,13 +83,7 @@ fn now(t: u64) -> Now {
 }
 
 fn reading(meter: &str, model: Model, t: Now, samples: Vec<(Phase, f64)>) -> Reading {
-    Reading {
-        meter: meter.into(),
-        model,
-        time: t.wall,
-        samples: samples.into_iter().map(|(p, v)| Sample::new(p, Quantity::Voltage, v)).collect(),
-        quality: Default::default(),
-    }
+    test_reading::reading(meter, model, t.wall, samples.into_iter().map(|(p, v)| (p, Quantity::Voltage, v)))
 }
 
 /// The readings of one simulated second: the RX380's, then each PZEM's.
@@ -185,26 +181,15 @@ fn healthy_neutrals_never_trip_whatever_the_grid_does() {
 async fn through_the_gateway_three_pzems_on_a_breaking_neutral_switch_the_relay_off() {
     use gateway::{Daemon, PIN};
     use pmtr::relay::FakeBoard;
-    use pmtr::sim::{GridTrace, Profile, SimPort, SimPortOptions};
+    use pmtr::sim::{GridTrace, Profile};
     use std::sync::Arc;
 
     let dir = tempfile::tempdir().unwrap();
     // The neutral opens 8 s after the port starts; the trace lasts 10 minutes.
     let trace =
         Arc::new(GridTrace::record(Grid::new(11, 230.0).with_house([600.0, 400.0, 200.0]), 600, Some(8)));
-    let line = pmtr::config::LineSettings {
-        baud: 9600,
-        data_bits: 8,
-        parity: pmtr::config::Parity::None,
-        stop_bits: 1,
-    };
-    let port = SimPort::spawn(SimPortOptions {
-        link: Some(dir.path().join("ttyUSB0")),
-        line,
-        turnaround: Duration::from_millis(5),
-        meters: ["pzem-016@4", "pzem-016@5", "pzem-016@6"].iter().map(|m| m.parse().unwrap()).collect(),
-    })
-    .unwrap();
+    let port =
+        gateway::simulator::spawn(&dir.path().join("ttyUSB0"), &["pzem-016@4", "pzem-016@5", "pzem-016@6"]);
     for (k, address) in [4u8, 5, 6].into_iter().enumerate() {
         port.with_slave(address, |s| s.set_profile(Profile::Grid { trace: trace.clone(), phase: k }))
             .unwrap();

@@ -10,12 +10,12 @@ mod gateway;
 #[path = "support/servers.rs"]
 mod servers;
 
-use gateway::{Daemon, PIN};
+use gateway::{simulator, Daemon, PIN};
 use pmtr::relay::FakeBoard;
-use pmtr::sim::{SimPort, SimPortOptions};
+use pmtr::sim::SimPort;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const TOKEN: &str = "page-token-0123456789abcdef";
@@ -27,21 +27,10 @@ const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 
 fn meter(dir: &Path) -> SimPort {
-    let line = pmtr::config::LineSettings {
-        baud: 9600,
-        data_bits: 8,
-        parity: pmtr::config::Parity::None,
-        stop_bits: 1,
-    };
-    SimPort::spawn(SimPortOptions {
-        link: Some(dir.join("ttyUSB0")),
-        line,
-        turnaround: Duration::from_millis(5),
-        meters: vec![format!("pzem-016@4,volts={VOLTS},amps={AMPS},pf={PF},hz={HZ},kwh=12.5")
-            .parse()
-            .unwrap()],
-    })
-    .unwrap()
+    simulator::spawn(
+        &dir.join("ttyUSB0"),
+        &[format!("pzem-016@4,volts={VOLTS},amps={AMPS},pf={PF},hz={HZ},kwh=12.5")],
+    )
 }
 
 fn config(dir: &Path, listen: &str) -> pmtr::config::Config {
@@ -56,7 +45,7 @@ fn config(dir: &Path, listen: &str) -> pmtr::config::Config {
 /// chromedriver on a free port, in its own process group (with the chromium it starts), killed
 /// at drop.
 struct Driver {
-    child: Child,
+    _process: servers::Proc,
     url: String,
     http: reqwest::Client,
     session: Option<String>,
@@ -73,19 +62,10 @@ impl Driver {
             );
         }
         let port = servers::free_port();
-        let child = {
-            use std::os::unix::process::CommandExt;
-            Command::new(CHROMEDRIVER)
-                .arg(format!("--port={port}"))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .process_group(0)
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot start {CHROMEDRIVER}: {e}"))
-        };
+        let mut cmd = Command::new(CHROMEDRIVER);
+        cmd.arg(format!("--port={port}")).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
         let driver = Driver {
-            child,
+            _process: servers::Proc::start_group(CHROMEDRIVER, &mut cmd, "apt-get install chromium-driver"),
             url: format!("http://127.0.0.1:{port}"),
             http: reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap(),
             session: None,
@@ -236,15 +216,6 @@ impl Driver {
         if let Some(s) = self.session.take() {
             self.send(reqwest::Method::DELETE, &format!("/session/{s}"), None).await;
         }
-    }
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        // chromedriver and any chromium it left: the process group it leads.
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL);
-        let _ = self.child.wait();
     }
 }
 

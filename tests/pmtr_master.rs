@@ -10,10 +10,14 @@
 //!   are sent in SI units;
 //! - a stop cuts a relay-action push between two frames.
 
+#[path = "support/process.rs"]
+mod process;
+
 use pmtr::app::servers::{self, scan_port, FoundServer};
 use pmtr::config::load_str;
 use pmtr::modbus::transport::{open_serial, Transport};
 use pmtr::sim::{Firmware, PlcBus, PlcBusOptions, PmtrServer, ServerValues};
+use process::Proc;
 use std::path::Path;
 use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
@@ -277,14 +281,14 @@ level = "high"
     );
     let config = load_str(&text, "pmtr.toml").unwrap();
     // A daemon running on this configuration owns the bus: the commands refuse.
-    let mut other = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+    let mut other =
+        Proc::start("sleep", std::process::Command::new("sleep").arg("30"), "apt-get install coreutils");
     std::fs::create_dir_all(&config.gateway.state_dir).unwrap();
     let marker = config.gateway.state_dir.join("running");
-    std::fs::write(&marker, format!("{}\n", other.id())).unwrap();
+    std::fs::write(&marker, format!("{}\n", other.pid())).unwrap();
     let err = servers::refuse_if_daemon_runs(&config).await.unwrap_err().to_string();
-    assert!(err.contains(&format!("process {}", other.id())) && err.contains("stop it first"), "{err}");
-    other.kill().unwrap();
-    other.wait().unwrap();
+    assert!(err.contains(&format!("process {}", other.pid())) && err.contains("stop it first"), "{err}");
+    other.kill();
     // A marker left by a crash names a dead process: no refusal.
     servers::refuse_if_daemon_runs(&config).await.unwrap();
     std::fs::remove_file(&marker).unwrap();

@@ -3,28 +3,24 @@
 //! Needs `socat` and `pymodbus[serial]==3.16.1` (tests/run.sh installs both); fails, saying
 //! so, when either is missing.
 
+#[path = "support/process.rs"]
+mod process;
+
 use pmtr::bus::poll::poll;
 use pmtr::config::{LineSettings, Parity};
 use pmtr::meter::{pzem, rx380, Model};
 use pmtr::modbus::transport::{open_serial, Transport};
 use pmtr::modbus::{FrameError, Request};
 use pmtr::reading::{Phase, Quantity, Sample};
+use process::Proc;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+/// socat and pymodbus, killed at drop.
 struct Peer {
-    children: Vec<Child>,
+    processes: Vec<Proc>,
     dir: tempfile::TempDir,
-}
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
 
 fn need(cmd: &str, args: &[&str], what: &str) {
@@ -73,13 +69,13 @@ fn start_peer() -> (Peer, PathBuf) {
     need("python3", &["-c", "import pymodbus, serial"], "pymodbus[serial]==3.16.1 (PyPI)");
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (dir.path().join("ttyA"), dir.path().join("ttyB"));
-    let socat = Command::new("socat")
+    let mut socat = Command::new("socat");
+    socat
         .arg(format!("pty,raw,echo=0,link={}", a.display()))
         .arg(format!("pty,raw,echo=0,link={}", b.display()))
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("socat");
-    let mut peer = Peer { children: vec![socat], dir };
+        .stderr(Stdio::null());
+    let socat = Proc::start("socat", &mut socat, "apt-get install socat");
+    let mut peer = Peer { processes: vec![socat], dir };
     wait_for(&a);
     wait_for(&b);
     let images = serde_json::json!({
@@ -87,17 +83,11 @@ fn start_peer() -> (Peer, PathBuf) {
         "1": { "start": 4000, "ir": rx380::encode(&rx380_snapshot()).to_vec() },
     });
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/pymodbus_meters.py");
-    let mut py = Command::new("python3")
-        .arg(&script)
-        .arg(&b)
-        .arg("9600")
-        .arg(images.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("python3");
-    let mut out = py.stdout.take().unwrap();
-    peer.children.push(py);
+    let mut py = Command::new("python3");
+    py.arg(&script).arg(&b).arg("9600").arg(images.to_string()).stdout(Stdio::piped()).stderr(Stdio::null());
+    let mut py = Proc::start("python3", &mut py, "apt-get install python3");
+    let mut out = py.take_stdout();
+    peer.processes.push(py);
     let mut buf = [0u8; 6];
     std::io::Read::read_exact(&mut out, &mut buf).expect("pymodbus server did not start");
     assert_eq!(&buf, b"ready\n");
@@ -187,7 +177,7 @@ poll = "500ms"
     let config = pmtr::config::load_str(&text, "peer.toml").unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::channel(64);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let engine = pmtr::bus::Engine::start(&config, tx, stop_rx);
+    let engine = pmtr::bus::BusEngine::start(&config, tx, stop_rx);
     let mut seen = std::collections::BTreeSet::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while seen.len() < 2 {

@@ -6,25 +6,25 @@
 
 #[path = "support/servers.rs"]
 mod servers;
+#[path = "support/simulator.rs"]
+mod simulator;
 
-use pmtr::config::{LineSettings, Parity};
-use pmtr::sim::{SimPort, SimPortOptions};
-use servers::{Managed, VictoriaMetrics};
+use pmtr::sim::SimPort;
+use servers::{Managed, Proc, VictoriaMetrics};
 use std::collections::BTreeSet;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 fn pzem(dir: &Path) -> SimPort {
-    SimPort::spawn(SimPortOptions {
-        link: Some(dir.join("ttyUSB0")),
-        line: LineSettings { baud: 9600, data_bits: 8, parity: Parity::None, stop_bits: 1 },
-        turnaround: Duration::from_millis(2),
-        meters: vec!["pzem-016@4,volts=230".parse().unwrap()],
-    })
-    .unwrap()
+    simulator::spawn_with(
+        &dir.join("ttyUSB0"),
+        simulator::line_8n1(),
+        Duration::from_millis(2),
+        &["pzem-016@4,volts=230"],
+    )
 }
 
 /// The messages pmtr sends to "systemd", as they come.
@@ -78,11 +78,11 @@ fn read(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_default()
 }
 
-fn signal(p: &Child, s: nix::sys::signal::Signal) {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.id() as i32), s).unwrap();
+fn signal(p: &Proc, s: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.pid() as i32), s).unwrap();
 }
 
-fn spawn(cfg: &Path, log: &Path, notify: Option<&NotifySocket>) -> Child {
+fn spawn(cfg: &Path, log: &Path, notify: Option<&NotifySocket>) -> Proc {
     let mut c = Command::new(env!("CARGO_BIN_EXE_pmtr"));
     c.args(["run", "--config", cfg.to_str().unwrap()])
         .env("RUST_LOG", "info")
@@ -95,22 +95,15 @@ fn spawn(cfg: &Path, log: &Path, notify: Option<&NotifySocket>) -> Child {
         // As systemd sets them for Type=notify, WatchdogSec=1s, output to the journal.
         c.env("NOTIFY_SOCKET", &n.path).env("WATCHDOG_USEC", "1000000").env("JOURNAL_STREAM", "8:12345");
     }
-    c.spawn().expect("start pmtr")
+    Proc::start("pmtr", &mut c, "cargo build")
 }
 
 /// Waits for the process to end, at most `within`.
-fn wait_exit(p: &mut Child, within: Duration, log: &Path) -> std::process::ExitStatus {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(s) = p.try_wait().unwrap() {
-            return s;
-        }
-        if Instant::now() > deadline {
-            let _ = p.kill();
-            panic!("pmtr did not exit within {within:?}\n{}", read(log));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn wait_exit(p: &mut Proc, within: Duration, log: &Path) -> std::process::ExitStatus {
+    p.wait_exit(within).unwrap_or_else(|| {
+        p.kill();
+        panic!("pmtr did not exit within {within:?}\n{}", read(log))
+    })
 }
 
 fn config(dir: &Path, extra_sink: bool) -> String {
@@ -229,7 +222,7 @@ fn notify_watchdog_reload_and_stop_as_under_systemd() {
         || csv_rows(&dir.path().join("csv")).len() >= rows + 5,
         || format!("readings go on after a refused reload\n{}", read(&log)),
     );
-    assert!(p.try_wait().unwrap().is_none(), "still running");
+    assert!(p.exited().is_none(), "still running");
 
     // SIGHUP with a good file (a second sink): the new configuration runs; the relay was
     // handed over at its level, never back to its default on the way.
@@ -364,20 +357,19 @@ fn with_its_stdout_and_stderr_gone_the_daemon_goes_on() {
         drop(reader);
         std::process::Stdio::from(writer)
     };
-    let mut p = Command::new(env!("CARGO_BIN_EXE_pmtr"))
-        .args(["run", "--config", cfg.to_str().unwrap()])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pmtr"));
+    cmd.args(["run", "--config", cfg.to_str().unwrap()])
         .env("RUST_LOG", "info")
         .env_remove("NOTIFY_SOCKET")
         .env_remove("WATCHDOG_USEC")
         .stdout(gone())
-        .stderr(gone())
-        .spawn()
-        .unwrap();
+        .stderr(gone());
+    let mut p = Proc::start("pmtr", &mut cmd, "cargo build");
     let csv = dir.path().join("csv");
     let log = dir.path().join("no-log");
     // It reads, stores and switches the relay while the logging of each fails.
     wait_until(Duration::from_secs(20), || csv_rows(&csv).len() >= 3, || "3 rows".into());
-    assert!(p.try_wait().unwrap().is_none(), "pmtr ended: {:?}", p.try_wait());
+    assert!(p.exited().is_none(), "pmtr ended: {:?}", p.exited());
     let rows = csv_rows(&csv).len();
     wait_until(Duration::from_secs(20), || csv_rows(&csv).len() >= rows + 3, || "more rows".into());
     assert!(pin_log(dir.path()).iter().any(|(high, _)| !high), "the trigger opened the relay");

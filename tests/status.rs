@@ -9,9 +9,9 @@ mod servers;
 #[path = "support/smtp.rs"]
 mod smtp;
 
-use gateway::{Daemon, PIN};
+use gateway::{simulator, Daemon, PIN};
 use pmtr::relay::FakeBoard;
-use pmtr::sim::{SimPort, SimPortOptions};
+use pmtr::sim::SimPort;
 use serde_json::Value;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -32,21 +32,10 @@ relays = ["motor"]
 "#;
 
 fn meter(dir: &Path) -> SimPort {
-    let line = pmtr::config::LineSettings {
-        baud: 9600,
-        data_bits: 8,
-        parity: pmtr::config::Parity::None,
-        stop_bits: 1,
-    };
-    SimPort::spawn(SimPortOptions {
-        link: Some(dir.join("ttyUSB0")),
-        line,
-        turnaround: Duration::from_millis(5),
-        meters: vec![format!("pzem-016@4,volts={VOLTS},amps={AMPS},pf={PF},hz={HZ},kwh=12.5")
-            .parse()
-            .unwrap()],
-    })
-    .unwrap()
+    simulator::spawn(
+        &dir.join("ttyUSB0"),
+        &[format!("pzem-016@4,volts={VOLTS},amps={AMPS},pf={PF},hz={HZ},kwh=12.5")],
+    )
 }
 
 /// The gateway with its API on `listen`, plus `status` keys.
@@ -337,18 +326,8 @@ async fn pmtr_status_shows_the_running_gateway() {
     let dir = tempfile::tempdir().unwrap();
     let _meter = meter(dir.path());
     // L2 and L3 beside `main` on L1, the same voltage on each: a sound neutral.
-    let _phases = SimPort::spawn(SimPortOptions {
-        link: Some(dir.path().join("ttyUSB1")),
-        line: pmtr::config::LineSettings {
-            baud: 9600,
-            data_bits: 8,
-            parity: pmtr::config::Parity::None,
-            stop_bits: 1,
-        },
-        turnaround: Duration::from_millis(5),
-        meters: [5, 6].iter().map(|a| format!("pzem-016@{a},volts={VOLTS}").parse().unwrap()).collect(),
-    })
-    .unwrap();
+    let phases: Vec<String> = [5, 6].iter().map(|a| format!("pzem-016@{a},volts={VOLTS}")).collect();
+    let _phases = simulator::spawn(&dir.path().join("ttyUSB1"), &phases);
     let neutral = r#"
 [[meter]]
 name = "l2"
@@ -638,13 +617,12 @@ async fn pmtr_status_watch_follows_the_daemon_until_it_goes_away() {
     let url = format!("http://127.0.0.1:{port}");
     first_reading(&url).await;
 
-    let mut watch = tokio::process::Command::new(env!("CARGO_BIN_EXE_pmtr"))
-        .args(["status", "--watch", "--interval", "200ms", "--url", &url])
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = tokio::io::BufReader::new(watch.stdout.take().unwrap()).lines();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_pmtr"));
+    cmd.args(["status", "--watch", "--interval", "200ms", "--url", &url])
+        .stdout(std::process::Stdio::piped());
+    let mut watch = servers::Proc::start("pmtr", &mut cmd, "cargo build");
+    let stdout = tokio::process::ChildStdout::from_std(watch.take_stdout()).unwrap();
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
     let mut seen = String::new();
     // A pipe: plain blocks, the table with the meter's values, the relay and the trigger.
     read_until(&mut lines, &mut seen, "the table", |s| {
@@ -672,11 +650,12 @@ async fn pmtr_status_watch_follows_the_daemon_until_it_goes_away() {
     .await;
 
     // Ctrl-C ends it cleanly.
-    let pid = nix::unistd::Pid::from_raw(watch.id().unwrap() as i32);
+    let pid = nix::unistd::Pid::from_raw(watch.pid() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
     read_until(&mut lines, &mut seen, "the goodbye", |s| s.contains(&format!("stopped watching {url}")))
         .await;
-    assert!(watch.wait().await.unwrap().success(), "{seen}");
+    let status = tokio::task::block_in_place(|| watch.wait_exit(Duration::from_secs(20)));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}: {seen}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -696,12 +675,12 @@ async fn on_a_terminal_pmtr_status_watch_redraws_in_place() {
     let mut t = nix::sys::termios::tcgetattr(&pty.slave).unwrap();
     nix::sys::termios::cfmakeraw(&mut t);
     nix::sys::termios::tcsetattr(&pty.slave, nix::sys::termios::SetArg::TCSANOW, &t).unwrap();
-    let mut watch = tokio::process::Command::new(env!("CARGO_BIN_EXE_pmtr"))
-        .args(["status", "--watch", "--interval", "200ms", "--url", &url])
-        .stdout(std::fs::File::from(pty.slave))
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_pmtr"));
+    cmd.args(["status", "--watch", "--interval", "200ms", "--url", &url])
+        .stdout(std::fs::File::from(pty.slave));
+    let mut watch = servers::Proc::start("pmtr", &mut cmd, "cargo build");
+    // Our copy of the terminal's slave side goes with the command: the reader sees EIO at the end.
+    drop(cmd);
     let seen = Arc::new(Mutex::new(Vec::new()));
     let mut master = std::fs::File::from(pty.master);
     let into = seen.clone();
@@ -718,9 +697,10 @@ async fn on_a_terminal_pmtr_status_watch_redraws_in_place() {
         assert!(Instant::now() < limit, "three frames: {:?}", text());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let pid = nix::unistd::Pid::from_raw(watch.id().unwrap() as i32);
+    let pid = nix::unistd::Pid::from_raw(watch.pid() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
-    assert!(watch.wait().await.unwrap().success());
+    let status = tokio::task::block_in_place(|| watch.wait_exit(Duration::from_secs(20)));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
     reader.join().unwrap();
     daemon.stop().await;
     let out = text();

@@ -3,21 +3,25 @@
 //! Outages are real: the server process is stopped and started again; `kill -9` is real.
 //! Readings and trigger/relay state changes go the same way and are read back field by field.
 
+#[path = "support/reading.rs"]
+mod reading;
 #[path = "support/servers.rs"]
 mod servers;
+#[path = "support/simulator.rs"]
+mod simulator;
 
-use pmtr::config::{load_str, Config, LineSettings, Parity};
+use pmtr::config::{load_str, Config};
 use pmtr::meter::Model;
-use pmtr::reading::{ChangeEvent, Phase, Quality, Quantity, Reading, Record, Sample, StateChange, Subject};
-use pmtr::sim::{SimPort, SimPortOptions};
+use pmtr::reading::{ChangeEvent, Phase, Quality, Quantity, Reading, Record, StateChange, Subject};
 use pmtr::store::schema::stored_value;
 use pmtr::store::spool::{Spool, SpoolLimits};
 use pmtr::store::{Storage, StoreEvent};
+use reading::reading;
 use serde_json::{json, Value};
-use servers::{Influx1, Managed, VictoriaMetrics, VmAuth};
+use servers::{Influx1, Managed, Proc, VictoriaMetrics, VmAuth};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
@@ -52,46 +56,40 @@ fn base_ms() -> i64 {
 
 fn pzem(base: i64, i: i64) -> Reading {
     let f = i as f64;
+    let time = chrono::DateTime::from_timestamp_millis(base + i * 10).unwrap();
+    let samples = [
+        (Phase::L2, Quantity::Voltage, (2300.0 + f) * 0.1),
+        (Phase::L2, Quantity::Current, (1000.0 + f) * 0.001),
+        (Phase::L2, Quantity::ActivePower, (2300.0 + f) * 0.1),
+        (Phase::L2, Quantity::ActiveEnergy, (123_456.0 + f) / 1000.0),
+        (Phase::L2, Quantity::Frequency, 49.9),
+        (Phase::L2, Quantity::PowerFactor, 0.97),
+        (Phase::L2, Quantity::Alarm, (i % 2) as f64),
+    ];
     Reading {
-        meter: "kitchen".into(),
-        model: Model::Pzem016,
-        time: chrono::DateTime::from_timestamp_millis(base + i * 10).unwrap(),
-        samples: vec![
-            Sample::new(Phase::L2, Quantity::Voltage, (2300.0 + f) * 0.1),
-            Sample::new(Phase::L2, Quantity::Current, (1000.0 + f) * 0.001),
-            Sample::new(Phase::L2, Quantity::ActivePower, (2300.0 + f) * 0.1),
-            Sample::new(Phase::L2, Quantity::ActiveEnergy, (123_456.0 + f) / 1000.0),
-            Sample::new(Phase::L2, Quantity::Frequency, 49.9),
-            Sample::new(Phase::L2, Quantity::PowerFactor, 0.97),
-            Sample::new(Phase::L2, Quantity::Alarm, (i % 2) as f64),
-        ],
         quality: Quality { energy_backwards: i == 3 },
+        ..reading("kitchen", Model::Pzem016, time, samples)
     }
 }
 
 fn rx380(base: i64, i: i64) -> Reading {
     let mut samples = vec![
-        Sample::new(Phase::Total, Quantity::ActiveEnergy, 123_456.789),
-        Sample::new(Phase::Total, Quantity::ActivePower, -1500.0),
-        Sample::new(Phase::Total, Quantity::ReactivePower, -200.0),
-        Sample::new(Phase::Total, Quantity::PowerFactor, -0.9),
-        Sample::new(Phase::Total, Quantity::Frequency, 50.0),
+        (Phase::Total, Quantity::ActiveEnergy, 123_456.789),
+        (Phase::Total, Quantity::ActivePower, -1500.0),
+        (Phase::Total, Quantity::ReactivePower, -200.0),
+        (Phase::Total, Quantity::PowerFactor, -0.9),
+        (Phase::Total, Quantity::Frequency, 50.0),
     ];
     for (k, p) in [Phase::L1, Phase::L2, Phase::L3, Phase::N].into_iter().enumerate() {
-        samples.push(Sample::new(p, Quantity::Current, 1.0 + k as f64 * 0.25));
+        samples.push((p, Quantity::Current, 1.0 + k as f64 * 0.25));
     }
     for (k, p) in
         [Phase::L1, Phase::L2, Phase::L3, Phase::L12, Phase::L23, Phase::L31].into_iter().enumerate()
     {
-        samples.push(Sample::new(p, Quantity::Voltage, 230.0 + k as f64 * 0.1));
+        samples.push((p, Quantity::Voltage, 230.0 + k as f64 * 0.1));
     }
-    Reading {
-        meter: "plant".into(),
-        model: Model::Rx380,
-        time: chrono::DateTime::from_timestamp_millis(base + i * 10 + 5).unwrap(),
-        samples,
-        quality: Quality::default(),
-    }
+    let time = chrono::DateTime::from_timestamp_millis(base + i * 10 + 5).unwrap();
+    reading("plant", Model::Rx380, time, samples)
 }
 
 /// Triggers tripping and releasing, relays switched and forced, in the order a day might bring
@@ -630,14 +628,13 @@ fn spooled(dir: &Path) -> Vec<Record> {
     out
 }
 
-fn start_pmtr(cfg: &Path, log: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_pmtr"))
-        .args(["run", "--config", cfg.to_str().unwrap()])
+fn start_pmtr(cfg: &Path, log: &Path) -> Proc {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pmtr"));
+    cmd.args(["run", "--config", cfg.to_str().unwrap()])
         .env("RUST_LOG", "info")
         .stdout(std::fs::File::create(log.with_extension("out")).unwrap())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .expect("start pmtr")
+        .stderr(std::fs::File::create(log).unwrap());
+    Proc::start("pmtr", &mut cmd, "cargo build")
 }
 
 #[test]
@@ -645,13 +642,12 @@ fn kill_9_during_an_outage_loses_nothing_that_was_spooled() {
     let mut vm = VictoriaMetrics::start();
     vm.stop();
     let dir = tempfile::tempdir().unwrap();
-    let _meter = SimPort::spawn(SimPortOptions {
-        link: Some(dir.path().join("ttyUSB0")),
-        line: LineSettings { baud: 9600, data_bits: 8, parity: Parity::None, stop_bits: 1 },
-        turnaround: Duration::from_millis(2),
-        meters: vec!["pzem-016@4,profile=noise:2".parse().unwrap()],
-    })
-    .unwrap();
+    let _meter = simulator::spawn_with(
+        &dir.path().join("ttyUSB0"),
+        simulator::line_8n1(),
+        Duration::from_millis(2),
+        &["pzem-016@4,profile=noise:2"],
+    );
     let cfg = dir.path().join("pmtr.toml");
     std::fs::write(
         &cfg,
@@ -674,8 +670,7 @@ fn kill_9_during_an_outage_loses_nothing_that_was_spooled() {
     while spooled_count(&spool_dir) < 20 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
-    p.kill().unwrap(); // SIGKILL
-    p.wait().unwrap();
+    p.kill(); // SIGKILL
     let before = spooled(&spool_dir);
     assert!(
         before.len() >= 20,
@@ -688,9 +683,8 @@ fn kill_9_during_an_outage_loses_nothing_that_was_spooled() {
     let mut p = start_pmtr(&cfg, &log.with_extension("2.log"));
     let want: BTreeSet<i64> = before.iter().map(|r| r.time().timestamp_millis()).collect();
     let got = vm.timestamps_once_in("pmtr_voltage", &want, Duration::from_secs(30));
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.id() as i32), nix::sys::signal::Signal::SIGTERM)
-        .unwrap();
-    p.wait().unwrap();
+    p.signal(nix::sys::signal::Signal::SIGTERM);
+    p.wait_exit(Duration::from_secs(60)).expect("pmtr stops on SIGTERM");
     let missing: Vec<&i64> = want.difference(&got).collect();
     assert!(missing.is_empty(), "{} of {} spooled readings never arrived", missing.len(), want.len());
     let text = std::fs::read_to_string(log.with_extension("2.log")).unwrap();

@@ -6,10 +6,13 @@
 
 #[path = "support/gateway.rs"]
 mod gateway;
+#[path = "support/process.rs"]
+mod process;
 
 use gateway::{set_volts, sim, Daemon, PIN};
 use pmtr::config::Config;
 use pmtr::relay::FakeBoard;
+use process::Proc;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -210,11 +213,9 @@ async fn kill_9_after_a_latch_the_next_start_claims_the_relay_tripped() {
     std::fs::write(&file, text).unwrap();
     let log = dir.path().join("state/fake-gpio.log");
     let start = || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_pmtr"))
-            .args(["run", "--config", file.to_str().unwrap()])
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap()
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_pmtr"));
+        cmd.args(["run", "--config", file.to_str().unwrap()]).stderr(std::process::Stdio::null());
+        Proc::start("pmtr", &mut cmd, "cargo build")
     };
 
     let mut first = start();
@@ -228,8 +229,7 @@ async fn kill_9_after_a_latch_the_next_start_claims_the_relay_tripped() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    first.kill().unwrap(); // SIGKILL
-    first.wait().unwrap();
+    first.kill(); // SIGKILL
     let lines_before = std::fs::read_to_string(&log).unwrap().lines().count();
 
     set_volts(&port, 230.0);
@@ -244,8 +244,7 @@ async fn kill_9_after_a_latch_the_next_start_claims_the_relay_tripped() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after: Vec<String> =
         std::fs::read_to_string(&log).unwrap().lines().skip(lines_before).map(str::to_owned).collect();
-    second.kill().unwrap();
-    second.wait().unwrap();
+    second.kill();
     assert!(claimed.ends_with(&format!("pin {PIN} low claim")), "the restart claimed {claimed:?}");
     assert_eq!(after.len(), 1, "and never switched it with good data: {after:?}");
 }

@@ -1,9 +1,9 @@
 //! Alert mail over SMTP: lettre's tokio transport with rustls, set up from `[alerts.email]`.
 //!
-//! [`Mailer::send`] is what the daemon will use; [`Mailer::send_step_by_step`] (behind
-//! `pmtr test-email`) runs the same dialogue one step at a time (DNS, connect, TLS, AUTH,
-//! message) and says which step failed. Either way a failure is a [`SendError`] that says whether
-//! trying again later can help.
+//! [`Mailer::send`] is what the daemon's alert task ([`super::run`]) uses;
+//! [`Mailer::send_step_by_step`] (behind `pmtr test-email`) runs the same dialogue one step at a
+//! time (DNS, connect, TLS, AUTH, message) and says which step failed. Either way a failure is a
+//! [`SendError`] that says whether trying again later can help.
 
 use crate::config::{EmailSettings, EmailTls};
 use lettre::message::header::ContentType;

@@ -3,7 +3,7 @@
 
 use crate::app::{live, print_out};
 use crate::bus::status::MeterStatus;
-use crate::bus::Engine;
+use crate::bus::BusEngine;
 use crate::config::{LineSettings, Parity};
 use crate::reading::Reading;
 use crate::sim::{
@@ -265,7 +265,7 @@ async fn run_in(dir: &std::path::Path, opts: DemoOptions) -> anyhow::Result<()> 
     let (tx, mut rx) = mpsc::channel::<Reading>(256);
     let (stop_tx, stop_rx) = watch::channel(false);
     let stop_rx_api = stop_rx.clone();
-    let engine = Engine::start(&config, tx, stop_rx);
+    let engine = BusEngine::start(&config, tx, stop_rx);
     let status = engine.status.clone();
     let table = opts.output == Output::Table;
     let start = tokio::time::Instant::now();

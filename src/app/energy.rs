@@ -119,7 +119,7 @@ pub async fn set(config: &Config, meter: &str, counter: Option<&str>, value: f64
     }
     let path = saved::path_in(&config.gateway.state_dir);
     let mut book = run::open(config, &path);
-    let (name, old) = book.set_total(meter, counter, value)?;
+    let (name, old) = book.set_total(meter, counter, value).map_err(|e| e.to_string())?;
     saved::save(&path, &book.books).map_err(|e| format!("{}: {e}", path.display()))?;
     tracing::info!(%meter, counter = %name, old, new = value, "energy total set by hand");
     println!("{meter} {name}: total set to {value} kWh (was {old}) in {}", path.display());

@@ -3,7 +3,7 @@
 use super::systemd::Notifier;
 use crate::bus::liveness::Liveness;
 use crate::bus::status::StatusBoard;
-use crate::bus::Engine;
+use crate::bus::BusEngine;
 use crate::config::Config;
 use crate::control::ControlServer;
 use crate::mqtt::run::Mqtt;
@@ -258,7 +258,7 @@ async fn feed_watchdog(every: Duration, notifier: Arc<Notifier>, current: Arc<Mu
 /// the status API.
 struct Generation {
     stop_tx: watch::Sender<bool>,
-    engine: crate::bus::Engine,
+    engine: crate::bus::BusEngine,
     summary: JoinHandle<()>,
     health: Option<JoinHandle<()>>,
     consumer: JoinHandle<()>,
@@ -386,9 +386,9 @@ impl Generation {
         let engine = match &triggers {
             Some(t) => {
                 drop(tx); // the consumer below then ends at once, letting go of its storage sender
-                Engine::start(config, t.readings.clone(), stop_rx.clone())
+                BusEngine::start(config, t.readings.clone(), stop_rx.clone())
             }
-            None => Engine::start(config, tx, stop_rx.clone()),
+            None => BusEngine::start(config, tx, stop_rx.clone()),
         };
         let status = engine.status.clone();
         // The Modbus TCP server reads the status board and queues requests for the port

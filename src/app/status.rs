@@ -19,18 +19,59 @@ pub fn url_for(listen: SocketAddr, tls: bool) -> String {
     format!("{scheme}://{}", SocketAddr::new(ip, listen.port()))
 }
 
+/// Why the daemon's status could not be had; the text goes to stderr as is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FetchError {
+    #[error("cannot read the CA file {path}: {error}")]
+    CaFile { path: String, error: String },
+    #[error("{path} holds no PEM certificate: {error}")]
+    NotPem { path: String, error: String },
+    /// The HTTP client could not be built, and why.
+    #[error("{0}")]
+    Client(String),
+    /// `causes` is the TLS error with its sources.
+    #[error(
+        "the certificate of {url} is not trusted ({causes}): give the certificate, or the CA \
+         that signed it, with --ca FILE (and use the name or address the certificate is for)"
+    )]
+    Untrusted { url: String, causes: String },
+    #[error(
+        "no pmtr daemon answering at {url}: is `pmtr run` running (systemctl status pmtr), with \
+         [status] enabled on that address?"
+    )]
+    NoDaemon { url: String },
+    #[error("the pmtr daemon at {url} did not answer within {seconds} s")]
+    Timeout { url: String, seconds: u64 },
+    #[error("cannot ask {endpoint}: {error}")]
+    Ask { endpoint: String, error: String },
+    #[error("cannot read the answer of {endpoint}: {error}")]
+    Read { endpoint: String, error: String },
+    /// An answer other than 2xx: its status (`404 Not Found`) and the API's error message.
+    #[error("{endpoint} answered {status}: {message}")]
+    Refused { endpoint: String, status: String, message: String },
+    #[error("the daemon at {url} answered something unexpected: {error}")]
+    Unexpected { url: String, error: String },
+}
+
+impl FetchError {
+    /// Nothing answered: no daemon runs there, or it is not reachable.
+    pub fn unreachable(&self) -> bool {
+        matches!(self, FetchError::NoDaemon { .. } | FetchError::Timeout { .. })
+    }
+}
+
 /// Fetches `/api/status` from `url` (with the token, if any; over HTTPS trusting `ca` too).
-/// Err holds the message for stderr.
-pub async fn fetch(url: &str, token: Option<&str>, ca: Option<&Path>) -> Result<String, String> {
+pub async fn fetch(url: &str, token: Option<&str>, ca: Option<&Path>) -> Result<String, FetchError> {
     let endpoint = format!("{}/api/status", url.trim_end_matches('/'));
     let mut builder = reqwest::Client::builder().timeout(TIMEOUT);
     if let Some(ca) = ca {
-        let pem = std::fs::read(ca).map_err(|e| format!("cannot read the CA file {}: {e}", ca.display()))?;
+        let path = || ca.display().to_string();
+        let pem = std::fs::read(ca).map_err(|e| FetchError::CaFile { path: path(), error: e.to_string() })?;
         let cert = reqwest::Certificate::from_pem(&pem)
-            .map_err(|e| format!("{} holds no PEM certificate: {e}", ca.display()))?;
+            .map_err(|e| FetchError::NotPem { path: path(), error: e.to_string() })?;
         builder = builder.add_root_certificate(cert);
     }
-    let client = builder.build().map_err(|e| e.to_string())?;
+    let client = builder.build().map_err(|e| FetchError::Client(e.to_string()))?;
     let mut req = client.get(&endpoint);
     if let Some(t) = token {
         req = req.bearer_auth(t);
@@ -43,36 +84,33 @@ pub async fn fetch(url: &str, token: Option<&str>, ca: Option<&Path>) -> Result<
             source = s.source();
         }
         if url.starts_with("https") && causes.contains("certificate") {
-            format!(
-                "the certificate of {url} is not trusted ({causes}): give the certificate, or the CA \
-                 that signed it, with --ca FILE (and use the name or address the certificate is for)"
-            )
+            FetchError::Untrusted { url: url.to_owned(), causes }
         } else if e.is_connect() {
-            format!(
-                "no pmtr daemon answering at {url}: is `pmtr run` running (systemctl status pmtr), with \
-                 [status] enabled on that address?"
-            )
+            FetchError::NoDaemon { url: url.to_owned() }
         } else if e.is_timeout() {
-            format!("the pmtr daemon at {url} did not answer within {} s", TIMEOUT.as_secs())
+            FetchError::Timeout { url: url.to_owned(), seconds: TIMEOUT.as_secs() }
         } else {
-            format!("cannot ask {endpoint}: {e}")
+            FetchError::Ask { endpoint: endpoint.clone(), error: e.to_string() }
         }
     })?;
     let status = answer.status();
-    let text = answer.text().await.map_err(|e| format!("cannot read the answer of {endpoint}: {e}"))?;
+    let text = answer
+        .text()
+        .await
+        .map_err(|e| FetchError::Read { endpoint: endpoint.clone(), error: e.to_string() })?;
     if !status.is_success() {
         let message = serde_json::from_str::<serde_json::Value>(&text)
             .ok()
             .and_then(|v| v["error"].as_str().map(str::to_owned))
             .unwrap_or(text);
-        return Err(format!("{endpoint} answered {status}: {message}"));
+        return Err(FetchError::Refused { endpoint, status: status.to_string(), message });
     }
     Ok(text)
 }
 
 /// Prints the status as the compact view, or as JSON.
 pub async fn show(url: &str, token: Option<&str>, ca: Option<&Path>, json: bool) -> Result<(), String> {
-    let text = fetch(url, token, ca).await?;
+    let text = fetch(url, token, ca).await.map_err(|e| e.to_string())?;
     if json {
         println!("{}", text.trim_end());
         return Ok(());
@@ -81,11 +119,6 @@ pub async fn show(url: &str, token: Option<&str>, ca: Option<&Path>, json: bool)
         .map_err(|e| format!("the daemon at {url} answered something unexpected: {e}"))?;
     print!("{}", view::render(&snapshot, &chrono::Local));
     Ok(())
-}
-
-/// How a failed fetch is shown: "daemon unreachable" when nothing answered.
-fn unreachable(message: &str) -> bool {
-    message.starts_with("no pmtr daemon answering") || message.contains("did not answer within")
 }
 
 /// `pmtr status --watch`: the live table every `interval` until Ctrl-C, redrawn in place on a
@@ -104,7 +137,7 @@ pub async fn watch(
     let mut events = live::Events::default();
     let mut last: Option<Snapshot> = None;
     // Since when, and why, the daemon does not answer.
-    let mut failing: Option<(chrono::DateTime<chrono::Utc>, String)> = None;
+    let mut failing: Option<(chrono::DateTime<chrono::Utc>, FetchError)> = None;
     let cursor = tty.then(live::HiddenCursor::hide);
     loop {
         let answer = tokio::select! {
@@ -114,7 +147,7 @@ pub async fn watch(
         let now = chrono::Utc::now();
         let answer = answer.and_then(|text| {
             serde_json::from_str::<Snapshot>(&text)
-                .map_err(|e| format!("the daemon at {url} answered something unexpected: {e}"))
+                .map_err(|e| FetchError::Unexpected { url: url.to_owned(), error: e.to_string() })
         });
         match answer {
             Ok(snapshot) => {
@@ -132,7 +165,8 @@ pub async fn watch(
             }
             Err(message) => {
                 if failing.as_ref().is_none_or(|(_, m)| *m != message) {
-                    let what = if unreachable(&message) { "daemon unreachable" } else { "error" };
+                    // How a failed fetch is shown: "daemon unreachable" when nothing answered.
+                    let what = if message.unreachable() { "daemon unreachable" } else { "error" };
                     events.push(now, format!("{what}: {message}"));
                     failing = Some((failing.map_or(now, |(since, _)| since), message));
                 }
@@ -141,7 +175,7 @@ pub async fn watch(
         let mut lines =
             vec![format!("pmtr status --watch {url}, every {} (Ctrl-C to stop)", fmt_interval(interval))];
         if let Some((since, message)) = &failing {
-            let what = if unreachable(message) { "daemon unreachable" } else { "no status" };
+            let what = if message.unreachable() { "daemon unreachable" } else { "no status" };
             lines.push(format!(
                 "{what} since {}: {message} (asking again every {}; the table below is the last answer)",
                 since.with_timezone(&chrono::Local).format("%H:%M:%S"),

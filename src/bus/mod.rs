@@ -197,8 +197,8 @@ impl PortMemory {
     }
 }
 
-/// The running engine.
-pub struct Engine {
+/// The bus engine running: one supervisor per bus, and what they share with the rest.
+pub struct BusEngine {
     pub status: Arc<StatusBoard>,
     /// Whether every port task makes progress: see [`liveness`].
     pub liveness: Arc<liveness::Liveness>,
@@ -207,14 +207,14 @@ pub struct Engine {
     tasks: Vec<JoinHandle<()>>,
 }
 
-impl Engine {
+impl BusEngine {
     /// Starts one supervisor per bus. Readings go to `readings`; `shutdown` set to true stops
     /// every task after its transaction in flight.
     pub fn start(
         config: &Config,
         readings: mpsc::Sender<Reading>,
         shutdown: watch::Receiver<bool>,
-    ) -> Engine {
+    ) -> BusEngine {
         let status = Arc::new(StatusBoard::default());
         let liveness = Arc::new(liveness::Liveness::default());
         let memory = PortMemory::new(&config.gateway.state_dir);
@@ -254,7 +254,7 @@ impl Engine {
             let all = Arc::clone(&active);
             tasks.push(tokio::spawn(supervise(shared, index, all, claimed.clone(), shutdown.clone())));
         }
-        Engine { status, liveness, buses, tasks }
+        BusEngine { status, liveness, buses, tasks }
     }
 
     /// Waits for every bus task to end (after shutdown).

@@ -102,22 +102,33 @@ pub async fn scan(
     (found, errors)
 }
 
+/// Why a list of slave addresses does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadAddresses {
+    #[error("`{0}` is not a slave address (1..247)")]
+    NotAnAddress(String),
+    #[error("`{0}`: the range runs backwards")]
+    Backwards(String),
+    #[error("no address given")]
+    None,
+}
+
 /// Parses "1-247", "4,5,6" or "1-10,20".
-pub fn parse_addresses(s: &str) -> Result<Vec<u8>, String> {
+pub fn parse_addresses(s: &str) -> Result<Vec<u8>, BadAddresses> {
     let mut out = vec![];
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let num = |x: &str| -> Result<u8, String> {
+        let num = |x: &str| -> Result<u8, BadAddresses> {
             x.trim()
                 .parse::<u8>()
                 .ok()
                 .filter(|a| (1..=247).contains(a))
-                .ok_or_else(|| format!("`{x}` is not a slave address (1..247)"))
+                .ok_or_else(|| BadAddresses::NotAnAddress(x.to_owned()))
         };
         match part.split_once('-') {
             Some((a, b)) => {
                 let (a, b) = (num(a)?, num(b)?);
                 if a > b {
-                    return Err(format!("`{part}`: the range runs backwards"));
+                    return Err(BadAddresses::Backwards(part.to_owned()));
                 }
                 out.extend(a..=b);
             }
@@ -125,7 +136,7 @@ pub fn parse_addresses(s: &str) -> Result<Vec<u8>, String> {
         }
     }
     if out.is_empty() {
-        return Err("no address given".into());
+        return Err(BadAddresses::None);
     }
     out.dedup();
     Ok(out)

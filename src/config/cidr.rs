@@ -33,17 +33,32 @@ impl Cidr {
     }
 }
 
-impl std::str::FromStr for Cidr {
-    type Err = String;
+/// Why a text is no network; `text` is the text as written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadNetwork {
+    #[error("{text:?} is not a network: write e.g. \"192.168.1.0/24\", \"10.0.0.7\" or \"fd00::/8\"")]
+    Address { text: String },
+    /// `max` is 32 for IPv4, 128 for IPv6.
+    #[error("{text:?}: the prefix length must be 0..={max}")]
+    Prefix { text: String, max: u8 },
+}
 
-    fn from_str(s: &str) -> Result<Cidr, String> {
+/// The configuration loader reports it in plain text.
+impl From<BadNetwork> for String {
+    fn from(e: BadNetwork) -> String {
+        e.to_string()
+    }
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = BadNetwork;
+
+    fn from_str(s: &str) -> Result<Cidr, BadNetwork> {
         let (addr, prefix) = match s.split_once('/') {
             Some((a, p)) => (a, Some(p)),
             None => (s, None),
         };
-        let net: IpAddr = addr.trim().parse().map_err(|_| {
-            format!("{s:?} is not a network: write e.g. \"192.168.1.0/24\", \"10.0.0.7\" or \"fd00::/8\"")
-        })?;
+        let net: IpAddr = addr.trim().parse().map_err(|_| BadNetwork::Address { text: s.to_owned() })?;
         let max = if net.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
             None => max,
@@ -52,7 +67,7 @@ impl std::str::FromStr for Cidr {
                 .parse::<u8>()
                 .ok()
                 .filter(|p| *p <= max)
-                .ok_or_else(|| format!("{s:?}: the prefix length must be 0..={max}"))?,
+                .ok_or_else(|| BadNetwork::Prefix { text: s.to_owned(), max })?,
         };
         Ok(Cidr { net, prefix })
     }

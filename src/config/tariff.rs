@@ -62,8 +62,24 @@ impl Tariff {
     }
 }
 
+/// Why a tariff's `days` or `hours` do not parse; `0` is the text (or the item) as written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadRange {
+    #[error("`{0}` is not a weekday or a range of them (mon-fri, sat,sun, all)")]
+    Days(String),
+    #[error("`{0}` is not an hour range like 7-22 or 22-6 (whole hours, 0 to 24)")]
+    Hours(String),
+}
+
+/// The configuration loader reports it in plain text.
+impl From<BadRange> for String {
+    fn from(e: BadRange) -> String {
+        e.to_string()
+    }
+}
+
 /// Parses `mon-fri`, `sat,sun`, `all` into weekday flags (Monday first).
-pub fn parse_days(s: &str) -> Result<[bool; 7], String> {
+pub fn parse_days(s: &str) -> Result<[bool; 7], BadRange> {
     const NAMES: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
     let index = |n: &str| {
         let n = n.trim().to_ascii_lowercase();
@@ -81,7 +97,7 @@ pub fn parse_days(s: &str) -> Result<[bool; 7], String> {
             None => (item, item),
         };
         let (Some(a), Some(b)) = (index(a), index(b)) else {
-            return Err(format!("`{item}` is not a weekday or a range of them (mon-fri, sat,sun, all)"));
+            return Err(BadRange::Days(item.to_owned()));
         };
         let mut i = a;
         loop {
@@ -96,8 +112,8 @@ pub fn parse_days(s: &str) -> Result<[bool; 7], String> {
 }
 
 /// Parses `22-6` (hours, local) into `(from, to)`.
-pub fn parse_hours(s: &str) -> Result<(u8, u8), String> {
-    let bad = || format!("`{s}` is not an hour range like 7-22 or 22-6 (whole hours, 0 to 24)");
+pub fn parse_hours(s: &str) -> Result<(u8, u8), BadRange> {
+    let bad = || BadRange::Hours(s.to_owned());
     let (a, b) = s.split_once('-').ok_or_else(bad)?;
     let a: u8 = a.trim().parse().map_err(|_| bad())?;
     let b: u8 = b.trim().parse().map_err(|_| bad())?;

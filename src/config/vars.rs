@@ -158,6 +158,33 @@ pub fn needs_a_missing_set(name: &str, own: Option<usize>, meters: &[Meter], neu
         && !neutral.iter().any(|n| n.meters().contains(&m.name.as_str()))
 }
 
+/// Why a name in an expression reads nothing; the text goes to the user as is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnknownVariable {
+    /// `hint` is ` (did you mean …?)`, ` (meters: …)` or empty.
+    #[error("no meter is named `{prefix}`{hint}")]
+    NoMeter { prefix: String, hint: String },
+    /// An unprefixed name that is no time variable (`clock` lists them), and no `meter` to read.
+    #[error(
+        "not a time variable ({clock}), and the trigger has no `meter` for unprefixed names: \
+         set `meter = \"…\"` or write `<meter>.{name}`"
+    )]
+    NoOwnMeter { name: String, clock: String },
+    #[error("meter \"{meter}\" is in no [[neutral]] set: `{var}` needs one that lists it")]
+    NoNeutralSet { meter: String, var: String },
+    /// `model` is the meter's model (with its phase for a single-phase meter), `close` is
+    /// ` (did you mean …?)` or empty, `has` the variables it has, space-separated.
+    #[error("meter \"{meter}\" ({model}) has no `{var}`{close}; it has {has}")]
+    NoSuchVariable { meter: String, model: String, var: String, close: String, has: String },
+}
+
+/// The callbacks of [`Expression::compile`](super::Expression::compile) say why in plain text.
+impl From<UnknownVariable> for String {
+    fn from(e: UnknownVariable) -> String {
+        e.to_string()
+    }
+}
+
 /// Resolves `name` for a trigger whose unprefixed variables read meter `own` (an index into
 /// `meters`); `neutral` are the config's voltage sets. The error says why, in the user's
 /// words, with close names when there are any.
@@ -166,7 +193,7 @@ pub fn resolve(
     own: Option<usize>,
     meters: &[Meter],
     neutral: &[NeutralSet],
-) -> Result<Source, String> {
+) -> Result<Source, UnknownVariable> {
     if let Some((_, c)) = ClockVar::ALL.iter().find(|(n, _)| *n == name) {
         return Ok(Source::Clock(*c));
     }
@@ -174,10 +201,10 @@ pub fn resolve(
         Some((prefix, var)) => {
             let Some(i) = meters.iter().position(|m| prefix_of(&m.name) == prefix) else {
                 let names: Vec<String> = meters.iter().map(|m| prefix_of(&m.name)).collect();
-                return Err(format!(
-                    "no meter is named `{prefix}`{}",
-                    hint(prefix, names.iter().map(String::as_str), "meters")
-                ));
+                return Err(UnknownVariable::NoMeter {
+                    prefix: prefix.to_owned(),
+                    hint: hint(prefix, names.iter().map(String::as_str), "meters"),
+                });
             };
             (i, var)
         }
@@ -185,11 +212,7 @@ pub fn resolve(
             Some(i) => (i, name),
             None => {
                 let clock: Vec<&str> = ClockVar::ALL.iter().map(|(n, _)| *n).collect();
-                return Err(format!(
-                    "not a time variable ({}), and the trigger has no `meter` for unprefixed names: \
-                     set `meter = \"…\"` or write `<meter>.{name}`",
-                    clock.join(", ")
-                ));
+                return Err(UnknownVariable::NoOwnMeter { name: name.to_owned(), clock: clock.join(", ") });
             }
         },
     };
@@ -198,9 +221,7 @@ pub fn resolve(
     if let Some((_, v)) = NeutralVar::ALL.iter().find(|(n, _)| *n == var) {
         return match set {
             Some(set) => Ok(Source::Neutral { set, meter, var: *v }),
-            None => {
-                Err(format!("meter \"{}\" is in no [[neutral]] set: `{var}` needs one that lists it", m.name))
-            }
+            None => Err(UnknownVariable::NoNeutralSet { meter: m.name.clone(), var: var.to_owned() }),
         };
     }
     if let Some((_, v)) = EnergyVar::ALL.iter().find(|(n, _)| *n == var) {
@@ -217,7 +238,13 @@ pub fn resolve(
     names.extend(EnergyVar::ALL.iter().map(|(n, _)| *n));
     let close = crate::spelling::expr_hint(var, &names);
     let on = if m.model.is_pzem() { format!(" on {:?}", m.phase) } else { String::new() };
-    Err(format!("meter \"{}\" ({}{on}) has no `{var}`{close}; it has {}", m.name, m.model, names.join(" ")))
+    Err(UnknownVariable::NoSuchVariable {
+        meter: m.name.clone(),
+        model: format!("{}{on}", m.model),
+        var: var.to_owned(),
+        close,
+        has: names.join(" "),
+    })
 }
 
 fn hint<'a>(word: &str, candidates: impl Iterator<Item = &'a str>, _what: &str) -> String {
@@ -274,13 +301,13 @@ mod tests {
     #[test]
     fn errors_say_why() {
         let m = meters();
-        let e = resolve("house_l2.L1U", Some(0), &m, &[]).unwrap_err();
+        let e = resolve("house_l2.L1U", Some(0), &m, &[]).unwrap_err().to_string();
         assert!(e.contains("pzem-016 on L2") && e.contains("(did you mean L2U") && e.contains("L2pf"), "{e}");
-        let e = resolve("gen.L1I", Some(0), &m, &[]).unwrap_err();
+        let e = resolve("gen.L1I", Some(0), &m, &[]).unwrap_err().to_string();
         assert!(e.contains("no meter is named `gen`") && e.contains("main"), "{e}");
-        let e = resolve("L1U", None, &m, &[]).unwrap_err();
+        let e = resolve("L1U", None, &m, &[]).unwrap_err().to_string();
         assert!(e.contains("set `meter"), "{e}");
-        let e = resolve("e", Some(1), &m, &[]).unwrap_err();
+        let e = resolve("e", Some(1), &m, &[]).unwrap_err().to_string();
         assert!(e.contains("has no `e`"), "{e}");
     }
 
@@ -301,9 +328,9 @@ mod tests {
             resolve("main.neutral_shift", None, &m, &sets),
             Ok(Source::Neutral { set: 0, meter: 0, var: NeutralVar::Shift })
         );
-        let e = resolve("house_l2.neutral_fault", Some(0), &m, &sets).unwrap_err();
+        let e = resolve("house_l2.neutral_fault", Some(0), &m, &sets).unwrap_err().to_string();
         assert!(e.contains("in no [[neutral]] set"), "{e}");
-        let e = resolve("neutral_falt", Some(0), &m, &sets).unwrap_err();
+        let e = resolve("neutral_falt", Some(0), &m, &sets).unwrap_err().to_string();
         assert!(e.contains("neutral_fault"), "{e}");
     }
 

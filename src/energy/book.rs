@@ -106,6 +106,21 @@ pub struct Book {
     pub books: Books,
 }
 
+/// Why a total cannot be set by hand; the text goes to the user as is.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SetTotalError {
+    #[error("{0} is not a total (a number of kWh, 0 or more)")]
+    NotATotal(f64),
+    #[error("meter `{meter}` has no energy books yet")]
+    NoBooks { meter: String },
+    /// `counters` lists the meter's counters, comma-separated.
+    #[error("meter `{meter}` has several energy counters: name one of {counters}")]
+    WhichCounter { meter: String, counters: String },
+    /// `known` lists the meter's counters, comma-separated.
+    #[error("meter `{meter}` has no counter `{counter}` (it has {known})")]
+    NoCounter { meter: String, counter: String, known: String },
+}
+
 impl Book {
     pub fn new(tz: Tz, tariffs: Vec<Tariff>, ranges: BTreeMap<String, f64>, books: Books) -> Book {
         Book { tz, tariffs, ranges, books }
@@ -162,15 +177,15 @@ impl Book {
         meter: &str,
         counter: Option<&str>,
         value: f64,
-    ) -> Result<(String, f64), String> {
+    ) -> Result<(String, f64), SetTotalError> {
         if !value.is_finite() || value < 0.0 {
-            return Err(format!("{value} is not a total (a number of kWh, 0 or more)"));
+            return Err(SetTotalError::NotATotal(value));
         }
         let book = self
             .books
             .meters
             .get_mut(meter)
-            .ok_or_else(|| format!("meter `{meter}` has no energy books yet"))?;
+            .ok_or_else(|| SetTotalError::NoBooks { meter: meter.to_owned() })?;
         let name = match counter {
             Some(c) => c.to_string(),
             None => {
@@ -180,19 +195,20 @@ impl Book {
                     [one] => one.to_string(),
                     _ if active.contains(&&total) => total,
                     _ => {
-                        return Err(format!(
-                            "meter `{meter}` has several energy counters: name one of {}",
-                            book.counters.keys().cloned().collect::<Vec<_>>().join(", ")
-                        ))
+                        return Err(SetTotalError::WhichCounter {
+                            meter: meter.to_owned(),
+                            counters: book.counters.keys().cloned().collect::<Vec<_>>().join(", "),
+                        })
                     }
                 }
             }
         };
         let known = book.counters.keys().cloned().collect::<Vec<_>>().join(", ");
-        let c = book
-            .counters
-            .get_mut(&name)
-            .ok_or_else(|| format!("meter `{meter}` has no counter `{name}` (it has {known})"))?;
+        let c = book.counters.get_mut(&name).ok_or_else(|| SetTotalError::NoCounter {
+            meter: meter.to_owned(),
+            counter: name.clone(),
+            known,
+        })?;
         let old = c.total;
         c.set_total(value);
         Ok((name, old))

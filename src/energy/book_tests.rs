@@ -259,7 +259,7 @@ fn set_total_aligns_and_names_the_counter() {
     assert_eq!(b.set_total("main", None, 12345.6), Ok(("l1_energy".into(), 10.0)));
     b.record(&reading("main", utc("2026-07-01T10:05:00Z"), 10.5));
     assert!(close(b.totals().next().unwrap().2, 12346.1));
-    assert!(b.set_total("main", Some("l2_energy"), 1.0).unwrap_err().contains("l1_energy"));
+    assert!(b.set_total("main", Some("l2_energy"), 1.0).unwrap_err().to_string().contains("l1_energy"));
     assert!(b.set_total("nope", None, 1.0).is_err());
     assert!(b.set_total("main", None, -1.0).is_err());
 }

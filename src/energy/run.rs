@@ -148,7 +148,7 @@ async fn run(
                             points.send(&book);
                             Response::Done { message: format!("{meter} {counter}: total set to {value} kWh (was {old})") }
                         }
-                        Err(message) => Response::Error { message },
+                        Err(e) => Response::Error { message: e.to_string() },
                     };
                     let _ = c.reply.send(response);
                 }

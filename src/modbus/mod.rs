@@ -1,4 +1,5 @@
-//! Modbus RTU: CRC, frames, and the serial transport that carries one transaction at a time.
+//! Modbus: RTU frames and their CRC, the serial transport that carries one transaction at a time,
+//! and Modbus TCP ([`tcp`]) for buses on the network.
 
 pub mod crc;
 pub mod frame;

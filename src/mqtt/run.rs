@@ -77,7 +77,7 @@ pub struct Mqtt {
 }
 
 /// What the event loop tells the publisher.
-enum Link {
+enum PublisherEvent {
     Connected,
     /// Home Assistant restarted (it published `online` on its status topic).
     HomeAssistantOnline,
@@ -189,7 +189,7 @@ async fn drive(
     topics: Topics,
     settings: MqttSettings,
     counters: Arc<Mutex<MqttCounters>>,
-    link: mpsc::Sender<Link>,
+    link: mpsc::Sender<PublisherEvent>,
     mut done: watch::Receiver<bool>,
 ) {
     let mut backoff = FIRST_BACKOFF;
@@ -214,14 +214,14 @@ async fn drive(
                     c.connected = true;
                     c.connections += 1;
                 }
-                if link.send(Link::Connected).await.is_err() {
+                if link.send(PublisherEvent::Connected).await.is_err() {
                     return;
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p)))
                 if p.topic == ha_status && p.payload.as_ref() == b"online" =>
             {
-                let _ = link.try_send(Link::HomeAssistantOnline);
+                let _ = link.try_send(PublisherEvent::HomeAssistantOnline);
             }
             Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
             Ok(_) => {}
@@ -267,7 +267,7 @@ impl Publisher {
     async fn run(
         mut self,
         mut sources: Sources,
-        mut link: mpsc::Receiver<Link>,
+        mut link: mpsc::Receiver<PublisherEvent>,
         mut stop: watch::Receiver<bool>,
         done: watch::Sender<bool>,
     ) {
@@ -280,8 +280,8 @@ impl Publisher {
             tokio::select! {
                 _ = async { let _ = stop.wait_for(|s| *s).await; } => break,
                 l = link.recv() => match l {
-                    Some(Link::Connected) => self.on_connect(&sources).await,
-                    Some(Link::HomeAssistantOnline) => {
+                    Some(PublisherEvent::Connected) => self.on_connect(&sources).await,
+                    Some(PublisherEvent::HomeAssistantOnline) => {
                         tracing::info!("mqtt: Home Assistant restarted: discovery sent again");
                         self.send_discovery();
                     }

@@ -31,7 +31,7 @@ pub struct Change {
 
 /// Where a meter's voltages go.
 #[derive(Debug, Clone, Copy)]
-enum Slot {
+enum SetPart {
     /// A three-phase meter: the whole set.
     Whole,
     /// One phase of a set of three single-phase meters (0, 1, 2 for L1, L2, L3).
@@ -61,7 +61,7 @@ struct SetRt {
 pub struct Watch {
     sets: Vec<SetRt>,
     /// Meter name → (set, slot).
-    meters: HashMap<Arc<str>, (usize, Slot)>,
+    meters: HashMap<Arc<str>, (usize, SetPart)>,
 }
 
 impl Watch {
@@ -74,11 +74,11 @@ impl Watch {
             .map(|(i, n)| {
                 match &n.source {
                     NeutralSource::Meter(m) => {
-                        meters.insert(Arc::from(m.as_str()), (i, Slot::Whole));
+                        meters.insert(Arc::from(m.as_str()), (i, SetPart::Whole));
                     }
                     NeutralSource::Meters(ms) => {
                         for (k, m) in ms.iter().enumerate() {
-                            meters.insert(Arc::from(m.as_str()), (i, Slot::Phase(k)));
+                            meters.insert(Arc::from(m.as_str()), (i, SetPart::Phase(k)));
                         }
                     }
                 }
@@ -118,12 +118,12 @@ impl Watch {
             _ => None,
         };
         let sample = match slot {
-            Slot::Whole => Sample {
+            SetPart::Whole => Sample {
                 phase: all(PHASES.map(|p| reading.get(p, Quantity::Voltage)))?,
                 line: all(LINES.map(|p| reading.get(p, Quantity::Voltage))),
                 current: all(PHASES.map(|p| reading.get(p, Quantity::Current))),
             },
-            Slot::Phase(k) => {
+            SetPart::Phase(k) => {
                 // A single-phase meter reports its voltage on the phase it is configured on.
                 let of = |q: Quantity| {
                     reading

@@ -3,7 +3,8 @@
 use super::{Gpio, Level, Pin, RelayError};
 use crate::config::{self, OnShutdown};
 
-struct Slot {
+/// One configured relay on its claimed pin, at its level.
+struct RelayPin {
     relay: config::Relay,
     pin: Box<dyn Pin>,
     level: Level,
@@ -11,7 +12,7 @@ struct Slot {
 
 /// The configured relays, in configuration order, and their levels.
 pub struct RelayBank {
-    slots: Vec<Slot>,
+    slots: Vec<RelayPin>,
 }
 
 impl std::fmt::Debug for RelayBank {
@@ -52,7 +53,7 @@ impl RelayBank {
                 voltage(high),
                 if relay.active_low { ", active low" } else { "" }
             );
-            slots.push(Slot { relay: relay.clone(), pin, level });
+            slots.push(RelayPin { relay: relay.clone(), pin, level });
         }
         Ok(RelayBank { slots })
     }
@@ -144,7 +145,7 @@ impl RelayBank {
     /// with [`RelayBank::release_orphans`] once the new bank holds its pins, or hands them
     /// back if the new configuration cannot start.
     pub fn keep_orphans(self, next: &[config::Relay]) -> RelayBank {
-        let (handed, orphans): (Vec<Slot>, Vec<Slot>) =
+        let (handed, orphans): (Vec<RelayPin>, Vec<RelayPin>) =
             self.slots.into_iter().partition(|s| next.iter().any(|r| r.pin == s.relay.pin));
         RelayBank { slots: handed }.hand_over();
         RelayBank { slots: orphans }

@@ -287,10 +287,25 @@ impl Drop for FakePin {
     }
 }
 
+/// A pin that did not reach its level in time, with the log as it was then.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("pin {pin} not {} within {timeout:?}; the log:\n{log}", if *.high { "high" } else { "low" })]
+pub struct LevelNotSeen {
+    pub pin: u8,
+    pub high: bool,
+    pub timeout: Duration,
+    pub log: String,
+}
+
 /// Waits until the log file at `path` (written by a `pmtr` process with `gateway.gpio =
 /// "fake"`) says `pin` is at `high` or low, at most `timeout`, reading it every 20 ms. Returns
 /// the file's text either way, for the test's message.
-pub async fn wait_log_level(path: &Path, pin: u8, high: bool, timeout: Duration) -> Result<String, String> {
+pub async fn wait_log_level(
+    path: &Path,
+    pin: u8,
+    high: bool,
+    timeout: Duration,
+) -> Result<String, LevelNotSeen> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let text = std::fs::read_to_string(path).unwrap_or_default();
@@ -299,7 +314,7 @@ pub async fn wait_log_level(path: &Path, pin: u8, high: bool, timeout: Duration)
             return Ok(text);
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(text);
+            return Err(LevelNotSeen { pin, high, timeout, log: text });
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

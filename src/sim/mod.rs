@@ -24,4 +24,4 @@ pub mod slave;
 pub use plc::{PlcBus, PlcBusOptions, PlcStats};
 pub use pmtr_srv::{ActionSlot, Firmware, PmtrServer, ServerCounters, ServerValues};
 pub use port::{SimPort, SimPortOptions, SimStats};
-pub use slave::{Fault, GridTrace, Hostile, Profile, Response, SimMeterSpec, SimSlave};
+pub use slave::{Fault, GridTrace, Hostile, Profile, Response, SimMeterSpec, SimSlave, SpecError};

@@ -1,5 +1,5 @@
 //! A simulated PMTR_001_SRV server (Arduino Mega, three PZEM-004T, DS3231, power-line modem),
-//! faithful to the firmware described in `/work/shared/reference/pmtr-server.md` — its quirks
+//! faithful to the firmware described in the server's reference (`pmtr-server.md`) — its quirks
 //! included, so that pmtr's PMTR master mode is tested against them.
 //!
 //! Pure: no I/O, no clock. The caller passes monotonic sim time `t` in seconds, delivers what
@@ -185,9 +185,9 @@ enum Then {
     Sync { since: f64 },
 }
 
-/// A slot with its trip state.
+/// An action slot armed: its action and its trip state.
 #[derive(Debug, Clone)]
-struct Slot {
+struct ArmedAction {
     action: ActionSlot,
     trip: TripState,
 }
@@ -275,7 +275,7 @@ pub struct PmtrServer {
     averages: Averages,
     low_power: bool,
 
-    slots: [Option<Slot>; 5],
+    slots: [Option<ArmedAction>; 5],
     pins: BTreeMap<u8, bool>,
     /// The RTC: (value set, sim time when set).
     rtc: Option<(u32, f64)>,
@@ -849,7 +849,7 @@ impl PmtrServer {
             auto: self.coils[4],
         };
         let trip = self.slots[slot].as_ref().map(|s| s.trip).unwrap_or_default();
-        self.slots[slot] = Some(Slot { action, trip });
+        self.slots[slot] = Some(ArmedAction { action, trip });
     }
 
     /// The expression's value, or `None` when the firmware's result is undefined.

@@ -176,23 +176,36 @@ pub struct ForceBody {
     pub seconds: Option<u64>,
 }
 
-/// The force request of a body, or the message of a 400.
-pub fn force_request(relay: &str, body: &[u8]) -> Result<Request, String> {
-    let b: ForceBody = serde_json::from_slice(body).map_err(|e| {
-        format!("bad body ({e}): send JSON like {{\"level\":\"off\",\"for\":\"2h\"}} (`for` is optional)")
-    })?;
+/// Why a force request's body is refused (a 400, with this text).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadForce {
+    /// Not the JSON of a force, and why.
+    #[error("bad body ({0}): send JSON like {{\"level\":\"off\",\"for\":\"2h\"}} (`for` is optional)")]
+    Body(String),
+    #[error("give `for` or `seconds`, not both")]
+    Both,
+    /// `for` is not a duration, and why.
+    #[error("`for`: {0}")]
+    Duration(String),
+    #[error("`for`: a force lasts from 1s to 366 days")]
+    ForTooLong,
+    #[error("`seconds`: a force lasts from 1 s to 366 days")]
+    SecondsTooLong,
+}
+
+/// The force request of a body, or why it is refused.
+pub fn force_request(relay: &str, body: &[u8]) -> Result<Request, BadForce> {
+    let b: ForceBody = serde_json::from_slice(body).map_err(|e| BadForce::Body(e.to_string()))?;
     let seconds = match (&b.duration, b.seconds) {
-        (Some(_), Some(_)) => return Err("give `for` or `seconds`, not both".into()),
+        (Some(_), Some(_)) => return Err(BadForce::Both),
         (Some(d), None) => {
-            let d = crate::config::parse_duration(d).map_err(|e| format!("`for`: {e}"))?;
+            let d = crate::config::parse_duration(d).map_err(BadForce::Duration)?;
             if d < Duration::from_secs(1) || d > MAX_FORCE {
-                return Err("`for`: a force lasts from 1s to 366 days".into());
+                return Err(BadForce::ForTooLong);
             }
             Some(d.as_secs())
         }
-        (None, Some(s)) if s == 0 || s > MAX_FORCE.as_secs() => {
-            return Err("`seconds`: a force lasts from 1 s to 366 days".into())
-        }
+        (None, Some(s)) if s == 0 || s > MAX_FORCE.as_secs() => return Err(BadForce::SecondsTooLong),
         (None, s) => s,
     };
     Ok(Request::Force { relay: relay.to_owned(), level: b.level, seconds })
@@ -752,7 +765,7 @@ async fn handle(
             };
             match force_request(&relay, &bytes) {
                 Ok(request) => act(sources, request, remote).await,
-                Err(message) => error(StatusCode::BAD_REQUEST, message),
+                Err(why) => error(StatusCode::BAD_REQUEST, why.to_string()),
             }
         }
         Route::Release(relay) => act(sources, Request::Release { relay }, remote).await,

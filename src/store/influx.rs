@@ -120,6 +120,23 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     v.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 
+/// Why a writer could not be set up.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SetupError {
+    /// The URL (shown with any password hidden) does not parse, and why.
+    #[error("url {url:?}: {error}")]
+    Url { url: String, error: String },
+    /// The HTTP client could not be built, and why.
+    #[error("HTTP client: {0}")]
+    Client(String),
+}
+
+impl SetupError {
+    fn url(url: &str, error: impl std::fmt::Display) -> SetupError {
+        SetupError::Url { url: redact_urls(url), error: error.to_string() }
+    }
+}
+
 /// Settings of an InfluxDB v1 sink.
 #[derive(Debug, Clone)]
 pub struct V1Settings {
@@ -139,11 +156,9 @@ pub struct InfluxV1 {
 }
 
 impl InfluxV1 {
-    pub fn new(settings: V1Settings, lp: LineProtocol) -> Result<Self, String> {
-        let base = reqwest::Url::parse(&settings.url)
-            .map_err(|e| format!("url {:?}: {e}", redact_urls(&settings.url)))?;
-        let mut endpoint =
-            base.join("write").map_err(|e| format!("url {:?}: {e}", redact_urls(&settings.url)))?;
+    pub fn new(settings: V1Settings, lp: LineProtocol) -> Result<Self, SetupError> {
+        let base = reqwest::Url::parse(&settings.url).map_err(|e| SetupError::url(&settings.url, e))?;
+        let mut endpoint = base.join("write").map_err(|e| SetupError::url(&settings.url, e))?;
         if !base.path().ends_with('/') {
             // `http://host:8086/influx` means `/influx/write`.
             endpoint.set_path(&format!("{}/write", base.path()));
@@ -160,7 +175,7 @@ impl InfluxV1 {
             .timeout(settings.timeout)
             .user_agent(concat!("pmtr/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| format!("HTTP client: {e}"))?;
+            .map_err(|e| SetupError::Client(e.to_string()))?;
         Ok(InfluxV1 { client, endpoint, settings, lp })
     }
 }
@@ -214,10 +229,9 @@ pub struct InfluxV2 {
 }
 
 impl InfluxV2 {
-    pub fn new(settings: V2Settings, lp: LineProtocol) -> Result<Self, String> {
+    pub fn new(settings: V2Settings, lp: LineProtocol) -> Result<Self, SetupError> {
         // The crate panics on a URL it cannot parse: check first.
-        reqwest::Url::parse(&settings.url)
-            .map_err(|e| format!("url {:?}: {e}", redact_urls(&settings.url)))?;
+        reqwest::Url::parse(&settings.url).map_err(|e| SetupError::url(&settings.url, e))?;
         let builder = reqwest::Client::builder()
             .timeout(settings.timeout)
             .user_agent(concat!("pmtr/", env!("CARGO_PKG_VERSION")));
@@ -228,7 +242,7 @@ impl InfluxV2 {
             settings.token.expose().to_owned(),
         )
         .build()
-        .map_err(|e| format!("HTTP client: {e}"))?;
+        .map_err(|e| SetupError::Client(e.to_string()))?;
         Ok(InfluxV2 { client, settings, lp })
     }
 }

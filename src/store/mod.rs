@@ -146,7 +146,7 @@ pub const SINK_QUEUE: usize = 4096;
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("sink {sink}: {error}")]
-    Writer { sink: String, error: String },
+    Writer { sink: String, error: influx::SetupError },
     #[error("cannot start the storage thread: {0}")]
     Thread(std::io::Error),
 }
@@ -201,7 +201,10 @@ pub fn spool_dir(config: &Config, sink: &str) -> PathBuf {
 }
 
 /// The writer of a configured sink.
-pub fn writer_for(config: &Config, sink: &crate::config::Sink) -> Result<Box<dyn Writer>, String> {
+pub fn writer_for(
+    config: &Config,
+    sink: &crate::config::Sink,
+) -> Result<Box<dyn Writer>, influx::SetupError> {
     let lp = schema::LineProtocol::new(&sink.measurement, &config.gateway.name);
     Ok(match &sink.kind {
         SinkKind::InfluxDb1 { url, database, retention_policy, username, password } => {

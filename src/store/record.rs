@@ -1,6 +1,6 @@
-//! Spool records: one [`Record`] (a reading or a state change) in a checksummed,
-//! length-prefixed binary record, and a scanner that finds the good records in a file that may
-//! have been cut short or damaged. Pure.
+//! Spool records: one [`Record`] (a reading, a state change, a health or an energy point) in a
+//! checksummed, length-prefixed binary record, and a scanner that finds the good records in a
+//! file that may have been cut short or damaged. Pure.
 //!
 //! ```text
 //! record  = 0xA7 | len: u16 LE | crc32: u32 LE | payload (len bytes)

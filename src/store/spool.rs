@@ -3,7 +3,7 @@
 //!
 //! - Segment files are `<id>.seg` while written and `<id>.<records>.seg` once full (the
 //!   rename is the seal; the count lets a restart know the depth without reading them). A
-//!   record is a reading or a state change ([`Record`]).
+//!   record is a reading, a state change, a health or an energy point ([`Record`]).
 //!   Each starts with the 8 bytes `PMTRSPL1`.
 //! - The cursor file `cursor` holds the first unsent position (segment, offset, records
 //!   before it in that segment) with a checksum. It is replaced by rename after every

@@ -10,7 +10,7 @@
 //! - A relay is forced by hand, or else tripped (the opposite of its default) while any of its
 //!   live triggers is tripped, or else at its default. Dry-run triggers never count.
 
-use super::expr::Expression;
+use super::expr::{ExprError, Expression};
 use super::saved::{Saved, SavedTrigger};
 use super::state::{Hysteresis, State, Transition};
 use super::vars::{self, NeutralVar, Source};
@@ -144,11 +144,36 @@ pub struct Engine {
     energy: Option<crate::energy::Book>,
 }
 
+/// Why an engine cannot be built from a configuration (one that was loaded never fails: its
+/// expressions were checked at load).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum BuildError {
+    #[error("trigger {trigger}: {error}")]
+    Expression { trigger: String, error: ExprError },
+    #[error("trigger {trigger}: no relay named {relay}")]
+    NoRelay { trigger: String, relay: String },
+}
+
+/// Why a request by hand (force, release, reset) is refused; the text goes to the user as is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RefusedError {
+    /// `hint` is empty or ` (did you mean …?)`.
+    #[error("no relay named {name}{hint}")]
+    NoRelay { name: String, hint: String },
+    #[error("relay {0} is not forced")]
+    NotForced(String),
+    /// `hint` is empty or ` (did you mean …?)`.
+    #[error("no trigger named {name}{hint}")]
+    NoTrigger { name: String, hint: String },
+    #[error("trigger {name} is not latched (it is {state}): only a latch is reset by hand")]
+    NotLatched { name: String, state: &'static str },
+}
+
 impl Engine {
     /// Builds the engine of a loaded configuration (whose expressions were checked at load;
     /// an error here means the config was built by hand). Everything starts released, relays
     /// at their default; call [`Engine::restore`] before the first reading.
-    pub fn new(config: &Config, now: Duration) -> Result<Engine, String> {
+    pub fn new(config: &Config, now: Duration) -> Result<Engine, BuildError> {
         let meter_index: HashMap<String, usize> =
             config.meters.iter().enumerate().map(|(i, m)| (m.name.clone(), i)).collect();
         let mut relays: Vec<RelayRt> = config
@@ -174,7 +199,7 @@ impl Engine {
                 sources.push(s);
                 Ok(s.kind())
             })
-            .map_err(|e| format!("trigger {}: {e}", t.name))?;
+            .map_err(|error| BuildError::Expression { trigger: t.name.clone(), error })?;
             let inputs = sources
                 .iter()
                 .map(|s| match s {
@@ -206,7 +231,7 @@ impl Engine {
                 let i = relays
                     .iter()
                     .position(|x| &*x.name == r)
-                    .ok_or_else(|| format!("trigger {}: no relay named {r}", t.name))?;
+                    .ok_or_else(|| BuildError::NoRelay { trigger: t.name.clone(), relay: r.clone() })?;
                 if !t.dry_run {
                     relays[i].drivers.push(ti);
                 }
@@ -430,7 +455,7 @@ impl Engine {
         until: Option<DateTime<Utc>>,
         by: &str,
         now: Now,
-    ) -> Result<Output, String> {
+    ) -> Result<Output, RefusedError> {
         let i = self.relay_index(name)?;
         let mut out = Output { save: true, ..Output::default() };
         self.relays[i].forced = Some(Forced { level, until, by: by.to_owned() });
@@ -448,10 +473,10 @@ impl Engine {
     }
 
     /// Releases the force on relay `name`: its triggers decide again, at once.
-    pub fn release(&mut self, name: &str, by: &str, now: Now) -> Result<Output, String> {
+    pub fn release(&mut self, name: &str, by: &str, now: Now) -> Result<Output, RefusedError> {
         let i = self.relay_index(name)?;
         if self.relays[i].forced.take().is_none() {
-            return Err(format!("relay {name} is not forced"));
+            return Err(RefusedError::NotForced(name.to_owned()));
         }
         let mut out = Output { save: true, ..Output::default() };
         let r = &self.relays[i];
@@ -462,17 +487,17 @@ impl Engine {
 
     /// Resets latched trigger `name`. It starts released: if its condition still holds, it
     /// trips again after `hold`.
-    pub fn reset(&mut self, name: &str, by: &str, now: Now) -> Result<Output, String> {
+    pub fn reset(&mut self, name: &str, by: &str, now: Now) -> Result<Output, RefusedError> {
         let Some(ti) = self.triggers.iter().position(|t| &*t.name == name) else {
             let names: Vec<&str> = self.triggers.iter().map(|t| &*t.name).collect();
-            return Err(format!("no trigger named {name}{}", super::expr_hint(name, &names)));
+            return Err(RefusedError::NoTrigger {
+                name: name.to_owned(),
+                hint: super::expr_hint(name, &names),
+            });
         };
         let t = &mut self.triggers[ti];
         if t.hyst.reset().is_none() {
-            return Err(format!(
-                "trigger {name} is not latched (it is {}): only a latch is reset by hand",
-                t.hyst.state().name()
-            ));
+            return Err(RefusedError::NotLatched { name: name.to_owned(), state: t.hyst.state().name() });
         }
         t.since = Some(now.wall);
         let mut out = Output { save: true, ..Output::default() };
@@ -527,10 +552,10 @@ impl Engine {
             .collect()
     }
 
-    fn relay_index(&self, name: &str) -> Result<usize, String> {
+    fn relay_index(&self, name: &str) -> Result<usize, RefusedError> {
         self.relays.iter().position(|r| &*r.name == name).ok_or_else(|| {
             let names: Vec<&str> = self.relays.iter().map(|r| &*r.name).collect();
-            format!("no relay named {name}{}", super::expr_hint(name, &names))
+            RefusedError::NoRelay { name: name.to_owned(), hint: super::expr_hint(name, &names) }
         })
     }
 
@@ -1065,9 +1090,13 @@ relays = ["heater"]
         assert_eq!(out.switches, vec![(0, Level::On)]);
         assert!(out.save);
         assert!(e.saved().triggers.is_empty());
-        let err = e.reset("overvoltage", "uid 0 pid 1", at(201.0)).unwrap_err();
+        let err = e.reset("overvoltage", "uid 0 pid 1", at(201.0)).unwrap_err().to_string();
         assert!(err.contains("not latched"), "{err}");
-        assert!(e.reset("overvoltag", "x", at(201.0)).unwrap_err().contains("did you mean overvoltage"));
+        assert!(e
+            .reset("overvoltag", "x", at(201.0))
+            .unwrap_err()
+            .to_string()
+            .contains("did you mean overvoltage"));
     }
 
     #[test]
@@ -1157,8 +1186,12 @@ relays = ["heater"]
         assert_eq!(out.switches, vec![(0, Level::Off)], "the force expired: the trip applies again");
         e.force("motor", Level::On, None, "x", at(101.0)).unwrap();
         assert_eq!(e.release("motor", "x", at(102.0)).unwrap().switches, vec![(0, Level::Off)]);
-        assert!(e.release("motor", "x", at(103.0)).unwrap_err().contains("not forced"));
-        assert!(e.force("motr", Level::On, None, "x", at(103.0)).unwrap_err().contains("did you mean motor"));
+        assert!(e.release("motor", "x", at(103.0)).unwrap_err().to_string().contains("not forced"));
+        assert!(e
+            .force("motr", Level::On, None, "x", at(103.0))
+            .unwrap_err()
+            .to_string()
+            .contains("did you mean motor"));
     }
 
     #[test]

@@ -127,7 +127,8 @@ impl Triggers {
         let store = store.into();
         let origin = Instant::now();
         let clock = crate::clock::WallClock::system(config.gateway.clock_sync_wait);
-        let mut engine = Engine::new(config, Duration::ZERO).map_err(StartError::Config)?;
+        let mut engine =
+            Engine::new(config, Duration::ZERO).map_err(|e| StartError::Config(e.to_string()))?;
         // `today_kwh` goes on from the books the energy task saved (read only: that task sets a
         // damaged file aside and says so).
         let energy = crate::energy::saved::path_in(&config.gateway.state_dir);
@@ -346,7 +347,7 @@ impl Shell {
                     )),
                 };
                 until.and_then(|until| {
-                    self.engine.force(relay, *level, until, &by, now).map(|out| {
+                    self.engine.force(relay, *level, until, &by, now).map_err(|e| e.to_string()).map(|out| {
                         let how = until.map_or("until released".to_owned(), |u| {
                             format!("until {}", u.with_timezone(&chrono::Local).format("%Y-%m-%d %H:%M:%S"))
                         });
@@ -357,10 +358,12 @@ impl Shell {
             Request::Release { relay } => self
                 .engine
                 .release(relay, &by, now)
+                .map_err(|e| e.to_string())
                 .map(|out| (out, format!("relay {relay} released: its triggers decide again"))),
             Request::Reset { trigger } => self
                 .engine
                 .reset(trigger, &by, now)
+                .map_err(|e| e.to_string())
                 .map(|out| (out, format!("trigger {trigger} reset: it trips again only after its hold"))),
             // The control socket routes these to the energy books; none should come here.
             Request::EnergySet { .. } => Err("energy totals are not kept by the trigger task".to_string()),

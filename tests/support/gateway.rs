@@ -5,11 +5,13 @@
 
 #![allow(dead_code)]
 
+#[path = "simulator.rs"]
+pub mod simulator;
+
 use pmtr::config::Config;
 use pmtr::relay::FakeBoard;
-use pmtr::sim::{Profile, SimPort, SimPortOptions};
+use pmtr::sim::{Profile, SimPort};
 use std::path::Path;
-use std::time::Duration;
 use tokio::sync::oneshot;
 
 /// The relay's pin.
@@ -17,19 +19,7 @@ pub const PIN: u8 = 17;
 
 /// The PZEM at `volts`, on `<dir>/ttyUSB0`.
 pub fn sim(dir: &Path, volts: f64) -> SimPort {
-    let line = pmtr::config::LineSettings {
-        baud: 9600,
-        data_bits: 8,
-        parity: pmtr::config::Parity::None,
-        stop_bits: 1,
-    };
-    SimPort::spawn(SimPortOptions {
-        link: Some(dir.join("ttyUSB0")),
-        line,
-        turnaround: Duration::from_millis(5),
-        meters: vec![format!("pzem-016@4,volts={volts}").parse().unwrap()],
-    })
-    .unwrap()
+    simulator::spawn(&dir.join("ttyUSB0"), &[format!("pzem-016@4,volts={volts}")])
 }
 
 /// From now on the PZEM reads `volts`.

@@ -25,17 +25,22 @@
 
 #![allow(dead_code)]
 
+#[path = "process.rs"]
+pub mod process;
+
 use std::collections::HashSet;
 use std::fs::OpenOptions;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tempfile::TempDir;
+
+pub use process::Proc;
 
 /// How long a server may take to answer its health check.
 const START_TIMEOUT: Duration = Duration::from_secs(15);
@@ -228,77 +233,22 @@ pub fn free_port() -> u16 {
     panic!("no free loopback port found");
 }
 
-/// A running server process with its log file.
-pub struct Proc {
-    child: Child,
-    what: &'static str,
-    /// Where this run's output starts in the (appended) log.
-    log_offset: usize,
-}
-
-impl Proc {
-    /// Spawns `bin` with its stdout and stderr appended to `log` and its working directory in
-    /// `cwd`. `install` is the package hint for a missing binary.
-    fn spawn(bin: &'static str, args: &[String], cwd: &Path, log: &Path, install: &str) -> Proc {
-        let mut out = OpenOptions::new().create(true).append(true).open(log).expect("open server log");
-        let _ = writeln!(out, "=== {bin} {}", args.join(" "));
-        let log_offset = out.metadata().map_or(0, |m| m.len() as usize);
-        let err = out.try_clone().expect("clone log handle");
-        let mut cmd = Command::new(bin);
-        cmd.args(args).current_dir(cwd).stdin(Stdio::null()).stdout(out).stderr(err);
-        // influxd reads INFLUXDB_* variables as config overrides: keep the tests hermetic.
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("INFLUXDB_") {
-                cmd.env_remove(k);
-            }
-        }
-        match cmd.spawn() {
-            Ok(child) => Proc { child, what: bin, log_offset },
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                panic!("{bin} not found: install it with `{install}` (tests/run.sh does this)")
-            }
-            Err(e) => panic!("cannot start {bin}: {e}"),
+/// Spawns the server `bin` with its stdout and stderr appended to `log` (after a `=== bin args`
+/// line that starts this run) and its working directory in `cwd`. `install` is the package hint
+/// for a missing binary.
+fn spawn(bin: &'static str, args: &[String], cwd: &Path, log: &Path, install: &str) -> Proc {
+    let mut out = OpenOptions::new().create(true).append(true).open(log).expect("open server log");
+    let _ = writeln!(out, "=== {bin} {}", args.join(" "));
+    let err = out.try_clone().expect("clone log handle");
+    let mut cmd = Command::new(bin);
+    cmd.args(args).current_dir(cwd).stdin(Stdio::null()).stdout(out).stderr(err);
+    // influxd reads INFLUXDB_* variables as config overrides: keep the tests hermetic.
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("INFLUXDB_") {
+            cmd.env_remove(k);
         }
     }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// `Some(status)` once the process has exited.
-    fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.try_wait().ok().flatten()
-    }
-
-    fn signal(&self, sig: nix::sys::signal::Signal) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid() as i32), sig);
-    }
-
-    /// SIGTERM, wait up to `grace`, then SIGKILL; always reaps the process. Returns false if
-    /// SIGKILL was needed.
-    fn terminate(&mut self, grace: Duration) -> bool {
-        if self.exited().is_some() {
-            return true;
-        }
-        self.signal(nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + grace;
-        while Instant::now() < deadline {
-            if self.exited().is_some() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        self.kill();
-        false
-    }
-
-    /// SIGKILL and reap.
-    fn kill(&mut self) {
-        if self.exited().is_none() {
-            self.signal(nix::sys::signal::Signal::SIGKILL);
-        }
-        let _ = self.child.wait();
-    }
+    Proc::start(bin, &mut cmd, install)
 }
 
 /// The last `lines` lines of a log file.
@@ -321,11 +271,11 @@ fn wait_ready(proc: &mut Proc, log: &Path, mut probe: impl FnMut() -> bool) -> R
     let start = Instant::now();
     loop {
         if let Some(status) = proc.exited() {
-            let text = std::fs::read(log).unwrap_or_default();
-            let this_run = String::from_utf8_lossy(text.get(proc.log_offset..).unwrap_or_default());
+            let text = String::from_utf8_lossy(&std::fs::read(log).unwrap_or_default()).into_owned();
+            let this_run = &text[text.rfind(&format!("=== {} ", proc.what())).unwrap_or(0)..];
             let taken = this_run.contains("address already in use");
             if taken {
-                eprintln!("{}: a port was taken meanwhile ({status})", proc.what);
+                eprintln!("{}: a port was taken meanwhile ({status})", proc.what());
             }
             return Ready::Exited(status.to_string(), taken);
         }
@@ -336,7 +286,7 @@ fn wait_ready(proc: &mut Proc, log: &Path, mut probe: impl FnMut() -> bool) -> R
             proc.kill();
             panic!(
                 "{} did not become ready within {:?}; its log ends:\n{}",
-                proc.what,
+                proc.what(),
                 START_TIMEOUT,
                 log_tail(log, 40)
             );
@@ -548,8 +498,7 @@ impl Managed for Influx1 {
     fn launch(&mut self) -> Ready {
         let t0 = Instant::now();
         let args = vec!["-config".to_string(), self.config_path().display().to_string()];
-        let mut proc =
-            Proc::spawn("influxd", &args, self.dir.path(), &self.log_path(), "apt-get install influxdb");
+        let mut proc = spawn("influxd", &args, self.dir.path(), &self.log_path(), "apt-get install influxdb");
         let ping = format!("{}/ping", self.url());
         let ready = wait_ready(&mut proc, &self.log_path(), || get_is(&ping, 204, None));
         self.startup = t0.elapsed();
@@ -717,7 +666,7 @@ impl Managed for VictoriaMetrics {
             "-search.latencyOffset=0s".to_string(),
             "-search.disableCache".to_string(),
         ];
-        let mut proc = Proc::spawn(
+        let mut proc = spawn(
             "victoria-metrics",
             &args,
             self.dir.path(),
@@ -790,7 +739,7 @@ impl VmAuth {
             ];
             let log = server.log_path();
             let mut proc =
-                Proc::spawn("vmauth", &args, server.dir.path(), &log, "apt-get install victoria-metrics");
+                spawn("vmauth", &args, server.dir.path(), &log, "apt-get install victoria-metrics");
             let health = format!("{}/health", server.url());
             let ready = wait_ready(&mut proc, &log, || get_is(&health, 200, None));
             server.startup = t0.elapsed();
@@ -956,7 +905,7 @@ impl Managed for Mosquitto {
     }
     fn launch(&mut self) -> Ready {
         let args = vec!["-c".to_string(), self.config_path().display().to_string()];
-        let mut proc = Proc::spawn(
+        let mut proc = spawn(
             "mosquitto",
             &args,
             self.dir.path(),

@@ -1,8 +1,10 @@
 //! A real SMTP server on 127.0.0.1 for integration tests: aiosmtpd 1.4.6 (PyPI), started by PID
 //! in its own temporary directory, storing what it receives in a Maildir.
 //!
-//! Include it from a test crate with
+//! Include it from a test crate beside support/servers.rs (whose process wrapper it uses) with
 //! ```ignore
+//! #[path = "support/servers.rs"]
+//! mod servers;
 //! #[path = "support/smtp.rs"]
 //! mod smtp;
 //! ```
@@ -18,10 +20,11 @@
 
 #![allow(dead_code)]
 
-use std::io::{self, Write};
+use crate::servers::Proc;
+use std::io;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
@@ -90,7 +93,7 @@ pub struct Mail {
 }
 
 pub struct Smtp {
-    child: Child,
+    proc: Proc,
     port: u16,
     mode: Mode,
     dir: TempDir,
@@ -171,10 +174,10 @@ impl Smtp {
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log"))
             .stderr(log);
-        let child = cmd.spawn().expect("start python3");
-        let mut server = Smtp { child, port, mode, dir, startup: Duration::ZERO };
+        let proc = Proc::start("python3", &mut cmd, "apt-get install python3");
+        let mut server = Smtp { proc, port, mode, dir, startup: Duration::ZERO };
         loop {
-            if let Ok(Some(status)) = server.child.try_wait() {
+            if let Some(status) = server.proc.exited() {
                 panic!("aiosmtpd exited during start ({status}); its log:\n{}", server.log());
             }
             if TcpStream::connect(("127.0.0.1", port)).is_ok() && server.log().contains("ready") {
@@ -264,14 +267,5 @@ impl Smtp {
             s.push_str(&format!("username = \"{USER}\"\npassword = \"{p}\"\n"));
         }
         s
-    }
-}
-
-impl Drop for Smtp {
-    fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-        let _ = self.child.wait();
-        let _ = io::stderr().flush();
     }
 }
