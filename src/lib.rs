@@ -17,6 +17,7 @@ pub mod modbus;
 pub mod modbus_server;
 pub mod mqtt;
 pub mod neutral;
+pub mod pipeline;
 pub mod pmtr;
 pub mod reading;
 pub mod relay;

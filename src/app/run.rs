@@ -1,13 +1,13 @@
 //! `pmtr run`: the daemon.
 
+use super::pipeline::Pipeline;
 use super::systemd::Notifier;
 use crate::bus::liveness::Liveness;
 use crate::bus::status::StatusBoard;
-use crate::bus::Engine;
 use crate::config::Config;
 use crate::control::ControlServer;
 use crate::mqtt::run::Mqtt;
-use crate::reading::{Reading, Record};
+use crate::pipeline::Outlet;
 use crate::relay::{FakeBoard, Gpio};
 use crate::status::http::StatusServer;
 use crate::status::Tally;
@@ -16,7 +16,7 @@ use crate::trigger::run::{Handover, Triggers};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 /// How often a one-line summary per meter is logged (counters instead of log floods).
@@ -136,10 +136,10 @@ pub async fn serve(
             };
         first = false;
         *lock(&current) = Some(Watched {
-            liveness: generation.engine.liveness.clone(),
-            status: generation.engine.status.clone(),
+            liveness: generation.pipeline.engine.liveness.clone(),
+            status: generation.pipeline.engine.status.clone(),
         });
-        notifier.ready(&summary(&generation.engine.status));
+        notifier.ready(&summary(&generation.pipeline.engine.status));
         let next = loop {
             match signals.recv().await {
                 None | Some(Signal::Stop) => break None,
@@ -147,7 +147,7 @@ pub async fn serve(
                     notifier.reloading();
                     match reload(config_path.as_deref()) {
                         Some(new) => break Some(new),
-                        None => notifier.ready(&summary(&generation.engine.status)),
+                        None => notifier.ready(&summary(&generation.pipeline.engine.status)),
                     }
                 }
             }
@@ -257,12 +257,11 @@ async fn feed_watchdog(every: Duration, notifier: Arc<Notifier>, current: Arc<Mu
 /// the status API.
 struct Generation {
     stop_tx: watch::Sender<bool>,
-    engine: crate::bus::Engine,
+    /// The buses, the relays and the way out.
+    pipeline: Pipeline,
     summary: JoinHandle<()>,
     health: Option<JoinHandle<()>>,
-    consumer: JoinHandle<()>,
     control: Option<JoinHandle<()>>,
-    triggers: Option<Triggers>,
     storage: Storage,
     alerting: Option<crate::alert::run::Alerting>,
     mqtt: Option<Mqtt>,
@@ -303,16 +302,15 @@ impl Generation {
         };
         // Into storage nothing waits: a full queue drops the record (counted, logged).
         let (store_tx, store_rx) = crate::store::Intake::channel(4096);
-        // With MQTT, records pass a tee on their way to storage: a broadcast that never waits
-        // (a slow MQTT task lags and counts what it missed).
-        let (records, store_rx) = match &config.mqtt {
+        // Readings and changes leave the relays through one outlet: logged, copied to MQTT (a
+        // broadcast that never waits: a slow MQTT task lags and counts what it missed), stored.
+        let out = Outlet::new(store_tx.clone()).logging(config.gateway.log_readings);
+        let (out, records) = match &config.mqtt {
             Some(_) => {
-                let (tee_tx, _) = broadcast::channel::<Record>(1024);
-                let (to_storage, from_tee) = mpsc::channel::<Record>(4096);
-                tokio::spawn(tee(store_rx, tee_tx.clone(), to_storage));
-                (Some(tee_tx), from_tee)
+                let (out, copies) = out.with_copies(1024);
+                (out, Some(copies))
             }
-            None => (None, store_rx),
+            None => (out, None),
         };
         let storage = Storage::start(config, store_rx)?;
         let store_events = storage.events.subscribe();
@@ -358,7 +356,7 @@ impl Generation {
                     opened.as_mut()
                 }
             };
-            let t = match Triggers::start_after(config, gpio, store_tx.clone(), true, handover) {
+            let t = match Triggers::start_after(config, gpio, out.clone(), handover) {
                 Ok(t) => t,
                 Err(e) => {
                     storage.join().await;
@@ -379,16 +377,10 @@ impl Generation {
             }
             _ => None,
         };
-        // With triggers, readings go straight from the buses to the trigger task, which passes
-        // each on to storage once the relays have seen it: no hop stands before a relay.
-        let (tx, mut rx) = mpsc::channel::<Reading>(1024);
-        let engine = match &triggers {
-            Some(t) => {
-                drop(tx); // the consumer below then ends at once, letting go of its storage sender
-                Engine::start(config, t.readings.clone(), stop_rx.clone())
-            }
-            None => Engine::start(config, tx, stop_rx.clone()),
-        };
+        // Relays first: with triggers the buses send to the trigger task, which hands each
+        // reading on once the relays have seen it.
+        let pipeline = Pipeline::start(config, triggers, out, stop_rx.clone());
+        let engine = &pipeline.engine;
         let status = engine.status.clone();
         // The Modbus TCP server reads the status board and queues requests for the port
         // tasks: a port that is taken costs the server, never the metering.
@@ -428,30 +420,17 @@ impl Generation {
                 stop_tx.subscribe(),
             ))
         });
-        let log_readings = config.gateway.log_readings;
-        let consumer = tokio::spawn(async move {
-            while let Some(r) = rx.recv().await {
-                if log_readings {
-                    tracing::info!("{r}");
-                }
-                if store_tx.offer(r.into()).is_err() {
-                    tracing::error!("storage stopped: readings are no longer written");
-                    break;
-                }
-            }
-        });
         let summary = tokio::spawn(log_summaries(status.clone(), sinks.clone()));
-        let changes = triggers.as_ref().map(|t| t.events.subscribe());
-        let tally_events = triggers.as_ref().map(|t| t.events.subscribe());
-        let commands = triggers.as_ref().map(|t| t.commands.clone());
+        let triggers = pipeline.triggers.as_ref();
+        let changes = triggers.map(|t| t.events.subscribe());
+        let tally_events = triggers.map(|t| t.events.subscribe());
+        let commands = triggers.map(|t| t.commands.clone());
         let mut generation = Generation {
             stop_tx,
-            engine,
+            pipeline,
             summary,
             health,
-            consumer,
             control,
-            triggers,
             storage,
             alerting: None,
             mqtt: None,
@@ -544,24 +523,15 @@ impl Generation {
     /// they are and are returned, with the trigger state in memory, for the next generation.
     async fn stop(self, handover: bool) -> Option<Handover> {
         let _ = self.stop_tx.send(true);
-        self.engine.join().await;
         self.energy.join().await;
         self.summary.abort();
         if let Some(h) = self.health {
             let _ = h.await;
         }
-        let _ = self.consumer.await;
         if let Some(c) = self.control {
             let _ = c.await;
         }
-        let mut handed = None;
-        if let Some(t) = self.triggers {
-            if handover {
-                handed = t.hand_over().await;
-            } else {
-                t.join().await;
-            }
-        }
+        let handed = self.pipeline.stop(handover).await;
         self.storage.join().await;
         if let Some(a) = self.alerting {
             a.join().await;
@@ -597,22 +567,6 @@ async fn log_summaries(status: Arc<StatusBoard>, sinks: Vec<Arc<crate::store::Si
                 spooled = s.spool_readings, spool_bytes = s.spool_bytes, dropped = s.spool_dropped,
                 rejected = s.rejected, "sink summary"
             );
-        }
-    }
-}
-
-/// Passes every record on to storage, and a copy to `copies` (never waiting on it).
-async fn tee(
-    mut from: mpsc::Receiver<Record>,
-    copies: broadcast::Sender<Record>,
-    storage: mpsc::Sender<Record>,
-) {
-    while let Some(r) = from.recv().await {
-        if copies.receiver_count() > 0 {
-            let _ = copies.send(r.clone());
-        }
-        if storage.send(r).await.is_err() {
-            break;
         }
     }
 }

@@ -471,7 +471,7 @@ mod tests {
         let (intake, records) = Intake::channel(4096);
         let done = spawn(vec![hung, good], records).unwrap();
         let board = FakeBoard::new();
-        let t = Triggers::start(&config(dir.path()), &mut board.gpio(), intake.clone(), true).unwrap();
+        let t = Triggers::start(&config(dir.path()), &mut board.gpio(), intake.clone()).unwrap();
         let total = 3 * SINK_QUEUE as u64;
         for i in 0..total {
             let high = i % 1000 == 999;
