@@ -816,7 +816,7 @@ mod tests {
             active: i % 2 == 0,
             held: false,
             dry_run: false,
-            cause: i.to_string(),
+            cause: i.to_string().into(),
         })
     }
 

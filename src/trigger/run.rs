@@ -380,7 +380,7 @@ impl Shell {
                     active: level == Level::On,
                     held: false,
                     dry_run: false,
-                    cause: format!("could not switch {level}: {e}"),
+                    cause: format!("could not switch {level}: {e}").into(),
                 };
                 self.record(failed).await;
             }
