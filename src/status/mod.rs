@@ -9,6 +9,7 @@
 pub mod history;
 pub mod http;
 pub mod metrics;
+pub mod table;
 pub mod view;
 
 use crate::bus::status::{Counters, MeterState, MeterStatus};
