@@ -262,7 +262,7 @@ fn bench_task() {
         let mut gpio = board.gpio();
         let (store_tx, mut store_rx) = tokio::sync::mpsc::channel::<Record>(100_000);
         tokio::spawn(async move { while store_rx.recv().await.is_some() {} });
-        let triggers = Triggers::start(&config, &mut gpio, store_tx, true).unwrap();
+        let triggers = Triggers::start(&config, &mut gpio, store_tx).unwrap();
         let tx = triggers.readings.clone();
         let latencies = send_to_write(&tx, &board).await;
         drop(tx);

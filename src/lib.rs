@@ -18,6 +18,7 @@ pub mod modbus;
 pub mod modbus_server;
 pub mod mqtt;
 pub mod neutral;
+pub mod pipeline;
 pub mod pmtr;
 pub mod pmtr_action;
 pub mod reading;

@@ -332,8 +332,20 @@ fn parse_force_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// A failure already told on stderr: exit with its code, say nothing more.
+#[derive(Debug)]
+struct Told(ExitCode);
+
+impl std::fmt::Display for Told {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("(reported above)")
+    }
+}
+
+impl std::error::Error for Told {}
+
 /// The control socket: --socket, or the configuration's.
-fn socket_of(daemon: Daemon) -> Result<PathBuf, ExitCode> {
+fn socket_of(daemon: Daemon) -> anyhow::Result<PathBuf> {
     if let Some(socket) = daemon.socket {
         return Ok(socket);
     }
@@ -345,15 +357,16 @@ fn socket_of(daemon: Daemon) -> Result<PathBuf, ExitCode> {
 async fn ask_daemon(
     daemon: Daemon,
     ask: impl AsyncFnOnce(&std::path::Path) -> Result<(), String>,
-) -> ExitCode {
-    let socket = match socket_of(daemon) {
-        Ok(s) => s,
-        Err(code) => {
-            eprintln!("(or give the daemon's control socket with --socket PATH)");
-            return code;
-        }
-    };
-    match ask(&socket).await {
+) -> anyhow::Result<ExitCode> {
+    let socket = socket_of(daemon).inspect_err(|_| {
+        eprintln!("(or give the daemon's control socket with --socket PATH)");
+    })?;
+    Ok(said(ask(&socket).await))
+}
+
+/// Success, or the message on stderr and exit status 1.
+fn said(result: Result<(), String>) -> ExitCode {
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("error: {message}");
@@ -362,11 +375,12 @@ async fn ask_daemon(
     }
 }
 
-fn load(path: &std::path::Path) -> Result<config::Config, ExitCode> {
+/// The configuration at `path`, or every error in it on stderr (exit status 1).
+fn load(path: &std::path::Path) -> anyhow::Result<config::Config> {
     config::load_file(path).map_err(|errors| {
         eprintln!("{errors}");
         eprintln!("{} error(s) in {}", errors.0.len(), path.display());
-        ExitCode::from(1)
+        Told(ExitCode::from(1)).into()
     })
 }
 
@@ -384,289 +398,293 @@ fn main() -> ExitCode {
         // SAFETY: no other thread runs yet, and SIG_DFL installs no handler code.
         let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
     }
-    let level = match cli.cmd {
-        // The live table owns the terminal: the log would scroll it away (--log shows it).
-        Cmd::Demo { log, .. } if app::demo::Output::choose(log) == app::demo::Output::Table => "off",
-        Cmd::Run { .. } | Cmd::Demo { .. } | Cmd::Simulate { .. } => "info",
-        _ => "warn",
-    };
-    app::init_logging(level);
-    // The daemon waits on serial ports nearly all the time: one thread serves every port and
-    // costs the fewest wake-ups. The one-shot tools and the demo use two.
-    let builder = match cli.cmd {
-        Cmd::Run { .. } => tokio::runtime::Builder::new_current_thread(),
-        _ => {
-            let mut b = tokio::runtime::Builder::new_multi_thread();
-            b.worker_threads(2);
-            b
-        }
-    };
-    let rt = match { builder }.enable_all().build() {
+    app::init_logging(log_level(&cli.cmd));
+    let rt = match runtime_for(&cli.cmd).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
             return ExitCode::from(2);
         }
     };
-    let result: anyhow::Result<ExitCode> = rt.block_on(async move {
-        match cli.cmd {
-            Cmd::Run { config } => {
-                let cfg = match load(&config) {
-                    Ok(c) => c,
-                    Err(code) => return Ok(code),
-                };
-                let signals = app::signals().context("cannot listen for signals")?;
-                let service = app::run::Service::from_env(config);
-                app::run::serve(service, cfg, None, signals).await?;
-            }
-            Cmd::Demo { seconds, log, no_open } => {
-                let opts = app::demo::DemoOptions {
-                    duration: seconds.map(Duration::from_secs),
-                    output: app::demo::Output::choose(log),
-                    open: !no_open,
-                };
-                app::demo::run(opts).await?
-            }
-            Cmd::CheckConfig { file } => {
-                let cfg = match load(&file) {
-                    Ok(c) => c,
-                    Err(code) => return Ok(code),
-                };
-                println!(
-                    "{}: ok ({} bus(es), {} meter(s), {} relay(s), {} trigger(s))",
-                    file.display(),
-                    cfg.buses.len(),
-                    cfg.meters.len(),
-                    cfg.relays.len(),
-                    cfg.triggers.len()
-                );
-            }
-            Cmd::Scan { ports, addresses, baud, parity, timeout, tcp, rtu_over_tcp } => {
-                match (tcp, rtu_over_tcp) {
-                    (Some(host), _) => {
-                        tools::run_network_scan(config::BusKind::Tcp, &host, addresses, baud[0], parity[0], timeout)
-                            .await?;
-                    }
-                    (None, Some(host)) => {
-                        tools::run_network_scan(
-                            config::BusKind::RtuOverTcp,
-                            &host,
-                            addresses,
-                            baud[0],
-                            parity[0],
-                            timeout,
-                        )
-                        .await?;
-                    }
-                    (None, None) => {
-                        tools::run_scan(ports, addresses, baud, parity, timeout).await?;
-                    }
-                }
-            }
-            Cmd::Read { meter, config, port, tcp, rtu_over_tcp, address, model, baud, parity, timeout, json } => {
-                let (kind, port) = match (port, tcp, rtu_over_tcp) {
-                    (_, Some(host), _) => (config::BusKind::Tcp, Some(host)),
-                    (_, _, Some(host)) => (config::BusKind::RtuOverTcp, Some(host)),
-                    (port, None, None) => (config::BusKind::Rs485, port),
-                };
-                let target = match (meter, port, address) {
-                    (Some(name), _, _) => {
-                        let cfg = match load(&config) {
-                            Ok(c) => c,
-                            Err(code) => return Ok(code),
-                        };
-                        tools::ReadTarget::from_config(&cfg, &name)?
-                    }
-                    (None, Some(port), Some(address)) => {
-                        let (b, p) = model.default_line();
-                        let line = config::LineSettings {
-                            baud: baud.unwrap_or(b),
-                            data_bits: 8,
-                            parity: parity.unwrap_or(if p == 'E' { Parity::Even } else { Parity::None }),
-                            stop_bits: 1,
-                        };
-                        if kind.is_network() {
-                            config::check_host(&port).map_err(anyhow::Error::msg)?;
-                        }
-                        tools::ReadTarget {
-                            ports: vec![port],
-                            line,
-                            meter: tools::adhoc_meter(model, address),
-                            timeout,
-                            retries: config::DEFAULT_BUS_RETRIES,
-                            kind,
-                        }
-                    }
-                    _ => anyhow::bail!(
-                        "name a configured meter, or give --port (or --tcp, --rtu-over-tcp) and --address (or --unit)"
-                    ),
-                };
-                let reading = tools::run_read(target).await?;
-                if json {
-                    println!("{}", serde_json::to_string_pretty(&reading)?);
-                } else {
-                    tools::print_reading(&reading);
-                }
-            }
-            Cmd::Pzem { cmd } => {
-                let t = config::DEFAULT_BUS_TIMEOUT;
-                match cmd {
-                    PzemCmd::SetAddress { port, address, new } => {
-                        tools::pzem_set_address(&port, address, new, t).await?
-                    }
-                    PzemCmd::ResetEnergy { port, address } => {
-                        tools::pzem_reset_energy(&port, address, t).await?
-                    }
-                    PzemCmd::AlarmThreshold { port, address, watts } => {
-                        tools::pzem_alarm_threshold(&port, address, watts, t).await.map(|_| ())?
-                    }
-                }
-            }
-            Cmd::Pmtr { cmd } => match cmd {
-                PmtrCmd::Scan { port, addresses, timeout, add_to, bus } => {
-                    let add = add_to.as_deref().zip(bus.as_deref());
-                    app::servers::run_scan(&port, addresses, timeout, add).await?;
-                }
-                PmtrCmd::SyncTime { config, servers } => {
-                    let cfg = match load(&config) {
-                        Ok(c) => c,
-                        Err(code) => return Ok(code),
-                    };
-                    app::servers::refuse_if_daemon_runs(&cfg).await?;
-                    app::servers::run_sync_time(&cfg, &servers).await?;
-                }
-                PmtrCmd::PushActions { config, servers } => {
-                    let cfg = match load(&config) {
-                        Ok(c) => c,
-                        Err(code) => return Ok(code),
-                    };
-                    app::servers::refuse_if_daemon_runs(&cfg).await?;
-                    app::servers::run_push_actions(&cfg, &servers).await?;
-                }
-            },
-            Cmd::Simulate { link, baud, turnaround, meters } => {
-                app::demo::simulate(link, baud, turnaround, meters).await?;
-            }
-            Cmd::TestEmail { config, to } => {
-                let cfg = match load(&config) {
-                    Ok(c) => c,
-                    Err(code) => return Ok(code),
-                };
-                let accepted = app::test_email::test_email(&cfg, &to, &mut std::io::stdout()).await?;
-                return Ok(if accepted { ExitCode::SUCCESS } else { ExitCode::from(1) });
-            }
-            Cmd::Status { config, url, ca, json, watch, interval } => {
-                let (url, token, ca) = match url {
-                    Some(u) => (u, None, ca),
-                    None => match load(&config) {
-                        Ok(c) if !c.status.enabled => {
-                            eprintln!(
-                                "error: the status API is off in {} ([status] enabled = false)",
-                                config.display()
-                            );
-                            return Ok(ExitCode::from(1));
-                        }
-                        Ok(c) => {
-                            let tls = c.status.tls.as_ref();
-                            let url = app::status::url_for(c.status.listen, tls.is_some());
-                            let token = c.status.token.map(|t| t.expose().to_owned());
-                            (url, token, ca.or_else(|| tls.map(|t| t.cert.clone())))
-                        }
-                        Err(code) => {
-                            eprintln!("(or give the daemon's status API with --url http://127.0.0.1:9780)");
-                            return Ok(code);
-                        }
-                    },
-                };
-                let shown = if watch {
-                    app::status::watch(
-                        &url,
-                        token.as_deref(),
-                        ca.as_deref(),
-                        interval.max(Duration::from_millis(100)),
-                    )
-                    .await
-                } else {
-                    app::status::show(&url, token.as_deref(), ca.as_deref(), json).await
-                };
-                return Ok(match shown {
-                    Ok(()) => ExitCode::SUCCESS,
-                    Err(message) => {
-                        eprintln!("error: {message}");
-                        ExitCode::from(1)
-                    }
-                });
-            }
-            Cmd::Relay { cmd } => {
-                return Ok(match cmd {
-                    RelayCmd::List { daemon, json } => {
-                        ask_daemon(daemon, async |s| control::list(s, control::List::Relays, json).await)
-                            .await
-                    }
-                    RelayCmd::Force { name, level, duration, daemon } => {
-                        let seconds = duration.map(|d| d.as_secs_f64().ceil() as u64);
-                        let request = Request::Force { relay: name, level, seconds };
-                        ask_daemon(daemon, async |s| control::act(s, &request).await).await
-                    }
-                    RelayCmd::Release { name, daemon } => {
-                        let request = Request::Release { relay: name };
-                        ask_daemon(daemon, async |s| control::act(s, &request).await).await
-                    }
-                });
-            }
-            Cmd::Energy { cmd, config, json } => {
-                let (config, set) = match cmd {
-                    None => (config, None),
-                    Some(EnergyCmd::Set { meter, args, config }) => (config, Some((meter, args))),
-                };
-                let c = match load(&config) {
-                    Ok(c) => c,
-                    Err(code) => return Ok(code),
-                };
-                let result = match set {
-                    None => app::energy::show(&c, json),
-                    Some((meter, args)) => {
-                        let (counter, value) = match args.as_slice() {
-                            [v] => (None, v.as_str()),
-                            [c, v] => (Some(c.as_str()), v.as_str()),
-                            _ => (None, ""),
-                        };
-                        match value.parse::<f64>() {
-                            Ok(v) => app::energy::set(&c, &meter, counter, v).await,
-                            Err(_) => Err(format!(
-                                "{value:?} is not a number of kWh: pmtr energy set METER [COUNTER] VALUE"
-                            )),
-                        }
-                    }
-                };
-                return Ok(match result {
-                    Ok(()) => ExitCode::SUCCESS,
-                    Err(message) => {
-                        eprintln!("error: {message}");
-                        ExitCode::from(1)
-                    }
-                });
-            }
-            Cmd::Trigger { cmd } => {
-                return Ok(match cmd {
-                    TriggerCmd::List { daemon, json } => {
-                        ask_daemon(daemon, async |s| control::list(s, control::List::Triggers, json).await)
-                            .await
-                    }
-                    TriggerCmd::Reset { name, daemon } => {
-                        let request = Request::Reset { trigger: name };
-                        ask_daemon(daemon, async |s| control::act(s, &request).await).await
-                    }
-                });
-            }
-        }
-        Ok(ExitCode::SUCCESS)
-    });
-    match result {
+    match rt.block_on(command(cli.cmd)) {
         Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(1)
+        Err(e) => match e.downcast_ref::<Told>() {
+            Some(Told(code)) => *code,
+            None => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(1)
+            }
+        },
+    }
+}
+
+/// What is logged: the daemon and the demo say what they do; the tools only warn.
+fn log_level(cmd: &Cmd) -> &'static str {
+    match cmd {
+        // The live table owns the terminal: the log would scroll it away (--log shows it).
+        Cmd::Demo { log, .. } if app::demo::Output::choose(*log) == app::demo::Output::Table => "off",
+        Cmd::Run { .. } | Cmd::Demo { .. } | Cmd::Simulate { .. } => "info",
+        _ => "warn",
+    }
+}
+
+/// The daemon waits on serial ports nearly all the time: one thread serves every port and
+/// costs the fewest wake-ups. The one-shot tools and the demo use two.
+fn runtime_for(cmd: &Cmd) -> tokio::runtime::Builder {
+    match cmd {
+        Cmd::Run { .. } => tokio::runtime::Builder::new_current_thread(),
+        _ => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(2);
+            b
         }
     }
+}
+
+/// Runs the command; its exit status.
+async fn command(cmd: Cmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        Cmd::Run { config } => {
+            let cfg = load(&config)?;
+            let signals = app::signals().context("cannot listen for signals")?;
+            let service = app::run::Service::from_env(config);
+            app::run::serve(service, cfg, None, signals).await?;
+        }
+        Cmd::Demo { seconds, log, no_open } => {
+            let opts = app::demo::DemoOptions {
+                duration: seconds.map(Duration::from_secs),
+                output: app::demo::Output::choose(log),
+                open: !no_open,
+            };
+            app::demo::run(opts).await?
+        }
+        Cmd::CheckConfig { file } => {
+            let cfg = load(&file)?;
+            println!(
+                "{}: ok ({} bus(es), {} meter(s), {} relay(s), {} trigger(s))",
+                file.display(),
+                cfg.buses.len(),
+                cfg.meters.len(),
+                cfg.relays.len(),
+                cfg.triggers.len()
+            );
+        }
+        Cmd::Scan { ports, addresses, baud, parity, timeout, tcp, rtu_over_tcp } => match (tcp, rtu_over_tcp)
+        {
+            (Some(host), _) => {
+                tools::run_network_scan(config::BusKind::Tcp, &host, addresses, baud[0], parity[0], timeout)
+                    .await?;
+            }
+            (None, Some(host)) => {
+                tools::run_network_scan(
+                    config::BusKind::RtuOverTcp,
+                    &host,
+                    addresses,
+                    baud[0],
+                    parity[0],
+                    timeout,
+                )
+                .await?;
+            }
+            (None, None) => {
+                tools::run_scan(ports, addresses, baud, parity, timeout).await?;
+            }
+        },
+        Cmd::Read { meter, config, port, tcp, rtu_over_tcp, address, model, baud, parity, timeout, json } => {
+            let wire = Wire { port, tcp, rtu_over_tcp, address, model, baud, parity, timeout };
+            let target = read_target(meter, &config, wire)?;
+            let reading = tools::run_read(target).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&reading)?);
+            } else {
+                tools::print_reading(&reading);
+            }
+        }
+        Cmd::Pzem { cmd } => {
+            let t = config::DEFAULT_BUS_TIMEOUT;
+            match cmd {
+                PzemCmd::SetAddress { port, address, new } => {
+                    tools::pzem_set_address(&port, address, new, t).await?
+                }
+                PzemCmd::ResetEnergy { port, address } => tools::pzem_reset_energy(&port, address, t).await?,
+                PzemCmd::AlarmThreshold { port, address, watts } => {
+                    tools::pzem_alarm_threshold(&port, address, watts, t).await.map(|_| ())?
+                }
+            }
+        }
+        Cmd::Pmtr { cmd } => match cmd {
+            PmtrCmd::Scan { port, addresses, timeout, add_to, bus } => {
+                let add = add_to.as_deref().zip(bus.as_deref());
+                app::servers::run_scan(&port, addresses, timeout, add).await?;
+            }
+            PmtrCmd::SyncTime { config, servers } => {
+                let cfg = load(&config)?;
+                app::servers::refuse_if_daemon_runs(&cfg).await?;
+                app::servers::run_sync_time(&cfg, &servers).await?;
+            }
+            PmtrCmd::PushActions { config, servers } => {
+                let cfg = load(&config)?;
+                app::servers::refuse_if_daemon_runs(&cfg).await?;
+                app::servers::run_push_actions(&cfg, &servers).await?;
+            }
+        },
+        Cmd::Simulate { link, baud, turnaround, meters } => {
+            app::demo::simulate(link, baud, turnaround, meters).await?;
+        }
+        Cmd::TestEmail { config, to } => {
+            let cfg = load(&config)?;
+            let accepted = app::test_email::test_email(&cfg, &to, &mut std::io::stdout()).await?;
+            return Ok(if accepted { ExitCode::SUCCESS } else { ExitCode::from(1) });
+        }
+        Cmd::Status { config, url, ca, json, watch, interval } => {
+            return status(config, url, ca, json, watch, interval).await;
+        }
+        Cmd::Relay { cmd } => return relay(cmd).await,
+        Cmd::Energy { cmd, config, json } => return energy(cmd, config, json).await,
+        Cmd::Trigger { cmd } => return trigger(cmd).await,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `pmtr read` without a configured meter: where and how to ask.
+struct Wire {
+    port: Option<String>,
+    tcp: Option<String>,
+    rtu_over_tcp: Option<String>,
+    address: Option<u8>,
+    model: Model,
+    baud: Option<u32>,
+    parity: Option<Parity>,
+    timeout: Duration,
+}
+
+/// What `pmtr read` reads: a configured meter by name, or one on a port (or a host) given.
+fn read_target(
+    meter: Option<String>,
+    config: &std::path::Path,
+    wire: Wire,
+) -> anyhow::Result<tools::ReadTarget> {
+    let Wire { port, tcp, rtu_over_tcp, address, model, baud, parity, timeout } = wire;
+    let (kind, port) = match (port, tcp, rtu_over_tcp) {
+        (_, Some(host), _) => (config::BusKind::Tcp, Some(host)),
+        (_, _, Some(host)) => (config::BusKind::RtuOverTcp, Some(host)),
+        (port, None, None) => (config::BusKind::Rs485, port),
+    };
+    match (meter, port, address) {
+        (Some(name), _, _) => Ok(tools::ReadTarget::from_config(&load(config)?, &name)?),
+        (None, Some(port), Some(address)) => {
+            let (b, p) = model.default_line();
+            let line = config::LineSettings {
+                baud: baud.unwrap_or(b),
+                data_bits: 8,
+                parity: parity.unwrap_or(if p == 'E' { Parity::Even } else { Parity::None }),
+                stop_bits: 1,
+            };
+            if kind.is_network() {
+                config::check_host(&port).map_err(anyhow::Error::msg)?;
+            }
+            Ok(tools::ReadTarget {
+                ports: vec![port],
+                line,
+                meter: tools::adhoc_meter(model, address),
+                timeout,
+                retries: config::DEFAULT_BUS_RETRIES,
+                kind,
+            })
+        }
+        _ => anyhow::bail!(
+            "name a configured meter, or give --port (or --tcp, --rtu-over-tcp) and --address (or --unit)"
+        ),
+    }
+}
+
+/// `pmtr relay …`: asks the daemon over its control socket.
+async fn relay(cmd: RelayCmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        RelayCmd::List { daemon, json } => {
+            ask_daemon(daemon, async |s| control::list(s, control::List::Relays, json).await).await
+        }
+        RelayCmd::Force { name, level, duration, daemon } => {
+            let seconds = duration.map(|d| d.as_secs_f64().ceil() as u64);
+            let request = Request::Force { relay: name, level, seconds };
+            ask_daemon(daemon, async |s| control::act(s, &request).await).await
+        }
+        RelayCmd::Release { name, daemon } => {
+            let request = Request::Release { relay: name };
+            ask_daemon(daemon, async |s| control::act(s, &request).await).await
+        }
+    }
+}
+
+/// `pmtr trigger …`: asks the daemon over its control socket.
+async fn trigger(cmd: TriggerCmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        TriggerCmd::List { daemon, json } => {
+            ask_daemon(daemon, async |s| control::list(s, control::List::Triggers, json).await).await
+        }
+        TriggerCmd::Reset { name, daemon } => {
+            let request = Request::Reset { trigger: name };
+            ask_daemon(daemon, async |s| control::act(s, &request).await).await
+        }
+    }
+}
+
+/// `pmtr status`: the daemon's status API, at --url or where the configuration says.
+async fn status(
+    config: PathBuf,
+    url: Option<String>,
+    ca: Option<PathBuf>,
+    json: bool,
+    watch: bool,
+    interval: Duration,
+) -> anyhow::Result<ExitCode> {
+    let (url, token, ca) = match url {
+        Some(u) => (u, None, ca),
+        None => {
+            let c = load(&config).inspect_err(|_| {
+                eprintln!("(or give the daemon's status API with --url http://127.0.0.1:9780)");
+            })?;
+            if !c.status.enabled {
+                eprintln!("error: the status API is off in {} ([status] enabled = false)", config.display());
+                return Ok(ExitCode::from(1));
+            }
+            let tls = c.status.tls.as_ref();
+            let url = app::status::url_for(c.status.listen, tls.is_some());
+            let token = c.status.token.map(|t| t.expose().to_owned());
+            (url, token, ca.or_else(|| tls.map(|t| t.cert.clone())))
+        }
+    };
+    let shown = if watch {
+        app::status::watch(&url, token.as_deref(), ca.as_deref(), interval.max(Duration::from_millis(100)))
+            .await
+    } else {
+        app::status::show(&url, token.as_deref(), ca.as_deref(), json).await
+    };
+    Ok(said(shown))
+}
+
+/// `pmtr energy [set METER [COUNTER] VALUE]`.
+async fn energy(cmd: Option<EnergyCmd>, config: PathBuf, json: bool) -> anyhow::Result<ExitCode> {
+    let (config, set) = match cmd {
+        None => (config, None),
+        Some(EnergyCmd::Set { meter, args, config }) => (config, Some((meter, args))),
+    };
+    let c = load(&config)?;
+    let result = match set {
+        None => app::energy::show(&c, json),
+        Some((meter, args)) => {
+            let (counter, value) = match args.as_slice() {
+                [v] => (None, v.as_str()),
+                [c, v] => (Some(c.as_str()), v.as_str()),
+                _ => (None, ""),
+            };
+            match value.parse::<f64>() {
+                Ok(v) => app::energy::set(&c, &meter, counter, v).await,
+                Err(_) => {
+                    Err(format!("{value:?} is not a number of kWh: pmtr energy set METER [COUNTER] VALUE"))
+                }
+            }
+        }
+    };
+    Ok(said(result))
 }

@@ -676,9 +676,92 @@ pub struct StateChange {
     pub held: bool,
     /// Trigger: in a dry run (never touches a relay). Relay: always false.
     pub dry_run: bool,
-    /// What caused it, for people: the values of the expression's variables
-    /// (`L1U=254.2 L2U=231.0`), `manual (uid 1000)`, `trigger overvoltage`, `start`.
-    pub cause: String,
+    /// What caused it: its kind for the parts that act on it, its words for people.
+    pub cause: Cause,
+}
+
+/// What caused a [`StateChange`]. The kind lives in memory, for the alerts and the status
+/// API; storage and the broker keep the words (a change read back from the spool is
+/// [`Cause::Said`]). Two causes are equal when they say the same.
+#[derive(Debug, Clone, Eq)]
+pub enum Cause {
+    /// The values of the expression's variables when it changed (`L1U=254.2 L2U=231.0`).
+    Values(String),
+    /// A relay claimed at start, at the level its saved state gives (`start`,
+    /// `start: tripped by overvoltage`).
+    Start(String),
+    /// Anything else, in words: `forced on by uid 1000`, `trigger overvoltage tripped`, a
+    /// meter gone silent, a pin that refused the write.
+    Said(String),
+}
+
+impl Cause {
+    pub fn as_str(&self) -> &str {
+        match self {
+            Cause::Values(s) | Cause::Start(s) | Cause::Said(s) => s,
+        }
+    }
+}
+
+impl Default for Cause {
+    fn default() -> Self {
+        Cause::Said(String::new())
+    }
+}
+
+impl std::ops::Deref for Cause {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<String> for Cause {
+    fn from(s: String) -> Self {
+        Cause::Said(s)
+    }
+}
+
+impl From<&str> for Cause {
+    fn from(s: &str) -> Self {
+        Cause::Said(s.to_owned())
+    }
+}
+
+impl PartialEq for Cause {
+    fn eq(&self, other: &Cause) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl PartialEq<&str> for Cause {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl PartialEq<str> for Cause {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl Serialize for Cause {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Cause {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Cause::Said)
+    }
 }
 
 impl fmt::Display for StateChange {

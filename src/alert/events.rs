@@ -1,7 +1,7 @@
 //! Which state changes are alerts, and how they read. Pure.
 
 use super::policy::{Alert, AlertKind};
-use crate::reading::{ChangeEvent, StateChange, Subject};
+use crate::reading::{Cause, ChangeEvent, StateChange, Subject};
 
 /// The alert of a trigger's or relay's change, if it is one. `trigger_alerts` is the
 /// trigger's `alert` setting (relays always alert when forced by hand).
@@ -31,10 +31,10 @@ pub fn from_change(c: &StateChange, trigger_alerts: bool) -> Option<Alert> {
         _ => return None,
     };
     // Evaluations give `L1U=254.2 L2U=231`; hands and stale data give words.
-    let label = if c.cause.contains('=') { "values" } else { "cause" };
+    let label = if matches!(c.cause, Cause::Values(_)) { "values" } else { "cause" };
     let mut details = Vec::new();
     if !c.cause.is_empty() {
-        details.push((label.to_owned(), c.cause.clone()));
+        details.push((label.to_owned(), c.cause.to_string()));
     }
     Some(Alert {
         kind,
@@ -49,7 +49,7 @@ pub fn from_change(c: &StateChange, trigger_alerts: bool) -> Option<Alert> {
 mod tests {
     use super::*;
 
-    fn change(subject: Subject, event: ChangeEvent, active: bool, cause: &str) -> StateChange {
+    fn change(subject: Subject, event: ChangeEvent, active: bool, cause: impl Into<Cause>) -> StateChange {
         StateChange {
             time: chrono::DateTime::UNIX_EPOCH,
             subject,
@@ -64,8 +64,11 @@ mod tests {
 
     #[test]
     fn transitions_that_matter_are_alerts_with_their_values() {
-        let a =
-            from_change(&change(Subject::Trigger, ChangeEvent::Tripped, true, "L1U=254.2"), true).unwrap();
+        let a = from_change(
+            &change(Subject::Trigger, ChangeEvent::Tripped, true, Cause::Values("L1U=254.2".into())),
+            true,
+        )
+        .unwrap();
         assert_eq!((a.kind, a.summary.as_str()), (AlertKind::TriggerTripped, "trigger x tripped"));
         assert_eq!(a.details, vec![("values".to_owned(), "L1U=254.2".to_owned())]);
         let a = from_change(&change(Subject::Relay, ChangeEvent::Forced, false, "forced off by uid 0"), true);
@@ -77,7 +80,13 @@ mod tests {
 
     #[test]
     fn switches_restores_and_quiet_triggers_are_not() {
-        assert_eq!(from_change(&change(Subject::Relay, ChangeEvent::Switched, true, "start"), true), None);
+        assert_eq!(
+            from_change(
+                &change(Subject::Relay, ChangeEvent::Switched, true, Cause::Start("start".into())),
+                true
+            ),
+            None
+        );
         let a =
             from_change(&change(Subject::Neutral, ChangeEvent::NeutralFault, true, "shift 38.2 V"), false)
                 .unwrap();

@@ -1,11 +1,12 @@
 //! `pmtr demo` and `pmtr simulate`: the real engine against simulated meters on
 //! pseudo-terminals.
 
+use super::pipeline::Pipeline;
 use crate::app::{live, print_out};
 use crate::bus::status::MeterStatus;
-use crate::bus::BusEngine;
 use crate::config::{LineSettings, Parity};
-use crate::reading::Reading;
+use crate::pipeline::Outlet;
+use crate::reading::Record;
 use crate::sim::{
     Firmware, PlcBus, PlcBusOptions, PmtrServer, Profile, ServerValues, SimMeterSpec, SimPort, SimPortOptions,
 };
@@ -14,7 +15,7 @@ use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 /// The demo's configuration: the house monitor (three PZEM-016, one per USB dongle) and an
 /// RX380 bus. `{dir}` is replaced by the demo's scratch directory.
@@ -257,16 +258,22 @@ async fn run_in(dir: &std::path::Path, opts: DemoOptions) -> anyhow::Result<()> 
         .replace("{dir}", &dir.display().to_string())
         .replace("{csv}", &demo_csv_dir().display().to_string());
     let config = crate::config::load_str(&text, "demo.toml").map_err(|e| anyhow::anyhow!("{e}"))?;
-    let (store_tx, store_rx) = mpsc::channel::<crate::reading::Record>(4096);
+    // The flow of `pmtr run`: buses, relays first, then the log, storage and a copy of each
+    // record for the lines printed here.
+    let (store_tx, store_rx) = crate::store::Intake::channel(4096);
     let storage = crate::store::Storage::start(&config, store_rx)?;
+    let (out, copies) = Outlet::new(store_tx).logging(config.gateway.log_readings).with_copies(1024);
+    let mut records = copies.subscribe();
+    drop(copies);
     let board = crate::relay::FakeBoard::new();
-    let triggers = crate::trigger::run::Triggers::start(&config, &mut board.gpio(), store_tx.clone(), false)?;
+    let triggers = crate::trigger::run::Triggers::start(&config, &mut board.gpio(), out.clone())?;
     let mut changes = triggers.events.subscribe();
-    let (tx, mut rx) = mpsc::channel::<Reading>(256);
+    let commands = triggers.commands.clone();
+    let tally_events = triggers.events.subscribe();
     let (stop_tx, stop_rx) = watch::channel(false);
     let stop_rx_api = stop_rx.clone();
-    let engine = BusEngine::start(&config, tx, stop_rx);
-    let status = engine.status.clone();
+    let pipeline = Pipeline::start(&config, Some(triggers), out, stop_rx);
+    let status = pipeline.engine.status.clone();
     let table = opts.output == Output::Table;
     let start = tokio::time::Instant::now();
     let stop_at = opts.duration.map(|d| start + d);
@@ -287,8 +294,8 @@ async fn run_in(dir: &std::path::Path, opts: DemoOptions) -> anyhow::Result<()> 
     );
     let mut sources = crate::status::http::Sources::new(&config, status.clone());
     sources.sinks = storage.sinks.clone();
-    sources.commands = Some(triggers.commands.clone());
-    tokio::spawn(sources.tally.clone().run(triggers.events.subscribe()));
+    sources.commands = Some(commands);
+    tokio::spawn(sources.tally.clone().run(tally_events));
     let sources = std::sync::Arc::new(sources);
     // The status API, as `pmtr run` serves it, with the live page at `/`; on another port
     // when another pmtr already has the usual one.
@@ -329,12 +336,12 @@ async fn run_in(dir: &std::path::Path, opts: DemoOptions) -> anyhow::Result<()> 
     let cursor = table.then(live::HiddenCursor::hide);
     loop {
         tokio::select! {
-            Some(r) = rx.recv() => {
-                if !table && !print_out(format_args!("{r}\n")) {
-                    closed.set(true);
+            Ok(r) = records.recv() => {
+                if let Record::Reading(r) = r {
+                    if !table && !print_out(format_args!("{r}\n")) {
+                        closed.set(true);
+                    }
                 }
-                let _ = triggers.readings.send(r.clone()).await;
-                let _ = store_tx.send(r.into()).await;
             }
             Ok(c) = changes.recv() => say(&mut events, c.to_string()),
             _ = tick.tick() => {
@@ -380,15 +387,10 @@ async fn run_in(dir: &std::path::Path, opts: DemoOptions) -> anyhow::Result<()> 
     }
     drop(cursor);
     let _ = stop_tx.send(true);
-    engine.join().await;
+    pipeline.stop(false).await;
     if let Some(api) = api {
         let _ = api.await;
     }
-    while let Ok(r) = rx.try_recv() {
-        let _ = store_tx.send(r.into()).await;
-    }
-    triggers.join().await;
-    drop(store_tx);
     storage.join().await;
     let snap = status.snapshot();
     print_out(format_args!("\n"));

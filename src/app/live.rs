@@ -6,9 +6,9 @@
 //! Building the lines, fitting them and the redraw sequences are pure; only [`width`] and the
 //! callers' `print!` touch the terminal.
 
-use super::control::table;
 use crate::bus::status::MeterState;
 use crate::reading::{trim, Phase, Quantity, Sample};
+use crate::status::table::table;
 use crate::status::{view, MeterView, Snapshot};
 use chrono::{DateTime, TimeZone, Utc};
 use std::collections::VecDeque;

@@ -4,6 +4,7 @@ pub mod control;
 pub mod demo;
 pub mod energy;
 pub mod live;
+pub mod pipeline;
 pub mod run;
 pub mod servers;
 pub mod status;

@@ -1,13 +1,13 @@
 //! `pmtr run`: the daemon.
 
+use super::pipeline::Pipeline;
 use super::systemd::Notifier;
 use crate::bus::liveness::Liveness;
 use crate::bus::status::StatusBoard;
-use crate::bus::BusEngine;
 use crate::config::Config;
 use crate::control::ControlServer;
 use crate::mqtt::run::Mqtt;
-use crate::reading::{Reading, Record};
+use crate::pipeline::Outlet;
 use crate::relay::{FakeBoard, Gpio};
 use crate::status::http::StatusServer;
 use crate::status::Tally;
@@ -17,7 +17,7 @@ use crate::trigger::run::{Handover, Triggers};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 /// How often a one-line summary per meter is logged (counters instead of log floods).
@@ -136,11 +136,9 @@ pub async fn serve(
                 },
             };
         first = false;
-        *lock(&current) = Some(Watched {
-            liveness: generation.engine.liveness.clone(),
-            status: generation.engine.status.clone(),
-        });
-        notifier.ready(&summary(&generation.engine.status));
+        *lock(&current) =
+            Some(Watched { liveness: generation.liveness.clone(), status: generation.status.clone() });
+        notifier.ready(&summary(&generation.status));
         let next = loop {
             match signals.recv().await {
                 None | Some(Signal::Stop) => break None,
@@ -148,7 +146,7 @@ pub async fn serve(
                     notifier.reloading();
                     match reload(config_path.as_deref()) {
                         Some(new) => break Some(new),
-                        None => notifier.ready(&summary(&generation.engine.status)),
+                        None => notifier.ready(&summary(&generation.status)),
                     }
                 }
             }
@@ -255,269 +253,155 @@ async fn feed_watchdog(every: Duration, notifier: Arc<Notifier>, current: Arc<Mu
 }
 
 /// Everything one configuration runs: storage, triggers and relays, the buses, alerts, MQTT,
-/// the status API.
+/// the status API. It owns each part from the moment it starts, so that a part that cannot
+/// start stops those before it ([`Generation::stop`] stops what is there).
 struct Generation {
     stop_tx: watch::Sender<bool>,
-    engine: crate::bus::BusEngine,
-    summary: JoinHandle<()>,
-    health: Option<JoinHandle<()>>,
-    consumer: JoinHandle<()>,
+    stop_rx: watch::Receiver<bool>,
+    storage: Option<Storage>,
+    /// The control socket's task.
     control: Option<JoinHandle<()>>,
-    triggers: Option<Triggers>,
-    storage: Storage,
+    /// The buses, the relays and the way out.
+    pipeline: Option<Pipeline>,
+    /// The energy books, beside the flow (they read the status board).
+    energy: Option<crate::energy::run::Energy>,
+    health: Option<JoinHandle<()>>,
+    summary: Option<JoinHandle<()>>,
     alerting: Option<crate::alert::run::Alerting>,
     mqtt: Option<Mqtt>,
     status_api: Option<JoinHandle<()>>,
-    /// The energy books, beside the flow (they read the status board).
-    energy: crate::energy::run::Energy,
+    /// The buses' state and progress, for the watchdog and `systemctl status`.
+    status: Arc<StatusBoard>,
+    liveness: Arc<Liveness>,
 }
 
 impl Generation {
+    /// Starts `config`; if a part cannot start, what started before it stops (the relays
+    /// handed over as they are, back into `handover`, for the previous configuration).
     async fn start(
         config: &Config,
         gpio: Option<&mut (dyn Gpio + 'static)>,
         unclean: bool,
         handover: &mut Option<Handover>,
     ) -> anyhow::Result<Generation> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut g = Generation {
+            stop_tx,
+            stop_rx,
+            storage: None,
+            control: None,
+            pipeline: None,
+            energy: None,
+            health: None,
+            summary: None,
+            alerting: None,
+            mqtt: None,
+            status_api: None,
+            status: Arc::default(),
+            liveness: Arc::default(),
+        };
+        match g.start_parts(config, gpio, unclean, handover).await {
+            Ok(()) => {
+                tracing::info!(
+                    gateway = %config.gateway.name,
+                    buses = config.buses.len(),
+                    meters = config.meters.len(),
+                    version = env!("CARGO_PKG_VERSION"),
+                    "pmtr started"
+                );
+                Ok(g)
+            }
+            Err(e) => {
+                if let Some(h) = g.stop(true).await {
+                    *handover = Some(h);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The parts in the order that keeps the relays first: storage, the relays and triggers,
+    /// the buses, then what only observes.
+    async fn start_parts(
+        &mut self,
+        config: &Config,
+        gpio: Option<&mut (dyn Gpio + 'static)>,
+        unclean: bool,
+        handover: &mut Option<Handover>,
+    ) -> anyhow::Result<()> {
         // The status API only observes (and relays have the control socket): a port that is
         // taken costs the API, never the metering or the relays.
-        let status_server = if config.status.enabled {
-            match StatusServer::bind(
-                config.status.listen,
-                config.status.token.as_ref().map(|t| t.expose().to_owned()),
-            ) {
-                Ok(server) => Some(
-                    server
-                        .with_limits(crate::status::http::Limits {
-                            max_connections: config.status.max_connections,
-                            ..Default::default()
-                        })
-                        .with_tls(config.status.tls.as_ref().map(|t| t.server.clone())),
-                ),
-                Err(e) => {
-                    tracing::error!("{e}; running without the status API");
-                    None
-                }
-            }
-        } else {
-            None
-        };
+        let status_server = bind_status_api(config);
         // Into storage nothing waits: a full queue drops the record (counted, logged).
-        let (store_tx, store_rx) = crate::store::Intake::channel(4096);
-        // With MQTT, records pass a tee on their way to storage: a broadcast that never waits
-        // (a slow MQTT task lags and counts what it missed).
-        let (records, store_rx) = match &config.mqtt {
+        let (store, store_rx) = crate::store::Intake::channel(4096);
+        // Readings and changes leave the relays through one outlet: logged, copied to MQTT (a
+        // broadcast that never waits: a slow MQTT task lags and counts what it missed), stored.
+        let out = Outlet::new(store.clone()).logging(config.gateway.log_readings);
+        let (out, records) = match &config.mqtt {
             Some(_) => {
-                let (tee_tx, _) = broadcast::channel::<Record>(1024);
-                let (to_storage, from_tee) = mpsc::channel::<Record>(4096);
-                tokio::spawn(tee(store_rx, tee_tx.clone(), to_storage));
-                (Some(tee_tx), from_tee)
+                let (out, copies) = out.with_copies(1024);
+                (out, Some(copies))
             }
-            None => (None, store_rx),
+            None => (out, None),
         };
-        let storage = Storage::start(config, store_rx)?;
+        let storage = self.storage.insert(Storage::start(config, store_rx)?);
         let store_events = storage.events.subscribe();
         let sinks = storage.sinks.clone();
         // Triggers and relays come up before the buses: every relay is at its restored level
         // before the first reading.
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let mut control = None;
-        let triggers = if config.relays.is_empty() && config.triggers.is_empty() {
-            if let Some(h) = handover.take() {
-                // No relay left in the new configuration: every pin of the old one is let go
-                // per its relay's `on_shutdown`.
-                h.release();
-            }
-            None
-        } else {
-            // The control socket first: a second pmtr on the same state folder stops here,
-            // before it touches a relay.
-            match ControlServer::bind(&config.gateway.control_socket) {
-                Ok(server) => control = Some(server),
-                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-                    storage.join().await;
-                    return Err(e.into());
-                }
-                Err(e) => tracing::error!(error = %e,
-                    "no control socket: `pmtr relay` and `pmtr trigger` will not reach this daemon"),
-            }
-            let mut opened: Box<dyn Gpio>;
-            let gpio: &mut (dyn Gpio + 'static) = match gpio {
-                Some(g) => g,
-                None => {
-                    opened = if config.relays.is_empty() {
-                        Box::new(FakeBoard::new().gpio())
-                    } else {
-                        match crate::relay::open_gpio(&config.gateway) {
-                            Ok((g, _)) => g,
-                            Err(e) => {
-                                storage.join().await;
-                                return Err(e.into());
-                            }
-                        }
-                    };
-                    opened.as_mut()
-                }
-            };
-            let t = match Triggers::start_after(config, gpio, store_tx.clone(), true, handover) {
-                Ok(t) => t,
-                Err(e) => {
-                    storage.join().await;
-                    return Err(e.into());
-                }
-            };
-            tracing::info!(relays = config.relays.len(), triggers = config.triggers.len(), "triggers ready");
-            Some(t)
-        };
         let (energy_tx, energy_rx) = crate::energy::run::requests();
-        let control = match (control, &triggers) {
-            (Some(server), Some(t)) => {
-                tracing::info!(socket = %server.path().display(), "control socket ready");
-                // `pmtr energy set` goes to the energy books, the rest to the trigger task.
-                let (routed, from_socket) = mpsc::channel(16);
-                tokio::spawn(crate::energy::run::route(from_socket, t.commands.clone(), energy_tx));
-                Some(tokio::spawn(server.run(routed, stop_rx.clone())))
-            }
-            _ => None,
-        };
-        // With triggers, readings go straight from the buses to the trigger task, which passes
-        // each on to storage once the relays have seen it: no hop stands before a relay.
-        let (tx, mut rx) = mpsc::channel::<Reading>(1024);
-        let engine = match &triggers {
-            Some(t) => {
-                drop(tx); // the consumer below then ends at once, letting go of its storage sender
-                BusEngine::start(config, t.readings.clone(), stop_rx.clone())
-            }
-            None => BusEngine::start(config, tx, stop_rx.clone()),
-        };
-        let status = engine.status.clone();
-        // The Modbus TCP server reads the status board and queues requests for the port
-        // tasks: a port that is taken costs the server, never the metering.
-        let modbus_server = match &config.modbus_server {
-            Some(settings) => {
-                match crate::modbus_server::ModbusServer::bind(settings, &engine.buses, status.clone()).await
-                {
-                    Ok((server, listener)) => {
-                        tracing::info!(listen = %server.local_addr(), allow = ?settings.allow.iter().map(ToString::to_string).collect::<Vec<_>>(), "Modbus TCP server ready");
-                        let counters = (server.counters.clone(), server.local_addr());
-                        tokio::spawn(server.run(listener, stop_rx.clone()));
-                        Some(counters)
-                    }
-                    Err(e) => {
-                        tracing::error!("{e}; running without the Modbus TCP server");
-                        None
-                    }
-                }
-            }
-            None => None,
-        };
-        // The books' points (`pmtr_energy`, `pmtr_energy_period`) through storage, never waiting.
-        let energy = crate::energy::run::Energy::start(
-            config,
-            status.clone(),
-            energy_rx,
-            store_tx.clone(),
-            stop_rx.clone(),
-        );
-        // Health points (`pmtr_bus`, `pmtr_sink`) through storage, like readings.
-        let health = config.gateway.health_interval.map(|every| {
-            tokio::spawn(crate::store::health::run(
-                every,
-                status.clone(),
-                sinks.clone(),
-                store_tx.clone(),
-                stop_tx.subscribe(),
-            ))
-        });
-        let log_readings = config.gateway.log_readings;
-        let consumer = tokio::spawn(async move {
-            while let Some(r) = rx.recv().await {
-                if log_readings {
-                    tracing::info!("{r}");
-                }
-                if store_tx.offer(r.into()).is_err() {
-                    tracing::error!("storage stopped: readings are no longer written");
-                    break;
-                }
-            }
-        });
-        let summary = tokio::spawn(log_summaries(status.clone(), sinks.clone()));
-        let changes = triggers.as_ref().map(|t| t.events.subscribe());
-        let tally_events = triggers.as_ref().map(|t| t.events.subscribe());
-        let commands = triggers.as_ref().map(|t| t.commands.clone());
-        let mut generation = Generation {
-            stop_tx,
-            engine,
-            summary,
-            health,
-            consumer,
-            control,
-            triggers,
-            storage,
-            alerting: None,
-            mqtt: None,
-            status_api: None,
-            energy,
-        };
-        // From here on a failure stops what runs, relays handed over as they are.
-        let alerting = match &config.email {
+        let triggers = self.start_relays(config, gpio, out.clone(), handover, energy_tx)?;
+        // Relays first: with triggers the buses send to the trigger task, which hands each
+        // reading on once the relays have seen it.
+        let pipeline = self.pipeline.insert(Pipeline::start(config, triggers, out, self.stop_rx.clone()));
+        self.status = pipeline.engine.status.clone();
+        self.liveness = pipeline.engine.liveness.clone();
+        let modbus_server = start_modbus_server(config, &pipeline.engine, self.stop_rx.clone()).await;
+        let triggers = pipeline.triggers.as_ref();
+        let changes = triggers.map(|t| t.events.subscribe());
+        let tally = Arc::new(Tally::default());
+        if let Some(t) = triggers {
+            tokio::spawn(tally.clone().run(t.events.subscribe()));
+        }
+        let commands = triggers.map(|t| t.commands.clone());
+        self.start_beside(config, &store, energy_rx, &sinks);
+        self.summary = Some(tokio::spawn(log_summaries(self.status.clone(), sinks.clone())));
+        let book = self.energy.as_ref().map(|e| e.book.clone());
+        // What only observes, each with its own bounded way in.
+        self.alerting = match &config.email {
             Some(email) => {
                 let sources = crate::alert::run::Sources {
                     changes,
                     store: store_events,
                     sinks: sinks.clone(),
-                    meters: status.clone(),
+                    meters: self.status.clone(),
                     unclean,
                 };
-                match crate::alert::run::Alerting::start(config, email, sources, stop_rx.clone()) {
-                    Ok(a) => Some(a),
-                    Err(e) => {
-                        *handover = generation.stop(true).await;
-                        return Err(e.into());
-                    }
-                }
+                Some(crate::alert::run::Alerting::start(config, email, sources, self.stop_rx.clone())?)
             }
             None => {
                 tracing::info!("no [alerts.email]: nothing is mailed (the events are in this log)");
                 None
             }
         };
-        let alert_counters = alerting.as_ref().map(|a| a.counters.clone());
-        generation.alerting = alerting;
-        let tally = Arc::new(Tally::default());
-        if let Some(events) = tally_events {
-            tokio::spawn(tally.clone().run(events));
+        if let (Some(settings), Some(records)) = (&config.mqtt, &records) {
+            let sources = crate::mqtt::run::Sources {
+                records: records.subscribe(),
+                meters: self.status.clone(),
+                commands: commands.clone(),
+                energy: book.clone(),
+            };
+            self.mqtt = Some(Mqtt::start(config, settings, sources, self.stop_rx.clone())?);
         }
-        let mqtt = match (&config.mqtt, &records) {
-            (Some(settings), Some(records)) => {
-                let sources = crate::mqtt::run::Sources {
-                    records: records.subscribe(),
-                    meters: status.clone(),
-                    commands: commands.clone(),
-                    energy: Some(generation.energy.book.clone()),
-                };
-                match Mqtt::start(config, settings, sources, stop_rx.clone()) {
-                    Ok(m) => Some(m),
-                    Err(e) => {
-                        *handover = generation.stop(true).await;
-                        return Err(e.into());
-                    }
-                }
-            }
-            _ => None,
-        };
-        drop(records);
-        let mqtt_counters = mqtt.as_ref().map(|m| m.counters.clone());
-        generation.mqtt = mqtt;
-        generation.status_api = status_server.map(|server| {
-            let mut sources = crate::status::http::Sources::new(config, status.clone());
-            sources.sinks = sinks.clone();
-            sources.commands = commands.clone();
-            sources.alerts = alert_counters;
-            sources.mqtt = mqtt_counters;
+        self.status_api = status_server.map(|server| {
+            let mut sources = crate::status::http::Sources::new(config, self.status.clone());
+            sources.sinks = sinks;
+            sources.commands = commands;
+            sources.alerts = self.alerting.as_ref().map(|a| a.counters.clone());
+            sources.mqtt = self.mqtt.as_ref().map(|m| m.counters.clone());
             sources.modbus_server = modbus_server;
-            sources.energy = Some(generation.energy.book.clone());
-            sources.tally = tally.clone();
+            sources.energy = book;
+            sources.tally = tally;
             if let Ok(addr) = server.local_addr() {
                 tracing::info!(
                     listen = %addr,
@@ -527,43 +411,120 @@ impl Generation {
                     "status API ready"
                 );
             }
-            tokio::spawn(server.run(Arc::new(sources), stop_rx.clone()))
+            tokio::spawn(server.run(Arc::new(sources), self.stop_rx.clone()))
         });
-        tracing::info!(
-            gateway = %config.gateway.name,
-            buses = config.buses.len(),
-            meters = config.meters.len(),
-            version = env!("CARGO_PKG_VERSION"),
-            "pmtr started"
-        );
-        Ok(generation)
+        Ok(())
     }
 
-    /// Stops everything, in the order that loses nothing: the buses after their transaction
-    /// in flight, then the readings they sent through triggers and storage (written, or
-    /// spooled). The relays go per `on_shutdown`, or, for a reload (`handover`), stay as
-    /// they are and are returned, with the trigger state in memory, for the next generation.
+    /// The control socket, the GPIO and the trigger task, when the configuration has relays
+    /// or triggers (none: the pins of a previous configuration are let go).
+    fn start_relays(
+        &mut self,
+        config: &Config,
+        gpio: Option<&mut (dyn Gpio + 'static)>,
+        out: Outlet,
+        handover: &mut Option<Handover>,
+        energy: mpsc::Sender<crate::control::Command>,
+    ) -> anyhow::Result<Option<Triggers>> {
+        if config.relays.is_empty() && config.triggers.is_empty() {
+            if let Some(h) = handover.take() {
+                // No relay left in the new configuration: every pin of the old one is let go
+                // per its relay's `on_shutdown`.
+                h.release();
+            }
+            return Ok(None);
+        }
+        // The control socket first: a second pmtr on the same state folder stops here, before
+        // it touches a relay.
+        let server = match ControlServer::bind(&config.gateway.control_socket) {
+            Ok(server) => Some(server),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => return Err(e.into()),
+            Err(e) => {
+                tracing::error!(error = %e,
+                    "no control socket: `pmtr relay` and `pmtr trigger` will not reach this daemon");
+                None
+            }
+        };
+        let mut opened: Box<dyn Gpio>;
+        let gpio: &mut (dyn Gpio + 'static) = match gpio {
+            Some(g) => g,
+            None => {
+                opened = if config.relays.is_empty() {
+                    Box::new(FakeBoard::new().gpio())
+                } else {
+                    crate::relay::open_gpio(&config.gateway)?.0
+                };
+                opened.as_mut()
+            }
+        };
+        let t = Triggers::start_after(config, gpio, out, handover)?;
+        tracing::info!(relays = config.relays.len(), triggers = config.triggers.len(), "triggers ready");
+        if let Some(server) = server {
+            tracing::info!(socket = %server.path().display(), "control socket ready");
+            // `pmtr energy set` goes to the energy books, the rest to the trigger task.
+            let (routed, from_socket) = mpsc::channel(16);
+            tokio::spawn(crate::energy::run::route(from_socket, t.commands.clone(), energy));
+            self.control = Some(tokio::spawn(server.run(routed, self.stop_rx.clone())));
+        }
+        Ok(Some(t))
+    }
+
+    /// Beside the flow, reading the status board: the energy books (`pmtr_energy`,
+    /// `pmtr_energy_period`) and the health points (`pmtr_bus`, `pmtr_sink`), both through
+    /// storage, never waiting.
+    fn start_beside(
+        &mut self,
+        config: &Config,
+        store: &crate::store::Intake,
+        energy: mpsc::Receiver<crate::control::Command>,
+        sinks: &[Arc<crate::store::SinkStatus>],
+    ) {
+        let status = &self.status;
+        let stop = &self.stop_rx;
+        self.energy = Some(crate::energy::run::Energy::start(
+            config,
+            status.clone(),
+            energy,
+            store.clone(),
+            stop.clone(),
+        ));
+        self.health = config.gateway.health_interval.map(|every| {
+            tokio::spawn(crate::store::health::run(
+                every,
+                status.clone(),
+                sinks.to_vec(),
+                store.clone(),
+                stop.clone(),
+            ))
+        });
+    }
+
+    /// Stops everything that started, in the order that loses nothing: the buses after their
+    /// transaction in flight, then the readings they sent through triggers and storage
+    /// (written, or spooled). The relays go per `on_shutdown`, or, for a reload (`handover`),
+    /// stay as they are and are returned, with the trigger state in memory, for the next
+    /// generation.
     async fn stop(self, handover: bool) -> Option<Handover> {
         let _ = self.stop_tx.send(true);
-        self.engine.join().await;
-        self.energy.join().await;
-        self.summary.abort();
+        if let Some(s) = self.summary {
+            s.abort();
+        }
+        if let Some(e) = self.energy {
+            e.join().await;
+        }
         if let Some(h) = self.health {
             let _ = h.await;
         }
-        let _ = self.consumer.await;
         if let Some(c) = self.control {
             let _ = c.await;
         }
         let mut handed = None;
-        if let Some(t) = self.triggers {
-            if handover {
-                handed = t.hand_over().await;
-            } else {
-                t.join().await;
-            }
+        if let Some(p) = self.pipeline {
+            handed = p.stop(handover).await;
         }
-        self.storage.join().await;
+        if let Some(s) = self.storage {
+            s.join().await;
+        }
         if let Some(a) = self.alerting {
             a.join().await;
         }
@@ -574,6 +535,53 @@ impl Generation {
             let _ = s.await;
         }
         handed
+    }
+}
+
+/// The status API's socket, when it is enabled and free (a port that is taken is logged and
+/// costs the API only).
+fn bind_status_api(config: &Config) -> Option<StatusServer> {
+    if !config.status.enabled {
+        return None;
+    }
+    match StatusServer::bind(
+        config.status.listen,
+        config.status.token.as_ref().map(|t| t.expose().to_owned()),
+    ) {
+        Ok(server) => Some(
+            server
+                .with_limits(crate::status::http::Limits {
+                    max_connections: config.status.max_connections,
+                    ..Default::default()
+                })
+                .with_tls(config.status.tls.as_ref().map(|t| t.server.clone())),
+        ),
+        Err(e) => {
+            tracing::error!("{e}; running without the status API");
+            None
+        }
+    }
+}
+
+/// The Modbus TCP server, when configured: it reads the status board and queues requests for
+/// the port tasks; a port that is taken costs the server, never the metering.
+async fn start_modbus_server(
+    config: &Config,
+    engine: &crate::bus::BusEngine,
+    stop: watch::Receiver<bool>,
+) -> Option<(Arc<crate::modbus_server::Counters>, std::net::SocketAddr)> {
+    let settings = config.modbus_server.as_ref()?;
+    match crate::modbus_server::ModbusServer::bind(settings, &engine.buses, engine.status.clone()).await {
+        Ok((server, listener)) => {
+            tracing::info!(listen = %server.local_addr(), allow = ?settings.allow.iter().map(ToString::to_string).collect::<Vec<_>>(), "Modbus TCP server ready");
+            let counters = (server.counters.clone(), server.local_addr());
+            tokio::spawn(server.run(listener, stop));
+            Some(counters)
+        }
+        Err(e) => {
+            tracing::error!("{e}; running without the Modbus TCP server");
+            None
+        }
     }
 }
 
@@ -598,22 +606,6 @@ async fn log_summaries(status: Arc<StatusBoard>, sinks: Vec<Arc<crate::store::Si
                 spooled = s.spool_readings, spool_bytes = s.spool_bytes, dropped = s.spool_dropped,
                 rejected = s.rejected, "sink summary"
             );
-        }
-    }
-}
-
-/// Passes every record on to storage, and a copy to `copies` (never waiting on it).
-async fn tee(
-    mut from: mpsc::Receiver<Record>,
-    copies: broadcast::Sender<Record>,
-    storage: mpsc::Sender<Record>,
-) {
-    while let Some(r) = from.recv().await {
-        if copies.receiver_count() > 0 {
-            let _ = copies.send(r.clone());
-        }
-        if storage.send(r).await.is_err() {
-            break;
         }
     }
 }

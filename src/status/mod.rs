@@ -9,6 +9,7 @@
 pub mod history;
 pub mod http;
 pub mod metrics;
+pub mod table;
 pub mod view;
 
 use crate::bus::status::{Counters, MeterState, MeterStatus};
@@ -256,9 +257,10 @@ pub struct Tally {
 
 impl Tally {
     /// Counts one change: every `switched` of a relay is a new level of its pin, except its
-    /// claim at start (cause `start…`).
+    /// claim at start ([`Cause::Start`](crate::reading::Cause::Start)).
     pub fn count(&self, c: &StateChange) {
-        if c.subject == Subject::Relay && c.event == ChangeEvent::Switched && !c.cause.starts_with("start") {
+        let at_start = matches!(c.cause, crate::reading::Cause::Start(_));
+        if c.subject == Subject::Relay && c.event == ChangeEvent::Switched && !at_start {
             let mut t = self.transitions.locked();
             *t.entry(c.name.to_string()).or_default() += 1;
         }
@@ -432,7 +434,8 @@ pub(crate) mod tests {
     #[test]
     fn relay_transitions_count_level_changes() {
         let t = Tally::default();
-        let change = |event, active, cause: &str| StateChange {
+        use crate::reading::Cause;
+        let change = |event, active, cause: Cause| StateChange {
             time: Utc::now(),
             subject: Subject::Relay,
             name: "pump".into(),
@@ -440,15 +443,15 @@ pub(crate) mod tests {
             active,
             held: false,
             dry_run: false,
-            cause: cause.into(),
+            cause,
         };
-        t.count(&change(ChangeEvent::Switched, true, "start")); // the claim at start
-        t.count(&change(ChangeEvent::Switched, true, "start: forced on by uid 0 pid 1"));
-        t.count(&change(ChangeEvent::Forced, false, "forced off by http 127.0.0.1:5"));
-        t.count(&change(ChangeEvent::Switched, false, "forced by http 127.0.0.1:5"));
-        t.count(&change(ChangeEvent::Failed, true, "could not switch on"));
-        t.count(&change(ChangeEvent::Unforced, false, "released by uid 0 pid 1"));
-        t.count(&change(ChangeEvent::Switched, true, "trigger overvolt"));
+        t.count(&change(ChangeEvent::Switched, true, Cause::Start("start".into()))); // the claim at start
+        t.count(&change(ChangeEvent::Switched, true, Cause::Start("start: forced on by uid 0 pid 1".into())));
+        t.count(&change(ChangeEvent::Forced, false, "forced off by http 127.0.0.1:5".into()));
+        t.count(&change(ChangeEvent::Switched, false, "forced by http 127.0.0.1:5".into()));
+        t.count(&change(ChangeEvent::Failed, true, "could not switch on".into()));
+        t.count(&change(ChangeEvent::Unforced, false, "released by uid 0 pid 1".into()));
+        t.count(&change(ChangeEvent::Switched, true, "trigger overvolt".into()));
         assert_eq!(t.transitions().get("pump"), Some(&2));
     }
 }

@@ -1,7 +1,7 @@
 //! A [`Snapshot`] as a compact text view, for `pmtr status` in an ssh session.
 
+use super::table::{relay_table, table, trigger_table};
 use super::Snapshot;
-use crate::app::control::{relay_table, table, trigger_table};
 use crate::bus::status::MeterState;
 use crate::control::NeutralStatus;
 use crate::reading::trim;

@@ -17,8 +17,8 @@
 //! - [`schema`]: records as points and rows (pure); [`record`]: the spool's record format
 //!   (pure); [`spool`]: segment files; [`sink`]: the loop of one sink and its decisions;
 //!   [`influx`] and [`csv`]: the writers.
-//! - Storage runs on threads of its own, one per sink and one that hands each record to every
-//!   sink without waiting, so that a slow SD card, a hung disk or a large request never delays a
+//! - Each sink runs on a thread of its own, and a task hands each record to every sink without
+//!   waiting, so that a slow SD card, a hung disk or a large request never delays a
 //!   poll, a trigger or a relay, nor another sink. [`Intake`] is the way in: it never waits
 //!   either (a full queue drops, counted and logged).
 
@@ -124,12 +124,12 @@ impl SinkStatus {
     }
 }
 
-/// The running storage: one thread that hands each record to every sink, and one thread per
-/// sink, so that a sink stuck on a hung disk or server never slows another.
+/// The running storage: a task that hands each record to every sink, and one thread per sink,
+/// so that a sink stuck on a hung disk or server never slows another.
 pub struct Storage {
     pub sinks: Vec<Arc<SinkStatus>>,
     pub events: broadcast::Sender<StoreEvent>,
-    /// The fan-out thread, then each sink's thread: done when it has stopped.
+    /// The fan-out task, then each sink's thread: done when it has stopped.
     done: Vec<(String, oneshot::Receiver<()>)>,
 }
 
@@ -295,7 +295,7 @@ impl Storage {
     }
 }
 
-/// Starts the fan-out thread and one thread per sink; returns what tells when each stopped.
+/// Starts the fan-out task and one thread per sink; returns what tells when each stopped.
 fn spawn(
     sinks: Vec<Sink>,
     records: mpsc::Receiver<Record>,
@@ -312,8 +312,27 @@ fn spawn(
         });
         done.push((name.clone(), on_own_thread(&format!("pmtr-sink-{name}"), sink.run(rx))?));
     }
-    done.insert(0, ("(fan-out)".into(), on_own_thread("pmtr-storage", run(queues, records))?));
+    done.insert(0, ("(fan-out)".into(), fan_out(run(queues, records))?));
     Ok(done)
+}
+
+/// The fan-out does no I/O (it only hands records on, never waiting): it runs as a task of the
+/// runtime storage is started from, which saves a thread, and a wake-up of that thread for
+/// every record; started outside a runtime, on a thread of its own.
+fn fan_out(
+    task: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<oneshot::Receiver<()>, StartError> {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            let (done_tx, done) = oneshot::channel();
+            runtime.spawn(async move {
+                task.await;
+                let _ = done_tx.send(());
+            });
+            Ok(done)
+        }
+        Err(_) => on_own_thread("pmtr-storage", task),
+    }
 }
 
 /// Runs `task` on a thread of its own with its own runtime; the receiver hears when it ended.
@@ -478,7 +497,7 @@ mod tests {
         let (intake, records) = Intake::channel(4096);
         let done = spawn(vec![hung, good], records).unwrap();
         let board = FakeBoard::new();
-        let t = Triggers::start(&config(dir.path()), &mut board.gpio(), intake.clone(), true).unwrap();
+        let t = Triggers::start(&config(dir.path()), &mut board.gpio(), intake.clone()).unwrap();
         let total = 3 * SINK_QUEUE as u64;
         for i in 0..total {
             let high = i % 1000 == 999;

@@ -663,7 +663,7 @@ mod tests {
         c.active = true;
         c.held = true;
         c.dry_run = true; // never written for a relay
-        c.cause = String::new();
+        c.cause = Default::default();
         lp.encode_change(&c, &mut out);
         assert_eq!(
             out,

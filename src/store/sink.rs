@@ -147,6 +147,80 @@ fn health_in(batch: &[Record]) -> usize {
     batch.iter().filter(|r| matches!(r, Record::Health(_))).count()
 }
 
+/// What [`decide`] looks at when a write has finished.
+#[derive(Debug, Clone)]
+struct Facts {
+    /// Records per write now.
+    batch: usize,
+    /// The outage in progress, if any (`outage`, `refusal`).
+    outage: Option<&'static str>,
+    /// The next back-off, before jitter.
+    backoff: Duration,
+    max_backoff: Duration,
+    durability: Durability,
+    /// The sink is stopping.
+    stopping: bool,
+    /// The share of the back-off to wait, drawn between 0.5 and 1.
+    jitter: f64,
+}
+
+/// How an outage begins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outage {
+    /// Writes fail (network, server away): tried again after a back-off.
+    Down,
+    /// The server refuses the sink's settings: tried again every `5 × max_backoff`.
+    Refused,
+}
+
+/// What a finished write leads to.
+#[derive(Debug, Clone, PartialEq)]
+enum Outcome {
+    /// Written (a spooled batch's cursor moves on); `over`: the outage this ends.
+    Written { over: Option<&'static str> },
+    /// Too large: the batch goes back, and batches are cut to `batch` records.
+    Halve { batch: usize },
+    /// Refused for good: set aside in `rejected.txt` (a spooled batch's cursor moves on).
+    SetAside { message: String },
+    /// Failed: tried again after `wait`, the back-off then `backoff`; `starts` when it is the
+    /// first failure of an outage. The batch goes to the spool, and so does what waits in
+    /// memory when `spool_memory`.
+    Failed { message: String, starts: Option<Outage>, wait: Duration, backoff: Duration, spool_memory: bool },
+}
+
+/// Decides what a finished write leads to (pure: [`Sink::apply`] acts).
+fn decide(result: Result<(), WriteError>, facts: &Facts) -> Outcome {
+    let e = match result {
+        Ok(()) => return Outcome::Written { over: facts.outage },
+        Err(WriteError::TooLarge) if facts.batch > 1 => {
+            return Outcome::Halve { batch: (facts.batch / 2).max(1) }
+        }
+        Err(WriteError::TooLarge) => {
+            return Outcome::SetAside { message: "a single record is too large".into() }
+        }
+        Err(WriteError::Rejected { message }) => return Outcome::SetAside { message },
+        Err(e) => e,
+    };
+    let starts = match (facts.outage, &e) {
+        (Some(_), _) => None,
+        (None, WriteError::Refused { .. }) => Some(Outage::Refused),
+        (None, _) => Some(Outage::Down),
+    };
+    let slowest = facts.max_backoff * 5;
+    let (wait, backoff) = match &e {
+        WriteError::Refused { .. } => (slowest, facts.backoff),
+        WriteError::Retry { after: Some(after), .. } => ((*after).min(slowest), facts.backoff),
+        _ => (facts.backoff.mul_f64(facts.jitter), (facts.backoff * 2).min(facts.max_backoff)),
+    };
+    Outcome::Failed {
+        message: e.to_string(),
+        starts,
+        wait,
+        backoff,
+        spool_memory: !facts.stopping || facts.durability == Durability::Always,
+    }
+}
+
 /// The state of one running sink.
 pub struct Sink {
     writer: Box<dyn Writer>,
@@ -496,9 +570,23 @@ impl Sink {
     }
 
     fn finish(&mut self, f: Flight, result: Result<(), WriteError>, stopping: bool) {
-        let now = Instant::now();
-        match result {
-            Ok(()) => {
+        let facts = Facts {
+            batch: self.batch,
+            outage: self.outage,
+            backoff: self.backoff,
+            max_backoff: self.opts.max_backoff,
+            durability: self.opts.durability,
+            stopping,
+            jitter: rand::thread_rng().gen_range(0.5..=1.0),
+        };
+        let outcome = decide(result, &facts);
+        self.apply(f, outcome, Instant::now());
+    }
+
+    /// Does what [`decide`] said: the spool, the status, the log, the events.
+    fn apply(&mut self, f: Flight, outcome: Outcome, now: Instant) {
+        match outcome {
+            Outcome::Written { over } => {
                 if let Source::Spool(end) = f.source {
                     if let Err(e) = self.spool.commit(end) {
                         self.spool_error("cannot move the spool cursor", &e);
@@ -512,7 +600,8 @@ impl Sink {
                     s.points_written += f.points as u64;
                     s.last_write = Some(chrono::Utc::now());
                 }
-                if let Some(kind) = self.outage.take() {
+                if let Some(kind) = over {
+                    self.outage = None;
                     let spooled = self.spool.len();
                     tracing::info!(sink = %self.opts.name, target = %self.writer.target(), spooled,
                         "{} again ({kind} is over); replaying the spool", self.writer.kind());
@@ -521,17 +610,13 @@ impl Sink {
                 self.retry_at = None;
                 self.backoff = FIRST_BACKOFF;
             }
-            Err(WriteError::TooLarge) if self.batch > 1 => {
-                self.batch = (self.batch / 2).max(1);
+            Outcome::Halve { batch } => {
+                self.batch = batch;
                 tracing::warn!(sink = %self.opts.name, batch = self.batch,
                     "the server found the request too large: batch size lowered");
                 self.put_back(f.source);
             }
-            Err(WriteError::TooLarge) => {
-                let e = WriteError::Rejected { message: "a single record is too large".into() };
-                self.finish(Flight { future: Box::pin(async { Ok(()) }), ..f }, Err(e), stopping);
-            }
-            Err(WriteError::Rejected { message }) => {
+            Outcome::SetAside { message } => {
                 let batch = match &f.source {
                     Source::Memory(b) => b.clone(),
                     Source::Spool(_) => Vec::new(),
@@ -543,14 +628,11 @@ impl Sink {
                     }
                 }
             }
-            Err(e) => {
-                let refused = matches!(e, WriteError::Refused { .. });
-                let kind = if refused { "refusal" } else { "outage" };
-                let message = e.to_string();
+            Outcome::Failed { message, starts, wait, backoff, spool_memory } => {
                 self.status.lock().last_error = Some((chrono::Utc::now(), message.clone()));
-                if self.outage.is_none() {
-                    self.outage = Some(kind);
-                    if refused {
+                match starts {
+                    Some(Outage::Refused) => {
+                        self.outage = Some("refusal");
                         tracing::error!(sink = %self.opts.name, target = %self.writer.target(),
                             "{} {message}. Check the sink's settings (token, org, bucket, database) and \
                              restart; readings are kept in the spool at {}, tried again every {:?}",
@@ -558,7 +640,9 @@ impl Sink {
                         let _ = self
                             .events
                             .send(StoreEvent::Refused { sink: self.opts.name.clone(), error: message });
-                    } else {
+                    }
+                    Some(Outage::Down) => {
+                        self.outage = Some("outage");
                         tracing::warn!(sink = %self.opts.name, target = %self.writer.target(),
                             "cannot write to {}: {message}; readings go to the spool at {} until it is back",
                             self.writer.kind(), self.spool.dir().display());
@@ -566,23 +650,14 @@ impl Sink {
                             .events
                             .send(StoreEvent::Down { sink: self.opts.name.clone(), error: message });
                     }
-                } else {
-                    tracing::debug!(sink = %self.opts.name, "write failed again: {message}");
+                    None => tracing::debug!(sink = %self.opts.name, "write failed again: {message}"),
                 }
-                let wait = match e {
-                    WriteError::Refused { .. } => self.opts.max_backoff * 5,
-                    WriteError::Retry { after: Some(after), .. } => after.min(self.opts.max_backoff * 5),
-                    _ => {
-                        let b = self.backoff;
-                        self.backoff = (self.backoff * 2).min(self.opts.max_backoff);
-                        b.mul_f64(rand::thread_rng().gen_range(0.5..=1.0))
-                    }
-                };
+                self.backoff = backoff;
                 self.retry_at = Some(now + wait);
                 if let Source::Memory(batch) = f.source {
                     self.spool_records(&batch);
                 }
-                if !stopping || self.opts.durability == Durability::Always {
+                if spool_memory {
                     let rest: Vec<Record> = self.memory.drain(..).collect();
                     self.spool_records(&rest);
                 }
@@ -806,7 +881,7 @@ mod tests {
             active: i % 2 == 0,
             held: false,
             dry_run: false,
-            cause: i.to_string(),
+            cause: i.to_string().into(),
         })
     }
 
@@ -1225,5 +1300,90 @@ mod tests {
         assert!(s.in_memory <= MEMORY_LIMIT as u64 * 5, "{} in memory", s.in_memory);
         assert!(s.spool_dropped >= 40, "the excess is counted: {}", s.spool_dropped);
         assert!(s.in_memory + s.spool_dropped + 10 >= fed, "all accounted for but a batch in flight");
+    }
+}
+
+#[cfg(test)]
+mod deciding {
+    use super::*;
+
+    fn facts() -> Facts {
+        Facts {
+            batch: 8,
+            outage: None,
+            backoff: Duration::from_secs(4),
+            max_backoff: Duration::from_secs(60),
+            durability: Durability::Outage,
+            stopping: false,
+            jitter: 0.5,
+        }
+    }
+
+    fn retry(after: Option<u64>) -> Result<(), WriteError> {
+        Err(WriteError::Retry { message: "timeout".into(), after: after.map(Duration::from_secs) })
+    }
+
+    #[test]
+    fn a_write_ends_the_outage_in_progress() {
+        assert_eq!(decide(Ok(()), &facts()), Outcome::Written { over: None });
+        let down = Facts { outage: Some("outage"), ..facts() };
+        assert_eq!(decide(Ok(()), &down), Outcome::Written { over: Some("outage") });
+    }
+
+    #[test]
+    fn too_large_halves_the_batch_down_to_one_record_then_sets_it_aside() {
+        assert_eq!(decide(Err(WriteError::TooLarge), &facts()), Outcome::Halve { batch: 4 });
+        assert_eq!(
+            decide(Err(WriteError::TooLarge), &Facts { batch: 3, ..facts() }),
+            Outcome::Halve { batch: 1 }
+        );
+        assert_eq!(
+            decide(Err(WriteError::TooLarge), &Facts { batch: 1, ..facts() }),
+            Outcome::SetAside { message: "a single record is too large".into() }
+        );
+        let rejected = Err(WriteError::Rejected { message: "bad field".into() });
+        assert_eq!(decide(rejected, &facts()), Outcome::SetAside { message: "bad field".into() });
+    }
+
+    #[test]
+    fn the_first_failure_starts_an_outage_and_backs_off_with_jitter() {
+        let Outcome::Failed { message, starts, wait, backoff, spool_memory } = decide(retry(None), &facts())
+        else {
+            panic!("a failure")
+        };
+        assert_eq!((message.as_str(), starts), ("timeout", Some(Outage::Down)));
+        assert_eq!((wait, backoff), (Duration::from_secs(2), Duration::from_secs(8)), "half of 4 s; doubled");
+        assert!(spool_memory);
+        let again = Facts { outage: Some("outage"), backoff: Duration::from_secs(40), ..facts() };
+        let Outcome::Failed { starts, backoff, .. } = decide(retry(None), &again) else {
+            panic!("a failure")
+        };
+        assert_eq!(
+            (starts, backoff),
+            (None, Duration::from_secs(60)),
+            "no second start; capped at max_backoff"
+        );
+    }
+
+    #[test]
+    fn retry_after_and_refusals_wait_as_told_capped_at_five_max_backoffs() {
+        let Outcome::Failed { wait, backoff, .. } = decide(retry(Some(30)), &facts()) else { panic!() };
+        assert_eq!((wait, backoff), (Duration::from_secs(30), Duration::from_secs(4)));
+        let Outcome::Failed { wait, .. } = decide(retry(Some(3600)), &facts()) else { panic!() };
+        assert_eq!(wait, Duration::from_secs(300));
+        let refused = Err(WriteError::Refused { message: "bad token".into() });
+        let Outcome::Failed { message, starts, wait, .. } = decide(refused, &facts()) else { panic!() };
+        assert_eq!(
+            (message.as_str(), starts, wait),
+            ("refused: bad token", Some(Outage::Refused), Duration::from_secs(300))
+        );
+    }
+
+    #[test]
+    fn a_stop_keeps_memory_out_of_the_spool_unless_durability_is_always() {
+        let stopping = Facts { stopping: true, ..facts() };
+        assert!(matches!(decide(retry(None), &stopping), Outcome::Failed { spool_memory: false, .. }));
+        let always = Facts { durability: Durability::Always, ..stopping };
+        assert!(matches!(decide(retry(None), &always), Outcome::Failed { spool_memory: true, .. }));
     }
 }

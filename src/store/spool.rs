@@ -696,7 +696,7 @@ mod tests {
             active: i % 3 == 0,
             held: false,
             dry_run: false,
-            cause: i.to_string(),
+            cause: i.to_string().into(),
         })
     }
 

@@ -17,7 +17,7 @@ use super::vars::{self, NeutralVar, Source};
 use super::MovingAverage;
 use crate::config::{Config, OnStale};
 use crate::control::{Forced, RelayStatus, TriggerStatus};
-use crate::reading::{trim, ChangeEvent, Reading, StateChange, Subject};
+use crate::reading::{trim, Cause, ChangeEvent, Reading, StateChange, Subject};
 use crate::relay::Level;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use std::collections::HashMap;
@@ -313,7 +313,8 @@ impl Engine {
                 t,
                 ChangeEvent::Restored,
                 now.wall,
-                format!("{} since {}", if latched { "latched" } else { "tripped" }, s.since.to_rfc3339()),
+                format!("{} since {}", if latched { "latched" } else { "tripped" }, s.since.to_rfc3339())
+                    .into(),
             ));
         }
         for (name, f) in &saved.relays {
@@ -333,6 +334,7 @@ impl Engine {
                 (None, by) if !by.is_empty() => format!("start: tripped by {}", by.join(", ")),
                 _ => "start".to_owned(),
             };
+            let cause = Cause::Start(cause);
             let r = &self.relays[i];
             out.changes.push(relay_change(r, ChangeEvent::Switched, now.wall, cause));
         }
@@ -466,7 +468,7 @@ impl Engine {
         };
         out.changes.push(StateChange {
             active: level == Level::On,
-            ..relay_change(r, ChangeEvent::Forced, now.wall, cause)
+            ..relay_change(r, ChangeEvent::Forced, now.wall, cause.into())
         });
         self.update_relay(i, now, &format!("forced by {by}"), &mut out);
         Ok(out)
@@ -480,7 +482,12 @@ impl Engine {
         }
         let mut out = Output { save: true, ..Output::default() };
         let r = &self.relays[i];
-        out.changes.push(relay_change(r, ChangeEvent::Unforced, now.wall, format!("released by {by}")));
+        out.changes.push(relay_change(
+            r,
+            ChangeEvent::Unforced,
+            now.wall,
+            format!("released by {by}").into(),
+        ));
         self.update_relay(i, now, &format!("force released by {by}"), &mut out);
         Ok(out)
     }
@@ -501,7 +508,7 @@ impl Engine {
         }
         t.since = Some(now.wall);
         let mut out = Output { save: true, ..Output::default() };
-        out.changes.push(trigger_change(t, ChangeEvent::Reset, now.wall, format!("reset by {by}")));
+        out.changes.push(trigger_change(t, ChangeEvent::Reset, now.wall, format!("reset by {by}").into()));
         self.update_relays_of(ti, now, &mut out);
         Ok(out)
     }
@@ -590,7 +597,7 @@ impl Engine {
         }
         r.level = level;
         out.switches.push((i, level));
-        out.changes.push(relay_change(r, ChangeEvent::Switched, now.wall, cause.to_owned()));
+        out.changes.push(relay_change(r, ChangeEvent::Switched, now.wall, cause.into()));
     }
 
     fn update_relays_of(&mut self, ti: usize, now: Now, out: &mut Output) {
@@ -634,7 +641,7 @@ impl Engine {
         } else {
             (ChangeEvent::Fresh, "every meter answers again".to_owned())
         };
-        out.changes.push(trigger_change(t, event, now.wall, cause));
+        out.changes.push(trigger_change(t, event, now.wall, cause.into()));
         if !stale {
             return;
         }
@@ -647,7 +654,7 @@ impl Engine {
             OnStale::Release => t.hyst.force_release(),
         };
         if let Some(tr) = transition {
-            self.transition(ti, tr, now, "stale data", out);
+            self.transition(ti, tr, now, "stale data".into(), out);
         }
     }
 
@@ -688,12 +695,12 @@ impl Engine {
             }
         };
         if let Some(tr) = t.hyst.update(condition, now.mono) {
-            let cause = t.values_text();
-            self.transition(ti, tr, now, &cause, out);
+            let cause = Cause::Values(t.values_text());
+            self.transition(ti, tr, now, cause, out);
         }
     }
 
-    fn transition(&mut self, ti: usize, tr: Transition, now: Now, cause: &str, out: &mut Output) {
+    fn transition(&mut self, ti: usize, tr: Transition, now: Now, cause: Cause, out: &mut Output) {
         let t = &mut self.triggers[ti];
         t.since = Some(now.wall);
         let event = match (tr, t.dry_run) {
@@ -704,7 +711,7 @@ impl Engine {
             (Transition::Released, true) => ChangeEvent::WouldRelease,
         };
         out.save = true;
-        out.changes.push(trigger_change(t, event, now.wall, cause.to_owned()));
+        out.changes.push(trigger_change(t, event, now.wall, cause));
         self.update_relays_of(ti, now, out);
     }
 }
@@ -733,12 +740,12 @@ fn neutral_change(c: &crate::neutral::watch::Change, time: DateTime<Utc>) -> Sta
         active: c.verdict.state == N::Fault,
         held: c.from == N::Fault,
         dry_run: false,
-        cause: format!("shift {shift}, score {:.2}, was {}", c.verdict.score, c.from.as_str()),
+        cause: format!("shift {shift}, score {:.2}, was {}", c.verdict.score, c.from.as_str()).into(),
     }
 }
 
 /// A change of trigger `t`, as it stands now.
-fn trigger_change(t: &TriggerRt, event: ChangeEvent, time: DateTime<Utc>, cause: String) -> StateChange {
+fn trigger_change(t: &TriggerRt, event: ChangeEvent, time: DateTime<Utc>, cause: Cause) -> StateChange {
     StateChange {
         time,
         subject: Subject::Trigger,
@@ -752,7 +759,7 @@ fn trigger_change(t: &TriggerRt, event: ChangeEvent, time: DateTime<Utc>, cause:
 }
 
 /// A change of relay `r`, as it stands now.
-fn relay_change(r: &RelayRt, event: ChangeEvent, time: DateTime<Utc>, cause: String) -> StateChange {
+fn relay_change(r: &RelayRt, event: ChangeEvent, time: DateTime<Utc>, cause: Cause) -> StateChange {
     StateChange {
         time,
         subject: Subject::Relay,

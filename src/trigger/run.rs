@@ -19,9 +19,9 @@ use super::engine::{Engine, Now, Output};
 use super::saved::{self, Loaded, Saved, SavedTrigger};
 use crate::config::{Config, OnShutdown};
 use crate::control::{Command, Request, Response};
+use crate::pipeline::Outlet;
 use crate::reading::{ChangeEvent, Reading, Record, StateChange, Subject};
 use crate::relay::{bank::RelayBank, Gpio, Level, RelayError};
-use crate::store::Intake;
 use chrono::Utc;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -80,9 +80,10 @@ struct Shell {
     engine: Engine,
     bank: RelayBank,
     on_shutdown: Vec<(OnShutdown, Level)>,
-    /// Storage's intake: never waits (a full queue drops, counted and logged), so that no
-    /// relay waits on a disk or a database.
-    store: Intake,
+    /// Where each reading goes once the relays have seen it, and each change: never waits (a
+    /// full queue drops, counted and logged), so that no relay waits on a disk, a database or
+    /// a broker.
+    out: Outlet,
     events: broadcast::Sender<StateChange>,
     saved_path: PathBuf,
     /// The newest state to save; the saver task writes it off the trigger task, so that a
@@ -91,24 +92,19 @@ struct Shell {
     origin: Instant,
     /// Whether the wall clock can be believed (time-of-day variables are unknown until then).
     clock: Arc<crate::clock::WallClock>,
-    /// Pass each reading on to storage after the triggers have seen it (`pmtr run`: the
-    /// trigger task is where readings arrive, so no extra hop stands before a relay).
-    forward: bool,
-    log_readings: bool,
     handover: Arc<AtomicBool>,
 }
 
 impl Triggers {
     /// Restores the saved state, claims every relay at the level it gives (before any
-    /// reading), and starts the task. Changes go to `store` and to [`Triggers::events`]; with
-    /// `forward`, so does every reading, once the triggers have seen it.
+    /// reading), and starts the task. Every reading, once the triggers have seen it, and every
+    /// change go to `out`; changes to [`Triggers::events`] too.
     pub fn start(
         config: &Config,
         gpio: &mut dyn Gpio,
-        store: impl Into<Intake>,
-        forward: bool,
+        out: impl Into<Outlet>,
     ) -> Result<Triggers, StartError> {
-        Triggers::start_after(config, gpio, store, forward, &mut None)
+        Triggers::start_after(config, gpio, out, &mut None)
     }
 
     /// As [`Triggers::start`], after a reload: with a `handover` from the previous task, the
@@ -120,11 +116,10 @@ impl Triggers {
     pub fn start_after(
         config: &Config,
         gpio: &mut dyn Gpio,
-        store: impl Into<Intake>,
-        forward: bool,
+        out: impl Into<Outlet>,
         handover: &mut Option<Handover>,
     ) -> Result<Triggers, StartError> {
-        let store = store.into();
+        let out = out.into();
         let origin = Instant::now();
         let clock = crate::clock::WallClock::system(config.gateway.clock_sync_wait);
         let mut engine =
@@ -197,12 +192,10 @@ impl Triggers {
         let saver_task = tokio::spawn(save_each(saved_path.clone(), saver_rx));
         let shell = Shell {
             saver: Some(saver),
-            forward,
-            log_readings: config.gateway.log_readings,
             engine,
             bank,
             on_shutdown: config.relays.iter().map(|r| (r.on_shutdown, r.default)).collect(),
-            store,
+            out,
             events: events.clone(),
             saved_path,
             origin,
@@ -287,13 +280,8 @@ impl Shell {
                         if !out.is_empty() {
                             self.apply(out).await;
                         }
-                        if self.forward {
-                            if self.log_readings {
-                                tracing::info!("{r}");
-                            }
-                            if self.store.offer(Record::Reading(r)).is_err() {
-                                tracing::error!("storage stopped: readings are no longer written");
-                            }
+                        if self.out.offer(Record::Reading(r)).is_err() {
+                            tracing::error!("storage stopped: readings are no longer written");
                         }
                     }
                     None => break,
@@ -395,7 +383,7 @@ impl Shell {
                     active: level == Level::On,
                     held: false,
                     dry_run: false,
-                    cause: format!("could not switch {level}: {e}"),
+                    cause: format!("could not switch {level}: {e}").into(),
                 };
                 self.record(failed).await;
             }
@@ -425,7 +413,7 @@ impl Shell {
             tracing::info!(dry_run = c.dry_run, "{c}");
         }
         let _ = self.events.send(c.clone());
-        if self.store.offer(Record::Change(c)).is_err() {
+        if self.out.offer(Record::Change(c)).is_err() {
             tracing::error!("storage stopped: state changes are no longer written");
         }
     }
@@ -539,7 +527,7 @@ mod tests {
             }
             changes
         });
-        let t = Triggers::start(&config(dir.path()), &mut board.gpio(), store, false).unwrap();
+        let t = Triggers::start(&config(dir.path()), &mut board.gpio(), store).unwrap();
         let mut off = Vec::new();
         for second in 0..30 {
             let volts = if (3..=12).contains(&second) { 260.0 } else { 230.0 };
@@ -578,7 +566,7 @@ mod failing {
         let dir = tempfile::tempdir().unwrap();
         let board = crate::relay::FakeBoard::new();
         let (store, mut stored) = mpsc::channel(1024);
-        let t = Triggers::start(&config(dir.path()), &mut board.gpio(), store, false).unwrap();
+        let t = Triggers::start(&config(dir.path()), &mut board.gpio(), store).unwrap();
         let mut events = t.events.subscribe();
         board.set_failing(17, true);
         for _ in 0..7 {
@@ -587,7 +575,9 @@ mod failing {
         }
         t.join().await;
         let mut failed = Vec::new();
-        while let Ok(Record::Change(c)) = stored.try_recv() {
+        // The readings come through too, once the relays have seen them.
+        while let Ok(r) = stored.try_recv() {
+            let Record::Change(c) = r else { continue };
             if c.event == ChangeEvent::Failed {
                 failed.push(c);
             }
@@ -647,14 +637,14 @@ mod keeping_state {
         let path = saved::path_in(dir.path());
         std::fs::write(&path, "{\"triggers\": {\"overvoltage\": ").unwrap();
         let board = FakeBoard::new();
-        let t = Triggers::start(&config, &mut board.gpio(), storage(), false).unwrap();
+        let t = Triggers::start(&config, &mut board.gpio(), storage()).unwrap();
         assert_eq!(board.level(17), Some(false), "latched at start: the motor is off");
         // kill -9: the task ends without saving or driving anything.
         t.task.abort();
         let _ = t.task.await;
         assert!(matches!(saved::load(&path), Loaded::Found(s) if s.triggers["overvoltage"].latched));
         let board = FakeBoard::new();
-        let t = Triggers::start(&config, &mut board.gpio(), storage(), false).unwrap();
+        let t = Triggers::start(&config, &mut board.gpio(), storage()).unwrap();
         assert_eq!(board.level(17), Some(false), "still latched after the crash");
         assert_eq!(status(&t).await.0[0].state, "latched");
         t.join().await;
@@ -671,7 +661,7 @@ mod keeping_state {
                 .replace("[[trigger]]", "[[relay]]\nname = \"fan\"\npin = 22\ndefault = \"off\"\n[[trigger]]")
         });
         let board = FakeBoard::new();
-        let t = Triggers::start(&config, &mut board.gpio(), storage(), false).unwrap();
+        let t = Triggers::start(&config, &mut board.gpio(), storage()).unwrap();
         // Every save fails from here on: the temporary file's name is taken by a folder.
         let path = saved::path_in(dir.path());
         std::fs::create_dir(path.with_extension("json.tmp")).unwrap();
@@ -685,7 +675,7 @@ mod keeping_state {
         assert!(!path.exists(), "nothing could be saved");
         let events = board.events().len();
         let mut handover = Some(handover);
-        let t = Triggers::start_after(&config, &mut board.gpio(), storage(), false, &mut handover).unwrap();
+        let t = Triggers::start_after(&config, &mut board.gpio(), storage(), &mut handover).unwrap();
         let (triggers, relays) = status(&t).await;
         assert_eq!(triggers[0].state, "latched");
         assert_eq!(relays[1].forced.as_ref().map(|f| f.level), Some(Level::On));
@@ -712,7 +702,7 @@ mod keeping_state {
         };
         let config = config_edited(dir.path(), with_fan);
         let board = FakeBoard::new();
-        let t = Triggers::start(&config, &mut board.gpio(), storage(), false).unwrap();
+        let t = Triggers::start(&config, &mut board.gpio(), storage()).unwrap();
         trip(&t).await;
         let (reply, answer) = tokio::sync::oneshot::channel();
         let force = Request::Force { relay: "fan".into(), level: Level::On, seconds: None };
@@ -722,7 +712,7 @@ mod keeping_state {
         // The fan is removed; the motor moves from pin 17 to pin 5.
         let next = config_edited(dir.path(), |t| t.replace("pin = 17", "pin = 5"));
         let mut handover = t.hand_over().await;
-        let t = Triggers::start_after(&next, &mut board.gpio(), storage(), false, &mut handover).unwrap();
+        let t = Triggers::start_after(&next, &mut board.gpio(), storage(), &mut handover).unwrap();
         assert!(handover.is_none());
         assert_eq!(board.level(5), Some(false), "the motor, still tripped, on its new pin");
         assert_eq!(board.level(17), Some(true), "its old pin: back to its default (on)");
@@ -738,15 +728,15 @@ mod keeping_state {
         let dir = tempfile::tempdir().unwrap();
         let config = config_edited(dir.path(), latching);
         let board = FakeBoard::new();
-        let t = Triggers::start(&config, &mut board.gpio(), storage(), false).unwrap();
+        let t = Triggers::start(&config, &mut board.gpio(), storage()).unwrap();
         trip(&t).await;
         let next = config_edited(dir.path(), |t| latching(t).replace("pin = 17", "pin = 5"));
         board.set_failing(5, true);
         let mut handover = t.hand_over().await;
-        assert!(Triggers::start_after(&next, &mut board.gpio(), storage(), false, &mut handover).is_err());
+        assert!(Triggers::start_after(&next, &mut board.gpio(), storage(), &mut handover).is_err());
         assert!(handover.as_ref().is_some_and(|h| h.saved().triggers["overvoltage"].latched));
         assert_eq!(board.level(17), Some(false), "the old pin untouched");
-        let t = Triggers::start_after(&config, &mut board.gpio(), storage(), false, &mut handover).unwrap();
+        let t = Triggers::start_after(&config, &mut board.gpio(), storage(), &mut handover).unwrap();
         assert_eq!(status(&t).await.0[0].state, "latched");
         assert_eq!(board.level(17), Some(false));
         t.join().await;
@@ -758,7 +748,7 @@ mod keeping_state {
     async fn a_control_request_past_its_deadline_is_dropped_not_applied() {
         let dir = tempfile::tempdir().unwrap();
         let board = FakeBoard::new();
-        let t = Triggers::start(&config(dir.path()), &mut board.gpio(), storage(), false).unwrap();
+        let t = Triggers::start(&config(dir.path()), &mut board.gpio(), storage()).unwrap();
         let (reply, answer) = tokio::sync::oneshot::channel();
         let force = Request::Force { relay: "motor".into(), level: Level::Off, seconds: None };
         let late = Command::within(
