@@ -9,7 +9,7 @@
 //! change the measuring window, default 20).
 
 use pmtr::bus::BusEngine;
-use pmtr::config::{LineSettings, Parity};
+use pmtr::config::LineSettings;
 use pmtr::sim::{SimPort, SimPortOptions};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, watch};
 const TURNAROUND: Duration = Duration::from_millis(5);
 
 fn line() -> LineSettings {
-    LineSettings { baud: 9600, data_bits: 8, parity: Parity::None, stop_bits: 1 }
+    LineSettings::DEFAULT
 }
 
 fn seconds() -> u64 {

@@ -29,12 +29,7 @@ fn n() -> usize {
 }
 
 fn sim(dir: &Path, addresses: &[u8]) -> SimPort {
-    let line = pmtr::config::LineSettings {
-        baud: 9600,
-        data_bits: 8,
-        parity: pmtr::config::Parity::None,
-        stop_bits: 1,
-    };
+    let line = pmtr::config::LineSettings::DEFAULT;
     SimPort::spawn(SimPortOptions {
         link: Some(dir.join("ttyUSB0")),
         line,

@@ -574,12 +574,10 @@ fn read_target(
         (Some(name), _, _) => Ok(tools::ReadTarget::from_config(&load(config)?, &name)?),
         (None, Some(port), Some(address)) => {
             let (b, p) = model.default_line();
-            let line = config::LineSettings {
-                baud: baud.unwrap_or(b),
-                data_bits: 8,
-                parity: parity.unwrap_or(if p == 'E' { Parity::Even } else { Parity::None }),
-                stop_bits: 1,
-            };
+            let line = config::LineSettings::eight_bits(
+                baud.unwrap_or(b),
+                parity.unwrap_or(if p == 'E' { Parity::Even } else { Parity::None }),
+            );
             if kind.is_network() {
                 config::check_host(&port).map_err(anyhow::Error::msg)?;
             }

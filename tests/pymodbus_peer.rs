@@ -7,7 +7,7 @@
 mod process;
 
 use pmtr::bus::poll::poll;
-use pmtr::config::{LineSettings, Parity};
+use pmtr::config::LineSettings;
 use pmtr::meter::{pzem, rx380, Model};
 use pmtr::modbus::transport::{open_serial, Transport};
 use pmtr::modbus::{FrameError, Request};
@@ -98,7 +98,7 @@ fn start_peer() -> (Peer, PathBuf) {
 }
 
 fn line() -> LineSettings {
-    LineSettings { baud: 9600, data_bits: 8, parity: Parity::None, stop_bits: 1 }
+    LineSettings::DEFAULT
 }
 
 fn get(s: &[Sample], p: Phase, q: Quantity) -> f64 {

@@ -2,7 +2,7 @@
 //! tokio-serial, on the simulator's pseudo-terminal. Whatever tokio-modbus reads must be the
 //! registers `pzem::encode` / `rx380::encode` give for the configured values.
 
-use pmtr::config::{LineSettings, Parity};
+use pmtr::config::LineSettings;
 use pmtr::meter::{pzem, rx380};
 use pmtr::sim::{SimMeterSpec, SimPort, SimPortOptions};
 use std::time::Duration;
@@ -11,7 +11,7 @@ use tokio_modbus::slave::{Slave, SlaveContext};
 use tokio_serial::SerialPortBuilderExt;
 
 fn line(baud: u32) -> LineSettings {
-    LineSettings { baud, data_bits: 8, parity: Parity::None, stop_bits: 1 }
+    LineSettings::n81(baud)
 }
 
 fn spawn(baud: u32, meters: &[&str]) -> SimPort {

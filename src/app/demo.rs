@@ -4,7 +4,7 @@
 use super::pipeline::Pipeline;
 use crate::app::{live, print_out};
 use crate::bus::status::MeterStatus;
-use crate::config::{LineSettings, Parity};
+use crate::config::LineSettings;
 use crate::pipeline::Outlet;
 use crate::reading::Record;
 use crate::sim::{
@@ -147,7 +147,7 @@ pub fn demo_csv_dir() -> PathBuf {
 }
 
 fn line(baud: u32) -> LineSettings {
-    LineSettings { baud, data_bits: 8, parity: Parity::None, stop_bits: 1 }
+    LineSettings::n81(baud)
 }
 
 fn spec(s: &str) -> anyhow::Result<SimMeterSpec> {

@@ -2,7 +2,7 @@
 //! daemon stopped (the daemon does the same by itself: clocks at start, daily and after a
 //! reboot; relay actions at start and after a reboot).
 
-use crate::config::{Config, LineSettings, Meter, Parity};
+use crate::config::{Config, LineSettings, Meter};
 use crate::modbus::transport::{open_serial, Line, Transport};
 use crate::pmtr::master::{self, resync, Link, Probe};
 use anyhow::{anyhow, bail, Context};
@@ -14,7 +14,7 @@ use std::time::Duration;
 
 /// The power-line modem's line: 9600 8N1.
 pub fn modem_line() -> LineSettings {
-    LineSettings { baud: 9600, data_bits: 8, parity: Parity::None, stop_bits: 1 }
+    LineSettings::DEFAULT
 }
 
 /// A server found by a scan.

@@ -38,7 +38,7 @@ pub async fn run_scan(
     let mut lines = vec![];
     for &baud in &bauds {
         for &parity in &parities {
-            lines.push(LineSettings { baud, data_bits: 8, parity, stop_bits: 1 });
+            lines.push(LineSettings::eight_bits(baud, parity));
         }
     }
     let total = ports.len() * lines.len() * addresses.len();
@@ -231,7 +231,7 @@ pub async fn run_network_scan(
     timeout: Duration,
 ) -> anyhow::Result<Vec<Found>> {
     crate::config::check_host(host).map_err(anyhow::Error::msg)?;
-    let line = LineSettings { baud, data_bits: 8, parity, stop_bits: 1 };
+    let line = LineSettings::eight_bits(baud, parity);
     eprintln!(
         "scanning {} address(es) on {host} ({}), {} ms per silent address",
         addresses.len(),
@@ -381,5 +381,5 @@ pub async fn pzem_alarm_threshold(
 }
 
 fn pzem_line() -> LineSettings {
-    LineSettings { baud: 9600, data_bits: 8, parity: Parity::None, stop_bits: 1 }
+    LineSettings::DEFAULT
 }

@@ -412,12 +412,7 @@ mod tests {
         Bus {
             name: name.into(),
             ports: ports.to_vec(),
-            line: crate::config::LineSettings {
-                baud: 9600,
-                data_bits: 8,
-                parity: crate::config::Parity::None,
-                stop_bits: 1,
-            },
+            line: crate::config::LineSettings::DEFAULT,
             timeout: Duration::from_millis(300),
             retries: 2,
             frame_gap: None,

@@ -15,6 +15,20 @@ pub struct LineSettings {
 }
 
 impl LineSettings {
+    /// 8 data bits and 1 stop bit, the framing of every meter pmtr reads, at `baud` with
+    /// `parity`.
+    pub const fn eight_bits(baud: u32, parity: Parity) -> LineSettings {
+        LineSettings { baud, data_bits: 8, parity, stop_bits: 1 }
+    }
+
+    /// 8N1 at `baud`.
+    pub const fn n81(baud: u32) -> LineSettings {
+        LineSettings::eight_bits(baud, Parity::None)
+    }
+
+    /// 9600 8N1: the PZEMs' and the power-line modem's line, and a bus's default.
+    pub const DEFAULT: LineSettings = LineSettings::n81(9600);
+
     pub fn char_time(&self) -> Duration {
         super::frame::char_time(self.baud, self.data_bits, self.parity != Parity::None, self.stop_bits)
     }

@@ -526,7 +526,7 @@ mod tests {
     use tokio::io::duplex;
 
     fn settings() -> LineSettings {
-        LineSettings { baud: 9600, data_bits: 8, parity: Parity::None, stop_bits: 1 }
+        LineSettings::DEFAULT
     }
 
     fn pzem_reply() -> Vec<u8> {

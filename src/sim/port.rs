@@ -433,12 +433,11 @@ enum Sent {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Parity;
     use crate::meter::{pzem, Model};
     use std::fs::OpenOptions;
 
     fn line(baud: u32) -> LineSettings {
-        LineSettings { baud, data_bits: 8, parity: Parity::None, stop_bits: 1 }
+        LineSettings::n81(baud)
     }
 
     fn hex(s: &str) -> Vec<u8> {

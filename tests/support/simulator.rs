@@ -10,14 +10,14 @@
 
 #![allow(dead_code)]
 
-use pmtr::config::{LineSettings, Parity};
+use pmtr::config::LineSettings;
 use pmtr::sim::{SimPort, SimPortOptions};
 use std::path::Path;
 use std::time::Duration;
 
 /// 9600 baud, 8 data bits, no parity, 1 stop bit.
 pub fn line_8n1() -> LineSettings {
-    LineSettings { baud: 9600, data_bits: 8, parity: Parity::None, stop_bits: 1 }
+    LineSettings::DEFAULT
 }
 
 /// `meters` (`pmtr simulate` specs, e.g. `pzem-016@4,volts=230`) answering on a pseudo-terminal
