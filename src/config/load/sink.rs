@@ -87,6 +87,8 @@ impl Loader<'_> {
         sinks
     }
 
+    /// One `[[sink]]`: its type, its name, the settings every sink has, then its own keys,
+    /// in that order (the order of its errors).
     fn sink(
         &mut self,
         index: usize,
@@ -95,39 +97,7 @@ impl Loader<'_> {
         gateway: &Gateway,
     ) -> Option<Sink> {
         let path = element_path("sink", index, t);
-        let key = |k: &str| format!("{path}.{k}");
-        let kind_name = match t.get("type") {
-            None => {
-                self.error(
-                    element.span(),
-                    key("type"),
-                    format!("missing required key (one of: {})", TYPES.join(", ")),
-                );
-                None
-            }
-            Some(v) => {
-                let s = self.string(v, &key("type"))?;
-                match TYPES.iter().find(|k| k.eq_ignore_ascii_case(&s)) {
-                    Some(k) => Some(*k),
-                    None => {
-                        let mut message =
-                            format!("unknown sink type {s:?}, expected one of: {}", TYPES.join(", "));
-                        let hint = match s.to_ascii_lowercase().as_str() {
-                            "influxdb" | "influx" => {
-                                Some("influxdb1 (InfluxDB 1.x) or influxdb2 (2.x and 3.x)")
-                            }
-                            "influxdb3" => Some("influxdb2 (InfluxDB 3 takes the v2 write API)"),
-                            _ => None,
-                        };
-                        if let Some(h) = hint.or_else(|| suggest(&s, TYPES.iter().copied())) {
-                            message.push_str(&format!(" (did you mean {h}?)"));
-                        }
-                        self.error(v.span(), key("type"), message);
-                        None
-                    }
-                }
-            }
-        };
+        let kind_name = self.sink_type(element, t, &path);
         let own: &[&str] = match kind_name {
             Some("influxdb1") => INFLUXDB1_KEYS,
             Some("influxdb2") => INFLUXDB2_KEYS,
@@ -138,28 +108,69 @@ impl Loader<'_> {
         if kind_name.is_some() {
             self.check_keys(t, &path, &allowed);
         }
-
-        let name = match t.get("name") {
-            Some(v) => {
-                let n = self.non_empty_string(v, &key("name"))?;
-                if !super::is_bare_key(&n) {
-                    self.error(
-                        v.span(),
-                        key("name"),
-                        format!(
-                            "invalid name {n:?}: use only letters, digits, `_` and `-` (it names a folder)"
-                        ),
-                    );
-                    return None;
-                }
-                Some(n)
-            }
-            None => None,
-        };
+        let name = self.sink_name(t, &path)?;
         let mut sink = with_defaults(
             "",
             SinkKind::Csv { dir: PathBuf::new(), group_by: GroupBy::Meter, timezone: TimeZone::Local },
         );
+        self.sink_settings(t, &path, &mut sink);
+        let kind = match kind_name? {
+            "influxdb1" => self.influxdb1(element, t, &path)?,
+            "influxdb2" => self.influxdb2(element, t, &path)?,
+            _ => self.csv(t, &path, gateway)?,
+        };
+        sink.name = name.unwrap_or_else(|| kind.type_name().to_owned());
+        sink.kind = kind;
+        Some(sink)
+    }
+
+    /// `type`: one of [`TYPES`], with a hint for the names people write instead.
+    fn sink_type(&mut self, element: &Value<'_>, t: &DeTable<'_>, path: &str) -> Option<&'static str> {
+        let key = |k: &str| format!("{path}.{k}");
+        let Some(v) = t.get("type") else {
+            self.error(
+                element.span(),
+                key("type"),
+                format!("missing required key (one of: {})", TYPES.join(", ")),
+            );
+            return None;
+        };
+        let s = self.string(v, &key("type"))?;
+        if let Some(k) = TYPES.iter().find(|k| k.eq_ignore_ascii_case(&s)) {
+            return Some(k);
+        }
+        let mut message = format!("unknown sink type {s:?}, expected one of: {}", TYPES.join(", "));
+        let hint = match s.to_ascii_lowercase().as_str() {
+            "influxdb" | "influx" => Some("influxdb1 (InfluxDB 1.x) or influxdb2 (2.x and 3.x)"),
+            "influxdb3" => Some("influxdb2 (InfluxDB 3 takes the v2 write API)"),
+            _ => None,
+        };
+        if let Some(h) = hint.or_else(|| suggest(&s, TYPES.iter().copied())) {
+            message.push_str(&format!(" (did you mean {h}?)"));
+        }
+        self.error(v.span(), key("type"), message);
+        None
+    }
+
+    /// `name`, if given: Some(None) when absent, None when it is unusable (it names a folder).
+    fn sink_name(&mut self, t: &DeTable<'_>, path: &str) -> Option<Option<String>> {
+        let key = format!("{path}.name");
+        let Some(v) = t.get("name") else { return Some(None) };
+        let n = self.non_empty_string(v, &key)?;
+        if !super::is_bare_key(&n) {
+            self.error(
+                v.span(),
+                key,
+                format!("invalid name {n:?}: use only letters, digits, `_` and `-` (it names a folder)"),
+            );
+            return None;
+        }
+        Some(Some(n))
+    }
+
+    /// The settings every sink has: batch, intervals, durability, spool size, measurement.
+    fn sink_settings(&mut self, t: &DeTable<'_>, path: &str, sink: &mut Sink) {
+        let key = |k: &str| format!("{path}.{k}");
         if let Some(v) = t.get("batch") {
             sink.batch =
                 self.integer_in(v, &key("batch"), 1..=MAX_BATCH).map_or(DEFAULT_BATCH, |n| n as usize);
@@ -205,87 +216,84 @@ impl Loader<'_> {
                 sink.measurement = m;
             }
         }
+    }
 
-        let required = |l: &mut Self, k: &str| -> Option<String> {
-            match t.get(k) {
-                Some(v) => l.non_empty_string(v, &key(k)),
-                None => {
-                    l.error(element.span(), key(k), "missing required key");
-                    None
-                }
+    /// A key every sink of a type needs, reported at the sink when it is missing.
+    fn required(&mut self, element: &Value<'_>, t: &DeTable<'_>, path: &str, k: &str) -> Option<String> {
+        let key = format!("{path}.{k}");
+        match t.get(k) {
+            Some(v) => self.non_empty_string(v, &key),
+            None => {
+                self.error(element.span(), key, "missing required key");
+                None
             }
+        }
+    }
+
+    fn influxdb1(&mut self, element: &Value<'_>, t: &DeTable<'_>, path: &str) -> Option<SinkKind> {
+        let key = |k: &str| format!("{path}.{k}");
+        let url = self.required(element, t, path, "url").and_then(|u| self.url(t, &u, &key("url")));
+        let database = self.required(element, t, path, "database");
+        let retention_policy =
+            t.get("retention_policy").and_then(|v| self.non_empty_string(v, &key("retention_policy")));
+        let username = t.get("username").and_then(|v| self.non_empty_string(v, &key("username")));
+        let password = self.secret(t, "password", "password_file", path);
+        if password.is_some() && username.is_none() {
+            let span = t.get("password").or(t.get("password_file")).map_or(element.span(), |v| v.span());
+            self.error(span, key("username"), "a password needs a `username`");
+        }
+        Some(SinkKind::InfluxDb1 { url: url?, database: database?, retention_policy, username, password })
+    }
+
+    fn influxdb2(&mut self, element: &Value<'_>, t: &DeTable<'_>, path: &str) -> Option<SinkKind> {
+        let key = |k: &str| format!("{path}.{k}");
+        let url = self.required(element, t, path, "url").and_then(|u| self.url(t, &u, &key("url")));
+        let org = self.required(element, t, path, "org");
+        let bucket = self.required(element, t, path, "bucket");
+        let token = self.secret(t, "token", "token_file", path);
+        if token.is_none() && !t.contains_key("token") && !t.contains_key("token_file") {
+            self.error(
+                element.span(),
+                key("token"),
+                "missing required key: `token` or `token_file` (an API token with write access \
+                 to the bucket)",
+            );
+        }
+        Some(SinkKind::InfluxDb2 { url: url?, org: org?, bucket: bucket?, token: token? })
+    }
+
+    fn csv(&mut self, t: &DeTable<'_>, path: &str, gateway: &Gateway) -> Option<SinkKind> {
+        let key = |k: &str| format!("{path}.{k}");
+        let dir = match t.get("dir") {
+            Some(v) => PathBuf::from(self.non_empty_string(v, &key("dir"))?),
+            None => gateway.state_dir.join("csv"),
         };
-        let kind = match kind_name? {
-            "influxdb1" => {
-                let url = required(self, "url").and_then(|u| self.url(t, &u, &key("url")));
-                let database = required(self, "database");
-                let retention_policy = t
-                    .get("retention_policy")
-                    .and_then(|v| self.non_empty_string(v, &key("retention_policy")));
-                let username = t.get("username").and_then(|v| self.non_empty_string(v, &key("username")));
-                let password = self.secret(t, "password", "password_file", &path);
-                if password.is_some() && username.is_none() {
-                    let span =
-                        t.get("password").or(t.get("password_file")).map_or(element.span(), |v| v.span());
-                    self.error(span, key("username"), "a password needs a `username`");
-                }
-                SinkKind::InfluxDb1 { url: url?, database: database?, retention_policy, username, password }
+        let mut group_by = GroupBy::Meter;
+        if let Some(v) = t.get("group_by") {
+            match self.string(v, &key("group_by")).as_deref() {
+                Some("meter") => group_by = GroupBy::Meter,
+                Some("bus") => group_by = GroupBy::Bus,
+                Some("gateway") => group_by = GroupBy::Gateway,
+                Some(other) => self.error(
+                    v.span(),
+                    key("group_by"),
+                    format!("unknown grouping {other:?}: \"meter\", \"bus\" or \"gateway\" (one file)"),
+                ),
+                None => {}
             }
-            "influxdb2" => {
-                let url = required(self, "url").and_then(|u| self.url(t, &u, &key("url")));
-                let org = required(self, "org");
-                let bucket = required(self, "bucket");
-                let token = self.secret(t, "token", "token_file", &path);
-                if token.is_none() && !t.contains_key("token") && !t.contains_key("token_file") {
-                    self.error(
-                        element.span(),
-                        key("token"),
-                        "missing required key: `token` or `token_file` (an API token with write access \
-                         to the bucket)",
-                    );
+        }
+        let mut timezone = TimeZone::Local;
+        if let Some(v) = t.get("timezone") {
+            match self.string(v, &key("timezone")).as_deref() {
+                Some("local") => timezone = TimeZone::Local,
+                Some("utc") | Some("UTC") => timezone = TimeZone::Utc,
+                Some(other) => {
+                    self.error(v.span(), key("timezone"), format!("unknown {other:?}: \"local\" or \"utc\""))
                 }
-                SinkKind::InfluxDb2 { url: url?, org: org?, bucket: bucket?, token: token? }
+                None => {}
             }
-            _ => {
-                let dir = match t.get("dir") {
-                    Some(v) => PathBuf::from(self.non_empty_string(v, &key("dir"))?),
-                    None => gateway.state_dir.join("csv"),
-                };
-                let mut group_by = GroupBy::Meter;
-                if let Some(v) = t.get("group_by") {
-                    match self.string(v, &key("group_by")).as_deref() {
-                        Some("meter") => group_by = GroupBy::Meter,
-                        Some("bus") => group_by = GroupBy::Bus,
-                        Some("gateway") => group_by = GroupBy::Gateway,
-                        Some(other) => self.error(
-                            v.span(),
-                            key("group_by"),
-                            format!(
-                                "unknown grouping {other:?}: \"meter\", \"bus\" or \"gateway\" (one file)"
-                            ),
-                        ),
-                        None => {}
-                    }
-                }
-                let mut timezone = TimeZone::Local;
-                if let Some(v) = t.get("timezone") {
-                    match self.string(v, &key("timezone")).as_deref() {
-                        Some("local") => timezone = TimeZone::Local,
-                        Some("utc") | Some("UTC") => timezone = TimeZone::Utc,
-                        Some(other) => self.error(
-                            v.span(),
-                            key("timezone"),
-                            format!("unknown {other:?}: \"local\" or \"utc\""),
-                        ),
-                        None => {}
-                    }
-                }
-                SinkKind::Csv { dir, group_by, timezone }
-            }
-        };
-        sink.name = name.unwrap_or_else(|| kind.type_name().to_owned());
-        sink.kind = kind;
-        Some(sink)
+        }
+        Some(SinkKind::Csv { dir, group_by, timezone })
     }
 
     fn url(&mut self, t: &DeTable<'_>, url: &str, key: &str) -> Option<String> {
