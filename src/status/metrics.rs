@@ -118,7 +118,21 @@ pub fn render(s: &Snapshot) -> String {
     family(&mut out, "pmtr_uptime_seconds", "gauge", "Seconds since pmtr started.");
     let _ = writeln!(out, "pmtr_uptime_seconds {}", s.uptime_seconds);
 
-    // Readings: one family per quantity, in the order of storage.
+    readings(&mut out, s);
+    meters(&mut out, s);
+    relays(&mut out, s);
+    triggers(&mut out, s);
+    neutral(&mut out, s);
+    sinks(&mut out, s);
+    alerts(&mut out, s);
+    mqtt(&mut out, s);
+    modbus_server(&mut out, s);
+    energy(&mut out, s);
+    out
+}
+
+/// Readings: one family per quantity, in the order of storage.
+fn readings(out: &mut String, s: &Snapshot) {
     for q in Quantity::ALL {
         let (name, help) = reading_metric(q);
         let mut started = false;
@@ -126,7 +140,7 @@ pub fn render(s: &Snapshot) -> String {
             let Some(r) = &m.reading else { continue };
             for sample in r.values.0.iter().filter(|x| x.quantity == q) {
                 if !started {
-                    family(&mut out, name, "gauge", help);
+                    family(out, name, "gauge", help);
                     started = true;
                 }
                 let _ = writeln!(
@@ -139,8 +153,12 @@ pub fn render(s: &Snapshot) -> String {
             }
         }
     }
+}
+
+/// Each meter: when its latest reading came, whether it answers, its counters.
+fn meters(out: &mut String, s: &Snapshot) {
     family(
-        &mut out,
+        out,
         "pmtr_meter_reading_timestamp_seconds",
         "gauge",
         "When the latest reading arrived (Unix time).",
@@ -157,7 +175,7 @@ pub fn render(s: &Snapshot) -> String {
         }
     }
     family(
-        &mut out,
+        out,
         "pmtr_meter_up",
         "gauge",
         "1 while the meter answers, 0 while it is searched for or failing.",
@@ -175,19 +193,22 @@ pub fn render(s: &Snapshot) -> String {
         );
     }
     for (name, help, field) in METER_COUNTERS {
-        family(&mut out, name, "counter", help);
+        family(out, name, "counter", help);
         for m in &s.meters {
             let _ = writeln!(out, "{name}{{meter=\"{}\"}} {}", label(&m.name), field(&m.counters));
         }
     }
+}
 
+/// Each relay: its level, whether it is forced, its level changes.
+fn relays(out: &mut String, s: &Snapshot) {
     if !s.relays.is_empty() {
-        family(&mut out, "pmtr_relay_on", "gauge", "1 while the relay's coil is energised.");
+        family(out, "pmtr_relay_on", "gauge", "1 while the relay's coil is energised.");
         for r in &s.relays {
             let on = r.status.level == crate::relay::Level::On;
             let _ = writeln!(out, "pmtr_relay_on{{relay=\"{}\"}} {}", label(&r.status.name), u8::from(on));
         }
-        family(&mut out, "pmtr_relay_forced", "gauge", "1 while the relay is forced by hand.");
+        family(out, "pmtr_relay_forced", "gauge", "1 while the relay is forced by hand.");
         for r in &s.relays {
             let _ = writeln!(
                 out,
@@ -196,12 +217,7 @@ pub fn render(s: &Snapshot) -> String {
                 u8::from(r.status.forced.is_some())
             );
         }
-        family(
-            &mut out,
-            "pmtr_relay_transitions_total",
-            "counter",
-            "Level changes of the relay since start.",
-        );
+        family(out, "pmtr_relay_transitions_total", "counter", "Level changes of the relay since start.");
         for r in &s.relays {
             let _ = writeln!(
                 out,
@@ -211,23 +227,30 @@ pub fn render(s: &Snapshot) -> String {
             );
         }
     }
+}
+
+/// Each trigger: tripped, stale.
+fn triggers(out: &mut String, s: &Snapshot) {
     if !s.triggers.is_empty() {
-        family(&mut out, "pmtr_trigger_tripped", "gauge", "1 while the trigger is tripped (or latched).");
+        family(out, "pmtr_trigger_tripped", "gauge", "1 while the trigger is tripped (or latched).");
         for t in &s.triggers {
             let tripped = matches!(t.state.as_str(), "tripped" | "recovering" | "latched");
             let _ =
                 writeln!(out, "pmtr_trigger_tripped{{trigger=\"{}\"}} {}", label(&t.name), u8::from(tripped));
         }
-        family(&mut out, "pmtr_trigger_stale", "gauge", "1 while a meter the trigger reads is silent.");
+        family(out, "pmtr_trigger_stale", "gauge", "1 while a meter the trigger reads is silent.");
         for t in &s.triggers {
             let _ =
                 writeln!(out, "pmtr_trigger_stale{{trigger=\"{}\"}} {}", label(&t.name), u8::from(t.stale));
         }
     }
+}
 
+/// Each broken-neutral set: fault, suspect, shift, score.
+fn neutral(out: &mut String, s: &Snapshot) {
     if !s.neutral.is_empty() {
         family(
-            &mut out,
+            out,
             "pmtr_neutral_fault",
             "gauge",
             "1 while the [[neutral]] set is in fault (a broken neutral).",
@@ -240,7 +263,7 @@ pub fn render(s: &Snapshot) -> String {
                 u8::from(n.state == "fault")
             );
         }
-        family(&mut out, "pmtr_neutral_suspect", "gauge", "1 while the [[neutral]] set is suspect.");
+        family(out, "pmtr_neutral_suspect", "gauge", "1 while the [[neutral]] set is suspect.");
         for n in &s.neutral {
             let _ = writeln!(
                 out,
@@ -249,12 +272,7 @@ pub fn render(s: &Snapshot) -> String {
                 u8::from(n.state == "suspect")
             );
         }
-        family(
-            &mut out,
-            "pmtr_neutral_shift_volts",
-            "gauge",
-            "The estimated neutral displacement of the set.",
-        );
+        family(out, "pmtr_neutral_shift_volts", "gauge", "The estimated neutral displacement of the set.");
         for n in s.neutral.iter().filter(|n| n.shift.is_some_and(f64::is_finite)) {
             let _ = writeln!(
                 out,
@@ -263,18 +281,16 @@ pub fn render(s: &Snapshot) -> String {
                 n.shift.unwrap_or(0.0)
             );
         }
-        family(
-            &mut out,
-            "pmtr_neutral_score",
-            "gauge",
-            "The set's evidence of a broken neutral; 1 confirms.",
-        );
+        family(out, "pmtr_neutral_score", "gauge", "The set's evidence of a broken neutral; 1 confirms.");
         for n in s.neutral.iter().filter(|n| n.score.is_some_and(f64::is_finite)) {
             let _ =
                 writeln!(out, "pmtr_neutral_score{{set=\"{}\"}} {}", label(&n.name), n.score.unwrap_or(0.0));
         }
     }
+}
 
+/// Each sink: health, what it wrote, lost and holds.
+fn sinks(out: &mut String, s: &Snapshot) {
     type SinkFamily = (&'static str, &'static str, &'static str, fn(&crate::store::SinkState) -> u64);
     let sink_families: &[SinkFamily] = &[
         ("pmtr_sink_up", "gauge", "1 while writes to the sink succeed.", |x| u64::from(x.healthy)),
@@ -292,7 +308,7 @@ pub fn render(s: &Snapshot) -> String {
         ("pmtr_sink_spool_bytes", "gauge", "Size of the spool on disk.", |x| x.spool_bytes),
     ];
     for (name, kind, help, field) in sink_families {
-        family(&mut out, name, kind, help);
+        family(out, name, kind, help);
         for sink in &s.sinks {
             let _ = writeln!(
                 out,
@@ -303,7 +319,10 @@ pub fn render(s: &Snapshot) -> String {
             );
         }
     }
+}
 
+/// The alert counters.
+fn alerts(out: &mut String, s: &Snapshot) {
     if let Some(a) = &s.alerts {
         for (name, help, v) in [
             ("pmtr_alerts_total", "Alerts raised.", a.alerts),
@@ -311,24 +330,32 @@ pub fn render(s: &Snapshot) -> String {
             ("pmtr_alert_mails_refused_total", "Alert mails the server refused for good.", a.mails_refused),
             ("pmtr_alert_mails_dropped_total", "Alert mails dropped from a full queue.", a.mails_dropped),
         ] {
-            family(&mut out, name, "counter", help);
+            family(out, name, "counter", help);
             let _ = writeln!(out, "{name} {v}");
         }
     }
+}
+
+/// The MQTT client.
+fn mqtt(out: &mut String, s: &Snapshot) {
     if let Some(m) = &s.mqtt {
-        family(&mut out, "pmtr_mqtt_connected", "gauge", "1 while connected to the MQTT broker.");
+        family(out, "pmtr_mqtt_connected", "gauge", "1 while connected to the MQTT broker.");
         let _ = writeln!(out, "pmtr_mqtt_connected {}", u8::from(m.connected));
         for (name, help, v) in [
             ("pmtr_mqtt_connections_total", "Connections made to the broker.", m.connections),
             ("pmtr_mqtt_messages_published_total", "Messages handed to the MQTT client.", m.published),
             ("pmtr_mqtt_messages_dropped_total", "Messages dropped (broker away, queue full).", m.dropped),
         ] {
-            family(&mut out, name, "counter", help);
+            family(out, name, "counter", help);
             let _ = writeln!(out, "{name} {v}");
         }
     }
+}
+
+/// The Modbus TCP server.
+fn modbus_server(out: &mut String, s: &Snapshot) {
     if let Some(m) = &s.modbus_server {
-        family(&mut out, "pmtr_modbus_server_open_connections", "gauge", "Modbus TCP clients connected now.");
+        family(out, "pmtr_modbus_server_open_connections", "gauge", "Modbus TCP clients connected now.");
         let _ = writeln!(out, "pmtr_modbus_server_open_connections {}", m.open_connections);
         for (name, help, v) in [
             ("pmtr_modbus_server_connections_total", "Modbus TCP clients let in.", m.connections),
@@ -362,12 +389,10 @@ pub fn render(s: &Snapshot) -> String {
             ),
             ("pmtr_modbus_server_silent_total", "Exceptions 0x0B: the meter silent.", m.silent),
         ] {
-            family(&mut out, name, "counter", help);
+            family(out, name, "counter", help);
             let _ = writeln!(out, "{name} {v}");
         }
     }
-    energy(&mut out, s);
-    out
 }
 
 /// The energy books: lifetime totals, and each period's energy, partial flag and cost.
