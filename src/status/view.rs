@@ -45,6 +45,34 @@ where
     );
     out.push('\n');
 
+    out.push_str(&meter_table(s));
+    out.push('\n');
+    out.push_str(&counter_table(s));
+    if let Some(e) = &s.control_error {
+        let _ = writeln!(out, "\ntriggers and relays: {e}");
+    }
+    if !s.relays.is_empty() {
+        out.push('\n');
+        let relays: Vec<_> = s.relays.iter().map(|r| r.status.clone()).collect();
+        out.push_str(&relay_table(&relays, tz));
+    }
+    if !s.triggers.is_empty() {
+        out.push('\n');
+        out.push_str(&trigger_table(&s.triggers, tz));
+    }
+    if !s.neutral.is_empty() {
+        out.push('\n');
+        out.push_str(&neutral_table(&s.neutral));
+    }
+
+    out.push('\n');
+    out.push_str(&sink_table(s));
+    services(&mut out, s);
+    out
+}
+
+/// Each meter: where it is, its state, its latest reading.
+fn meter_table(s: &Snapshot) -> String {
     let rows = s
         .meters
         .iter()
@@ -77,9 +105,11 @@ where
             ]
         })
         .collect();
-    out.push_str(&table(&["METER", "BUS@ADDR", "MODEL", "PORT", "STATE", "AGE", "LATEST READING"], rows));
-    out.push('\n');
+    table(&["METER", "BUS@ADDR", "MODEL", "PORT", "STATE", "AGE", "LATEST READING"], rows)
+}
 
+/// Each meter's counters and its last error.
+fn counter_table(s: &Snapshot) -> String {
     let rows = s
         .meters
         .iter()
@@ -99,7 +129,7 @@ where
             ]
         })
         .collect();
-    out.push_str(&table(
+    table(
         &[
             "METER",
             "REQUESTS",
@@ -112,26 +142,11 @@ where
             "LAST ERROR",
         ],
         rows,
-    ));
+    )
+}
 
-    if let Some(e) = &s.control_error {
-        let _ = writeln!(out, "\ntriggers and relays: {e}");
-    }
-    if !s.relays.is_empty() {
-        out.push('\n');
-        let relays: Vec<_> = s.relays.iter().map(|r| r.status.clone()).collect();
-        out.push_str(&relay_table(&relays, tz));
-    }
-    if !s.triggers.is_empty() {
-        out.push('\n');
-        out.push_str(&trigger_table(&s.triggers, tz));
-    }
-    if !s.neutral.is_empty() {
-        out.push('\n');
-        out.push_str(&neutral_table(&s.neutral));
-    }
-
-    out.push('\n');
+/// Each sink: its state, what it wrote, its spool.
+fn sink_table(s: &Snapshot) -> String {
     let rows = s
         .sinks
         .iter()
@@ -148,8 +163,11 @@ where
             ]
         })
         .collect();
-    out.push_str(&table(&["SINK", "KIND", "STATE", "POINTS", "SPOOL", "DROPPED", "LAST ERROR"], rows));
+    table(&["SINK", "KIND", "STATE", "POINTS", "SPOOL", "DROPPED", "LAST ERROR"], rows)
+}
 
+/// One line each for MQTT, the alerts and the Modbus TCP server, when they run.
+fn services(out: &mut String, s: &Snapshot) {
     if let Some(m) = &s.mqtt {
         let _ = writeln!(
             out,
@@ -195,7 +213,6 @@ where
             m.refused_not_allowed + m.refused_over_limit
         );
     }
-    out
 }
 
 /// The `[[neutral]]` sets (see "Broken neutral" in the README): name, state (`ok`, `suspect`,
