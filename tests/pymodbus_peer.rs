@@ -7,7 +7,7 @@ use pmtr::bus::poll::poll;
 use pmtr::config::{LineSettings, Parity};
 use pmtr::meter::{pzem, rx380, Model};
 use pmtr::modbus::transport::{open_serial, Transport};
-use pmtr::modbus::{FrameError, Request};
+use pmtr::modbus::{Exception, FrameError, Request};
 use pmtr::reading::{Phase, Quantity, Sample};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -147,12 +147,15 @@ async fn pzem_and_rx380_read_from_pymodbus() {
 
     // A register the device does not have: pymodbus answers with an exception, which we decode.
     let out = t.transact(&Request::read_input(4, 100, 2), timeout).await.unwrap();
-    assert_eq!(out.result, Err(FrameError::Exception(2)));
+    assert_eq!(out.result, Err(FrameError::Exception(Exception::IllegalDataAddress)));
     // An address nobody has. A real bus stays silent; pymodbus 3.16 answers for the missing
     // device with exception 4 even when told to ignore it. Either way no reading, and the next
     // read still works.
     let out = t.transact(&Request::read_input(9, 0, 10), Duration::from_millis(300)).await.unwrap();
-    assert!(matches!(out.result, Err(FrameError::Timeout | FrameError::Exception(4))), "{out:?}");
+    assert!(
+        matches!(out.result, Err(FrameError::Timeout | FrameError::Exception(Exception::SlaveDeviceFailure))),
+        "{out:?}"
+    );
     let s = poll(&mut t, &pz, &mut 0, 3, timeout, &mut |_| {}).await.unwrap().unwrap().samples;
     assert!((get(&s, Phase::L1, Quantity::Voltage) - 229.8).abs() < 1e-9);
 }

@@ -97,10 +97,12 @@ pub async fn poll<L: Line>(
                         break;
                     }
                     Ok(Reply::Echo | Reply::Bits(_)) => return Ok(Err(PollError::Unexpected)),
-                    Err(FrameError::Exception(code @ (2 | 3))) if *plan + 1 < meter.model.plans() => {
+                    Err(FrameError::Exception(e))
+                        if e.refuses_the_block() && *plan + 1 < meter.model.plans() =>
+                    {
                         tracing::info!(
                             meter = %meter.name,
-                            "the meter refuses the block read (exception {code}); reading it in groups from now on"
+                            "the meter refuses the block read ({e}); reading it in groups from now on"
                         );
                         *plan += 1;
                         continue 'plans;

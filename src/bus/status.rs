@@ -173,7 +173,7 @@ mod tests {
         for e in [
             FrameError::Timeout,
             FrameError::Crc,
-            FrameError::Exception(2),
+            FrameError::Exception(crate::modbus::Exception::IllegalDataAddress),
             FrameError::ForeignAddress(3),
             FrameError::Short { got: 1, want: 25 },
             FrameError::Garbled { bytes: 3 },

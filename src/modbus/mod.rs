@@ -5,4 +5,4 @@ pub mod frame;
 pub mod tcp;
 pub mod transport;
 
-pub use frame::{FrameError, Pdu, Reply, Request};
+pub use frame::{Exception, FrameError, Pdu, Reply, Request};

@@ -1121,7 +1121,7 @@ mod tests {
 
     fn scan_exception(req: &Request, r: Response) -> u8 {
         match scan_reply(req, &reply(r)) {
-            Scan::Done { result: Err(crate::modbus::FrameError::Exception(c)), skipped: 0 } => c,
+            Scan::Done { result: Err(crate::modbus::FrameError::Exception(e)), skipped: 0 } => e.code(),
             other => panic!("{other:?}"),
         }
     }
