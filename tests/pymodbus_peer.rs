@@ -5,6 +5,7 @@
 
 use pmtr::bus::poll::poll;
 use pmtr::config::{LineSettings, Parity};
+use pmtr::meter::driver::Plan;
 use pmtr::meter::{pzem, rx380, Model};
 use pmtr::modbus::transport::{open_serial, Transport};
 use pmtr::modbus::{Exception, FrameError, Request};
@@ -123,7 +124,7 @@ async fn pzem_and_rx380_read_from_pymodbus() {
     let timeout = Duration::from_millis(1000);
 
     let pz = pmtr::app::tools::adhoc_meter(Model::Pzem016, 4);
-    let mut plan = 0;
+    let mut plan = Plan::Pzem;
     let s = poll(&mut t, &pz, &mut plan, 3, timeout, &mut |_| {}).await.unwrap().unwrap().samples;
     assert!((get(&s, Phase::L1, Quantity::Voltage) - 229.8).abs() < 1e-9);
     assert!((get(&s, Phase::L1, Quantity::Current) - 4.321).abs() < 1e-9);
@@ -133,9 +134,9 @@ async fn pzem_and_rx380_read_from_pymodbus() {
     assert!((get(&s, Phase::L1, Quantity::PowerFactor) - 0.96).abs() < 1e-9);
 
     let rx = pmtr::app::tools::adhoc_meter(Model::Rx380, 1);
-    let mut plan = 0;
+    let mut plan = Plan::Rx380(rx380::Plan::Block);
     let s = poll(&mut t, &rx, &mut plan, 3, timeout, &mut |_| {}).await.unwrap().unwrap().samples;
-    assert_eq!(plan, 0, "pymodbus serves the whole block");
+    assert_eq!(plan, Plan::Rx380(rx380::Plan::Block), "pymodbus serves the whole block");
     let v = rx380_snapshot();
     assert!((get(&s, Phase::Total, Quantity::ActiveEnergy) - v.kwh).abs() < 1e-6);
     assert_eq!(get(&s, Phase::Total, Quantity::ActivePower), -2500.0);
@@ -156,7 +157,7 @@ async fn pzem_and_rx380_read_from_pymodbus() {
         matches!(out.result, Err(FrameError::Timeout | FrameError::Exception(Exception::SlaveDeviceFailure))),
         "{out:?}"
     );
-    let s = poll(&mut t, &pz, &mut 0, 3, timeout, &mut |_| {}).await.unwrap().unwrap().samples;
+    let s = poll(&mut t, &pz, &mut Plan::Pzem, 3, timeout, &mut |_| {}).await.unwrap().unwrap().samples;
     assert!((get(&s, Phase::L1, Quantity::Voltage) - 229.8).abs() < 1e-9);
 }
 

@@ -212,7 +212,7 @@ async fn read_on<L: Line>(
     attempts: u32,
     timeout: Duration,
 ) -> Result<(String, Vec<crate::reading::Sample>), String> {
-    let mut plan = 0;
+    let mut plan = crate::bus::driver::reader(&meter).first_plan(1);
     match poll(&mut t, &meter, &mut plan, attempts, timeout, &mut |_| {}).await {
         Ok(Ok(polled)) => Ok((port, polled.samples)),
         Ok(Err(e)) => Err(format!("{port}: {e}")),
