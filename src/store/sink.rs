@@ -36,6 +36,7 @@
 
 use super::spool::{self, Cursor, Spool};
 use super::{SinkState, SinkStatus, StoreEvent};
+use crate::backoff::Backoff;
 use crate::reading::Record;
 use rand::Rng;
 use std::collections::VecDeque;
@@ -169,7 +170,8 @@ pub struct Sink {
     sync_at: Option<Instant>,
     /// Set while the database is failing: when to try again.
     retry_at: Option<Instant>,
-    backoff: Duration,
+    /// Failed writes in a row (how far the back-off has grown).
+    failures: u32,
     /// The error kind that made the sink stop writing, logged once.
     outage: Option<&'static str>,
     batch: usize,
@@ -204,7 +206,7 @@ impl Sink {
             flush_at: None,
             sync_at: None,
             retry_at: None,
-            backoff: FIRST_BACKOFF,
+            failures: 0,
             outage: None,
             batch,
             rejected_since_log: 0,
@@ -529,7 +531,7 @@ impl Sink {
                     let _ = self.events.send(StoreEvent::Back { sink: self.opts.name.clone(), spooled });
                 }
                 self.retry_at = None;
-                self.backoff = FIRST_BACKOFF;
+                self.failures = 0;
             }
             Err(WriteError::TooLarge) if self.batch > 1 => {
                 self.batch = (self.batch / 2).max(1);
@@ -583,9 +585,9 @@ impl Sink {
                     WriteError::Refused { .. } => self.opts.max_backoff * 5,
                     WriteError::Retry { after: Some(after), .. } => after.min(self.opts.max_backoff * 5),
                     _ => {
-                        let b = self.backoff;
-                        self.backoff = (self.backoff * 2).min(self.opts.max_backoff);
-                        b.mul_f64(rand::thread_rng().gen_range(0.5..=1.0))
+                        self.failures = self.failures.saturating_add(1);
+                        let backoff = Backoff::new(FIRST_BACKOFF, self.opts.max_backoff).with_jitter(0.5);
+                        backoff.wait(self.failures, rand::thread_rng().gen_range(0.0..=1.0))
                     }
                 };
                 self.retry_at = Some(now + wait);
