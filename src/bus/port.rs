@@ -76,78 +76,15 @@ pub async fn run<L: Line>(
         if let Err(e) = run_duties(&mut t, &shared, &port, &owners, &mut slots).await {
             break exit_on(e);
         }
-        // Meters of ours, and meters nobody has: the earliest due goes next.
-        let next = slots
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| owners[*i].as_deref().is_none_or(|p| p == port))
-            .min_by_key(|(_, s)| s.schedule.due())
-            .map(|(i, s)| (i, s.schedule.due()));
-        let Some((i, due)) = next else {
-            // Every meter of the bus is on another port: wait for one to be released.
-            beat.idle();
-            tokio::select! {
-                _ = tokio::time::sleep(bus.rescan) => continue,
-                _ = shutdown.changed() => break PortExit::Shutdown,
-            }
+        let next = earliest_due(&slots, &owners, &port);
+        let i = match wait_for(next, &mut t, bus, &mut queue, &mut shutdown, &beat).await {
+            Turn::Poll(i) => i,
+            Turn::Again => continue,
+            Turn::Exit(exit) => break exit,
         };
-        // On a saturated bus the next meter is already due: go on without a timer round trip.
-        // Until then, requests of Modbus TCP clients for our meters (ours first: they only
-        // run while no poll is due).
-        if due > Instant::now() {
-            beat.idle();
-            tokio::select! {
-                _ = tokio::time::sleep_until(due) => {}
-                Some(p) = queue.recv() => {
-                    beat.busy();
-                    if let Err(e) = pass_through(&mut t, p, bus.timeout).await {
-                        break exit_on(e);
-                    }
-                    continue;
-                }
-                _ = shutdown.changed() => break PortExit::Shutdown,
-            }
-            beat.busy();
-        }
-        let owners = shared.owners();
-        let mine = owners[i].as_deref() == Some(port.as_str());
-        if owners[i].is_some() && !mine {
-            continue; // found elsewhere while we slept
-        }
-        let meter = &shared.meters[i];
-        let slot = &mut slots[i];
-        let attempts = if mine { slot.schedule.attempts(bus.retries) } else { 1 };
-        let status = &shared.status;
-        let mut observe = |out: &Outcome| {
-            status.update(&meter.name, |s| {
-                if mine {
-                    s.counters.count(out);
-                } else {
-                    s.counters.probes += 1;
-                    s.counters.stale_bytes += out.stale_bytes as u64;
-                    if out.result.is_err() {
-                        s.counters.probe_misses += 1;
-                    }
-                }
-            });
-        };
-        let result = match poll(&mut t, meter, &mut slot.plan, attempts, bus.timeout, &mut observe).await {
-            Ok(r) => r,
+        match poll_meter(&mut t, &shared, &port, i, &mut slots[i], &drops).await {
+            Ok(ran) => polled |= ran,
             Err(e) => break exit_on(e),
-        };
-        polled = true;
-        let now = Instant::now();
-        match result {
-            Ok(p) => {
-                slot.schedule.succeeded(now);
-                if !mine && !shared.claim(i, &port) {
-                    continue;
-                }
-                if !on_reading(&shared, i, &port, slot, p, now) {
-                    drops.count();
-                }
-            }
-            Err(e) => on_failure(&shared, i, &port, slot, mine, e, now),
         }
     };
     shared.close_queue(&port);
@@ -155,6 +92,112 @@ pub async fn run<L: Line>(
     // gives its meters up so that the other ports look for them.
     shared.port_ended(&port, matches!(exit, PortExit::Failed(_)));
     exit
+}
+
+/// What the port task does next.
+enum Turn {
+    /// Poll meter `i`, due now.
+    Poll(usize),
+    /// Look again (a client's request ran, or the bus was rescanned).
+    Again,
+    Exit(PortExit),
+}
+
+/// Our meters and the meters nobody has: the earliest due, and when.
+fn earliest_due<L: Line>(
+    slots: &[MeterSlot<L>],
+    owners: &[Option<String>],
+    port: &str,
+) -> Option<(usize, Instant)> {
+    slots
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| owners[*i].as_deref().is_none_or(|p| p == port))
+        .min_by_key(|(_, s)| s.schedule.due())
+        .map(|(i, s)| (i, s.schedule.due()))
+}
+
+/// Waits until `next` (meter, due) is due; until then, runs the requests of Modbus TCP clients
+/// for our meters (ours first: they only run while no poll is due). On a saturated bus the
+/// next meter is already due: no timer round trip.
+async fn wait_for<L: Line>(
+    next: Option<(usize, Instant)>,
+    t: &mut Transport<L>,
+    bus: &crate::config::Bus,
+    queue: &mut tokio::sync::mpsc::Receiver<super::PassThrough>,
+    shutdown: &mut watch::Receiver<bool>,
+    beat: &super::liveness::Beat,
+) -> Turn {
+    let Some((i, due)) = next else {
+        // Every meter of the bus is on another port: wait for one to be released.
+        beat.idle();
+        return tokio::select! {
+            _ = tokio::time::sleep(bus.rescan) => Turn::Again,
+            _ = shutdown.changed() => Turn::Exit(PortExit::Shutdown),
+        };
+    };
+    if due > Instant::now() {
+        beat.idle();
+        tokio::select! {
+            _ = tokio::time::sleep_until(due) => {}
+            Some(p) = queue.recv() => {
+                beat.busy();
+                return match pass_through(t, p, bus.timeout).await {
+                    Ok(()) => Turn::Again,
+                    Err(e) => Turn::Exit(exit_on(e)),
+                };
+            }
+            _ = shutdown.changed() => return Turn::Exit(PortExit::Shutdown),
+        }
+        beat.busy();
+    }
+    Turn::Poll(i)
+}
+
+/// Polls meter `i` (ours, or a probe of one nobody has) and takes what came of it. False when
+/// another port found it meanwhile and nothing was sent. `Err` is the port failing.
+async fn poll_meter<L: Line>(
+    t: &mut Transport<L>,
+    shared: &BusShared,
+    port: &str,
+    i: usize,
+    slot: &mut MeterSlot<L>,
+    drops: &crate::drops::Drops,
+) -> std::io::Result<bool> {
+    let owners = shared.owners();
+    let mine = owners[i].as_deref() == Some(port);
+    if owners[i].is_some() && !mine {
+        return Ok(false); // found elsewhere while we slept
+    }
+    let bus = &shared.bus;
+    let meter = &shared.meters[i];
+    let attempts = if mine { slot.schedule.attempts(bus.retries) } else { 1 };
+    let status = &shared.status;
+    let mut observe = |out: &Outcome| {
+        status.update(&meter.name, |s| {
+            if mine {
+                s.counters.count(out);
+            } else {
+                s.counters.probes += 1;
+                s.counters.stale_bytes += out.stale_bytes as u64;
+                if out.result.is_err() {
+                    s.counters.probe_misses += 1;
+                }
+            }
+        });
+    };
+    let result = poll(t, meter, &mut slot.plan, attempts, bus.timeout, &mut observe).await?;
+    let now = Instant::now();
+    match result {
+        Ok(p) => {
+            slot.schedule.succeeded(now);
+            if (mine || shared.claim(i, port)) && !on_reading(shared, i, port, slot, p, now) {
+                drops.count();
+            }
+        }
+        Err(e) => on_failure(shared, i, port, slot, mine, e, now),
+    }
+    Ok(true)
 }
 
 /// Every meter of the bus as this port task schedules it.
