@@ -6,6 +6,7 @@
 
 pub mod alert;
 pub mod app;
+pub mod backoff;
 pub mod bus;
 pub mod clock;
 pub mod config;

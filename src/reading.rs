@@ -238,6 +238,53 @@ impl Sample {
     }
 }
 
+/// The meter models pmtr knows, by name (what each reads, and how, is the meter layer's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Model {
+    #[serde(rename = "pzem-004t")]
+    Pzem004t,
+    #[serde(rename = "pzem-014")]
+    Pzem014,
+    #[serde(rename = "pzem-016")]
+    Pzem016,
+    #[serde(rename = "rx380")]
+    Rx380,
+    /// A PMTR_001_SRV server (Arduino, three PZEM-004T, relays), usually behind a power-line
+    /// modem.
+    #[serde(rename = "pmtr-srv")]
+    PmtrSrv,
+}
+
+impl Model {
+    /// The spool stores positions in this array: add at the end only.
+    pub const ALL: [Model; 5] =
+        [Model::Pzem004t, Model::Pzem014, Model::Pzem016, Model::Rx380, Model::PmtrSrv];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Model::Pzem004t => "pzem-004t",
+            Model::Pzem014 => "pzem-014",
+            Model::Pzem016 => "pzem-016",
+            Model::Rx380 => "rx380",
+            Model::PmtrSrv => "pmtr-srv",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Model> {
+        Model::ALL.into_iter().find(|m| m.name().eq_ignore_ascii_case(s))
+    }
+
+    pub fn is_pzem(self) -> bool {
+        matches!(self, Model::Pzem004t | Model::Pzem014 | Model::Pzem016)
+    }
+}
+
+impl fmt::Display for Model {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// How far a reading can be trusted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Quality {
@@ -251,7 +298,7 @@ pub struct Quality {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Reading {
     pub meter: Arc<str>,
-    pub model: crate::meter::Model,
+    pub model: Model,
     /// When the reply arrived.
     pub time: DateTime<Utc>,
     pub samples: Vec<Sample>,

@@ -1,6 +1,7 @@
 //! Whatever arrives on a wire, the frame scanner and the decoders never panic, and never call a
 //! frame good unless its CRC is.
 
+use pmtr::meter::driver::Reader;
 use pmtr::meter::Model;
 use pmtr::modbus::crc::check_crc;
 use pmtr::modbus::frame::{classify_timeout, scan_reply, ReplyScanner, Scan, MAX_REPLY};
@@ -123,9 +124,12 @@ proptest! {
     #[test]
     fn decoders_take_any_registers(regs in proptest::collection::vec(any::<u16>(), 0..60), plan in 0usize..3) {
         for model in Model::ALL {
-            let n = model.poll_requests(1, plan).len();
+            let reader = Reader { phase: Phase::L2, ..Reader::new(model, 1) };
+            let plans = reader.plans();
+            let plan = plans[plan.min(plans.len() - 1)];
+            let n = reader.requests(plan).len();
             let replies = vec![regs.clone(); n];
-            let _ = model.decode(1, plan, &replies, Phase::L2);
+            let _ = reader.decode(plan, &replies);
         }
     }
 }

@@ -8,9 +8,10 @@ mod process;
 
 use pmtr::bus::poll::poll;
 use pmtr::config::LineSettings;
+use pmtr::meter::driver::Plan;
 use pmtr::meter::{pzem, rx380, Model};
 use pmtr::modbus::transport::{open_serial, Transport};
-use pmtr::modbus::{FrameError, Request};
+use pmtr::modbus::{Exception, FrameError, Request};
 use pmtr::reading::{Phase, Quantity, Sample};
 use process::Proc;
 use std::path::{Path, PathBuf};
@@ -113,7 +114,7 @@ async fn pzem_and_rx380_read_from_pymodbus() {
     let timeout = Duration::from_millis(1000);
 
     let pz = pmtr::app::tools::adhoc_meter(Model::Pzem016, 4);
-    let mut plan = 0;
+    let mut plan = Plan::Pzem;
     let s = poll(&mut t, &pz, &mut plan, 3, timeout, &mut |_| {}).await.unwrap().unwrap().samples;
     assert!((get(&s, Phase::L1, Quantity::Voltage) - 229.8).abs() < 1e-9);
     assert!((get(&s, Phase::L1, Quantity::Current) - 4.321).abs() < 1e-9);
@@ -123,9 +124,9 @@ async fn pzem_and_rx380_read_from_pymodbus() {
     assert!((get(&s, Phase::L1, Quantity::PowerFactor) - 0.96).abs() < 1e-9);
 
     let rx = pmtr::app::tools::adhoc_meter(Model::Rx380, 1);
-    let mut plan = 0;
+    let mut plan = Plan::Rx380(rx380::Plan::Block);
     let s = poll(&mut t, &rx, &mut plan, 3, timeout, &mut |_| {}).await.unwrap().unwrap().samples;
-    assert_eq!(plan, 0, "pymodbus serves the whole block");
+    assert_eq!(plan, Plan::Rx380(rx380::Plan::Block), "pymodbus serves the whole block");
     let v = rx380_snapshot();
     assert!((get(&s, Phase::Total, Quantity::ActiveEnergy) - v.kwh).abs() < 1e-6);
     assert_eq!(get(&s, Phase::Total, Quantity::ActivePower), -2500.0);
@@ -137,13 +138,16 @@ async fn pzem_and_rx380_read_from_pymodbus() {
 
     // A register the device does not have: pymodbus answers with an exception, which we decode.
     let out = t.transact(&Request::read_input(4, 100, 2), timeout).await.unwrap();
-    assert_eq!(out.result, Err(FrameError::Exception(2)));
+    assert_eq!(out.result, Err(FrameError::Exception(Exception::IllegalDataAddress)));
     // An address nobody has. A real bus stays silent; pymodbus 3.16 answers for the missing
     // device with exception 4 even when told to ignore it. Either way no reading, and the next
     // read still works.
     let out = t.transact(&Request::read_input(9, 0, 10), Duration::from_millis(300)).await.unwrap();
-    assert!(matches!(out.result, Err(FrameError::Timeout | FrameError::Exception(4))), "{out:?}");
-    let s = poll(&mut t, &pz, &mut 0, 3, timeout, &mut |_| {}).await.unwrap().unwrap().samples;
+    assert!(
+        matches!(out.result, Err(FrameError::Timeout | FrameError::Exception(Exception::SlaveDeviceFailure))),
+        "{out:?}"
+    );
+    let s = poll(&mut t, &pz, &mut Plan::Pzem, 3, timeout, &mut |_| {}).await.unwrap().unwrap().samples;
     assert!((get(&s, Phase::L1, Quantity::Voltage) - 229.8).abs() < 1e-9);
 }
 

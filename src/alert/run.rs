@@ -8,6 +8,7 @@ use super::events;
 use super::policy::{render, Alert, AlertKind, Limits, Policy};
 use super::queue::{off_runtime, Queue};
 use super::watch::{MeterWatch, StorageWatch};
+use crate::backoff::Backoff;
 use crate::bus::status::StatusBoard;
 use crate::config::{Alerts, Config, EmailSettings};
 use crate::reading::StateChange;
@@ -282,7 +283,8 @@ async fn send_loop(
     counters: Arc<Mutex<AlertCounters>>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut backoff = FIRST_BACKOFF;
+    let backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
+    let mut failures = 0u32;
     loop {
         let next = off_runtime(&queue, |q| q.front().cloned()).await.flatten();
         let Some(m) = next else {
@@ -297,7 +299,7 @@ async fn send_loop(
         };
         match result {
             Ok(()) => {
-                backoff = FIRST_BACKOFF;
+                failures = 0;
                 tracing::info!(subject = %m.subject, to = ?m.to, "alert mail sent");
                 counters.locked().mails_sent += 1;
                 if let Some(Err(e)) = off_runtime(&queue, |q| q.pop_front()).await {
@@ -311,12 +313,13 @@ async fn send_loop(
                 let _ = off_runtime(&queue, |q| q.pop_front()).await;
             }
             Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "alert mail not sent; it waits in the queue");
+                failures = failures.saturating_add(1);
+                let wait = backoff.delay(failures);
+                tracing::warn!(error = %e, retry_in = ?wait, "alert mail not sent; it waits in the queue");
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(wait) => {}
                     _ = stop.changed() => return,
                 }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
     }

@@ -6,7 +6,7 @@ use crate::config::{BusKind, Config, LineSettings, Meter, Parity};
 use crate::meter::{pzem, Model};
 use crate::modbus::tcp::ModbusTcp;
 use crate::modbus::transport::{open_serial, Line, Transport};
-use crate::modbus::{FrameError, Reply, Request};
+use crate::modbus::{Exception, FrameError, Reply, Request};
 use crate::reading::{Phase, Reading};
 use anyhow::{anyhow, bail, Context};
 use std::io::{IsTerminal, Write};
@@ -212,7 +212,7 @@ async fn read_on<L: Line>(
     attempts: u32,
     timeout: Duration,
 ) -> Result<(String, Vec<crate::reading::Sample>), String> {
-    let mut plan = 0;
+    let mut plan = crate::bus::driver::reader(&meter).first_plan(1);
     match poll(&mut t, &meter, &mut plan, attempts, timeout, &mut |_| {}).await {
         Ok(Ok(polled)) => Ok((port, polled.samples)),
         Ok(Err(e)) => Err(format!("{port}: {e}")),
@@ -276,7 +276,11 @@ async fn scan_on<L: Line>(
     let mut found = vec![];
     for &a in addresses {
         let first = t.transact(&pzem::read_request(a), timeout).await.with_context(|| host.to_string())?;
-        if matches!(first.result, Err(FrameError::Timeout | FrameError::Exception(0x0A | 0x0B))) {
+        if matches!(
+            first.result,
+            Err(FrameError::Timeout
+                | FrameError::Exception(Exception::GatewayPathUnavailable | Exception::GatewayTargetFailed))
+        ) {
             continue;
         }
         if let Some((model, detail)) =

@@ -7,6 +7,7 @@
 //!        └──── shared: which meter is on which port, status board, remembered ports
 //! ```
 
+pub mod driver;
 pub mod liveness;
 pub mod network;
 pub mod poll;

@@ -6,6 +6,7 @@
 
 use super::port::{self, PortExit};
 use super::BusShared;
+use crate::backoff::Backoff;
 use crate::sync::Locked;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,24 +25,24 @@ pub const STABLE_AFTER: Duration = Duration::from_secs(30);
 /// passed in.
 #[derive(Debug, Clone)]
 pub struct Reconnect {
-    max: Duration,
-    next: Duration,
+    backoff: Backoff,
+    /// Failures in a row.
+    failures: u32,
 }
 
 impl Reconnect {
     pub fn new(max: Duration) -> Self {
-        Reconnect { max: max.max(FIRST_WAIT), next: FIRST_WAIT }
+        Reconnect { backoff: Backoff::new(FIRST_WAIT, max.max(FIRST_WAIT)), failures: 0 }
     }
 
     /// A connection attempt failed, or a connection opened at `opened` was lost at `now`
     /// (`opened` is `None` for an attempt that did not connect): how long to wait.
     pub fn failed(&mut self, opened: Option<Instant>, now: Instant) -> Duration {
         if opened.is_some_and(|o| now.saturating_duration_since(o) >= STABLE_AFTER) {
-            self.next = FIRST_WAIT;
+            self.failures = 0;
         }
-        let wait = self.next;
-        self.next = (self.next * 2).min(self.max);
-        wait
+        self.failures = self.failures.saturating_add(1);
+        self.backoff.delay(self.failures)
     }
 }
 

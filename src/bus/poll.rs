@@ -1,6 +1,9 @@
-//! One poll of one meter: its requests in order, retries, the RX380 block fallback, decoding.
+//! One poll of one meter: the requests of its plan in order, retries, the fallback to smaller
+//! blocks after an exception, decoding. What each of those is for a model is its driver's.
 
 use crate::config::Meter;
+use crate::meter::driver::Plan;
+use crate::meter::pmtr_srv::ServerRead;
 use crate::modbus::transport::{Line, Outcome, Transport};
 use crate::modbus::{FrameError, Reply};
 use crate::reading::Sample;
@@ -22,8 +25,8 @@ pub enum PollError {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Polled {
     pub samples: Vec<Sample>,
-    /// A PMTR_001_SRV's reboot sentinel and low-power flag.
-    pub server: Option<(u16, bool)>,
+    /// A PMTR_001_SRV's reboot sentinel and low-power flag, for its duties.
+    pub server: Option<ServerRead>,
     /// The registers as the meter presented them, one block a request (the Modbus TCP server
     /// answers from them).
     pub raw: Vec<RawBlock>,
@@ -71,19 +74,20 @@ fn plausible(p: Polled) -> Result<Polled, crate::meter::DecodeError> {
 }
 
 /// Polls `meter`: every request of its current `plan`, each with up to `attempts` tries.
-/// `observe` sees every transaction (for counters). A meter that refuses the block read of
-/// plan 0 with "illegal address/value" moves to the next plan for good.
+/// `observe` sees every transaction (for counters). A meter whose exception moves it to a
+/// fallback plan ([`crate::meter::driver::Reader::fallback`]) is read by it for good.
 /// `Err` is the port failing; `Ok(Err)` is the meter failing.
 pub async fn poll<L: Line>(
     t: &mut Transport<L>,
     meter: &Meter,
-    plan: &mut usize,
+    plan: &mut Plan,
     attempts: u32,
     timeout: Duration,
     observe: &mut (dyn FnMut(&Outcome) + Send),
 ) -> io::Result<Result<Polled, PollError>> {
+    let reader = super::driver::reader(meter);
     'plans: loop {
-        let requests = meter.model.poll_requests(meter.address, *plan);
+        let requests = reader.requests(*plan);
         let mut replies = Vec::with_capacity(requests.len());
         for req in &requests {
             let mut last = FrameError::Timeout;
@@ -97,16 +101,18 @@ pub async fn poll<L: Line>(
                         break;
                     }
                     Ok(Reply::Echo | Reply::Bits(_)) => return Ok(Err(PollError::Unexpected)),
-                    Err(FrameError::Exception(code @ (2 | 3))) if *plan + 1 < meter.model.plans() => {
-                        tracing::info!(
-                            meter = %meter.name,
-                            "the meter refuses the block read (exception {code}); reading it in groups from now on"
-                        );
-                        *plan += 1;
-                        continue 'plans;
-                    }
-                    // The meter answered: asking again will not change its mind.
-                    Err(e @ FrameError::Exception(_)) => return Ok(Err(PollError::Frame(e))),
+                    Err(FrameError::Exception(e)) => match reader.fallback(*plan, e) {
+                        Some(smaller) => {
+                            tracing::info!(
+                                meter = %meter.name,
+                                "the meter refuses the block read ({e}); reading it in groups from now on"
+                            );
+                            *plan = smaller;
+                            continue 'plans;
+                        }
+                        // The meter answered: asking again will not change its mind.
+                        None => return Ok(Err(PollError::Frame(FrameError::Exception(e)))),
+                    },
                     Err(e) => last = e,
                 }
             }
@@ -115,22 +121,11 @@ pub async fn poll<L: Line>(
                 None => return Ok(Err(PollError::Frame(last))),
             }
         }
-        let polled = if meter.model == crate::meter::Model::PmtrSrv {
-            let image = crate::meter::RegisterImage::from_replies(&requests, &replies);
-            let plan = crate::pmtr::registers::Plan::of(*plan);
-            crate::pmtr::registers::decode(&image, plan, meter.multiplier()).map(|t| Polled {
-                samples: t.samples,
-                server: Some((t.sentinel, t.low_power)),
-                raw: vec![],
-            })
-        } else {
-            meter.model.decode(meter.address, *plan, &replies, meter.phase).map(|samples| Polled {
-                samples,
-                server: None,
-                raw: vec![],
-            })
-        };
-        let polled = polled.map(|p| Polled { raw: raw_blocks(&requests, &replies), ..p });
+        let polled = reader.decode(*plan, &replies).map(|d| Polled {
+            samples: d.samples,
+            server: d.server,
+            raw: raw_blocks(&requests, &replies),
+        });
         return Ok(polled.and_then(plausible).map_err(PollError::from));
     }
 }

@@ -1,13 +1,15 @@
 //! The task that owns one serial port: it polls the meters found on it, in turn, one request
-//! in flight, and probes for the meters of its bus that no port has found yet.
+//! in flight, and probes for the meters of its bus that no port has found yet. What to ask a
+//! meter, how to decode it and what it is owed between polls are its driver's
+//! ([`crate::meter::driver`]): this loop schedules and moves bytes.
 
-use super::poll::{poll, PollError};
+use super::driver::MeterReport;
+use super::poll::{poll, PollError, Polled};
 use super::schedule::Schedule;
 use super::status::MeterState;
 use super::BusShared;
-use crate::config::BusKind;
-use crate::modbus::transport::{Line, Transport};
-use crate::pmtr::duty::{Duties, Duty, Restart};
+use crate::meter::driver::{Duties, DutyCall, Plan};
+use crate::modbus::transport::{Line, Outcome, Transport};
 use crate::reading::{EnergyGuard, Quality, Reading};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,12 +17,13 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// Per-meter state kept by a port task.
-struct Slot {
+struct MeterSlot<L: Line> {
     schedule: Schedule,
-    plan: usize,
+    plan: Plan,
     guard: EnergyGuard,
-    /// A PMTR_001_SRV's duties (time, relay actions, reboot sentinel).
-    duties: Option<Duties>,
+    /// What its model does between polls (a PMTR_001_SRV's time, relay actions, reboot
+    /// sentinel).
+    duties: Option<Box<dyn Duties<L>>>,
 }
 
 /// Why a port task ended.
@@ -39,40 +42,17 @@ pub async fn run<L: Line>(
     mut shutdown: watch::Receiver<bool>,
 ) -> PortExit {
     let bus = &shared.bus;
-    // Several servers behind one modem: resynchronise their receivers after every miss.
-    let resync =
-        (bus.kind == BusKind::PowerLine && shared.meters.len() > 1).then(crate::pmtr::master::resync);
+    let resync = super::driver::resync(bus, shared.meters.len());
     let mut t =
         Transport::new(line, &bus.line, bus.frame_gap).with_resync(resync).with_stop(shutdown.clone());
     let beat = shared.liveness.register(
         format!("bus {} port {port}", bus.name),
         super::liveness::port_limit(bus.timeout, bus.retries),
     );
-    let sentinel = sentinel_value();
     // A full readings channel (triggers or storage stuck) drops the reading: counted per meter,
     // and logged at most once a minute per port.
     let drops = crate::drops::Drops::new(format!("readings from bus {} port {port}", bus.name));
-    let start = Instant::now();
-    let remembered = shared.remembered_port_of();
-    let mut slots: Vec<Slot> = shared
-        .meters
-        .iter()
-        .enumerate()
-        .map(|(i, m)| {
-            // Meters last seen on this port are tried first: the first reading comes without
-            // waiting for other meters' probe timeouts.
-            let first = remembered.get(i).and_then(|p| p.as_deref()) == Some(port.as_str());
-            let due = if first { start } else { start + Duration::from_millis(1) };
-            // Meter i of n is read i/n of a period later than the first, once found.
-            let phase = m.poll * i as u32 / shared.meters.len().max(1) as u32;
-            Slot {
-                schedule: Schedule::new(m.poll, bus.max_backoff, due).with_phase(phase),
-                plan: m.model.first_plan(shared.meters.len()),
-                guard: EnergyGuard::default(),
-                duties: m.server.as_ref().map(|s| Duties::new(s.time_sync, s.push_actions, sentinel)),
-            }
-        })
-        .collect();
+    let mut slots = meter_slots(&shared, &port);
     let mut queue = shared.open_queue(&port);
     // Whether a poll ran since the last request of a Modbus TCP client: on a bus whose polls
     // are always due, one such request goes between two polls, so none waits for ever.
@@ -92,158 +72,19 @@ pub async fn run<L: Line>(
             }
         }
         let owners = shared.owners();
-        // A server's duties (time, relay actions), one per turn, between polls.
+        // A meter's duties (a server's time, relay actions), one per turn, between polls.
         if let Err(e) = run_duties(&mut t, &shared, &port, &owners, &mut slots).await {
             break exit_on(e);
         }
-        // Meters of ours, and meters nobody has: the earliest due goes next.
-        let next = slots
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| owners[*i].as_deref().is_none_or(|p| p == port))
-            .min_by_key(|(_, s)| s.schedule.due())
-            .map(|(i, s)| (i, s.schedule.due()));
-        let Some((i, due)) = next else {
-            // Every meter of the bus is on another port: wait for one to be released.
-            beat.idle();
-            tokio::select! {
-                _ = tokio::time::sleep(bus.rescan) => continue,
-                _ = shutdown.changed() => break PortExit::Shutdown,
-            }
+        let next = earliest_due(&slots, &owners, &port);
+        let i = match wait_for(next, &mut t, bus, &mut queue, &mut shutdown, &beat).await {
+            Turn::Poll(i) => i,
+            Turn::Again => continue,
+            Turn::Exit(exit) => break exit,
         };
-        // On a saturated bus the next meter is already due: go on without a timer round trip.
-        // Until then, requests of Modbus TCP clients for our meters (ours first: they only
-        // run while no poll is due).
-        if due > Instant::now() {
-            beat.idle();
-            tokio::select! {
-                _ = tokio::time::sleep_until(due) => {}
-                Some(p) = queue.recv() => {
-                    beat.busy();
-                    if let Err(e) = pass_through(&mut t, p, bus.timeout).await {
-                        break exit_on(e);
-                    }
-                    continue;
-                }
-                _ = shutdown.changed() => break PortExit::Shutdown,
-            }
-            beat.busy();
-        }
-        let owners = shared.owners();
-        let mine = owners[i].as_deref() == Some(port.as_str());
-        if owners[i].is_some() && !mine {
-            continue; // found elsewhere while we slept
-        }
-        let meter = &shared.meters[i];
-        let slot = &mut slots[i];
-        let attempts = if mine { slot.schedule.attempts(bus.retries) } else { 1 };
-        let status = &shared.status;
-        let mut observe = |out: &crate::modbus::transport::Outcome| {
-            status.update(&meter.name, |s| {
-                if mine {
-                    s.counters.count(out);
-                } else {
-                    s.counters.probes += 1;
-                    s.counters.stale_bytes += out.stale_bytes as u64;
-                    if out.result.is_err() {
-                        s.counters.probe_misses += 1;
-                    }
-                }
-            });
-        };
-        let result = match poll(&mut t, meter, &mut slot.plan, attempts, bus.timeout, &mut observe).await {
-            Ok(r) => r,
+        match poll_meter(&mut t, &shared, &port, i, &mut slots[i], &drops).await {
+            Ok(ran) => polled |= ran,
             Err(e) => break exit_on(e),
-        };
-        polled = true;
-        let now = Instant::now();
-        match result {
-            Ok(polled) => {
-                slot.schedule.succeeded(now);
-                if !mine && !shared.claim(i, &port) {
-                    continue;
-                }
-                let samples = polled.samples;
-                if let (Some(d), Some((sentinel, low_power))) = (slot.duties.as_mut(), polled.server) {
-                    if let Some(Restart::Rebooted { read }) = d.on_telemetry(sentinel, low_power) {
-                        tracing::warn!(
-                            meter = %meter.name, sentinel = read,
-                            "server rebooted (its registers were wiped): setting its clock and pushing its relay actions again"
-                        );
-                        status.update(&meter.name, |s| {
-                            if let Some(srv) = s.server.as_mut() {
-                                srv.reboots += 1;
-                                srv.slots_pushed = 0;
-                            }
-                        });
-                    }
-                    let legacy = crate::pmtr::registers::Plan::of(slot.plan).is_legacy();
-                    status.update(&meter.name, |s| {
-                        if let Some(srv) = s.server.as_mut() {
-                            if low_power && !srv.low_power {
-                                tracing::warn!(meter = %meter.name, "server in low-power mode (12 V supply under 10.8 V): only its voltages are fresh");
-                            }
-                            srv.low_power = low_power;
-                            srv.firmware = Some(if legacy { "legacy" } else { "current" });
-                        }
-                    });
-                }
-                let backwards = slot.guard.check(&samples);
-                let reading = Reading {
-                    meter: meter.name.as_str().into(),
-                    model: meter.model,
-                    time: chrono::Utc::now(),
-                    samples,
-                    quality: Quality { energy_backwards: backwards },
-                };
-                if backwards {
-                    tracing::warn!(meter = %meter.name, "energy counter went backwards (reset or rollover): flagged, not counted as use");
-                }
-                let dropped = shared.readings.try_send(reading.clone()).is_err();
-                if dropped {
-                    drops.count();
-                }
-                status.update(&meter.name, |s| {
-                    if s.state == MeterState::Failing {
-                        tracing::info!(meter = %meter.name, port = %port, "meter answers again");
-                    }
-                    s.state = MeterState::Ok;
-                    s.last_success = Some(reading.time);
-                    s.counters.readings += 1;
-                    s.counters.energy_backwards += u64::from(backwards);
-                    s.counters.readings_dropped += u64::from(dropped);
-                    s.last_reading = Some(reading);
-                    s.raw = Some(Arc::new(super::status::RawRegisters { at: now, blocks: polled.raw }));
-                });
-            }
-            Err(e) => {
-                slot.schedule.failed(now);
-                if let PollError::Decode(crate::meter::DecodeError::Implausible { .. }) = &e {
-                    tracing::warn!(meter = %meter.name, port = %port, error = %e, "bad reading refused");
-                    status.update(&meter.name, |s| s.counters.bad_readings += 1);
-                }
-                if mine {
-                    let lost = slot.schedule.is_lost();
-                    let wait = slot.schedule.backoff();
-                    let first = status
-                        .update(&meter.name, |s| {
-                            let first = s.state == MeterState::Ok;
-                            s.state = MeterState::Failing;
-                            s.last_error = Some(e.to_string());
-                            first
-                        })
-                        .unwrap_or(false);
-                    if first {
-                        tracing::warn!(meter = %meter.name, port = %port, error = %e, "meter stopped answering; retrying with back-off");
-                    } else {
-                        tracing::debug!(meter = %meter.name, error = %e, next_try = ?wait, "meter still silent");
-                    }
-                    if lost && shared.port_count() > 1 && matches!(e, PollError::Frame(_)) {
-                        tracing::info!(meter = %meter.name, port = %port, "meter lost; looking for it on every port of the bus");
-                        shared.release(i, &port);
-                    }
-                }
-            }
         }
     };
     shared.close_queue(&port);
@@ -251,6 +92,225 @@ pub async fn run<L: Line>(
     // gives its meters up so that the other ports look for them.
     shared.port_ended(&port, matches!(exit, PortExit::Failed(_)));
     exit
+}
+
+/// What the port task does next.
+enum Turn {
+    /// Poll meter `i`, due now.
+    Poll(usize),
+    /// Look again (a client's request ran, or the bus was rescanned).
+    Again,
+    Exit(PortExit),
+}
+
+/// Our meters and the meters nobody has: the earliest due, and when.
+fn earliest_due<L: Line>(
+    slots: &[MeterSlot<L>],
+    owners: &[Option<String>],
+    port: &str,
+) -> Option<(usize, Instant)> {
+    slots
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| owners[*i].as_deref().is_none_or(|p| p == port))
+        .min_by_key(|(_, s)| s.schedule.due())
+        .map(|(i, s)| (i, s.schedule.due()))
+}
+
+/// Waits until `next` (meter, due) is due; until then, runs the requests of Modbus TCP clients
+/// for our meters (ours first: they only run while no poll is due). On a saturated bus the
+/// next meter is already due: no timer round trip.
+async fn wait_for<L: Line>(
+    next: Option<(usize, Instant)>,
+    t: &mut Transport<L>,
+    bus: &crate::config::Bus,
+    queue: &mut tokio::sync::mpsc::Receiver<super::PassThrough>,
+    shutdown: &mut watch::Receiver<bool>,
+    beat: &super::liveness::Beat,
+) -> Turn {
+    let Some((i, due)) = next else {
+        // Every meter of the bus is on another port: wait for one to be released.
+        beat.idle();
+        return tokio::select! {
+            _ = tokio::time::sleep(bus.rescan) => Turn::Again,
+            _ = shutdown.changed() => Turn::Exit(PortExit::Shutdown),
+        };
+    };
+    if due > Instant::now() {
+        beat.idle();
+        tokio::select! {
+            _ = tokio::time::sleep_until(due) => {}
+            Some(p) = queue.recv() => {
+                beat.busy();
+                return match pass_through(t, p, bus.timeout).await {
+                    Ok(()) => Turn::Again,
+                    Err(e) => Turn::Exit(exit_on(e)),
+                };
+            }
+            _ = shutdown.changed() => return Turn::Exit(PortExit::Shutdown),
+        }
+        beat.busy();
+    }
+    Turn::Poll(i)
+}
+
+/// Polls meter `i` (ours, or a probe of one nobody has) and takes what came of it. False when
+/// another port found it meanwhile and nothing was sent. `Err` is the port failing.
+async fn poll_meter<L: Line>(
+    t: &mut Transport<L>,
+    shared: &BusShared,
+    port: &str,
+    i: usize,
+    slot: &mut MeterSlot<L>,
+    drops: &crate::drops::Drops,
+) -> std::io::Result<bool> {
+    let owners = shared.owners();
+    let mine = owners[i].as_deref() == Some(port);
+    if owners[i].is_some() && !mine {
+        return Ok(false); // found elsewhere while we slept
+    }
+    let bus = &shared.bus;
+    let meter = &shared.meters[i];
+    let attempts = if mine { slot.schedule.attempts(bus.retries) } else { 1 };
+    let status = &shared.status;
+    let mut observe = |out: &Outcome| {
+        status.update(&meter.name, |s| {
+            if mine {
+                s.counters.count(out);
+            } else {
+                s.counters.probes += 1;
+                s.counters.stale_bytes += out.stale_bytes as u64;
+                if out.result.is_err() {
+                    s.counters.probe_misses += 1;
+                }
+            }
+        });
+    };
+    let result = poll(t, meter, &mut slot.plan, attempts, bus.timeout, &mut observe).await?;
+    let now = Instant::now();
+    match result {
+        Ok(p) => {
+            slot.schedule.succeeded(now);
+            if (mine || shared.claim(i, port)) && !on_reading(shared, i, port, slot, p, now) {
+                drops.count();
+            }
+        }
+        Err(e) => on_failure(shared, i, port, slot, mine, e, now),
+    }
+    Ok(true)
+}
+
+/// Every meter of the bus as this port task schedules it.
+fn meter_slots<L: Line>(shared: &BusShared, port: &str) -> Vec<MeterSlot<L>> {
+    let bus = &shared.bus;
+    let sentinel = super::driver::sentinel();
+    let start = Instant::now();
+    let remembered = shared.remembered_port_of();
+    let n = shared.meters.len();
+    shared
+        .meters
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            // Meters last seen on this port are tried first: the first reading comes without
+            // waiting for other meters' probe timeouts.
+            let first = remembered.get(i).and_then(|p| p.as_deref()) == Some(port);
+            let due = if first { start } else { start + Duration::from_millis(1) };
+            // Meter i of n is read i/n of a period later than the first, once found.
+            let phase = m.poll * i as u32 / n.max(1) as u32;
+            MeterSlot {
+                schedule: Schedule::new(m.poll, bus.max_backoff, due).with_phase(phase),
+                plan: super::driver::reader(m).first_plan(n),
+                guard: EnergyGuard::default(),
+                duties: super::driver::duties(m, sentinel),
+            }
+        })
+        .collect()
+}
+
+/// A good poll of meter `i`: its duties hear what it read, the reading goes out (false when
+/// the readings channel was full and it was dropped), the status shows it.
+fn on_reading<L: Line>(
+    shared: &BusShared,
+    i: usize,
+    port: &str,
+    slot: &mut MeterSlot<L>,
+    polled: Polled,
+    now: Instant,
+) -> bool {
+    let meter = &shared.meters[i];
+    let status = &shared.status;
+    if let (Some(d), Some(read)) = (slot.duties.as_mut(), polled.server) {
+        d.after_poll(slot.plan, read, &MeterReport { status, name: &meter.name });
+    }
+    let samples = polled.samples;
+    let backwards = slot.guard.check(&samples);
+    let reading = Reading {
+        meter: meter.name.as_str().into(),
+        model: meter.model,
+        time: chrono::Utc::now(),
+        samples,
+        quality: Quality { energy_backwards: backwards },
+    };
+    if backwards {
+        tracing::warn!(meter = %meter.name, "energy counter went backwards (reset or rollover): flagged, not counted as use");
+    }
+    let dropped = shared.readings.try_send(reading.clone()).is_err();
+    status.update(&meter.name, |s| {
+        if s.state == MeterState::Failing {
+            tracing::info!(meter = %meter.name, port = %port, "meter answers again");
+        }
+        s.state = MeterState::Ok;
+        s.last_success = Some(reading.time);
+        s.counters.readings += 1;
+        s.counters.energy_backwards += u64::from(backwards);
+        s.counters.readings_dropped += u64::from(dropped);
+        s.last_reading = Some(reading);
+        s.raw = Some(Arc::new(super::status::RawRegisters { at: now, blocks: polled.raw }));
+    });
+    !dropped
+}
+
+/// A failed poll of meter `i` (`mine`: a meter this port has, not a probe): back-off, status,
+/// log, and a meter lost for long looked for on every port.
+fn on_failure<L: Line>(
+    shared: &BusShared,
+    i: usize,
+    port: &str,
+    slot: &mut MeterSlot<L>,
+    mine: bool,
+    e: PollError,
+    now: Instant,
+) {
+    let meter = &shared.meters[i];
+    let status = &shared.status;
+    slot.schedule.failed(now);
+    if let PollError::Decode(crate::meter::DecodeError::Implausible { .. }) = &e {
+        tracing::warn!(meter = %meter.name, port = %port, error = %e, "bad reading refused");
+        status.update(&meter.name, |s| s.counters.bad_readings += 1);
+    }
+    if !mine {
+        return;
+    }
+    let lost = slot.schedule.is_lost();
+    let wait = slot.schedule.backoff();
+    let first = status
+        .update(&meter.name, |s| {
+            let first = s.state == MeterState::Ok;
+            s.state = MeterState::Failing;
+            s.last_error = Some(e.to_string());
+            first
+        })
+        .unwrap_or(false);
+    if first {
+        tracing::warn!(meter = %meter.name, port = %port, error = %e, "meter stopped answering; retrying with back-off");
+    } else {
+        tracing::debug!(meter = %meter.name, error = %e, next_try = ?wait, "meter still silent");
+    }
+    if lost && shared.port_count() > 1 && matches!(e, PollError::Frame(_)) {
+        tracing::info!(meter = %meter.name, port = %port, "meter lost; looking for it on every port of the bus");
+        shared.release(i, port);
+    }
 }
 
 /// Runs one request of a Modbus TCP client (one attempt) and answers it; one whose client
@@ -278,109 +338,35 @@ fn exit_on(e: std::io::Error) -> PortExit {
     }
 }
 
-/// A non-zero value for this run's reboot sentinels (a server with another value was set up by
-/// an earlier run, or by someone else).
-fn sentinel_value() -> u16 {
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    ((t.subsec_nanos() ^ std::process::id()) as u16).max(1)
-}
-
-/// Runs the first duty due of a server on this port. True when one ran.
+/// Runs the first duty due of a meter on this port. True when one ran.
 async fn run_duties<L: Line>(
     t: &mut Transport<L>,
     shared: &BusShared,
     port: &str,
     owners: &[Option<String>],
-    slots: &mut [Slot],
+    slots: &mut [MeterSlot<L>],
 ) -> std::io::Result<bool> {
     let now = Instant::now();
     let believed = shared.clock.is_believed();
-    let due = slots.iter().enumerate().find_map(|(i, s)| {
-        let mine = owners[i].as_deref() == Some(port);
-        mine.then(|| s.duties.as_ref().and_then(|d| d.next_when(now, believed)).map(|d| (i, d))).flatten()
+    let due = slots.iter().enumerate().position(|(i, s)| {
+        owners[i].as_deref() == Some(port) && s.duties.as_ref().is_some_and(|d| d.due(now, believed))
     });
-    let Some((i, duty)) = due else { return Ok(false) };
+    let Some(i) = due else { return Ok(false) };
     let meter = &shared.meters[i];
-    let Some(server) = meter.server.as_ref() else { return Ok(false) };
     let slot = &mut slots[i];
     let Some(duties) = slot.duties.as_mut() else { return Ok(false) };
-    let legacy = crate::pmtr::registers::Plan::of(slot.plan).is_legacy();
     let bus = &shared.bus;
-    let link =
-        crate::pmtr::master::Link { address: meter.address, timeout: bus.timeout, attempts: 1 + bus.retries };
-    let status = &shared.status;
-    let mut observe = |out: &crate::modbus::transport::Outcome| {
-        status.update(&meter.name, |s| s.counters.count(out));
+    let report = MeterReport { status: &shared.status, name: &meter.name };
+    let call = DutyCall {
+        plan: slot.plan,
+        address: meter.address,
+        timeout: bus.timeout,
+        attempts: 1 + bus.retries,
+        now,
+        clock_believed: believed,
+        report: &report,
     };
-    let result = match duty {
-        Duty::SyncTime => {
-            crate::pmtr::master::sync_time(t, &link, duties.ms_field(), &mut observe).await.map(|synced| {
-                tracing::info!(
-                    meter = %meter.name, round_trip = ?synced.round_trip,
-                    "server clock set (it takes the time about 1.5 round trips after it is sent)"
-                );
-                status.update(&meter.name, |s| {
-                    if let Some(srv) = s.server.as_mut() {
-                        srv.time_synced = Some(chrono::Utc::now());
-                        srv.time_syncs += 1;
-                    }
-                });
-            })
-        }
-        Duty::PushSlot(n) => {
-            let all: Result<Vec<_>, String> = server.actions.iter().map(|a| a.slot(legacy)).collect();
-            match all {
-                Err(why) => {
-                    // Only for the legacy firmware, which compares SI values: the current
-                    // firmware's text was checked at load.
-                    tracing::error!(meter = %meter.name, "the server runs the legacy firmware, which cannot take this relay action: {why}");
-                    Err(crate::pmtr::master::DutyError::Unexpected {
-                        step: "relay action for the legacy firmware",
-                    })
-                }
-                Ok(configured) => {
-                    let slots_to_send = crate::pmtr::duty::all_slots(&configured);
-                    let s = &slots_to_send[usize::from(n)];
-                    crate::pmtr::master::push_slot(t, &link, n, s, &mut observe).await.map(|()| {
-                        match server.actions.get(usize::from(n)) {
-                            Some(a) => tracing::info!(meter = %meter.name, slot = n, when = %a.when, sent = %s.text, "relay action taken by the server"),
-                            None => tracing::debug!(meter = %meter.name, slot = n, "unused relay-action slot neutralised"),
-                        }
-                        status.update(&meter.name, |st| {
-                            if let Some(srv) = st.server.as_mut() {
-                                srv.slots_pushed = n + 1;
-                                srv.slots_total += 1;
-                            }
-                        });
-                    })
-                }
-            }
-        }
-        Duty::WriteSentinel => {
-            let register = crate::pmtr::registers::Plan::of(slot.plan).sentinel_register();
-            crate::pmtr::master::write_sentinel(t, &link, register, duties.sentinel(), &mut observe).await
-        }
-    };
-    let now = Instant::now();
-    match result {
-        Ok(()) => duties.done(duty, now),
-        Err(crate::pmtr::master::DutyError::Port(e)) => return Err(e),
-        Err(e) => {
-            let wait = duties.failed(now);
-            let failures = duties.failures();
-            if failures == 1 || failures % 10 == 0 {
-                tracing::warn!(meter = %meter.name, duty = %duty, error = %e, retry_in = ?wait, failures, "server duty failed");
-            } else {
-                tracing::debug!(meter = %meter.name, duty = %duty, error = %e, retry_in = ?wait, "server duty failed again");
-            }
-            status.update(&meter.name, |s| {
-                if let Some(srv) = s.server.as_mut() {
-                    srv.duty_failures += 1;
-                    srv.last_duty_error = Some(format!("{duty}: {e}"));
-                }
-            });
-        }
-    }
+    duties.run(t, call).await?;
     Ok(true)
 }
 

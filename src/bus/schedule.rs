@@ -66,13 +66,13 @@ impl Schedule {
         self.due = now + self.backoff();
     }
 
-    /// The wait after the current number of failures.
+    /// The wait after the current number of failures: `poll × 2^failures`, capped at
+    /// `max_backoff`.
     pub fn backoff(&self) -> Duration {
         if self.failures == 0 {
             return self.poll;
         }
-        let factor = 1u32 << self.failures.min(16);
-        self.poll.saturating_mul(factor).min(self.max_backoff)
+        crate::backoff::Backoff::new(self.poll.saturating_mul(2), self.max_backoff).delay(self.failures)
     }
 
     /// Puts the next poll at `at` (used to order first probes).

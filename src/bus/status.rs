@@ -113,23 +113,8 @@ impl MeterStatus {
     }
 }
 
-/// What the gateway has done for a PMTR_001_SRV besides polling it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct ServerStatus {
-    /// "current" or "legacy" once known.
-    pub firmware: Option<&'static str>,
-    /// When its clock was last set.
-    pub time_synced: Option<DateTime<Utc>>,
-    pub time_syncs: u64,
-    /// Relay-action slots taken by the server since its last reboot (of 5).
-    pub slots_pushed: u8,
-    pub slots_total: u64,
-    /// Reboots seen (its reboot sentinel read back wiped).
-    pub reboots: u64,
-    pub low_power: bool,
-    pub duty_failures: u64,
-    pub last_duty_error: Option<String>,
-}
+/// What the gateway has done for a PMTR_001_SRV besides polling it (its driver's duties).
+pub use crate::meter::pmtr_srv::ServerStatus;
 
 /// Everything the buses know, by meter name.
 #[derive(Debug, Default)]
@@ -174,7 +159,7 @@ mod tests {
         for e in [
             FrameError::Timeout,
             FrameError::Crc,
-            FrameError::Exception(2),
+            FrameError::Exception(crate::modbus::Exception::IllegalDataAddress),
             FrameError::ForeignAddress(3),
             FrameError::Short { got: 1, want: 25 },
             FrameError::Garbled { bytes: 3 },

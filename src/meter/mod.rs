@@ -1,53 +1,17 @@
 //! Meter models: what to ask each one, and how to turn the registers into samples. Pure.
+//! A model's name is a word of [`crate::reading`]; what the bus engine asks of a model is its
+//! [`driver`].
 
+pub mod driver;
+pub mod pmtr_srv;
 pub mod pzem;
 pub mod rx380;
 
 use crate::modbus::Request;
+pub use crate::reading::Model;
 use crate::reading::{Phase, Sample};
-use serde::{Deserialize, Serialize};
-use std::fmt;
-
-/// The meter models pmtr knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Model {
-    #[serde(rename = "pzem-004t")]
-    Pzem004t,
-    #[serde(rename = "pzem-014")]
-    Pzem014,
-    #[serde(rename = "pzem-016")]
-    Pzem016,
-    #[serde(rename = "rx380")]
-    Rx380,
-    /// A PMTR_001_SRV server (Arduino, three PZEM-004T, relays), usually behind a power-line
-    /// modem.
-    #[serde(rename = "pmtr-srv")]
-    PmtrSrv,
-}
 
 impl Model {
-    /// The spool stores positions in this array: add at the end only.
-    pub const ALL: [Model; 5] =
-        [Model::Pzem004t, Model::Pzem014, Model::Pzem016, Model::Rx380, Model::PmtrSrv];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Model::Pzem004t => "pzem-004t",
-            Model::Pzem014 => "pzem-014",
-            Model::Pzem016 => "pzem-016",
-            Model::Rx380 => "rx380",
-            Model::PmtrSrv => "pmtr-srv",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Model> {
-        Model::ALL.into_iter().find(|m| m.name().eq_ignore_ascii_case(s))
-    }
-
-    pub fn is_pzem(self) -> bool {
-        matches!(self, Model::Pzem004t | Model::Pzem014 | Model::Pzem016)
-    }
-
     /// Line settings the maker ships (baud, parity as 'N'/'E'), used as config defaults.
     pub fn default_line(self) -> (u32, char) {
         match self {
@@ -56,73 +20,16 @@ impl Model {
         }
     }
 
-    /// How many ways of reading this model exist (see [`Model::poll_requests`]).
-    pub fn plans(self) -> usize {
-        match self {
-            Model::Rx380 => 2,
-            Model::PmtrSrv => crate::pmtr::registers::Plan::ALL.len(),
-            _ => 1,
-        }
-    }
-
-    /// The plan to start with, given how many meters share the bus (a PMTR_001_SRV alone on
-    /// its bus is read in one block, else in chunks that spare the others' receive buffers).
-    pub fn first_plan(self, meters_on_bus: usize) -> usize {
-        match self {
-            Model::PmtrSrv => crate::pmtr::registers::Plan::first(meters_on_bus).index(),
-            _ => 0,
-        }
-    }
-
-    /// The requests of one poll. `plan` selects a fallback layout (RX380: one block read, or
-    /// one read per quantity group for meters that refuse long blocks).
-    pub fn poll_requests(self, address: u8, plan: usize) -> Vec<Request> {
-        match self {
-            Model::Rx380 => rx380::requests(address, plan),
-            Model::PmtrSrv => {
-                crate::pmtr::registers::requests(address, crate::pmtr::registers::Plan::of(plan))
-            }
-            _ => vec![pzem::read_request(address)],
-        }
-    }
-
-    /// Decodes the replies to [`Model::poll_requests`] (in the same order). `phase` is where a
-    /// single-phase meter is connected.
-    pub fn decode(
-        self,
-        address: u8,
-        plan: usize,
-        replies: &[Vec<u16>],
-        phase: Phase,
-    ) -> Result<Vec<Sample>, DecodeError> {
-        let requests = self.poll_requests(address, plan);
-        if requests.len() != replies.len() {
-            return Err(DecodeError::Missing("a reply"));
-        }
-        match self {
-            Model::Rx380 => {
-                let image = RegisterImage::from_replies(&requests, replies);
-                rx380::decode(&image)
-            }
-            Model::PmtrSrv => {
-                let image = RegisterImage::from_replies(&requests, replies);
-                let plan = crate::pmtr::registers::Plan::of(plan);
-                crate::pmtr::registers::decode(&image, plan, 1.0).map(|t| t.samples)
-            }
-            _ => pzem::decode(&replies[0], phase),
-        }
-    }
-}
-
-impl Model {
     /// What a reading of this model holds, as (phase, quantity) pairs in reading order:
     /// decoded from a reply of equal registers (zeros; for a PMTR_001_SRV 12000, which reads as
-    /// a server on its 12 V supply whose three PZEMs answer), so it always agrees with
-    /// [`Model::decode`].
+    /// a server on its 12 V supply whose three PZEMs answer) by its first plan, so it always
+    /// agrees with its [`driver::Reader`].
     pub fn sample_set(self, phase: Phase) -> Vec<(Phase, crate::reading::Quantity)> {
         let fill = if self == Model::PmtrSrv { 12_000 } else { 0 };
-        let replies: Vec<Vec<u16>> = self
-            .poll_requests(1, 0)
+        let reader = driver::Reader { phase, ..driver::Reader::new(self, 1) };
+        let plan = reader.plans()[0];
+        let replies: Vec<Vec<u16>> = reader
+            .requests(plan)
             .iter()
             .map(|r| match r.pdu {
                 crate::modbus::Pdu::ReadInput { count, .. }
@@ -132,15 +39,10 @@ impl Model {
                 _ => Vec::new(),
             })
             .collect();
-        self.decode(1, 0, &replies, phase)
-            .map(|samples| samples.iter().map(|s| (s.phase, s.quantity)).collect())
+        reader
+            .decode(plan, &replies)
+            .map(|d| d.samples.iter().map(|s| (s.phase, s.quantity)).collect())
             .unwrap_or_default()
-    }
-}
-
-impl fmt::Display for Model {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
     }
 }
 

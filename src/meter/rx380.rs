@@ -11,12 +11,30 @@ use crate::reading::{Phase, Quantity, Sample};
 pub const BLOCK_START: u16 = 4000;
 pub const BLOCK_LEN: u16 = 40;
 
-/// Plan 0: one block read 4000..4039 (85-byte reply). Plan 1: one read per group, for meters
-/// that refuse long blocks.
-pub fn requests(address: u8, plan: usize) -> Vec<Request> {
+/// The ways of reading an RX380, tried in this order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    /// One block read 4000..4039 (85-byte reply).
+    Block,
+    /// One read per group, for meters that refuse long blocks.
+    Groups,
+}
+
+impl Plan {
+    /// The way to read a meter that refused this one with exception 02 or 03.
+    pub fn smaller(self) -> Option<Plan> {
+        match self {
+            Plan::Block => Some(Plan::Groups),
+            Plan::Groups => None,
+        }
+    }
+}
+
+/// The requests of one poll by `plan`.
+pub fn requests(address: u8, plan: Plan) -> Vec<Request> {
     match plan {
-        0 => vec![Request::read_input(address, BLOCK_START, BLOCK_LEN)],
-        _ => vec![
+        Plan::Block => vec![Request::read_input(address, BLOCK_START, BLOCK_LEN)],
+        Plan::Groups => vec![
             Request::read_input(address, 4000, 12),
             Request::read_input(address, 4012, 8),
             Request::read_input(address, 4020, 8),
@@ -175,7 +193,7 @@ mod tests {
     #[test]
     fn decodes_every_quantity_in_both_plans() {
         let regs = encode(&snapshot());
-        for plan in 0..2 {
+        for plan in [Plan::Block, Plan::Groups] {
             let reqs = requests(1, plan);
             let replies: Vec<Vec<u16>> = reqs
                 .iter()
@@ -186,7 +204,8 @@ mod tests {
                     _ => unreachable!(),
                 })
                 .collect();
-            let s = crate::meter::Model::Rx380.decode(1, plan, &replies, Phase::L1).unwrap();
+            let reader = crate::meter::driver::Reader::new(crate::meter::Model::Rx380, 1);
+            let s = reader.decode(crate::meter::driver::Plan::Rx380(plan), &replies).unwrap().samples;
             let get = |p, q| s.iter().find(|x| x.phase == p && x.quantity == q).unwrap().value;
             assert!((get(Phase::Total, Quantity::ActiveEnergy) - 123456.789).abs() < 1e-6);
             assert_eq!(get(Phase::Total, Quantity::ActivePower), -1500.0, "signed power");

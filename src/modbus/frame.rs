@@ -196,8 +196,8 @@ pub enum FrameError {
     Timeout,
     /// A frame from our slave whose CRC does not match.
     Crc,
-    /// The slave answered with a Modbus exception code.
-    Exception(u8),
+    /// The slave answered with a Modbus exception.
+    Exception(Exception),
     /// A well-formed frame from another slave address, and nothing from ours.
     ForeignAddress(u8),
     /// Bytes from our slave, but fewer than a full reply before the timeout.
@@ -213,7 +213,7 @@ impl fmt::Display for FrameError {
         match self {
             FrameError::Timeout => write!(f, "no reply (timeout)"),
             FrameError::Crc => write!(f, "reply with a bad CRC"),
-            FrameError::Exception(c) => write!(f, "exception reply {c:#04x} ({})", exception_name(*c)),
+            FrameError::Exception(e) => write!(f, "exception reply {:#04x} ({e})", e.code()),
             FrameError::ForeignAddress(a) => write!(f, "a frame from slave {a} instead of ours"),
             FrameError::Short { got, want } => write!(f, "short reply: {got} of {want} bytes"),
             FrameError::Garbled { bytes } => write!(f, "{bytes} garbled bytes, no frame"),
@@ -222,15 +222,86 @@ impl fmt::Display for FrameError {
     }
 }
 
-pub fn exception_name(code: u8) -> &'static str {
-    match code {
-        1 => "illegal function",
-        2 => "illegal data address",
-        3 => "illegal data value",
-        4 => "slave device failure",
-        5 => "acknowledge",
-        6 => "slave device busy",
-        _ => "unknown code",
+/// A Modbus exception, by name. The wire byte is [`Exception::code`]; a code this list does not
+/// name is kept as [`Exception::Other`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Exception {
+    /// 0x01.
+    IllegalFunction,
+    /// 0x02: the meter has no such register (or not in one read).
+    IllegalDataAddress,
+    /// 0x03: a count or value it refuses (some meters say this of a long block).
+    IllegalDataValue,
+    /// 0x04.
+    SlaveDeviceFailure,
+    /// 0x05.
+    Acknowledge,
+    /// 0x06.
+    SlaveDeviceBusy,
+    /// 0x0A: a gateway has no path to the unit.
+    GatewayPathUnavailable,
+    /// 0x0B: a gateway's target did not answer.
+    GatewayTargetFailed,
+    /// Any other code.
+    Other(u8),
+}
+
+impl Exception {
+    /// The exception of wire byte `code`.
+    pub fn from_code(code: u8) -> Exception {
+        match code {
+            0x01 => Exception::IllegalFunction,
+            0x02 => Exception::IllegalDataAddress,
+            0x03 => Exception::IllegalDataValue,
+            0x04 => Exception::SlaveDeviceFailure,
+            0x05 => Exception::Acknowledge,
+            0x06 => Exception::SlaveDeviceBusy,
+            0x0A => Exception::GatewayPathUnavailable,
+            0x0B => Exception::GatewayTargetFailed,
+            c => Exception::Other(c),
+        }
+    }
+
+    /// The wire byte.
+    pub fn code(self) -> u8 {
+        match self {
+            Exception::IllegalFunction => 0x01,
+            Exception::IllegalDataAddress => 0x02,
+            Exception::IllegalDataValue => 0x03,
+            Exception::SlaveDeviceFailure => 0x04,
+            Exception::Acknowledge => 0x05,
+            Exception::SlaveDeviceBusy => 0x06,
+            Exception::GatewayPathUnavailable => 0x0A,
+            Exception::GatewayTargetFailed => 0x0B,
+            Exception::Other(c) => c,
+        }
+    }
+
+    /// Whether the meter refuses the registers asked for (illegal address or value): a meter
+    /// read in smaller blocks may answer then.
+    pub fn refuses_the_block(self) -> bool {
+        matches!(self, Exception::IllegalDataAddress | Exception::IllegalDataValue)
+    }
+
+    /// Its name, as the Modbus specification gives it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Exception::IllegalFunction => "illegal function",
+            Exception::IllegalDataAddress => "illegal data address",
+            Exception::IllegalDataValue => "illegal data value",
+            Exception::SlaveDeviceFailure => "slave device failure",
+            Exception::Acknowledge => "acknowledge",
+            Exception::SlaveDeviceBusy => "slave device busy",
+            Exception::GatewayPathUnavailable => "gateway path unavailable",
+            Exception::GatewayTargetFailed => "gateway target device failed to respond",
+            Exception::Other(_) => "unknown code",
+        }
+    }
+}
+
+impl fmt::Display for Exception {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -378,7 +449,7 @@ impl<'r> ReplyScanner<'r> {
 fn parse_frame(req: &Request, frame: &[u8]) -> Result<Reply, FrameError> {
     let f = frame[1];
     if f & 0x80 != 0 {
-        return Err(FrameError::Exception(frame[2]));
+        return Err(FrameError::Exception(Exception::from_code(frame[2])));
     }
     match &req.pdu {
         Pdu::ReadHolding { count, .. } | Pdu::ReadInput { count, .. } => {
@@ -463,6 +534,29 @@ pub fn inter_frame_gap(char_time: std::time::Duration, baud: u32) -> std::time::
 mod tests {
     use super::*;
 
+    /// Every wire byte comes back as itself through the named exception, and the names are
+    /// the specification's.
+    #[test]
+    fn exceptions_keep_their_wire_byte_and_tell_their_name() {
+        for code in 0..=255u8 {
+            assert_eq!(Exception::from_code(code).code(), code);
+        }
+        assert_eq!(Exception::from_code(2), Exception::IllegalDataAddress);
+        assert_eq!(Exception::from_code(0x0B), Exception::GatewayTargetFailed);
+        assert_eq!(Exception::from_code(0x42), Exception::Other(0x42));
+        assert_eq!(
+            FrameError::Exception(Exception::IllegalDataValue).to_string(),
+            "exception reply 0x03 (illegal data value)"
+        );
+        assert_eq!(
+            FrameError::Exception(Exception::Other(0x42)).to_string(),
+            "exception reply 0x42 (unknown code)"
+        );
+        let refusing: Vec<u8> =
+            (0..=255u8).filter(|&c| Exception::from_code(c).refuses_the_block()).collect();
+        assert_eq!(refusing, [2, 3]);
+    }
+
     pub(crate) fn hex(s: &str) -> Vec<u8> {
         s.split_whitespace().map(|b| u8::from_str_radix(b, 16).unwrap()).collect()
     }
@@ -527,12 +621,12 @@ mod tests {
         let req = Request::read_input(1, 0, 10);
         assert_eq!(
             scan_reply(&req, &hex("01 84 02 C2 C1")),
-            Scan::Done { result: Err(FrameError::Exception(2)), skipped: 0 }
+            Scan::Done { result: Err(FrameError::Exception(Exception::IllegalDataAddress)), skipped: 0 }
         );
         let reset = Request { address: 1, pdu: Pdu::EchoCommand { function: fc::PZEM_RESET_ENERGY } };
         assert_eq!(
             scan_reply(&reset, &hex("01 C2 04 70 A3")),
-            Scan::Done { result: Err(FrameError::Exception(4)), skipped: 0 }
+            Scan::Done { result: Err(FrameError::Exception(Exception::SlaveDeviceFailure)), skipped: 0 }
         );
         assert_eq!(
             scan_reply(&reset, &hex("01 42 80 11")),

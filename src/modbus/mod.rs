@@ -7,5 +7,5 @@ pub mod line;
 pub mod tcp;
 pub mod transport;
 
-pub use frame::{FrameError, Pdu, Reply, Request};
+pub use frame::{Exception, FrameError, Pdu, Reply, Request};
 pub use line::{LineSettings, Parity};

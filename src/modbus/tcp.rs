@@ -85,7 +85,9 @@ impl ModbusTcp {
                     "the reply does not match the request (transaction, unit or function)",
                 ))
             }
-            Ok(Ok(Err(exception))) => Err(FrameError::Exception(u8::from(exception))),
+            Ok(Ok(Err(exception))) => {
+                Err(FrameError::Exception(crate::modbus::Exception::from_code(u8::from(exception))))
+            }
             Ok(Ok(Ok(response))) => from_response(&req.pdu, response),
         };
         Ok(outcome(result))

@@ -609,7 +609,7 @@ mod tests {
             b
         });
         let out = t.transact(&req, Duration::from_millis(100)).await.unwrap();
-        assert_eq!(out.result, Err(FrameError::Exception(2)));
+        assert_eq!(out.result, Err(FrameError::Exception(crate::modbus::Exception::IllegalDataAddress)));
         assert_eq!(out.stale_bytes, 25);
         drop(slave.await.unwrap());
     }

@@ -2,15 +2,15 @@
 //! its latest registers and the clock are passed in.
 
 use crate::bus::status::RawRegisters;
-use crate::modbus::{Pdu, Request};
+use crate::modbus::{Exception, Pdu, Request};
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// Modbus exception codes the server answers with.
-pub const ILLEGAL_FUNCTION: u8 = 0x01;
-pub const BUSY: u8 = 0x06;
-pub const PATH_UNAVAILABLE: u8 = 0x0A;
-pub const TARGET_FAILED: u8 = 0x0B;
+/// The Modbus exceptions the server answers with.
+pub const ILLEGAL_FUNCTION: Exception = Exception::IllegalFunction;
+pub const BUSY: Exception = Exception::SlaveDeviceBusy;
+pub const PATH_UNAVAILABLE: Exception = Exception::GatewayPathUnavailable;
+pub const TARGET_FAILED: Exception = Exception::GatewayTargetFailed;
 
 /// The answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,8 +19,8 @@ pub enum Answer {
     Cached(Vec<u16>),
     /// Sent to the meter through its bus.
     PassThrough(Request),
-    /// An exception code.
-    Exception(u8),
+    /// An exception.
+    Exception(Exception),
 }
 
 /// What the server knows of a meter when a request comes.

@@ -17,7 +17,7 @@ pub use cidr::Cidr;
 use crate::bus::status::StatusBoard;
 use crate::bus::{BusShared, NotQueued};
 use crate::config::ModbusServerSettings;
-use crate::modbus::{FrameError, Pdu, Reply};
+use crate::modbus::{Exception, FrameError, Pdu, Reply};
 use crate::sync::Locked;
 use decide::{Answer, MeterView};
 use serde::Serialize;
@@ -136,14 +136,14 @@ impl ModbusServer {
         peer: SocketAddr,
         req: SlaveRequest<'static>,
     ) -> Result<Option<MbResponse>, ExceptionCode> {
-        let fail = |code: u8| {
+        let fail = |e: Exception| {
             add(&self.counters.exceptions);
-            match code {
+            match e {
                 decide::BUSY => add(&self.counters.busy),
                 decide::TARGET_FAILED => add(&self.counters.silent),
                 _ => {}
             }
-            Err(ExceptionCode::new(code))
+            Err(ExceptionCode::new(e.code()))
         };
         let Some((bus, index)) = self.units.get(&req.slave).cloned() else {
             return fail(decide::PATH_UNAVAILABLE);
@@ -272,7 +272,7 @@ impl tokio_modbus::server::Service for Connection {
         if self.over_rate() {
             add(&server.counters.exceptions);
             add(&server.counters.busy);
-            return Box::pin(std::future::ready(Err(ExceptionCode::new(decide::BUSY))));
+            return Box::pin(std::future::ready(Err(ExceptionCode::new(decide::BUSY.code()))));
         }
         Box::pin(server.answer(self.peer, req))
     }

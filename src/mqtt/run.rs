@@ -9,6 +9,7 @@
 //! pmtr knows then, so that nothing stale stays on the broker.
 
 use super::{Message, Topics};
+use crate::backoff::Backoff;
 use crate::bus::status::{MeterState, StatusBoard};
 use crate::config::{Config, MqttSettings};
 use crate::control::{Caller, Command, Request, Response};
@@ -172,15 +173,10 @@ impl Mqtt {
     }
 }
 
-/// The wait after `backoff`: doubled, at most `max`.
-pub fn next_backoff(backoff: Duration, max: Duration) -> Duration {
-    backoff.saturating_mul(2).min(max)
-}
-
-/// Between half and all of `backoff` (`random` in 0..1), so that many gateways do not come
-/// back in step after a broker restart.
-pub fn jittered(backoff: Duration, random: f64) -> Duration {
-    backoff.mul_f64(random.clamp(0.0, 1.0) * 0.5 + 0.5)
+/// The waits between connection attempts: 1 s doubling to `max`, each drawn between half and
+/// all of it, so that many gateways do not come back in step after a broker restart.
+pub fn reconnect_backoff(max: Duration) -> Backoff {
+    Backoff::new(FIRST_BACKOFF, max).with_jitter(0.5)
 }
 
 /// The connection: polls the event loop, waits with back-off after a failure.
@@ -192,7 +188,8 @@ async fn drive(
     link: mpsc::Sender<PublisherEvent>,
     mut done: watch::Receiver<bool>,
 ) {
-    let mut backoff = FIRST_BACKOFF;
+    let backoff = reconnect_backoff(settings.max_backoff);
+    let mut failures = 0u32;
     let mut failing = false;
     let ha_status = topics.home_assistant_status();
     loop {
@@ -202,7 +199,7 @@ async fn drive(
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                backoff = FIRST_BACKOFF;
+                failures = 0;
                 if failing {
                     tracing::info!(broker = %counters.locked().broker, "mqtt: connected again");
                 } else {
@@ -240,8 +237,8 @@ async fn drive(
                 } else {
                     tracing::debug!(error = %message, "mqtt: connection attempt failed");
                 }
-                let wait = jittered(backoff, rand::random::<f64>());
-                backoff = next_backoff(backoff, settings.max_backoff);
+                failures = failures.saturating_add(1);
+                let wait = backoff.wait(failures, rand::random::<f64>());
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = async { let _ = done.wait_for(|d| *d).await; } => return,
@@ -438,17 +435,13 @@ mod tests {
 
     #[test]
     fn back_off_doubles_to_its_ceiling_with_jitter() {
-        let max = Duration::from_secs(60);
-        let mut b = FIRST_BACKOFF;
-        let mut waits = vec![];
-        for _ in 0..9 {
-            waits.push(b.as_secs());
-            b = next_backoff(b, max);
-        }
+        let b = reconnect_backoff(Duration::from_secs(60));
+        let waits: Vec<u64> = (1..=9).map(|n| b.delay(n).as_secs()).collect();
         assert_eq!(waits, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
-        assert_eq!(jittered(Duration::from_secs(8), 0.0), Duration::from_secs(4));
-        assert_eq!(jittered(Duration::from_secs(8), 1.0), Duration::from_secs(8));
-        assert_eq!(jittered(Duration::from_secs(8), 7.0), Duration::from_secs(8));
+        // The fourth wait is 8 s before jitter.
+        assert_eq!(b.wait(4, 0.0), Duration::from_secs(4));
+        assert_eq!(b.wait(4, 1.0), Duration::from_secs(8));
+        assert_eq!(b.wait(4, 7.0), Duration::from_secs(8));
     }
 
     /// With the broker away, a reading is counted as dropped at once and nothing waits: the

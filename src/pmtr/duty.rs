@@ -16,6 +16,7 @@
 //! [`crate::clock`]); until then the rest goes on without it.
 
 use super::action::Slot;
+use crate::backoff::Backoff;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -164,8 +165,8 @@ impl Duties {
     /// wait.
     pub fn failed(&mut self, now: Instant) -> Duration {
         let cap = if self.unprotected() { UNPROTECTED_MAX_RETRY } else { MAX_RETRY };
-        let wait = FIRST_RETRY.saturating_mul(1 << self.failures.min(5)).min(cap);
         self.failures += 1;
+        let wait = Backoff::new(FIRST_RETRY, cap).delay(self.failures);
         self.retry_at = Some(now + wait);
         wait
     }

@@ -5,7 +5,7 @@
 use super::action::Slot;
 use super::registers::{epoch_registers, COIL_COMMIT, COIL_RESYNC, COIL_TIME_SYNC, HR_EPOCH};
 use crate::modbus::transport::{Line, Outcome, Resync, Transport};
-use crate::modbus::{FrameError, Reply, Request};
+use crate::modbus::{Exception, FrameError, Reply, Request};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -231,7 +231,7 @@ pub async fn probe<L: Line>(t: &mut Transport<L>, address: u8, timeout: Duration
     Ok(match out.result {
         Ok(Reply::Registers(r)) if r.len() == 2 => Probe::Current { supply_12v_mv: r[1] },
         Ok(_) => Probe::Other(FrameError::Malformed("odd reply")),
-        Err(FrameError::Exception(2)) => Probe::Legacy,
+        Err(FrameError::Exception(Exception::IllegalDataAddress)) => Probe::Legacy,
         Err(FrameError::Timeout) => Probe::Absent,
         Err(e) => Probe::Other(e),
     })

@@ -589,7 +589,7 @@ mod tests {
 
     fn scan_exception(req: &Request, r: Response) -> u8 {
         match scan_reply(req, &reply(r)) {
-            Scan::Done { result: Err(crate::modbus::FrameError::Exception(c)), skipped: 0 } => c,
+            Scan::Done { result: Err(crate::modbus::FrameError::Exception(e)), skipped: 0 } => e.code(),
             other => panic!("{other:?}"),
         }
     }
@@ -770,9 +770,9 @@ mod tests {
     #[test]
     fn rx380_max_block_forces_group_reads() {
         let mut s = SimSlave::new(Model::Rx380, 1).max_block(Some(12));
-        let block = &rx380::requests(1, 0)[0];
+        let block = &rx380::requests(1, rx380::Plan::Block)[0];
         assert_eq!(scan_exception(block, s.handle(&block.encode(), 0.0)), 3);
-        for req in rx380::requests(1, 1) {
+        for req in rx380::requests(1, rx380::Plan::Groups) {
             let n = regs_of(&req, s.handle(&req.encode(), 0.0)).len();
             assert!(n <= 12);
         }

@@ -36,6 +36,7 @@
 
 use super::spool::{self, Cursor, Spool};
 use super::{SinkState, SinkStatus, StoreEvent};
+use crate::backoff::Backoff;
 use crate::reading::Record;
 use rand::Rng;
 use std::collections::VecDeque;
@@ -147,6 +148,11 @@ fn health_in(batch: &[Record]) -> usize {
     batch.iter().filter(|r| matches!(r, Record::Health(_))).count()
 }
 
+/// A sink's back-off: 1 s doubling to `max_backoff`, each wait drawn between half and all of it.
+fn sink_backoff(max_backoff: Duration) -> Backoff {
+    Backoff::new(FIRST_BACKOFF, max_backoff).with_jitter(0.5)
+}
+
 /// What [`decide`] looks at when a write has finished.
 #[derive(Debug, Clone)]
 struct Facts {
@@ -154,14 +160,14 @@ struct Facts {
     batch: usize,
     /// The outage in progress, if any (`outage`, `refusal`).
     outage: Option<&'static str>,
-    /// The next back-off, before jitter.
-    backoff: Duration,
+    /// Failed writes in a row so far.
+    failures: u32,
     max_backoff: Duration,
     durability: Durability,
     /// The sink is stopping.
     stopping: bool,
-    /// The share of the back-off to wait, drawn between 0.5 and 1.
-    jitter: f64,
+    /// A random draw in 0..=1: where the wait falls between half the back-off and all of it.
+    random: f64,
 }
 
 /// How an outage begins.
@@ -182,10 +188,10 @@ enum Outcome {
     Halve { batch: usize },
     /// Refused for good: set aside in `rejected.txt` (a spooled batch's cursor moves on).
     SetAside { message: String },
-    /// Failed: tried again after `wait`, the back-off then `backoff`; `starts` when it is the
-    /// first failure of an outage. The batch goes to the spool, and so does what waits in
-    /// memory when `spool_memory`.
-    Failed { message: String, starts: Option<Outage>, wait: Duration, backoff: Duration, spool_memory: bool },
+    /// Failed: tried again after `wait`, with `failures` in a row from then on; `starts` when
+    /// it is the first failure of an outage. The batch goes to the spool, and so does what
+    /// waits in memory when `spool_memory`.
+    Failed { message: String, starts: Option<Outage>, wait: Duration, failures: u32, spool_memory: bool },
 }
 
 /// Decides what a finished write leads to (pure: [`Sink::apply`] acts).
@@ -207,16 +213,19 @@ fn decide(result: Result<(), WriteError>, facts: &Facts) -> Outcome {
         (None, _) => Some(Outage::Down),
     };
     let slowest = facts.max_backoff * 5;
-    let (wait, backoff) = match &e {
-        WriteError::Refused { .. } => (slowest, facts.backoff),
-        WriteError::Retry { after: Some(after), .. } => ((*after).min(slowest), facts.backoff),
-        _ => (facts.backoff.mul_f64(facts.jitter), (facts.backoff * 2).min(facts.max_backoff)),
+    let (wait, failures) = match &e {
+        WriteError::Refused { .. } => (slowest, facts.failures),
+        WriteError::Retry { after: Some(after), .. } => ((*after).min(slowest), facts.failures),
+        _ => {
+            let failures = facts.failures.saturating_add(1);
+            (sink_backoff(facts.max_backoff).wait(failures, facts.random), failures)
+        }
     };
     Outcome::Failed {
         message: e.to_string(),
         starts,
         wait,
-        backoff,
+        failures,
         spool_memory: !facts.stopping || facts.durability == Durability::Always,
     }
 }
@@ -233,7 +242,8 @@ pub struct Sink {
     sync_at: Option<Instant>,
     /// Set while the database is failing: when to try again.
     retry_at: Option<Instant>,
-    backoff: Duration,
+    /// Failed writes in a row (how far the back-off has grown).
+    failures: u32,
     /// The error kind that made the sink stop writing, logged once.
     outage: Option<&'static str>,
     batch: usize,
@@ -268,7 +278,7 @@ impl Sink {
             flush_at: None,
             sync_at: None,
             retry_at: None,
-            backoff: FIRST_BACKOFF,
+            failures: 0,
             outage: None,
             batch,
             rejected_since_log: 0,
@@ -573,11 +583,11 @@ impl Sink {
         let facts = Facts {
             batch: self.batch,
             outage: self.outage,
-            backoff: self.backoff,
+            failures: self.failures,
             max_backoff: self.opts.max_backoff,
             durability: self.opts.durability,
             stopping,
-            jitter: rand::thread_rng().gen_range(0.5..=1.0),
+            random: rand::thread_rng().gen_range(0.0..=1.0),
         };
         let outcome = decide(result, &facts);
         self.apply(f, outcome, Instant::now());
@@ -608,7 +618,7 @@ impl Sink {
                     let _ = self.events.send(StoreEvent::Back { sink: self.opts.name.clone(), spooled });
                 }
                 self.retry_at = None;
-                self.backoff = FIRST_BACKOFF;
+                self.failures = 0;
             }
             Outcome::Halve { batch } => {
                 self.batch = batch;
@@ -628,7 +638,7 @@ impl Sink {
                     }
                 }
             }
-            Outcome::Failed { message, starts, wait, backoff, spool_memory } => {
+            Outcome::Failed { message, starts, wait, failures, spool_memory } => {
                 self.status.lock().last_error = Some((chrono::Utc::now(), message.clone()));
                 match starts {
                     Some(Outage::Refused) => {
@@ -652,7 +662,7 @@ impl Sink {
                     }
                     None => tracing::debug!(sink = %self.opts.name, "write failed again: {message}"),
                 }
-                self.backoff = backoff;
+                self.failures = failures;
                 self.retry_at = Some(now + wait);
                 if let Source::Memory(batch) = f.source {
                     self.spool_records(&batch);
@@ -1311,11 +1321,11 @@ mod deciding {
         Facts {
             batch: 8,
             outage: None,
-            backoff: Duration::from_secs(4),
+            failures: 2,
             max_backoff: Duration::from_secs(60),
             durability: Durability::Outage,
             stopping: false,
-            jitter: 0.5,
+            random: 0.0,
         }
     }
 
@@ -1347,28 +1357,28 @@ mod deciding {
 
     #[test]
     fn the_first_failure_starts_an_outage_and_backs_off_with_jitter() {
-        let Outcome::Failed { message, starts, wait, backoff, spool_memory } = decide(retry(None), &facts())
+        // Two failures so far: the third waits 4 s (1 s doubled twice), drawn at its lowest half.
+        let Outcome::Failed { message, starts, wait, failures, spool_memory } = decide(retry(None), &facts())
         else {
             panic!("a failure")
         };
         assert_eq!((message.as_str(), starts), ("timeout", Some(Outage::Down)));
-        assert_eq!((wait, backoff), (Duration::from_secs(2), Duration::from_secs(8)), "half of 4 s; doubled");
+        assert_eq!((wait, failures), (Duration::from_secs(2), 3), "half of 4 s; one failure more");
+        let next = sink_backoff(Duration::from_secs(60)).delay(failures + 1);
+        assert_eq!(next, Duration::from_secs(8), "doubled");
         assert!(spool_memory);
-        let again = Facts { outage: Some("outage"), backoff: Duration::from_secs(40), ..facts() };
-        let Outcome::Failed { starts, backoff, .. } = decide(retry(None), &again) else {
-            panic!("a failure")
-        };
-        assert_eq!(
-            (starts, backoff),
-            (None, Duration::from_secs(60)),
-            "no second start; capped at max_backoff"
-        );
+        let top = Facts { random: 1.0, ..facts() };
+        let Outcome::Failed { wait, .. } = decide(retry(None), &top) else { panic!("a failure") };
+        assert_eq!(wait, Duration::from_secs(4), "at most the whole back-off");
+        let again = Facts { outage: Some("outage"), failures: 6, random: 1.0, ..facts() };
+        let Outcome::Failed { starts, wait, .. } = decide(retry(None), &again) else { panic!("a failure") };
+        assert_eq!((starts, wait), (None, Duration::from_secs(60)), "no second start; capped at max_backoff");
     }
 
     #[test]
     fn retry_after_and_refusals_wait_as_told_capped_at_five_max_backoffs() {
-        let Outcome::Failed { wait, backoff, .. } = decide(retry(Some(30)), &facts()) else { panic!() };
-        assert_eq!((wait, backoff), (Duration::from_secs(30), Duration::from_secs(4)));
+        let Outcome::Failed { wait, failures, .. } = decide(retry(Some(30)), &facts()) else { panic!() };
+        assert_eq!((wait, failures), (Duration::from_secs(30), 2), "the back-off does not grow");
         let Outcome::Failed { wait, .. } = decide(retry(Some(3600)), &facts()) else { panic!() };
         assert_eq!(wait, Duration::from_secs(300));
         let refused = Err(WriteError::Refused { message: "bad token".into() });

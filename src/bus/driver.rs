@@ -1,0 +1,62 @@
+//! Which driver reads each configured meter ([`crate::meter::driver`]), and what a bus kind
+//! needs of the line: the one place where the bus engine names a model's code. The port loop
+//! itself only calls the drivers built here.
+
+use crate::config::{Bus, BusKind, Meter};
+use crate::meter::driver::{Duties, Reader};
+use crate::meter::pmtr_srv::ServerStatus;
+use crate::modbus::transport::{Line, Outcome, Resync};
+use crate::pmtr::driver::{Actions, ServerDriver};
+
+/// How `meter` is read.
+pub fn reader(meter: &Meter) -> Reader {
+    Reader { model: meter.model, address: meter.address, phase: meter.phase, multiplier: meter.multiplier() }
+}
+
+/// What `meter` is owed between polls, if anything (a PMTR_001_SRV's duties). `sentinel`:
+/// this run's reboot sentinel.
+pub fn duties<L: Line>(meter: &Meter, sentinel: u16) -> Option<Box<dyn Duties<L>>> {
+    let s = meter.server.as_ref()?;
+    let slots = |legacy| s.actions.iter().map(|a| a.slot(legacy)).collect::<Result<Vec<_>, String>>();
+    let actions = Actions {
+        current: slots(false),
+        legacy: slots(true),
+        when: s.actions.iter().map(|a| a.when.clone()).collect(),
+    };
+    Some(Box::new(ServerDriver::new(s.time_sync, s.push_actions, sentinel, actions)))
+}
+
+/// This run's reboot sentinel for the servers of a port.
+pub fn sentinel() -> u16 {
+    crate::pmtr::driver::sentinel_value()
+}
+
+/// What the line needs after a miss: several servers behind one power-line modem have their
+/// receivers resynchronised.
+pub fn resync(bus: &Bus, meters: usize) -> Option<Resync> {
+    (bus.kind == BusKind::PowerLine && meters > 1).then(crate::pmtr::master::resync)
+}
+
+/// A meter's counters and status on the status board, for its driver's duties.
+pub struct MeterReport<'a> {
+    pub status: &'a super::status::StatusBoard,
+    pub name: &'a str,
+}
+
+impl crate::meter::driver::Report for MeterReport<'_> {
+    fn meter(&self) -> &str {
+        self.name
+    }
+
+    fn count(&self, out: &Outcome) {
+        self.status.update(self.name, |s| s.counters.count(out));
+    }
+
+    fn server(&self, update: &mut (dyn FnMut(&mut ServerStatus) + Send)) {
+        self.status.update(self.name, |s| {
+            if let Some(srv) = s.server.as_mut() {
+                update(srv);
+            }
+        });
+    }
+}

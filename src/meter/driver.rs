@@ -1,0 +1,218 @@
+//! A model's driver: all the bus engine asks of a meter, so that the port loop schedules and
+//! moves bytes and knows no model.
+//!
+//! - [`Reader`] is pure: the requests of a [`Plan`], their decoding, and the plan to fall back
+//!   to after an exception (one rule for every model: a meter that refuses a block with
+//!   exception 02 or 03 is read in smaller blocks from then on, while its model has them).
+//! - [`Duties`] is what a model does between polls besides being read (a PMTR_001_SRV's clock,
+//!   relay actions and reboot sentinel): it decides purely when one is due and runs it as a
+//!   thin sequence of transactions, reporting through [`Report`].
+
+use super::{pmtr_srv, pzem, rx380, DecodeError, Model, RegisterImage};
+use crate::modbus::transport::{Line, Outcome, Transport};
+use crate::modbus::{Exception, Request};
+use crate::reading::{Phase, Sample};
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// A way of reading a meter: which registers in which requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    /// A PZEM's one read of its ten registers.
+    Pzem,
+    Rx380(rx380::Plan),
+    PmtrSrv(pmtr_srv::Plan),
+}
+
+impl Plan {
+    /// The way to read a meter that refused this one's blocks, if its model has one.
+    pub fn smaller(self) -> Option<Plan> {
+        match self {
+            Plan::Pzem => None,
+            Plan::Rx380(p) => p.smaller().map(Plan::Rx380),
+            Plan::PmtrSrv(p) => p.smaller().map(Plan::PmtrSrv),
+        }
+    }
+
+    /// A PMTR_001_SRV's plan (None for other models).
+    pub fn server(self) -> Option<pmtr_srv::Plan> {
+        match self {
+            Plan::PmtrSrv(p) => Some(p),
+            _ => None,
+        }
+    }
+}
+
+/// What one good poll decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decoded {
+    pub samples: Vec<Sample>,
+    /// A PMTR_001_SRV's reboot sentinel and low-power flag, for its [`Duties`].
+    pub server: Option<pmtr_srv::ServerRead>,
+}
+
+/// How one meter is read. Pure.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Reader {
+    pub model: Model,
+    pub address: u8,
+    /// Where a single-phase meter is connected.
+    pub phase: Phase,
+    /// What active power and energy are multiplied by (a PMTR_001_SRV's `multiplier`; 1 for
+    /// the others).
+    pub multiplier: f64,
+}
+
+impl Reader {
+    /// A meter of `model` at `address`, on L1, multiplier 1.
+    pub fn new(model: Model, address: u8) -> Reader {
+        Reader { model, address, phase: Phase::L1, multiplier: 1.0 }
+    }
+
+    /// The plan to start with, given how many meters share the bus (a PMTR_001_SRV alone on
+    /// its bus is read in one block, else in chunks that spare the others' receive buffers).
+    pub fn first_plan(&self, meters_on_bus: usize) -> Plan {
+        match self.model {
+            Model::Rx380 => Plan::Rx380(rx380::Plan::Block),
+            Model::PmtrSrv => Plan::PmtrSrv(pmtr_srv::Plan::first(meters_on_bus)),
+            _ => Plan::Pzem,
+        }
+    }
+
+    /// Every plan of the model, largest blocks first.
+    pub fn plans(&self) -> Vec<Plan> {
+        let first = match self.model {
+            Model::PmtrSrv => Plan::PmtrSrv(pmtr_srv::Plan::Block),
+            _ => self.first_plan(1),
+        };
+        std::iter::successors(Some(first), |p| p.smaller()).collect()
+    }
+
+    /// The requests of one poll by `plan`.
+    pub fn requests(&self, plan: Plan) -> Vec<Request> {
+        match plan {
+            Plan::Pzem => vec![pzem::read_request(self.address)],
+            Plan::Rx380(p) => rx380::requests(self.address, p),
+            Plan::PmtrSrv(p) => pmtr_srv::requests(self.address, p),
+        }
+    }
+
+    /// Decodes the replies to [`Reader::requests`] of `plan` (in the same order).
+    pub fn decode(&self, plan: Plan, replies: &[Vec<u16>]) -> Result<Decoded, DecodeError> {
+        let requests = self.requests(plan);
+        if requests.len() != replies.len() {
+            return Err(DecodeError::Missing("a reply"));
+        }
+        let plain = |samples| Decoded { samples, server: None };
+        match plan {
+            Plan::Pzem => pzem::decode(&replies[0], self.phase).map(plain),
+            Plan::Rx380(_) => rx380::decode(&RegisterImage::from_replies(&requests, replies)).map(plain),
+            Plan::PmtrSrv(p) => {
+                let image = RegisterImage::from_replies(&requests, replies);
+                pmtr_srv::decode(&image, p, self.multiplier)
+                    .map(|t| Decoded { server: Some(t.server_read()), samples: t.samples })
+            }
+        }
+    }
+
+    /// The plan to read by from now on after the meter answered a request of `plan` with
+    /// `exception`, if any: smaller blocks when it refuses the registers asked for (02, 03).
+    pub fn fallback(&self, plan: Plan, exception: Exception) -> Option<Plan> {
+        exception.refuses_the_block().then(|| plan.smaller()).flatten()
+    }
+}
+
+/// Where a model's duties report: the meter's name for the log, its counters, its status.
+pub trait Report: Sync {
+    fn meter(&self) -> &str;
+    /// Counts one transaction.
+    fn count(&self, out: &Outcome);
+    /// Updates what the status shows of a PMTR_001_SRV.
+    fn server(&self, update: &mut (dyn FnMut(&mut pmtr_srv::ServerStatus) + Send));
+}
+
+/// How a duty reaches its meter, and when it runs.
+#[derive(Clone, Copy)]
+pub struct DutyCall<'a> {
+    /// The plan its meter is read by now.
+    pub plan: Plan,
+    pub address: u8,
+    /// The reply timeout and tries of one transaction.
+    pub timeout: Duration,
+    pub attempts: u32,
+    pub now: Instant,
+    /// Whether the gateway's own clock can be sent (see [`crate::clock`]).
+    pub clock_believed: bool,
+    pub report: &'a dyn Report,
+}
+
+/// A duty run: `Err` only when the port failed (a duty that failed is the driver's to retry).
+pub type DutyRun<'a> = Pin<Box<dyn Future<Output = std::io::Result<()>> + Send + 'a>>;
+
+/// What a model does between polls besides being read.
+pub trait Duties<L: Line>: Send {
+    /// After a good poll of `plan`, with what it read for the duties.
+    fn after_poll(&mut self, plan: Plan, read: pmtr_srv::ServerRead, report: &dyn Report);
+
+    /// Whether a duty is due at `now`. Pure.
+    fn due(&self, now: Instant, clock_believed: bool) -> bool;
+
+    /// Runs the duty due, if any, on `t`.
+    fn run<'a>(&'a mut self, t: &'a mut Transport<L>, call: DutyCall<'a>) -> DutyRun<'a>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One rule for every model: exception 02 or 03 moves to the next smaller plan while there
+    /// is one; any other exception, or the last plan, keeps the plan.
+    #[test]
+    fn the_fallback_after_an_exception_is_one_rule() {
+        for model in Model::ALL {
+            let r = Reader::new(model, 1);
+            let plans = r.plans();
+            for (k, &plan) in plans.iter().enumerate() {
+                for code in 0..=255u8 {
+                    let e = Exception::from_code(code);
+                    let want = if matches!(code, 2 | 3) { plans.get(k + 1).copied() } else { None };
+                    assert_eq!(r.fallback(plan, e), want, "{model} {plan:?} {e}");
+                }
+            }
+        }
+        assert_eq!(Reader::new(Model::Pzem016, 1).plans(), [Plan::Pzem]);
+        assert_eq!(
+            Reader::new(Model::Rx380, 1).plans(),
+            [Plan::Rx380(rx380::Plan::Block), Plan::Rx380(rx380::Plan::Groups)]
+        );
+        assert_eq!(Reader::new(Model::PmtrSrv, 1).plans().len(), 3);
+    }
+
+    #[test]
+    fn a_server_alone_on_its_bus_is_read_in_one_block() {
+        let r = Reader::new(Model::PmtrSrv, 5);
+        assert_eq!(r.first_plan(1), Plan::PmtrSrv(pmtr_srv::Plan::Block));
+        assert_eq!(r.first_plan(2), Plan::PmtrSrv(pmtr_srv::Plan::Chunks));
+        assert_eq!(Reader::new(Model::Rx380, 1).first_plan(3), Plan::Rx380(rx380::Plan::Block));
+    }
+
+    /// The telemetry of a server is decoded in one place, with the meter's multiplier.
+    #[test]
+    fn a_server_is_decoded_with_its_multiplier() {
+        let mut regs = vec![0u16; 38];
+        regs[1] = 12_480; // 12 V supply
+        regs[86 - 78] = 250; // L1 power
+        regs[92 - 78] = 500; // L1 answered (50 Hz)
+        regs[115 - 78] = 7;
+        let r = Reader { multiplier: 2.0, ..Reader::new(Model::PmtrSrv, 5) };
+        let d = r.decode(Plan::PmtrSrv(pmtr_srv::Plan::Block), &[regs]).unwrap();
+        let power = d
+            .samples
+            .iter()
+            .find(|s| s.phase == Phase::L1 && s.quantity == crate::reading::Quantity::ActivePower);
+        assert_eq!(power.map(|s| s.value), Some(500.0));
+        assert_eq!(d.server, Some(pmtr_srv::ServerRead { sentinel: 7, low_power: false }));
+    }
+}
