@@ -82,8 +82,12 @@ enum Cmd {
         /// The slave address, or a Modbus TCP unit id (--unit).
         #[arg(long, visible_alias = "unit")]
         address: Option<u8>,
-        #[arg(long, default_value = "pzem-016", value_parser = parse_model)]
-        model: Model,
+        /// A model (pzem-016, rx380, pmtr-srv) or a meter definition (`pmtr meters list`).
+        #[arg(long, default_value = "pzem-016")]
+        model: String,
+        /// The folder of user meter definitions.
+        #[arg(long, default_value = "/etc/pmtr/meters.d")]
+        meters_dir: PathBuf,
         #[arg(long)]
         baud: Option<u32>,
         #[arg(long, value_parser = tools::parse_parity)]
@@ -93,6 +97,11 @@ enum Cmd {
         /// Print the reading as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Meter definitions: the built-in library and the user files.
+    Meters {
+        #[command(subcommand)]
+        cmd: MetersCmd,
     },
     /// PZEM set-up commands (one device on the line for set-address).
     Pzem {
@@ -313,11 +322,24 @@ enum PmtrCmd {
     },
 }
 
-fn parse_model(s: &str) -> Result<Model, String> {
-    Model::parse(s).ok_or_else(|| {
-        let names: Vec<_> = Model::ALL.iter().map(|m| m.name()).collect();
-        format!("unknown model `{s}` (known: {})", names.join(", "))
-    })
+#[derive(Subcommand)]
+enum MetersCmd {
+    /// The built-in definitions and the user files (a user file overrides a built-in).
+    List {
+        #[arg(long, default_value = "/etc/pmtr/meters.d")]
+        dir: PathBuf,
+    },
+    /// A definition's register table and the requests a poll sends.
+    Show {
+        name: String,
+        #[arg(long, default_value = "/etc/pmtr/meters.d")]
+        dir: PathBuf,
+    },
+    /// Check definition files and report every error in them.
+    Check {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 fn parse_level(s: &str) -> Result<Level, String> {
@@ -463,11 +485,43 @@ fn main() -> ExitCode {
                     }
                 }
             }
-            Cmd::Read { meter, config, port, tcp, rtu_over_tcp, address, model, baud, parity, timeout, json } => {
+            Cmd::Read {
+                meter,
+                config,
+                port,
+                tcp,
+                rtu_over_tcp,
+                address,
+                model,
+                meters_dir,
+                baud,
+                parity,
+                timeout,
+                json,
+            } => {
                 let (kind, port) = match (port, tcp, rtu_over_tcp) {
                     (_, Some(host), _) => (config::BusKind::Tcp, Some(host)),
                     (_, _, Some(host)) => (config::BusKind::RtuOverTcp, Some(host)),
                     (port, None, None) => (config::BusKind::Rs485, port),
+                };
+                let model = match (&meter, &port, address) {
+                    (None, Some(port), Some(address)) => match tools::choose_model(&model, &meters_dir)? {
+                        tools::ModelChoice::Model(m) => m,
+                        tools::ModelChoice::Definition(d) => {
+                            if kind.is_network() {
+                                config::check_host(port).map_err(anyhow::Error::msg)?;
+                            }
+                            let line = tools::definition_line(&d, baud, parity);
+                            let r = tools::run_read_definition(port, kind, line, &d, address, timeout, 2).await?;
+                            if json {
+                                println!("{}", serde_json::to_string_pretty(&r)?);
+                            } else {
+                                tools::print_definition_reading(&r);
+                            }
+                            return Ok(ExitCode::SUCCESS);
+                        }
+                    },
+                    _ => Model::parse(&model).unwrap_or(Model::Pzem016),
                 };
                 let target = match (meter, port, address) {
                     (Some(name), _, _) => {
@@ -508,6 +562,11 @@ fn main() -> ExitCode {
                     tools::print_reading(&reading);
                 }
             }
+            Cmd::Meters { cmd } => match cmd {
+                MetersCmd::List { dir } => return Ok(tools::meters_list(&dir)),
+                MetersCmd::Show { name, dir } => tools::meters_show(&name, &dir)?,
+                MetersCmd::Check { files } => return Ok(tools::meters_check(&files)),
+            },
             Cmd::Pzem { cmd } => {
                 let t = Duration::from_millis(300);
                 match cmd {
