@@ -253,6 +253,70 @@ fn abb_b23() -> Meter {
     m
 }
 
+/// CHINT DDSU666 (manual appendix A): holding registers, floats high word first, power in kW
+/// and kvar.
+fn ddsu666() -> Meter {
+    let mut m = Meter::new(true);
+    for (addr, x, f, q) in [
+        (0x2000, 230.15, 1.0, "Voltage"),
+        (0x2002, 4.75, 1.0, "Current"),
+        (0x2004, -1.0505, 1000.0, "ActivePower"),
+        (0x2006, -0.12025, 1000.0, "ReactivePower"),
+        (0x200A, -0.95, 1.0, "PowerFactor"),
+        (0x200E, 50.02, 1.0, "Frequency"),
+        (0x4000, 2345.5, 1.0, "ImportActiveEnergy"),
+        (0x400A, 123.25, 1.0, "ExportActiveEnergy"),
+    ] {
+        m.f32(true, addr, x, f, "L1", q);
+    }
+    m
+}
+
+/// ORNO OR-WE-514 (register description OR-WE-514&OR-WE-515): holding registers, integers
+/// high word first; power in 0.001 kW, signed.
+fn orno_we514() -> Meter {
+    let mut m = Meter::new(true);
+    m.int(0x0130, 5002, 1, 0.01, "L1", "Frequency");
+    m.int(0x0131, 23015, 1, 0.01, "L1", "Voltage");
+    m.int(0x0139, 4750, 2, 0.001, "L1", "Current");
+    m.int(0x0140, -1050, 2, 1.0, "L1", "ActivePower");
+    m.int(0x0148, -120, 2, 1.0, "L1", "ReactivePower");
+    m.int(0x0150, 1100, 2, 1.0, "L1", "ApparentPower");
+    m.int(0x0158, -950, 1, 0.001, "L1", "PowerFactor");
+    m.int(0xA000, 246_875, 2, 0.01, "L1", "ActiveEnergy");
+    m.int(0xA01E, 5825, 2, 0.01, "L1", "ReactiveEnergy");
+    m
+}
+
+/// ORNO OR-WE-516 (OR-WE-516 register list): holding registers, floats high word first;
+/// power in kW, kvar and kVA.
+fn orno_we516() -> Meter {
+    let mut m = Meter::new(true);
+    let mut put = |addr: u16, v: [f32; 4], f: f64, q: &'static str, total_first: bool| {
+        let phases: [&'static str; 4] =
+            if total_first { ["Total", "L1", "L2", "L3"] } else { ["L1", "L2", "L3", "-"] };
+        for (k, (x, p)) in v.into_iter().zip(phases).enumerate() {
+            if p != "-" {
+                m.f32(true, addr + 2 * k as u16, x, f, p, q);
+            }
+        }
+    };
+    put(0x000E, [230.1, 231.2, 229.3, 0.0], 1.0, "Voltage", false);
+    put(0x0016, [5.5, 6.25, 7.75, 0.0], 1.0, "Current", false);
+    put(0x001C, [1.65025, 1.2005, -0.35025, 0.8], 1000.0, "ActivePower", true);
+    put(0x0024, [0.0745, 0.1, -0.0505, 0.025], 1000.0, "ReactivePower", true);
+    put(0x002C, [2.5505, 1.3, 0.4005, 0.85], 1000.0, "ApparentPower", true);
+    put(0x0034, [0.9, 0.92, -0.87, 0.94], 1.0, "PowerFactor", true);
+    put(0x0100, [13134.7, 4101.0, 4300.5, 4733.0], 1.0, "ActiveEnergy", true);
+    put(0x0108, [12345.6, 4000.5, 4100.25, 4245.0], 1.0, "ImportActiveEnergy", true);
+    put(0x0110, [789.1, 100.5, 200.25, 488.0], 1.0, "ExportActiveEnergy", true);
+    m.f32(true, 0x0014, 49.95, 1.0, "Total", "Frequency");
+    m.f32(true, 0x0118, 366.75, 1.0, "Total", "ReactiveEnergy");
+    m.f32(true, 0x0120, 321.5, 1.0, "Total", "ImportReactiveEnergy");
+    m.f32(true, 0x0128, 45.25, 1.0, "Total", "ExportReactiveEnergy");
+    m
+}
+
 /// The meters on the peer: (model, address, image).
 fn meters() -> Vec<(&'static str, u8, Meter)> {
     vec![
@@ -261,6 +325,9 @@ fn meters() -> Vec<(&'static str, u8, Meter)> {
         ("dtsu666", 3, dtsu666()),
         ("dds238", 4, dds238()),
         ("abb-b23", 5, abb_b23()),
+        ("ddsu666", 6, ddsu666()),
+        ("orno-we514", 7, orno_we514()),
+        ("orno-we516", 8, orno_we516()),
         // An SDM630 that refuses its reserved registers: read by the fallback.
         ("sdm630", 11, sdm630(false)),
     ]

@@ -25,16 +25,20 @@ pub struct Block {
     pub count: u16,
 }
 
-/// Where a register's words are: its index in the table, the block, the offset in the block.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where a register's words are (its index in the table, the block, the offset in the
+/// block), with what decoding it takes copied in, so that a reading touches nothing else.
+#[derive(Debug, Clone, Copy, PartialEq)]
 struct Slot {
     register: usize,
     block: usize,
     offset: usize,
+    r: Register,
+    /// The quantity's plausibility limit.
+    limit: f64,
 }
 
 /// The requests of one poll and where each due register is in their replies.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Layout {
     pub blocks: Vec<Block>,
     slots: Vec<Slot>,
@@ -163,7 +167,8 @@ impl Definition {
             for m in members {
                 let register = due[m];
                 let offset = usize::from(self.registers[register].address - block.start);
-                slots.push(Slot { register, block: b, offset });
+                let r = self.registers[register];
+                slots.push(Slot { register, block: b, offset, r, limit: r.quantity.limit() });
             }
             blocks.push(block);
         }
@@ -203,10 +208,11 @@ impl Layout {
         Ok(out)
     }
 
-    /// [`Layout::decode`] into `out` (cleared first), reusing its allocation.
+    /// [`Layout::decode`] into `out` (cleared first), reusing its allocation. `_def` is the
+    /// definition the layout was made from (its table is copied into the layout).
     pub fn decode_into(
         &self,
-        def: &Definition,
+        _def: &Definition,
         replies: &[Vec<u16>],
         meter_phase: Phase,
         out: &mut Vec<Sample>,
@@ -216,27 +222,34 @@ impl Layout {
             return Err(DecodeError::Missing("a reply"));
         }
         for s in &self.slots {
-            let r = &def.registers[s.register];
+            let r = &s.r;
             let words = replies[s.block]
                 .get(s.offset..s.offset + usize::from(r.width()))
                 .ok_or(DecodeError::Missing("a register of the definition's table"))?;
-            out.push(Sample::new(r.phase_on(meter_phase), r.quantity, value(r, words)));
+            let sample = Sample::new(r.phase_on(meter_phase), r.quantity, value(r, words));
+            // Not finite, or beyond the quantity's limit.
+            if !(sample.value.is_finite() && sample.value.abs() <= s.limit) {
+                return Err(
+                    DecodeError::first_implausible(&[sample]).unwrap_or(DecodeError::Missing("a value"))
+                );
+            }
+            out.push(sample);
         }
-        match DecodeError::first_implausible(out) {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        Ok(())
     }
 }
 
 /// The raw number in `words` (as many as the type's width) by type, word and byte order.
+#[inline]
 pub fn raw(words: &[u16], ty: RegType, word_order: WordOrder, byte_order: ByteOrder) -> f64 {
     let fix = |w: u16| if byte_order == ByteOrder::Little { w.swap_bytes() } else { w };
-    let mut bits: u64 = 0;
-    match word_order {
-        WordOrder::HighFirst => words.iter().for_each(|&w| bits = bits << 16 | u64::from(fix(w))),
-        WordOrder::LowFirst => words.iter().rev().for_each(|&w| bits = bits << 16 | u64::from(fix(w))),
-    }
+    let bits: u64 = match (words, word_order) {
+        ([w], _) => u64::from(fix(*w)),
+        ([a, b], WordOrder::HighFirst) => u64::from(fix(*a)) << 16 | u64::from(fix(*b)),
+        ([a, b], WordOrder::LowFirst) => u64::from(fix(*b)) << 16 | u64::from(fix(*a)),
+        (ws, WordOrder::HighFirst) => ws.iter().fold(0, |acc, &w| acc << 16 | u64::from(fix(w))),
+        (ws, WordOrder::LowFirst) => ws.iter().rev().fold(0, |acc, &w| acc << 16 | u64::from(fix(w))),
+    };
     match ty {
         RegType::U16 => f64::from(bits as u16),
         RegType::I16 => f64::from(bits as u16 as i16),
@@ -251,6 +264,7 @@ pub fn raw(words: &[u16], ty: RegType, word_order: WordOrder, byte_order: ByteOr
 }
 
 /// A register's SI value from its words.
+#[inline]
 pub fn value(r: &Register, words: &[u16]) -> f64 {
     let x = raw(words, r.ty, r.word_order, r.byte_order);
     let scaled = match r.divisor {
