@@ -86,13 +86,13 @@ type Value<'i> = Spanned<DeValue<'i>>;
 /// Parses and checks a definition. `file` is only used in the errors.
 pub fn parse(src: &str, file: &str) -> Result<Definition, DefErrors> {
     let mut c = Checker { src, file, errors: Vec::new() };
-    let def = match DeTable::parse(src) {
-        Ok(root) => c.definition(root.get_ref()),
-        Err(e) => {
-            c.error(e.span().unwrap_or(0..0), "", e.message().trim().to_owned());
-            None
-        }
-    };
+    // Every syntax error at once; the rest is checked only in a file that parses (what the
+    // parser recovers around an error would only bring errors of its own).
+    let (root, syntax) = DeTable::parse_recoverable(src);
+    for e in &syntax {
+        c.error(e.span().unwrap_or(0..0), "", e.message().trim().to_owned());
+    }
+    let def = if syntax.is_empty() { c.definition(root.get_ref()) } else { None };
     let mut errors = c.errors;
     errors.sort_by_key(|e| (e.line, e.column));
     errors.dedup();

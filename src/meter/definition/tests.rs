@@ -212,6 +212,18 @@ scale = nan
 }
 
 #[test]
+fn every_syntax_error_is_reported() {
+    let src = "name = \"x\"\nmaker = \nmodel = \"m\"\nphases = 1 2\n";
+    let e = parse(src, "s.toml").unwrap_err();
+    assert!(e.0.len() >= 2, "{e}");
+    assert_eq!((e.0[0].line, e.0[1].line), (2, 4), "{e}");
+    // No input panics the loader.
+    for cut in 0..src.len() {
+        let _ = parse(&src[..cut], "s.toml");
+    }
+}
+
+#[test]
 fn overlaps_duplicates_and_blocks_are_checked() {
     let src = r#"name = "bad"
 maker = "m"
@@ -309,6 +321,19 @@ fn check_grouping(regs: &[(Function, u16, u16)], plan: Plan, even: bool) -> Resu
 }
 
 proptest! {
+    /// No text panics the loader: random text, and a built-in file with bytes replaced.
+    #[test]
+    fn no_text_panics_the_loader(text in "\\PC{0,200}", at in 0usize..4000, with in "[ -~\n]{1,8}") {
+        let _ = parse(&text, "p.toml");
+        let base = BUILT_IN[at % BUILT_IN.len()].1;
+        let mut cut = at.min(base.len());
+        while !base.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let mutated = format!("{}{with}{}", &base[..cut], &base[(cut + with.len()).min(base.len())..]);
+        let _ = parse(&mutated, "p.toml");
+    }
+
     #[test]
     fn grouping_reads_every_register_once_within_the_limits(
         regs in table(), max_block in 4u16..126, max_gap in 0u16..20, even in any::<bool>(),
