@@ -317,6 +317,76 @@ fn orno_we516() -> Meter {
     m
 }
 
+/// Eastron SDM230 (SDM230 Protocol, 2018-03): the SDM120's registers, input, floats high word
+/// first.
+fn sdm230() -> Meter {
+    let mut m = Meter::new(true);
+    for (addr, x, q) in [
+        (0x0000, 228.75, "Voltage"),
+        (0x0006, 12.5, "Current"),
+        (0x000C, 2750.25, "ActivePower"),
+        (0x0012, 2860.5, "ApparentPower"),
+        (0x0018, 310.75, "ReactivePower"),
+        (0x001E, 0.961, "PowerFactor"),
+        (0x0046, 49.97, "Frequency"),
+        (0x0048, 8765.25, "ImportActiveEnergy"),
+        (0x004A, 12.5, "ExportActiveEnergy"),
+        (0x004C, 654.75, "ImportReactiveEnergy"),
+        (0x004E, 3.25, "ExportReactiveEnergy"),
+        (0x0156, 8777.75, "ActiveEnergy"),
+        (0x0158, 658.0, "ReactiveEnergy"),
+    ] {
+        m.f32(false, addr, x, 1.0, "L1", q);
+    }
+    m
+}
+
+/// Eastron SDM72D-M-2 (SDM72DM-V2 User Manual V1.1): input registers, floats high word first.
+fn sdm72d_m_v2() -> Meter {
+    let mut m = Meter::new(true);
+    for (base, q, v) in [
+        (0x0000, "Voltage", [230.5, 231.5, 232.5]),
+        (0x0006, "Current", [10.25, 11.25, 12.25]),
+        (0x000C, "ActivePower", [2300.5, -150.25, 2800.0]),
+        (0x0012, "ApparentPower", [2360.0, 2600.5, 2850.0]),
+        (0x0018, "ReactivePower", [120.0, -130.5, 140.0]),
+        (0x001E, "PowerFactor", [0.975, -0.058, 0.982]),
+    ] {
+        for (k, (x, p)) in v.into_iter().zip(["L1", "L2", "L3"]).enumerate() {
+            m.f32(false, base + 2 * k as u16, x, 1.0, p, q);
+        }
+    }
+    m.f32(false, 0x0034, 4950.25, 1.0, "Total", "ActivePower");
+    m.f32(false, 0x0038, 7810.5, 1.0, "Total", "ApparentPower");
+    m.f32(false, 0x003C, 129.5, 1.0, "Total", "ReactivePower");
+    m.f32(false, 0x003E, 0.634, 1.0, "Total", "PowerFactor");
+    m.f32(false, 0x0046, 50.01, 1.0, "Total", "Frequency");
+    m.f32(false, 0x0048, 54321.5, 1.0, "Total", "ImportActiveEnergy");
+    m.f32(false, 0x004A, 1234.25, 1.0, "Total", "ExportActiveEnergy");
+    m.f32(false, 0x00C8, 399.5, 1.0, "L12", "Voltage");
+    m.f32(false, 0x00CA, 401.25, 1.0, "L23", "Voltage");
+    m.f32(false, 0x00CC, 400.5, 1.0, "L31", "Voltage");
+    m.f32(false, 0x00E0, 2.375, 1.0, "N", "Current");
+    m.f32(false, 0x0156, 55555.75, 1.0, "Total", "ActiveEnergy");
+    m.f32(false, 0x0158, 987.5, 1.0, "Total", "ReactiveEnergy");
+    m
+}
+
+/// ABB B21 (the single-phase subset of the B23 map): holding registers, integers high word first.
+fn abb_b21() -> Meter {
+    let mut m = Meter::new(true);
+    m.int(0x5000, 765_432, 4, 0.01, "L1", "ImportActiveEnergy");
+    m.int(0x5004, 1_234, 4, 0.01, "L1", "ExportActiveEnergy");
+    m.int(0x5B00, 2297, 2, 0.1, "L1", "Voltage");
+    m.int(0x5B0C, 1_234, 2, 0.01, "L1", "Current");
+    m.int(0x5B14, -275_050, 2, 0.01, "L1", "ActivePower");
+    m.int(0x5B1C, 12_345, 2, 0.01, "L1", "ReactivePower");
+    m.int(0x5B24, 283_400, 2, 0.01, "L1", "ApparentPower");
+    m.int(0x5B2C, 5003, 1, 0.01, "L1", "Frequency");
+    m.int(0x5B3A, -971, 1, 0.001, "L1", "PowerFactor");
+    m
+}
+
 /// The meters on the peer: (model, address, image).
 fn meters() -> Vec<(&'static str, u8, Meter)> {
     vec![
@@ -328,6 +398,9 @@ fn meters() -> Vec<(&'static str, u8, Meter)> {
         ("ddsu666", 6, ddsu666()),
         ("orno-we514", 7, orno_we514()),
         ("orno-we516", 8, orno_we516()),
+        ("sdm230", 9, sdm230()),
+        ("sdm72d-m-v2", 10, sdm72d_m_v2()),
+        ("abb-b21", 12, abb_b21()),
         // An SDM630 that refuses its reserved registers: read by the fallback.
         ("sdm630", 11, sdm630(false)),
     ]
