@@ -82,8 +82,12 @@ enum Cmd {
         /// The slave address, or a Modbus TCP unit id (--unit).
         #[arg(long, visible_alias = "unit")]
         address: Option<u8>,
-        #[arg(long, default_value = "pzem-016", value_parser = parse_model)]
-        model: Model,
+        /// A model (pzem-016, rx380, pmtr-srv) or a meter definition (`pmtr meters list`).
+        #[arg(long, default_value = "pzem-016")]
+        model: String,
+        /// The folder of user meter definitions.
+        #[arg(long, default_value = "/etc/pmtr/meters.d")]
+        meters_dir: PathBuf,
         #[arg(long)]
         baud: Option<u32>,
         #[arg(long, value_parser = tools::parse_parity)]
@@ -93,6 +97,11 @@ enum Cmd {
         /// Print the reading as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Meter definitions: the built-in library and the user files.
+    Meters {
+        #[command(subcommand)]
+        cmd: MetersCmd,
     },
     /// PZEM set-up commands (one device on the line for set-address).
     Pzem {
@@ -313,11 +322,24 @@ enum PmtrCmd {
     },
 }
 
-fn parse_model(s: &str) -> Result<Model, String> {
-    Model::parse(s).ok_or_else(|| {
-        let names: Vec<_> = Model::ALL.iter().map(|m| m.name()).collect();
-        format!("unknown model `{s}` (known: {})", names.join(", "))
-    })
+#[derive(Subcommand)]
+enum MetersCmd {
+    /// The built-in definitions and the user files (a user file overrides a built-in).
+    List {
+        #[arg(long, default_value = "/etc/pmtr/meters.d")]
+        dir: PathBuf,
+    },
+    /// A definition's register table and the requests a poll sends.
+    Show {
+        name: String,
+        #[arg(long, default_value = "/etc/pmtr/meters.d")]
+        dir: PathBuf,
+    },
+    /// Check definition files and report every error in them.
+    Check {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 fn parse_level(s: &str) -> Result<Level, String> {
@@ -490,7 +512,40 @@ async fn command(cmd: Cmd) -> anyhow::Result<ExitCode> {
                 tools::run_scan(ports, addresses, baud, parity, timeout).await?;
             }
         },
-        Cmd::Read { meter, config, port, tcp, rtu_over_tcp, address, model, baud, parity, timeout, json } => {
+        Cmd::Read {
+            meter,
+            config,
+            port,
+            tcp,
+            rtu_over_tcp,
+            address,
+            model,
+            meters_dir,
+            baud,
+            parity,
+            timeout,
+            json,
+        } => {
+            // A model named on the command line may be a meter definition: read by it.
+            let model = match (&meter, address) {
+                (None, Some(address)) => match tools::choose_model(&model, &meters_dir)? {
+                    tools::ModelChoice::Model(m) => m,
+                    tools::ModelChoice::Definition(d) => {
+                        let wire = Wire {
+                            port,
+                            tcp,
+                            rtu_over_tcp,
+                            address: Some(address),
+                            model: Model::Pzem016,
+                            baud,
+                            parity,
+                            timeout,
+                        };
+                        return read_by_definition(wire, &d, json).await;
+                    }
+                },
+                _ => Model::parse(&model).unwrap_or(Model::Pzem016),
+            };
             let wire = Wire { port, tcp, rtu_over_tcp, address, model, baud, parity, timeout };
             let target = read_target(meter, &config, wire)?;
             let reading = tools::run_read(target).await?;
@@ -500,6 +555,11 @@ async fn command(cmd: Cmd) -> anyhow::Result<ExitCode> {
                 tools::print_reading(&reading);
             }
         }
+        Cmd::Meters { cmd } => match cmd {
+            MetersCmd::List { dir } => return Ok(tools::meters_list(&dir)),
+            MetersCmd::Show { name, dir } => tools::meters_show(&name, &dir)?,
+            MetersCmd::Check { files } => return Ok(tools::meters_check(&files)),
+        },
         Cmd::Pzem { cmd } => {
             let t = config::DEFAULT_BUS_TIMEOUT;
             match cmd {
@@ -558,6 +618,44 @@ struct Wire {
     timeout: Duration,
 }
 
+/// Where `pmtr read` asks: a serial port, a Modbus TCP host or an RTU-over-TCP converter.
+fn wire_port(
+    port: Option<String>,
+    tcp: Option<String>,
+    rtu_over_tcp: Option<String>,
+) -> (config::BusKind, Option<String>) {
+    match (port, tcp, rtu_over_tcp) {
+        (_, Some(host), _) => (config::BusKind::Tcp, Some(host)),
+        (_, _, Some(host)) => (config::BusKind::RtuOverTcp, Some(host)),
+        (port, None, None) => (config::BusKind::Rs485, port),
+    }
+}
+
+/// `pmtr read --model NAME` where NAME is a meter definition: one poll by its table.
+async fn read_by_definition(
+    wire: Wire,
+    d: &pmtr::meter::definition::Definition,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let (kind, port) = wire_port(wire.port, wire.tcp, wire.rtu_over_tcp);
+    let (Some(port), Some(address)) = (port, wire.address) else {
+        anyhow::bail!("give --port (or --tcp, --rtu-over-tcp) and --address (or --unit)")
+    };
+    if kind.is_network() {
+        config::check_host(&port).map_err(anyhow::Error::msg)?;
+    }
+    let line = tools::definition_line(d, wire.baud, wire.parity);
+    let r =
+        tools::run_read_definition(&port, kind, line, d, address, wire.timeout, config::DEFAULT_BUS_RETRIES)
+            .await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        tools::print_definition_reading(&r);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// What `pmtr read` reads: a configured meter by name, or one on a port (or a host) given.
 fn read_target(
     meter: Option<String>,
@@ -565,11 +663,7 @@ fn read_target(
     wire: Wire,
 ) -> anyhow::Result<tools::ReadTarget> {
     let Wire { port, tcp, rtu_over_tcp, address, model, baud, parity, timeout } = wire;
-    let (kind, port) = match (port, tcp, rtu_over_tcp) {
-        (_, Some(host), _) => (config::BusKind::Tcp, Some(host)),
-        (_, _, Some(host)) => (config::BusKind::RtuOverTcp, Some(host)),
-        (port, None, None) => (config::BusKind::Rs485, port),
-    };
+    let (kind, port) = wire_port(port, tcp, rtu_over_tcp);
     match (meter, port, address) {
         (Some(name), _, _) => Ok(tools::ReadTarget::from_config(&load(config)?, &name)?),
         (None, Some(port), Some(address)) => {

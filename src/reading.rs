@@ -94,12 +94,24 @@ pub enum Quantity {
     ActivePowerAvg,
     FrequencyAvg,
     PowerFactorAvg,
+    /// kWh taken from the grid, a counter.
+    ImportActiveEnergy,
+    /// kWh delivered to the grid, a counter.
+    ExportActiveEnergy,
+    /// kvarh imported, a counter.
+    ImportReactiveEnergy,
+    /// kvarh exported, a counter.
+    ExportReactiveEnergy,
+    /// Total harmonic distortion of the voltage, percent.
+    VoltageThd,
+    /// Total harmonic distortion of the current, percent.
+    CurrentThd,
 }
 
 impl Quantity {
     /// Every quantity, in the column order of storage. The spool stores positions in this
     /// array: add new quantities at the end only.
-    pub const ALL: [Quantity; 19] = [
+    pub const ALL: [Quantity; 25] = [
         Quantity::Voltage,
         Quantity::Current,
         Quantity::ActivePower,
@@ -119,6 +131,12 @@ impl Quantity {
         Quantity::ActivePowerAvg,
         Quantity::FrequencyAvg,
         Quantity::PowerFactorAvg,
+        Quantity::ImportActiveEnergy,
+        Quantity::ExportActiveEnergy,
+        Quantity::ImportReactiveEnergy,
+        Quantity::ExportReactiveEnergy,
+        Quantity::VoltageThd,
+        Quantity::CurrentThd,
     ];
 
     /// The suffix of trigger variables, after the PMTR names: `U I P e f pf`.
@@ -143,6 +161,12 @@ impl Quantity {
             Quantity::ActivePowerAvg => "Pavg",
             Quantity::FrequencyAvg => "favg",
             Quantity::PowerFactorAvg => "pfavg",
+            Quantity::ImportActiveEnergy => "ei",
+            Quantity::ExportActiveEnergy => "ee",
+            Quantity::ImportReactiveEnergy => "eqi",
+            Quantity::ExportReactiveEnergy => "eqe",
+            Quantity::VoltageThd => "Uthd",
+            Quantity::CurrentThd => "Ithd",
         }
     }
 
@@ -168,6 +192,12 @@ impl Quantity {
             Quantity::ActivePowerAvg => "power_avg",
             Quantity::FrequencyAvg => "frequency_avg",
             Quantity::PowerFactorAvg => "power_factor_avg",
+            Quantity::ImportActiveEnergy => "import_energy",
+            Quantity::ExportActiveEnergy => "export_energy",
+            Quantity::ImportReactiveEnergy => "import_reactive_energy",
+            Quantity::ExportReactiveEnergy => "export_reactive_energy",
+            Quantity::VoltageThd => "voltage_thd",
+            Quantity::CurrentThd => "current_thd",
         }
     }
 
@@ -178,9 +208,12 @@ impl Quantity {
             Quantity::ActivePower | Quantity::ActivePowerAvg => "W",
             Quantity::ApparentPower => "VA",
             Quantity::ReactivePower => "var",
-            Quantity::ActiveEnergy => "kWh",
+            Quantity::ActiveEnergy | Quantity::ImportActiveEnergy | Quantity::ExportActiveEnergy => "kWh",
             Quantity::ApparentEnergy => "kVAh",
-            Quantity::ReactiveEnergy => "kvarh",
+            Quantity::ReactiveEnergy | Quantity::ImportReactiveEnergy | Quantity::ExportReactiveEnergy => {
+                "kvarh"
+            }
+            Quantity::VoltageThd | Quantity::CurrentThd => "%",
             Quantity::Frequency | Quantity::FrequencyAvg => "Hz",
             Quantity::PowerFactor | Quantity::PowerFactorAvg => "",
             Quantity::Alarm | Quantity::LowPower => "",
@@ -199,7 +232,15 @@ impl Quantity {
             | Quantity::ApparentPower
             | Quantity::ReactivePower
             | Quantity::ActivePowerAvg => 1e10,
-            Quantity::ActiveEnergy | Quantity::ApparentEnergy | Quantity::ReactiveEnergy => 1e12,
+            Quantity::ActiveEnergy
+            | Quantity::ApparentEnergy
+            | Quantity::ReactiveEnergy
+            | Quantity::ImportActiveEnergy
+            | Quantity::ExportActiveEnergy
+            | Quantity::ImportReactiveEnergy
+            | Quantity::ExportReactiveEnergy => 1e12,
+            // Percent; distortion beyond a few hundred percent is a garbled register.
+            Quantity::VoltageThd | Quantity::CurrentThd => 1e4,
             Quantity::Frequency | Quantity::FrequencyAvg => 1e3,
             // A ratio of magnitude 1 at most; a little over for meters that round.
             Quantity::PowerFactor | Quantity::PowerFactorAvg => 1.1,
@@ -210,7 +251,16 @@ impl Quantity {
 
     /// Counters are never averaged and may only grow.
     pub fn is_counter(self) -> bool {
-        matches!(self, Quantity::ActiveEnergy | Quantity::ApparentEnergy | Quantity::ReactiveEnergy)
+        matches!(
+            self,
+            Quantity::ActiveEnergy
+                | Quantity::ApparentEnergy
+                | Quantity::ReactiveEnergy
+                | Quantity::ImportActiveEnergy
+                | Quantity::ExportActiveEnergy
+                | Quantity::ImportReactiveEnergy
+                | Quantity::ExportReactiveEnergy
+        )
     }
 }
 

@@ -387,3 +387,282 @@ pub async fn pzem_alarm_threshold(
 fn pzem_line() -> LineSettings {
     LineSettings::DEFAULT
 }
+
+/// `pmtr meters list`: the built-in definitions and the user files of `dir`.
+pub fn meters_list(dir: &std::path::Path) -> std::process::ExitCode {
+    use crate::meter::definition::{catalogue, Origin};
+    let (all, errors) = catalogue(Some(dir));
+    println!("{:<14} {:<10} {:<6} {:<34} from", "name", "maker", "phases", "model");
+    for (d, origin) in &all {
+        let from = match origin {
+            Origin::BuiltIn => "built in".to_string(),
+            Origin::File(p) => p.display().to_string(),
+            Origin::Overrides(p) => format!("{} (overrides the built-in)", p.display()),
+        };
+        println!("{:<14} {:<10} {:<6} {:<34} {from}", d.name, d.maker, d.phases, d.model);
+    }
+    for e in &errors {
+        eprintln!("{e}");
+    }
+    if errors.is_empty() {
+        std::process::ExitCode::SUCCESS
+    } else {
+        eprintln!("{} error(s) in the files of {}", errors.len(), dir.display());
+        std::process::ExitCode::from(1)
+    }
+}
+
+/// `pmtr meters show NAME`: a definition's table, and the requests a poll sends by each plan.
+pub fn meters_show(name: &str, dir: &std::path::Path) -> anyhow::Result<()> {
+    use crate::meter::definition::format::phase_name;
+    use crate::meter::definition::{find, ByteOrder, Plan, ProbeTest, WordOrder};
+    let d = find(name, Some(dir)).ok_or_else(|| unknown_definition(name, dir))?;
+    println!("{} — {} {}", d.name, d.maker, d.model);
+    if !d.description.is_empty() {
+        println!("{}", d.description);
+    }
+    let edition = if d.source.edition.is_empty() { String::new() } else { format!(", {}", d.source.edition) };
+    println!("source: {}{edition}", d.source.title);
+    let parity = d.line.parity;
+    println!(
+        "line: {} {}{parity}{}, address {}; {} phase(s)",
+        d.line.baud, 8, d.line.stop_bits, d.line.address, d.phases
+    );
+    println!(
+        "read: at most {} registers per request, gaps up to {}{}",
+        d.read.max_block,
+        d.read.max_gap,
+        if d.read.even { ", even start and count" } else { "" }
+    );
+    for p in &d.probe {
+        let test = match p.test {
+            ProbeTest::Equals(v) => format!("= {v}"),
+            ProbeTest::Range { min, max } => format!(
+                "in {}..{}",
+                min.map(|v| v.to_string()).unwrap_or_default(),
+                max.map(|v| v.to_string()).unwrap_or_default()
+            ),
+        };
+        println!("probe: {} 0x{:04X} {} {test}", p.function.name(), p.address, p.ty.name());
+    }
+    println!();
+    println!(
+        "{:<8} {:<7} {:<5} {:<10} {:>10} {:<24} {:<6} {:<8} unit",
+        "function", "address", "type", "order", "scale", "quantity", "phase", "every"
+    );
+    for r in &d.registers {
+        let order = match (r.word_order, r.byte_order) {
+            (_, _) if r.width() == 1 && r.byte_order == ByteOrder::Big => "-".to_string(),
+            (WordOrder::HighFirst, ByteOrder::Big) => "high".into(),
+            (WordOrder::LowFirst, ByteOrder::Big) => "low".into(),
+            (WordOrder::HighFirst, ByteOrder::Little) => "high/le".into(),
+            (WordOrder::LowFirst, ByteOrder::Little) => "low/le".into(),
+        };
+        let offset = if r.offset != 0.0 { format!(" +{}", r.offset) } else { String::new() };
+        println!(
+            "{:<8} 0x{:04X}  {:<5} {:<10} {:>10} {:<24} {:<6} {:<8} {}",
+            r.function.name(),
+            r.address,
+            r.ty.name(),
+            order,
+            format!("{}{offset}", r.scale),
+            r.quantity.field(),
+            r.phase.map_or("meter", phase_name),
+            r.every,
+            r.quantity.unit()
+        );
+    }
+    for (k, plan) in d.plans().into_iter().enumerate() {
+        let layout = d.layout(plan, 0);
+        let what = match plan {
+            Plan::Blocks { max_block, max_gap } => {
+                format!("blocks of at most {max_block}, gaps up to {max_gap}")
+            }
+            Plan::Values => "one value per request".into(),
+        };
+        if k == 0 {
+            println!();
+            println!("a poll: {} request(s)", layout.blocks.len());
+            for b in &layout.blocks {
+                println!("  FC{:02} 0x{:04X} +{}", b.function.code(), b.start, b.count);
+            }
+            println!("after exception 02 or 03, from then on:");
+        } else {
+            println!("  {what}: {} request(s)", layout.blocks.len());
+        }
+    }
+    Ok(())
+}
+
+/// `pmtr meters check FILE...`: every error of each file; exit 1 if any.
+pub fn meters_check(files: &[std::path::PathBuf]) -> std::process::ExitCode {
+    let mut bad = 0;
+    for f in files {
+        match crate::meter::definition::load_file(f) {
+            Ok(d) => {
+                println!("{}: ok ({} `{}`, {} registers)", f.display(), d.maker, d.name, d.registers.len())
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                eprintln!("{} error(s) in {}", e.0.len(), f.display());
+                bad += 1;
+            }
+        }
+    }
+    if bad == 0 {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::from(1)
+    }
+}
+
+fn unknown_definition(name: &str, dir: &std::path::Path) -> anyhow::Error {
+    let names: Vec<String> =
+        crate::meter::definition::catalogue(Some(dir)).0.into_iter().map(|(d, _)| d.name).collect();
+    let mut steps = 0;
+    let near = names
+        .iter()
+        .filter_map(|n| crate::spelling::distance_within(name, n, 2, &mut steps).map(|d| (d, n)))
+        .min()
+        .map(|(_, n)| format!(" (did you mean `{n}`?)"))
+        .unwrap_or_default();
+    anyhow!("unknown meter model `{name}`{near}; known: {}", names.join(", "))
+}
+
+/// What `pmtr read --model NAME` read by a definition.
+#[derive(Debug, serde::Serialize)]
+pub struct DefinitionReading {
+    pub meter: String,
+    pub model: String,
+    pub time: chrono::DateTime<chrono::Utc>,
+    pub samples: Vec<crate::reading::Sample>,
+}
+
+/// A meter model by name: one of the hand-written models, else a definition (built in or in
+/// `dir`).
+pub enum ModelChoice {
+    Model(Model),
+    Definition(Box<crate::meter::definition::Definition>),
+}
+
+pub fn choose_model(name: &str, dir: &std::path::Path) -> anyhow::Result<ModelChoice> {
+    if let Some(m) = Model::parse(name) {
+        return Ok(ModelChoice::Model(m));
+    }
+    crate::meter::definition::find(name, Some(dir))
+        .map(|d| ModelChoice::Definition(Box::new(d)))
+        .ok_or_else(|| unknown_definition(name, dir))
+}
+
+/// The line settings of a definition, with --baud and --parity over its defaults.
+pub fn definition_line(
+    d: &crate::meter::definition::Definition,
+    baud: Option<u32>,
+    parity: Option<Parity>,
+) -> LineSettings {
+    let own = match d.line.parity {
+        'E' => Parity::Even,
+        'O' => Parity::Odd,
+        _ => Parity::None,
+    };
+    LineSettings {
+        baud: baud.unwrap_or(d.line.baud),
+        data_bits: 8,
+        parity: parity.unwrap_or(own),
+        stop_bits: d.line.stop_bits,
+    }
+}
+
+/// `pmtr read PORT --model NAME`: one poll of a meter by its definition, falling back to
+/// smaller blocks when it refuses one (exception 02 or 03).
+pub async fn run_read_definition(
+    port: &str,
+    kind: BusKind,
+    line: LineSettings,
+    def: &crate::meter::definition::Definition,
+    address: u8,
+    timeout: Duration,
+    retries: u32,
+) -> anyhow::Result<DefinitionReading> {
+    let connect = |e: std::io::Error| anyhow!("{port}: cannot connect: {e}");
+    let samples = match kind {
+        BusKind::Tcp => {
+            let session = ModbusTcp::connect(port, CONNECT_TIMEOUT).await.map_err(connect)?;
+            read_definition_on(Transport::new(session, &line, None), def, address, timeout, retries).await
+        }
+        BusKind::RtuOverTcp => {
+            let stream = tcp_stream(port).await.map_err(connect)?;
+            read_definition_on(Transport::new(stream, &line, None), def, address, timeout, retries).await
+        }
+        BusKind::Rs485 | BusKind::PowerLine => {
+            let stream = open_serial(port, &line).with_context(|| format!("serial port {port}"))?;
+            read_definition_on(Transport::new(stream, &line, None), def, address, timeout, retries).await
+        }
+    }
+    .map_err(|e| anyhow!("{} at address {address} on {port}: {e}", def.name))?;
+    eprintln!("{} (address {address}) on {port}", def.name);
+    Ok(DefinitionReading {
+        meter: format!("{}@{address}", def.name),
+        model: def.name.clone(),
+        time: chrono::Utc::now(),
+        samples,
+    })
+}
+
+async fn read_definition_on<L: Line>(
+    mut t: Transport<L>,
+    def: &crate::meter::definition::Definition,
+    address: u8,
+    timeout: Duration,
+    retries: u32,
+) -> anyhow::Result<Vec<crate::reading::Sample>> {
+    let mut plan = def.first_plan();
+    'plans: loop {
+        let layout = def.layout(plan, 0);
+        let mut replies = Vec::with_capacity(layout.blocks.len());
+        for req in layout.requests(address) {
+            let mut last = FrameError::Timeout;
+            let mut got = None;
+            for _ in 0..=retries {
+                match t.transact(&req, timeout).await?.result {
+                    Ok(Reply::Registers(regs)) => {
+                        got = Some(regs);
+                        break;
+                    }
+                    Ok(other) => bail!("unexpected reply {other:?}"),
+                    Err(FrameError::Exception(e)) => match def.fallback(plan, e) {
+                        Some(smaller) => {
+                            let how = match smaller {
+                                crate::meter::definition::Plan::Blocks { max_block, .. } => {
+                                    format!("blocks of at most {max_block} registers")
+                                }
+                                crate::meter::definition::Plan::Values => "one value per request".into(),
+                            };
+                            eprintln!(
+                                "the meter refused {:?} ({e}): reading in smaller blocks, {how}",
+                                req.pdu
+                            );
+                            plan = smaller;
+                            continue 'plans;
+                        }
+                        None => bail!("the meter refused {:?}: {e}", req.pdu),
+                    },
+                    Err(e) => last = e,
+                }
+            }
+            match got {
+                Some(regs) => replies.push(regs),
+                None => bail!("{last}"),
+            }
+        }
+        return Ok(layout.decode(def, &replies, Phase::L1)?);
+    }
+}
+
+/// Prints a definition's reading like [`print_reading`].
+pub fn print_definition_reading(r: &DefinitionReading) {
+    println!("{} {}", r.meter, r.time.with_timezone(&chrono::Local).format("%Y-%m-%d %H:%M:%S %Z"));
+    for s in &r.samples {
+        println!("  {:<8} {:>14.3} {}", s.variable(), s.value, s.quantity.unit());
+    }
+}

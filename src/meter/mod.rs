@@ -2,6 +2,7 @@
 //! A model's name is a word of [`crate::reading`]; what the bus engine asks of a model is its
 //! [`driver`].
 
+pub mod definition;
 pub mod driver;
 pub mod pmtr_srv;
 pub mod pzem;

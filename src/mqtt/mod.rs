@@ -439,6 +439,12 @@ fn entity_name(phase: Phase, quantity: Quantity) -> String {
         Quantity::ActivePowerAvg => "power 5 s average",
         Quantity::FrequencyAvg => "frequency 5 s average",
         Quantity::PowerFactorAvg => "power factor 5 s average",
+        Quantity::ImportActiveEnergy => "import energy",
+        Quantity::ExportActiveEnergy => "export energy",
+        Quantity::ImportReactiveEnergy => "import reactive energy",
+        Quantity::ExportReactiveEnergy => "export reactive energy",
+        Quantity::VoltageThd => "voltage THD",
+        Quantity::CurrentThd => "current THD",
     };
     match phase {
         Phase::Total => {
@@ -460,8 +466,14 @@ fn home_assistant_class(q: Quantity) -> (Option<&'static str>, &'static str) {
         Quantity::ActivePower | Quantity::ActivePowerAvg => (Some("power"), "measurement"),
         Quantity::ApparentPower => (Some("apparent_power"), "measurement"),
         Quantity::ReactivePower => (Some("reactive_power"), "measurement"),
-        Quantity::ActiveEnergy => (Some("energy"), "total_increasing"),
-        Quantity::ApparentEnergy | Quantity::ReactiveEnergy => (None, "total_increasing"),
+        Quantity::ActiveEnergy | Quantity::ImportActiveEnergy | Quantity::ExportActiveEnergy => {
+            (Some("energy"), "total_increasing")
+        }
+        Quantity::ApparentEnergy
+        | Quantity::ReactiveEnergy
+        | Quantity::ImportReactiveEnergy
+        | Quantity::ExportReactiveEnergy => (None, "total_increasing"),
+        Quantity::VoltageThd | Quantity::CurrentThd => (None, "measurement"),
         Quantity::Frequency | Quantity::FrequencyAvg => (Some("frequency"), "measurement"),
         Quantity::PowerFactor | Quantity::PowerFactorAvg => (Some("power_factor"), "measurement"),
         Quantity::Alarm | Quantity::LowPower => (None, "measurement"),

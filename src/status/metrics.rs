@@ -45,6 +45,20 @@ pub fn reading_metric(q: Quantity) -> (&'static str, &'static str) {
         Quantity::PowerFactorAvg => {
             ("pmtr_power_factor_avg", "The meter's own moving average of the power factor.")
         }
+        Quantity::ImportActiveEnergy => {
+            ("pmtr_import_energy_kilowatthours", "The meter's imported active energy counter.")
+        }
+        Quantity::ExportActiveEnergy => {
+            ("pmtr_export_energy_kilowatthours", "The meter's exported active energy counter.")
+        }
+        Quantity::ImportReactiveEnergy => {
+            ("pmtr_import_reactive_energy_kilovarhours", "The meter's imported reactive energy counter.")
+        }
+        Quantity::ExportReactiveEnergy => {
+            ("pmtr_export_reactive_energy_kilovarhours", "The meter's exported reactive energy counter.")
+        }
+        Quantity::VoltageThd => ("pmtr_voltage_thd_percent", "Total harmonic distortion of the voltage (%)."),
+        Quantity::CurrentThd => ("pmtr_current_thd_percent", "Total harmonic distortion of the current (%)."),
     }
 }
 

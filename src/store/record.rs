@@ -81,7 +81,7 @@ pub const MAX_COSTS: usize = 12;
 pub const MAX_CAUSE: usize = 1024;
 
 const PHASES: [Phase; 8] = Phase::ALL;
-const QUANTITIES: [Quantity; 19] = Quantity::ALL;
+const QUANTITIES: [Quantity; 25] = Quantity::ALL;
 
 /// The code byte of a sample: phase in bits 4..6, the quantity's position in the low nibble,
 /// and bit 7 for the quantities past the sixteenth (so records of the first sixteen are the

@@ -1,0 +1,117 @@
+//! Decoding a reading by a meter definition against today's hand-written decoders.
+//!
+//! Per reading: the PZEM's ten registers by `pzem::decode` and by the `pzem-016` definition;
+//! the RX380's forty by `rx380::decode` (through its driver) and by the `rx380` definition;
+//! and a full SDM630 poll (three replies, 60 values) by its definition. Also the time to plan a
+//! poll (group the registers into requests), which the daemon does once per plan, not per
+//! reading.
+//!
+//! `cargo bench --bench definition` (BENCH_N=N readings, default 2000000).
+
+use pmtr::meter::definition::{built_in, Definition};
+use pmtr::meter::driver::{Plan, Reader};
+use pmtr::meter::{pzem, rx380, Model};
+use pmtr::modbus::Pdu;
+use pmtr::reading::Phase;
+use std::hint::black_box;
+use std::time::Instant;
+
+fn n() -> u32 {
+    std::env::var("BENCH_N").ok().and_then(|s| s.parse().ok()).unwrap_or(2_000_000)
+}
+
+/// Nanoseconds per call of `f`, best of three runs.
+fn time(reps: u32, mut f: impl FnMut()) -> f64 {
+    (0..3)
+        .map(|_| {
+            let t = Instant::now();
+            for _ in 0..reps {
+                f();
+            }
+            t.elapsed().as_secs_f64() * 1e9 / f64::from(reps)
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+fn def(name: &str) -> Definition {
+    built_in().into_iter().find(|d| d.name == name).expect("built-in")
+}
+
+fn main() {
+    let reps = n();
+    println!("{:<44} {:>12}", "decode", "ns/reading");
+
+    let regs = pzem::encode(229.8, 4.321, 950.5, 1234.567, 50.1, 0.96, false).to_vec();
+    let hand = time(reps, || {
+        black_box(pzem::decode(black_box(&regs), Phase::L1).unwrap());
+    });
+    let checked = time(reps, || {
+        let s = pzem::decode(black_box(&regs), Phase::L1).unwrap();
+        black_box(pmtr::meter::DecodeError::first_implausible(&s));
+        black_box(s);
+    });
+    let d = def("pzem-016");
+    let layout = d.layout(d.first_plan(), 0);
+    let replies = vec![regs.clone()];
+    let by_def = time(reps, || {
+        black_box(layout.decode(&d, black_box(&replies), Phase::L1).unwrap());
+    });
+    let mut out = Vec::new();
+    let reuse = time(reps, || {
+        layout.decode_into(&d, black_box(&replies), Phase::L1, &mut out).unwrap();
+        black_box(&out);
+    });
+    println!("{:<44} {:>12.1}", "PZEM, hand-written (pzem::decode)", hand);
+    println!("{:<44} {:>12.1}", "PZEM, hand-written + plausibility (a poll)", checked);
+    println!("{:<44} {:>12.1}", "PZEM, definition pzem-016", by_def);
+    println!("{:<44} {:>12.1}", "PZEM, definition, samples buffer reused", reuse);
+
+    let rx = vec![rx380::encode(&rx380::Snapshot {
+        kwh: 98765.432,
+        kvah: 100000.0,
+        kvarh: 1234.5,
+        watts: -2500.0,
+        va: 2700.0,
+        var: 300.0,
+        pf: -0.926,
+        hz: 49.98,
+        amps: [3.5, 3.25, 3.75, 0.5],
+        line_volts: [398.0, 399.5, 401.0],
+        phase_volts: [230.1, 229.9, 231.2],
+    })
+    .to_vec()];
+    let reader = Reader::new(Model::Rx380, 1);
+    let plan = Plan::Rx380(rx380::Plan::Block);
+    let hand = time(reps / 4, || {
+        let d = reader.decode(plan, black_box(&rx)).unwrap();
+        black_box(pmtr::meter::DecodeError::first_implausible(&d.samples));
+        black_box(d);
+    });
+    let d = def("rx380");
+    let layout = d.layout(d.first_plan(), 0);
+    let by_def = time(reps / 4, || {
+        black_box(layout.decode(&d, black_box(&rx), Phase::L1).unwrap());
+    });
+    println!("{:<44} {:>12.1}", "RX380, hand-written + plausibility (a poll)", hand);
+    println!("{:<44} {:>12.1}", "RX380, definition rx380", by_def);
+
+    let d = def("sdm630");
+    let layout = d.layout(d.first_plan(), 0);
+    let replies: Vec<Vec<u16>> = layout
+        .requests(1)
+        .iter()
+        .map(|r| match r.pdu {
+            Pdu::ReadInput { count, .. } => (0..count).map(|k| if k % 2 == 0 { 0x3F00 } else { 0 }).collect(),
+            _ => unreachable!(),
+        })
+        .collect();
+    let sdm = time(reps / 8, || {
+        black_box(layout.decode(&d, black_box(&replies), Phase::L1).unwrap());
+    });
+    println!("{:<44} {:>12.1}", format!("SDM630, definition ({} values, 3 replies)", layout.values()), sdm);
+
+    let plan = time(reps / 64, || {
+        black_box(d.layout(d.first_plan(), black_box(0)));
+    });
+    println!("{:<44} {:>12.1}", "SDM630, planning a poll (once per plan)", plan);
+}

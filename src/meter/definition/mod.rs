@@ -1,0 +1,304 @@
+//! A meter model as data: a definition file (TOML) names the maker's document, the line
+//! defaults and a register table; one generic engine turns it into requests ([`plan`]) and
+//! replies into samples. Pure: no I/O here but [`load_dir`], which reads a folder of user
+//! files.
+//!
+//! The format is in the README ("Meter definitions"); [`format`] parses and checks a file,
+//! reporting every error at once with its line and column.
+
+pub mod format;
+pub mod plan;
+
+pub use format::{parse, DefError, DefErrors};
+pub use plan::{Block, Layout, Plan};
+
+use crate::reading::{Phase, Quantity};
+use std::path::{Path, PathBuf};
+
+/// Which Modbus read a register is read by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Function {
+    /// Function 04, input registers.
+    Input,
+    /// Function 03, holding registers.
+    Holding,
+}
+
+impl Function {
+    pub fn name(self) -> &'static str {
+        match self {
+            Function::Input => "input",
+            Function::Holding => "holding",
+        }
+    }
+
+    /// The Modbus function code.
+    pub fn code(self) -> u8 {
+        match self {
+            Function::Input => 4,
+            Function::Holding => 3,
+        }
+    }
+}
+
+/// How a value is encoded in its registers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RegType {
+    U16,
+    I16,
+    U32,
+    I32,
+    U64,
+    I64,
+    F32,
+    F64,
+    /// One register: 1 when it is not zero, else 0 (a meter's alarm flag).
+    Bool,
+}
+
+impl RegType {
+    pub const ALL: [RegType; 9] = [
+        RegType::U16,
+        RegType::I16,
+        RegType::U32,
+        RegType::I32,
+        RegType::U64,
+        RegType::I64,
+        RegType::F32,
+        RegType::F64,
+        RegType::Bool,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            RegType::U16 => "u16",
+            RegType::I16 => "i16",
+            RegType::U32 => "u32",
+            RegType::I32 => "i32",
+            RegType::U64 => "u64",
+            RegType::I64 => "i64",
+            RegType::F32 => "f32",
+            RegType::F64 => "f64",
+            RegType::Bool => "bool",
+        }
+    }
+
+    /// Registers it takes.
+    pub fn width(self) -> u16 {
+        match self {
+            RegType::U16 | RegType::I16 | RegType::Bool => 1,
+            RegType::U32 | RegType::I32 | RegType::F32 => 2,
+            RegType::U64 | RegType::I64 | RegType::F64 => 4,
+        }
+    }
+}
+
+/// The order of the registers of a value wider than one register.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WordOrder {
+    /// The most significant register first (most meters).
+    HighFirst,
+    /// The least significant register first (PZEM).
+    LowFirst,
+}
+
+/// The order of the two bytes inside each register.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ByteOrder {
+    Big,
+    Little,
+}
+
+/// The maker's document a definition's table comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Source {
+    pub title: String,
+    pub edition: String,
+}
+
+/// The line settings a meter ships with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LineDefaults {
+    pub baud: u32,
+    /// 'N', 'E' or 'O'.
+    pub parity: char,
+    pub stop_bits: u8,
+    pub address: u8,
+}
+
+/// How the meter is read: defaults of its registers, and what it accepts in one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadSettings {
+    pub function: Function,
+    pub word_order: WordOrder,
+    pub byte_order: ByteOrder,
+    /// The most registers one request asks for.
+    pub max_block: u16,
+    /// The most unused registers read across to merge two runs into one request.
+    pub max_gap: u16,
+    /// Every request starts at an even address and asks for an even count (Eastron).
+    pub even: bool,
+}
+
+/// What a probe register must hold for the meter to be this model.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ProbeTest {
+    Equals(f64),
+    Range { min: Option<f64>, max: Option<f64> },
+}
+
+/// A register read to recognise the model.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProbeRegister {
+    pub function: Function,
+    pub address: u16,
+    pub ty: RegType,
+    pub word_order: WordOrder,
+    pub byte_order: ByteOrder,
+    pub test: ProbeTest,
+}
+
+/// One value of the table.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Register {
+    pub function: Function,
+    pub address: u16,
+    pub ty: RegType,
+    pub word_order: WordOrder,
+    pub byte_order: ByteOrder,
+    /// SI value = raw × scale + offset.
+    pub scale: f64,
+    pub offset: f64,
+    /// `1 / scale` when that is a whole number (0.1 → 10): dividing by it gives the decimal
+    /// value a meter means (2301 / 10 = 230.1, where 2301 × 0.1 = 230.10000000000002).
+    pub divisor: Option<f64>,
+    pub quantity: Quantity,
+    /// None: the meter's own phase (a single-phase meter's `phase` setting).
+    pub phase: Option<Phase>,
+    /// Read every Nth poll (1: every poll).
+    pub every: u32,
+}
+
+impl Register {
+    /// Registers it takes.
+    pub fn width(&self) -> u16 {
+        self.ty.width()
+    }
+
+    /// The phase it reports on, for a meter on `meter_phase`.
+    pub fn phase_on(&self, meter_phase: Phase) -> Phase {
+        self.phase.unwrap_or(meter_phase)
+    }
+
+    /// Whether it is read on poll number `poll` (the first poll is 0).
+    pub fn due(&self, poll: u64) -> bool {
+        poll % u64::from(self.every.max(1)) == 0
+    }
+}
+
+/// A meter model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Definition {
+    pub name: String,
+    pub maker: String,
+    pub model: String,
+    pub description: String,
+    pub source: Source,
+    /// 1 or 3.
+    pub phases: u8,
+    pub line: LineDefaults,
+    pub read: ReadSettings,
+    pub probe: Vec<ProbeRegister>,
+    pub registers: Vec<Register>,
+}
+
+/// The built-in definitions, compiled into the binary: (file name, text).
+pub const BUILT_IN: &[(&str, &str)] = &[
+    ("sdm120.toml", include_str!("../library/sdm120.toml")),
+    ("sdm230.toml", include_str!("../library/sdm230.toml")),
+    ("sdm630.toml", include_str!("../library/sdm630.toml")),
+    ("sdm72d.toml", include_str!("../library/sdm72d.toml")),
+    ("sdm72d-m-v2.toml", include_str!("../library/sdm72d-m-v2.toml")),
+    ("ddsu666.toml", include_str!("../library/ddsu666.toml")),
+    ("dtsu666.toml", include_str!("../library/dtsu666.toml")),
+    ("dds238.toml", include_str!("../library/dds238.toml")),
+    ("orno-we514.toml", include_str!("../library/orno-we514.toml")),
+    ("orno-we516.toml", include_str!("../library/orno-we516.toml")),
+    ("abb-b23.toml", include_str!("../library/abb-b23.toml")),
+    ("abb-b21.toml", include_str!("../library/abb-b21.toml")),
+    ("pzem-016.toml", include_str!("../library/pzem-016.toml")),
+    ("rx380.toml", include_str!("../library/rx380.toml")),
+];
+
+/// The built-in definitions, parsed. A built-in that does not load is a bug (a test loads
+/// them all); it is left out rather than stopping anything.
+pub fn built_in() -> Vec<Definition> {
+    BUILT_IN.iter().filter_map(|(file, text)| parse(text, file).ok()).collect()
+}
+
+/// Where a definition of the catalogue comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Origin {
+    BuiltIn,
+    /// A user file.
+    File(PathBuf),
+    /// A user file that replaces the built-in of the same name.
+    Overrides(PathBuf),
+}
+
+/// The built-ins and the user files of `dir` (`*.toml`, in name order), a user file replacing
+/// a built-in of the same name; with the errors of the user files that did not load. A
+/// missing folder is no error (it holds no user files).
+pub fn catalogue(dir: Option<&Path>) -> (Vec<(Definition, Origin)>, Vec<DefError>) {
+    let mut all: Vec<(Definition, Origin)> = built_in().into_iter().map(|d| (d, Origin::BuiltIn)).collect();
+    let mut errors = Vec::new();
+    let Some(dir) = dir else { return (all, errors) };
+    for (path, loaded) in load_dir(dir) {
+        match loaded {
+            Ok(d) => match all.iter().position(|(b, _)| b.name == d.name) {
+                Some(i) if all[i].1 == Origin::BuiltIn => all[i] = (d, Origin::Overrides(path)),
+                Some(_) => errors.push(DefError::whole(
+                    &path.display().to_string(),
+                    format!("a second definition named `{}` (the first one is kept)", d.name),
+                )),
+                None => all.push((d, Origin::File(path))),
+            },
+            Err(e) => errors.extend(e.0),
+        }
+    }
+    (all, errors)
+}
+
+/// Every `*.toml` file of `dir`, in name order, loaded.
+pub fn load_dir(dir: &Path) -> Vec<(PathBuf, Result<Definition, DefErrors>)> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+        .collect();
+    paths.sort();
+    paths
+        .into_iter()
+        .map(|p| {
+            let loaded = load_file(&p);
+            (p, loaded)
+        })
+        .collect()
+}
+
+/// One definition file.
+pub fn load_file(path: &Path) -> Result<Definition, DefErrors> {
+    let file = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse(&text, &file),
+        Err(e) => Err(DefErrors(vec![DefError::whole(&file, format!("cannot read the file: {e}"))])),
+    }
+}
+
+/// The definition named `name` (case-insensitive) among the built-ins and the files of `dir`.
+pub fn find(name: &str, dir: Option<&Path>) -> Option<Definition> {
+    catalogue(dir).0.into_iter().map(|(d, _)| d).find(|d| d.name.eq_ignore_ascii_case(name))
+}
+
+#[cfg(test)]
+mod tests;

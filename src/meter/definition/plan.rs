@@ -1,0 +1,297 @@
+//! The generic engine: a definition's registers grouped into as few requests as the meter
+//! allows, the smaller blocks to fall back to after exception 02 or 03, and the replies decoded
+//! back into samples. Pure.
+
+use super::{ByteOrder, Definition, Function, RegType, Register, WordOrder};
+use crate::meter::DecodeError;
+use crate::modbus::{Exception, Request};
+use crate::reading::{Phase, Sample};
+
+/// A way of reading a definition's meter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Plan {
+    /// Contiguous runs merged across gaps of at most `max_gap` registers, at most `max_block`
+    /// registers per request.
+    Blocks { max_block: u16, max_gap: u16 },
+    /// One value per request: the last resort of a meter that refuses every block.
+    Values,
+}
+
+/// One read request of a plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Block {
+    pub function: Function,
+    pub start: u16,
+    pub count: u16,
+}
+
+/// Where a register's words are (its index in the table, the block, the offset in the
+/// block), with what decoding it takes copied in, so that a reading touches nothing else.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Slot {
+    register: usize,
+    block: usize,
+    offset: usize,
+    r: Register,
+    /// The quantity's plausibility limit.
+    limit: f64,
+}
+
+/// The requests of one poll and where each due register is in their replies.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Layout {
+    pub blocks: Vec<Block>,
+    slots: Vec<Slot>,
+}
+
+/// The span one register alone asks for: (start, count), widened to even when `even`.
+fn own_span(address: u16, width: u16, even: bool) -> (u32, u32) {
+    let start = u32::from(address);
+    let end = start + u32::from(width);
+    if even {
+        let s = start & !1;
+        let c = end - s;
+        (s, c + (c & 1))
+    } else {
+        (start, end - start)
+    }
+}
+
+/// Groups `registers` (function, address, width), which must not overlap, into blocks by
+/// `plan`: sorted by function then address, each run extended while the next register is at
+/// most `max_gap` registers after its end and the whole stays within `max_block`. Returns the
+/// blocks and, for each, the indices of its registers. Pure.
+pub fn group(registers: &[(Function, u16, u16)], plan: Plan, even: bool) -> Vec<(Block, Vec<usize>)> {
+    let mut order: Vec<usize> = (0..registers.len()).collect();
+    order.sort_by_key(|&i| (registers[i].0, registers[i].1));
+    let mut out: Vec<(Block, Vec<usize>)> = Vec::new();
+    // The block being built: function, start, end (exclusive, unrounded), members.
+    let mut current: Option<(Function, u32, u32, Vec<usize>)> = None;
+    for i in order {
+        let (function, address, width) = registers[i];
+        let (own_start, _) = own_span(address, width, even);
+        let a = u32::from(address);
+        let end = a + u32::from(width);
+        if let (Plan::Blocks { max_block, max_gap }, Some((f, start, cur_end, members))) =
+            (plan, current.as_mut())
+        {
+            let gap_ok = *f == function && a >= *cur_end && a - *cur_end <= u32::from(max_gap);
+            let count = end.saturating_sub(*start);
+            let count = if even { count + (count & 1) } else { count };
+            if gap_ok && count <= u32::from(max_block) {
+                *cur_end = end;
+                members.push(i);
+                continue;
+            }
+        }
+        if let Some(done) = current.take() {
+            out.push(close(done, even));
+        }
+        current = Some((function, own_start, end, vec![i]));
+    }
+    if let Some(done) = current {
+        out.push(close(done, even));
+    }
+    out
+}
+
+fn close(
+    (function, start, end, members): (Function, u32, u32, Vec<usize>),
+    even: bool,
+) -> (Block, Vec<usize>) {
+    let mut count = end - start;
+    if even {
+        count += count & 1;
+    }
+    let count = count.min(0x1_0000 - start);
+    (Block { function, start: start as u16, count: count as u16 }, members)
+}
+
+impl Definition {
+    /// The widest request one register alone needs (its width, made even where the meter
+    /// wants even requests): the smallest block limit a fallback goes down to.
+    pub fn widest(&self) -> u16 {
+        self.registers
+            .iter()
+            .map(|r| own_span(r.address, r.width(), self.read.even).1 as u16)
+            .max()
+            .unwrap_or(1)
+    }
+
+    /// The plan to start with: the meter's largest blocks.
+    pub fn first_plan(&self) -> Plan {
+        Plan::Blocks { max_block: self.read.max_block, max_gap: self.read.max_gap }
+    }
+
+    /// The plan after `plan` was refused: half the block limit (even where the meter wants
+    /// it), down to the widest register, then one value per request, then none.
+    pub fn smaller(&self, plan: Plan) -> Option<Plan> {
+        match plan {
+            Plan::Values => None,
+            Plan::Blocks { max_block, max_gap } => {
+                let mut half = max_block / 2;
+                if self.read.even {
+                    half &= !1;
+                }
+                if half >= self.widest() && half < max_block {
+                    Some(Plan::Blocks { max_block: half, max_gap })
+                } else {
+                    Some(Plan::Values)
+                }
+            }
+        }
+    }
+
+    /// Every plan, largest blocks first.
+    pub fn plans(&self) -> Vec<Plan> {
+        std::iter::successors(Some(self.first_plan()), |&p| self.smaller(p)).collect()
+    }
+
+    /// The plan to read by from now on after the meter answered a request of `plan` with
+    /// `exception`: the next smaller one when it refuses the registers asked for (02, 03).
+    pub fn fallback(&self, plan: Plan, exception: Exception) -> Option<Plan> {
+        exception.refuses_the_block().then(|| self.smaller(plan)).flatten()
+    }
+
+    /// The requests of poll number `poll` (the first is 0) by `plan`: the registers due then.
+    pub fn layout(&self, plan: Plan, poll: u64) -> Layout {
+        let due: Vec<usize> = (0..self.registers.len()).filter(|&i| self.registers[i].due(poll)).collect();
+        let spans: Vec<(Function, u16, u16)> = due
+            .iter()
+            .map(|&i| (self.registers[i].function, self.registers[i].address, self.registers[i].width()))
+            .collect();
+        let groups = group(&spans, plan, self.read.even);
+        let mut slots = Vec::with_capacity(due.len());
+        let mut blocks = Vec::with_capacity(groups.len());
+        for (b, (block, members)) in groups.into_iter().enumerate() {
+            for m in members {
+                let register = due[m];
+                let offset = usize::from(self.registers[register].address - block.start);
+                let r = self.registers[register];
+                slots.push(Slot { register, block: b, offset, r, limit: r.quantity.limit() });
+            }
+            blocks.push(block);
+        }
+        // Samples in table order.
+        slots.sort_by_key(|s| s.register);
+        Layout { blocks, slots }
+    }
+}
+
+impl Layout {
+    /// The requests to send to the meter at `address`.
+    pub fn requests(&self, address: u8) -> Vec<Request> {
+        self.blocks
+            .iter()
+            .map(|b| match b.function {
+                Function::Input => Request::read_input(address, b.start, b.count),
+                Function::Holding => Request::read_holding(address, b.start, b.count),
+            })
+            .collect()
+    }
+
+    /// How many registers of the table this poll reads.
+    pub fn values(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Decodes the replies to [`Layout::requests`] (in the same order) by `def`'s table, for a
+    /// meter on `meter_phase`. A missing register or an implausible value refuses the reading.
+    pub fn decode(
+        &self,
+        def: &Definition,
+        replies: &[Vec<u16>],
+        meter_phase: Phase,
+    ) -> Result<Vec<Sample>, DecodeError> {
+        let mut out = Vec::with_capacity(self.slots.len());
+        self.decode_into(def, replies, meter_phase, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`Layout::decode`] into `out` (cleared first), reusing its allocation. `_def` is the
+    /// definition the layout was made from (its table is copied into the layout).
+    pub fn decode_into(
+        &self,
+        _def: &Definition,
+        replies: &[Vec<u16>],
+        meter_phase: Phase,
+        out: &mut Vec<Sample>,
+    ) -> Result<(), DecodeError> {
+        out.clear();
+        if replies.len() != self.blocks.len() {
+            return Err(DecodeError::Missing("a reply"));
+        }
+        for s in &self.slots {
+            let r = &s.r;
+            let words = replies[s.block]
+                .get(s.offset..s.offset + usize::from(r.width()))
+                .ok_or(DecodeError::Missing("a register of the definition's table"))?;
+            let sample = Sample::new(r.phase_on(meter_phase), r.quantity, value(r, words));
+            // Not finite, or beyond the quantity's limit.
+            if !(sample.value.is_finite() && sample.value.abs() <= s.limit) {
+                return Err(
+                    DecodeError::first_implausible(&[sample]).unwrap_or(DecodeError::Missing("a value"))
+                );
+            }
+            out.push(sample);
+        }
+        Ok(())
+    }
+}
+
+/// The raw number in `words` (as many as the type's width) by type, word and byte order.
+#[inline]
+pub fn raw(words: &[u16], ty: RegType, word_order: WordOrder, byte_order: ByteOrder) -> f64 {
+    let fix = |w: u16| if byte_order == ByteOrder::Little { w.swap_bytes() } else { w };
+    let bits: u64 = match (words, word_order) {
+        ([w], _) => u64::from(fix(*w)),
+        ([a, b], WordOrder::HighFirst) => u64::from(fix(*a)) << 16 | u64::from(fix(*b)),
+        ([a, b], WordOrder::LowFirst) => u64::from(fix(*b)) << 16 | u64::from(fix(*a)),
+        (ws, WordOrder::HighFirst) => ws.iter().fold(0, |acc, &w| acc << 16 | u64::from(fix(w))),
+        (ws, WordOrder::LowFirst) => ws.iter().rev().fold(0, |acc, &w| acc << 16 | u64::from(fix(w))),
+    };
+    match ty {
+        RegType::U16 => f64::from(bits as u16),
+        RegType::I16 => f64::from(bits as u16 as i16),
+        RegType::U32 => f64::from(bits as u32),
+        RegType::I32 => f64::from(bits as u32 as i32),
+        RegType::U64 => bits as f64,
+        RegType::I64 => bits as i64 as f64,
+        RegType::F32 => f64::from(f32::from_bits(bits as u32)),
+        RegType::F64 => f64::from_bits(bits),
+        RegType::Bool => f64::from(u8::from(bits != 0)),
+    }
+}
+
+/// A register's SI value from its words.
+#[inline]
+pub fn value(r: &Register, words: &[u16]) -> f64 {
+    let x = raw(words, r.ty, r.word_order, r.byte_order);
+    let scaled = match r.divisor {
+        Some(d) => x / d,
+        None => x * r.scale,
+    };
+    scaled + r.offset
+}
+
+/// The inverse of [`raw`] for integers and floats, for tests and simulators: `x` (already
+/// raw: divided by the scale) to the type's words.
+pub fn encode(x: f64, ty: RegType, word_order: WordOrder, byte_order: ByteOrder) -> Vec<u16> {
+    let bits: u64 = match ty {
+        RegType::U16 | RegType::Bool => x.round() as u16 as u64,
+        RegType::I16 => x.round() as i16 as u16 as u64,
+        RegType::U32 => x.round() as u32 as u64,
+        RegType::I32 => x.round() as i32 as u32 as u64,
+        RegType::U64 => x.round() as u64,
+        RegType::I64 => x.round() as i64 as u64,
+        RegType::F32 => u64::from((x as f32).to_bits()),
+        RegType::F64 => x.to_bits(),
+    };
+    let n = usize::from(ty.width());
+    let fix = |w: u16| if byte_order == ByteOrder::Little { w.swap_bytes() } else { w };
+    let mut words: Vec<u16> = (0..n).map(|k| fix((bits >> (16 * (n - 1 - k))) as u16)).collect();
+    if word_order == WordOrder::LowFirst {
+        words.reverse();
+    }
+    words
+}

@@ -1,0 +1,405 @@
+use super::plan::{encode, group, raw};
+use super::*;
+use crate::meter::driver::{self, Reader};
+use crate::meter::{pzem, rx380, Model};
+use crate::modbus::{Exception, Pdu};
+use crate::reading::Sample;
+use proptest::prelude::*;
+
+fn def(name: &str) -> Definition {
+    built_in().into_iter().find(|d| d.name == name).unwrap_or_else(|| panic!("no built-in {name}"))
+}
+
+fn close(a: &[Sample], b: &[Sample]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| {
+            x.phase == y.phase
+                && x.quantity == y.quantity
+                && (x.value - y.value).abs() <= 1e-9 * (1.0 + y.value.abs())
+        })
+}
+
+#[test]
+fn every_built_in_definition_loads() {
+    for (file, text) in BUILT_IN {
+        let d = parse(text, file).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(format!("{}.toml", d.name), *file);
+        assert!(!d.source.title.is_empty(), "{file} names its document");
+        assert!(!d.registers.is_empty());
+    }
+    let names: Vec<String> = built_in().into_iter().map(|d| d.name).collect();
+    for n in [
+        "sdm120",
+        "sdm230",
+        "sdm630",
+        "sdm72d",
+        "ddsu666",
+        "dtsu666",
+        "dds238",
+        "orno-we514",
+        "orno-we516",
+        "abb-b23",
+    ] {
+        assert!(names.iter().any(|x| x == n), "{n} is built in");
+    }
+}
+
+/// The PZEM as a definition sends today's request and decodes today's samples.
+#[test]
+fn the_pzem_definition_equals_the_hand_written_driver() {
+    let d = def("pzem-016");
+    let layout = d.layout(d.first_plan(), 0);
+    assert_eq!(layout.requests(7), vec![pzem::read_request(7)]);
+    for regs in [
+        pzem::encode(232.0, 70.0, 14616.0, 123.456, 50.0, 0.9, true),
+        pzem::encode(225.7, 0.108, 24.4, 0.038, 49.9, 1.0, false),
+        [0; 10],
+    ] {
+        let want = pzem::decode(&regs, Phase::L2).unwrap();
+        let got = layout.decode(&d, &[regs.to_vec()], Phase::L2).unwrap();
+        assert!(close(&got, &want), "{got:?}\n{want:?}");
+    }
+}
+
+/// The RX380 as a definition: its first plan is today's block, and decodes today's samples.
+#[test]
+fn the_rx380_definition_equals_the_hand_written_driver() {
+    let d = def("rx380");
+    let layout = d.layout(d.first_plan(), 0);
+    assert_eq!(layout.requests(3), rx380::requests(3, rx380::Plan::Block));
+    let regs = rx380::encode(&rx380::test_snapshot()).to_vec();
+    let reader = Reader::new(Model::Rx380, 3);
+    let want =
+        reader.decode(driver::Plan::Rx380(rx380::Plan::Block), std::slice::from_ref(&regs)).unwrap().samples;
+    let got = layout.decode(&d, &[regs], Phase::L1).unwrap();
+    assert!(close(&got, &want), "{got:?}\n{want:?}");
+    // Its fallback is the general rule: halved blocks, then one value per request.
+    assert_eq!(
+        d.plans(),
+        [
+            Plan::Blocks { max_block: 40, max_gap: 0 },
+            Plan::Blocks { max_block: 20, max_gap: 0 },
+            Plan::Blocks { max_block: 10, max_gap: 0 },
+            Plan::Blocks { max_block: 5, max_gap: 0 },
+            Plan::Values
+        ]
+    );
+}
+
+#[test]
+fn the_fallback_is_one_rule() {
+    let d = def("sdm630");
+    let plans = d.plans();
+    assert_eq!(plans[0], Plan::Blocks { max_block: 80, max_gap: 20 });
+    assert_eq!(*plans.last().unwrap(), Plan::Values);
+    for (k, &p) in plans.iter().enumerate() {
+        for code in 0..=255u8 {
+            let e = Exception::from_code(code);
+            let want = if matches!(code, 2 | 3) { plans.get(k + 1).copied() } else { None };
+            assert_eq!(d.fallback(p, e), want);
+        }
+        if let Plan::Blocks { max_block, .. } = p {
+            assert_eq!(max_block % 2, 0, "an even meter's blocks stay even");
+        }
+    }
+}
+
+/// A full SDM630 poll is three requests, as the physical limit in the README assumes.
+#[test]
+fn a_full_sdm630_poll_is_three_requests() {
+    let d = def("sdm630");
+    let blocks = d.layout(d.first_plan(), 0).blocks;
+    let spans: Vec<(u16, u16)> = blocks.iter().map(|b| (b.start, b.count)).collect();
+    assert_eq!(spans, [(0x0000, 80), (0x00C8, 52), (0x0156, 22)]);
+}
+
+#[test]
+fn values_decode_by_type_word_and_byte_order() {
+    use ByteOrder::*;
+    use RegType::*;
+    use WordOrder::*;
+    assert_eq!(raw(&[0x4366, 0x3333], F32, HighFirst, Big), f64::from(230.2f32));
+    assert_eq!(raw(&[0x3333, 0x4366], F32, LowFirst, Big), f64::from(230.2f32));
+    assert_eq!(raw(&[0x6643, 0x3333], F32, HighFirst, Little), f64::from(230.2f32));
+    assert_eq!(raw(&[0xFFFF, 0xFA24], I32, HighFirst, Big), -1500.0);
+    assert_eq!(raw(&[0xFFFF, 0xFA24], U32, HighFirst, Big), 4_294_965_796.0);
+    assert_eq!(raw(&[0xFF38], I16, HighFirst, Big), -200.0);
+    assert_eq!(raw(&[0, 0, 1, 0], U64, HighFirst, Big), 65536.0);
+    assert_eq!(raw(&[0xFFFF, 0xFFFF, 0xFFFF, 0xFFFE], I64, HighFirst, Big), -2.0);
+    assert_eq!(raw(&[0x8000], Bool, HighFirst, Big), 1.0);
+    for ty in [U16, I16, U32, I32, U64, I64, F32, F64] {
+        for wo in [HighFirst, LowFirst] {
+            for bo in [Big, Little] {
+                let x = if matches!(ty, U16 | U32 | U64) { 1234.0 } else { -1234.0 };
+                assert_eq!(raw(&encode(x, ty, wo, bo), ty, wo, bo), x, "{ty:?} {wo:?} {bo:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn an_implausible_value_refuses_the_reading() {
+    let d = def("sdm120");
+    let layout = d.layout(d.first_plan(), 0);
+    let replies: Vec<Vec<u16>> = layout.blocks.iter().map(|b| vec![0x7F80; usize::from(b.count)]).collect();
+    let e = layout.decode(&d, &replies, Phase::L1).unwrap_err();
+    assert!(matches!(e, crate::meter::DecodeError::Implausible { .. }), "{e}");
+    let short: Vec<Vec<u16>> = layout.blocks.iter().map(|_| vec![0; 1]).collect();
+    assert!(layout.decode(&d, &short, Phase::L1).is_err());
+}
+
+#[test]
+fn registers_read_every_nth_poll_are_left_out_between() {
+    let src = r#"
+name = "t"
+maker = "m"
+model = "m"
+source = { title = "t" }
+phases = 1
+[[register]]
+address = 0
+type = "u16"
+quantity = "voltage"
+[[register]]
+address = 100
+type = "u32"
+quantity = "energy"
+every = 3
+"#;
+    let d = parse(src, "t.toml").unwrap();
+    let reqs = |poll| d.layout(d.first_plan(), poll).requests(1);
+    assert_eq!(reqs(0).len(), 2);
+    assert_eq!(reqs(1), vec![crate::modbus::Request::read_input(1, 0, 1)]);
+    assert_eq!(reqs(2).len(), 1);
+    assert_eq!(reqs(3).len(), 2);
+}
+
+#[test]
+fn a_bad_file_gives_every_error_with_its_place() {
+    let src = r#"name = "bad"
+maker = "m"
+model = "m"
+source = { title = "t" }
+phases = 1
+[read]
+max_blok = 10
+[[register]]
+address = 0
+type = "f23"
+quantity = "voltage"
+[[register]]
+address = 0
+type = "u16"
+quantity = "votage"
+[[register]]
+address = 10
+type = "u16"
+quantity = "current"
+phase = "L2"
+scale = nan
+"#;
+    let e = parse(src, "bad.toml").unwrap_err().to_string();
+    let want = [
+        "bad.toml:7:1: read.max_blok: unknown key (did you mean `max_block`?)",
+        "bad.toml:10:8: register[0].type: unknown type `f23` (did you mean `f32`?)",
+        "bad.toml:15:12: register[1].quantity: unknown quantity `votage` (did you mean `voltage`?)",
+        "bad.toml:20:9: register[2].phase: `L2` on a single-phase meter",
+        "bad.toml:21:9: register[2].scale: must be a finite number",
+    ];
+    for w in want {
+        assert!(e.contains(w), "missing {w:?} in:\n{e}");
+    }
+}
+
+#[test]
+fn every_syntax_error_is_reported() {
+    let src = "name = \"x\"\nmaker = \nmodel = \"m\"\nphases = 1 2\n";
+    let e = parse(src, "s.toml").unwrap_err();
+    assert!(e.0.len() >= 2, "{e}");
+    assert_eq!((e.0[0].line, e.0[1].line), (2, 4), "{e}");
+    // No input panics the loader.
+    for cut in 0..src.len() {
+        let _ = parse(&src[..cut], "s.toml");
+    }
+}
+
+#[test]
+fn overlaps_duplicates_and_blocks_are_checked() {
+    let src = r#"name = "bad"
+maker = "m"
+model = "m"
+source = { title = "t" }
+phases = 3
+[read]
+max_block = 2
+[[register]]
+address = 0
+type = "u32"
+quantity = "voltage"
+phase = "L1"
+[[register]]
+address = 1
+type = "u16"
+quantity = "current"
+phase = "L1"
+[[register]]
+address = 10
+type = "u16"
+quantity = "voltage"
+phase = "L1"
+[[register]]
+address = 20
+type = "u64"
+quantity = "energy"
+[[register]]
+address = 65535
+type = "u32"
+quantity = "power"
+"#;
+    let e = parse(src, "bad.toml").unwrap_err().to_string();
+    for w in [
+        "register[1]: input registers 1..1 overlap register[0] (0..1)",
+        "register[2]: voltage on L1 is already filled by register[0]",
+        "register[3]: a u64 at 20 needs a request of 4 registers, over `read.max_block` = 2",
+        "register[4].address: a u32 at 65535 runs past register 65535",
+    ] {
+        assert!(e.contains(w), "missing {w:?} in:\n{e}");
+    }
+}
+
+/// A random table of non-overlapping registers.
+fn table() -> impl Strategy<Value = Vec<(Function, u16, u16)>> {
+    prop::collection::vec((any::<bool>(), 0u16..400, prop::sample::select(vec![1u16, 2, 4])), 1..40).prop_map(
+        |raw| {
+            let mut out: Vec<(Function, u16, u16)> = Vec::new();
+            for (holding, addr, width) in raw {
+                let f = if holding { Function::Holding } else { Function::Input };
+                let clash = out.iter().any(|&(g, a, w)| g == f && a < addr + width && addr < a + w);
+                if !clash {
+                    out.push((f, addr, width));
+                }
+            }
+            out
+        },
+    )
+}
+
+/// Whether every register alone fits a block of `max_block` (the loader refuses other tables).
+fn fits(regs: &[(Function, u16, u16)], max_block: u16, even: bool) -> bool {
+    regs.iter().all(|&r| group(&[r], Plan::Values, even)[0].0.count <= max_block)
+}
+
+fn check_grouping(regs: &[(Function, u16, u16)], plan: Plan, even: bool) -> Result<(), TestCaseError> {
+    let groups = group(regs, plan, even);
+    let mut seen = vec![0usize; regs.len()];
+    for (block, members) in &groups {
+        if let Plan::Blocks { max_block, max_gap } = plan {
+            prop_assert!(block.count <= max_block, "{block:?} over {max_block}");
+            let mut spans: Vec<(u16, u16)> = members.iter().map(|&m| (regs[m].1, regs[m].2)).collect();
+            spans.sort();
+            for w in spans.windows(2) {
+                prop_assert!(w[1].0 - (w[0].0 + w[0].1) <= max_gap, "gap over {max_gap} in {block:?}");
+            }
+        } else {
+            prop_assert_eq!(members.len(), 1, "one value per request");
+        }
+        if even {
+            prop_assert!(block.start % 2 == 0 && block.count % 2 == 0, "{:?} not even", block);
+        }
+        for &m in members {
+            let (f, a, w) = regs[m];
+            prop_assert_eq!(f, block.function);
+            prop_assert!(
+                a >= block.start
+                    && u32::from(a) + u32::from(w) <= u32::from(block.start) + u32::from(block.count)
+            );
+            seen[m] += 1;
+        }
+    }
+    prop_assert!(seen.iter().all(|&n| n == 1), "every register read exactly once: {seen:?}");
+    Ok(())
+}
+
+proptest! {
+    /// No text panics the loader: random text, and a built-in file with bytes replaced.
+    #[test]
+    fn no_text_panics_the_loader(text in "\\PC{0,200}", at in 0usize..4000, with in "[ -~\n]{1,8}") {
+        let _ = parse(&text, "p.toml");
+        let base = BUILT_IN[at % BUILT_IN.len()].1;
+        let mut cut = at.min(base.len());
+        while !base.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let mutated = format!("{}{with}{}", &base[..cut], &base[(cut + with.len()).min(base.len())..]);
+        let _ = parse(&mutated, "p.toml");
+    }
+
+    #[test]
+    fn grouping_reads_every_register_once_within_the_limits(
+        regs in table(), max_block in 4u16..126, max_gap in 0u16..20, even in any::<bool>(),
+    ) {
+        let max_block = if even { max_block & !1 } else { max_block };
+        prop_assume!(fits(&regs, max_block, even));
+        check_grouping(&regs, Plan::Blocks { max_block, max_gap }, even)?;
+        check_grouping(&regs, Plan::Values, even)?;
+    }
+
+    /// Every plan of a definition, fallbacks included, reads every due register exactly once
+    /// and decodes back the values put in.
+    #[test]
+    fn every_plan_of_a_definition_covers_its_table(
+        regs in table(), max_block in 4u16..126, max_gap in 0u16..20, even in any::<bool>(), poll in 0u64..6,
+    ) {
+        let max_block = if even { max_block & !1 } else { max_block };
+        prop_assume!(fits(&regs, max_block, even));
+        let mut phases = Phase::ALL.iter().cycle();
+        let quantities = Quantity::ALL;
+        let registers: Vec<Register> = regs.iter().enumerate().map(|(i, &(function, address, width))| Register {
+            function,
+            address,
+            ty: match width { 1 => RegType::U16, 2 => RegType::U32, _ => RegType::U64 },
+            word_order: WordOrder::HighFirst,
+            byte_order: ByteOrder::Big,
+            scale: 1.0,
+            offset: 0.0,
+            divisor: None,
+            quantity: quantities[i % 9],
+            phase: phases.next().copied(),
+            every: 1 + (i as u32 % 3),
+        }).collect();
+        let d = Definition {
+            name: "p".into(), maker: String::new(), model: String::new(), description: String::new(),
+            source: Source::default(), phases: 3,
+            line: LineDefaults { baud: 9600, parity: 'N', stop_bits: 1, address: 1 },
+            read: ReadSettings { function: Function::Input, word_order: WordOrder::HighFirst, byte_order: ByteOrder::Big, max_block, max_gap, even },
+            probe: Vec::new(), registers,
+        };
+        for plan in d.plans() {
+            let layout = d.layout(plan, poll);
+            let due: Vec<usize> = (0..d.registers.len()).filter(|&i| d.registers[i].due(poll)).collect();
+            prop_assert_eq!(layout.values(), due.len());
+            // Each register holds its own index (fits every type).
+            let replies: Vec<Vec<u16>> = layout.requests(1).iter().map(|r| {
+                let (function, start, count) = match r.pdu {
+                    Pdu::ReadInput { start, count } => (Function::Input, start, count),
+                    Pdu::ReadHolding { start, count } => (Function::Holding, start, count),
+                    _ => unreachable!(),
+                };
+                let mut words = vec![0u16; usize::from(count)];
+                for (i, reg) in d.registers.iter().enumerate() {
+                    if reg.function == function && reg.address >= start && reg.address + reg.width() <= start + count {
+                        words[usize::from(reg.address - start + reg.width() - 1)] = i as u16;
+                    }
+                }
+                if let Plan::Blocks { max_block, .. } = plan {
+                    assert!(count <= max_block);
+                }
+                words
+            }).collect();
+            let samples = layout.decode(&d, &replies, Phase::L1).unwrap();
+            let got: Vec<f64> = samples.iter().map(|s| s.value).collect();
+            let want: Vec<f64> = due.iter().map(|&i| i as f64).collect();
+            prop_assert_eq!(got, want);
+        }
+    }
+}
