@@ -319,9 +319,11 @@ async fn a_stop_cuts_a_slot_push_between_frames() {
     let bus = plc(dir.path(), vec![server(5, Firmware::Current, 230.0)]);
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let mut t = modem_transport(&bus.path(), false).with_stop(stopping);
-    let link = pmtr::pmtr::master::Link { address: 5, timeout: Duration::from_secs(2), attempts: 3 };
-    let slot =
-        pmtr::pmtr::action::Slot { text: "L1U > 2530".into(), ..pmtr::pmtr::action::Slot::neutral(22) };
+    let link = pmtr::pmtr::master::ServerLink { address: 5, timeout: Duration::from_secs(2), attempts: 3 };
+    let slot = pmtr::pmtr::action::ActionImage {
+        text: "L1U > 2530".into(),
+        ..pmtr::pmtr::action::ActionImage::neutral(22)
+    };
     let mut frames = 0;
     let result = pmtr::pmtr::master::push_slot(&mut t, &link, 0, &slot, &mut |_| {
         frames += 1;

@@ -4,7 +4,7 @@
 
 use crate::config::{Config, LineSettings, Meter};
 use crate::modbus::transport::{open_serial, Line, Transport};
-use crate::pmtr::master::{self, resync, Link, Probe};
+use crate::pmtr::master::{self, resync, Probe, ServerLink};
 use anyhow::{anyhow, bail, Context};
 use std::io::Write;
 use std::path::Path;
@@ -169,10 +169,10 @@ fn servers<'c>(config: &'c Config, names: &[String]) -> anyhow::Result<Vec<&'c M
 async fn open_server(
     config: &Config,
     m: &Meter,
-) -> anyhow::Result<(Transport<crate::modbus::transport::SerialLine>, Link, bool)> {
+) -> anyhow::Result<(Transport<crate::modbus::transport::SerialLine>, ServerLink, bool)> {
     let bus = config.bus(&m.bus).ok_or_else(|| anyhow!("{}: unknown bus", m.name))?;
     let ports = crate::bus::expand_ports(&bus.ports);
-    let link = Link { address: m.address, timeout: bus.timeout, attempts: 1 + bus.retries };
+    let link = ServerLink { address: m.address, timeout: bus.timeout, attempts: 1 + bus.retries };
     let mut errors = vec![];
     for port in ports {
         let stream = match open_serial(&port, &bus.line) {

@@ -11,9 +11,9 @@ pub use crate::pmtr_action::{reserved_pin, LOOP_PASS_MS, MAX_PIN, PIN_ENTRIES, S
 /// server's 64-byte receive buffer.
 pub const TEXT_CHUNK: u16 = 16;
 
-/// One slot as pmtr sends it.
+/// One relay-action slot as pmtr writes it to a server: its image in the server's registers.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Slot {
+pub struct ActionImage {
     /// The expression in the firmware's units (already converted and checked).
     pub text: String,
     /// 5 or 10 seconds.
@@ -29,11 +29,11 @@ pub struct Slot {
     pub auto: bool,
 }
 
-impl Slot {
+impl ActionImage {
     /// What fills the slots the configuration does not use: never true, a dry run, window 5,
     /// its pins a repeat of `pin` (never driven: a dry run touches no pin).
-    pub fn neutral(pin: u8) -> Slot {
-        Slot {
+    pub fn neutral(pin: u8) -> ActionImage {
+        ActionImage {
             text: "0".into(),
             window: 5,
             pins: [pin; PIN_ENTRIES],
@@ -92,9 +92,9 @@ impl Slot {
 /// server's slots).
 impl ServerAction {
     /// The slot as sent to a server with the current (`legacy` false) or the legacy firmware.
-    pub fn slot(&self, legacy: bool) -> Result<Slot, String> {
+    pub fn slot(&self, legacy: bool) -> Result<ActionImage, String> {
         let text = if legacy { self.legacy_text.clone()? } else { self.firmware_text.clone() };
-        Ok(Slot {
+        Ok(ActionImage {
             text,
             window: self.average,
             pins: pin_entries(&self.pins),
@@ -130,7 +130,7 @@ mod tests {
     #[test]
     fn the_reference_register_image() {
         // pmtr-server.md §8: window 5, slot 0, pins 30, 32, …, 44, recovery 300, "L1U > 253.0".
-        let slot = Slot {
+        let slot = ActionImage {
             text: "L1U > 253.0".into(),
             window: 5,
             pins: [30, 32, 34, 36, 38, 40, 42, 44],
@@ -150,7 +150,7 @@ mod tests {
 
     #[test]
     fn every_frame_fits_the_receive_buffer_and_the_text_is_written_whole() {
-        let slot = Slot { text: "x".repeat(63), ..Slot::neutral(22) };
+        let slot = ActionImage { text: "x".repeat(63), ..ActionImage::neutral(22) };
         let reqs = slot.requests(9, 4);
         assert!(
             reqs.iter().all(|r| r.encode().len() <= 64),

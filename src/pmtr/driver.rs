@@ -3,9 +3,9 @@
 //! is due and lets it run. What a poll tells (a reboot, low power, the firmware) and what a
 //! duty did go to the log and the server's status from here.
 
-use super::action::Slot;
+use super::action::ActionImage;
 use super::duty::{all_slots, Duties, Duty, Restart};
-use super::master::{self, DutyError, Link};
+use super::master::{self, DutyError, ServerLink};
 use crate::meter::driver::{self, DutyCall, DutyRun, Plan, Report};
 use crate::meter::pmtr_srv::{self, ServerRead};
 use crate::modbus::transport::{Line, Outcome, Transport};
@@ -15,9 +15,9 @@ use std::time::Duration;
 #[derive(Debug, Clone)]
 pub struct Actions {
     /// The slots for the current firmware.
-    pub current: Result<Vec<Slot>, String>,
+    pub current: Result<Vec<ActionImage>, String>,
     /// The slots for the legacy firmware, or why it cannot take them (it compares SI values).
-    pub legacy: Result<Vec<Slot>, String>,
+    pub legacy: Result<Vec<ActionImage>, String>,
     /// Each action's condition as configured, for the log.
     pub when: Vec<String>,
 }
@@ -101,7 +101,7 @@ impl ServerDriver {
     ) -> Result<(), DutyError> {
         let report = call.report;
         let meter = report.meter();
-        let link = Link { address: call.address, timeout: call.timeout, attempts: call.attempts };
+        let link = ServerLink { address: call.address, timeout: call.timeout, attempts: call.attempts };
         let mut observe = |out: &Outcome| report.count(out);
         match duty {
             Duty::SyncTime => {

@@ -15,7 +15,7 @@
 //! and they need no clock. The clock is set only once the gateway's own clock is believed (see
 //! [`crate::clock`]); until then the rest goes on without it.
 
-use super::action::Slot;
+use super::action::ActionImage;
 use crate::backoff::Backoff;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -178,11 +178,11 @@ impl Duties {
 
 /// The five slots to push: the configured ones, then neutral ones (never true, dry run) so
 /// that a slot dropped from the configuration stops acting.
-pub fn all_slots(configured: &[Slot]) -> Vec<Slot> {
+pub fn all_slots(configured: &[ActionImage]) -> Vec<ActionImage> {
     let pin = configured.first().map_or(13, |s| s.pins[0]);
-    let mut out: Vec<Slot> = configured.iter().take(super::action::SLOTS).cloned().collect();
+    let mut out: Vec<ActionImage> = configured.iter().take(super::action::SLOTS).cloned().collect();
     while out.len() < super::action::SLOTS {
-        out.push(Slot::neutral(pin));
+        out.push(ActionImage::neutral(pin));
     }
     out
 }
@@ -348,7 +348,7 @@ mod tests {
 
     #[test]
     fn unused_slots_are_neutralised() {
-        let slot = Slot { text: "L1U > 2530".into(), pins: [22; 8], ..Slot::neutral(22) };
+        let slot = ActionImage { text: "L1U > 2530".into(), pins: [22; 8], ..ActionImage::neutral(22) };
         let all = all_slots(std::slice::from_ref(&slot));
         assert_eq!(all.len(), 5);
         assert_eq!(all[0], slot);

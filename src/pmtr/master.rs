@@ -2,7 +2,7 @@
 //! action push with the commit handshake (§8), the reboot sentinel, and probing for a scan.
 //! Each function is a short sequence of transactions; the bus task runs them between polls.
 
-use super::action::Slot;
+use super::action::ActionImage;
 use super::registers::{epoch_registers, COIL_COMMIT, COIL_RESYNC, COIL_TIME_SYNC, HR_EPOCH};
 use crate::modbus::transport::{Line, Outcome, Resync, Transport};
 use crate::modbus::{Exception, FrameError, Reply, Request};
@@ -30,7 +30,7 @@ pub enum DutyError {
 
 /// How the master talks to one server.
 #[derive(Debug, Clone, Copy)]
-pub struct Link {
+pub struct ServerLink {
     pub address: u8,
     /// Reply timeout of one transaction.
     pub timeout: Duration,
@@ -41,7 +41,7 @@ pub struct Link {
 /// One transaction with retries; `observe` counts each try.
 async fn transact<L: Line>(
     t: &mut Transport<L>,
-    link: &Link,
+    link: &ServerLink,
     req: &Request,
     step: &'static str,
     observe: &mut (dyn FnMut(&Outcome) + Send),
@@ -62,7 +62,7 @@ async fn transact<L: Line>(
 
 async fn write<L: Line>(
     t: &mut Transport<L>,
-    link: &Link,
+    link: &ServerLink,
     req: Request,
     step: &'static str,
     observe: &mut (dyn FnMut(&Outcome) + Send),
@@ -75,7 +75,7 @@ async fn write<L: Line>(
 
 async fn read_coil<L: Line>(
     t: &mut Transport<L>,
-    link: &Link,
+    link: &ServerLink,
     coil: u16,
     step: &'static str,
     observe: &mut (dyn FnMut(&Outcome) + Send),
@@ -109,7 +109,7 @@ pub fn epoch_to_write(set_at: i64) -> i64 {
 /// error. `ms_field` goes to HR150 (unused by the firmware).
 pub async fn sync_time<L: Line>(
     t: &mut Transport<L>,
-    link: &Link,
+    link: &ServerLink,
     ms_field: u16,
     observe: &mut (dyn FnMut(&Outcome) + Send),
 ) -> Result<Synced, DutyError> {
@@ -125,7 +125,7 @@ pub async fn sync_time<L: Line>(
 
 async fn set_time_and_leave<L: Line>(
     t: &mut Transport<L>,
-    link: &Link,
+    link: &ServerLink,
     ms_field: u16,
     observe: &mut (dyn FnMut(&Outcome) + Send),
 ) -> Result<Synced, DutyError> {
@@ -163,9 +163,9 @@ pub fn resync() -> Resync {
 /// each wait.
 pub async fn push_slot<L: Line>(
     t: &mut Transport<L>,
-    link: &Link,
+    link: &ServerLink,
     index: u8,
-    slot: &Slot,
+    slot: &ActionImage,
     observe: &mut (dyn FnMut(&Outcome) + Send),
 ) -> Result<(), DutyError> {
     let poll_every = Duration::from_millis(super::action::LOOP_PASS_MS);
@@ -182,7 +182,7 @@ pub async fn push_slot<L: Line>(
 
 async fn wait_commit_clear<L: Line>(
     t: &mut Transport<L>,
-    link: &Link,
+    link: &ServerLink,
     poll_every: Duration,
     max_wait: Duration,
     observe: &mut (dyn FnMut(&Outcome) + Send),
@@ -202,7 +202,7 @@ async fn wait_commit_clear<L: Line>(
 /// Leaves the sentinel in `register`.
 pub async fn write_sentinel<L: Line>(
     t: &mut Transport<L>,
-    link: &Link,
+    link: &ServerLink,
     register: u16,
     value: u16,
     observe: &mut (dyn FnMut(&Outcome) + Send),

@@ -28,7 +28,7 @@ pub struct Block {
 /// Where a register's words are (its index in the table, the block, the offset in the
 /// block), with what decoding it takes copied in, so that a reading touches nothing else.
 #[derive(Debug, Clone, Copy, PartialEq)]
-struct Slot {
+struct Placement {
     register: usize,
     block: usize,
     offset: usize,
@@ -41,7 +41,7 @@ struct Slot {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Layout {
     pub blocks: Vec<Block>,
-    slots: Vec<Slot>,
+    slots: Vec<Placement>,
 }
 
 /// The span one register alone asks for: (start, count), widened to even when `even`.
@@ -168,7 +168,7 @@ impl Definition {
                 let register = due[m];
                 let offset = usize::from(self.registers[register].address - block.start);
                 let r = self.registers[register];
-                slots.push(Slot { register, block: b, offset, r, limit: r.quantity.limit() });
+                slots.push(Placement { register, block: b, offset, r, limit: r.quantity.limit() });
             }
             blocks.push(block);
         }
