@@ -9,7 +9,7 @@
 //! pmtr knows then, so that nothing stale stays on the broker.
 
 use super::{Message, Topics};
-use crate::bus::status::{MeterState, StatusBoard};
+use crate::bus::status::{MeterEvent, MeterState, StatusBoard};
 use crate::config::{Config, MqttSettings};
 use crate::control::{Caller, Command, Request, Response};
 use crate::reading::Record;
@@ -24,8 +24,6 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 /// The first wait before connecting again; doubled up to `max_backoff`.
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
-/// How often meter availability is looked at.
-const AVAILABILITY_EVERY: Duration = Duration::from_secs(1);
 /// How long a stop waits for the last messages (offline) to leave.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
@@ -50,7 +48,8 @@ pub struct MqttCounters {
 pub struct Sources {
     /// Every reading and state change (after the triggers have seen it).
     pub records: broadcast::Receiver<Record>,
-    /// Meter availability.
+    /// Meter availability: all of it at each connection, then each change as the board tells
+    /// it.
     pub meters: Arc<StatusBoard>,
     /// Relay and trigger states at each connection (None without triggers and relays).
     pub commands: Option<mpsc::Sender<Command>>,
@@ -271,8 +270,8 @@ impl Publisher {
         mut stop: watch::Receiver<bool>,
         done: watch::Sender<bool>,
     ) {
-        let mut tick = tokio::time::interval(AVAILABILITY_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut meter_events = sources.meters.subscribe();
+        let mut meters_open = true;
         let mut records_open = true;
         let mut energy_tick = tokio::time::interval(ENERGY_EVERY);
         energy_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -292,7 +291,12 @@ impl Publisher {
                     Err(broadcast::error::RecvError::Lagged(n)) => self.counters.locked().dropped += n,
                     Err(broadcast::error::RecvError::Closed) => records_open = false,
                 },
-                _ = tick.tick() => self.meter_availability(&sources.meters, false),
+                e = meter_events.recv(), if meters_open => match e {
+                    Ok(e) => self.meter_event(&e),
+                    // Changes were missed: the board, read once, says where every meter is now.
+                    Err(broadcast::error::RecvError::Lagged(_)) => self.meter_availability(&sources.meters, false),
+                    Err(broadcast::error::RecvError::Closed) => meters_open = false,
+                },
                 _ = energy_tick.tick() => self.energy(&sources),
             }
         }
@@ -416,18 +420,28 @@ impl Publisher {
         }
     }
 
-    /// Publishes each meter's availability when it changed (or every one, with `all`).
+    /// Publishes each meter's availability when it changed (or every one, with `all`), from the
+    /// board read once (at a connection, or after missed events).
     fn meter_availability(&mut self, meters: &StatusBoard, all: bool) {
         if !self.connected() {
             return;
         }
-        let now: Vec<(String, bool)> =
-            meters.snapshot().into_iter().map(|(name, s)| (name, s.state == MeterState::Ok)).collect();
-        for (name, online) in now {
-            let changed = self.meters_online.get(&name) != Some(&online);
-            if (all || changed) && self.publish(self.topics.meter_available(&name, online)) {
-                self.meters_online.insert(name, online);
-            }
+        for e in meters.events_now() {
+            self.availability(e.meter, e.state == MeterState::Ok, all);
+        }
+    }
+
+    /// One meter's state changed: its availability, if that changed.
+    fn meter_event(&mut self, e: &MeterEvent) {
+        if self.connected() {
+            self.availability(e.meter.clone(), e.state == MeterState::Ok, false);
+        }
+    }
+
+    fn availability(&mut self, name: String, online: bool, all: bool) {
+        let changed = self.meters_online.get(&name) != Some(&online);
+        if (all || changed) && self.publish(self.topics.meter_available(&name, online)) {
+            self.meters_online.insert(name, online);
         }
     }
 }
