@@ -1,5 +1,5 @@
-//! The alert task: events in (trigger and relay changes, storage events, the meters' counters,
-//! an unclean stop), the policy, the on-disk queue, and a sender that never blocks anything
+//! The alert task: events in (trigger and relay changes, storage events, the meters' state
+//! events, an unclean stop), the policy, the on-disk queue, and a sender that never blocks anything
 //! else: polling and relays do not wait for mail, and an unreachable server is retried with
 //! back-off while the queue (bounded, on disk) keeps what waits.
 
@@ -8,13 +8,13 @@ use super::events;
 use super::policy::{render, Alert, AlertKind, Limits, Policy};
 use super::queue::{off_runtime, Queue};
 use super::watch::{MeterWatch, StorageWatch};
-use crate::bus::status::StatusBoard;
+use crate::bus::status::{MeterEvent, MeterState, StatusBoard};
 use crate::config::{Alerts, Config, EmailSettings};
 use crate::reading::StateChange;
 use crate::store::{SinkStatus, StoreEvent};
 use crate::sync::Locked;
 use chrono::Utc;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -29,7 +29,11 @@ const MAX_BACKOFF: Duration = Duration::from_secs(600);
 pub struct Sources {
     pub changes: Option<broadcast::Receiver<StateChange>>,
     pub store: broadcast::Receiver<StoreEvent>,
+    /// The sinks, read once at the start (and after missed storage events) for their spool's
+    /// size; then [`StoreEvent::Spool`] tells each change.
     pub sinks: Vec<Arc<SinkStatus>>,
+    /// The meters: read once at the start (and after missed events), then followed through
+    /// their state events.
     pub meters: Arc<StatusBoard>,
     /// The previous run did not stop cleanly.
     pub unclean: bool,
@@ -134,6 +138,13 @@ impl Producer {
     async fn run(mut self, mut s: Sources, mut stop: watch::Receiver<bool>) {
         let mut storage = StorageWatch::new(self.settings.database_after, self.settings.spool_mark);
         let mut meters = MeterWatch::new(self.settings.meter_after);
+        let mut meter_events = s.meters.subscribe();
+        let mut meters_open = true;
+        // Where the events start from: the board and the sinks as they are now.
+        for e in s.meters.events_now() {
+            self.meter_event(&mut meters, &e);
+        }
+        let mut spools = spool_sizes(&s.sinks);
         if s.unclean {
             self.push(Alert {
                 kind: AlertKind::UncleanStop,
@@ -165,6 +176,9 @@ impl Producer {
                     Err(broadcast::error::RecvError::Closed) => changes_open = false,
                 },
                 e = s.store.recv(), if store_open => match e {
+                    Ok(StoreEvent::Spool { sink, bytes }) => {
+                        spools.insert(sink, bytes);
+                    }
                     Ok(e) => {
                         for a in storage.event(&e, self.mono(), Utc::now()) {
                             self.push(a);
@@ -172,28 +186,34 @@ impl Producer {
                     }
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         tracing::warn!("the alert task missed {n} storage events");
+                        // The spools' sizes, read once, are right again.
+                        spools = spool_sizes(&s.sinks);
                     }
                     Err(broadcast::error::RecvError::Closed) => store_open = false,
                 },
+                e = meter_events.recv(), if meters_open => match e {
+                    Ok(e) => self.meter_event(&mut meters, &e),
+                    // Changes were missed: the board, read once, says where every meter is now.
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        for e in s.meters.events_now() {
+                            self.meter_event(&mut meters, &e);
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => meters_open = false,
+                },
+                // The time-based part of the policy (down or silent for long enough, digest
+                // windows), on what the events told: no snapshot is read here.
                 _ = tick.tick() => {
                     let now = self.mono();
                     let wall = Utc::now();
-                    let spools: Vec<(String, u64, u64)> = s
-                        .sinks
+                    let fill = spools
                         .iter()
-                        .map(|k| {
-                            let st = k.snapshot();
-                            (k.name.clone(), st.spool_bytes, self.spool_max.get(&k.name).copied().unwrap_or(0))
-                        })
-                        .collect();
-                    for a in storage.tick(now, wall, spools.iter().map(|(n, b, m)| (n.as_str(), *b, *m))) {
+                        .map(|(n, b)| (n.as_str(), *b, self.spool_max.get(n).copied().unwrap_or(0)));
+                    let alerts = storage.tick(now, wall, fill);
+                    for a in alerts {
                         self.push(a);
                     }
-                    let snapshot = s.meters.snapshot();
-                    let counts = snapshot
-                        .iter()
-                        .map(|(n, m)| (n.as_str(), m.counters.readings, m.last_error.as_deref()));
-                    for a in meters.tick(now, wall, counts) {
+                    for a in meters.tick(now, wall) {
                         self.push(a);
                     }
                     self.flush(false);
@@ -205,6 +225,13 @@ impl Producer {
         // Whatever waits in a digest window goes to the queue now: nothing is lost at a stop.
         self.flush(true);
         self.write_pending().await;
+    }
+
+    fn meter_event(&mut self, meters: &mut MeterWatch, e: &MeterEvent) {
+        let ok = e.state == MeterState::Ok;
+        for a in meters.event(&e.meter, ok, e.last_error.as_deref(), self.mono(), Utc::now()) {
+            self.push(a);
+        }
     }
 
     fn mono(&self) -> Duration {
@@ -272,6 +299,11 @@ impl Producer {
             self.wake.notify_one();
         }
     }
+}
+
+/// Each sink's spool size now, by name.
+fn spool_sizes(sinks: &[Arc<SinkStatus>]) -> BTreeMap<String, u64> {
+    sinks.iter().map(|k| (k.name.clone(), k.snapshot().spool_bytes)).collect()
 }
 
 /// Sends the queue's mails in order; waits with back-off while the server is unreachable.
