@@ -998,6 +998,41 @@ mod tests {
         rig.task.await.unwrap();
     }
 
+    /// The spool's size goes out as events: while it fills, one each time it moved by a
+    /// hundredth of its limit (not one per batch); one when it has emptied; none while it
+    /// stays empty.
+    #[tokio::test(start_paused = true)]
+    async fn the_spool_size_is_told_by_steps_and_when_it_empties() {
+        let fake = Fake { script: VecDeque::from(vec![Err(retry()); 4]), ..Fake::default() };
+        let dir = tempfile::tempdir().unwrap();
+        let limits = SpoolLimits { max_bytes: 64 << 10, segment_bytes: 4 << 10 };
+        let spool = Spool::open(dir.path(), limits).unwrap();
+        let mut rig = rig_on(fake, Durability::Outage, dir, spool);
+        feed(&rig, 0..200, Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        let mut sizes = Vec::new();
+        while let Ok(e) = rig.events.try_recv() {
+            if let StoreEvent::Spool { sink, bytes } = e {
+                assert_eq!(sink, "t");
+                sizes.push(bytes);
+            }
+        }
+        assert_eq!(rig.status.snapshot().spool_bytes, 0, "replayed");
+        assert_eq!(rig.fake.lock().unwrap().written.len(), 200);
+        let (last, filling) = sizes.split_last().expect("events");
+        assert_eq!(*last, 0, "emptied: told");
+        assert!(!filling.is_empty() && filling.iter().all(|b| *b > 0), "{sizes:?}");
+        for w in filling.windows(2) {
+            assert!(w[0].abs_diff(w[1]) >= (64 << 10) / 100, "a step of 1% at least: {sizes:?}");
+        }
+        // Writes that keep up leave the empty spool alone: no event.
+        feed(&rig, 200..230, Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(rig.events.try_recv().is_err());
+        drop(rig.tx);
+        rig.task.await.unwrap();
+    }
+
     #[tokio::test(start_paused = true)]
     async fn an_outage_spools_backs_off_and_replays_everything_once() {
         let fake = Fake { script: VecDeque::from(vec![Err(retry()); 8]), ..Fake::default() };
