@@ -353,3 +353,52 @@ async fn send_loop(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::status::MeterStatus;
+
+    /// A meter's silence and return reach the alerts as the board's events, the silence once
+    /// `meter_after` has passed since it stopped answering, each once (tokio's paused clock).
+    #[tokio::test(start_paused = true)]
+    async fn a_meter_silent_for_meter_after_and_back_are_told_by_the_board() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = crate::config::load_str(
+            "[[bus]]\nname = \"b\"\nport = \"/dev/null\"\n[[meter]]\nname = \"m\"\nmodel = \"pzem-016\"\naddress = 4\n\
+             [alerts.email]\nhost = \"127.0.0.1\"\nport = 1\nfrom = \"pmtr@example.org\"\nto = [\"me@example.org\"]\n",
+            "t.toml",
+        )
+        .unwrap();
+        config.gateway.state_dir = dir.path().to_owned();
+        config.alerts.digest = Duration::ZERO;
+        let email = config.email.clone().expect("[alerts.email]");
+        let board = Arc::new(StatusBoard::default());
+        board.register("m", MeterStatus::searching("b".into(), 4, crate::meter::Model::Pzem016));
+        board.update("m", |s| s.state = MeterState::Ok);
+        let (_store_tx, store) = broadcast::channel(16);
+        let (stop_tx, stop) = watch::channel(false);
+        let sources =
+            Sources { changes: None, store, sinks: Vec::new(), meters: board.clone(), unclean: false };
+        let alerting = Alerting::start(&config, &email, sources, stop).unwrap();
+        let alerts = || alerting.counters.locked().alerts;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(alerts(), 0, "answering");
+        board.update("m", |s| {
+            s.state = MeterState::Failing;
+            s.last_error = Some("timeout".into());
+        });
+        tokio::time::sleep(Duration::from_secs(59)).await;
+        assert_eq!(alerts(), 0, "not yet meter_after");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(alerts(), 1, "silent");
+        board.update("m", |s| s.state = MeterState::Searching);
+        tokio::time::sleep(Duration::from_secs(100)).await;
+        assert_eq!(alerts(), 1, "once");
+        board.update("m", |s| s.state = MeterState::Ok);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(alerts(), 2, "back");
+        stop_tx.send(true).unwrap();
+        alerting.join().await;
+    }
+}
