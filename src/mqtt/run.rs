@@ -154,6 +154,7 @@ impl Mqtt {
             retain_readings: settings.retain,
             counters: counters.clone(),
             meters_online: BTreeMap::new(),
+            availability_stale: false,
         };
         let publisher = tokio::spawn(publisher.run(sources, link_rx, stop, done_tx));
         tracing::info!(broker = %broker, tls = settings.tls, prefix = %settings.topic_prefix,
@@ -260,6 +261,9 @@ struct Publisher {
     counters: Arc<Mutex<MqttCounters>>,
     /// What was last published of each meter's availability.
     meters_online: BTreeMap<String, bool>,
+    /// An availability could not be handed to the client (its queue full): the board is read
+    /// again at the next record, until all are out.
+    availability_stale: bool,
 }
 
 impl Publisher {
@@ -287,7 +291,12 @@ impl Publisher {
                     None => break,
                 },
                 r = sources.records.recv(), if records_open => match r {
-                    Ok(r) => self.on_record(&r),
+                    Ok(r) => {
+                        if self.availability_stale {
+                            self.meter_availability(&sources.meters, false);
+                        }
+                        self.on_record(&r);
+                    }
                     Err(broadcast::error::RecvError::Lagged(n)) => self.counters.locked().dropped += n,
                     Err(broadcast::error::RecvError::Closed) => records_open = false,
                 },
@@ -426,6 +435,7 @@ impl Publisher {
         if !self.connected() {
             return;
         }
+        self.availability_stale = false;
         for e in meters.events_now() {
             self.availability(e.meter, e.state == MeterState::Ok, all);
         }
@@ -440,8 +450,12 @@ impl Publisher {
 
     fn availability(&mut self, name: String, online: bool, all: bool) {
         let changed = self.meters_online.get(&name) != Some(&online);
-        if (all || changed) && self.publish(self.topics.meter_available(&name, online)) {
-            self.meters_online.insert(name, online);
+        if all || changed {
+            if self.publish(self.topics.meter_available(&name, online)) {
+                self.meters_online.insert(name, online);
+            } else {
+                self.availability_stale = true;
+            }
         }
     }
 }
