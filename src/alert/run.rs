@@ -201,23 +201,8 @@ impl Producer {
                     }
                     Err(broadcast::error::RecvError::Closed) => meters_open = false,
                 },
-                // The time-based part of the policy (down or silent for long enough, digest
-                // windows), on what the events told: no snapshot is read here.
-                _ = tick.tick() => {
-                    let now = self.mono();
-                    let wall = Utc::now();
-                    let fill = spools
-                        .iter()
-                        .map(|(n, b)| (n.as_str(), *b, self.spool_max.get(n).copied().unwrap_or(0)));
-                    let alerts = storage.tick(now, wall, fill);
-                    for a in alerts {
-                        self.push(a);
-                    }
-                    for a in meters.tick(now, wall) {
-                        self.push(a);
-                    }
-                    self.flush(false);
-                }
+                // No snapshot is read here: the tick works on what the events told.
+                _ = tick.tick() => self.tick(&mut storage, &mut meters, &spools),
                 _ = stop.changed() => break,
             }
             self.write_pending().await;
@@ -225,6 +210,19 @@ impl Producer {
         // Whatever waits in a digest window goes to the queue now: nothing is lost at a stop.
         self.flush(true);
         self.write_pending().await;
+    }
+
+    /// The time-based part of the policy (down or silent for long enough, spool marks, digest
+    /// windows), on what the events told.
+    fn tick(&mut self, storage: &mut StorageWatch, meters: &mut MeterWatch, spools: &BTreeMap<String, u64>) {
+        let now = self.mono();
+        let wall = Utc::now();
+        let fill = spools.iter().map(|(n, b)| (n.as_str(), *b, self.spool_max.get(n).copied().unwrap_or(0)));
+        let alerts = storage.tick(now, wall, fill);
+        for a in alerts.into_iter().chain(meters.tick(now, wall)) {
+            self.push(a);
+        }
+        self.flush(false);
     }
 
     fn meter_event(&mut self, meters: &mut MeterWatch, e: &MeterEvent) {
