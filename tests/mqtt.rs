@@ -15,6 +15,7 @@ mod smtp;
 
 use gateway::{set_volts, sim, Daemon, PIN};
 use pmtr::relay::FakeBoard;
+use pmtr::sim::Fault;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
 use servers::{Managed, Mosquitto};
@@ -254,6 +255,14 @@ async fn readings_states_and_discovery_reach_the_broker() {
     let s = api(api_port).await;
     assert_eq!(s["mqtt"]["connected"], true);
     assert!(s["mqtt"]["published"].as_u64().unwrap() > 10);
+
+    // The meter stops answering: its availability goes offline when the bus decides so (the
+    // status board's event), and online again at its next reading.
+    assert!(meter.set_fault(4, Fault::NoReply));
+    w.payload(&format!("{PREFIX}/meter/main/availability"), "offline").await;
+    let again = Watcher::start(broker.port()).await;
+    assert!(meter.set_fault(4, Fault::None));
+    again.payload(&format!("{PREFIX}/meter/main/availability"), "online").await;
 
     // A clean stop says offline itself.
     daemon.stop().await;

@@ -309,7 +309,10 @@ fn influxdb2_writes_through_the_token_check_and_a_wrong_token_keeps_everything()
         storage.join().await;
         let mut seen = Vec::new();
         while let Ok(e) = events.try_recv() {
-            seen.push(e);
+            // The spool's sizes come with every change of the spool: not what this test is about.
+            if !matches!(e, StoreEvent::Spool { .. }) {
+                seen.push(e);
+            }
         }
         (sinks[0].snapshot(), seen)
     });

@@ -1,5 +1,5 @@
-//! The alert task: events in (trigger and relay changes, storage events, the meters' counters,
-//! an unclean stop), the policy, the on-disk queue, and a sender that never blocks anything
+//! The alert task: events in (trigger and relay changes, storage events, the meters' state
+//! events, an unclean stop), the policy, the on-disk queue, and a sender that never blocks anything
 //! else: polling and relays do not wait for mail, and an unreachable server is retried with
 //! back-off while the queue (bounded, on disk) keeps what waits.
 
@@ -9,13 +9,13 @@ use super::policy::{render, Alert, AlertKind, Limits, Policy};
 use super::queue::{off_runtime, Queue};
 use super::watch::{MeterWatch, StorageWatch};
 use crate::backoff::Backoff;
-use crate::bus::status::StatusBoard;
+use crate::bus::status::{MeterEvent, MeterState, StatusBoard};
 use crate::config::{Alerts, Config, EmailSettings};
 use crate::reading::StateChange;
 use crate::store::{SinkStatus, StoreEvent};
 use crate::sync::Locked;
 use chrono::Utc;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -30,7 +30,11 @@ const MAX_BACKOFF: Duration = Duration::from_secs(600);
 pub struct Sources {
     pub changes: Option<broadcast::Receiver<StateChange>>,
     pub store: broadcast::Receiver<StoreEvent>,
+    /// The sinks, read once at the start (and after missed storage events) for their spool's
+    /// size; then [`StoreEvent::Spool`] tells each change.
     pub sinks: Vec<Arc<SinkStatus>>,
+    /// The meters: read once at the start (and after missed events), then followed through
+    /// their state events.
     pub meters: Arc<StatusBoard>,
     /// The previous run did not stop cleanly.
     pub unclean: bool,
@@ -135,6 +139,13 @@ impl Producer {
     async fn run(mut self, mut s: Sources, mut stop: watch::Receiver<bool>) {
         let mut storage = StorageWatch::new(self.settings.database_after, self.settings.spool_mark);
         let mut meters = MeterWatch::new(self.settings.meter_after);
+        let mut meter_events = s.meters.subscribe();
+        let mut meters_open = true;
+        // Where the events start from: the board and the sinks as they are now.
+        for e in s.meters.events_now() {
+            self.meter_event(&mut meters, &e);
+        }
+        let mut spools = spool_sizes(&s.sinks);
         if s.unclean {
             self.push(Alert {
                 kind: AlertKind::UncleanStop,
@@ -166,6 +177,9 @@ impl Producer {
                     Err(broadcast::error::RecvError::Closed) => changes_open = false,
                 },
                 e = s.store.recv(), if store_open => match e {
+                    Ok(StoreEvent::Spool { sink, bytes }) => {
+                        spools.insert(sink, bytes);
+                    }
                     Ok(e) => {
                         for a in storage.event(&e, self.mono(), Utc::now()) {
                             self.push(a);
@@ -173,32 +187,23 @@ impl Producer {
                     }
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         tracing::warn!("the alert task missed {n} storage events");
+                        // The spools' sizes, read once, are right again.
+                        spools = spool_sizes(&s.sinks);
                     }
                     Err(broadcast::error::RecvError::Closed) => store_open = false,
                 },
-                _ = tick.tick() => {
-                    let now = self.mono();
-                    let wall = Utc::now();
-                    let spools: Vec<(String, u64, u64)> = s
-                        .sinks
-                        .iter()
-                        .map(|k| {
-                            let st = k.snapshot();
-                            (k.name.clone(), st.spool_bytes, self.spool_max.get(&k.name).copied().unwrap_or(0))
-                        })
-                        .collect();
-                    for a in storage.tick(now, wall, spools.iter().map(|(n, b, m)| (n.as_str(), *b, *m))) {
-                        self.push(a);
+                e = meter_events.recv(), if meters_open => match e {
+                    Ok(e) => self.meter_event(&mut meters, &e),
+                    // Changes were missed: the board, read once, says where every meter is now.
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        for e in s.meters.events_now() {
+                            self.meter_event(&mut meters, &e);
+                        }
                     }
-                    let snapshot = s.meters.snapshot();
-                    let counts = snapshot
-                        .iter()
-                        .map(|(n, m)| (n.as_str(), m.counters.readings, m.last_error.as_deref()));
-                    for a in meters.tick(now, wall, counts) {
-                        self.push(a);
-                    }
-                    self.flush(false);
-                }
+                    Err(broadcast::error::RecvError::Closed) => meters_open = false,
+                },
+                // No snapshot is read here: the tick works on what the events told.
+                _ = tick.tick() => self.tick(&mut storage, &mut meters, &spools),
                 _ = stop.changed() => break,
             }
             self.write_pending().await;
@@ -206,6 +211,26 @@ impl Producer {
         // Whatever waits in a digest window goes to the queue now: nothing is lost at a stop.
         self.flush(true);
         self.write_pending().await;
+    }
+
+    /// The time-based part of the policy (down or silent for long enough, spool marks, digest
+    /// windows), on what the events told.
+    fn tick(&mut self, storage: &mut StorageWatch, meters: &mut MeterWatch, spools: &BTreeMap<String, u64>) {
+        let now = self.mono();
+        let wall = Utc::now();
+        let fill = spools.iter().map(|(n, b)| (n.as_str(), *b, self.spool_max.get(n).copied().unwrap_or(0)));
+        let alerts = storage.tick(now, wall, fill);
+        for a in alerts.into_iter().chain(meters.tick(now, wall)) {
+            self.push(a);
+        }
+        self.flush(false);
+    }
+
+    fn meter_event(&mut self, meters: &mut MeterWatch, e: &MeterEvent) {
+        let ok = e.state == MeterState::Ok;
+        for a in meters.event(&e.meter, ok, e.last_error.as_deref(), self.mono(), Utc::now()) {
+            self.push(a);
+        }
     }
 
     fn mono(&self) -> Duration {
@@ -275,6 +300,11 @@ impl Producer {
     }
 }
 
+/// Each sink's spool size now, by name.
+fn spool_sizes(sinks: &[Arc<SinkStatus>]) -> BTreeMap<String, u64> {
+    sinks.iter().map(|k| (k.name.clone(), k.snapshot().spool_bytes)).collect()
+}
+
 /// Sends the queue's mails in order; waits with back-off while the server is unreachable.
 async fn send_loop(
     mailer: Mailer,
@@ -322,5 +352,54 @@ async fn send_loop(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bus::status::MeterStatus;
+
+    /// A meter's silence and return reach the alerts as the board's events, the silence once
+    /// `meter_after` has passed since it stopped answering, each once (tokio's paused clock).
+    #[tokio::test(start_paused = true)]
+    async fn a_meter_silent_for_meter_after_and_back_are_told_by_the_board() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = crate::config::load_str(
+            "[[bus]]\nname = \"b\"\nport = \"/dev/null\"\n[[meter]]\nname = \"m\"\nmodel = \"pzem-016\"\naddress = 4\n\
+             [alerts.email]\nhost = \"127.0.0.1\"\nport = 1\nfrom = \"pmtr@example.org\"\nto = [\"me@example.org\"]\n",
+            "t.toml",
+        )
+        .unwrap();
+        config.gateway.state_dir = dir.path().to_owned();
+        config.alerts.digest = Duration::ZERO;
+        let email = config.email.clone().expect("[alerts.email]");
+        let board = Arc::new(StatusBoard::default());
+        board.register("m", MeterStatus::searching("b".into(), 4, crate::meter::Model::Pzem016));
+        board.update("m", |s| s.state = MeterState::Ok);
+        let (_store_tx, store) = broadcast::channel(16);
+        let (stop_tx, stop) = watch::channel(false);
+        let sources =
+            Sources { changes: None, store, sinks: Vec::new(), meters: board.clone(), unclean: false };
+        let alerting = Alerting::start(&config, &email, sources, stop).unwrap();
+        let alerts = || alerting.counters.locked().alerts;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(alerts(), 0, "answering");
+        board.update("m", |s| {
+            s.state = MeterState::Failing;
+            s.last_error = Some("timeout".into());
+        });
+        tokio::time::sleep(Duration::from_secs(59)).await;
+        assert_eq!(alerts(), 0, "not yet meter_after");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(alerts(), 1, "silent");
+        board.update("m", |s| s.state = MeterState::Searching);
+        tokio::time::sleep(Duration::from_secs(100)).await;
+        assert_eq!(alerts(), 1, "once");
+        board.update("m", |s| s.state = MeterState::Ok);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(alerts(), 2, "back");
+        stop_tx.send(true).unwrap();
+        alerting.join().await;
     }
 }

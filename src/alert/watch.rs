@@ -1,10 +1,10 @@
-//! Watches that turn storage events and the meters' counters into alerts, on transitions only.
-//! Pure: times are monotonic `Duration`s passed in, wall times only label the alerts.
+//! Watches that turn storage events and the meters' state events into alerts, on transitions
+//! only. Pure: times are monotonic `Duration`s passed in, wall times only label the alerts.
 
 use super::policy::{Alert, AlertKind};
 use crate::store::StoreEvent;
 use chrono::{DateTime, Utc};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 fn alert(
@@ -86,7 +86,7 @@ impl StorageWatch {
                 format!("sink {sink}: the spool failed, readings may be lost"),
                 vec![("error", error.clone())],
             )],
-            StoreEvent::Rejected { .. } => Vec::new(),
+            StoreEvent::Rejected { .. } | StoreEvent::Spool { .. } => Vec::new(),
         }
     }
 
@@ -144,56 +144,67 @@ impl StorageWatch {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct MeterWatchState {
-    readings: u64,
-    changed: Duration,
+    /// Since when the meter has not answered (not ok: failing or searching).
+    down_since: Option<Duration>,
+    last_error: Option<String>,
     silent: bool,
 }
 
-/// The meters: silent for longer than `after` (no new reading), and back.
+/// The meters: not answering for longer than `after`, and back. Told each change of a meter's
+/// state as it happens ([`MeterWatch::event`]); asked the time now and then
+/// ([`MeterWatch::tick`]).
 #[derive(Debug)]
 pub struct MeterWatch {
     after: Duration,
-    meters: HashMap<String, MeterWatchState>,
+    meters: BTreeMap<String, MeterWatchState>,
 }
 
 impl MeterWatch {
     pub fn new(after: Duration) -> Self {
-        MeterWatch { after, meters: HashMap::new() }
+        MeterWatch { after, meters: BTreeMap::new() }
     }
 
-    /// The meters' reading counters at `now`: `(name, readings so far, last error)`.
-    pub fn tick<'a>(
+    /// Meter `name` is answering (`ok`) or not since `now`, its last error `error`: a meter
+    /// that was silent and answers again is an alert.
+    pub fn event(
         &mut self,
+        name: &str,
+        ok: bool,
+        error: Option<&str>,
         now: Duration,
         wall: DateTime<Utc>,
-        meters: impl IntoIterator<Item = (&'a str, u64, Option<&'a str>)>,
     ) -> Vec<Alert> {
+        let w = self.meters.entry(name.to_owned()).or_default();
+        if ok {
+            w.down_since = None;
+            if std::mem::take(&mut w.silent) {
+                return vec![alert(
+                    AlertKind::MeterBack,
+                    wall,
+                    name,
+                    format!("meter {name} answers again"),
+                    Vec::new(),
+                )];
+            }
+        } else {
+            w.down_since.get_or_insert(now);
+            w.last_error = error.map(str::to_owned);
+        }
+        Vec::new()
+    }
+
+    /// The meters not answering for `after` by `now` (each once, until it answers again).
+    pub fn tick(&mut self, now: Duration, wall: DateTime<Utc>) -> Vec<Alert> {
         let mut out = Vec::new();
-        for (name, readings, error) in meters {
-            let w = self.meters.entry(name.to_owned()).or_insert(MeterWatchState {
-                readings,
-                changed: now,
-                silent: false,
-            });
-            if readings != w.readings {
-                w.readings = readings;
-                w.changed = now;
-                if std::mem::take(&mut w.silent) {
-                    out.push(alert(
-                        AlertKind::MeterBack,
-                        wall,
-                        name,
-                        format!("meter {name} answers again"),
-                        Vec::new(),
-                    ));
-                }
-            } else if !w.silent && now.saturating_sub(w.changed) >= self.after {
+        for (name, w) in &mut self.meters {
+            let Some(since) = w.down_since else { continue };
+            if !w.silent && now.saturating_sub(since) >= self.after {
                 w.silent = true;
                 let mut details = vec![("silent for", format!("{:?}", self.after))];
-                if let Some(e) = error {
-                    details.push(("last error", e.to_owned()));
+                if let Some(e) = &w.last_error {
+                    details.push(("last error", e.clone()));
                 }
                 out.push(alert(
                     AlertKind::MeterSilent,
@@ -256,16 +267,21 @@ mod tests {
     fn a_meter_silent_for_longer_than_after_and_back() {
         let wall = Utc::now();
         let mut w = MeterWatch::new(s(60));
-        assert!(w.tick(s(0), wall, [("main", 0, None)]).is_empty());
-        assert!(w.tick(s(30), wall, [("main", 30, None)]).is_empty());
-        assert!(w.tick(s(89), wall, [("main", 30, Some("timeout"))]).is_empty());
-        let a = w.tick(s(90), wall, [("main", 30, Some("timeout"))]);
+        assert!(w.event("main", false, None, s(0), wall).is_empty());
+        assert!(w.event("main", true, None, s(10), wall).is_empty());
+        assert!(w.tick(s(30), wall).is_empty());
+        assert!(w.event("main", false, Some("crc"), s(30), wall).is_empty());
+        assert!(w.event("main", false, Some("timeout"), s(40), wall).is_empty());
+        assert!(w.tick(s(89), wall).is_empty());
+        let a = w.tick(s(90), wall);
         assert_eq!(kinds(&a), [AlertKind::MeterSilent]);
         assert_eq!(a[0].details[1], ("last error".to_owned(), "timeout".to_owned()));
-        assert!(w.tick(s(200), wall, [("main", 30, None)]).is_empty(), "once");
-        assert_eq!(kinds(&w.tick(s(201), wall, [("main", 31, None)])), [AlertKind::MeterBack]);
+        assert!(w.tick(s(200), wall).is_empty(), "once");
+        assert_eq!(kinds(&w.event("main", true, None, s(201), wall)), [AlertKind::MeterBack]);
+        assert!(w.event("main", true, None, s(202), wall).is_empty(), "once");
         // A meter never found is silent after `after` from the start.
-        assert_eq!(kinds(&w.tick(s(300), wall, [("gen", 0, None)])), []);
-        assert_eq!(kinds(&w.tick(s(360), wall, [("gen", 0, None)])), [AlertKind::MeterSilent]);
+        assert_eq!(kinds(&w.event("gen", false, None, s(300), wall)), []);
+        assert_eq!(kinds(&w.tick(s(359), wall)), []);
+        assert_eq!(kinds(&w.tick(s(360), wall)), [AlertKind::MeterSilent]);
     }
 }

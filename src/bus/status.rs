@@ -1,4 +1,5 @@
-//! Per-meter counters and state, shared read-only with whoever reports on the gateway.
+//! Per-meter counters and state, shared read-only with whoever reports on the gateway, and
+//! the events of each meter's state (ok, failing, searching) as the buses decide it.
 
 use crate::modbus::transport::Outcome;
 use crate::modbus::FrameError;
@@ -8,6 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
+use tokio::sync::broadcast;
 
 /// Counters of one meter's polls. Probes of a meter that is not (yet) on a port count only as
 /// `probes` and `probe_misses`, so a meter found elsewhere shows no timeouts for them.
@@ -116,20 +118,85 @@ impl MeterStatus {
 /// What the gateway has done for a PMTR_001_SRV besides polling it (its driver's duties).
 pub use crate::meter::pmtr_srv::ServerStatus;
 
+/// A meter's state changed (or a meter was registered): sent by [`StatusBoard`] from the one
+/// place the board changes a meter, so that whoever follows meters (MQTT availability, alerts)
+/// is told rather than reading snapshots again and again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeterEvent {
+    pub meter: String,
+    pub state: MeterState,
+    /// The meter's last error, as the board has it after the change.
+    pub last_error: Option<String>,
+}
+
+/// Meter events kept for a slow receiver before it lags. A receiver that lags has missed some
+/// changes: it reads the board once ([`StatusBoard::events_now`]) and carries on from there.
+pub const METER_EVENTS: usize = 256;
+
 /// Everything the buses know, by meter name.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct StatusBoard {
     meters: Mutex<BTreeMap<String, MeterStatus>>,
+    events: broadcast::Sender<MeterEvent>,
+}
+
+impl Default for StatusBoard {
+    fn default() -> Self {
+        StatusBoard { meters: Mutex::default(), events: broadcast::channel(METER_EVENTS).0 }
+    }
 }
 
 impl StatusBoard {
+    /// Adds (or replaces) a meter; an event when its state is new or differs from before.
     pub fn register(&self, name: &str, status: MeterStatus) {
-        self.lock().insert(name.to_string(), status);
+        let event =
+            MeterEvent { meter: name.to_owned(), state: status.state, last_error: status.last_error.clone() };
+        let before = self.lock().insert(name.to_string(), status).map(|s| s.state);
+        if before != Some(event.state) {
+            self.send(event);
+        }
     }
 
-    /// Runs `f` on one meter's status.
+    /// Runs `f` on one meter's status; an event when `f` changed the meter's state.
     pub fn update<R>(&self, name: &str, f: impl FnOnce(&mut MeterStatus) -> R) -> Option<R> {
-        self.lock().get_mut(name).map(f)
+        let (r, event) = {
+            let mut meters = self.lock();
+            let s = meters.get_mut(name)?;
+            let before = s.state;
+            let r = f(s);
+            let event = (s.state != before).then(|| MeterEvent {
+                meter: name.to_owned(),
+                state: s.state,
+                last_error: s.last_error.clone(),
+            });
+            (r, event)
+        };
+        if let Some(e) = event {
+            self.send(e);
+        }
+        Some(r)
+    }
+
+    /// The meter events from now on (bounded: see [`METER_EVENTS`]).
+    pub fn subscribe(&self) -> broadcast::Receiver<MeterEvent> {
+        self.events.subscribe()
+    }
+
+    /// Every meter's state now, as events: where a new or lagging receiver starts from.
+    pub fn events_now(&self) -> Vec<MeterEvent> {
+        self.lock()
+            .iter()
+            .map(|(name, s)| MeterEvent {
+                meter: name.clone(),
+                state: s.state,
+                last_error: s.last_error.clone(),
+            })
+            .collect()
+    }
+
+    fn send(&self, e: MeterEvent) {
+        // No receiver is no error: nobody follows the meters.
+        let _ = self.events.send(e);
     }
 
     pub fn snapshot(&self) -> BTreeMap<String, MeterStatus> {
@@ -174,5 +241,72 @@ mod tests {
             (1, 1, 1, 1, 1, 1)
         );
         assert_eq!((c.garbled_frames, c.malformed_frames, c.stale_bytes, c.noise_bytes), (1, 1, 14, 7));
+    }
+
+    fn board() -> StatusBoard {
+        let b = StatusBoard::default();
+        b.register("m", MeterStatus::searching("b".into(), 4, crate::meter::Model::Pzem016));
+        b
+    }
+
+    /// A change of state is one event, with the error the board has; a change of anything
+    /// else (counters, a reading) is none.
+    #[test]
+    fn a_state_change_is_exactly_one_event_and_no_change_none() {
+        let b = board();
+        let mut rx = b.subscribe();
+        b.update("m", |s| s.counters.requests += 1);
+        b.update("m", |s| s.state = MeterState::Searching);
+        assert!(rx.try_recv().is_err(), "no change, no event");
+        b.update("m", |s| s.state = MeterState::Ok);
+        b.update("m", |s| s.counters.readings += 1);
+        b.update("m", |s| {
+            s.state = MeterState::Failing;
+            s.last_error = Some("timeout".into());
+        });
+        b.update("m", |s| s.last_error = Some("crc".into()));
+        assert_eq!(b.update("nobody", |s| s.state = MeterState::Ok), None);
+        let got: Vec<_> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+        assert_eq!(
+            got,
+            [
+                MeterEvent { meter: "m".into(), state: MeterState::Ok, last_error: None },
+                MeterEvent {
+                    meter: "m".into(),
+                    state: MeterState::Failing,
+                    last_error: Some("timeout".into())
+                },
+            ]
+        );
+        // Registering again in the same state says nothing; a new meter is told.
+        b.register(
+            "m",
+            MeterStatus {
+                state: MeterState::Failing,
+                ..MeterStatus::searching("b".into(), 4, crate::meter::Model::Pzem016)
+            },
+        );
+        assert!(rx.try_recv().is_err());
+        b.register("n", MeterStatus::searching("b".into(), 5, crate::meter::Model::Pzem016));
+        assert_eq!(rx.try_recv().map(|e| (e.meter, e.state)), Ok(("n".into(), MeterState::Searching)));
+    }
+
+    /// A receiver that falls behind by more than the channel holds is told how many it missed,
+    /// reads the board once, and then follows the events again.
+    #[test]
+    fn a_lagging_receiver_recovers_from_the_board() {
+        let b = board();
+        let mut rx = b.subscribe();
+        for i in 0..=METER_EVENTS {
+            b.update("m", |s| s.state = if i % 2 == 0 { MeterState::Ok } else { MeterState::Failing });
+        }
+        assert!(matches!(rx.try_recv(), Err(broadcast::error::TryRecvError::Lagged(_))));
+        let now = b.events_now();
+        assert_eq!(now.len(), 1);
+        assert_eq!(now[0].state, MeterState::Ok, "the last of {} changes", METER_EVENTS + 1);
+        // Lagged skips to the oldest kept: drain, then the next change arrives as usual.
+        while rx.try_recv().is_ok() {}
+        b.update("m", |s| s.state = MeterState::Searching);
+        assert_eq!(rx.try_recv().map(|e| e.state), Ok(MeterState::Searching));
     }
 }

@@ -10,7 +10,7 @@
 
 use super::{Message, Topics};
 use crate::backoff::Backoff;
-use crate::bus::status::{MeterState, StatusBoard};
+use crate::bus::status::{MeterEvent, MeterState, StatusBoard};
 use crate::config::{Config, MqttSettings};
 use crate::control::{Caller, Command, Request, Response};
 use crate::reading::Record;
@@ -25,8 +25,6 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 /// The first wait before connecting again; doubled up to `max_backoff`.
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
-/// How often meter availability is looked at.
-const AVAILABILITY_EVERY: Duration = Duration::from_secs(1);
 /// How long a stop waits for the last messages (offline) to leave.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 
@@ -51,7 +49,8 @@ pub struct MqttCounters {
 pub struct Sources {
     /// Every reading and state change (after the triggers have seen it).
     pub records: broadcast::Receiver<Record>,
-    /// Meter availability.
+    /// Meter availability: all of it at each connection, then each change as the board tells
+    /// it.
     pub meters: Arc<StatusBoard>,
     /// Relay and trigger states at each connection (None without triggers and relays).
     pub commands: Option<mpsc::Sender<Command>>,
@@ -156,6 +155,7 @@ impl Mqtt {
             retain_readings: settings.retain,
             counters: counters.clone(),
             meters_online: BTreeMap::new(),
+            availability_stale: false,
         };
         let publisher = tokio::spawn(publisher.run(sources, link_rx, stop, done_tx));
         tracing::info!(broker = %broker, tls = settings.tls, prefix = %settings.topic_prefix,
@@ -258,6 +258,9 @@ struct Publisher {
     counters: Arc<Mutex<MqttCounters>>,
     /// What was last published of each meter's availability.
     meters_online: BTreeMap<String, bool>,
+    /// An availability could not be handed to the client (its queue full): the board is read
+    /// again at the next record, until all are out.
+    availability_stale: bool,
 }
 
 impl Publisher {
@@ -268,8 +271,8 @@ impl Publisher {
         mut stop: watch::Receiver<bool>,
         done: watch::Sender<bool>,
     ) {
-        let mut tick = tokio::time::interval(AVAILABILITY_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut meter_events = sources.meters.subscribe();
+        let mut meters_open = true;
         let mut records_open = true;
         let mut energy_tick = tokio::time::interval(ENERGY_EVERY);
         energy_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -285,11 +288,21 @@ impl Publisher {
                     None => break,
                 },
                 r = sources.records.recv(), if records_open => match r {
-                    Ok(r) => self.on_record(&r),
+                    Ok(r) => {
+                        if self.availability_stale {
+                            self.meter_availability(&sources.meters, false);
+                        }
+                        self.on_record(&r);
+                    }
                     Err(broadcast::error::RecvError::Lagged(n)) => self.counters.locked().dropped += n,
                     Err(broadcast::error::RecvError::Closed) => records_open = false,
                 },
-                _ = tick.tick() => self.meter_availability(&sources.meters, false),
+                e = meter_events.recv(), if meters_open => match e {
+                    Ok(e) => self.meter_event(&e),
+                    // Changes were missed: the board, read once, says where every meter is now.
+                    Err(broadcast::error::RecvError::Lagged(_)) => self.meter_availability(&sources.meters, false),
+                    Err(broadcast::error::RecvError::Closed) => meters_open = false,
+                },
                 _ = energy_tick.tick() => self.energy(&sources),
             }
         }
@@ -413,17 +426,32 @@ impl Publisher {
         }
     }
 
-    /// Publishes each meter's availability when it changed (or every one, with `all`).
+    /// Publishes each meter's availability when it changed (or every one, with `all`), from the
+    /// board read once (at a connection, or after missed events).
     fn meter_availability(&mut self, meters: &StatusBoard, all: bool) {
         if !self.connected() {
             return;
         }
-        let now: Vec<(String, bool)> =
-            meters.snapshot().into_iter().map(|(name, s)| (name, s.state == MeterState::Ok)).collect();
-        for (name, online) in now {
-            let changed = self.meters_online.get(&name) != Some(&online);
-            if (all || changed) && self.publish(self.topics.meter_available(&name, online)) {
+        self.availability_stale = false;
+        for e in meters.events_now() {
+            self.availability(e.meter, e.state == MeterState::Ok, all);
+        }
+    }
+
+    /// One meter's state changed: its availability, if that changed.
+    fn meter_event(&mut self, e: &MeterEvent) {
+        if self.connected() {
+            self.availability(e.meter.clone(), e.state == MeterState::Ok, false);
+        }
+    }
+
+    fn availability(&mut self, name: String, online: bool, all: bool) {
+        let changed = self.meters_online.get(&name) != Some(&online);
+        if all || changed {
+            if self.publish(self.topics.meter_available(&name, online)) {
                 self.meters_online.insert(name, online);
+            } else {
+                self.availability_stale = true;
             }
         }
     }

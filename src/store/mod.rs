@@ -60,6 +60,9 @@ pub enum StoreEvent {
     Rejected { sink: String, readings: u64, error: String },
     /// The spool itself failed (disk full, read-only).
     SpoolError { sink: String, error: String },
+    /// The spool's size on disk changed: `bytes` now (sent by the sink each time it changes,
+    /// so that a follower of the spool's fill need not read [`SinkStatus`] again and again).
+    Spool { sink: String, bytes: u64 },
 }
 
 /// The numbers of one sink, for status pages and metrics.

@@ -257,6 +257,8 @@ pub struct Sink {
     /// Spool errors are logged and sent as events at most once a minute.
     spool_error_logged_at: Option<Instant>,
     spool_errors_since_log: u64,
+    /// The spool's size last sent as a [`StoreEvent::Spool`].
+    spool_told: u64,
 }
 
 impl Sink {
@@ -287,6 +289,7 @@ impl Sink {
             reopen_at: None,
             spool_error_logged_at: None,
             spool_errors_since_log: 0,
+            spool_told: 0,
         };
         if !sink.spool.is_open() {
             // The first try comes soon, and its failure reaches the alerts (which subscribe
@@ -783,21 +786,33 @@ impl Sink {
         }
     }
 
+    /// The status, and a [`StoreEvent::Spool`] when the spool's size moved by a hundredth of
+    /// its limit or more since the last one, or it emptied (so a filling spool is a hundred
+    /// events at most, not one per batch).
     fn publish(&mut self) {
         let oldest_memory = self.memory.front().map(Record::time);
         let oldest_spool = self.spool.oldest();
+        let bytes = self.spool.bytes();
+        let step = (self.spool.max_bytes() / 100).max(1);
+        let spool_changed =
+            bytes != self.spool_told && (bytes == 0 || bytes.abs_diff(self.spool_told) >= step);
         let mut s = self.status.lock();
         let state: &mut SinkState = &mut s;
         state.healthy = self.retry_at.is_none();
         state.in_memory = self.memory.len() as u64;
         state.spool_readings = self.spool.len();
-        state.spool_bytes = self.spool.bytes();
+        state.spool_bytes = bytes;
         state.spool_dropped = self.spool.dropped;
         state.disk_bytes_written = self.spool.bytes_written;
         state.oldest_unsent = match (oldest_memory, oldest_spool) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        drop(s);
+        if spool_changed {
+            self.spool_told = bytes;
+            let _ = self.events.send(StoreEvent::Spool { sink: self.opts.name.clone(), bytes });
+        }
     }
 }
 
@@ -923,6 +938,18 @@ mod tests {
         dir: tempfile::TempDir,
     }
 
+    /// The next event but the spool's sizes (which come with every change of the spool).
+    fn event(
+        events: &mut broadcast::Receiver<StoreEvent>,
+    ) -> Result<StoreEvent, broadcast::error::TryRecvError> {
+        loop {
+            match events.try_recv() {
+                Ok(StoreEvent::Spool { .. }) => continue,
+                e => return e,
+            }
+        }
+    }
+
     fn rig(fake: Fake, durability: Durability, dir: Option<tempfile::TempDir>) -> Rig {
         let dir = dir.unwrap_or_else(|| tempfile::tempdir().unwrap());
         let spool = Spool::open(dir.path(), SpoolLimits::new(64 << 20)).unwrap();
@@ -981,6 +1008,41 @@ mod tests {
         rig.task.await.unwrap();
     }
 
+    /// The spool's size goes out as events: while it fills, one each time it moved by a
+    /// hundredth of its limit (not one per batch); one when it has emptied; none while it
+    /// stays empty.
+    #[tokio::test(start_paused = true)]
+    async fn the_spool_size_is_told_by_steps_and_when_it_empties() {
+        let fake = Fake { script: VecDeque::from(vec![Err(retry()); 4]), ..Fake::default() };
+        let dir = tempfile::tempdir().unwrap();
+        let limits = SpoolLimits { max_bytes: 64 << 10, segment_bytes: 4 << 10 };
+        let spool = Spool::open(dir.path(), limits).unwrap();
+        let mut rig = rig_on(fake, Durability::Outage, dir, spool);
+        feed(&rig, 0..200, Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        let mut sizes = Vec::new();
+        while let Ok(e) = rig.events.try_recv() {
+            if let StoreEvent::Spool { sink, bytes } = e {
+                assert_eq!(sink, "t");
+                sizes.push(bytes);
+            }
+        }
+        assert_eq!(rig.status.snapshot().spool_bytes, 0, "replayed");
+        assert_eq!(rig.fake.lock().unwrap().written.len(), 200);
+        let (last, filling) = sizes.split_last().expect("events");
+        assert_eq!(*last, 0, "emptied: told");
+        assert!(!filling.is_empty() && filling.iter().all(|b| *b > 0), "{sizes:?}");
+        for w in filling.windows(2) {
+            assert!(w[0].abs_diff(w[1]) >= (64 << 10) / 100, "a step of 1% at least: {sizes:?}");
+        }
+        // Writes that keep up leave the empty spool alone: no event.
+        feed(&rig, 200..230, Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(rig.events.try_recv().is_err());
+        drop(rig.tx);
+        rig.task.await.unwrap();
+    }
+
     #[tokio::test(start_paused = true)]
     async fn an_outage_spools_backs_off_and_replays_everything_once() {
         let fake = Fake { script: VecDeque::from(vec![Err(retry()); 8]), ..Fake::default() };
@@ -1002,9 +1064,9 @@ mod tests {
         assert_eq!(s.spool_readings, 0);
         assert!(s.disk_bytes_written > 0);
         assert!(s.last_error.as_ref().is_some_and(|e| e.1.contains("connection refused")));
-        assert!(matches!(rig.events.try_recv(), Ok(StoreEvent::Down { .. })));
-        assert!(matches!(rig.events.try_recv(), Ok(StoreEvent::Back { .. })));
-        assert!(rig.events.try_recv().is_err(), "one event each way, not one per failure");
+        assert!(matches!(event(&mut rig.events), Ok(StoreEvent::Down { .. })));
+        assert!(matches!(event(&mut rig.events), Ok(StoreEvent::Back { .. })));
+        assert!(event(&mut rig.events).is_err(), "one event each way, not one per failure");
     }
 
     #[tokio::test(start_paused = true)]
@@ -1019,8 +1081,8 @@ mod tests {
         let s = rig.status.snapshot();
         assert_eq!(s.spool_readings, 100, "everything kept");
         assert!(!s.healthy);
-        assert!(matches!(rig.events.try_recv(), Ok(StoreEvent::Refused { .. })));
-        assert!(rig.events.try_recv().is_err());
+        assert!(matches!(event(&mut rig.events), Ok(StoreEvent::Refused { .. })));
+        assert!(event(&mut rig.events).is_err());
         // The user fixes the token: everything goes.
         rig.fake.lock().unwrap().then = None;
         tokio::time::sleep(Duration::from_secs(400)).await;
@@ -1040,7 +1102,7 @@ mod tests {
         assert_eq!(rig.status.snapshot().rejected, 10);
         let kept = std::fs::read_to_string(rig.dir.path().join("rejected.txt")).unwrap();
         assert_eq!(kept, "# type conflict\n10 readings\n");
-        assert!(matches!(rig.events.try_recv(), Ok(StoreEvent::Rejected { readings: 10, .. })));
+        assert!(matches!(event(&mut rig.events), Ok(StoreEvent::Rejected { readings: 10, .. })));
     }
 
     #[tokio::test(start_paused = true)]
@@ -1265,7 +1327,7 @@ mod tests {
         let s = rig.status.snapshot();
         assert_eq!((s.spool_unreadable, s.spool_readings), (in_first, 0));
         assert!(first.with_extension("damaged").exists(), "kept for a human");
-        assert!(matches!(rig.events.try_recv(), Ok(StoreEvent::SpoolError { .. })));
+        assert!(matches!(event(&mut rig.events), Ok(StoreEvent::SpoolError { .. })));
     }
 
     /// A spool that cannot be opened (read-only disk; here a file where its folder goes):
@@ -1288,7 +1350,7 @@ mod tests {
         feed(&rig, 20..30, Duration::from_millis(100)).await;
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert_eq!(rig.status.snapshot().spool_readings, 10, "an outage is spooled again");
-        assert!(matches!(rig.events.try_recv(), Ok(StoreEvent::SpoolError { .. })), "reported");
+        assert!(matches!(event(&mut rig.events), Ok(StoreEvent::SpoolError { .. })), "reported");
     }
 
     /// Without a spool (it cannot be opened) and without a database, at most

@@ -363,6 +363,11 @@ impl Spool {
         self.len() == 0
     }
 
+    /// The most the spool keeps on disk (`spool_max`).
+    pub fn max_bytes(&self) -> u64 {
+        self.limits.max_bytes
+    }
+
     /// Disk used by segment files.
     pub fn bytes(&self) -> u64 {
         self.segments.iter().map(|s| s.bytes).sum()
