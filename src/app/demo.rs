@@ -218,41 +218,64 @@ fn open_page(url: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The demo's simulated meters: three PZEM-016 and an RX380 on pseudo-terminals (not in address
+/// order: the dongle names say nothing about the meters), and a PMTR_001_SRV on a power-line
+/// bus. They run until dropped.
+struct Simulators {
+    _a: SimPort,
+    /// mainA's dongle, unplugged and plugged back in under another name during the demo.
+    b: SimPort,
+    _c: SimPort,
+    _rx: SimPort,
+    plc: PlcBus,
+}
+
+impl Simulators {
+    fn spawn(dir: &std::path::Path) -> anyhow::Result<Simulators> {
+        let port = |name: &str, baud: u32, meter: &str| -> anyhow::Result<SimPort> {
+            Ok(SimPort::spawn(SimPortOptions {
+                link: Some(dir.join(name)),
+                line: line(baud),
+                turnaround: Duration::from_millis(5),
+                meters: vec![spec(meter)?],
+            })?)
+        };
+        let _a = port("ttyUSB0", 9600, "pzem-016@6,volts=120.1,amps=0,pf=1")?;
+        let b = port("ttyUSB1", 9600, "pzem-016@4,volts=121.3,amps=12.5,pf=0.95,profile=noise:2")?;
+        let c = port("ttyUSB2", 9600, "pzem-016@5,volts=119.8,amps=7.25,pf=0.9")?;
+        c.with_slave(5, |s| s.set_profile(Profile::Script(vec![(20.0, 130.0), (32.0, 119.8)])));
+        // The workshop's RX380 reads a simulated supply (a 230 V source, unbalanced loads switching
+        // behind it) whose neutral opens at NEUTRAL_BREAKS_AT.
+        let rx = port("ttyRX0", 19200, "rx380@1")?;
+        let workshop = crate::sim::grid::Grid::new(7, 230.0).with_house([3000.0, 1500.0, 300.0]);
+        let trace = std::sync::Arc::new(crate::sim::GridTrace::record(
+            workshop,
+            900,
+            Some(NEUTRAL_BREAKS_AT as usize),
+        ));
+        rx.with_slave(1, |s| s.set_profile(Profile::Grid { trace, phase: 0 }));
+        // A PMTR_001_SRV behind a power-line modem: pmtr sets its clock and pushes its action.
+        let values = ServerValues {
+            volts: [229.6, 231.2, 230.4],
+            amps: [3.2, 1.1, 0.4],
+            pf: [0.97, 0.9, 1.0],
+            kwh: [12.5, 3.25, 0.75],
+            ..ServerValues::default()
+        };
+        let server = PmtrServer::new(SERVER, Firmware::Current, values, SERVER_LOOP, 0.0);
+        let plc = PlcBus::spawn(PlcBusOptions {
+            link: Some(dir.join("ttyPLC0")),
+            transit: Duration::from_millis(40),
+            ..PlcBusOptions::new(vec![server])
+        })?;
+        Ok(Simulators { _a, b, _c: c, _rx: rx, plc })
+    }
+}
+
 async fn run_in(dir: &std::path::Path, opts: DemoOptions) -> anyhow::Result<()> {
-    let port = |name: &str, baud: u32, meter: &str| -> anyhow::Result<SimPort> {
-        Ok(SimPort::spawn(SimPortOptions {
-            link: Some(dir.join(name)),
-            line: line(baud),
-            turnaround: Duration::from_millis(5),
-            meters: vec![spec(meter)?],
-        })?)
-    };
-    // Deliberately not in address order: the dongle names say nothing about the meters.
-    let _a = port("ttyUSB0", 9600, "pzem-016@6,volts=120.1,amps=0,pf=1")?;
-    let mut b = port("ttyUSB1", 9600, "pzem-016@4,volts=121.3,amps=12.5,pf=0.95,profile=noise:2")?;
-    let c = port("ttyUSB2", 9600, "pzem-016@5,volts=119.8,amps=7.25,pf=0.9")?;
-    c.with_slave(5, |s| s.set_profile(Profile::Script(vec![(20.0, 130.0), (32.0, 119.8)])));
-    // The workshop's RX380 reads a simulated supply (a 230 V source, unbalanced loads switching
-    // behind it) whose neutral opens at NEUTRAL_BREAKS_AT.
-    let rx = port("ttyRX0", 19200, "rx380@1")?;
-    let workshop = crate::sim::grid::Grid::new(7, 230.0).with_house([3000.0, 1500.0, 300.0]);
-    let trace =
-        std::sync::Arc::new(crate::sim::GridTrace::record(workshop, 900, Some(NEUTRAL_BREAKS_AT as usize)));
-    rx.with_slave(1, |s| s.set_profile(Profile::Grid { trace, phase: 0 }));
-    // A PMTR_001_SRV behind a power-line modem: pmtr sets its clock and pushes its action.
-    let values = ServerValues {
-        volts: [229.6, 231.2, 230.4],
-        amps: [3.2, 1.1, 0.4],
-        pf: [0.97, 0.9, 1.0],
-        kwh: [12.5, 3.25, 0.75],
-        ..ServerValues::default()
-    };
-    let server = PmtrServer::new(SERVER, Firmware::Current, values, SERVER_LOOP, 0.0);
-    let plc = PlcBus::spawn(PlcBusOptions {
-        link: Some(dir.join("ttyPLC0")),
-        transit: Duration::from_millis(40),
-        ..PlcBusOptions::new(vec![server])
-    })?;
+    let sims = Simulators::spawn(dir)?;
+    let mut b = sims.b;
+    let plc = sims.plc;
 
     let text = DEMO_CONFIG
         .replace("{dir}", &dir.display().to_string())
@@ -392,9 +415,14 @@ async fn run_in(dir: &std::path::Path, opts: DemoOptions) -> anyhow::Result<()> 
         let _ = api.await;
     }
     storage.join().await;
-    let snap = status.snapshot();
+    print_summary(&status.snapshot());
+    Ok(())
+}
+
+/// What each meter went through, and where the CSV files are, printed when the demo ends.
+fn print_summary(snap: &std::collections::BTreeMap<String, MeterStatus>) {
     print_out(format_args!("\n"));
-    for (name, s) in &snap {
+    for (name, s) in snap {
         print_out(format_args!(
             "{name:<10} port {:<24} readings {:>4}  requests {:>4}  timeouts {:>3}  crc {:>2}\n",
             s.port.as_deref().map(short).unwrap_or("-"),
@@ -408,7 +436,6 @@ async fn run_in(dir: &std::path::Path, opts: DemoOptions) -> anyhow::Result<()> 
         "\nReadings, trigger and relay changes were written as CSV to {}/\n",
         demo_csv_dir().display()
     ));
-    Ok(())
 }
 
 fn short(p: &str) -> &str {
