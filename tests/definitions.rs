@@ -8,44 +8,12 @@
 //!
 //! Also: the user-definition fixtures of `tests/cases/meters/` through `pmtr meters check`.
 
+#[path = "support/pymodbus.rs"]
+mod pymodbus;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
-
-struct Peer {
-    children: Vec<Child>,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn need(cmd: &str, args: &[&str], what: &str) {
-    let ok = Command::new(cmd)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "{what} is required for this test and was not found: run tests/run.sh, which installs it");
-}
-
-fn wait_for(path: &Path) {
-    for _ in 0..200 {
-        if path.exists() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    panic!("{} did not appear", path.display());
-}
+use std::process::Command;
 
 /// One meter's register image and what must be read from it.
 #[derive(Default)]
@@ -406,40 +374,10 @@ fn meters() -> Vec<(&'static str, u8, Meter)> {
     ]
 }
 
-fn start_peer(meters: &[(&str, u8, Meter)]) -> (Peer, PathBuf) {
-    need("socat", &["-V"], "socat (Debian package `socat`)");
-    need("python3", &["-c", "import pymodbus, serial"], "pymodbus[serial]==3.16.1 (PyPI)");
-    let dir = tempfile::tempdir().unwrap();
-    let (a, b) = (dir.path().join("ttyA"), dir.path().join("ttyB"));
-    let socat = Command::new("socat")
-        .arg(format!("pty,raw,echo=0,link={}", a.display()))
-        .arg(format!("pty,raw,echo=0,link={}", b.display()))
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("socat");
-    let mut peer = Peer { children: vec![socat], _dir: dir };
-    wait_for(&a);
-    wait_for(&b);
+fn start_peer(meters: &[(&str, u8, Meter)]) -> (pymodbus::Peer, PathBuf) {
     let images: serde_json::Map<String, serde_json::Value> =
         meters.iter().map(|(_, addr, m)| (addr.to_string(), m.json())).collect();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/pymodbus_sparse.py");
-    let mut py = Command::new("python3")
-        .arg(&script)
-        .arg(&b)
-        .arg("9600")
-        .arg(serde_json::Value::Object(images).to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("python3");
-    let mut out = py.stdout.take().unwrap();
-    peer.children.push(py);
-    let mut buf = [0u8; 6];
-    std::io::Read::read_exact(&mut out, &mut buf).expect("pymodbus server did not start");
-    assert_eq!(&buf, b"ready\n");
-    // StartSerialServer opens the port just after printing.
-    std::thread::sleep(Duration::from_millis(700));
-    (peer, a)
+    pymodbus::start("pymodbus_sparse.py", &serde_json::Value::Object(images))
 }
 
 fn pmtr(args: &[&str]) -> std::process::Output {

@@ -3,8 +3,8 @@
 //! Needs `socat` and `pymodbus[serial]==3.16.1` (tests/run.sh installs both); fails, saying
 //! so, when either is missing.
 
-#[path = "support/process.rs"]
-mod process;
+#[path = "support/pymodbus.rs"]
+mod pymodbus;
 
 use pmtr::bus::poll::poll;
 use pmtr::config::LineSettings;
@@ -13,36 +13,8 @@ use pmtr::meter::{pzem, rx380, Model};
 use pmtr::modbus::transport::{open_serial, Transport};
 use pmtr::modbus::{Exception, FrameError, Request};
 use pmtr::reading::{Phase, Quantity, Sample};
-use process::Proc;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
 use std::time::Duration;
-
-/// socat and pymodbus, killed at drop.
-struct Peer {
-    processes: Vec<Proc>,
-    dir: tempfile::TempDir,
-}
-
-fn need(cmd: &str, args: &[&str], what: &str) {
-    let ok = Command::new(cmd)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "{what} is required for this test and was not found: run tests/run.sh, which installs it");
-}
-
-fn wait_for(path: &Path) {
-    for _ in 0..200 {
-        if path.exists() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    panic!("{} did not appear", path.display());
-}
 
 fn pzem_image() -> Vec<u16> {
     pzem::encode(229.8, 4.321, 950.5, 1234.567, 50.1, 0.96, false).to_vec()
@@ -64,38 +36,13 @@ fn rx380_snapshot() -> rx380::Snapshot {
     }
 }
 
-/// socat pair + pymodbus on end B; returns the peer and end A.
-fn start_peer() -> (Peer, PathBuf) {
-    need("socat", &["-V"], "socat (Debian package `socat`)");
-    need("python3", &["-c", "import pymodbus, serial"], "pymodbus[serial]==3.16.1 (PyPI)");
-    let dir = tempfile::tempdir().unwrap();
-    let (a, b) = (dir.path().join("ttyA"), dir.path().join("ttyB"));
-    let mut socat = Command::new("socat");
-    socat
-        .arg(format!("pty,raw,echo=0,link={}", a.display()))
-        .arg(format!("pty,raw,echo=0,link={}", b.display()))
-        .stderr(Stdio::null());
-    let socat = Proc::start("socat", &mut socat, "apt-get install socat");
-    let mut peer = Peer { processes: vec![socat], dir };
-    wait_for(&a);
-    wait_for(&b);
+/// The pymodbus peer serving a PZEM at 4 and an RX380 at 1; returns it and the gateway's end.
+fn start_peer() -> (pymodbus::Peer, PathBuf) {
     let images = serde_json::json!({
         "4": { "start": 0, "ir": pzem_image() },
         "1": { "start": 4000, "ir": rx380::encode(&rx380_snapshot()).to_vec() },
     });
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/pymodbus_meters.py");
-    let mut py = Command::new("python3");
-    py.arg(&script).arg(&b).arg("9600").arg(images.to_string()).stdout(Stdio::piped()).stderr(Stdio::null());
-    let mut py = Proc::start("python3", &mut py, "apt-get install python3");
-    let mut out = py.take_stdout();
-    peer.processes.push(py);
-    let mut buf = [0u8; 6];
-    std::io::Read::read_exact(&mut out, &mut buf).expect("pymodbus server did not start");
-    assert_eq!(&buf, b"ready\n");
-    // StartSerialServer opens the port just after printing.
-    std::thread::sleep(Duration::from_millis(700));
-    let _ = &peer.dir;
-    (peer, a)
+    pymodbus::start("pymodbus_meters.py", &images)
 }
 
 fn line() -> LineSettings {
