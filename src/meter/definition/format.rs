@@ -447,14 +447,7 @@ impl Checker<'_> {
     }
 
     fn read(&mut self, v: Option<&Value<'_>>) -> Option<ReadSettings> {
-        let mut read = ReadSettings {
-            function: Function::Input,
-            word_order: WordOrder::HighFirst,
-            byte_order: ByteOrder::Big,
-            max_block: MODBUS_MAX_READ,
-            max_gap: 8,
-            even: false,
-        };
+        let mut read = ReadSettings::DEFAULT;
         let Some(v) = v else { return Some(read) };
         let t = self.table(v, "read")?;
         self.check_keys(t, "read", READ_KEYS);
@@ -574,14 +567,7 @@ impl Checker<'_> {
         phases: u8,
         read: Option<ReadSettings>,
     ) -> (Vec<(usize, Register)>, bool) {
-        let read = read.unwrap_or(ReadSettings {
-            function: Function::Input,
-            word_order: WordOrder::HighFirst,
-            byte_order: ByteOrder::Big,
-            max_block: MODBUS_MAX_READ,
-            max_gap: 8,
-            even: false,
-        });
+        let read = read.unwrap_or(ReadSettings::DEFAULT);
         let mut out = Vec::new();
         let mut ok = true;
         let items = self.tables(v, "register");

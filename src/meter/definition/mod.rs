@@ -140,6 +140,19 @@ pub struct ReadSettings {
     pub even: bool,
 }
 
+impl ReadSettings {
+    /// What a file's `[read]` table starts from: input registers, high word first, big-endian
+    /// bytes, blocks up to the Modbus limit, gaps of up to 8 registers read across, any start.
+    pub const DEFAULT: ReadSettings = ReadSettings {
+        function: Function::Input,
+        word_order: WordOrder::HighFirst,
+        byte_order: ByteOrder::Big,
+        max_block: format::MODBUS_MAX_READ,
+        max_gap: 8,
+        even: false,
+    };
+}
+
 /// What a probe register must hold for the meter to be this model.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum ProbeTest {
