@@ -446,6 +446,8 @@ fn log_level(cmd: &Cmd) -> &'static str {
         // The live table owns the terminal: the log would scroll it away (--log shows it).
         Cmd::Demo { log, .. } if app::demo::Output::choose(*log) == app::demo::Output::Table => "off",
         Cmd::Run { .. } | Cmd::Demo { .. } | Cmd::Simulate { .. } => "info",
+        // A meter read in smaller blocks after refusing one is worth telling.
+        Cmd::Read { .. } => "info",
         _ => "warn",
     }
 }
@@ -527,25 +529,7 @@ async fn command(cmd: Cmd) -> anyhow::Result<ExitCode> {
             json,
         } => {
             // A model named on the command line may be a meter definition: read by it.
-            let model = match (&meter, address) {
-                (None, Some(address)) => match tools::choose_model(&model, &meters_dir)? {
-                    tools::ModelChoice::Model(m) => m,
-                    tools::ModelChoice::Definition(d) => {
-                        let wire = Wire {
-                            port,
-                            tcp,
-                            rtu_over_tcp,
-                            address: Some(address),
-                            model: Model::Pzem016,
-                            baud,
-                            parity,
-                            timeout,
-                        };
-                        return read_by_definition(wire, &d, json).await;
-                    }
-                },
-                _ => Model::parse(&model).unwrap_or(Model::Pzem016),
-            };
+            let model = tools::choose_model(&model, &meters_dir)?;
             let wire = Wire { port, tcp, rtu_over_tcp, address, model, baud, parity, timeout };
             let target = read_target(meter, &config, wire)?;
             let reading = tools::run_read(target).await?;
@@ -631,31 +615,6 @@ fn wire_port(
     }
 }
 
-/// `pmtr read --model NAME` where NAME is a meter definition: one poll by its table.
-async fn read_by_definition(
-    wire: Wire,
-    d: &pmtr::meter::definition::Definition,
-    json: bool,
-) -> anyhow::Result<ExitCode> {
-    let (kind, port) = wire_port(wire.port, wire.tcp, wire.rtu_over_tcp);
-    let (Some(port), Some(address)) = (port, wire.address) else {
-        anyhow::bail!("give --port (or --tcp, --rtu-over-tcp) and --address (or --unit)")
-    };
-    if kind.is_network() {
-        config::check_host(&port).map_err(anyhow::Error::msg)?;
-    }
-    let line = tools::definition_line(d, wire.baud, wire.parity);
-    let r =
-        tools::run_read_definition(&port, kind, line, d, address, wire.timeout, config::DEFAULT_BUS_RETRIES)
-            .await?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
-    } else {
-        tools::print_definition_reading(&r);
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
 /// What `pmtr read` reads: a configured meter by name, or one on a port (or a host) given.
 fn read_target(
     meter: Option<String>,
@@ -670,7 +629,11 @@ fn read_target(
             let (b, p) = model.default_line();
             let line = config::LineSettings::eight_bits(
                 baud.unwrap_or(b),
-                parity.unwrap_or(if p == 'E' { Parity::Even } else { Parity::None }),
+                parity.unwrap_or(match p {
+                    'E' => Parity::Even,
+                    'O' => Parity::Odd,
+                    _ => Parity::None,
+                }),
             );
             if kind.is_network() {
                 config::check_host(&port).map_err(anyhow::Error::msg)?;

@@ -288,25 +288,64 @@ impl Sample {
     }
 }
 
-/// The meter models pmtr knows, by name (what each reads, and how, is the meter layer's).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// The meter models pmtr knows, by name (what each reads, and how, is the meter layer's): the
+/// hand-written ones, and any model described by a definition file.
+#[derive(Debug, Clone, Copy)]
 pub enum Model {
-    #[serde(rename = "pzem-004t")]
     Pzem004t,
-    #[serde(rename = "pzem-014")]
     Pzem014,
-    #[serde(rename = "pzem-016")]
     Pzem016,
-    #[serde(rename = "rx380")]
     Rx380,
     /// A PMTR_001_SRV server (Arduino, three PZEM-004T, relays), usually behind a power-line
     /// modem.
-    #[serde(rename = "pmtr-srv")]
     PmtrSrv,
+    /// A model described by data (the meter layer's definitions). Two are the same model when
+    /// they are the same description: the meter layer keeps one copy of each distinct one.
+    Defined(&'static dyn Described),
+}
+
+/// A model described by data, as far as the words downstream need it: its name, maker and
+/// product, its line defaults and what a reading of it holds. The meter layer's definitions
+/// are the descriptions; a model only known by name (a spooled reading of a definition since
+/// removed, a status snapshot read by the CLI) is [`Model::named`].
+pub trait Described: std::any::Any + Send + Sync + fmt::Debug {
+    /// The name configurations use (`sdm630`).
+    fn name(&self) -> &str;
+    /// Who makes it (`Eastron`), empty when unknown.
+    fn maker(&self) -> &str;
+    /// Its product name (`SDM630-Modbus V2`), empty when unknown.
+    fn product(&self) -> &str;
+    /// Baud and parity ('N', 'E', 'O') it ships with.
+    fn default_line(&self) -> (u32, char);
+    /// What a reading of it holds on a meter connected to `phase`, as (phase, quantity) pairs
+    /// in reading order.
+    fn sample_set(&self, phase: Phase) -> Vec<(Phase, Quantity)>;
+}
+
+/// A model known only by its name.
+#[derive(Debug)]
+struct Named(String);
+
+impl Described for Named {
+    fn name(&self) -> &str {
+        &self.0
+    }
+    fn maker(&self) -> &str {
+        ""
+    }
+    fn product(&self) -> &str {
+        ""
+    }
+    fn default_line(&self) -> (u32, char) {
+        (9600, 'N')
+    }
+    fn sample_set(&self, _phase: Phase) -> Vec<(Phase, Quantity)> {
+        Vec::new()
+    }
 }
 
 impl Model {
-    /// The spool stores positions in this array: add at the end only.
+    /// The hand-written models. The spool of earlier versions stores positions in this array.
     pub const ALL: [Model; 5] =
         [Model::Pzem004t, Model::Pzem014, Model::Pzem016, Model::Rx380, Model::PmtrSrv];
 
@@ -317,15 +356,73 @@ impl Model {
             Model::Pzem016 => "pzem-016",
             Model::Rx380 => "rx380",
             Model::PmtrSrv => "pmtr-srv",
+            Model::Defined(d) => d.name(),
         }
     }
 
+    /// One of the hand-written models by name (case-insensitive).
     pub fn parse(s: &str) -> Option<Model> {
         Model::ALL.into_iter().find(|m| m.name().eq_ignore_ascii_case(s))
     }
 
+    /// A hand-written model by name, else a model known only by its name (one copy per name
+    /// for the life of the process).
+    pub fn named(name: &str) -> Model {
+        if let Some(m) = Model::parse(name) {
+            return m;
+        }
+        static NAMED: std::sync::Mutex<Vec<&'static Named>> = std::sync::Mutex::new(Vec::new());
+        let mut named = NAMED.lock().unwrap_or_else(|p| p.into_inner());
+        let found = named.iter().find(|n| n.0 == name).copied();
+        let n = found.unwrap_or_else(|| {
+            let n: &'static Named = Box::leak(Box::new(Named(name.to_owned())));
+            named.push(n);
+            n
+        });
+        Model::Defined(n)
+    }
+
     pub fn is_pzem(self) -> bool {
         matches!(self, Model::Pzem004t | Model::Pzem014 | Model::Pzem016)
+    }
+
+    /// The description of a model defined by data.
+    pub fn described(self) -> Option<&'static dyn Described> {
+        match self {
+            Model::Defined(d) => Some(d),
+            _ => None,
+        }
+    }
+}
+
+impl PartialEq for Model {
+    fn eq(&self, other: &Model) -> bool {
+        match (self, other) {
+            (Model::Defined(a), Model::Defined(b)) => std::ptr::addr_eq(*a, *b),
+            (Model::Defined(_), _) | (_, Model::Defined(_)) => false,
+            _ => std::mem::discriminant(self) == std::mem::discriminant(other),
+        }
+    }
+}
+
+impl Eq for Model {}
+
+impl std::hash::Hash for Model {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.name().hash(state)
+    }
+}
+
+impl Serialize for Model {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> Deserialize<'de> for Model {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Model, D::Error> {
+        let name = String::deserialize(d)?;
+        Ok(Model::named(&name))
     }
 }
 

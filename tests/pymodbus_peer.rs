@@ -62,7 +62,7 @@ async fn pzem_and_rx380_read_from_pymodbus() {
 
     let pz = pmtr::app::tools::adhoc_meter(Model::Pzem016, 4);
     let mut plan = Plan::Pzem;
-    let s = poll(&mut t, &pz, &mut plan, 3, timeout, &mut |_| {}).await.unwrap().unwrap().samples;
+    let s = poll(&mut t, &pz, &mut plan, 0, 3, timeout, &mut |_| {}).await.unwrap().unwrap().samples;
     assert!((get(&s, Phase::L1, Quantity::Voltage) - 229.8).abs() < 1e-9);
     assert!((get(&s, Phase::L1, Quantity::Current) - 4.321).abs() < 1e-9);
     assert!((get(&s, Phase::L1, Quantity::ActivePower) - 950.5).abs() < 1e-9);
@@ -72,7 +72,7 @@ async fn pzem_and_rx380_read_from_pymodbus() {
 
     let rx = pmtr::app::tools::adhoc_meter(Model::Rx380, 1);
     let mut plan = Plan::Rx380(rx380::Plan::Block);
-    let s = poll(&mut t, &rx, &mut plan, 3, timeout, &mut |_| {}).await.unwrap().unwrap().samples;
+    let s = poll(&mut t, &rx, &mut plan, 0, 3, timeout, &mut |_| {}).await.unwrap().unwrap().samples;
     assert_eq!(plan, Plan::Rx380(rx380::Plan::Block), "pymodbus serves the whole block");
     let v = rx380_snapshot();
     assert!((get(&s, Phase::Total, Quantity::ActiveEnergy) - v.kwh).abs() < 1e-6);
@@ -94,7 +94,7 @@ async fn pzem_and_rx380_read_from_pymodbus() {
         matches!(out.result, Err(FrameError::Timeout | FrameError::Exception(Exception::SlaveDeviceFailure))),
         "{out:?}"
     );
-    let s = poll(&mut t, &pz, &mut Plan::Pzem, 3, timeout, &mut |_| {}).await.unwrap().unwrap().samples;
+    let s = poll(&mut t, &pz, &mut Plan::Pzem, 0, 3, timeout, &mut |_| {}).await.unwrap().unwrap().samples;
     assert!((get(&s, Phase::L1, Quantity::Voltage) - 229.8).abs() < 1e-9);
 }
 

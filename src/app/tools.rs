@@ -212,8 +212,8 @@ async fn read_on<L: Line>(
     attempts: u32,
     timeout: Duration,
 ) -> Result<(String, Vec<crate::reading::Sample>), String> {
-    let mut plan = crate::bus::driver::reader(&meter).first_plan(1);
-    match poll(&mut t, &meter, &mut plan, attempts, timeout, &mut |_| {}).await {
+    let mut plan = crate::bus::driver::reader(&meter, 0).first_plan(1);
+    match poll(&mut t, &meter, &mut plan, 0, attempts, timeout, &mut |_| {}).await {
         Ok(Ok(polled)) => Ok((port, polled.samples)),
         Ok(Err(e)) => Err(format!("{port}: {e}")),
         Err(e) => Err(format!("{port}: {e}")),
@@ -529,140 +529,9 @@ fn unknown_definition(name: &str, dir: &std::path::Path) -> anyhow::Error {
     anyhow!("unknown meter model `{name}`{near}; known: {}", names.join(", "))
 }
 
-/// What `pmtr read --model NAME` read by a definition.
-#[derive(Debug, serde::Serialize)]
-pub struct DefinitionReading {
-    pub meter: String,
-    pub model: String,
-    pub time: chrono::DateTime<chrono::Utc>,
-    pub samples: Vec<crate::reading::Sample>,
-}
-
-/// A meter model by name: one of the hand-written models, else a definition (built in or in
-/// `dir`).
-pub enum ModelChoice {
-    Model(Model),
-    Definition(Box<crate::meter::definition::Definition>),
-}
-
-pub fn choose_model(name: &str, dir: &std::path::Path) -> anyhow::Result<ModelChoice> {
-    if let Some(m) = Model::parse(name) {
-        return Ok(ModelChoice::Model(m));
-    }
-    crate::meter::definition::find(name, Some(dir))
-        .map(|d| ModelChoice::Definition(Box::new(d)))
-        .ok_or_else(|| unknown_definition(name, dir))
-}
-
-/// The line settings of a definition, with --baud and --parity over its defaults.
-pub fn definition_line(
-    d: &crate::meter::definition::Definition,
-    baud: Option<u32>,
-    parity: Option<Parity>,
-) -> LineSettings {
-    let own = match d.line.parity {
-        'E' => Parity::Even,
-        'O' => Parity::Odd,
-        _ => Parity::None,
-    };
-    LineSettings {
-        baud: baud.unwrap_or(d.line.baud),
-        data_bits: 8,
-        parity: parity.unwrap_or(own),
-        stop_bits: d.line.stop_bits,
-    }
-}
-
-/// `pmtr read PORT --model NAME`: one poll of a meter by its definition, falling back to
-/// smaller blocks when it refuses one (exception 02 or 03).
-pub async fn run_read_definition(
-    port: &str,
-    kind: BusKind,
-    line: LineSettings,
-    def: &crate::meter::definition::Definition,
-    address: u8,
-    timeout: Duration,
-    retries: u32,
-) -> anyhow::Result<DefinitionReading> {
-    let connect = |e: std::io::Error| anyhow!("{port}: cannot connect: {e}");
-    let samples = match kind {
-        BusKind::Tcp => {
-            let session = ModbusTcp::connect(port, CONNECT_TIMEOUT).await.map_err(connect)?;
-            read_definition_on(Transport::new(session, &line, None), def, address, timeout, retries).await
-        }
-        BusKind::RtuOverTcp => {
-            let stream = tcp_stream(port).await.map_err(connect)?;
-            read_definition_on(Transport::new(stream, &line, None), def, address, timeout, retries).await
-        }
-        BusKind::Rs485 | BusKind::PowerLine => {
-            let stream = open_serial(port, &line).with_context(|| format!("serial port {port}"))?;
-            read_definition_on(Transport::new(stream, &line, None), def, address, timeout, retries).await
-        }
-    }
-    .map_err(|e| anyhow!("{} at address {address} on {port}: {e}", def.name))?;
-    eprintln!("{} (address {address}) on {port}", def.name);
-    Ok(DefinitionReading {
-        meter: format!("{}@{address}", def.name),
-        model: def.name.clone(),
-        time: chrono::Utc::now(),
-        samples,
-    })
-}
-
-async fn read_definition_on<L: Line>(
-    mut t: Transport<L>,
-    def: &crate::meter::definition::Definition,
-    address: u8,
-    timeout: Duration,
-    retries: u32,
-) -> anyhow::Result<Vec<crate::reading::Sample>> {
-    let mut plan = def.first_plan();
-    'plans: loop {
-        let layout = def.layout(plan, 0);
-        let mut replies = Vec::with_capacity(layout.blocks.len());
-        for req in layout.requests(address) {
-            let mut last = FrameError::Timeout;
-            let mut got = None;
-            for _ in 0..=retries {
-                match t.transact(&req, timeout).await?.result {
-                    Ok(Reply::Registers(regs)) => {
-                        got = Some(regs);
-                        break;
-                    }
-                    Ok(other) => bail!("unexpected reply {other:?}"),
-                    Err(FrameError::Exception(e)) => match def.fallback(plan, e) {
-                        Some(smaller) => {
-                            let how = match smaller {
-                                crate::meter::definition::Plan::Blocks { max_block, .. } => {
-                                    format!("blocks of at most {max_block} registers")
-                                }
-                                crate::meter::definition::Plan::Values => "one value per request".into(),
-                            };
-                            eprintln!(
-                                "the meter refused {:?} ({e}): reading in smaller blocks, {how}",
-                                req.pdu
-                            );
-                            plan = smaller;
-                            continue 'plans;
-                        }
-                        None => bail!("the meter refused {:?}: {e}", req.pdu),
-                    },
-                    Err(e) => last = e,
-                }
-            }
-            match got {
-                Some(regs) => replies.push(regs),
-                None => bail!("{last}"),
-            }
-        }
-        return Ok(layout.decode(def, &replies, Phase::L1)?);
-    }
-}
-
-/// Prints a definition's reading like [`print_reading`].
-pub fn print_definition_reading(r: &DefinitionReading) {
-    println!("{} {}", r.meter, r.time.with_timezone(&chrono::Local).format("%Y-%m-%d %H:%M:%S %Z"));
-    for s in &r.samples {
-        println!("  {:<8} {:>14.3} {}", s.variable(), s.value, s.quantity.unit());
-    }
+/// A meter model by name: a user definition of `dir` of that name, else one of the
+/// hand-written models, else a built-in definition (the order of a configuration's `model`).
+pub fn choose_model(name: &str, dir: &std::path::Path) -> anyhow::Result<Model> {
+    let (all, _) = crate::meter::definition::catalogue(Some(dir));
+    crate::meter::definition::model_named(name, &all).ok_or_else(|| unknown_definition(name, dir))
 }

@@ -8,9 +8,15 @@ use crate::meter::pmtr_srv::ServerStatus;
 use crate::modbus::transport::{Line, Outcome, Resync};
 use crate::pmtr::driver::{Actions, ServerDriver};
 
-/// How `meter` is read.
-pub fn reader(meter: &Meter) -> Reader {
-    Reader { model: meter.model, address: meter.address, phase: meter.phase, multiplier: meter.multiplier() }
+/// How `meter` is read at its good poll number `poll` (the first is 0).
+pub fn reader(meter: &Meter, poll: u64) -> Reader {
+    Reader {
+        model: meter.model,
+        address: meter.address,
+        phase: meter.phase,
+        multiplier: meter.multiplier(),
+        poll,
+    }
 }
 
 /// What `meter` is owed between polls, if anything (a PMTR_001_SRV's duties). `sentinel`:

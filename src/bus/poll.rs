@@ -73,7 +73,8 @@ fn plausible(p: Polled) -> Result<Polled, crate::meter::DecodeError> {
     }
 }
 
-/// Polls `meter`: every request of its current `plan`, each with up to `attempts` tries.
+/// Polls `meter`: every request of its current `plan` (for its good poll number `n`: a
+/// definition reads some registers only every Nth poll), each with up to `attempts` tries.
 /// `observe` sees every transaction (for counters). A meter whose exception moves it to a
 /// fallback plan ([`crate::meter::driver::Reader::fallback`]) is read by it for good.
 /// `Err` is the port failing; `Ok(Err)` is the meter failing.
@@ -81,11 +82,12 @@ pub async fn poll<L: Line>(
     t: &mut Transport<L>,
     meter: &Meter,
     plan: &mut Plan,
+    n: u64,
     attempts: u32,
     timeout: Duration,
     observe: &mut (dyn FnMut(&Outcome) + Send),
 ) -> io::Result<Result<Polled, PollError>> {
-    let reader = super::driver::reader(meter);
+    let reader = super::driver::reader(meter, n);
     'plans: loop {
         let requests = reader.requests(*plan);
         let mut replies = Vec::with_capacity(requests.len());
@@ -105,7 +107,7 @@ pub async fn poll<L: Line>(
                         Some(smaller) => {
                             tracing::info!(
                                 meter = %meter.name,
-                                "the meter refuses the block read ({e}); reading it in groups from now on"
+                                "the meter refuses the block read ({e}); reading it in smaller blocks from now on"
                             );
                             *plan = smaller;
                             continue 'plans;

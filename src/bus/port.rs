@@ -20,6 +20,8 @@ use tokio::time::Instant;
 struct MeterSlot<L: Line> {
     schedule: Schedule,
     plan: Plan,
+    /// Good polls so far (a definition reads some registers only every Nth poll).
+    polls: u64,
     guard: EnergyGuard,
     /// What its model does between polls (a PMTR_001_SRV's time, relay actions, reboot
     /// sentinel).
@@ -186,10 +188,11 @@ async fn poll_meter<L: Line>(
             }
         });
     };
-    let result = poll(t, meter, &mut slot.plan, attempts, bus.timeout, &mut observe).await?;
+    let result = poll(t, meter, &mut slot.plan, slot.polls, attempts, bus.timeout, &mut observe).await?;
     let now = Instant::now();
     match result {
         Ok(p) => {
+            slot.polls += 1;
             slot.schedule.succeeded(now);
             if (mine || shared.claim(i, port)) && !on_reading(shared, i, port, slot, p, now) {
                 drops.count();
@@ -220,7 +223,8 @@ fn meter_slots<L: Line>(shared: &BusShared, port: &str) -> Vec<MeterSlot<L>> {
             let phase = m.poll * i as u32 / n.max(1) as u32;
             MeterSlot {
                 schedule: Schedule::new(m.poll, bus.max_backoff, due).with_phase(phase),
-                plan: super::driver::reader(m).first_plan(n),
+                plan: super::driver::reader(m, 0).first_plan(n),
+                polls: 0,
                 guard: EnergyGuard::default(),
                 duties: super::driver::duties(m, sentinel),
             }

@@ -27,6 +27,7 @@ mod status;
 mod trigger;
 
 use super::{Bus, BusKind, Config, Gateway, GpioBackend, LineSettings, Meter, Parity};
+use crate::meter::definition::{Definition, Origin};
 use crate::meter::Model;
 use crate::reading::Phase;
 use diagnostics::{element_path, is_bare_key, suggest, Lines};
@@ -57,8 +58,16 @@ pub const TOP_LEVEL_KEYS: &[&str] = &[
     "tariff",
 ];
 
-const GATEWAY_KEYS: &[&str] =
-    &["name", "state_dir", "log_readings", "gpio", "control_socket", "health_interval", "clock_sync_wait"];
+const GATEWAY_KEYS: &[&str] = &[
+    "name",
+    "state_dir",
+    "log_readings",
+    "gpio",
+    "control_socket",
+    "health_interval",
+    "clock_sync_wait",
+    "meters_dir",
+];
 /// `gateway.clock_sync_wait`: the default, and the longest.
 const DEFAULT_CLOCK_SYNC_WAIT: Duration = Duration::from_secs(600);
 const CLOCK_SYNC_WAIT_MAX: Duration = Duration::from_secs(86_400);
@@ -69,6 +78,8 @@ const HEALTH_INTERVAL_MAX: Duration = Duration::from_secs(3600);
 
 const FALLBACK_GATEWAY_NAME: &str = "pmtr";
 const DEFAULT_STATE_DIR: &str = "/var/lib/pmtr";
+/// `gateway.meters_dir`: where user meter definitions are looked for.
+pub const DEFAULT_METERS_DIR: &str = "/etc/pmtr/meters.d";
 const FALLBACK_BAUD: u32 = 9600;
 const FALLBACK_PARITY: Parity = Parity::None;
 const DEFAULT_DATA_BITS: u8 = 8;
@@ -108,7 +119,10 @@ pub fn load_str(src: &str, file: &str) -> Result<Config, ConfigErrors> {
     l.syntax_errors(&root, &syntax_errors);
     let config = l.config(&root);
     let mut errors = l.errors;
-    errors.sort_by_key(|e| (e.line, e.column));
+    // The configuration's own errors first, then those of the meter definition files.
+    errors.sort_by(|a, b| {
+        (a.file != file, &a.file, a.line, a.column).cmp(&(b.file != file, &b.file, b.line, b.column))
+    });
     errors.dedup();
     match config {
         Some(config) if errors.is_empty() => Ok(config),
@@ -163,6 +177,8 @@ struct Loader<'s> {
     /// A `[[neutral]]` table had an error (reported) and is missing from `neutral`: a trigger's
     /// `neutral_*` variable that finds no set is not reported a second time.
     neutral_incomplete: bool,
+    /// The meter definitions: the built-ins and the files of `gateway.meters_dir`.
+    definitions: Vec<(Definition, Origin)>,
 }
 
 impl<'s> Loader<'s> {
@@ -175,6 +191,7 @@ impl<'s> Loader<'s> {
             errors: Vec::new(),
             neutral: Vec::new(),
             neutral_incomplete: false,
+            definitions: Vec::new(),
         }
     }
 
@@ -183,6 +200,7 @@ impl<'s> Loader<'s> {
 
         let gateway = self.gateway(root.get("gateway"));
         let gateway_name = gateway.name.clone();
+        self.definitions(&gateway.meters_dir);
 
         let buses: Vec<BusDraft> = match self.elements(root, "bus") {
             Some(elements) => elements.into_iter().map(|(i, v, t)| self.bus(i, v, t)).collect(),
@@ -239,6 +257,7 @@ impl<'s> Loader<'s> {
             control_socket: PathBuf::new(),
             health_interval: Some(DEFAULT_HEALTH_INTERVAL),
             clock_sync_wait: DEFAULT_CLOCK_SYNC_WAIT,
+            meters_dir: PathBuf::from(DEFAULT_METERS_DIR),
         };
         let mut name = None;
         let mut socket = None;
@@ -256,6 +275,13 @@ impl<'s> Loader<'s> {
                     t.get("state_dir").and_then(|v| self.non_empty_string(v, "gateway.state_dir"))
                 {
                     gateway.state_dir = PathBuf::from(dir);
+                }
+                if let Some(dir) =
+                    t.get("meters_dir").and_then(|v| self.non_empty_string(v, "gateway.meters_dir"))
+                {
+                    // Relative to the configuration file's folder.
+                    let base = Path::new(self.file).parent().unwrap_or(Path::new(""));
+                    gateway.meters_dir = base.join(dir);
                 }
                 if let Some(b) = t.get("log_readings").and_then(|v| self.boolean(v, "gateway.log_readings")) {
                     gateway.log_readings = b;
@@ -772,7 +798,7 @@ level = "low"
     fn unknown_keys_say_what_is_expected_when_nothing_is_close() {
         let e = errors("[gateway]\nzzz = 1\n");
         assert!(e.contains(
-            &"t.toml:2:1: gateway.zzz: unknown key (expected one of: name, state_dir, log_readings, gpio, control_socket, health_interval, clock_sync_wait)"
+            &"t.toml:2:1: gateway.zzz: unknown key (expected one of: name, state_dir, log_readings, gpio, control_socket, health_interval, clock_sync_wait, meters_dir)"
                 .to_owned()
         ));
     }
@@ -808,6 +834,50 @@ level = "low"
         );
         assert_eq!(e.len(), 1, "{e:?}");
         assert!(e[0].starts_with("t.toml:6:9: meter[0] \"m\".model: "), "{e:?}");
+    }
+
+    /// `gateway.meters_dir` (relative to the configuration's folder): a user definition is a
+    /// model, a user file named like a built-in replaces it, and a broken file's errors are
+    /// the configuration's, with their own file, line and column, after the file's own.
+    #[test]
+    fn user_meter_definitions_are_models_and_their_errors_are_the_configurations() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cases/meters");
+        std::fs::create_dir(dir.path().join("meters.d")).unwrap();
+        std::fs::copy(cases.join("good.toml"), dir.path().join("meters.d/good.toml")).unwrap();
+        // An SDM120 of the user's own: holding registers instead of input registers.
+        let own = crate::meter::definition::BUILT_IN.iter().find(|(f, _)| *f == "sdm120.toml").unwrap().1;
+        let own = own.replacen("function = \"input\"", "function = \"holding\"", 1);
+        assert!(own.contains("function = \"holding\""));
+        std::fs::write(dir.path().join("meters.d/sdm120.toml"), own).unwrap();
+        let config = |model: &str| {
+            format!(
+                "[gateway]\nmeters_dir = \"meters.d\"\n[[bus]]\nname = \"b\"\nport = \"/dev/null\"\n\
+                 [[meter]]\nname = \"m\"\nmodel = \"{model}\"\naddress = 1\n"
+            )
+        };
+        let path = dir.path().join("pmtr.toml");
+        std::fs::write(&path, config("my-meter")).unwrap();
+        let c = load_file(&path).unwrap();
+        let def = crate::meter::definition::of(c.meters[0].model).expect("a definition");
+        assert_eq!((def.name.as_str(), c.buses[0].line.parity), ("my-meter", Parity::Even));
+        std::fs::write(&path, config("sdm120")).unwrap();
+        let c = load_file(&path).unwrap();
+        let def = crate::meter::definition::of(c.meters[0].model).expect("a definition");
+        assert_eq!(def.read.function, crate::meter::definition::Function::Holding, "the user's file wins");
+        // A hand-written model stays itself.
+        std::fs::write(&path, config("pzem-016")).unwrap();
+        assert_eq!(load_file(&path).unwrap().meters[0].model, Model::Pzem016);
+
+        std::fs::copy(cases.join("errors.toml"), dir.path().join("meters.d/errors.toml")).unwrap();
+        std::fs::write(&path, config("my-meterr")).unwrap();
+        let e: Vec<String> = load_file(&path).unwrap_err().0.iter().map(|e| e.to_string()).collect();
+        assert!(e[0].contains("pmtr.toml:8:9: meter[0] \"m\".model: unknown model \"my-meterr\""), "{e:?}");
+        assert!(e[0].contains("(did you mean `my-meter`?)"), "{e:?}");
+        let errors_file = dir.path().join("meters.d/errors.toml").display().to_string();
+        assert!(e[1].starts_with(&format!("{errors_file}:1:8: name: ")), "{e:?}");
+        let expected = std::fs::read_to_string(cases.join("errors.expected")).unwrap();
+        assert_eq!(e.len(), 1 + expected.lines().filter(|l| l.starts_with("errors.toml:")).count(), "{e:?}");
     }
 
     #[test]

@@ -126,6 +126,9 @@ pub struct Gateway {
     /// unset while the kernel does not say the clock is synchronised (see [`crate::clock`]).
     /// Default 10 min, 0 s (trust the clock at once, e.g. a real-time clock) to 24 h.
     pub clock_sync_wait: Duration,
+    /// The folder of user meter definitions (`*.toml`), a relative path from the
+    /// configuration file's folder. Default `/etc/pmtr/meters.d`; a missing folder holds none.
+    pub meters_dir: PathBuf,
 }
 
 /// `[[bus]]`: one or more serial ports with the same line settings, where meters are looked for.

@@ -237,7 +237,7 @@ pub fn resolve(
     }
     names.extend(EnergyVar::ALL.iter().map(|(n, _)| *n));
     let close = crate::spelling::expr_hint(var, &names);
-    let on = if m.model.is_pzem() { format!(" on {:?}", m.phase) } else { String::new() };
+    let on = if m.model.takes_phase() { format!(" on {:?}", m.phase) } else { String::new() };
     Err(UnknownVariable::NoSuchVariable {
         meter: m.name.clone(),
         model: format!("{}{on}", m.model),

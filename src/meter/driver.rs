@@ -8,7 +8,7 @@
 //!   relay actions and reboot sentinel): it decides purely when one is due and runs it as a
 //!   thin sequence of transactions, reporting through [`Report`].
 
-use super::{pmtr_srv, pzem, rx380, DecodeError, Model, RegisterImage};
+use super::{definition, pmtr_srv, pzem, rx380, DecodeError, Model, RegisterImage};
 use crate::modbus::transport::{Line, Outcome, Transport};
 use crate::modbus::{Exception, Request};
 use crate::reading::{Phase, Sample};
@@ -24,13 +24,16 @@ pub enum Plan {
     Pzem,
     Rx380(rx380::Plan),
     PmtrSrv(pmtr_srv::Plan),
+    /// A meter read by its definition.
+    Defined(definition::Plan),
 }
 
 impl Plan {
-    /// The way to read a meter that refused this one's blocks, if its model has one.
+    /// The way to read a meter of a hand-written model that refused this one's blocks, if its
+    /// model has one (a definition's smaller plans are its own: [`Reader::smaller`]).
     pub fn smaller(self) -> Option<Plan> {
         match self {
-            Plan::Pzem => None,
+            Plan::Pzem | Plan::Defined(_) => None,
             Plan::Rx380(p) => p.smaller().map(Plan::Rx380),
             Plan::PmtrSrv(p) => p.smaller().map(Plan::PmtrSrv),
         }
@@ -63,12 +66,15 @@ pub struct Reader {
     /// What active power and energy are multiplied by (a PMTR_001_SRV's `multiplier`; 1 for
     /// the others).
     pub multiplier: f64,
+    /// The number of the poll (the first is 0), for registers a definition reads only every
+    /// Nth poll.
+    pub poll: u64,
 }
 
 impl Reader {
     /// A meter of `model` at `address`, on L1, multiplier 1.
     pub fn new(model: Model, address: u8) -> Reader {
-        Reader { model, address, phase: Phase::L1, multiplier: 1.0 }
+        Reader { model, address, phase: Phase::L1, multiplier: 1.0, poll: 0 }
     }
 
     /// The plan to start with, given how many meters share the bus (a PMTR_001_SRV alone on
@@ -77,6 +83,11 @@ impl Reader {
         match self.model {
             Model::Rx380 => Plan::Rx380(rx380::Plan::Block),
             Model::PmtrSrv => Plan::PmtrSrv(pmtr_srv::Plan::first(meters_on_bus)),
+            Model::Defined(_) => match definition::of(self.model) {
+                Some(d) => Plan::Defined(d.first_plan()),
+                // A model known only by name reads nothing.
+                None => Plan::Defined(definition::Plan::Values),
+            },
             _ => Plan::Pzem,
         }
     }
@@ -87,7 +98,16 @@ impl Reader {
             Model::PmtrSrv => Plan::PmtrSrv(pmtr_srv::Plan::Block),
             _ => self.first_plan(1),
         };
-        std::iter::successors(Some(first), |p| p.smaller()).collect()
+        std::iter::successors(Some(first), |&p| self.smaller(p)).collect()
+    }
+
+    /// The plan after `plan` was refused, if the model has a smaller one.
+    pub fn smaller(&self, plan: Plan) -> Option<Plan> {
+        match (plan, definition::of(self.model)) {
+            (Plan::Defined(p), Some(d)) => d.smaller(p).map(Plan::Defined),
+            (Plan::Defined(_), None) => None,
+            _ => plan.smaller(),
+        }
     }
 
     /// The requests of one poll by `plan`.
@@ -96,16 +116,24 @@ impl Reader {
             Plan::Pzem => vec![pzem::read_request(self.address)],
             Plan::Rx380(p) => rx380::requests(self.address, p),
             Plan::PmtrSrv(p) => pmtr_srv::requests(self.address, p),
+            Plan::Defined(p) => match definition::of(self.model) {
+                Some(d) => d.layout(p, self.poll).requests(self.address),
+                None => Vec::new(),
+            },
         }
     }
 
     /// Decodes the replies to [`Reader::requests`] of `plan` (in the same order).
     pub fn decode(&self, plan: Plan, replies: &[Vec<u16>]) -> Result<Decoded, DecodeError> {
+        let plain = |samples| Decoded { samples, server: None };
+        if let Plan::Defined(p) = plan {
+            let d = definition::of(self.model).ok_or(DecodeError::Missing("the model's definition"))?;
+            return d.layout(p, self.poll).decode(d, replies, self.phase).map(plain);
+        }
         let requests = self.requests(plan);
         if requests.len() != replies.len() {
             return Err(DecodeError::Missing("a reply"));
         }
-        let plain = |samples| Decoded { samples, server: None };
         match plan {
             Plan::Pzem => pzem::decode(&replies[0], self.phase).map(plain),
             Plan::Rx380(_) => rx380::decode(&RegisterImage::from_replies(&requests, replies)).map(plain),
@@ -114,13 +142,14 @@ impl Reader {
                 pmtr_srv::decode(&image, p, self.multiplier)
                     .map(|t| Decoded { server: Some(t.server_read()), samples: t.samples })
             }
+            Plan::Defined(_) => Err(DecodeError::Missing("the model's definition")),
         }
     }
 
     /// The plan to read by from now on after the meter answered a request of `plan` with
     /// `exception`, if any: smaller blocks when it refuses the registers asked for (02, 03).
     pub fn fallback(&self, plan: Plan, exception: Exception) -> Option<Plan> {
-        exception.refuses_the_block().then(|| plan.smaller()).flatten()
+        exception.refuses_the_block().then(|| self.smaller(plan)).flatten()
     }
 }
 
@@ -188,6 +217,51 @@ mod tests {
             [Plan::Rx380(rx380::Plan::Block), Plan::Rx380(rx380::Plan::Groups)]
         );
         assert_eq!(Reader::new(Model::PmtrSrv, 1).plans().len(), 3);
+    }
+
+    /// A meter read by its definition: the definition's plans and fallback, and registers
+    /// read only every Nth poll asked for and decoded on those polls only.
+    #[test]
+    fn a_definition_is_read_by_its_own_plans_and_every_nth_poll() {
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cases/meters/good.toml"))
+                .unwrap();
+        let def = definition::parse(&text, "good.toml").unwrap();
+        let every_10 = def.registers.iter().find(|r| r.every == 10).map(|r| r.address).unwrap();
+        let model = definition::intern(def.clone());
+        let r = Reader { phase: Phase::L3, ..Reader::new(model, 7) };
+        let plans: Vec<Plan> = def.plans().into_iter().map(Plan::Defined).collect();
+        assert_eq!(r.plans(), plans);
+        assert_eq!(r.first_plan(4), plans[0]);
+        assert_eq!(r.fallback(plans[0], Exception::IllegalDataAddress), plans.get(1).copied());
+        assert_eq!(r.fallback(plans[0], Exception::SlaveDeviceBusy), None);
+        let asks = |r: &Reader| {
+            r.requests(plans[0]).iter().any(|q| match q.pdu {
+                crate::modbus::Pdu::ReadHolding { start, count } => {
+                    (start..start + count).contains(&every_10)
+                }
+                _ => false,
+            })
+        };
+        let tenth = Reader { poll: 10, ..r };
+        let second = Reader { poll: 1, ..r };
+        assert!(asks(&r) && asks(&tenth) && !asks(&second));
+        let replies = |r: &Reader| -> Vec<Vec<u16>> {
+            r.requests(plans[0])
+                .iter()
+                .map(|q| match q.pdu {
+                    crate::modbus::Pdu::ReadHolding { count, .. } => vec![1; usize::from(count)],
+                    _ => Vec::new(),
+                })
+                .collect()
+        };
+        let energy = |r: &Reader| {
+            let d = r.decode(plans[0], &replies(r)).unwrap();
+            assert!(d.samples.iter().all(|s| s.phase == Phase::L3 || s.phase == Phase::Total), "{d:?}");
+            d.samples.iter().any(|s| s.quantity == crate::reading::Quantity::ImportActiveEnergy)
+        };
+        assert!(energy(&r) && !energy(&second));
+        assert_eq!(model.sample_set(Phase::L3).len(), def.registers.len());
     }
 
     #[test]

@@ -17,7 +17,23 @@ impl Model {
     pub fn default_line(self) -> (u32, char) {
         match self {
             Model::Rx380 => (19200, 'E'),
+            Model::Defined(d) => d.default_line(),
             _ => (9600, 'N'),
+        }
+    }
+
+    /// Whether it measures one phase, set by a meter's `phase` (the PZEMs, single-phase
+    /// definitions).
+    pub fn takes_phase(self) -> bool {
+        self.is_pzem() || definition::of(self).is_some_and(|d| d.phases == 1)
+    }
+
+    /// Who makes it and its product name, for Home Assistant's device registry.
+    pub fn maker_and_product(self) -> (&'static str, String) {
+        match self {
+            Model::Defined(d) => (d.maker(), d.product().to_owned()),
+            m if m.is_pzem() => ("Peacefair", m.name().to_uppercase()),
+            m => ("RX380", m.name().to_uppercase()),
         }
     }
 
@@ -26,6 +42,9 @@ impl Model {
     /// a server on its 12 V supply whose three PZEMs answer) by its first plan, so it always
     /// agrees with its [`driver::Reader`].
     pub fn sample_set(self, phase: Phase) -> Vec<(Phase, crate::reading::Quantity)> {
+        if let Model::Defined(d) = self {
+            return d.sample_set(phase);
+        }
         let fill = if self == Model::PmtrSrv { 12_000 } else { 0 };
         let reader = driver::Reader { phase, ..driver::Reader::new(self, 1) };
         let plan = reader.plans()[0];

@@ -355,11 +355,12 @@ impl Topics {
     }
 
     fn meter_discovery(&self, m: &Meter, gateway: &str, origin: &Value) -> Vec<Message> {
+        let (maker, product) = m.model.maker_and_product();
         let device = json!({
             "identifiers": [format!("{}_{}", self.node, topic_level(&m.name))],
             "name": m.name,
-            "model": m.model.name().to_uppercase(),
-            "manufacturer": if m.model.is_pzem() { "Peacefair" } else { "RX380" },
+            "model": product,
+            "manufacturer": maker,
             "via_device": self.node,
         });
         let availability = json!([

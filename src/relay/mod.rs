@@ -72,6 +72,7 @@ mod tests {
             control_socket: dir.join("state/control.sock"),
             health_interval: None,
             clock_sync_wait: std::time::Duration::ZERO,
+            meters_dir: dir.join("meters.d"),
         }
     }
 

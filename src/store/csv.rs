@@ -258,7 +258,16 @@ impl CsvFiles {
                 Some(g) => g.clone(),
                 None => {
                     self.groups.insert(r.meter.to_string(), r.meter.to_string());
-                    self.columns.insert(r.meter.to_string(), columns_for([r.model]));
+                    // A meter not configured (a spooled reading of one since removed): its
+                    // model's columns, and any its reading has besides (a model known only
+                    // by name has none of its own).
+                    let mut columns = columns_for([r.model]);
+                    for q in Quantity::ALL {
+                        if !columns.contains(&q) && r.samples.iter().any(|s| s.quantity == q) {
+                            columns.push(q);
+                        }
+                    }
+                    self.columns.insert(r.meter.to_string(), columns);
                     r.meter.to_string()
                 }
             };

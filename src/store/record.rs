@@ -8,7 +8,9 @@
 //! payload = flags: u8, then by bit 7 of flags:
 //!   bit 7 clear: a reading (flags bit 0: energy counter went backwards)
 //!         | time: i64 LE, nanoseconds since 1970 UTC
-//!         | model: u8 | name length: u8 | name (UTF-8)
+//!         | model: u8 (a hand-written model's position in `Model::ALL`, or 0xFF for a model
+//!           defined by data: model name length: u8 | model name (UTF-8))
+//!         | name length: u8 | name (UTF-8)
 //!         | sample count: u8 | per sample: code: u8, value: f64 LE
 //!           code = phase << 4 | quantity for quantities 0..15,
 //!                  0x80 | phase << 4 | (quantity - 16) for quantities 16..31
@@ -34,7 +36,10 @@
 //!                | cost count: u8 | per cost: tariff name length: u8, tariff name, cost: f64 LE
 //! ```
 //!
-//! Model, phase, quantity, subject and event are positions in [`Model::ALL`], [`Phase::ALL`],
+//! A model defined by data (a meter definition) is recorded by its name, so a spool replays
+//! whatever definitions are loaded then; a spool of earlier versions (model positions only)
+//! replays as before, and an earlier pmtr skips a reading by name (unknown model) and logs it.
+//! Hand-written models, phase, quantity, subject and event are positions in [`Model::ALL`], [`Phase::ALL`],
 //! [`Quantity::ALL`], [`Subject::ALL`] and [`ChangeEvent::ALL`]. Unknown bits of the flags byte
 //! are ignored.
 //!
@@ -98,6 +103,9 @@ fn sample_of(code: u8) -> Result<(Phase, Quantity), PayloadError> {
     Ok((phase, lookup(&QUANTITIES, q, "unknown quantity")?))
 }
 
+/// The model byte of a reading of a model defined by data: its name follows.
+const MODEL_BY_NAME: u8 = 0xFF;
+
 fn index_of<T: PartialEq>(all: &[T], x: &T) -> u8 {
     all.iter().position(|a| a == x).expect("every variant is listed") as u8
 }
@@ -145,7 +153,13 @@ fn push_name(name: &str, out: &mut Vec<u8>) {
 fn encode_reading(reading: &Reading, out: &mut Vec<u8>) {
     out.push(u8::from(reading.quality.energy_backwards));
     push_time(&reading.time, out);
-    out.push(index_of(&Model::ALL, &reading.model));
+    match reading.model {
+        Model::Defined(d) => {
+            out.push(MODEL_BY_NAME);
+            push_name(d.name(), out);
+        }
+        m => out.push(index_of(&Model::ALL, &m)),
+    }
     push_name(&reading.meter, out);
     let samples = &reading.samples[..reading.samples.len().min(255)];
     out.push(samples.len() as u8);
@@ -226,9 +240,19 @@ pub struct PayloadError(&'static str);
 /// Meter, trigger and relay names repeat in every record; one `Arc<str>` per name is shared
 /// by all records.
 #[derive(Debug, Default)]
-pub struct Names(HashMap<Box<str>, Arc<str>>);
+pub struct Names(HashMap<Box<str>, Arc<str>>, HashMap<Box<str>, Model>);
 
 impl Names {
+    /// The model a record names, looked up once per name.
+    fn model(&mut self, name: &str) -> Model {
+        if let Some(m) = self.1.get(name) {
+            return *m;
+        }
+        let m = crate::meter::definition::resolve(name);
+        self.1.insert(name.into(), m);
+        m
+    }
+
     fn get(&mut self, name: &str) -> Arc<str> {
         if let Some(a) = self.0.get(name) {
             return a.clone();
@@ -298,7 +322,14 @@ pub fn decode(payload: &[u8], names: &mut Names) -> Result<Record, PayloadError>
 
 fn decode_reading(flags: u8, mut p: Payload<'_>, names: &mut Names) -> Result<Reading, PayloadError> {
     let time = p.time()?;
-    let model = lookup(&Model::ALL, p.u8()?, "unknown model")?;
+    let model = match p.u8()? {
+        MODEL_BY_NAME => {
+            let len = usize::from(p.u8()?);
+            let name = p.str(len, "model name")?;
+            names.model(name)
+        }
+        i => lookup(&Model::ALL, i, "unknown model")?,
+    };
     let name_len = usize::from(p.u8()?);
     let meter = names.get(p.str(name_len, "meter name")?);
     let count = usize::from(p.u8()?);
@@ -552,6 +583,32 @@ mod tests {
 
     fn hex(b: &[u8]) -> String {
         b.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// A reading of a model defined by data records the model by name and replays as that
+    /// model; a name no definition has any more replays as a model known by name only, its
+    /// samples kept.
+    #[test]
+    fn a_reading_of_a_definition_records_its_model_by_name() {
+        let sdm = crate::meter::definition::resolve("sdm630");
+        assert!(crate::meter::definition::of(sdm).is_some(), "the built-in sdm630 resolves");
+        let gone = Model::named("my-own-meter");
+        for model in [sdm, gone] {
+            let r = Record::Reading(Reading {
+                meter: "main".into(),
+                model,
+                time: Utc.timestamp_nanos(1_763_726_400_000_000_000),
+                samples: vec![Sample::new(Phase::L2, Quantity::ImportActiveEnergy, 1234.5)],
+                quality: Quality::default(),
+            });
+            let mut buf = Vec::new();
+            encode(&r, &mut buf);
+            assert!(buf.windows(model.name().len()).any(|w| w == model.name().as_bytes()), "{}", hex(&buf));
+            let back = decoded(&buf);
+            assert_eq!(back, vec![r]);
+            let Record::Reading(back) = &back[0] else { unreachable!() };
+            assert_eq!(back.model.name(), model.name());
+        }
     }
 
     #[test]

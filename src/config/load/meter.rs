@@ -34,6 +34,39 @@ pub(super) const MIN_SERVER_POLL: Duration = Duration::from_secs(2);
 pub(super) const PZEM_GENERAL_ADDRESS: i64 = 0xF8;
 
 impl Loader<'_> {
+    /// Loads the meter definitions: the built-ins and the files of `dir`, whose errors are
+    /// the configuration's (with their own file, line and column).
+    pub(super) fn definitions(&mut self, dir: &std::path::Path) {
+        let (all, errors) = crate::meter::definition::catalogue(Some(dir));
+        self.definitions = all;
+        for e in errors {
+            self.errors.push(super::ConfigError {
+                file: e.file,
+                line: e.line,
+                column: e.column,
+                key: e.key,
+                message: e.message,
+            });
+        }
+    }
+
+    /// The model `name` names (case-insensitive): a user definition file of that name, else
+    /// a hand-written model, else a built-in definition.
+    pub(super) fn model_named(&self, name: &str) -> Option<Model> {
+        crate::meter::definition::model_named(name, &self.definitions)
+    }
+
+    /// Every model name a meter can have.
+    pub(super) fn model_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = Model::ALL.iter().map(|m| m.name().to_owned()).collect();
+        for (d, _) in &self.definitions {
+            if !names.contains(&d.name) {
+                names.push(d.name.clone());
+            }
+        }
+        names
+    }
+
     /// A list of register numbers (0..=65535).
     pub(super) fn register_list(&mut self, v: &Value<'_>, key: &str) -> Vec<u16> {
         if self.is_damaged(v) {
@@ -108,11 +141,14 @@ impl Loader<'_> {
         }
         if let Some(v) = t.get("model") {
             if let Some(s) = self.string(v, &key("model")) {
-                meter.model = Model::parse(&s);
+                meter.model = self.model_named(&s);
                 if meter.model.is_none() {
-                    let names: Vec<&str> = Model::ALL.iter().map(|m| m.name()).collect();
-                    let mut message = format!("unknown model {s:?}, expected one of: {}", names.join(", "));
-                    if let Some(h) = suggest(&s, names.iter().copied()) {
+                    let names = self.model_names();
+                    let mut message = format!(
+                        "unknown model {s:?}, expected one of: {} (or a definition file in `gateway.meters_dir`)",
+                        names.join(", ")
+                    );
+                    if let Some(h) = suggest(&s, names.iter().map(String::as_str)) {
                         message.push_str(&format!(" (did you mean `{h}`?)"));
                     }
                     self.error(v.span(), key("model"), message);
@@ -187,13 +223,13 @@ impl Loader<'_> {
             }
         }
         if let (Some(model), Some((_, span))) = (meter.model, &meter.phase) {
-            if !model.is_pzem() {
+            if !model.takes_phase() {
                 self.error(
                     span.clone(),
                     key("phase"),
                     format!(
-                        "`phase` is only for single-phase PZEM meters; an {model} measures all three \
-                         phases: remove this key"
+                        "`phase` is only for single-phase meters (the PZEMs, single-phase definitions); `{model}` \
+                         measures all three phases: remove this key"
                     ),
                 );
             }

@@ -225,6 +225,91 @@ pub struct Definition {
     pub registers: Vec<Register>,
 }
 
+impl crate::reading::Described for Definition {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn maker(&self) -> &str {
+        &self.maker
+    }
+
+    fn product(&self) -> &str {
+        &self.model
+    }
+
+    fn default_line(&self) -> (u32, char) {
+        (self.line.baud, self.line.parity)
+    }
+
+    /// Every (phase, quantity) of the table once, in table order (the order a poll decodes
+    /// them in), registers read only every Nth poll included.
+    fn sample_set(&self, phase: Phase) -> Vec<(Phase, Quantity)> {
+        let mut out: Vec<(Phase, Quantity)> = Vec::with_capacity(self.registers.len());
+        for r in &self.registers {
+            let pair = (r.phase_on(phase), r.quantity);
+            if !out.contains(&pair) {
+                out.push(pair);
+            }
+        }
+        out
+    }
+}
+
+/// The definitions in use, one copy of each distinct one for the life of the process (a
+/// configuration loaded again with the same files finds the same copies; an edited file adds
+/// one).
+static INTERNED: std::sync::Mutex<Vec<&'static Definition>> = std::sync::Mutex::new(Vec::new());
+
+/// `def` as a model: its one copy, made if it is new.
+pub fn intern(def: Definition) -> crate::reading::Model {
+    let mut all = INTERNED.lock().unwrap_or_else(|p| p.into_inner());
+    let found = all.iter().rev().find(|d| ***d == def).copied();
+    let d = found.unwrap_or_else(|| {
+        let d: &'static Definition = Box::leak(Box::new(def));
+        all.push(d);
+        d
+    });
+    crate::reading::Model::Defined(d)
+}
+
+/// The definition a model is read by, if it is a model defined by a definition (not a
+/// hand-written one, nor one known only by name).
+pub fn of(model: crate::reading::Model) -> Option<&'static Definition> {
+    let d: &'static dyn std::any::Any = model.described()?;
+    d.downcast_ref::<Definition>()
+}
+
+/// The model a meter named `name` (case-insensitive) is read as, among `catalogue`: a user
+/// definition of that name, else a hand-written model, else a built-in definition.
+pub fn model_named(name: &str, catalogue: &[(Definition, Origin)]) -> Option<crate::reading::Model> {
+    let def = |user: bool| {
+        catalogue
+            .iter()
+            .find(|(d, o)| d.name.eq_ignore_ascii_case(name) && (*o != Origin::BuiltIn) == user)
+            .map(|(d, _)| intern(d.clone()))
+    };
+    def(true).or_else(|| crate::reading::Model::parse(name)).or_else(|| def(false))
+}
+
+/// The model named `name`: a hand-written one; else the definition of that name used last
+/// (the one the configuration loaded), else the built-in of that name; else a model known
+/// only by its name. For records that name their model (the spool).
+pub fn resolve(name: &str) -> crate::reading::Model {
+    if let Some(m) = crate::reading::Model::parse(name) {
+        return m;
+    }
+    let used =
+        INTERNED.lock().unwrap_or_else(|p| p.into_inner()).iter().rev().find(|d| d.name == name).copied();
+    if let Some(d) = used {
+        return crate::reading::Model::Defined(d);
+    }
+    match built_in().into_iter().find(|d| d.name == name) {
+        Some(d) => intern(d),
+        None => crate::reading::Model::named(name),
+    }
+}
+
 /// The built-in definitions, compiled into the binary: (file name, text).
 pub const BUILT_IN: &[(&str, &str)] = &[
     ("sdm120.toml", include_str!("../library/sdm120.toml")),
