@@ -130,13 +130,20 @@ impl Book {
     pub fn record(&mut self, reading: &Reading) -> Vec<Note> {
         let meter: &str = &reading.meter;
         let range = self.ranges.get(meter).copied();
-        let has_total = reading.get(Phase::Total, Quantity::ActiveEnergy).is_some();
+        // The counter days and costs are counted from: active energy, or imported active
+        // energy on a meter that counts only import and export apart (CHINT DTSU666, ABB).
+        let feed = if reading.samples.iter().any(|s| s.quantity == Quantity::ActiveEnergy) {
+            Quantity::ActiveEnergy
+        } else {
+            Quantity::ImportActiveEnergy
+        };
+        let has_total = reading.get(Phase::Total, feed).is_some();
         let tz = self.tz;
         let book = self.books.meters.entry(meter.to_string()).or_default();
         let mut notes = vec![];
         for s in reading.samples.iter().filter(|s| s.quantity.is_counter()) {
             let name = counter_name(s.phase, s.quantity);
-            let feeds = s.quantity == Quantity::ActiveEnergy && (s.phase == Phase::Total || !has_total);
+            let feeds = s.quantity == feed && (s.phase == Phase::Total || !has_total);
             let (event, parts, span, total) = match book.counters.get_mut(&name) {
                 None => {
                     let c = Counter::start(s.value, reading.time);

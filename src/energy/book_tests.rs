@@ -252,6 +252,30 @@ fn a_three_phase_meter_with_a_total_books_the_total_only() {
     assert_eq!(totals, vec![("total_energy".into(), 101.0), ("total_reactive_energy".into(), 50.5)]);
 }
 
+/// A meter that counts imported and exported energy apart, and no active energy (a CHINT
+/// DTSU666, an ABB B23): days and costs come from the imported energy, the total one first;
+/// export is kept as a counter and costs nothing.
+#[test]
+fn a_meter_without_active_energy_books_its_imported_energy() {
+    let mut b = book();
+    let model = crate::meter::definition::resolve("dtsu666");
+    let r = |t: &str, import: f64, export: f64| Reading {
+        meter: "feed".into(),
+        model,
+        time: utc(t),
+        samples: vec![
+            Sample::new(Phase::L1, Quantity::ImportActiveEnergy, import / 3.0),
+            Sample::new(Phase::Total, Quantity::ImportActiveEnergy, import),
+            Sample::new(Phase::Total, Quantity::ExportActiveEnergy, export),
+        ],
+        quality: Quality::default(),
+    };
+    b.record(&r("2026-07-01T10:00:00Z", 300.0, 50.0));
+    b.record(&r("2026-07-01T10:05:00Z", 303.0, 57.0));
+    let day = &b.books.meters["feed"].days[&date("2026-07-01")];
+    assert!(close(day.kwh, 3.0), "{day:?}");
+}
+
 #[test]
 fn set_total_aligns_and_names_the_counter() {
     let mut b = book();
