@@ -33,6 +33,7 @@ impl Model {
         match self {
             Model::Defined(d) => (d.maker(), d.product().to_owned()),
             m if m.is_pzem() => ("Peacefair", m.name().to_uppercase()),
+            Model::PmtrSrv => ("PMTR", "PMTR_001_SRV".to_owned()),
             m => ("RX380", m.name().to_uppercase()),
         }
     }
