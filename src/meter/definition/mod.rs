@@ -304,8 +304,8 @@ pub fn resolve(name: &str) -> crate::reading::Model {
     if let Some(d) = used {
         return crate::reading::Model::Defined(d);
     }
-    match built_in().into_iter().find(|d| d.name == name) {
-        Some(d) => intern(d),
+    match built_in_parsed().iter().find(|d| d.name == name) {
+        Some(d) => intern(d.clone()),
         None => crate::reading::Model::named(name),
     }
 }
@@ -331,7 +331,13 @@ pub const BUILT_IN: &[(&str, &str)] = &[
 /// The built-in definitions, parsed. A built-in that does not load is a bug (a test loads
 /// them all); it is left out rather than stopping anything.
 pub fn built_in() -> Vec<Definition> {
-    BUILT_IN.iter().filter_map(|(file, text)| parse(text, file).ok()).collect()
+    built_in_parsed().to_vec()
+}
+
+/// The built-in definitions, parsed once per process.
+fn built_in_parsed() -> &'static [Definition] {
+    static PARSED: std::sync::OnceLock<Vec<Definition>> = std::sync::OnceLock::new();
+    PARSED.get_or_init(|| BUILT_IN.iter().filter_map(|(file, text)| parse(text, file).ok()).collect())
 }
 
 /// Where a definition of the catalogue comes from.
