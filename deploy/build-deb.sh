@@ -44,6 +44,8 @@ build_deb() {
 
     install -D -m 0644 systemd/pmtr.service "$root/lib/systemd/system/pmtr.service"
     install -D -m 0644 config/pmtr.toml "$root/etc/pmtr/pmtr.toml"
+    # Where user meter definitions go (gateway.meters_dir's default): empty.
+    install -d -m 0755 "$root/etc/pmtr/meters.d"
     install -D -m 0644 deploy/udev/60-pmtr.rules "$root/lib/udev/rules.d/60-pmtr.rules"
     local f
     for f in grafana/dashboards/*.json grafana/provisioning/datasources/*.yaml grafana/provisioning/dashboards/*.yaml; do
