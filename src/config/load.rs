@@ -880,6 +880,29 @@ level = "low"
         assert_eq!(e.len(), 1 + expected.lines().filter(|l| l.starts_with("errors.toml:")).count(), "{e:?}");
     }
 
+    /// What the README's "Broken neutral" says of the built-in definitions: which take part as
+    /// one three-phase meter with line voltages, which with phase voltages only, which as
+    /// single-phase meters.
+    #[test]
+    fn built_in_definitions_take_part_in_neutral_sets_as_the_readme_says() {
+        let meter = |model: &str| {
+            let src = format!(
+                "[[bus]]\nname = \"b\"\nport = \"/dev/null\"\n[[meter]]\nname = \"m\"\nmodel = \"{model}\"\naddress = 1\n"
+            );
+            load_str(&src, "t.toml").unwrap().meters.remove(0)
+        };
+        for name in ["sdm630", "dtsu666", "sdm72d-m-v2", "abb-b23"] {
+            let m = meter(name);
+            assert!(m.is_three_phase() && m.measures_line_voltages(), "{name}");
+        }
+        let m = meter("orno-we516");
+        assert!(m.is_three_phase() && !m.measures_line_voltages());
+        for name in ["sdm120", "sdm230", "ddsu666", "dds238", "orno-we514", "abb-b21"] {
+            let m = meter(name);
+            assert!(m.model.takes_phase() && !m.is_three_phase(), "{name}");
+        }
+    }
+
     #[test]
     fn unreadable_file() {
         let e = load_file(Path::new("/nonexistent/pmtr.toml")).unwrap_err();
