@@ -6,14 +6,31 @@
 //! Needs `socat` and `pymodbus[serial]==3.16.1` (tests/run.sh installs both); fails, saying
 //! so, when either is missing.
 //!
+//! The same images are read by `pmtr run` too, all meters at once on one bus, and every value
+//! must reach the CSV files, `/metrics`, MQTT and its Home Assistant discovery documents (with
+//! the classes of the README's "Quantities" table), and a trigger on their variables; needs
+//! mosquitto as well (tests/run.sh installs it).
+//!
 //! Also: the user-definition fixtures of `tests/cases/meters/` through `pmtr meters check`.
+
+// support/pymodbus.rs and support/servers.rs each hold their own copy of support/process.rs.
+#![allow(clippy::duplicate_mod)]
 
 #[path = "support/pymodbus.rs"]
 mod pymodbus;
 
+#[path = "support/servers.rs"]
+mod servers;
+
+use pmtr::reading::{Phase, Quantity};
+use pmtr::relay::FakeBoard;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use servers::Mosquitto;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// One meter's register image and what must be read from it.
 #[derive(Default)]
@@ -466,4 +483,350 @@ fn meters_check_reports_every_error_of_a_user_file() {
     let show = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
     assert!(show.contains("FC03 0x0000 +12"), "{show}");
+}
+
+// The daemon
+// ---------------------------------------------------------------------------------------------
+
+const GATEWAY: &str = "defs";
+const NODE: &str = "pmtr_defs";
+const PIN: u8 = 17;
+/// How long the daemon may take to read every meter once, or the broker to hand a message.
+const WAIT: Duration = Duration::from_secs(30);
+
+/// The name of meter `address` in the daemon's configuration.
+fn meter_name(address: u8) -> String {
+    format!("m{address}")
+}
+
+/// A quantity as `pmtr read --json` names it.
+fn quantity(name: &str) -> Quantity {
+    serde_json::from_value(serde_json::json!(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+fn phase(name: &str) -> Phase {
+    serde_json::from_value(serde_json::json!(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// Whether `got` is the document's value as stored (rounded to 1e-6).
+fn same(got: f64, want: f64) -> bool {
+    (got - want).abs() <= 1e-6 + 1e-9 * want.abs()
+}
+
+/// The daemon's configuration: one bus on the peer, every meter of `meters` by its model, a CSV
+/// file per meter, the status API, MQTT, and a trigger on a fake relay whose expression reads
+/// definition-only variables of two meters (tight around the image's values: it trips only
+/// if each is read right).
+fn daemon_toml(dir: &Path, port: &Path, api: u16, broker: u16, meters: &[(&str, u8, Meter)]) -> String {
+    let mut t = format!(
+        r#"
+[gateway]
+name = "{GATEWAY}"
+state_dir = "{state}"
+gpio = "fake"
+meters_dir = "{defs}"
+[[bus]]
+name = "defs"
+ports = ["{port}"]
+baud = 9600
+parity = "none"
+timeout = "1s"
+rescan = "200ms"
+[[sink]]
+type = "csv"
+dir = "{csv}"
+group_by = "meter"
+flush_interval = "100ms"
+[status]
+listen = "127.0.0.1:{api}"
+[mqtt]
+host = "127.0.0.1"
+port = {broker}
+keep_alive = "5s"
+max_backoff = "1s"
+[[relay]]
+name = "load"
+pin = {PIN}
+default = "on"
+[[trigger]]
+name = "definitions"
+meter = "m1"
+when = "ei > 12345.5 && ee < 789.2 && L2U > 231.1 && Uthd > 2.24 && L3Ithd > 12.4 && m2.L1eqe > 12.7 && m5.L31U > 400.6"
+relays = ["load"]
+"#,
+        state = dir.join("state").display(),
+        defs = dir.join("meters.d").display(),
+        port = port.display(),
+        csv = dir.join("csv").display(),
+    );
+    for (model, address, _) in meters {
+        t.push_str(&format!(
+            "[[meter]]\nname = \"{}\"\nmodel = \"{model}\"\naddress = {address}\npoll = \"500ms\"\n",
+            meter_name(*address)
+        ));
+    }
+    t
+}
+
+/// Every row of a meter's CSV files, as (phase tag, field → value).
+fn csv_rows(dir: &Path, meter: &str) -> Vec<(String, BTreeMap<String, String>)> {
+    let mut rows = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return rows };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !(name.starts_with(&format!("{meter}-")) && name.ends_with(".csv")) {
+            continue;
+        }
+        let text = std::fs::read_to_string(e.path()).unwrap();
+        let mut lines = text.lines();
+        let Some(header) = lines.next() else { continue };
+        // `voltage (V)` is the field `voltage`.
+        let fields: Vec<&str> = header.split(',').map(|h| h.split(" (").next().unwrap()).collect();
+        for line in lines {
+            let cells: BTreeMap<String, String> =
+                fields.iter().zip(line.split(',')).map(|(f, c)| (f.to_string(), c.to_string())).collect();
+            rows.push((cells["phase"].clone(), cells));
+        }
+    }
+    rows
+}
+
+/// The Home Assistant classes of each trigger symbol, as the README's "Quantities" table gives
+/// them: symbol → (unit, device class, state class).
+fn readme_classes() -> BTreeMap<String, (String, Option<String>, String)> {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let table = readme.split("### Quantities").nth(1).expect("README has a Quantities section");
+    let table = table.split("\n## ").next().unwrap();
+    let mut out = BTreeMap::new();
+    for line in table.lines().filter(|l| l.starts_with("| ") && l.contains('`')) {
+        let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
+        let [_, unit, symbol, _, classes] = cells[..] else { panic!("README Quantities row: {line}") };
+        let (class, state) = classes.split_once(" / ").unwrap_or_else(|| panic!("{line}"));
+        let class = (class != "none").then(|| class.to_owned());
+        out.insert(symbol.trim_matches('`').to_owned(), (unit.to_owned(), class, state.to_owned()));
+    }
+    out
+}
+
+/// The maker and model of a built-in definition, read from its file.
+fn maker_and_model(model: &str) -> (String, String) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("src/meter/library/{model}.toml"));
+    let doc: toml::Table = std::fs::read_to_string(&path).unwrap().parse().unwrap();
+    (doc["maker"].as_str().unwrap().to_owned(), doc["model"].as_str().unwrap().to_owned())
+}
+
+/// A client subscribed to the gateway's and Home Assistant's topics, keeping the latest
+/// message of each topic.
+struct Subscriber {
+    seen: Arc<Mutex<BTreeMap<String, String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Subscriber {
+    async fn start(port: u16) -> Subscriber {
+        let mut options = MqttOptions::new(format!("defs-{}", std::process::id()), "127.0.0.1", port);
+        options.set_max_packet_size(1 << 20, 1 << 20);
+        let (client, mut events) = AsyncClient::new(options, 100);
+        let seen = Arc::new(Mutex::new(BTreeMap::new()));
+        let log = seen.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                match events.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        client.subscribe(format!("pmtr/{GATEWAY}/#"), QoS::AtLeastOnce).await.unwrap();
+                        client.subscribe("homeassistant/#", QoS::AtLeastOnce).await.unwrap();
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let payload = String::from_utf8_lossy(&p.payload).into_owned();
+                        log.lock().unwrap().insert(p.topic.clone(), payload);
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        Subscriber { seen, task }
+    }
+
+    /// Waits until every topic of `topics` has come; panics naming those that have not.
+    async fn wait(&self, topics: &[String]) -> BTreeMap<String, serde_json::Value> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let seen = self.seen.lock().unwrap().clone();
+            let missing: Vec<&String> = topics.iter().filter(|t| !seen.contains_key(*t)).collect();
+            if missing.is_empty() {
+                return topics
+                    .iter()
+                    .map(|t| {
+                        (t.clone(), serde_json::from_str(&seen[t]).unwrap_or_else(|e| panic!("{t}: {e}")))
+                    })
+                    .collect();
+            }
+            assert!(Instant::now() < deadline, "nothing within {WAIT:?} on {missing:#?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn get(url: &str) -> Option<String> {
+    let r = servers::try_http("GET", url, &[], b"").ok()?;
+    (r.status == 200).then(|| String::from_utf8_lossy(&r.body).into_owned())
+}
+
+/// One part of the status API's answer, for a failure message.
+fn status(api: u16, part: &str) -> String {
+    let Some(body) = get(&format!("http://127.0.0.1:{api}/api/status")) else { return "(no answer)".into() };
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    serde_json::to_string_pretty(&v[part]).unwrap_or_default()
+}
+
+/// `pmtr run` reads every built-in image at once, by definition, and everything downstream
+/// carries each value: the CSV columns, `/metrics`, the MQTT state, Home Assistant discovery
+/// (maker and model from the definition file, classes as the README's table gives them), and
+/// a trigger on definition-only variables of two meters, which trips its relay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_reads_every_built_in_definition_and_everything_downstream_follows() {
+    let meters = meters();
+    let (_peer, port) = start_peer(&meters);
+    let broker = tokio::task::spawn_blocking(Mosquitto::start).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("meters.d")).unwrap();
+    let api = servers::free_port();
+    let toml = daemon_toml(dir.path(), &port, api, broker.port(), &meters);
+    let config = pmtr::config::load_str(&toml, "t.toml").unwrap_or_else(|e| panic!("{e}\n{toml}"));
+    let board = FakeBoard::new();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let daemon = tokio::spawn(pmtr::app::run::run_with(config, Some(Box::new(board.gpio())), async move {
+        let _ = stopped.await;
+    }));
+
+    // Every meter's first reading in its CSV file, one row per phase it measures.
+    let csv = dir.path().join("csv");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let missing: Vec<String> = meters
+            .iter()
+            .filter(|(_, address, m)| {
+                let rows = csv_rows(&csv, &meter_name(*address));
+                m.want.iter().any(|(p, _, _)| !rows.iter().any(|(tag, _)| tag == phase(p).tag()))
+            })
+            .map(|(model, address, _)| format!("{} ({model}@{address})", meter_name(*address)))
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "within {WAIT:?}, no reading in the CSV files of {missing:?}; the meters: {}",
+            status(api, "meters")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The CSV: the definition's columns, each value the document gives (the first row of each
+    // phase is the first reading).
+    for (model, address, m) in &meters {
+        let name = meter_name(*address);
+        let rows = csv_rows(&csv, &name);
+        for (p, q, want) in &m.want {
+            let (field, tag) = (quantity(q).field(), phase(p).tag());
+            let row = &rows.iter().find(|(t, _)| t == tag).unwrap().1;
+            assert_eq!(row["model"], *model, "{name}");
+            let cell = row.get(field).unwrap_or_else(|| panic!("{name} ({model}): no CSV column {field}"));
+            let got: f64 =
+                cell.parse().unwrap_or_else(|_| panic!("{name} ({model}) {tag} {field}: `{cell}`"));
+            assert!(same(got, *want), "{name} ({model}) CSV {tag} {field}: {got}, the document gives {want}");
+        }
+    }
+
+    // `/metrics`: a gauge per value, named per quantity.
+    let metrics = tokio::task::spawn_blocking(move || get(&format!("http://127.0.0.1:{api}/metrics")))
+        .await
+        .unwrap()
+        .expect("/metrics answers");
+    for (model, address, m) in &meters {
+        let name = meter_name(*address);
+        for (p, q, want) in &m.want {
+            let (gauge, _) = pmtr::status::metrics::reading_metric(quantity(q));
+            let series = format!("{gauge}{{meter=\"{name}\",phase=\"{}\"}} ", phase(p).tag());
+            let line = metrics
+                .lines()
+                .find(|l| l.starts_with(&series))
+                .unwrap_or_else(|| panic!("{name} ({model}): no `{series}` in /metrics"));
+            let got: f64 = line[series.len()..].parse().unwrap();
+            assert!(same(got, *want), "{name} ({model}) /metrics {line}: the document gives {want}");
+        }
+    }
+
+    // MQTT: each meter's state holds every value; its discovery documents, one per value and
+    // no more, carry the definition's maker and model and the README's classes.
+    let classes = readme_classes();
+    let mqtt = Subscriber::start(broker.port()).await;
+    let mut topics = Vec::new();
+    for (_, address, m) in &meters {
+        let name = meter_name(*address);
+        topics.push(format!("pmtr/{GATEWAY}/meter/{name}/state"));
+        for (p, q, _) in &m.want {
+            let variable = format!("{}{}", phase(p).prefix(), quantity(q).symbol());
+            topics.push(format!("homeassistant/sensor/{NODE}/{name}_{variable}/config"));
+        }
+    }
+    let seen = mqtt.wait(&topics).await;
+    let all = mqtt.seen.lock().unwrap().clone();
+    for (model, address, m) in &meters {
+        let name = meter_name(*address);
+        let state = &seen[&format!("pmtr/{GATEWAY}/meter/{name}/state")];
+        let (maker, product) = maker_and_model(model);
+        for (p, q, want) in &m.want {
+            let (p, q) = (phase(p), quantity(q));
+            let variable = format!("{}{}", p.prefix(), q.symbol());
+            let got = state[&variable]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{name} ({model}): no {variable} in {state}"));
+            assert!(same(got, *want), "{name} ({model}) MQTT {variable}: {got}, the document gives {want}");
+            let doc = &seen[&format!("homeassistant/sensor/{NODE}/{name}_{variable}/config")];
+            let (unit, class, state_class) = classes
+                .get(q.symbol())
+                .unwrap_or_else(|| panic!("README Quantities has no `{}`", q.symbol()));
+            let it = format!("{name} ({model}) discovery of {variable}: {doc}");
+            assert_eq!(doc["device_class"].as_str(), class.as_deref(), "{it}");
+            assert_eq!(doc["state_class"].as_str(), Some(state_class.as_str()), "{it}");
+            assert_eq!(doc["unit_of_measurement"].as_str().unwrap_or(""), unit, "{it}");
+            assert_eq!(doc["value_template"], format!("{{{{ value_json.{variable} }}}}"), "{it}");
+            assert_eq!(doc["device"]["manufacturer"].as_str(), Some(maker.as_str()), "{it}");
+            assert_eq!(doc["device"]["model"].as_str(), Some(product.as_str()), "{it}");
+        }
+        let state_topic = format!("pmtr/{GATEWAY}/meter/{name}/state");
+        let sensors = all
+            .iter()
+            .filter(|(t, _)| t.starts_with("homeassistant/"))
+            .filter(|(_, d)| {
+                serde_json::from_str::<serde_json::Value>(d).unwrap()["state_topic"] == state_topic
+            })
+            .count();
+        assert_eq!(sensors, m.want.len(), "{name} ({model}): one discovery document per value, no more");
+    }
+
+    // The trigger on definition-only variables trips (at a reading of its meter once the
+    // others have theirs), and its relay goes off.
+    let trigger = format!("pmtr/{GATEWAY}/trigger/definitions/state");
+    let deadline = Instant::now() + WAIT;
+    while mqtt.seen.lock().unwrap().get(&trigger).map(String::as_str) != Some("ON") {
+        assert!(
+            Instant::now() < deadline,
+            "the trigger did not trip within {WAIT:?}: {}",
+            status(api, "triggers")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(board.level(PIN), Some(false));
+
+    let _ = stop.send(());
+    daemon.await.unwrap().unwrap();
 }
