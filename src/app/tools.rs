@@ -1,7 +1,7 @@
 //! One-shot commands: `pmtr scan`, `pmtr read`, `pmtr pzem …`.
 
 use crate::bus::poll::poll;
-use crate::bus::scan::{scan, Found};
+use crate::bus::scan::{scan, Found, Probed};
 use crate::config::{BusKind, Config, LineSettings, Meter, Parity};
 use crate::meter::{pzem, Model};
 use crate::modbus::tcp::ModbusTcp;
@@ -23,35 +23,46 @@ pub fn parse_parity(s: &str) -> Result<Parity, String> {
     }
 }
 
-/// `pmtr scan`.
+/// `pmtr scan`. `bauds` and `parities` empty: 9600 8N1 and the line defaults of the
+/// definitions of the catalogue ([`crate::bus::scan::default_lines`]).
 pub async fn run_scan(
     patterns: Vec<String>,
     addresses: Vec<u8>,
     bauds: Vec<u32>,
     parities: Vec<Parity>,
     timeout: Duration,
+    meters_dir: &std::path::Path,
 ) -> anyhow::Result<Vec<Found>> {
     let ports = crate::bus::expand_ports(&patterns);
     if ports.is_empty() {
         bail!("no serial port matches {}; is the adapter plugged in? (`ls /dev/tty*`)", patterns.join(", "));
     }
-    let mut lines = vec![];
-    for &baud in &bauds {
-        for &parity in &parities {
-            lines.push(LineSettings::eight_bits(baud, parity));
+    let catalogue = scan_catalogue(meters_dir);
+    let lines = if bauds.is_empty() && parities.is_empty() {
+        crate::bus::scan::default_lines(&catalogue)
+    } else {
+        let bauds = if bauds.is_empty() { vec![9600] } else { bauds };
+        let parities = if parities.is_empty() { vec![Parity::None] } else { parities };
+        let mut lines = vec![];
+        for &baud in &bauds {
+            for &parity in &parities {
+                lines.push(LineSettings::eight_bits(baud, parity));
+            }
         }
-    }
+        lines
+    };
     let total = ports.len() * lines.len() * addresses.len();
     eprintln!(
-        "scanning {} port(s) × {} setting(s) × {} address(es), {} ms per silent address",
+        "scanning {} port(s) × {} setting(s) ({}) × {} address(es), {} ms per silent address",
         ports.len(),
         lines.len(),
+        lines.iter().map(|l| l.to_string()).collect::<Vec<_>>().join(", "),
         addresses.len(),
         timeout.as_millis()
     );
     let progress = Arc::new(AtomicUsize::new(0));
     let bar = tokio::spawn(progress_bar(progress.clone(), total));
-    let (found, errors) = scan(ports, lines, addresses, timeout, progress).await;
+    let (found, errors) = scan(ports, lines, addresses, timeout, Arc::new(catalogue.clone()), progress).await;
     bar.abort();
     let end = if std::io::stderr().is_terminal() { "\r" } else { "" };
     eprintln!("{end}{} {} device(s) found", bar_line(total, total), found.len());
@@ -63,22 +74,52 @@ pub async fn run_scan(
     } else {
         println!("{:<28} {:<12} {:>7}  {:<22} reading", "port", "settings", "address", "model");
         for f in &found {
-            let model = match f.model {
-                Some(m) if m.is_pzem() => "pzem (004T/014/016)".to_string(),
-                Some(m) => m.to_string(),
-                None => "unknown device".to_string(),
-            };
             println!(
                 "{:<28} {:<12} {:>7}  {:<22} {}",
                 f.port,
                 f.line.to_string(),
                 f.address,
-                model,
+                found_model(f),
                 f.detail
             );
         }
     }
+    unrecognised_note(&found, &catalogue);
     Ok(found)
+}
+
+/// The definitions a scan recognises models among: the built-ins and the user files of
+/// `meters_dir` (their errors are warnings here: the files that load are used).
+fn scan_catalogue(meters_dir: &std::path::Path) -> Vec<crate::meter::definition::Definition> {
+    let (all, errors) = crate::meter::definition::catalogue(Some(meters_dir));
+    for e in &errors {
+        eprintln!("warning: {e}");
+    }
+    all.into_iter().map(|(d, _)| d).collect()
+}
+
+/// The model column of a device found.
+fn found_model(f: &Found) -> String {
+    match f.model {
+        _ if f.candidates.len() > 1 => f.candidates.join(" or "),
+        Some(m) if m.is_pzem() && f.candidates.is_empty() => "pzem (004T/014/016)".to_string(),
+        Some(m) => m.to_string(),
+        None => "unknown device".to_string(),
+    }
+}
+
+/// When a device was not named, which definitions a scan cannot recognise (no `[[probe]]`).
+fn unrecognised_note(found: &[Found], catalogue: &[crate::meter::definition::Definition]) {
+    if found.iter().any(|f| f.model.is_none() && f.candidates.is_empty()) {
+        let none = crate::bus::scan::unprobed(catalogue);
+        if !none.is_empty() {
+            eprintln!(
+                "note: these definitions have no probe and cannot be recognised by a scan: {}; try `pmtr read \
+                 --model NAME` at the address",
+                none.join(", ")
+            );
+        }
+    }
 }
 
 pub(crate) async fn progress_bar(done: Arc<AtomicUsize>, total: usize) {
@@ -229,9 +270,11 @@ pub async fn run_network_scan(
     baud: u32,
     parity: Parity,
     timeout: Duration,
+    meters_dir: &std::path::Path,
 ) -> anyhow::Result<Vec<Found>> {
     crate::config::check_host(host).map_err(anyhow::Error::msg)?;
     let line = LineSettings::eight_bits(baud, parity);
+    let catalogue = scan_catalogue(meters_dir);
     eprintln!(
         "scanning {} address(es) on {host} ({}), {} ms per silent address",
         addresses.len(),
@@ -243,24 +286,20 @@ pub async fn run_network_scan(
             let session = ModbusTcp::connect(host, CONNECT_TIMEOUT)
                 .await
                 .with_context(|| format!("connecting to {host}"))?;
-            scan_on(Transport::new(session, &line, None), host, line, &addresses, timeout).await?
+            scan_on(Transport::new(session, &line, None), host, line, &addresses, timeout, &catalogue).await?
         }
         _ => {
             let stream = tcp_stream(host).await.with_context(|| format!("connecting to {host}"))?;
-            scan_on(Transport::new(stream, &line, None), host, line, &addresses, timeout).await?
+            scan_on(Transport::new(stream, &line, None), host, line, &addresses, timeout, &catalogue).await?
         }
     };
     if found.is_empty() {
         println!("no device answered");
     }
     for f in &found {
-        let model = match f.model {
-            Some(m) if m.is_pzem() => "pzem (004T/014/016)".to_string(),
-            Some(m) => m.to_string(),
-            None => "unknown device".to_string(),
-        };
-        println!("{:<28} {:>7}  {:<22} {}", f.port, f.address, model, f.detail);
+        println!("{:<28} {:>7}  {:<22} {}", f.port, f.address, found_model(f), f.detail);
     }
+    unrecognised_note(&found, &catalogue);
     Ok(found)
 }
 
@@ -272,6 +311,7 @@ async fn scan_on<L: Line>(
     line: LineSettings,
     addresses: &[u8],
     timeout: Duration,
+    catalogue: &[crate::meter::definition::Definition],
 ) -> anyhow::Result<Vec<Found>> {
     let mut found = vec![];
     for &a in addresses {
@@ -283,10 +323,11 @@ async fn scan_on<L: Line>(
         ) {
             continue;
         }
-        if let Some((model, detail)) =
-            crate::bus::scan::probe(&mut t, a, timeout).await.with_context(|| host.to_string())?
+        if let Some(p) =
+            crate::bus::scan::probe(&mut t, a, timeout, catalogue).await.with_context(|| host.to_string())?
         {
-            found.push(Found { port: host.to_owned(), line, address: a, model, detail });
+            let Probed { model, candidates, detail } = p;
+            found.push(Found { port: host.to_owned(), line, address: a, model, candidates, detail });
         }
     }
     Ok(found)
