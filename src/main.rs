@@ -59,6 +59,13 @@ enum Cmd {
         /// The folder of user meter definitions (their probes recognise models too).
         #[arg(long, default_value = "/etc/pmtr/meters.d")]
         meters_dir: PathBuf,
+        /// Add the devices found with one model, not yet configured, to this configuration file
+        /// (checked first).
+        #[arg(long, requires = "bus", value_name = "FILE")]
+        add_to: Option<PathBuf>,
+        /// The bus of --add-to.
+        #[arg(long)]
+        bus: Option<String>,
         /// Scan the units behind a Modbus TCP device or gateway (HOST:PORT) instead of ports.
         #[arg(long, value_name = "HOST:PORT", conflicts_with = "rtu_over_tcp")]
         tcp: Option<String>,
@@ -496,11 +503,11 @@ async fn command(cmd: Cmd) -> anyhow::Result<ExitCode> {
                 cfg.triggers.len()
             );
         }
-        Cmd::Scan { ports, addresses, baud, parity, timeout, tcp, rtu_over_tcp, meters_dir } => {
+        Cmd::Scan { ports, addresses, baud, parity, timeout, tcp, rtu_over_tcp, meters_dir, add_to, bus } => {
             // Behind a network device the line settings only time the frames: the first given.
             let (b, p) =
                 (baud.first().copied().unwrap_or(9600), parity.first().copied().unwrap_or(Parity::None));
-            match (tcp, rtu_over_tcp) {
+            let found = match (tcp, rtu_over_tcp) {
                 (Some(host), _) => {
                     tools::run_network_scan(
                         config::BusKind::Tcp,
@@ -511,15 +518,17 @@ async fn command(cmd: Cmd) -> anyhow::Result<ExitCode> {
                         timeout,
                         &meters_dir,
                     )
-                    .await?;
+                    .await?
                 }
                 (None, Some(host)) => {
                     let kind = config::BusKind::RtuOverTcp;
-                    tools::run_network_scan(kind, &host, addresses, b, p, timeout, &meters_dir).await?;
+                    tools::run_network_scan(kind, &host, addresses, b, p, timeout, &meters_dir).await?
                 }
-                (None, None) => {
-                    tools::run_scan(ports, addresses, baud, parity, timeout, &meters_dir).await?;
-                }
+                (None, None) => tools::run_scan(ports, addresses, baud, parity, timeout, &meters_dir).await?,
+            };
+            if let (Some(file), Some(bus)) = (add_to, bus) {
+                let added = tools::add_found(&file, &bus, &found)?;
+                println!("{added} device(s) added to {} on bus {bus:?}", file.display());
             }
         }
         Cmd::Read {

@@ -66,19 +66,54 @@ fn scan_names_the_model_by_its_probe() {
     let port = port.to_str().unwrap();
     let none = tempfile::tempdir().unwrap();
     let dir = none.path().to_str().unwrap();
-    let (ok, out, err) =
-        pmtr(&["scan", "--ports", port, "--addresses", "1-4", "--timeout", "300ms", "--meters-dir", dir]);
+    // A configuration whose bus already has a meter at address 2.
+    let cfg = none.path().join("pmtr.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[gateway]\nstate_dir = \"{dir}\"\n[[bus]]\nname = \"house\"\nports = [\"{port}\"]\n\
+             [[meter]]\nname = \"heat-pump\"\nmodel = \"sdm630\"\naddress = 2\n"
+        ),
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let (ok, out, err) = pmtr(&[
+        "scan",
+        "--ports",
+        port,
+        "--addresses",
+        "1-4",
+        "--timeout",
+        "300ms",
+        "--meters-dir",
+        dir,
+        "--add-to",
+        cfg,
+        "--bus",
+        "house",
+    ]);
     assert!(ok, "{err}");
     assert_eq!(model_of(&out, 1), "sdm120", "{out}");
     assert_eq!(model_of(&out, 2), "sdm630", "{out}");
     assert_eq!(model_of(&out, 3), "abb-b23", "{out}");
     assert_eq!(model_of(&out, 4), "unknown device", "{out}");
-    assert_eq!(out.lines().count(), 5, "a header and four devices: {out}");
+    assert_eq!(out.lines().count(), 6, "a header, four devices and the --add-to line: {out}");
     // No line settings given: 9600 8N1 and the definitions' own (2400 8N1, 9600 8E1, 19200 8E1).
     assert!(err.contains("4 setting(s)") && err.contains("2400 8N1"), "{err}");
     assert!(err.contains("16/16"), "progress reaches the end: {err}");
     // The unnamed device: which definitions a scan cannot recognise.
     assert!(err.contains("no probe") && err.contains("dds238"), "{err}");
+    // --add-to: the two new devices with one model each; address 2 is taken, 4 has no model.
+    assert!(out.contains("2 device(s) added"), "{out}");
+    let written = std::fs::read_to_string(cfg).unwrap();
+    assert!(
+        written.contains("name = \"house-1\"\nmodel = \"sdm120\"\naddress = 1\nbus = \"house\""),
+        "{written}"
+    );
+    assert!(written.contains("name = \"house-3\"\nmodel = \"abb-b23\"\naddress = 3"), "{written}");
+    assert_eq!(written.matches("[[meter]]").count(), 3, "{written}");
+    assert!(err.contains("address 2 not added") && err.contains("address 4 not added"), "{err}");
+    assert!(pmtr(&["check-config", cfg]).0, "the file still loads");
 
     // A user definition with the SDM630's probe: both fit, none is named.
     let twin = std::fs::read_to_string(

@@ -122,6 +122,91 @@ fn unrecognised_note(found: &[Found], catalogue: &[crate::meter::definition::Def
     }
 }
 
+/// The model `--add-to` writes for a device found, or why it writes none.
+pub fn model_to_add(f: &Found) -> Result<String, String> {
+    match (f.candidates.as_slice(), f.model) {
+        ([one], _) => Ok(one.clone()),
+        ([_, _, ..], _) => Err(format!("its probe fits {}: add it by hand", f.candidates.join(" or "))),
+        ([], Some(m)) if m.is_pzem() => {
+            Err("a PZEM: add it by hand as pzem-004t, pzem-014 or pzem-016 (its label)".into())
+        }
+        ([], Some(m)) => Ok(m.to_string()),
+        ([], None) => Err("no model recognised: add it by hand with its model".into()),
+    }
+}
+
+/// `[[meter]]` blocks for the devices of `found` that `--add-to` adds to `bus`: those with one
+/// model, at an address not in `taken`, found at the bus's line settings (`line`, None for a
+/// bus without one). Returns the text and, for each device left out, its address and why. Pure.
+pub fn scan_blocks(
+    bus: &str,
+    found: &[Found],
+    taken: &[u8],
+    line: Option<LineSettings>,
+) -> (String, usize, Vec<(u8, String)>) {
+    let (mut out, mut added, mut skipped) = (String::new(), 0, Vec::new());
+    for f in found {
+        let why = if taken.contains(&f.address) {
+            Err(format!("address {} is already configured on bus {bus:?}", f.address))
+        } else if line.is_some_and(|l| l != f.line) {
+            Err(format!(
+                "found at {}, but bus {bus:?} is at {}: put it on a bus with its settings",
+                f.line,
+                line.unwrap_or(f.line)
+            ))
+        } else {
+            model_to_add(f)
+        };
+        match why {
+            Ok(model) => {
+                added += 1;
+                out.push_str(&format!(
+                    "\n# Found by `pmtr scan` ({}).\n[[meter]]\nname = \"{bus}-{}\"\nmodel = \"{model}\"\n\
+                     address = {}\nbus = \"{bus}\"\n",
+                    f.detail.replace('\n', " "),
+                    f.address,
+                    f.address
+                ));
+            }
+            Err(e) => skipped.push((f.address, e)),
+        }
+    }
+    (out, added, skipped)
+}
+
+/// `pmtr scan --add-to FILE --bus NAME`: appends the devices found with one model to `file`,
+/// if the result loads; says why each other device is left out.
+pub fn add_found(file: &std::path::Path, bus: &str, found: &[Found]) -> anyhow::Result<usize> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let name = file.display().to_string();
+    let config = crate::config::load_str(&text, &name).map_err(|e| anyhow!("{e}\nfix {name} first"))?;
+    let b = config.bus(bus).ok_or_else(|| anyhow!("{name}: no bus named {bus:?}"))?;
+    if b.kind == BusKind::PowerLine {
+        bail!("bus {bus:?} in {name} is a power-line bus: use `pmtr pmtr scan --add-to`");
+    }
+    let line = (b.kind == BusKind::Rs485).then_some(b.line);
+    let taken: Vec<u8> = config.meters_on(bus).map(|m| m.address).collect();
+    let (blocks, added, skipped) = scan_blocks(bus, found, &taken, line);
+    for (a, why) in &skipped {
+        eprintln!("address {a} not added: {why}");
+    }
+    if added == 0 {
+        return Ok(0);
+    }
+    let mut new = text.clone();
+    if !new.ends_with('\n') {
+        new.push('\n');
+    }
+    new.push_str(&blocks);
+    crate::config::load_str(&new, &name)
+        .map_err(|e| anyhow!("the devices found would not fit in {name} ({e}); nothing written"))?;
+    let tmp = file.with_extension("toml.tmp");
+    std::fs::write(&tmp, &new)
+        .and_then(|_| std::fs::rename(&tmp, file))
+        .with_context(|| format!("writing {name}"))?;
+    Ok(added)
+}
+
 pub(crate) async fn progress_bar(done: Arc<AtomicUsize>, total: usize) {
     let tty = std::io::stderr().is_terminal();
     let every = if tty { Duration::from_millis(200) } else { Duration::from_secs(5) };
@@ -575,4 +660,47 @@ fn unknown_definition(name: &str, dir: &std::path::Path) -> anyhow::Error {
 pub fn choose_model(name: &str, dir: &std::path::Path) -> anyhow::Result<Model> {
     let (all, _) = crate::meter::definition::catalogue(Some(dir));
     crate::meter::definition::model_named(name, &all).ok_or_else(|| unknown_definition(name, dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn found(address: u8, model: Option<Model>, candidates: &[&str]) -> Found {
+        Found {
+            port: "/dev/ttyUSB0".into(),
+            line: LineSettings::DEFAULT,
+            address,
+            model,
+            candidates: candidates.iter().map(|c| c.to_string()).collect(),
+            detail: "probe: holding 0xFC02 = 112".into(),
+        }
+    }
+
+    #[test]
+    fn add_to_writes_one_model_and_says_why_not_for_the_others() {
+        let sdm = crate::meter::definition::resolve("sdm630");
+        let all = [
+            found(1, Some(sdm), &["sdm630"]),
+            found(2, None, &["sdm630", "my-sdm630"]),
+            found(3, None, &[]),
+            found(4, Some(Model::Pzem016), &[]),
+            found(5, Some(Model::Rx380), &[]),
+            found(6, Some(sdm), &["sdm630"]),
+            Found { line: LineSettings::n81(2400), ..found(7, Some(sdm), &["sdm630"]) },
+        ];
+        let (text, added, skipped) = scan_blocks("main", &all, &[6], Some(LineSettings::DEFAULT));
+        assert_eq!(added, 2);
+        assert!(
+            text.contains("name = \"main-1\"\nmodel = \"sdm630\"\naddress = 1\nbus = \"main\""),
+            "{text}"
+        );
+        assert!(text.contains("model = \"rx380\"\naddress = 5"), "{text}");
+        let want =
+            [(2, "sdm630 or my-sdm630"), (3, "no model"), (4, "PZEM"), (6, "already"), (7, "2400 8N1")];
+        assert_eq!(skipped.len(), want.len(), "{skipped:?}");
+        for ((a, why), (wa, words)) in skipped.iter().zip(want) {
+            assert!(*a == wa && why.contains(words), "{a}: {why}");
+        }
+    }
 }
