@@ -47,15 +47,25 @@ enum Cmd {
         /// Addresses, e.g. "1-247" or "4,5,6".
         #[arg(long, default_value = "1-247", value_parser = pmtr::bus::scan::parse_addresses)]
         addresses: std::vec::Vec<u8>,
-        /// Baud rates to try.
-        #[arg(long, value_delimiter = ',', default_value = "9600")]
+        /// Baud rates to try (default: 9600 and the meter definitions' own, see the README).
+        #[arg(long, value_delimiter = ',')]
         baud: Vec<u32>,
-        /// Parities to try (none, even, odd).
-        #[arg(long, value_delimiter = ',', default_value = "none", value_parser = tools::parse_parity)]
+        /// Parities to try (none, even, odd; default: as --baud).
+        #[arg(long, value_delimiter = ',', value_parser = tools::parse_parity)]
         parity: Vec<Parity>,
         /// How long to wait at each address.
         #[arg(long, default_value = "100ms", value_parser = app::parse_duration_arg)]
         timeout: Duration,
+        /// The folder of user meter definitions (their probes recognise models too).
+        #[arg(long, default_value = "/etc/pmtr/meters.d")]
+        meters_dir: PathBuf,
+        /// Add the devices found with one model, not yet configured, to this configuration file
+        /// (checked first).
+        #[arg(long, requires = "bus", value_name = "FILE")]
+        add_to: Option<PathBuf>,
+        /// The bus of --add-to.
+        #[arg(long)]
+        bus: Option<String>,
         /// Scan the units behind a Modbus TCP device or gateway (HOST:PORT) instead of ports.
         #[arg(long, value_name = "HOST:PORT", conflicts_with = "rtu_over_tcp")]
         tcp: Option<String>,
@@ -493,27 +503,34 @@ async fn command(cmd: Cmd) -> anyhow::Result<ExitCode> {
                 cfg.triggers.len()
             );
         }
-        Cmd::Scan { ports, addresses, baud, parity, timeout, tcp, rtu_over_tcp } => match (tcp, rtu_over_tcp)
-        {
-            (Some(host), _) => {
-                tools::run_network_scan(config::BusKind::Tcp, &host, addresses, baud[0], parity[0], timeout)
-                    .await?;
+        Cmd::Scan { ports, addresses, baud, parity, timeout, tcp, rtu_over_tcp, meters_dir, add_to, bus } => {
+            // Behind a network device the line settings only time the frames: the first given.
+            let (b, p) =
+                (baud.first().copied().unwrap_or(9600), parity.first().copied().unwrap_or(Parity::None));
+            let found = match (tcp, rtu_over_tcp) {
+                (Some(host), _) => {
+                    tools::run_network_scan(
+                        config::BusKind::Tcp,
+                        &host,
+                        addresses,
+                        b,
+                        p,
+                        timeout,
+                        &meters_dir,
+                    )
+                    .await?
+                }
+                (None, Some(host)) => {
+                    let kind = config::BusKind::RtuOverTcp;
+                    tools::run_network_scan(kind, &host, addresses, b, p, timeout, &meters_dir).await?
+                }
+                (None, None) => tools::run_scan(ports, addresses, baud, parity, timeout, &meters_dir).await?,
+            };
+            if let (Some(file), Some(bus)) = (add_to, bus) {
+                let added = tools::add_found(&file, &bus, &found)?;
+                println!("{added} device(s) added to {} on bus {bus:?}", file.display());
             }
-            (None, Some(host)) => {
-                tools::run_network_scan(
-                    config::BusKind::RtuOverTcp,
-                    &host,
-                    addresses,
-                    baud[0],
-                    parity[0],
-                    timeout,
-                )
-                .await?;
-            }
-            (None, None) => {
-                tools::run_scan(ports, addresses, baud, parity, timeout).await?;
-            }
-        },
+        }
         Cmd::Read {
             meter,
             config,

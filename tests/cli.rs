@@ -121,7 +121,8 @@ fn scan_finds_both_models_on_two_ports() {
     assert!(row("ttyUSB0", "pzem"), "{out}");
     assert!(row("ttyUSB1", "rx380"), "{out}");
     assert_eq!(out.lines().count(), 3, "a header and two devices: {out}");
-    assert!(err.contains("10/10"), "progress reaches the end: {err}");
+    // No line settings given: 9600 8N1 and the three other defaults of the meter definitions.
+    assert!(err.contains("40/40"), "progress reaches the end: {err}");
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! One-shot commands: `pmtr scan`, `pmtr read`, `pmtr pzem …`.
 
 use crate::bus::poll::poll;
-use crate::bus::scan::{scan, Found};
+use crate::bus::scan::{scan, Found, Probed};
 use crate::config::{BusKind, Config, LineSettings, Meter, Parity};
 use crate::meter::{pzem, Model};
 use crate::modbus::tcp::ModbusTcp;
@@ -23,35 +23,46 @@ pub fn parse_parity(s: &str) -> Result<Parity, String> {
     }
 }
 
-/// `pmtr scan`.
+/// `pmtr scan`. `bauds` and `parities` empty: 9600 8N1 and the line defaults of the
+/// definitions of the catalogue ([`crate::bus::scan::default_lines`]).
 pub async fn run_scan(
     patterns: Vec<String>,
     addresses: Vec<u8>,
     bauds: Vec<u32>,
     parities: Vec<Parity>,
     timeout: Duration,
+    meters_dir: &std::path::Path,
 ) -> anyhow::Result<Vec<Found>> {
     let ports = crate::bus::expand_ports(&patterns);
     if ports.is_empty() {
         bail!("no serial port matches {}; is the adapter plugged in? (`ls /dev/tty*`)", patterns.join(", "));
     }
-    let mut lines = vec![];
-    for &baud in &bauds {
-        for &parity in &parities {
-            lines.push(LineSettings::eight_bits(baud, parity));
+    let catalogue = scan_catalogue(meters_dir);
+    let lines = if bauds.is_empty() && parities.is_empty() {
+        crate::bus::scan::default_lines(&catalogue)
+    } else {
+        let bauds = if bauds.is_empty() { vec![9600] } else { bauds };
+        let parities = if parities.is_empty() { vec![Parity::None] } else { parities };
+        let mut lines = vec![];
+        for &baud in &bauds {
+            for &parity in &parities {
+                lines.push(LineSettings::eight_bits(baud, parity));
+            }
         }
-    }
+        lines
+    };
     let total = ports.len() * lines.len() * addresses.len();
     eprintln!(
-        "scanning {} port(s) × {} setting(s) × {} address(es), {} ms per silent address",
+        "scanning {} port(s) × {} setting(s) ({}) × {} address(es), {} ms per silent address",
         ports.len(),
         lines.len(),
+        lines.iter().map(|l| l.to_string()).collect::<Vec<_>>().join(", "),
         addresses.len(),
         timeout.as_millis()
     );
     let progress = Arc::new(AtomicUsize::new(0));
     let bar = tokio::spawn(progress_bar(progress.clone(), total));
-    let (found, errors) = scan(ports, lines, addresses, timeout, progress).await;
+    let (found, errors) = scan(ports, lines, addresses, timeout, Arc::new(catalogue.clone()), progress).await;
     bar.abort();
     let end = if std::io::stderr().is_terminal() { "\r" } else { "" };
     eprintln!("{end}{} {} device(s) found", bar_line(total, total), found.len());
@@ -63,22 +74,137 @@ pub async fn run_scan(
     } else {
         println!("{:<28} {:<12} {:>7}  {:<22} reading", "port", "settings", "address", "model");
         for f in &found {
-            let model = match f.model {
-                Some(m) if m.is_pzem() => "pzem (004T/014/016)".to_string(),
-                Some(m) => m.to_string(),
-                None => "unknown device".to_string(),
-            };
             println!(
                 "{:<28} {:<12} {:>7}  {:<22} {}",
                 f.port,
                 f.line.to_string(),
                 f.address,
-                model,
+                found_model(f),
                 f.detail
             );
         }
     }
+    unrecognised_note(&found, &catalogue);
     Ok(found)
+}
+
+/// The definitions a scan recognises models among: the built-ins and the user files of
+/// `meters_dir` (their errors are warnings here: the files that load are used).
+fn scan_catalogue(meters_dir: &std::path::Path) -> Vec<crate::meter::definition::Definition> {
+    let (all, errors) = crate::meter::definition::catalogue(Some(meters_dir));
+    for e in &errors {
+        eprintln!("warning: {e}");
+    }
+    all.into_iter().map(|(d, _)| d).collect()
+}
+
+/// The model column of a device found.
+fn found_model(f: &Found) -> String {
+    match f.model {
+        _ if f.candidates.len() > 1 => f.candidates.join(" or "),
+        Some(m) if m.is_pzem() && f.candidates.is_empty() => "pzem (004T/014/016)".to_string(),
+        Some(m) => m.to_string(),
+        None => "unknown device".to_string(),
+    }
+}
+
+/// When a device was not named, which definitions a scan cannot recognise (no `[[probe]]`).
+fn unrecognised_note(found: &[Found], catalogue: &[crate::meter::definition::Definition]) {
+    if found.iter().any(|f| f.model.is_none() && f.candidates.is_empty()) {
+        let none = crate::bus::scan::unprobed(catalogue);
+        if !none.is_empty() {
+            eprintln!(
+                "note: these definitions have no probe and cannot be recognised by a scan: {}; try `pmtr read \
+                 --model NAME` at the address",
+                none.join(", ")
+            );
+        }
+    }
+}
+
+/// The model `--add-to` writes for a device found, or why it writes none.
+pub fn model_to_add(f: &Found) -> Result<String, String> {
+    match (f.candidates.as_slice(), f.model) {
+        ([one], _) => Ok(one.clone()),
+        ([_, _, ..], _) => Err(format!("its probe fits {}: add it by hand", f.candidates.join(" or "))),
+        ([], Some(m)) if m.is_pzem() => {
+            Err("a PZEM: add it by hand as pzem-004t, pzem-014 or pzem-016 (its label)".into())
+        }
+        ([], Some(m)) => Ok(m.to_string()),
+        ([], None) => Err("no model recognised: add it by hand with its model".into()),
+    }
+}
+
+/// `[[meter]]` blocks for the devices of `found` that `--add-to` adds to `bus`: those with one
+/// model, at an address not in `taken`, found at the bus's line settings (`line`, None for a
+/// bus without one). Returns the text and, for each device left out, its address and why. Pure.
+pub fn scan_blocks(
+    bus: &str,
+    found: &[Found],
+    taken: &[u8],
+    line: Option<LineSettings>,
+) -> (String, usize, Vec<(u8, String)>) {
+    let (mut out, mut added, mut skipped) = (String::new(), 0, Vec::new());
+    for f in found {
+        let why = if taken.contains(&f.address) {
+            Err(format!("address {} is already configured on bus {bus:?}", f.address))
+        } else if line.is_some_and(|l| l != f.line) {
+            Err(format!(
+                "found at {}, but bus {bus:?} is at {}: put it on a bus with its settings",
+                f.line,
+                line.unwrap_or(f.line)
+            ))
+        } else {
+            model_to_add(f)
+        };
+        match why {
+            Ok(model) => {
+                added += 1;
+                out.push_str(&format!(
+                    "\n# Found by `pmtr scan` ({}).\n[[meter]]\nname = \"{bus}-{}\"\nmodel = \"{model}\"\n\
+                     address = {}\nbus = \"{bus}\"\n",
+                    f.detail.replace('\n', " "),
+                    f.address,
+                    f.address
+                ));
+            }
+            Err(e) => skipped.push((f.address, e)),
+        }
+    }
+    (out, added, skipped)
+}
+
+/// `pmtr scan --add-to FILE --bus NAME`: appends the devices found with one model to `file`,
+/// if the result loads; says why each other device is left out.
+pub fn add_found(file: &std::path::Path, bus: &str, found: &[Found]) -> anyhow::Result<usize> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let name = file.display().to_string();
+    let config = crate::config::load_str(&text, &name).map_err(|e| anyhow!("{e}\nfix {name} first"))?;
+    let b = config.bus(bus).ok_or_else(|| anyhow!("{name}: no bus named {bus:?}"))?;
+    if b.kind == BusKind::PowerLine {
+        bail!("bus {bus:?} in {name} is a power-line bus: use `pmtr pmtr scan --add-to`");
+    }
+    let line = (b.kind == BusKind::Rs485).then_some(b.line);
+    let taken: Vec<u8> = config.meters_on(bus).map(|m| m.address).collect();
+    let (blocks, added, skipped) = scan_blocks(bus, found, &taken, line);
+    for (a, why) in &skipped {
+        eprintln!("address {a} not added: {why}");
+    }
+    if added == 0 {
+        return Ok(0);
+    }
+    let mut new = text.clone();
+    if !new.ends_with('\n') {
+        new.push('\n');
+    }
+    new.push_str(&blocks);
+    crate::config::load_str(&new, &name)
+        .map_err(|e| anyhow!("the devices found would not fit in {name} ({e}); nothing written"))?;
+    let tmp = file.with_extension("toml.tmp");
+    std::fs::write(&tmp, &new)
+        .and_then(|_| std::fs::rename(&tmp, file))
+        .with_context(|| format!("writing {name}"))?;
+    Ok(added)
 }
 
 pub(crate) async fn progress_bar(done: Arc<AtomicUsize>, total: usize) {
@@ -229,9 +355,11 @@ pub async fn run_network_scan(
     baud: u32,
     parity: Parity,
     timeout: Duration,
+    meters_dir: &std::path::Path,
 ) -> anyhow::Result<Vec<Found>> {
     crate::config::check_host(host).map_err(anyhow::Error::msg)?;
     let line = LineSettings::eight_bits(baud, parity);
+    let catalogue = scan_catalogue(meters_dir);
     eprintln!(
         "scanning {} address(es) on {host} ({}), {} ms per silent address",
         addresses.len(),
@@ -243,24 +371,20 @@ pub async fn run_network_scan(
             let session = ModbusTcp::connect(host, CONNECT_TIMEOUT)
                 .await
                 .with_context(|| format!("connecting to {host}"))?;
-            scan_on(Transport::new(session, &line, None), host, line, &addresses, timeout).await?
+            scan_on(Transport::new(session, &line, None), host, line, &addresses, timeout, &catalogue).await?
         }
         _ => {
             let stream = tcp_stream(host).await.with_context(|| format!("connecting to {host}"))?;
-            scan_on(Transport::new(stream, &line, None), host, line, &addresses, timeout).await?
+            scan_on(Transport::new(stream, &line, None), host, line, &addresses, timeout, &catalogue).await?
         }
     };
     if found.is_empty() {
         println!("no device answered");
     }
     for f in &found {
-        let model = match f.model {
-            Some(m) if m.is_pzem() => "pzem (004T/014/016)".to_string(),
-            Some(m) => m.to_string(),
-            None => "unknown device".to_string(),
-        };
-        println!("{:<28} {:>7}  {:<22} {}", f.port, f.address, model, f.detail);
+        println!("{:<28} {:>7}  {:<22} {}", f.port, f.address, found_model(f), f.detail);
     }
+    unrecognised_note(&found, &catalogue);
     Ok(found)
 }
 
@@ -272,6 +396,7 @@ async fn scan_on<L: Line>(
     line: LineSettings,
     addresses: &[u8],
     timeout: Duration,
+    catalogue: &[crate::meter::definition::Definition],
 ) -> anyhow::Result<Vec<Found>> {
     let mut found = vec![];
     for &a in addresses {
@@ -283,10 +408,11 @@ async fn scan_on<L: Line>(
         ) {
             continue;
         }
-        if let Some((model, detail)) =
-            crate::bus::scan::probe(&mut t, a, timeout).await.with_context(|| host.to_string())?
+        if let Some(p) =
+            crate::bus::scan::probe(&mut t, a, timeout, catalogue).await.with_context(|| host.to_string())?
         {
-            found.push(Found { port: host.to_owned(), line, address: a, model, detail });
+            let Probed { model, candidates, detail } = p;
+            found.push(Found { port: host.to_owned(), line, address: a, model, candidates, detail });
         }
     }
     Ok(found)
@@ -534,4 +660,47 @@ fn unknown_definition(name: &str, dir: &std::path::Path) -> anyhow::Error {
 pub fn choose_model(name: &str, dir: &std::path::Path) -> anyhow::Result<Model> {
     let (all, _) = crate::meter::definition::catalogue(Some(dir));
     crate::meter::definition::model_named(name, &all).ok_or_else(|| unknown_definition(name, dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn found(address: u8, model: Option<Model>, candidates: &[&str]) -> Found {
+        Found {
+            port: "/dev/ttyUSB0".into(),
+            line: LineSettings::DEFAULT,
+            address,
+            model,
+            candidates: candidates.iter().map(|c| c.to_string()).collect(),
+            detail: "probe: holding 0xFC02 = 112".into(),
+        }
+    }
+
+    #[test]
+    fn add_to_writes_one_model_and_says_why_not_for_the_others() {
+        let sdm = crate::meter::definition::resolve("sdm630");
+        let all = [
+            found(1, Some(sdm), &["sdm630"]),
+            found(2, None, &["sdm630", "my-sdm630"]),
+            found(3, None, &[]),
+            found(4, Some(Model::Pzem016), &[]),
+            found(5, Some(Model::Rx380), &[]),
+            found(6, Some(sdm), &["sdm630"]),
+            Found { line: LineSettings::n81(2400), ..found(7, Some(sdm), &["sdm630"]) },
+        ];
+        let (text, added, skipped) = scan_blocks("main", &all, &[6], Some(LineSettings::DEFAULT));
+        assert_eq!(added, 2);
+        assert!(
+            text.contains("name = \"main-1\"\nmodel = \"sdm630\"\naddress = 1\nbus = \"main\""),
+            "{text}"
+        );
+        assert!(text.contains("model = \"rx380\"\naddress = 5"), "{text}");
+        let want =
+            [(2, "sdm630 or my-sdm630"), (3, "no model"), (4, "PZEM"), (6, "already"), (7, "2400 8N1")];
+        assert_eq!(skipped.len(), want.len(), "{skipped:?}");
+        for ((a, why), (wa, words)) in skipped.iter().zip(want) {
+            assert!(*a == wa && why.contains(words), "{a}: {why}");
+        }
+    }
 }

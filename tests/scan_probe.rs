@@ -1,0 +1,141 @@
+//! `pmtr scan` names the model by the definitions' probes, against an independent register
+//! image: a pymodbus RTU server (tests/support/pymodbus.rs) serving registers written here by
+//! hand from the makers' documents, not from our definition files. Needs `socat` and
+//! `pymodbus[serial]==3.16.1` (tests/run.sh installs both); fails, saying so, when either is
+//! missing.
+
+#[path = "support/pymodbus.rs"]
+mod pymodbus;
+
+use serde_json::json;
+use std::process::Command;
+
+/// An IEEE 754 float as two registers, high word first (Eastron's input registers).
+fn f32_words(x: f32) -> [u16; 2] {
+    let b = x.to_bits();
+    [(b >> 16) as u16, b as u16]
+}
+
+/// The devices on the peer:
+/// 1. an Eastron SDM120: input registers from 0 (voltage 30001, current 30007, frequency 30071,
+///    as floats; the reserved ones between read 0) and
+///    the "meter code" of the Eastron protocol documents, holding register 464515 (0xFC02),
+///    0x0020 for an SDM120. Its floats at input 0 also answer the PZEM read: the probe must win.
+/// 2. an Eastron SDM630: meter code 0x0070 at the same register.
+/// 3. an ABB B23: its type designation in ASCII from holding 0x8960 ("B23 112-100": the bytes
+///    'B' '2' '3' ' ' are 0x42 0x32 0x33 0x20).
+/// 4. a device that refuses every register of the probes (a Hiking DDS238 image: holding
+///    0x000C, voltage in 0.1 V): found, but no model named.
+fn images() -> serde_json::Value {
+    let sdm120_ir: serde_json::Map<String, serde_json::Value> = [(0u16, 231.5f32), (6, 4.75), (0x46, 50.02)]
+        .into_iter()
+        .flat_map(|(a, x)| {
+            let w = f32_words(x);
+            [(a.to_string(), json!(w[0])), ((a + 1).to_string(), json!(w[1]))]
+        })
+        .collect();
+    json!({
+        "1": { "ir": sdm120_ir, "hr": { "64514": 0x0020 }, "fill": true },
+        "2": { "ir": {}, "hr": { "64514": 0x0070 }, "fill": false },
+        "3": { "ir": {}, "hr": { "35168": 0x4232, "35169": 0x3320, "35170": 0x3131, "35171": 0x322D },
+               "fill": false },
+        "4": { "ir": {}, "hr": { "12": 2304 }, "fill": false },
+    })
+}
+
+fn pmtr(args: &[&str]) -> (bool, String, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_pmtr")).args(args).output().expect("pmtr");
+    (o.status.success(), String::from_utf8_lossy(&o.stdout).into(), String::from_utf8_lossy(&o.stderr).into())
+}
+
+/// The model column of the row of `address` (the columns: port, settings as "9600 8N1",
+/// address, model padded to 22, reading).
+fn model_of(out: &str, address: u8) -> String {
+    let a = address.to_string();
+    let row = out
+        .lines()
+        .find(|l| l.split_whitespace().nth(3) == Some(a.as_str()))
+        .unwrap_or_else(|| panic!("no row for address {address}: {out}"));
+    let rest = &row[row.find(&format!(" {a}  ")).unwrap() + a.len() + 3..];
+    rest.split("  ").next().unwrap().trim().to_string()
+}
+
+#[test]
+fn scan_names_the_model_by_its_probe() {
+    let (_peer, port) = pymodbus::start("pymodbus_sparse.py", &images());
+    let port = port.to_str().unwrap();
+    let none = tempfile::tempdir().unwrap();
+    let dir = none.path().to_str().unwrap();
+    // A configuration whose bus already has a meter at address 2.
+    let cfg = none.path().join("pmtr.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[gateway]\nstate_dir = \"{dir}\"\n[[bus]]\nname = \"house\"\nports = [\"{port}\"]\n\
+             [[meter]]\nname = \"heat-pump\"\nmodel = \"sdm630\"\naddress = 2\n"
+        ),
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let (ok, out, err) = pmtr(&[
+        "scan",
+        "--ports",
+        port,
+        "--addresses",
+        "1-4",
+        "--timeout",
+        "300ms",
+        "--meters-dir",
+        dir,
+        "--add-to",
+        cfg,
+        "--bus",
+        "house",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(model_of(&out, 1), "sdm120", "{out}");
+    assert_eq!(model_of(&out, 2), "sdm630", "{out}");
+    assert_eq!(model_of(&out, 3), "abb-b23", "{out}");
+    assert_eq!(model_of(&out, 4), "unknown device", "{out}");
+    assert_eq!(out.lines().count(), 6, "a header, four devices and the --add-to line: {out}");
+    // No line settings given: 9600 8N1 and the definitions' own (2400 8N1, 9600 8E1, 19200 8E1).
+    assert!(err.contains("4 setting(s)") && err.contains("2400 8N1"), "{err}");
+    assert!(err.contains("16/16"), "progress reaches the end: {err}");
+    // The unnamed device: which definitions a scan cannot recognise.
+    assert!(err.contains("no probe") && err.contains("dds238"), "{err}");
+    // --add-to: the two new devices with one model each; address 2 is taken, 4 has no model.
+    assert!(out.contains("2 device(s) added"), "{out}");
+    let written = std::fs::read_to_string(cfg).unwrap();
+    assert!(
+        written.contains("name = \"house-1\"\nmodel = \"sdm120\"\naddress = 1\nbus = \"house\""),
+        "{written}"
+    );
+    assert!(written.contains("name = \"house-3\"\nmodel = \"abb-b23\"\naddress = 3"), "{written}");
+    assert_eq!(written.matches("[[meter]]").count(), 3, "{written}");
+    assert!(err.contains("address 2 not added") && err.contains("address 4 not added"), "{err}");
+    assert!(pmtr(&["check-config", cfg]).0, "the file still loads");
+
+    // A user definition with the SDM630's probe: both fit, none is named.
+    let twin = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/meter/library/sdm630.toml"),
+    )
+    .unwrap()
+    .replace("name = \"sdm630\"", "name = \"my-sdm630\"");
+    std::fs::write(none.path().join("my-sdm630.toml"), twin).unwrap();
+    let (ok, out, err) = pmtr(&[
+        "scan",
+        "--ports",
+        port,
+        "--addresses",
+        "2",
+        "--baud",
+        "9600",
+        "--timeout",
+        "300ms",
+        "--meters-dir",
+        dir,
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(model_of(&out, 2), "sdm630 or my-sdm630", "{out}");
+    assert!(err.contains("1 setting(s)"), "{err}");
+}
