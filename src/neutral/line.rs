@@ -6,7 +6,12 @@
 //! zero), and a count of [`HOLD_ON`] seconds (× the sensitivity factor) is a fault. Counting
 //! down instead of starting again lets a neutral that hovers around the threshold (a
 //! loosening terminal) be confirmed while it crosses back and forth, and still rides out
-//! short transients (a motor start). A fault clears once the displacement has stayed under
+//! short transients (a motor start). The hold is for a displacement that jumps over the
+//! threshold from the neutral's usual level; where that level (the displacement's average over
+//! [`LEVEL_TIME`] seconds) has itself crept up towards the threshold, as behind a loosening
+//! terminal, a crossing is no transient, and the hold shrinks in proportion, from [`HOLD_ON`]
+//! with the level at half the threshold or under to [`HOLD_MIN`] with the level at the
+//! threshold (two seconds over in a row). A fault clears once the displacement has stayed under
 //! [`CLEAR_RATIO`] × `shift` for [`HOLD_OFF`] seconds. A sample whose readings do not describe
 //! one point (misfit over [`MAX_RESIDUAL`]) is no evidence either way. The score is the
 //! displacement over `shift`.
@@ -16,6 +21,10 @@ use super::{Settings, State, Verdict};
 
 /// Seconds a displacement over the threshold must hold before it is a fault (normal).
 pub const HOLD_ON: f64 = 3.0;
+/// The shortest hold, seconds (normal), when the displacement's level has reached the threshold.
+pub const HOLD_MIN: f64 = 1.0;
+/// Time constant of the displacement's level (its moving average), seconds.
+pub const LEVEL_TIME: f64 = 60.0;
 /// Seconds the displacement must stay low before a fault clears.
 pub const HOLD_OFF: f64 = 30.0;
 /// A fault clears under this fraction of the threshold; a suspect starts at half of it.
@@ -33,6 +42,8 @@ pub struct LineTier {
     low_since: Option<f64>,
     /// The time of the previous sample that described a point.
     previous: Option<f64>,
+    /// The displacement's moving average over about [`LEVEL_TIME`] seconds (0 with no history).
+    level: f64,
     last: Verdict,
 }
 
@@ -47,6 +58,7 @@ impl LineTier {
             over: 0.0,
             low_since: None,
             previous: None,
+            level: 0.0,
             last: Verdict::default(),
         }
     }
@@ -86,7 +98,7 @@ impl LineTier {
             } else {
                 self.over = (self.over - dt).max(0.0);
             }
-            self.state = if self.over > HOLD_ON * k {
+            self.state = if self.over > self.hold(k) {
                 self.over = 0.0;
                 State::Fault
             } else if d >= 0.5 * shift || self.over > 0.0 {
@@ -95,8 +107,16 @@ impl LineTier {
                 State::Ok
             };
         }
+        self.level += (1.0 - (-dt / LEVEL_TIME).exp()) * (d - self.level);
         self.last = Verdict { state: self.state, score: d / shift, shift: Some(d) };
         self.last
+    }
+
+    /// The seconds over the threshold that confirm a fault, given the displacement's level.
+    fn hold(&self, k: f64) -> f64 {
+        let shift = self.settings.shift;
+        let room = ((shift - self.level) / (0.5 * shift)).clamp(0.0, 1.0);
+        (HOLD_ON * room).max(HOLD_MIN) * k
     }
 }
 
@@ -156,6 +176,42 @@ mod tests {
         let mut t = LineTier::new(Settings::default());
         for s in 0..600 {
             let v = if s % 2 == 0 { t.update(f64::from(s), lo, ll) } else { t.update(f64::from(s), hi, hl) };
+            assert_ne!(v.state, State::Fault, "at {s}");
+        }
+    }
+
+    #[test]
+    fn line_tier_confirms_at_once_a_neutral_that_crept_up_to_the_threshold() {
+        // A loosening terminal: the displacement creeps from 10 V to 19.5 V over five minutes,
+        // then crosses 20 V. Its level is near the threshold, so the crossing is no transient:
+        // two seconds over confirm it (the full hold would take four).
+        let mut t = LineTier::new(Settings::default());
+        for s in 0..300 {
+            let (u, l) = set(Point::new(10.0 + 9.5 * f64::from(s) / 300.0, 0.0));
+            assert_ne!(t.update(f64::from(s), u, l).state, State::Fault, "at {s}");
+        }
+        let (u, l) = set(Point::new(20.5, 0.0));
+        assert_eq!(t.update(300.0, u, l).state, State::Suspect);
+        assert_eq!(t.update(301.0, u, l).state, State::Fault);
+        // The same crossing from a sound neutral's level (3 V) is held the full time.
+        let mut t = LineTier::new(Settings::default());
+        let (u0, l0) = set(Point::new(3.0, 0.0));
+        for s in 0..300 {
+            t.update(f64::from(s), u0, l0);
+        }
+        let states: Vec<State> = (300..305).map(|s| t.update(f64::from(s), u, l).state).collect();
+        assert_eq!(states, [State::Suspect, State::Suspect, State::Suspect, State::Fault, State::Fault]);
+    }
+
+    #[test]
+    fn line_tier_still_rides_out_single_seconds_over_a_high_level() {
+        // A displacement sitting at 19 V (a heavily loaded sound neutral, or a loose one not
+        // yet at the threshold), touching 21 V for a second at a time: never two in a row.
+        let mut t = LineTier::new(Settings::default());
+        let (lo, ll) = set(Point::new(0.0, 19.0));
+        let (hi, hl) = set(Point::new(0.0, 21.0));
+        for s in 0..1200 {
+            let v = if s % 2 == 1 { t.update(f64::from(s), hi, hl) } else { t.update(f64::from(s), lo, ll) };
             assert_ne!(v.state, State::Fault, "at {s}");
         }
     }
