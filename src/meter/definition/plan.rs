@@ -5,7 +5,7 @@
 use super::{ByteOrder, Definition, Function, RegType, Register, WordOrder};
 use crate::meter::DecodeError;
 use crate::modbus::{Exception, Request};
-use crate::reading::{Phase, Sample};
+use crate::reading::{Phase, Quantity, Sample};
 
 /// A way of reading a definition's meter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -37,11 +37,80 @@ struct Placement {
     limit: f64,
 }
 
+/// How a slot's words become its raw number, resolved once per layout from its type and word
+/// order (`Hi`: high word first, `Lo`: low word first), so that decoding a reading takes one
+/// small match per value. `Swapped`: bytes swapped inside each register, decoded by [`raw`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    U16,
+    I16,
+    Bool,
+    U32Hi,
+    U32Lo,
+    I32Hi,
+    I32Lo,
+    F32Hi,
+    F32Lo,
+    U64Hi,
+    U64Lo,
+    I64Hi,
+    I64Lo,
+    F64Hi,
+    F64Lo,
+    Swapped,
+}
+
+impl Kind {
+    fn of(r: &Register) -> Kind {
+        if r.byte_order == ByteOrder::Little {
+            return Kind::Swapped;
+        }
+        let hi = r.word_order == WordOrder::HighFirst;
+        let pick = |h, l| if hi { h } else { l };
+        match r.ty {
+            RegType::U16 => Kind::U16,
+            RegType::I16 => Kind::I16,
+            RegType::Bool => Kind::Bool,
+            RegType::U32 => pick(Kind::U32Hi, Kind::U32Lo),
+            RegType::I32 => pick(Kind::I32Hi, Kind::I32Lo),
+            RegType::F32 => pick(Kind::F32Hi, Kind::F32Lo),
+            RegType::U64 => pick(Kind::U64Hi, Kind::U64Lo),
+            RegType::I64 => pick(Kind::I64Hi, Kind::I64Lo),
+            RegType::F64 => pick(Kind::F64Hi, Kind::F64Lo),
+        }
+    }
+}
+
+/// A slot as the decoding of a reading reads it: compact, everything resolved.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Fast {
+    kind: Kind,
+    quantity: Quantity,
+    /// None: the meter's phase.
+    phase: Option<Phase>,
+    /// Its index in `slots` (for [`Kind::Swapped`]).
+    slot: u32,
+    block: u32,
+    offset: u32,
+    /// value = raw / div × mul + add: (divisor, 1) or (1, scale), both exact, so the value
+    /// is bit for bit [`value`]'s without a branch.
+    div: f64,
+    mul: f64,
+    add: f64,
+    /// The quantity's limit, below `f64::MAX`, so that one comparison also refuses a value
+    /// that is not finite.
+    limit: f64,
+}
+
 /// The requests of one poll and where each due register is in their replies.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Layout {
     pub blocks: Vec<Block>,
     slots: Vec<Placement>,
+    /// `slots`, compact, in the same order.
+    fast: Vec<Fast>,
+    /// For each block, the registers its reply must hold at least.
+    need: Vec<usize>,
 }
 
 /// The span one register alone asks for: (start, count), widened to even when `even`.
@@ -174,7 +243,33 @@ impl Definition {
         }
         // Samples in table order.
         slots.sort_by_key(|s| s.register);
-        Layout { blocks, slots }
+        let mut need = vec![0; blocks.len()];
+        let fast = slots
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let r = &s.r;
+                need[s.block] = need[s.block].max(s.offset + usize::from(r.width()));
+                let (div, mul) = match r.divisor {
+                    Some(d) => (d, 1.0),
+                    None => (1.0, r.scale),
+                };
+                Fast {
+                    kind: Kind::of(r),
+                    quantity: r.quantity,
+                    phase: r.phase,
+                    slot: i as u32,
+                    block: s.block as u32,
+                    offset: s.offset as u32,
+                    div,
+                    mul,
+                    add: r.offset,
+                    // NaN refuses every value, as `abs() <= NaN` does.
+                    limit: if s.limit.is_nan() { -1.0 } else { s.limit.min(f64::MAX) },
+                }
+            })
+            .collect();
+        Layout { blocks, slots, fast, need }
     }
 }
 
@@ -221,6 +316,78 @@ impl Layout {
         if replies.len() != self.blocks.len() {
             return Err(DecodeError::Missing("a reply"));
         }
+        // Every reply long enough (one check per block) and every value plausible: done.
+        // Otherwise the value by value decoding finds the same samples and the first error.
+        if replies.len() == self.need.len()
+            && replies.iter().zip(&self.need).all(|(r, &n)| r.len() >= n)
+            && self.decode_fast(replies, meter_phase, out)
+        {
+            return Ok(());
+        }
+        out.clear();
+        self.decode_checked(replies, meter_phase, out)
+    }
+
+    /// Decodes every slot into `out`; false when a value is implausible. The replies must be
+    /// as long as `need` says.
+    #[inline]
+    fn decode_fast(&self, replies: &[Vec<u16>], meter_phase: Phase, out: &mut Vec<Sample>) -> bool {
+        let mut ok = true;
+        out.extend(self.fast.iter().map(|f| {
+            let words = &replies[f.block as usize];
+            let value = self.raw_of(f, words) / f.div * f.mul + f.add;
+            ok &= value.abs() <= f.limit;
+            Sample { phase: f.phase.unwrap_or(meter_phase), quantity: f.quantity, value }
+        }));
+        ok
+    }
+
+    /// A slot's raw number from its block's reply.
+    #[inline(always)]
+    fn raw_of(&self, f: &Fast, w: &[u16]) -> f64 {
+        let o = f.offset as usize;
+        let w32 = |h: usize, l: usize| u32::from(w[o + h]) << 16 | u32::from(w[o + l]);
+        let w64 = |hi_first: bool| {
+            let at = |k: usize| u64::from(w[o + if hi_first { k } else { 3 - k }]);
+            at(0) << 48 | at(1) << 32 | at(2) << 16 | at(3)
+        };
+        match f.kind {
+            Kind::U16 => f64::from(w[o]),
+            Kind::I16 => f64::from(w[o] as i16),
+            Kind::Bool => f64::from(u8::from(w[o] != 0)),
+            Kind::U32Hi => f64::from(w32(0, 1)),
+            Kind::U32Lo => f64::from(w32(1, 0)),
+            Kind::I32Hi => f64::from(w32(0, 1) as i32),
+            Kind::I32Lo => f64::from(w32(1, 0) as i32),
+            Kind::F32Hi => f64::from(f32::from_bits(w32(0, 1))),
+            Kind::F32Lo => f64::from(f32::from_bits(w32(1, 0))),
+            Kind::U64Hi => w64(true) as f64,
+            Kind::U64Lo => w64(false) as f64,
+            Kind::I64Hi => w64(true) as i64 as f64,
+            Kind::I64Lo => w64(false) as i64 as f64,
+            Kind::F64Hi => f64::from_bits(w64(true)),
+            Kind::F64Lo => f64::from_bits(w64(false)),
+            Kind::Swapped => self.raw_swapped(f, w),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn raw_swapped(&self, f: &Fast, w: &[u16]) -> f64 {
+        let r = &self.slots[f.slot as usize].r;
+        let o = f.offset as usize;
+        raw(&w[o..o + usize::from(r.width())], r.ty, r.word_order, r.byte_order)
+    }
+
+    /// Value by value, each reply's length checked: the first missing register or
+    /// implausible value is the error.
+    #[cold]
+    fn decode_checked(
+        &self,
+        replies: &[Vec<u16>],
+        meter_phase: Phase,
+        out: &mut Vec<Sample>,
+    ) -> Result<(), DecodeError> {
         for s in &self.slots {
             let r = &s.r;
             let words = replies[s.block]
