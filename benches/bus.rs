@@ -1,12 +1,13 @@
 //! Bus benchmarks on simulated meters (byte-timed pseudo-terminals):
 //!
-//! 1. bus efficiency: back-to-back PZEM reads on one 9600-baud bus against the physical limit;
+//! 1. bus efficiency: back-to-back PZEM reads on one 9600-baud bus against the physical limit,
+//!    and full reads of SDM630s (a meter definition: three requests a read) against theirs;
 //! 2. ports in parallel: 4 buses against 1;
 //! 3. footprint: `pmtr run` polling 30 meters on 3 ports every second (RSS, CPU);
 //! 4. start to first reading with known ports.
 //!
-//! `cargo bench --bench bus [-- efficiency|parallel|footprint|start]` (BENCH_SECONDS=N to
-//! change the measuring window, default 20).
+//! `cargo bench --bench bus [-- efficiency|sdm630|parallel|footprint|start]` (BENCH_SECONDS=N
+//! to change the measuring window, default 20).
 
 use pmtr::bus::BusEngine;
 use pmtr::config::LineSettings;
@@ -27,18 +28,23 @@ fn seconds() -> u64 {
     std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(20)
 }
 
-fn sim_port(link: &Path, addresses: std::ops::RangeInclusive<u8>) -> SimPort {
+fn sim_port(link: &Path, model: &str, addresses: std::ops::RangeInclusive<u8>) -> SimPort {
     SimPort::spawn(SimPortOptions {
         link: Some(link.to_path_buf()),
         line: line(),
         turnaround: TURNAROUND,
-        meters: addresses.map(|a| format!("pzem-016@{a}").parse().unwrap()).collect(),
+        meters: addresses.map(|a| format!("{model}@{a}").parse().unwrap()).collect(),
     })
     .expect("simulator")
 }
 
-/// A config with one bus per port, `per_port` meters each, all polled every `poll`.
+/// A config with one bus per port, `per_port` PZEMs each, all polled every `poll`.
 fn config_text(dir: &Path, ports: usize, per_port: u8, poll: &str, log: bool) -> String {
+    config_of("pzem-016", dir, ports, per_port, poll, log)
+}
+
+/// A config with one bus per port, `per_port` meters of `model` each, all polled every `poll`.
+fn config_of(model: &str, dir: &Path, ports: usize, per_port: u8, poll: &str, log: bool) -> String {
     let mut t = format!(
         "[gateway]\nname = \"bench\"\nstate_dir = \"{}\"\nlog_readings = {log}\n",
         dir.join("state").display()
@@ -50,24 +56,29 @@ fn config_text(dir: &Path, ports: usize, per_port: u8, poll: &str, log: bool) ->
         );
         for k in 0..per_port {
             let a = p as u8 * per_port + k + 1;
-            t += &format!("[[meter]]\nname = \"m{a}\"\nmodel = \"pzem-016\"\naddress = {a}\nbus = \"b{p}\"\npoll = \"{poll}\"\n");
+            t += &format!("[[meter]]\nname = \"m{a}\"\nmodel = \"{model}\"\naddress = {a}\nbus = \"b{p}\"\npoll = \"{poll}\"\n");
         }
     }
     t
 }
 
-/// Readings per second over the window, once every meter has been found.
+/// Readings per second of PZEMs over the window, once every meter has been found.
 async fn reads_per_second(ports: usize, per_port: u8, window: Duration) -> f64 {
+    model_reads_per_second("pzem-016", ports, per_port, window).await
+}
+
+/// Readings per second of meters of `model` over the window, once every meter has been found.
+async fn model_reads_per_second(model: &str, ports: usize, per_port: u8, window: Duration) -> f64 {
     let dir = tempfile::tempdir().unwrap();
     let _sims: Vec<SimPort> = (0..ports)
         .map(|p| {
             let first = p as u8 * per_port + 1;
-            sim_port(&dir.path().join(format!("ttyUSB{p}")), first..=first + per_port - 1)
+            sim_port(&dir.path().join(format!("ttyUSB{p}")), model, first..=first + per_port - 1)
         })
         .collect();
     // Polled every 100 ms, eight meters saturate a 9600-baud bus: reads go back to back.
     let config =
-        pmtr::config::load_str(&config_text(dir.path(), ports, per_port, "100ms", false), "bench.toml")
+        pmtr::config::load_str(&config_of(model, dir.path(), ports, per_port, "100ms", false), "bench.toml")
             .expect("bench config");
     let (tx, mut rx) = mpsc::channel(4096);
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -243,6 +254,39 @@ fn main() {
             let four = rt.block_on(reads_per_second(4, 8, window));
             println!("1 bus {one:.2} reads/s, 4 buses {four:.2} reads/s: {:.2} ×", four / one);
         }
+    }
+
+    if run("sdm630") {
+        // A full read by the definition's first plan: every request and reply, each followed
+        // by the turnaround or the gap, as for the PZEM.
+        let model = pmtr::meter::definition::resolve("sdm630");
+        let def = pmtr::meter::definition::of(model).expect("the built-in sdm630");
+        let blocks = def.layout(def.first_plan(), 0).blocks;
+        let chars: u32 = blocks.iter().map(|b| 8 + 5 + 2 * u32::from(b.count)).sum();
+        let n = blocks.len() as f64;
+        let per_read = f64::from(chars) * c + n * (TURNAROUND.as_secs_f64() + gap);
+        let limit = 1.0 / per_read;
+        println!(
+            "\n## SDM630 full reads (9600 8N1, turnaround {} ms, 4 SDM630s, back to back)",
+            TURNAROUND.as_millis()
+        );
+        let shown: Vec<String> = blocks.iter().map(|b| format!("0x{:04X} +{}", b.start, b.count)).collect();
+        println!(
+            "physical limit: {} requests ({}), {chars} chars × {:.4} ms + {n} × ({} ms turnaround + {:.3} ms gap) = {:.2} ms = {:.3} reads/s",
+            blocks.len(),
+            shown.join(", "),
+            c * 1e3,
+            TURNAROUND.as_millis(),
+            gap * 1e3,
+            per_read * 1e3,
+            limit
+        );
+        let got = rt.block_on(model_reads_per_second("sdm630", 1, 4, window));
+        println!(
+            "measured: {got:.3} reads/s = {:.1} % of the limit ({}s window)",
+            got / limit * 100.0,
+            window.as_secs()
+        );
     }
 
     if run("footprint") {

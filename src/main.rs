@@ -134,7 +134,10 @@ enum Cmd {
         /// The slave's reply delay.
         #[arg(long, default_value = "5ms", value_parser = app::parse_duration_arg)]
         turnaround: Duration,
-        /// MODEL@ADDRESS[,key=value...], e.g. pzem-016@4 or rx380@1,fault=bad-crc,every=3.
+        /// The folder of user meter definitions (their names may be simulated).
+        #[arg(long, default_value = "/etc/pmtr/meters.d")]
+        meters_dir: PathBuf,
+        /// MODEL@ADDRESS[,key=value...], e.g. pzem-016@4, sdm630@3 or rx380@1,fault=bad-crc,every=3.
         #[arg(required = true)]
         meters: Vec<String>,
     },
@@ -589,7 +592,12 @@ async fn command(cmd: Cmd) -> anyhow::Result<ExitCode> {
                 app::servers::run_push_actions(&cfg, &servers).await?;
             }
         },
-        Cmd::Simulate { link, baud, turnaround, meters } => {
+        Cmd::Simulate { link, baud, turnaround, meters_dir, meters } => {
+            // User meter definitions can be simulated by name; a file that does not load is
+            // said, and the others are served.
+            for e in pmtr::sim::SimMeterSpec::use_definitions(&meters_dir) {
+                eprintln!("warning: meter definition not loaded: {e}");
+            }
             app::demo::simulate(link, baud, turnaround, meters).await?;
         }
         Cmd::TestEmail { config, to } => {

@@ -1,5 +1,5 @@
 //! Simulated meters for tests, `pmtr demo` and `pmtr simulate`: Modbus RTU slaves that answer
-//! like PZEM-004T/014/016 and RX380 meters, on pseudo-terminals the gateway opens as if they
+//! like PZEM-004T/014/016 and RX380 meters or like any meter definition, on pseudo-terminals the gateway opens as if they
 //! were USB-RS485 adapters; and PMTR_001_SRV servers on a simulated power-line bus.
 //!
 //! - [`grid`] is a three-phase supply and a house behind it (Millman), for the broken-neutral

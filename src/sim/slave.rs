@@ -1,16 +1,19 @@
 //! A simulated meter as a Modbus RTU slave: frames in, frames out. Pure: no I/O and no clock;
 //! the caller passes the time `t_s` (seconds since the simulation started) with every frame.
 //!
-//! The slave answers what a PZEM-004T/014/016 or an RX380 answers (meters.md §1 and §2), its
-//! values follow a [`Profile`] over time, its energy counter integrates its power, and a
-//! [`Fault`] can spoil some or all of its replies.
+//! The slave answers what a PZEM-004T/014/016 or an RX380 answers (meters.md §1 and §2), or
+//! any meter definition's registers ([`defined`]); its values follow a [`Profile`] over time,
+//! its energy counters integrate its power, and a [`Fault`] can spoil some or all of its
+//! replies.
 
+pub mod defined;
 mod profile;
 mod spec;
 
 pub use profile::{Fault, GridTrace, Hostile, Profile};
 pub use spec::{SimMeterSpec, SpecError};
 
+use crate::meter::definition::Definition;
 use crate::meter::{pzem, rx380, Model};
 use crate::modbus::crc::{append_crc, check_crc};
 use crate::modbus::frame::fc;
@@ -57,6 +60,8 @@ const MAX_READ: u16 = 125;
 #[derive(Debug, Clone)]
 pub struct SimSlave {
     model: Model,
+    /// The definition a defined model answers by.
+    def: Option<&'static Definition>,
     address: u8,
     profile: Profile,
     fault: Fault,
@@ -70,6 +75,8 @@ pub struct SimSlave {
     kwh: f64,
     kvah: f64,
     kvarh: f64,
+    /// The part of `kwh` taken while power was positive (the rest was exported).
+    import_kwh: f64,
     /// Time up to which energy has been integrated.
     last_t: f64,
     /// Requests to this slave that expect a reply (drives `fault_every`).
@@ -98,25 +105,30 @@ pub fn balanced_rx380(volts: f64, amps: f64, pf: f64, hz: f64) -> rx380::Snapsho
 
 /// Default values: 230 V, 50 Hz; a PZEM draws 1 A at PF 1, an RX380 10 A per phase at PF 0.95.
 const DEFAULT_PZEM: (f64, f64, f64, f64) = (230.0, 1.0, 1.0, 50.0);
+/// A defined meter's default values, per phase: as an RX380's.
+const DEFAULT_DEFINED: (f64, f64, f64, f64) = (230.0, 10.0, 0.95, 50.0);
 
 impl SimSlave {
     /// A steady meter at `address` with default values (230 V, 50 Hz, PZEM 1 A at PF 1.00,
-    /// RX380 10 A per phase at PF 0.95), energy 0, no fault, alarm threshold 23000 W
-    /// (2300 W for the 10 A PZEM-014).
+    /// RX380 and defined meters 10 A per phase at PF 0.95), energy 0, no fault, alarm
+    /// threshold 23000 W (2300 W for the 10 A PZEM-014).
     pub fn new(model: Model, address: u8) -> Self {
+        let def = crate::meter::definition::of(model);
         SimSlave {
             model,
+            def,
             address,
             profile: Profile::Steady,
             fault: Fault::None,
             fault_every: None,
-            pzem: DEFAULT_PZEM,
+            pzem: if def.is_some() { DEFAULT_DEFINED } else { DEFAULT_PZEM },
             rx: balanced_rx380(230.0, 10.0, 0.95, 50.0),
             threshold: if model == Model::Pzem014 { 2300 } else { 23000 },
             max_block: None,
             kwh: 0.0,
             kvah: 0.0,
             kvarh: 0.0,
+            import_kwh: 0.0,
             last_t: 0.0,
             addressed: 0,
             counters: SlaveCounters::default(),
@@ -158,6 +170,7 @@ impl SimSlave {
         self.rx = s;
         self.pzem = (s.phase_volts[0], s.amps[0], s.pf.abs(), s.hz);
         self.kwh = s.kwh;
+        self.import_kwh = s.kwh;
         self.kvah = s.kvah;
         self.kvarh = s.kvarh;
         self
@@ -166,6 +179,7 @@ impl SimSlave {
     /// The starting active-energy counter, in kWh.
     pub fn energy(mut self, kwh: f64) -> Self {
         self.kwh = kwh.max(0.0);
+        self.import_kwh = self.kwh;
         self.rx.kwh = self.kwh;
         self
     }
@@ -176,7 +190,8 @@ impl SimSlave {
         self
     }
 
-    /// RX380: the longest read it accepts; longer ones get exception 03.
+    /// RX380: the longest read it accepts; longer ones get exception 03. A defined meter
+    /// refuses them with exception 02.
     pub fn max_block(mut self, n: Option<u16>) -> Self {
         self.max_block = n;
         self
@@ -219,6 +234,7 @@ impl SimSlave {
     /// Resets the energy counters to zero, as the PZEM's reset command does.
     pub fn reset_energy(&mut self) {
         self.kwh = 0.0;
+        self.import_kwh = 0.0;
         self.kvah = 0.0;
         self.kvarh = 0.0;
     }
@@ -237,6 +253,7 @@ impl SimSlave {
             let t = self.last_t + (k as f64 + 0.5) * h;
             let (w, va, var) = self.powers(t);
             self.kwh += w.abs() * h / 3.6e6;
+            self.import_kwh += w.max(0.0) * h / 3.6e6;
             self.kvah += va.abs() * h / 3.6e6;
             self.kvarh += var.abs() * h / 3.6e6;
         }
@@ -290,7 +307,9 @@ impl SimSlave {
 
     /// Active, apparent and reactive power at `t`.
     fn powers(&self, t: f64) -> (f64, f64, f64) {
-        if self.model.is_pzem() {
+        if let Some(def) = self.def {
+            self.defined_powers(def, t)
+        } else if self.model.is_pzem() {
             let (v, a, w, _, _) = self.pzem_values(t);
             let va = v * a;
             (w, va, (va * va - w * w).max(0.0).sqrt())
@@ -300,12 +319,14 @@ impl SimSlave {
         }
     }
 
-    /// The measurement registers at `t_s` (PZEM: 0..=9; RX380: 4000..=4039), energy
-    /// integrated up to `t_s` first.
+    /// The measurement registers at `t_s` (PZEM: 0..=9; RX380: 4000..=4039; a defined meter:
+    /// the words of its table's registers in table order), energy integrated up to `t_s` first.
     pub fn registers(&mut self, t_s: f64) -> Vec<u16> {
         self.advance(t_s);
         let t = t_s.max(self.last_t);
-        if self.model.is_pzem() {
+        if let Some(def) = self.def {
+            self.defined_registers(def, t)
+        } else if self.model.is_pzem() {
             let (v, a, w, pf, hz) = self.pzem_values(t);
             pzem::encode(v, a, w, self.kwh, hz, pf, w > f64::from(self.threshold)).to_vec()
         } else {
@@ -340,6 +361,7 @@ impl SimSlave {
         let (reply, new_address) = match fault {
             Fault::NoReply => return Response::Silent,
             Fault::Exception(code) => (Some(exception(addr, function, code)), None),
+            _ if self.def.is_some() => (self.def.and_then(|d| self.defined_request(d, body, t_s)), None),
             _ if self.model.is_pzem() => self.pzem_request(body, t_s),
             _ => (self.rx380_request(body, t_s), None),
         };
@@ -476,6 +498,15 @@ fn read_reply(addr: u8, function: u8, regs: &[u16]) -> Vec<u8> {
     regs.iter().for_each(|r| f.extend_from_slice(&r.to_be_bytes()));
     append_crc(&mut f);
     f
+}
+
+/// The bytes of a reply, for tests.
+#[cfg(test)]
+fn tests_reply(r: Response) -> Vec<u8> {
+    match r {
+        Response::Reply(b) => b,
+        other => panic!("expected a reply, got {other:?}"),
+    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! The command-line grammar of a simulated meter: a [`SimMeterSpec`] from and to text such as
 //! `pzem-016@4,volts=121.3,fault=bad-crc,every=3`, with its [`Profile`] and [`Fault`].
 
-use super::{Fault, Hostile, Profile, SimSlave, DEFAULT_PZEM};
+use super::{Fault, Hostile, Profile, SimSlave, DEFAULT_DEFINED, DEFAULT_PZEM};
+use crate::meter::definition;
 use crate::meter::Model;
 use std::fmt;
 use std::str::FromStr;
@@ -12,12 +13,15 @@ use std::time::Duration;
 /// ```text
 /// spec     = MODEL "@" ADDR { "," KEY "=" VALUE }
 /// MODEL    = pzem-004t | pzem-014 | pzem-016 | rx380          (any case)
+///          | a meter definition: built-in (sdm630, dds238, ...) or a user file's name
 /// ADDR     = 1..247
-/// volts=V  amps=A  pf=PF  hz=HZ     base values (RX380: V phase-to-neutral and A on each
-///                                   phase of a balanced load; PF may be negative = export)
+/// volts=V  amps=A  pf=PF  hz=HZ     base values (RX380 and definitions: V phase-to-neutral
+///                                   and A on each phase of a balanced load; PF may be
+///                                   negative = export)
 /// kwh=E                             starting energy counter (kWh)
 /// threshold=W                       PZEM over-power alarm threshold (W)
-/// max-block=N                       RX380: reads of more than N registers get exception 03
+/// max-block=N                       reads of more than N registers get exception 03 (RX380)
+///                                   or 02 (a definition)
 /// profile=steady | ramp:PCT_PER_S | step:AT_S:FACTOR | noise:PCT[:SEED] (default seed: ADDR)
 ///        | script:T=V;T=V;...       (times in s, increasing)
 /// fault=none | no-reply | bad-crc | late:DELAY | exception:CODE | garbage
@@ -73,7 +77,7 @@ impl SimMeterSpec {
             .fault_every(self.fault_every)
             .max_block(self.max_block);
         if self.volts.is_some() || self.amps.is_some() || self.pf.is_some() || self.hz.is_some() {
-            let (v, a, pf, hz) = if self.model.is_pzem() { DEFAULT_PZEM } else { (230.0, 10.0, 0.95, 50.0) };
+            let (v, a, pf, hz) = if self.model.is_pzem() { DEFAULT_PZEM } else { DEFAULT_DEFINED };
             s = s.base_pzem(
                 self.volts.unwrap_or(v),
                 self.amps.unwrap_or(a),
@@ -130,7 +134,7 @@ pub enum SpecError {
     UnknownFault(String),
     #[error("`{0}`: expected MODEL@ADDRESS[,key=value...], e.g. pzem-016@4")]
     NoAddress(String),
-    /// `known` lists the models, comma-separated.
+    /// `known` lists the models and meter definitions, comma-separated.
     #[error("unknown meter model `{model}` (known: {known})")]
     UnknownModel { model: String, known: String },
     #[error("`{spec}`: the address must be 1..247, not `{address}`")]
@@ -330,6 +334,34 @@ impl fmt::Display for Fault {
     }
 }
 
+/// The model `name` names for a simulated meter: a hand-written one (not the PMTR server, which
+/// is simulated apart), else a meter definition by [`definition::resolve`]: the one of that
+/// name used last (see [`SimMeterSpec::use_definitions`]), else the built-in.
+fn model_named(name: &str) -> Option<Model> {
+    if let Some(m) = Model::parse(name) {
+        return Some(m);
+    }
+    [name.to_owned(), name.to_ascii_lowercase()].iter().find_map(|n| {
+        let m = definition::resolve(n);
+        definition::of(m).map(|_| m)
+    })
+}
+
+impl SimMeterSpec {
+    /// Makes the user definitions of `dir` (`*.toml`) known to [`SimMeterSpec`]'s parser, a
+    /// file of a built-in's name replacing it. Returns what did not load (a missing folder is
+    /// no error).
+    pub fn use_definitions(dir: &std::path::Path) -> Vec<definition::DefError> {
+        let (all, errors) = definition::catalogue(Some(dir));
+        for (d, origin) in all {
+            if origin != definition::Origin::BuiltIn {
+                definition::intern(d);
+            }
+        }
+        errors
+    }
+}
+
 impl FromStr for SimMeterSpec {
     type Err = SpecError;
 
@@ -337,8 +369,13 @@ impl FromStr for SimMeterSpec {
         let mut parts = s.split(',');
         let head = parts.next().unwrap_or_default().trim();
         let (model, addr) = head.split_once('@').ok_or_else(|| SpecError::NoAddress(s.to_owned()))?;
-        let model = Model::parse(model.trim()).ok_or_else(|| {
-            let known: Vec<&str> = Model::ALL.iter().map(|m| m.name()).collect();
+        let model = model_named(model.trim()).ok_or_else(|| {
+            let mut known: Vec<String> = Model::ALL.iter().map(|m| m.name().to_owned()).collect();
+            for d in definition::built_in() {
+                if !known.contains(&d.name) {
+                    known.push(d.name);
+                }
+            }
             SpecError::UnknownModel { model: model.trim().to_owned(), known: known.join(", ") }
         })?;
         let address = match addr.trim().parse::<u8>() {
@@ -504,6 +541,41 @@ mod tests {
         assert!(err("pzem-016@4,pf=1.5").contains("pf must be"));
         assert!(err("pzem-016@4,max-block=4").contains("does not apply"));
         assert!(err("rx380@4,threshold=4").contains("does not apply"));
+    }
+
+    #[test]
+    fn meter_definitions_are_simulated_by_name() {
+        let s: SimMeterSpec = "sdm630@3,volts=231,pf=-0.5,max-block=24".parse().unwrap();
+        assert_eq!(s.model.name(), "sdm630");
+        assert!(definition::of(s.model).is_some());
+        assert_eq!((s.address, s.volts, s.pf, s.max_block), (3, Some(231.0), Some(-0.5), Some(24)));
+        assert_eq!(s.to_string().parse::<SimMeterSpec>().unwrap(), s);
+        assert_eq!("SDM630@3".parse::<SimMeterSpec>().unwrap().model, s.model);
+        // The hand-written models keep their names.
+        assert_eq!("pzem-016@1".parse::<SimMeterSpec>().unwrap().model, Model::Pzem016);
+        assert_eq!("rx380@1".parse::<SimMeterSpec>().unwrap().model, Model::Rx380);
+        let mut slave = "dds238@7,volts=229.5".parse::<SimMeterSpec>().unwrap().build();
+        assert_eq!(slave.model().name(), "dds238");
+        // dds238's voltage register (0x000C) is the 4th in its table, after three u32 counters.
+        assert_eq!(slave.registers(0.0)[6], 2295);
+        let err = "sdm631@3".parse::<SimMeterSpec>().unwrap_err().to_string();
+        assert!(err.contains("unknown meter model `sdm631`") && err.contains("sdm630"), "{err}");
+        let err = "sdm630@3,threshold=5".parse::<SimMeterSpec>().unwrap_err().to_string();
+        assert!(err.contains("does not apply"), "{err}");
+    }
+
+    #[test]
+    fn user_definitions_are_simulated_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let mine = definition::BUILT_IN.iter().find(|(f, _)| *f == "dds238.toml").unwrap().1;
+        let mine = mine.replace("name = \"dds238\"", "name = \"my-meter\"");
+        std::fs::write(dir.path().join("my-meter.toml"), mine).unwrap();
+        std::fs::write(dir.path().join("broken.toml"), "name = 3\n").unwrap();
+        let errors = SimMeterSpec::use_definitions(dir.path());
+        assert!(!errors.is_empty());
+        assert!(errors.iter().all(|e| e.to_string().contains("broken.toml")), "{errors:?}");
+        let s: SimMeterSpec = "my-meter@2".parse().unwrap();
+        assert_eq!(definition::of(s.model).map(|d| d.name.as_str()), Some("my-meter"));
     }
 
     #[test]
