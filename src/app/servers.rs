@@ -128,18 +128,7 @@ fn add_to_config(file: &Path, bus: &str, found: &[FoundServer]) -> anyhow::Resul
     if added == 0 {
         return Ok(0);
     }
-    let mut new = text.clone();
-    if !new.ends_with('\n') {
-        new.push('\n');
-    }
-    new.push_str(&blocks);
-    crate::config::load_str(&new, &file.display().to_string()).map_err(|e| {
-        anyhow!("the servers found would not fit in {} ({e}); nothing written", file.display())
-    })?;
-    let tmp = file.with_extension("toml.tmp");
-    std::fs::write(&tmp, &new)
-        .and_then(|_| std::fs::rename(&tmp, file))
-        .with_context(|| format!("writing {}", file.display()))?;
+    super::tools::append_checked(file, &text, &blocks, "servers")?;
     Ok(added)
 }
 

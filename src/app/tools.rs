@@ -193,18 +193,30 @@ pub fn add_found(file: &std::path::Path, bus: &str, found: &[Found]) -> anyhow::
     if added == 0 {
         return Ok(0);
     }
-    let mut new = text.clone();
+    append_checked(file, &text, &blocks, "devices")?;
+    Ok(added)
+}
+
+/// Writes `text` with `blocks` appended to `file` (replacing it at once), if the result loads
+/// as a configuration; else writes nothing and says the `what` found would not fit.
+pub(crate) fn append_checked(
+    file: &std::path::Path,
+    text: &str,
+    blocks: &str,
+    what: &str,
+) -> anyhow::Result<()> {
+    let name = file.display().to_string();
+    let mut new = text.to_owned();
     if !new.ends_with('\n') {
         new.push('\n');
     }
-    new.push_str(&blocks);
+    new.push_str(blocks);
     crate::config::load_str(&new, &name)
-        .map_err(|e| anyhow!("the devices found would not fit in {name} ({e}); nothing written"))?;
+        .map_err(|e| anyhow!("the {what} found would not fit in {name} ({e}); nothing written"))?;
     let tmp = file.with_extension("toml.tmp");
     std::fs::write(&tmp, &new)
         .and_then(|_| std::fs::rename(&tmp, file))
-        .with_context(|| format!("writing {name}"))?;
-    Ok(added)
+        .with_context(|| format!("writing {name}"))
 }
 
 pub(crate) async fn progress_bar(done: Arc<AtomicUsize>, total: usize) {
