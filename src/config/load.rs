@@ -177,7 +177,8 @@ struct Loader<'s> {
     /// A `[[neutral]]` table had an error (reported) and is missing from `neutral`: a trigger's
     /// `neutral_*` variable that finds no set is not reported a second time.
     neutral_incomplete: bool,
-    /// The meter definitions: the built-ins and the files of `gateway.meters_dir`.
+    /// The user's meter definitions, the files of `gateway.meters_dir` (the built-ins are
+    /// looked up when a meter names one).
     definitions: Vec<(Definition, Origin)>,
 }
 

@@ -34,10 +34,12 @@ pub(super) const MIN_SERVER_POLL: Duration = Duration::from_secs(2);
 pub(super) const PZEM_GENERAL_ADDRESS: i64 = 0xF8;
 
 impl Loader<'_> {
-    /// Loads the meter definitions: the built-ins and the files of `dir`, whose errors are
-    /// the configuration's (with their own file, line and column).
+    /// Loads the user's meter definitions, the files of `dir`, whose errors are the
+    /// configuration's (with their own file, line and column).
     pub(super) fn definitions(&mut self, dir: &std::path::Path) {
-        let (all, errors) = crate::meter::definition::catalogue(Some(dir));
+        // The user files only: the built-ins are parsed when a meter names one (a start of a
+        // PZEM-only gateway parses none).
+        let (all, errors) = crate::meter::definition::user_files(Some(dir));
         self.definitions = all;
         for e in errors {
             self.errors.push(super::ConfigError {
@@ -59,9 +61,10 @@ impl Loader<'_> {
     /// Every model name a meter can have.
     pub(super) fn model_names(&self) -> Vec<String> {
         let mut names: Vec<String> = Model::ALL.iter().map(|m| m.name().to_owned()).collect();
-        for (d, _) in &self.definitions {
-            if !names.contains(&d.name) {
-                names.push(d.name.clone());
+        let built_in = crate::meter::definition::built_in();
+        for name in built_in.iter().map(|d| &d.name).chain(self.definitions.iter().map(|(d, _)| &d.name)) {
+            if !names.contains(name) {
+                names.push(name.clone());
             }
         }
         names

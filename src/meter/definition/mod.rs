@@ -280,8 +280,10 @@ pub fn of(model: crate::reading::Model) -> Option<&'static Definition> {
     d.downcast_ref::<Definition>()
 }
 
-/// The model a meter named `name` (case-insensitive) is read as, among `catalogue`: a user
-/// definition of that name, else a hand-written model, else a built-in definition.
+/// The model a meter named `name` (case-insensitive) is read as, among `catalogue` (a whole
+/// catalogue, or only the user files: the built-ins are then parsed only if no user file nor
+/// hand-written model has the name): a user definition of that name, else a hand-written
+/// model, else a built-in definition.
 pub fn model_named(name: &str, catalogue: &[(Definition, Origin)]) -> Option<crate::reading::Model> {
     let def = |user: bool| {
         catalogue
@@ -289,7 +291,9 @@ pub fn model_named(name: &str, catalogue: &[(Definition, Origin)]) -> Option<cra
             .find(|(d, o)| d.name.eq_ignore_ascii_case(name) && (*o != Origin::BuiltIn) == user)
             .map(|(d, _)| intern(d.clone()))
     };
-    def(true).or_else(|| crate::reading::Model::parse(name)).or_else(|| def(false))
+    let built_in =
+        || built_in_parsed().iter().find(|d| d.name.eq_ignore_ascii_case(name)).map(|d| intern(d.clone()));
+    def(true).or_else(|| crate::reading::Model::parse(name)).or_else(|| def(false)).or_else(built_in)
 }
 
 /// The model named `name`: a hand-written one; else the definition of that name used last
@@ -354,23 +358,41 @@ pub enum Origin {
 /// a built-in of the same name; with the errors of the user files that did not load. A
 /// missing folder is no error (it holds no user files).
 pub fn catalogue(dir: Option<&Path>) -> (Vec<(Definition, Origin)>, Vec<DefError>) {
+    let (user, errors) = user_files(dir);
     let mut all: Vec<(Definition, Origin)> = built_in().into_iter().map(|d| (d, Origin::BuiltIn)).collect();
+    for (d, origin) in user {
+        match all.iter().position(|(b, _)| b.name == d.name) {
+            Some(i) => all[i] = (d, origin),
+            None => all.push((d, origin)),
+        }
+    }
+    (all, errors)
+}
+
+/// The user files of `dir` alone (the built-ins are not parsed), each `Origin::File`, or
+/// `Origin::Overrides` when a built-in has its name; with the errors of the files that did
+/// not load, and of a second file with a name already taken.
+pub fn user_files(dir: Option<&Path>) -> (Vec<(Definition, Origin)>, Vec<DefError>) {
+    let mut all: Vec<(Definition, Origin)> = Vec::new();
     let mut errors = Vec::new();
     let Some(dir) = dir else { return (all, errors) };
     for (path, loaded) in load_dir(dir) {
         match loaded {
-            Ok(d) => match all.iter().position(|(b, _)| b.name == d.name) {
-                Some(i) if all[i].1 == Origin::BuiltIn => all[i] = (d, Origin::Overrides(path)),
-                Some(_) => errors.push(DefError::whole(
-                    &path.display().to_string(),
-                    format!("a second definition named `{}` (the first one is kept)", d.name),
-                )),
-                None => all.push((d, Origin::File(path))),
-            },
+            Ok(d) if all.iter().any(|(u, _)| u.name == d.name) => errors.push(DefError::whole(
+                &path.display().to_string(),
+                format!("a second definition named `{}` (the first one is kept)", d.name),
+            )),
+            Ok(d) if is_built_in_name(&d.name) => all.push((d, Origin::Overrides(path))),
+            Ok(d) => all.push((d, Origin::File(path))),
             Err(e) => errors.extend(e.0),
         }
     }
     (all, errors)
+}
+
+/// Whether a built-in definition is named `name` (each is in a file of its name).
+fn is_built_in_name(name: &str) -> bool {
+    BUILT_IN.iter().any(|(file, _)| file.strip_suffix(".toml") == Some(name))
 }
 
 /// Every `*.toml` file of `dir`, in name order, loaded.

@@ -676,3 +676,15 @@ proptest! {
         }
     }
 }
+
+/// Each built-in is in a file of its name: a user file overrides one by that name, known
+/// without parsing the built-ins.
+#[test]
+fn every_built_in_is_in_a_file_of_its_name() {
+    for (file, text) in BUILT_IN {
+        let d = parse(text, file).unwrap();
+        assert_eq!(Some(d.name.as_str()), file.strip_suffix(".toml"));
+        assert!(is_built_in_name(&d.name));
+    }
+    assert!(!is_built_in_name("my-meter"));
+}
