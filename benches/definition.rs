@@ -1,7 +1,8 @@
 //! Decoding a reading by a meter definition against today's hand-written decoders.
 //!
 //! Per reading: the PZEM's ten registers by `pzem::decode` and by the `pzem-016` definition;
-//! the RX380's forty by `rx380::decode` (through its driver) and by the `rx380` definition;
+//! the RX380's forty by `rx380::decode` and by the `rx380` definition; a PZEM poll's requests
+//! and decoding by the hand-written driver (before) and by the driver's reader (now);
 //! and a full SDM630 poll (three replies, 60 values) by its definition. Also the time to plan a
 //! poll (group the registers into requests), which the daemon does once per plan, not per
 //! reading.
@@ -9,7 +10,7 @@
 //! `cargo bench --bench definition` (BENCH_N=N readings, default 2000000).
 
 use pmtr::meter::definition::{built_in, Definition};
-use pmtr::meter::driver::{Plan, Reader};
+use pmtr::meter::driver::Reader;
 use pmtr::meter::{pzem, rx380, Model};
 use pmtr::modbus::Pdu;
 use pmtr::reading::Phase;
@@ -103,6 +104,36 @@ fn main() {
     println!("{:<44} {:>12.1} {:>8.1}", "  definition, samples buffer reused", di.0, di.1);
     println!("{:<44} {:>12.2} {:>8.2}", "  definition / hand-written", dd.0 / h.0, dd.1 / h.1);
 
+    // What a poll of the daemon does besides moving bytes: its requests, then the decoding of
+    // the replies with the plausibility check. Before: the hand-written PZEM driver. Now: the
+    // driver's reader, which reads a PZEM by the built-in `pzem-016` (the layout planned once
+    // and kept).
+    let reader = Reader::new(Model::Pzem016, 1);
+    let plan = reader.first_plan(1);
+    let mut t: [Vec<f64>; 2] = Default::default();
+    for _ in 0..rounds {
+        t[0].push(time1(per, || {
+            black_box(vec![pzem::read_request(black_box(1))]);
+            let s = pzem::decode(black_box(&regs), Phase::L1).unwrap();
+            black_box(pmtr::meter::DecodeError::first_implausible(&s));
+            black_box(s);
+        }));
+        t[1].push(time1(per, || {
+            black_box(reader.requests(black_box(plan)));
+            let d = reader.decode(plan, black_box(&replies)).unwrap();
+            black_box(pmtr::meter::DecodeError::first_implausible(&d.samples));
+            black_box(d);
+        }));
+    }
+    let [h, dd] = t.map(|mut v| {
+        v.sort_by(f64::total_cmp);
+        (v[0], v[v.len() / 2])
+    });
+    println!("PZEM, a poll's requests and decoding, {rounds} rounds: fastest / median round, ns/poll");
+    println!("{:<44} {:>12.1} {:>8.1}", "  hand-written driver (before)", h.0, h.1);
+    println!("{:<44} {:>12.1} {:>8.1}", "  driver by pzem-016 (now)", dd.0, dd.1);
+    println!("{:<44} {:>12.2} {:>8.2}", "  now / before", dd.0 / h.0, dd.1 / h.1);
+
     let rx = vec![rx380::encode(&rx380::Snapshot {
         kwh: 98765.432,
         kvah: 100000.0,
@@ -117,12 +148,12 @@ fn main() {
         phase_volts: [230.1, 229.9, 231.2],
     })
     .to_vec()];
-    let reader = Reader::new(Model::Rx380, 1);
-    let plan = Plan::Rx380(rx380::Plan::Block);
+    let rx_request = [pmtr::modbus::Request::read_input(1, rx380::BLOCK_START, rx380::BLOCK_LEN)];
     let hand = time(reps / 4, || {
-        let d = reader.decode(plan, black_box(&rx)).unwrap();
-        black_box(pmtr::meter::DecodeError::first_implausible(&d.samples));
-        black_box(d);
+        let image = pmtr::meter::RegisterImage::from_replies(&rx_request, black_box(&rx));
+        let s = rx380::decode(&image).unwrap();
+        black_box(pmtr::meter::DecodeError::first_implausible(&s));
+        black_box(s);
     });
     let d = def("rx380");
     let layout = d.layout(d.first_plan(), 0);

@@ -8,7 +8,7 @@ mod pymodbus;
 
 use pmtr::bus::poll::poll;
 use pmtr::config::LineSettings;
-use pmtr::meter::driver::Plan;
+use pmtr::meter::driver::Reader;
 use pmtr::meter::{pzem, rx380, Model};
 use pmtr::modbus::transport::{open_serial, Transport};
 use pmtr::modbus::{Exception, FrameError, Request};
@@ -61,7 +61,7 @@ async fn pzem_and_rx380_read_from_pymodbus() {
     let timeout = Duration::from_millis(1000);
 
     let pz = pmtr::app::tools::adhoc_meter(Model::Pzem016, 4);
-    let mut plan = Plan::Pzem;
+    let mut plan = Reader::new(Model::Pzem016, 4).first_plan(1);
     let s = poll(&mut t, &pz, &mut plan, 0, 3, timeout, &mut |_| {}).await.unwrap().unwrap().samples;
     assert!((get(&s, Phase::L1, Quantity::Voltage) - 229.8).abs() < 1e-9);
     assert!((get(&s, Phase::L1, Quantity::Current) - 4.321).abs() < 1e-9);
@@ -71,9 +71,10 @@ async fn pzem_and_rx380_read_from_pymodbus() {
     assert!((get(&s, Phase::L1, Quantity::PowerFactor) - 0.96).abs() < 1e-9);
 
     let rx = pmtr::app::tools::adhoc_meter(Model::Rx380, 1);
-    let mut plan = Plan::Rx380(rx380::Plan::Block);
+    let block = Reader::new(Model::Rx380, 1).first_plan(1);
+    let mut plan = block;
     let s = poll(&mut t, &rx, &mut plan, 0, 3, timeout, &mut |_| {}).await.unwrap().unwrap().samples;
-    assert_eq!(plan, Plan::Rx380(rx380::Plan::Block), "pymodbus serves the whole block");
+    assert_eq!(plan, block, "pymodbus serves the whole block");
     let v = rx380_snapshot();
     assert!((get(&s, Phase::Total, Quantity::ActiveEnergy) - v.kwh).abs() < 1e-6);
     assert_eq!(get(&s, Phase::Total, Quantity::ActivePower), -2500.0);
@@ -94,7 +95,8 @@ async fn pzem_and_rx380_read_from_pymodbus() {
         matches!(out.result, Err(FrameError::Timeout | FrameError::Exception(Exception::SlaveDeviceFailure))),
         "{out:?}"
     );
-    let s = poll(&mut t, &pz, &mut Plan::Pzem, 0, 3, timeout, &mut |_| {}).await.unwrap().unwrap().samples;
+    let mut plan = Reader::new(Model::Pzem016, 4).first_plan(1);
+    let s = poll(&mut t, &pz, &mut plan, 0, 3, timeout, &mut |_| {}).await.unwrap().unwrap().samples;
     assert!((get(&s, Phase::L1, Quantity::Voltage) - 229.8).abs() < 1e-9);
 }
 

@@ -4,41 +4,32 @@
 //! - [`Reader`] is pure: the requests of a [`Plan`], their decoding, and the plan to fall back
 //!   to after an exception (one rule for every model: a meter that refuses a block with
 //!   exception 02 or 03 is read in smaller blocks from then on, while its model has them).
+//!   Every meter but a PMTR_001_SRV is read by a definition ([`definition::read_by`]: the
+//!   PZEMs and the RX380 by the built-in `pzem-016` and `rx380`).
 //! - [`Duties`] is what a model does between polls besides being read (a PMTR_001_SRV's clock,
 //!   relay actions and reboot sentinel): it decides purely when one is due and runs it as a
 //!   thin sequence of transactions, reporting through [`Report`].
 
-use super::{definition, pmtr_srv, pzem, rx380, DecodeError, Model, RegisterImage};
+use super::{definition, pmtr_srv, DecodeError, Model, RegisterImage};
 use crate::modbus::transport::{Line, Outcome, Transport};
 use crate::modbus::{Exception, Request};
 use crate::reading::{Phase, Sample};
+use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::time::Duration;
 use tokio::time::Instant;
 
 /// A way of reading a meter: which registers in which requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Plan {
-    /// A PZEM's one read of its ten registers.
-    Pzem,
-    Rx380(rx380::Plan),
     PmtrSrv(pmtr_srv::Plan),
     /// A meter read by its definition.
     Defined(definition::Plan),
 }
 
 impl Plan {
-    /// The way to read a meter of a hand-written model that refused this one's blocks, if its
-    /// model has one (a definition's smaller plans are its own: [`Reader::smaller`]).
-    pub fn smaller(self) -> Option<Plan> {
-        match self {
-            Plan::Pzem | Plan::Defined(_) => None,
-            Plan::Rx380(p) => p.smaller().map(Plan::Rx380),
-            Plan::PmtrSrv(p) => p.smaller().map(Plan::PmtrSrv),
-        }
-    }
-
     /// A PMTR_001_SRV's plan (None for other models).
     pub fn server(self) -> Option<pmtr_srv::Plan> {
         match self {
@@ -46,6 +37,39 @@ impl Plan {
             _ => None,
         }
     }
+}
+
+/// The layouts planned on this thread: (definition, plan, registers due, layout). A poll asks
+/// for its layout twice (its requests, then its decoding) and a meter's changes only after a
+/// refusal or on a poll that reads its slower registers, so each is planned once.
+type Layouts = Vec<(*const definition::Definition, definition::Plan, u128, Rc<definition::Layout>)>;
+
+thread_local! {
+    static LAYOUTS: RefCell<Layouts> = const { RefCell::new(Vec::new()) };
+}
+
+/// The most layouts kept per thread: a daemon needs one per definition in use and plan (and
+/// per set of registers due, for definitions with slower ones); past this all are planned again.
+const MAX_LAYOUTS: usize = 64;
+
+/// `d`'s layout for poll number `poll` by `plan`, planned once per thread.
+fn layout(d: &'static definition::Definition, plan: definition::Plan, poll: u64) -> Rc<definition::Layout> {
+    let Some(due) = d.due_mask(poll) else {
+        return Rc::new(d.layout(plan, poll));
+    };
+    let key = std::ptr::from_ref(d);
+    LAYOUTS.with(|cell| {
+        let mut all = cell.borrow_mut();
+        if let Some((.., l)) = all.iter().find(|(k, p, m, _)| *k == key && *p == plan && *m == due) {
+            return l.clone();
+        }
+        if all.len() >= MAX_LAYOUTS {
+            all.clear();
+        }
+        let l = Rc::new(d.layout(plan, poll));
+        all.push((key, plan, due, l.clone()));
+        l
+    })
 }
 
 /// What one good poll decoded.
@@ -77,18 +101,19 @@ impl Reader {
         Reader { model, address, phase: Phase::L1, multiplier: 1.0, poll: 0 }
     }
 
+    /// The definition the meter is read by, if it is read by one (all but a PMTR_001_SRV).
+    fn definition(&self) -> Option<&'static definition::Definition> {
+        definition::read_by(self.model)
+    }
+
     /// The plan to start with, given how many meters share the bus (a PMTR_001_SRV alone on
     /// its bus is read in one block, else in chunks that spare the others' receive buffers).
     pub fn first_plan(&self, meters_on_bus: usize) -> Plan {
-        match self.model {
-            Model::Rx380 => Plan::Rx380(rx380::Plan::Block),
-            Model::PmtrSrv => Plan::PmtrSrv(pmtr_srv::Plan::first(meters_on_bus)),
-            Model::Defined(_) => match definition::of(self.model) {
-                Some(d) => Plan::Defined(d.first_plan()),
-                // A model known only by name reads nothing.
-                None => Plan::Defined(definition::Plan::Values),
-            },
-            _ => Plan::Pzem,
+        match (self.model, self.definition()) {
+            (Model::PmtrSrv, _) => Plan::PmtrSrv(pmtr_srv::Plan::first(meters_on_bus)),
+            (_, Some(d)) => Plan::Defined(d.first_plan()),
+            // A model known only by name reads nothing.
+            (_, None) => Plan::Defined(definition::Plan::Values),
         }
     }
 
@@ -103,21 +128,18 @@ impl Reader {
 
     /// The plan after `plan` was refused, if the model has a smaller one.
     pub fn smaller(&self, plan: Plan) -> Option<Plan> {
-        match (plan, definition::of(self.model)) {
-            (Plan::Defined(p), Some(d)) => d.smaller(p).map(Plan::Defined),
-            (Plan::Defined(_), None) => None,
-            _ => plan.smaller(),
+        match plan {
+            Plan::PmtrSrv(p) => p.smaller().map(Plan::PmtrSrv),
+            Plan::Defined(p) => self.definition()?.smaller(p).map(Plan::Defined),
         }
     }
 
     /// The requests of one poll by `plan`.
     pub fn requests(&self, plan: Plan) -> Vec<Request> {
         match plan {
-            Plan::Pzem => vec![pzem::read_request(self.address)],
-            Plan::Rx380(p) => rx380::requests(self.address, p),
             Plan::PmtrSrv(p) => pmtr_srv::requests(self.address, p),
-            Plan::Defined(p) => match definition::of(self.model) {
-                Some(d) => d.layout(p, self.poll).requests(self.address),
+            Plan::Defined(p) => match self.definition() {
+                Some(d) => layout(d, p, self.poll).requests(self.address),
                 None => Vec::new(),
             },
         }
@@ -125,24 +147,21 @@ impl Reader {
 
     /// Decodes the replies to [`Reader::requests`] of `plan` (in the same order).
     pub fn decode(&self, plan: Plan, replies: &[Vec<u16>]) -> Result<Decoded, DecodeError> {
-        let plain = |samples| Decoded { samples, server: None };
-        if let Plan::Defined(p) = plan {
-            let d = definition::of(self.model).ok_or(DecodeError::Missing("the model's definition"))?;
-            return d.layout(p, self.poll).decode(d, replies, self.phase).map(plain);
-        }
-        let requests = self.requests(plan);
-        if requests.len() != replies.len() {
-            return Err(DecodeError::Missing("a reply"));
-        }
         match plan {
-            Plan::Pzem => pzem::decode(&replies[0], self.phase).map(plain),
-            Plan::Rx380(_) => rx380::decode(&RegisterImage::from_replies(&requests, replies)).map(plain),
+            Plan::Defined(p) => {
+                let d = self.definition().ok_or(DecodeError::Missing("the model's definition"))?;
+                let samples = layout(d, p, self.poll).decode(d, replies, self.phase)?;
+                Ok(Decoded { samples, server: None })
+            }
             Plan::PmtrSrv(p) => {
+                let requests = self.requests(plan);
+                if requests.len() != replies.len() {
+                    return Err(DecodeError::Missing("a reply"));
+                }
                 let image = RegisterImage::from_replies(&requests, replies);
                 pmtr_srv::decode(&image, p, self.multiplier)
                     .map(|t| Decoded { server: Some(t.server_read()), samples: t.samples })
             }
-            Plan::Defined(_) => Err(DecodeError::Missing("the model's definition")),
         }
     }
 
@@ -211,11 +230,9 @@ mod tests {
                 }
             }
         }
-        assert_eq!(Reader::new(Model::Pzem016, 1).plans(), [Plan::Pzem]);
-        assert_eq!(
-            Reader::new(Model::Rx380, 1).plans(),
-            [Plan::Rx380(rx380::Plan::Block), Plan::Rx380(rx380::Plan::Groups)]
-        );
+        let blocks = |max_block| Plan::Defined(definition::Plan::Blocks { max_block, max_gap: 0 });
+        assert_eq!(Reader::new(Model::Pzem016, 1).plans(), [blocks(10)]);
+        assert_eq!(Reader::new(Model::Rx380, 1).plans(), [blocks(40), blocks(12)]);
         assert_eq!(Reader::new(Model::PmtrSrv, 1).plans().len(), 3);
     }
 
@@ -269,7 +286,10 @@ mod tests {
         let r = Reader::new(Model::PmtrSrv, 5);
         assert_eq!(r.first_plan(1), Plan::PmtrSrv(pmtr_srv::Plan::Block));
         assert_eq!(r.first_plan(2), Plan::PmtrSrv(pmtr_srv::Plan::Chunks));
-        assert_eq!(Reader::new(Model::Rx380, 1).first_plan(3), Plan::Rx380(rx380::Plan::Block));
+        assert_eq!(
+            Reader::new(Model::Rx380, 1).first_plan(3),
+            Plan::Defined(definition::Plan::Blocks { max_block: 40, max_gap: 0 })
+        );
     }
 
     /// The telemetry of a server is decoded in one place, with the meter's multiplier.

@@ -5,44 +5,14 @@
 //! see the README for how to check this on a real meter.
 
 use super::{DecodeError, RegisterImage};
-use crate::modbus::Request;
 use crate::reading::{Phase, Quantity, Sample};
 
 pub const BLOCK_START: u16 = 4000;
 pub const BLOCK_LEN: u16 = 40;
 
-/// The ways of reading an RX380, tried in this order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Plan {
-    /// One block read 4000..4039 (85-byte reply).
-    Block,
-    /// One read per group, for meters that refuse long blocks.
-    Groups,
-}
-
-impl Plan {
-    /// The way to read a meter that refused this one with exception 02 or 03.
-    pub fn smaller(self) -> Option<Plan> {
-        match self {
-            Plan::Block => Some(Plan::Groups),
-            Plan::Groups => None,
-        }
-    }
-}
-
-/// The requests of one poll by `plan`.
-pub fn requests(address: u8, plan: Plan) -> Vec<Request> {
-    match plan {
-        Plan::Block => vec![Request::read_input(address, BLOCK_START, BLOCK_LEN)],
-        Plan::Groups => vec![
-            Request::read_input(address, 4000, 12),
-            Request::read_input(address, 4012, 8),
-            Request::read_input(address, 4020, 8),
-            Request::read_input(address, 4028, 12),
-        ],
-    }
-}
-
+/// The hand-written decoder of the 40 registers 4000..4039 that the built-in `rx380`
+/// definition replaced in the daemon: kept as the reference the definition is tested and
+/// benchmarked against.
 pub fn decode(img: &RegisterImage) -> Result<Vec<Sample>, DecodeError> {
     let miss = DecodeError::Missing;
     let u32v = |a: u16, what| img.u32_hw(a).ok_or(miss(what));
@@ -154,7 +124,7 @@ pub(crate) fn test_snapshot() -> Snapshot {
 mod tests {
     use super::*;
     use crate::modbus::frame::{scan_reply, Scan};
-    use crate::modbus::Reply;
+    use crate::modbus::{Reply, Request};
 
     fn hex(s: &str) -> Vec<u8> {
         s.split_whitespace().map(|b| u8::from_str_radix(b, 16).unwrap()).collect()
@@ -193,8 +163,10 @@ mod tests {
     #[test]
     fn decodes_every_quantity_in_both_plans() {
         let regs = encode(&snapshot());
-        for plan in [Plan::Block, Plan::Groups] {
-            let reqs = requests(1, plan);
+        let reader = crate::meter::driver::Reader::new(crate::meter::Model::Rx380, 1);
+        assert_eq!(reader.plans().len(), 2, "the block, then blocks of at most 12");
+        for plan in reader.plans() {
+            let reqs = reader.requests(plan);
             let replies: Vec<Vec<u16>> = reqs
                 .iter()
                 .map(|r| match r.pdu {
@@ -204,8 +176,7 @@ mod tests {
                     _ => unreachable!(),
                 })
                 .collect();
-            let reader = crate::meter::driver::Reader::new(crate::meter::Model::Rx380, 1);
-            let s = reader.decode(crate::meter::driver::Plan::Rx380(plan), &replies).unwrap().samples;
+            let s = reader.decode(plan, &replies).unwrap().samples;
             let get = |p, q| s.iter().find(|x| x.phase == p && x.quantity == q).unwrap().value;
             assert!((get(Phase::Total, Quantity::ActiveEnergy) - 123456.789).abs() < 1e-6);
             assert_eq!(get(Phase::Total, Quantity::ActivePower), -1500.0, "signed power");

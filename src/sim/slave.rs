@@ -801,9 +801,11 @@ mod tests {
     #[test]
     fn rx380_max_block_forces_group_reads() {
         let mut s = SimSlave::new(Model::Rx380, 1).max_block(Some(12));
-        let block = &rx380::requests(1, rx380::Plan::Block)[0];
+        let reader = crate::meter::driver::Reader::new(Model::Rx380, 1);
+        let plans = reader.plans();
+        let block = &reader.requests(plans[0])[0];
         assert_eq!(scan_exception(block, s.handle(&block.encode(), 0.0)), 3);
-        for req in rx380::requests(1, rx380::Plan::Groups) {
+        for req in reader.requests(plans[1]) {
             let n = regs_of(&req, s.handle(&req.encode(), 0.0)).len();
             assert!(n <= 12);
         }

@@ -2,8 +2,8 @@
 //! `FILE:LINE:COL: KEY: MESSAGE` with a "did you mean" where a word is misspelt.
 
 use super::{
-    ByteOrder, Definition, Function, LineDefaults, ProbeRegister, ProbeTest, ReadSettings, RegType, Register,
-    Source, WordOrder,
+    ByteOrder, Definition, Fallback, Function, LineDefaults, ProbeRegister, ProbeTest, ReadSettings, RegType,
+    Register, Source, WordOrder,
 };
 use crate::reading::{Phase, Quantity};
 use std::fmt;
@@ -18,7 +18,8 @@ const TOP_KEYS: &[&str] =
     &["name", "maker", "model", "description", "source", "phases", "line", "read", "probe", "register"];
 const SOURCE_KEYS: &[&str] = &["title", "edition"];
 const LINE_KEYS: &[&str] = &["baud", "parity", "stop_bits", "address"];
-const READ_KEYS: &[&str] = &["function", "word_order", "byte_order", "max_block", "max_gap", "even"];
+const READ_KEYS: &[&str] =
+    &["function", "word_order", "byte_order", "max_block", "max_gap", "even", "fallback"];
 const PROBE_KEYS: &[&str] =
     &["address", "type", "function", "word_order", "byte_order", "equals", "min", "max"];
 const REGISTER_KEYS: &[&str] = &[
@@ -493,6 +494,11 @@ impl Checker<'_> {
                 None => ok = false,
             }
         }
+        // A bad list is reported and read as the default, so that the table is still checked
+        // against the block limit.
+        if let Some(f) = t.get("fallback").and_then(|x| self.fallback(x, &read)) {
+            read.fallback = f;
+        }
         if read.even && read.max_block < 2 {
             if let Some(x) = t.get("max_block") {
                 self.error(
@@ -504,6 +510,45 @@ impl Checker<'_> {
             }
         }
         ok.then_some(read)
+    }
+
+    /// `read.fallback`: the block limits to fall back through, each smaller than the one before
+    /// (and than `max_block`), even for an `even` meter; `[]` for none.
+    fn fallback(&mut self, v: &Value<'_>, read: &ReadSettings) -> Option<Fallback> {
+        let key = "read.fallback";
+        let DeValue::Array(items) = v.get_ref() else {
+            self.wrong(v, key, "a list of block limits, largest first (e.g. [20, 12]), or [] for none");
+            return None;
+        };
+        if items.len() > Fallback::MAX_LISTED {
+            let msg = format!("{} limits: at most {} can be listed", items.len(), Fallback::MAX_LISTED);
+            self.error(v.span(), key, msg);
+            return None;
+        }
+        let mut limits = [0u16; Fallback::MAX_LISTED];
+        let mut above = read.max_block;
+        let mut ok = true;
+        for (i, item) in items.iter().enumerate() {
+            let at = format!("{key}[{i}]");
+            let Some(n) =
+                self.integer(item, &at, 1..i64::from(MODBUS_MAX_READ) + 1, "registers per request, 1..125")
+            else {
+                ok = false;
+                continue;
+            };
+            let n = n as u16;
+            if n >= above {
+                let what = if i == 0 { "`read.max_block`" } else { "the limit before it" };
+                self.error(item.span(), &at, format!("{n} is not smaller than {what} ({above})"));
+                ok = false;
+            } else if read.even && n % 2 == 1 {
+                self.error(item.span(), &at, format!("{n} is odd: an `even` meter is read in even blocks"));
+                ok = false;
+            }
+            limits[i] = n;
+            above = n;
+        }
+        ok.then_some(Fallback::Listed { limits, len: items.len() as u8 })
     }
 
     fn address(&mut self, t: &DeTable<'_>, at: &Value<'_>, key: &str) -> Option<u16> {
@@ -689,12 +734,20 @@ impl Checker<'_> {
             let own =
                 super::plan::group(&[(r.function, r.address, r.width())], super::Plan::Values, read.even);
             let need = own.first().map_or(0, |(b, _)| b.count);
+            let smallest = read.fallback.listed().and_then(|l| l.last().copied());
             if need > read.max_block {
                 let msg = format!(
                     "a {} at {} needs a request of {need} registers, over `read.max_block` = {}",
                     r.ty.name(),
                     r.address,
                     read.max_block
+                );
+                self.error(span(i), &key, msg);
+            } else if let Some(last) = smallest.filter(|&l| need > l) {
+                let msg = format!(
+                    "a {} at {} needs a request of {need} registers, over the last `read.fallback` limit, {last}",
+                    r.ty.name(),
+                    r.address,
                 );
                 self.error(span(i), &key, msg);
             }

@@ -138,6 +138,33 @@ pub struct ReadSettings {
     pub max_gap: u16,
     /// Every request starts at an even address and asks for an even count (Eastron).
     pub even: bool,
+    /// The block limits to read by after the meter refuses a request (exception 02 or 03).
+    pub fallback: Fallback,
+}
+
+/// The block limits a meter is read by after it refuses a request with exception 02 or 03.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fallback {
+    /// Half the limit at each refusal, down to the widest register, then one value per
+    /// request.
+    Halve,
+    /// These limits in turn, each smaller than the one before (the first `len` of `limits`),
+    /// and nothing smaller after them: a meter refusing the last is asked the same again at
+    /// its next poll. None at all for a meter that always answers its block (the PZEM).
+    Listed { limits: [u16; Fallback::MAX_LISTED], len: u8 },
+}
+
+impl Fallback {
+    /// The most limits a `fallback` list gives.
+    pub const MAX_LISTED: usize = 4;
+
+    /// The limits listed (none for [`Fallback::Halve`]).
+    pub fn listed(&self) -> Option<&[u16]> {
+        match self {
+            Fallback::Halve => None,
+            Fallback::Listed { limits, len } => Some(&limits[..usize::from(*len)]),
+        }
+    }
 }
 
 impl ReadSettings {
@@ -150,6 +177,7 @@ impl ReadSettings {
         max_block: format::MODBUS_MAX_READ,
         max_gap: 8,
         even: false,
+        fallback: Fallback::Halve,
     };
 }
 
@@ -278,6 +306,29 @@ pub fn intern(def: Definition) -> crate::reading::Model {
 pub fn of(model: crate::reading::Model) -> Option<&'static Definition> {
     let d: &'static dyn std::any::Any = model.described()?;
     d.downcast_ref::<Definition>()
+}
+
+/// The definition a meter of `model` is read by: a defined model's own; for the PZEMs and the
+/// RX380, whose names stay words of their own (configurations, the spool, `pmtr pzem`), the
+/// built-in `pzem-016` and `rx380`, each parsed alone the first time it is needed; none for a
+/// PMTR_001_SRV (its telemetry comes with its duties) or a model known only by name.
+pub fn read_by(model: crate::reading::Model) -> Option<&'static Definition> {
+    use crate::reading::Model;
+    use std::sync::OnceLock;
+    static PZEM: OnceLock<Option<Definition>> = OnceLock::new();
+    static RX380: OnceLock<Option<Definition>> = OnceLock::new();
+    let one = |cell: &'static OnceLock<Option<Definition>>, file: &str| {
+        cell.get_or_init(|| {
+            BUILT_IN.iter().find(|(f, _)| *f == file).and_then(|(f, text)| parse(text, f).ok())
+        })
+        .as_ref()
+    };
+    match model {
+        Model::Defined(_) => of(model),
+        Model::Rx380 => one(&RX380, "rx380.toml"),
+        m if m.is_pzem() => one(&PZEM, "pzem-016.toml"),
+        _ => None,
+    }
 }
 
 /// The model a meter named `name` (case-insensitive) is read as, among `catalogue` (a whole

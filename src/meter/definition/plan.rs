@@ -2,7 +2,7 @@
 //! allows, the smaller blocks to fall back to after exception 02 or 03, and the replies decoded
 //! back into samples. Pure.
 
-use super::{ByteOrder, Definition, Function, RegType, Register, WordOrder};
+use super::{ByteOrder, Definition, Fallback, Function, RegType, Register, WordOrder};
 use crate::meter::DecodeError;
 use crate::modbus::{Exception, Request};
 use crate::reading::{Phase, Quantity, Sample};
@@ -192,12 +192,18 @@ impl Definition {
         Plan::Blocks { max_block: self.read.max_block, max_gap: self.read.max_gap }
     }
 
-    /// The plan after `plan` was refused: half the block limit (even where the meter wants
-    /// it), down to the widest register, then one value per request, then none.
+    /// The plan after `plan` was refused, by the definition's `fallback`: by default half the
+    /// block limit (even where the meter wants it), down to the widest register, then one value
+    /// per request, then none; or the next smaller limit of its list, then none.
     pub fn smaller(&self, plan: Plan) -> Option<Plan> {
-        match plan {
-            Plan::Values => None,
-            Plan::Blocks { max_block, max_gap } => {
+        match (plan, self.read.fallback) {
+            (Plan::Values, _) => None,
+            (Plan::Blocks { max_block, max_gap }, Fallback::Listed { .. }) => {
+                let listed = self.read.fallback.listed().unwrap_or(&[]);
+                let next = listed.iter().copied().find(|&l| l < max_block)?;
+                Some(Plan::Blocks { max_block: next, max_gap })
+            }
+            (Plan::Blocks { max_block, max_gap }, Fallback::Halve) => {
                 let mut half = max_block / 2;
                 if self.read.even {
                     half &= !1;
@@ -220,6 +226,23 @@ impl Definition {
     /// `exception`: the next smaller one when it refuses the registers asked for (02, 03).
     pub fn fallback(&self, plan: Plan, exception: Exception) -> Option<Plan> {
         exception.refuses_the_block().then(|| self.smaller(plan)).flatten()
+    }
+
+    /// Which registers poll number `poll` reads, a bit each in table order (the first register
+    /// the lowest bit): what tells one poll's layout from another's. None for a table of more
+    /// than 128 registers.
+    pub fn due_mask(&self, poll: u64) -> Option<u128> {
+        if self.registers.len() > 128 {
+            return None;
+        }
+        let mut mask = 0u128;
+        for (i, r) in self.registers.iter().enumerate() {
+            // Most registers are read every poll: no division for them.
+            if r.every <= 1 || r.due(poll) {
+                mask |= 1 << i;
+            }
+        }
+        Some(mask)
     }
 
     /// The requests of poll number `poll` (the first is 0) by `plan`: the registers due then.

@@ -1,7 +1,6 @@
 use super::plan::{encode, group, raw};
 use super::*;
-use crate::meter::driver::{self, Reader};
-use crate::meter::{pzem, rx380, Model};
+use crate::meter::{pzem, rx380};
 use crate::modbus::{Exception, Pdu};
 use crate::reading::Sample;
 use proptest::prelude::*;
@@ -61,29 +60,37 @@ fn the_pzem_definition_equals_the_hand_written_driver() {
     }
 }
 
-/// The RX380 as a definition: its first plan is today's block, and decodes today's samples.
+/// The RX380 as a definition: its first plan is the hand-written driver's block of 40, decoded
+/// as the hand-written decoder did; its fallback is data (`fallback = [12]`): blocks of at most
+/// 12 registers, then nothing smaller.
 #[test]
 fn the_rx380_definition_equals_the_hand_written_driver() {
     let d = def("rx380");
     let layout = d.layout(d.first_plan(), 0);
-    assert_eq!(layout.requests(3), rx380::requests(3, rx380::Plan::Block));
+    assert_eq!(layout.requests(3), vec![crate::modbus::Request::read_input(3, 4000, 40)]);
     let regs = rx380::encode(&rx380::test_snapshot()).to_vec();
-    let reader = Reader::new(Model::Rx380, 3);
-    let want =
-        reader.decode(driver::Plan::Rx380(rx380::Plan::Block), std::slice::from_ref(&regs)).unwrap().samples;
-    let got = layout.decode(&d, &[regs], Phase::L1).unwrap();
+    let want = hand_rx380(&regs);
+    let got = layout.decode(&d, std::slice::from_ref(&regs), Phase::L1).unwrap();
     assert!(close(&got, &want), "{got:?}\n{want:?}");
-    // Its fallback is the general rule: halved blocks, then one value per request.
     assert_eq!(
         d.plans(),
-        [
-            Plan::Blocks { max_block: 40, max_gap: 0 },
-            Plan::Blocks { max_block: 20, max_gap: 0 },
-            Plan::Blocks { max_block: 10, max_gap: 0 },
-            Plan::Blocks { max_block: 5, max_gap: 0 },
-            Plan::Values
-        ]
+        [Plan::Blocks { max_block: 40, max_gap: 0 }, Plan::Blocks { max_block: 12, max_gap: 0 }]
     );
+    let smaller = d.layout(d.plans()[1], 0);
+    let starts: Vec<(u16, u16)> = smaller.blocks.iter().map(|b| (b.start, b.count)).collect();
+    assert_eq!(starts, [(4000, 12), (4012, 12), (4024, 12), (4036, 4)]);
+    let replies: Vec<Vec<u16>> = smaller
+        .blocks
+        .iter()
+        .map(|b| regs[usize::from(b.start - 4000)..][..usize::from(b.count)].to_vec())
+        .collect();
+    assert!(close(&smaller.decode(&d, &replies, Phase::L1).unwrap(), &want));
+}
+
+/// The hand-written RX380 decoder on the block 4000..4039.
+fn hand_rx380(regs: &[u16]) -> Vec<Sample> {
+    let req = crate::modbus::Request::read_input(1, 4000, 40);
+    rx380::decode(&crate::meter::RegisterImage::from_replies(&[req], &[regs.to_vec()])).unwrap()
 }
 
 #[test]
@@ -267,6 +274,47 @@ quantity = "power"
     }
 }
 
+/// A file's `fallback` list: every error at once, and the plans it gives.
+#[test]
+fn a_fallback_list_is_checked_and_read_in_turn() {
+    let head = "name = \"f\"\nmaker = \"m\"\nmodel = \"m\"\nsource = { title = \"t\" }\nphases = 1\n";
+    let reg = "[[register]]\naddress = 0\ntype = \"u32\"\nquantity = \"energy\"\n";
+    let errors =
+        |read: &str| parse(&format!("{head}[read]\n{read}\n{reg}"), "f.toml").unwrap_err().to_string();
+    for (read, want) in [
+        ("fallback = 12", "f.toml:7:12: read.fallback: expected a list of block limits"),
+        ("fallback = [4, 3, 2, 1, 1]", "read.fallback: 5 limits: at most 4 can be listed"),
+        ("max_block = 20\nfallback = [20]", "read.fallback[0]: 20 is not smaller than `read.max_block` (20)"),
+        ("fallback = [12, 12]", "read.fallback[1]: 12 is not smaller than the limit before it (12)"),
+        (
+            "even = true\nfallback = [8, 3]",
+            "read.fallback[1]: 3 is odd: an `even` meter is read in even blocks",
+        ),
+        ("fallback = [0]", "read.fallback[0]"),
+        (
+            "fallback = [8, 1]",
+            "register[0]: a u32 at 0 needs a request of 2 registers, over the last `read.fallback` limit, 1",
+        ),
+    ] {
+        let e = errors(read);
+        assert!(e.contains(want), "{read}: missing {want:?} in:\n{e}");
+    }
+
+    let d = parse(&format!("{head}[read]\nmax_block = 30\nmax_gap = 3\nfallback = [16, 2]\n{reg}"), "f.toml")
+        .unwrap();
+    let want = [
+        Plan::Blocks { max_block: 30, max_gap: 3 },
+        Plan::Blocks { max_block: 16, max_gap: 3 },
+        Plan::Blocks { max_block: 2, max_gap: 3 },
+    ];
+    assert_eq!(d.plans(), want);
+    assert_eq!(d.fallback(want[0], Exception::IllegalDataAddress), Some(want[1]));
+    assert_eq!(d.fallback(want[2], Exception::IllegalDataValue), None, "nothing after the last");
+    assert_eq!(d.fallback(want[0], Exception::SlaveDeviceFailure), None, "only 02 and 03 refuse a block");
+    let none = parse(&format!("{head}[read]\nfallback = []\n{reg}"), "f.toml").unwrap();
+    assert_eq!(none.plans(), [none.first_plan()]);
+}
+
 /// A random table of non-overlapping registers.
 fn table() -> impl Strategy<Value = Vec<(Function, u16, u16)>> {
     prop::collection::vec((any::<bool>(), 0u16..400, prop::sample::select(vec![1u16, 2, 4])), 1..40).prop_map(
@@ -349,9 +397,26 @@ proptest! {
     #[test]
     fn every_plan_of_a_definition_covers_its_table(
         regs in table(), max_block in 4u16..126, max_gap in 0u16..20, even in any::<bool>(), poll in 0u64..6,
+        listed in proptest::option::of(prop::collection::vec(1u16..126, 0..=4)),
     ) {
         let max_block = if even { max_block & !1 } else { max_block };
         prop_assume!(fits(&regs, max_block, even));
+        // Halving, or a list as the checker lets through: each limit smaller than the one
+        // before, even for an even meter, wide enough for every register.
+        let fallback = match listed {
+            None => Fallback::Halve,
+            Some(mut ls) => {
+                if even {
+                    ls.iter_mut().for_each(|l| *l &= !1);
+                }
+                ls.sort_unstable_by(|a, b| b.cmp(a));
+                ls.dedup();
+                ls.retain(|&l| l < max_block && fits(&regs, l, even));
+                let mut limits = [0; Fallback::MAX_LISTED];
+                limits[..ls.len()].copy_from_slice(&ls);
+                Fallback::Listed { limits, len: ls.len() as u8 }
+            }
+        };
         let mut phases = Phase::ALL.iter().cycle();
         let quantities = Quantity::ALL;
         let registers: Vec<Register> = regs.iter().enumerate().map(|(i, &(function, address, width))| Register {
@@ -371,9 +436,12 @@ proptest! {
             name: "p".into(), maker: String::new(), model: String::new(), description: String::new(),
             source: Source::default(), phases: 3,
             line: LineDefaults { baud: 9600, parity: 'N', stop_bits: 1, address: 1 },
-            read: ReadSettings { function: Function::Input, word_order: WordOrder::HighFirst, byte_order: ByteOrder::Big, max_block, max_gap, even },
+            read: ReadSettings { function: Function::Input, word_order: WordOrder::HighFirst, byte_order: ByteOrder::Big, max_block, max_gap, even, fallback },
             probe: Vec::new(), registers,
         };
+        if let Some(l) = fallback.listed() {
+            prop_assert_eq!(d.plans().len(), 1 + l.len());
+        }
         for plan in d.plans() {
             let layout = d.layout(plan, poll);
             let due: Vec<usize> = (0..d.registers.len()).filter(|&i| d.registers[i].due(poll)).collect();
@@ -612,11 +680,7 @@ proptest! {
         exact.extend((28..40).step_by(2).map(|k| f64::from(w32(k)) / 10.0));
         let mut bitwise = vec![true; 6];
         bitwise.resize(18, false);
-        let reader = Reader::new(Model::Rx380, 1);
-        let hand = reader
-            .decode(driver::Plan::Rx380(rx380::Plan::Block), std::slice::from_ref(&regs))
-            .unwrap()
-            .samples;
+        let hand = hand_rx380(&regs);
         check_against_hand(layout.decode(&d, &[regs], Phase::L1), &hand, &exact, &bitwise)?;
     }
 
