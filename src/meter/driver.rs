@@ -39,10 +39,11 @@ impl Plan {
     }
 }
 
-/// The layouts planned on this thread: (definition, plan, registers due, layout). A poll asks
+/// The layouts planned on this thread: (definition, plan, registers due, layout), the
+/// registers due None for a definition that reads every register at every poll. A poll asks
 /// for its layout twice (its requests, then its decoding) and a meter's changes only after a
 /// refusal or on a poll that reads its slower registers, so each is planned once.
-type Layouts = Vec<(*const definition::Definition, definition::Plan, u128, Rc<definition::Layout>)>;
+type Layouts = Vec<(*const definition::Definition, definition::Plan, Option<u128>, Rc<definition::Layout>)>;
 
 thread_local! {
     static LAYOUTS: RefCell<Layouts> = const { RefCell::new(Vec::new()) };
@@ -54,20 +55,33 @@ const MAX_LAYOUTS: usize = 64;
 
 /// `d`'s layout for poll number `poll` by `plan`, planned once per thread.
 fn layout(d: &'static definition::Definition, plan: definition::Plan, poll: u64) -> Rc<definition::Layout> {
-    let Some(due) = d.due_mask(poll) else {
-        return Rc::new(d.layout(plan, poll));
-    };
     let key = std::ptr::from_ref(d);
     LAYOUTS.with(|cell| {
         let mut all = cell.borrow_mut();
-        if let Some((.., l)) = all.iter().find(|(k, p, m, _)| *k == key && *p == plan && *m == due) {
-            return l.clone();
+        // Most definitions read every register at every poll: their one layout per plan is
+        // found without working out which registers are due.
+        let mut due = None;
+        for (k, p, m, l) in all.iter() {
+            if *k != key || *p != plan {
+                continue;
+            }
+            let Some(m) = m else { return l.clone() };
+            let want = *due.get_or_insert_with(|| d.due_mask(poll));
+            if want == Some(*m) {
+                return l.clone();
+            }
         }
+        let l = Rc::new(d.layout(plan, poll));
+        let mask = match due.unwrap_or_else(|| d.due_mask(poll)) {
+            _ if d.registers.iter().all(|r| r.every <= 1) => None,
+            Some(m) => Some(m),
+            // Over 128 registers and some slower: planned at each poll.
+            None => return l,
+        };
         if all.len() >= MAX_LAYOUTS {
             all.clear();
         }
-        let l = Rc::new(d.layout(plan, poll));
-        all.push((key, plan, due, l.clone()));
+        all.push((key, plan, mask, l.clone()));
         l
     })
 }
@@ -279,6 +293,29 @@ mod tests {
         };
         assert!(energy(&r) && !energy(&second));
         assert_eq!(model.sample_set(Phase::L3).len(), def.registers.len());
+    }
+
+    /// The layouts kept per thread are the ones planned afresh, whatever order the polls,
+    /// plans and definitions come in (a definition with slower registers included).
+    #[test]
+    fn kept_layouts_are_the_layouts_planned() {
+        let text =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cases/meters/good.toml"))
+                .unwrap();
+        let mine =
+            definition::of(definition::intern(definition::parse(&text, "good.toml").unwrap())).unwrap();
+        let defs: Vec<&'static definition::Definition> = [Model::Pzem016, Model::Rx380]
+            .into_iter()
+            .filter_map(definition::read_by)
+            .chain([mine])
+            .collect();
+        for poll in [0u64, 1, 10, 3, 20, 1, 0] {
+            for &d in &defs {
+                for p in d.plans() {
+                    assert_eq!(*layout(d, p, poll), d.layout(p, poll), "{} {p:?} poll {poll}", d.name);
+                }
+            }
+        }
     }
 
     #[test]
