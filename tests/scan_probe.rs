@@ -16,6 +16,17 @@ fn f32_words(x: f32) -> [u16; 2] {
     [(b >> 16) as u16, b as u16]
 }
 
+/// Floats at their registers, as an image's register map.
+fn floats(values: &[(u16, f32)]) -> serde_json::Map<String, serde_json::Value> {
+    values
+        .iter()
+        .flat_map(|&(a, x)| {
+            let w = f32_words(x);
+            [(a.to_string(), json!(w[0])), ((a + 1).to_string(), json!(w[1]))]
+        })
+        .collect()
+}
+
 /// The devices on the peer:
 /// 1. an Eastron SDM120: input registers from 0 (voltage 30001, current 30007, frequency 30071,
 ///    as floats; the reserved ones between read 0) and
@@ -26,20 +37,19 @@ fn f32_words(x: f32) -> [u16; 2] {
 ///    'B' '2' '3' ' ' are 0x42 0x32 0x33 0x20).
 /// 4. a device that refuses every register of the probes (a Hiking DDS238 image: holding
 ///    0x000C, voltage in 0.1 V): found, but no model named.
+/// 5. an Eastron SDM72D-M-1 (the first SDM72D-M, totals only): no voltage at input 0, so it
+///    refuses the PZEM read; total power 30053 (input 0x0034) and import energy 30073 (0x0048)
+///    as floats, and the meter code its user manual (V1.4) gives, 00 84, at holding 464515.
 fn images() -> serde_json::Value {
-    let sdm120_ir: serde_json::Map<String, serde_json::Value> = [(0u16, 231.5f32), (6, 4.75), (0x46, 50.02)]
-        .into_iter()
-        .flat_map(|(a, x)| {
-            let w = f32_words(x);
-            [(a.to_string(), json!(w[0])), ((a + 1).to_string(), json!(w[1]))]
-        })
-        .collect();
+    let sdm120_ir = floats(&[(0, 231.5), (6, 4.75), (0x46, 50.02)]);
+    let sdm72d_ir = floats(&[(0x34, 1520.0), (0x48, 8765.5)]);
     json!({
         "1": { "ir": sdm120_ir, "hr": { "64514": 0x0020 }, "fill": true },
         "2": { "ir": {}, "hr": { "64514": 0x0070 }, "fill": false },
         "3": { "ir": {}, "hr": { "35168": 0x4232, "35169": 0x3320, "35170": 0x3131, "35171": 0x322D },
                "fill": false },
         "4": { "ir": {}, "hr": { "12": 2304 }, "fill": false },
+        "5": { "ir": sdm72d_ir, "hr": { "64514": 0x0084 }, "fill": false },
     })
 }
 
@@ -82,7 +92,7 @@ fn scan_names_the_model_by_its_probe() {
         "--ports",
         port,
         "--addresses",
-        "1-4",
+        "1-5",
         "--timeout",
         "300ms",
         "--meters-dir",
@@ -97,21 +107,23 @@ fn scan_names_the_model_by_its_probe() {
     assert_eq!(model_of(&out, 2), "sdm630", "{out}");
     assert_eq!(model_of(&out, 3), "abb-b23", "{out}");
     assert_eq!(model_of(&out, 4), "unknown device", "{out}");
-    assert_eq!(out.lines().count(), 6, "a header, four devices and the --add-to line: {out}");
+    assert_eq!(model_of(&out, 5), "sdm72d", "{out}");
+    assert_eq!(out.lines().count(), 7, "a header, five devices and the --add-to line: {out}");
     // No line settings given: 9600 8N1 and the definitions' own (2400 8N1, 9600 8E1, 19200 8E1).
     assert!(err.contains("4 setting(s)") && err.contains("2400 8N1"), "{err}");
-    assert!(err.contains("16/16"), "progress reaches the end: {err}");
+    assert!(err.contains("20/20"), "progress reaches the end: {err}");
     // The unnamed device: which definitions a scan cannot recognise.
     assert!(err.contains("no probe") && err.contains("dds238"), "{err}");
-    // --add-to: the two new devices with one model each; address 2 is taken, 4 has no model.
-    assert!(out.contains("2 device(s) added"), "{out}");
+    // --add-to: the three new devices with one model each; address 2 is taken, 4 has no model.
+    assert!(out.contains("3 device(s) added"), "{out}");
     let written = std::fs::read_to_string(cfg).unwrap();
     assert!(
         written.contains("name = \"house-1\"\nmodel = \"sdm120\"\naddress = 1\nbus = \"house\""),
         "{written}"
     );
     assert!(written.contains("name = \"house-3\"\nmodel = \"abb-b23\"\naddress = 3"), "{written}");
-    assert_eq!(written.matches("[[meter]]").count(), 3, "{written}");
+    assert!(written.contains("name = \"house-5\"\nmodel = \"sdm72d\"\naddress = 5"), "{written}");
+    assert_eq!(written.matches("[[meter]]").count(), 4, "{written}");
     assert!(err.contains("address 2 not added") && err.contains("address 4 not added"), "{err}");
     assert!(pmtr(&["check-config", cfg]).0, "the file still loads");
 

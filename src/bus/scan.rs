@@ -410,7 +410,7 @@ mod tests {
                 assert!(reads.iter().any(|b| covers(b, p)), "{} 0x{:04X}", d.name, p.address);
             }
         }
-        // The three Eastron probes share one request, the two ABB ones another.
+        // The four Eastron probes share one request, the two ABB ones another.
         let sdm = Block { function: Function::Holding, start: 0xFC02, count: 1 };
         let abb = Block { function: Function::Holding, start: 0x8960, count: 2 };
         assert!(reads.contains(&sdm) && reads.contains(&abb), "{reads:?}");
