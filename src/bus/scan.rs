@@ -378,6 +378,22 @@ mod tests {
         }
     }
 
+    /// An OR-WE-516 answers 0x0111, the low half of its exported energy's float, which may
+    /// be in the WE-514's 1..4; it has no voltage at 0x0131, so it is not named a WE-514.
+    #[test]
+    fn an_orno_we516_is_not_taken_for_a_we514() {
+        let all = definition::built_in();
+        let mut we516 = Answers::new();
+        let bits = 12.5f32.to_bits() & 0xFFFF_0000 | 3;
+        we516.insert((Function::Holding, 0x0110), (bits >> 16) as u16);
+        we516.insert((Function::Holding, 0x0111), bits as u16);
+        assert!(recognise(&all, &we516).is_empty());
+        let mut we514 = we516.clone();
+        we514.insert((Function::Holding, 0x0131), 23_010);
+        let names: Vec<&str> = recognise(&all, &we514).iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["orno-we514"]);
+    }
+
     #[test]
     fn overlapping_probes_give_every_match_and_no_probe_gives_none() {
         let mut all = definition::built_in();
