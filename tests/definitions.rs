@@ -41,6 +41,9 @@ struct Meter {
     fill: bool,
     /// (phase, quantity, value) as `pmtr read --json` names them.
     want: Vec<(&'static str, &'static str, f64)>,
+    /// (phase, quantity) of the table that the meter answers with its "no value" marker: left
+    /// out of every reading, still announced to Home Assistant.
+    absent: Vec<(&'static str, &'static str)>,
 }
 
 impl Meter {
@@ -372,6 +375,23 @@ fn abb_b21() -> Meter {
     m
 }
 
+/// An ABB B21 that has no reactive power nor power factor: it answers ABB's "no value" (the
+/// type's largest value) there, and the reading leaves them out.
+fn abb_b21_without_reactive() -> Meter {
+    let mut m = Meter::new(true);
+    m.int(0x5000, 765_433, 4, 0.01, "L1", "ImportActiveEnergy");
+    m.int(0x5004, 1_235, 4, 0.01, "L1", "ExportActiveEnergy");
+    m.int(0x5B00, 2301, 2, 0.1, "L1", "Voltage");
+    m.int(0x5B0C, 1_111, 2, 0.01, "L1", "Current");
+    m.int(0x5B14, 255_300, 2, 0.01, "L1", "ActivePower");
+    m.put(true, 0x5B1C, &[0x7FFF, 0xFFFF]);
+    m.int(0x5B24, 255_300, 2, 0.01, "L1", "ApparentPower");
+    m.int(0x5B2C, 4998, 1, 0.01, "L1", "Frequency");
+    m.put(true, 0x5B3A, &[0x7FFF]);
+    m.absent = vec![("L1", "ReactivePower"), ("L1", "PowerFactor")];
+    m
+}
+
 /// The meters on the peer: (model, address, image).
 fn meters() -> Vec<(&'static str, u8, Meter)> {
     vec![
@@ -386,6 +406,7 @@ fn meters() -> Vec<(&'static str, u8, Meter)> {
         ("sdm230", 9, sdm230()),
         ("sdm72d-m-v2", 10, sdm72d_m_v2()),
         ("abb-b21", 12, abb_b21()),
+        ("abb-b21", 13, abb_b21_without_reactive()),
         // An SDM630 that refuses its reserved registers: read by the fallback.
         ("sdm630", 11, sdm630(false)),
     ]
@@ -743,6 +764,12 @@ async fn the_daemon_reads_every_built_in_definition_and_everything_downstream_fo
                 cell.parse().unwrap_or_else(|_| panic!("{name} ({model}) {tag} {field}: `{cell}`"));
             assert!(same(got, *want), "{name} ({model}) CSV {tag} {field}: {got}, the document gives {want}");
         }
+        for (p, q) in &m.absent {
+            let (field, tag) = (quantity(q).field(), phase(p).tag());
+            let row = &rows.iter().find(|(t, _)| t == tag).unwrap().1;
+            let cell = row.get(field).map_or("", String::as_str);
+            assert_eq!(cell, "", "{name} ({model}) CSV {tag} {field}: the meter has no value there");
+        }
     }
 
     // `/metrics`: a gauge per value, named per quantity.
@@ -761,6 +788,14 @@ async fn the_daemon_reads_every_built_in_definition_and_everything_downstream_fo
                 .unwrap_or_else(|| panic!("{name} ({model}): no `{series}` in /metrics"));
             let got: f64 = line[series.len()..].parse().unwrap();
             assert!(same(got, *want), "{name} ({model}) /metrics {line}: the document gives {want}");
+        }
+        for (p, q) in &m.absent {
+            let (gauge, _) = pmtr::status::metrics::reading_metric(quantity(q));
+            let series = format!("{gauge}{{meter=\"{name}\",phase=\"{}\"}} ", phase(p).tag());
+            assert!(
+                !metrics.contains(&series),
+                "{name} ({model}): `{series}` in /metrics, the meter has no value"
+            );
         }
     }
 
@@ -810,7 +845,18 @@ async fn the_daemon_reads_every_built_in_definition_and_everything_downstream_fo
                 serde_json::from_str::<serde_json::Value>(d).unwrap()["state_topic"] == state_topic
             })
             .count();
-        assert_eq!(sensors, m.want.len(), "{name} ({model}): one discovery document per value, no more");
+        for (p, q) in &m.absent {
+            let variable = format!("{}{}", phase(p).prefix(), quantity(q).symbol());
+            assert!(
+                state.get(&variable).is_none(),
+                "{name} ({model}): {variable} in {state}, the meter has no value"
+            );
+        }
+        assert_eq!(
+            sensors,
+            m.want.len() + m.absent.len(),
+            "{name} ({model}): one discovery document per value of the table, no more"
+        );
     }
 
     // The trigger on definition-only variables trips (at a reading of its meter once the

@@ -19,7 +19,7 @@ const TOP_KEYS: &[&str] =
 const SOURCE_KEYS: &[&str] = &["title", "edition"];
 const LINE_KEYS: &[&str] = &["baud", "parity", "stop_bits", "address"];
 const READ_KEYS: &[&str] =
-    &["function", "word_order", "byte_order", "max_block", "max_gap", "even", "fallback"];
+    &["function", "word_order", "byte_order", "max_block", "max_gap", "even", "fallback", "no_value"];
 const PROBE_KEYS: &[&str] =
     &["address", "type", "function", "word_order", "byte_order", "equals", "min", "max"];
 const REGISTER_KEYS: &[&str] = &[
@@ -33,6 +33,7 @@ const REGISTER_KEYS: &[&str] = &[
     "quantity",
     "phase",
     "every",
+    "no_value",
 ];
 const PHASE_NAMES: &[&str] = &["L1", "L2", "L3", "N", "L12", "L23", "L31", "total"];
 
@@ -494,6 +495,12 @@ impl Checker<'_> {
                 None => ok = false,
             }
         }
+        if let Some(x) = t.get("no_value") {
+            match self.word(x, "read.no_value", "marker", &["max", "none"]) {
+                Some(i) => read.no_value_max = i == 0,
+                None => ok = false,
+            }
+        }
         // A bad list is reported and read as the default, so that the table is still checked
         // against the block limit.
         if let Some(f) = t.get("fallback").and_then(|x| self.fallback(x, &read)) {
@@ -549,6 +556,30 @@ impl Checker<'_> {
             above = n;
         }
         ok.then_some(Fallback::Listed { limits, len: items.len() as u8 })
+    }
+
+    /// A register's `no_value`: "max" (its type's largest value), "none", or the raw value
+    /// itself (the words put together, as an unsigned number that fits the type); only for
+    /// integer types. `Some(None)`: no marker.
+    fn no_value(&mut self, v: &Value<'_>, key: &str, ty: RegType) -> Option<Option<u64>> {
+        let Some(max) = ty.max_bits() else {
+            self.error(
+                v.span(),
+                key,
+                format!("a {} has no no-value marker: only integer registers do", ty.name()),
+            );
+            return None;
+        };
+        if v.get_ref().is_str() {
+            return self.word(v, key, "marker", &["max", "none"]).map(|i| (i == 0).then_some(max));
+        }
+        // Up to the type's all ones (a TOML integer stops below 2^63: a 64-bit marker above
+        // that is "max").
+        let all_ones = u64::MAX >> (64 - 16 * u32::from(ty.width()));
+        let end = i64::try_from(all_ones).map_or(i64::MAX, |m| m + 1);
+        let expected = format!("\"max\", \"none\" or the raw value, 0..{end:#X}");
+        let n = self.integer(v, key, 0..end, &expected)?;
+        Some(Some(n as u64))
     }
 
     fn address(&mut self, t: &DeTable<'_>, at: &Value<'_>, key: &str) -> Option<u16> {
@@ -679,6 +710,11 @@ impl Checker<'_> {
                     .map(|n| n as u32),
                 None => Some(1),
             };
+            let no_value = match (t.get("no_value"), ty) {
+                (Some(x), Some(ty)) => self.no_value(x, &format!("{key}.no_value"), ty),
+                (Some(_), None) => None,
+                (None, ty) => Some(ty.filter(|_| read.no_value_max).and_then(RegType::max_bits)),
+            };
             if let (Some(a), Some(ty), Some(x)) = (address, ty, t.get("address")) {
                 if u32::from(a) + u32::from(ty.width()) > 0x1_0000 {
                     self.error(
@@ -689,7 +725,18 @@ impl Checker<'_> {
                     ok = false;
                 }
             }
-            match (address, ty, function, word_order, byte_order, scale, offset, quantity, phase, every) {
+            match (
+                address,
+                ty,
+                function,
+                word_order,
+                byte_order,
+                scale,
+                offset,
+                quantity,
+                phase,
+                (every, no_value),
+            ) {
                 (
                     Some(address),
                     Some(ty),
@@ -700,7 +747,7 @@ impl Checker<'_> {
                     Some(offset),
                     Some(quantity),
                     Some(phase),
-                    Some(every),
+                    (Some(every), Some(no_value)),
                 ) => out.push((
                     i,
                     Register {
@@ -715,6 +762,7 @@ impl Checker<'_> {
                         quantity,
                         phase,
                         every,
+                        no_value,
                     },
                 )),
                 _ => ok = false,

@@ -91,6 +91,18 @@ impl RegType {
             RegType::U64 | RegType::I64 | RegType::F64 => 4,
         }
     }
+
+    /// The raw bits of its largest value, for an integer type: all ones unsigned, 0x7FFF…
+    /// signed (what ABB meters answer for a value they do not have). None for floats and bool.
+    pub fn max_bits(self) -> Option<u64> {
+        let bits = 16 * u32::from(self.width());
+        let ones = u64::MAX >> (64 - bits);
+        match self {
+            RegType::U16 | RegType::U32 | RegType::U64 => Some(ones),
+            RegType::I16 | RegType::I32 | RegType::I64 => Some(ones >> 1),
+            RegType::F32 | RegType::F64 | RegType::Bool => None,
+        }
+    }
 }
 
 /// The order of the registers of a value wider than one register.
@@ -140,6 +152,9 @@ pub struct ReadSettings {
     pub even: bool,
     /// The block limits to read by after the meter refuses a request (exception 02 or 03).
     pub fallback: Fallback,
+    /// Every integer register's largest value (all ones unsigned, 0x7FFF… signed) means the
+    /// meter has no value there (ABB): the sample is left out of the reading.
+    pub no_value_max: bool,
 }
 
 /// The block limits a meter is read by after it refuses a request with exception 02 or 03.
@@ -178,6 +193,7 @@ impl ReadSettings {
         max_gap: 8,
         even: false,
         fallback: Fallback::Halve,
+        no_value_max: false,
     };
 }
 
@@ -218,6 +234,9 @@ pub struct Register {
     pub phase: Option<Phase>,
     /// Read every Nth poll (1: every poll).
     pub every: u32,
+    /// The raw bits (the words put together by word and byte order) that mean the meter has
+    /// no value here: the sample is left out of the reading rather than the reading refused.
+    pub no_value: Option<u64>,
 }
 
 impl Register {

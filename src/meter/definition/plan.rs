@@ -111,6 +111,8 @@ pub struct Layout {
     fast: Vec<Fast>,
     /// For each block, the registers its reply must hold at least.
     need: Vec<usize>,
+    /// Some register has a no-value marker: decoded value by value.
+    markers: bool,
 }
 
 /// The span one register alone asks for: (start, count), widened to even when `even`.
@@ -292,7 +294,8 @@ impl Definition {
                 }
             })
             .collect();
-        Layout { blocks, slots, fast, need }
+        let markers = slots.iter().any(|s| s.r.no_value.is_some());
+        Layout { blocks, slots, fast, need, markers }
     }
 }
 
@@ -341,7 +344,8 @@ impl Layout {
         }
         // Every reply long enough (one check per block) and every value plausible: done.
         // Otherwise the value by value decoding finds the same samples and the first error.
-        if replies.len() == self.need.len()
+        if !self.markers
+            && replies.len() == self.need.len()
             && replies.iter().zip(&self.need).all(|(r, &n)| r.len() >= n)
             && self.decode_fast(replies, meter_phase, out)
         {
@@ -403,7 +407,7 @@ impl Layout {
     }
 
     /// Value by value, each reply's length checked: the first missing register or
-    /// implausible value is the error.
+    /// implausible value is the error; a register holding its no-value marker gives no sample.
     #[cold]
     fn decode_checked(
         &self,
@@ -416,6 +420,9 @@ impl Layout {
             let words = replies[s.block]
                 .get(s.offset..s.offset + usize::from(r.width()))
                 .ok_or(DecodeError::Missing("a register of the definition's table"))?;
+            if r.no_value.is_some_and(|m| bits(words, r.word_order, r.byte_order) == m) {
+                continue;
+            }
             let sample = Sample::new(r.phase_on(meter_phase), r.quantity, value(r, words));
             // Not finite, or beyond the quantity's limit.
             if !(sample.value.is_finite() && sample.value.abs() <= s.limit) {
@@ -429,17 +436,23 @@ impl Layout {
     }
 }
 
-/// The raw number in `words` (as many as the type's width) by type, word and byte order.
+/// The words of a value (as many as its type's width) put together by word and byte order.
 #[inline]
-pub fn raw(words: &[u16], ty: RegType, word_order: WordOrder, byte_order: ByteOrder) -> f64 {
+pub fn bits(words: &[u16], word_order: WordOrder, byte_order: ByteOrder) -> u64 {
     let fix = |w: u16| if byte_order == ByteOrder::Little { w.swap_bytes() } else { w };
-    let bits: u64 = match (words, word_order) {
+    match (words, word_order) {
         ([w], _) => u64::from(fix(*w)),
         ([a, b], WordOrder::HighFirst) => u64::from(fix(*a)) << 16 | u64::from(fix(*b)),
         ([a, b], WordOrder::LowFirst) => u64::from(fix(*b)) << 16 | u64::from(fix(*a)),
         (ws, WordOrder::HighFirst) => ws.iter().fold(0, |acc, &w| acc << 16 | u64::from(fix(w))),
         (ws, WordOrder::LowFirst) => ws.iter().rev().fold(0, |acc, &w| acc << 16 | u64::from(fix(w))),
-    };
+    }
+}
+
+/// The raw number in `words` (as many as the type's width) by type, word and byte order.
+#[inline]
+pub fn raw(words: &[u16], ty: RegType, word_order: WordOrder, byte_order: ByteOrder) -> f64 {
+    let bits = bits(words, word_order, byte_order);
     match ty {
         RegType::U16 => f64::from(bits as u16),
         RegType::I16 => f64::from(bits as u16 as i16),

@@ -315,6 +315,104 @@ fn a_fallback_list_is_checked_and_read_in_turn() {
     assert_eq!(none.plans(), [none.first_plan()]);
 }
 
+/// `no_value`: ABB's "no value here" (an integer type's largest value) read from `[read]` or
+/// per register, checked; a register holding its marker gives no sample, the others do.
+#[test]
+fn a_no_value_marker_leaves_the_sample_out() {
+    let head = "name = \"n\"\nmaker = \"m\"\nmodel = \"m\"\nsource = { title = \"t\" }\nphases = 3\n";
+    let regs = r#"
+[[register]]
+address = 0
+type = "u16"
+quantity = "voltage"
+phase = "L1"
+[[register]]
+address = 1
+type = "i16"
+scale = 0.001
+quantity = "power_factor"
+phase = "L1"
+[[register]]
+address = 2
+type = "u32"
+word_order = "low-first"
+scale = 0.01
+quantity = "current"
+phase = "L1"
+[[register]]
+address = 4
+type = "i64"
+quantity = "power"
+phase = "total"
+[[register]]
+address = 8
+type = "f32"
+quantity = "frequency"
+phase = "total"
+[[register]]
+address = 10
+type = "u16"
+quantity = "voltage"
+phase = "L2"
+no_value = "none"
+[[register]]
+address = 11
+type = "u16"
+quantity = "voltage"
+phase = "L3"
+no_value = 0
+"#;
+    let d = parse(&format!("{head}[read]\nfunction = \"holding\"\nno_value = \"max\"\n{regs}"), "n.toml")
+        .unwrap();
+    let markers: Vec<Option<u64>> = d.registers.iter().map(|r| r.no_value).collect();
+    assert_eq!(
+        markers,
+        [Some(0xFFFF), Some(0x7FFF), Some(0xFFFF_FFFF), Some(0x7FFF_FFFF_FFFF_FFFF), None, None, Some(0)]
+    );
+    let plain = parse(&format!("{head}[read]\nfunction = \"holding\"\n{regs}"), "n.toml").unwrap();
+    assert_eq!(plain.registers.iter().filter(|r| r.no_value.is_some()).count(), 1, "only the register's own");
+
+    let layout = d.layout(d.first_plan(), 0);
+    let decode = |words: [u16; 12]| -> Vec<(Phase, Quantity)> {
+        let s = layout.decode(&d, &[words.to_vec()], Phase::L1).unwrap();
+        s.iter().map(|s| (s.phase, s.quantity)).collect()
+    };
+    let f = 50.0f32.to_bits();
+    let (fh, fl) = ((f >> 16) as u16, f as u16);
+    let good = [230, 950, 150, 0, 0, 0, 0, 1200, fh, fl, 231, 232];
+    assert_eq!(decode(good).len(), 7);
+    // Markers everywhere they are set: those samples are left out, the reading kept.
+    let absent = [0xFFFF, 0x7FFF, 0xFFFF, 0xFFFF, 0x7FFF, 0xFFFF, 0xFFFF, 0xFFFF, fh, fl, 0xFFFF, 0];
+    assert_eq!(
+        decode(absent),
+        [(Phase::Total, Quantity::Frequency), (Phase::L2, Quantity::Voltage)],
+        "the f32 and the register whose marker is none stay"
+    );
+    // Without markers the same words are values: 0x7FFF is a power factor of 32.767, refused.
+    let l = plain.layout(plain.first_plan(), 0);
+    assert!(l.decode(&plain, &[absent.to_vec()], Phase::L1).is_err());
+
+    let errors = |read: &str, reg: &str| {
+        parse(&format!("{head}[read]\n{read}\n[[register]]\naddress = 0\nquantity = \"voltage\"\nphase = \"L1\"\n{reg}\n"), "n.toml")
+            .unwrap_err()
+            .to_string()
+    };
+    for (read, reg, want) in [
+        ("no_value = \"mx\"", "type = \"u16\"", "read.no_value: unknown marker `mx` (did you mean `max`?)"),
+        ("", "type = \"f32\"\nno_value = \"max\"", "register[0].no_value: a f32 has no no-value marker"),
+        ("", "type = \"u16\"\nno_value = 65536", "register[0].no_value: 65536 is out of range"),
+        ("", "type = \"u16\"\nno_value = -1", "register[0].no_value: -1 is out of range"),
+        (
+            "",
+            "type = \"u16\"\nno_value = 1.5",
+            "register[0].no_value: expected \"max\", \"none\" or the raw value",
+        ),
+    ] {
+        let e = errors(read, reg);
+        assert!(e.contains(want), "{read} {reg}: missing {want:?} in:\n{e}");
+    }
+}
+
 /// A random table of non-overlapping registers.
 fn table() -> impl Strategy<Value = Vec<(Function, u16, u16)>> {
     prop::collection::vec((any::<bool>(), 0u16..400, prop::sample::select(vec![1u16, 2, 4])), 1..40).prop_map(
@@ -431,12 +529,13 @@ proptest! {
             quantity: quantities[i % 9],
             phase: phases.next().copied(),
             every: 1 + (i as u32 % 3),
+            no_value: None,
         }).collect();
         let d = Definition {
             name: "p".into(), maker: String::new(), model: String::new(), description: String::new(),
             source: Source::default(), phases: 3,
             line: LineDefaults { baud: 9600, parity: 'N', stop_bits: 1, address: 1 },
-            read: ReadSettings { function: Function::Input, word_order: WordOrder::HighFirst, byte_order: ByteOrder::Big, max_block, max_gap, even, fallback },
+            read: ReadSettings { function: Function::Input, word_order: WordOrder::HighFirst, byte_order: ByteOrder::Big, max_block, max_gap, even, fallback, no_value_max: false },
             probe: Vec::new(), registers,
         };
         if let Some(l) = fallback.listed() {
@@ -726,6 +825,7 @@ proptest! {
                 quantity: Quantity::ALL[i % Quantity::ALL.len()],
                 phase: if i % 2 == 0 { None } else { Some(Phase::ALL[i % 8]) },
                 every: 1 + (i as u32 % 2),
+                no_value: None,
             }
         }).collect();
         let d = Definition {
