@@ -504,6 +504,12 @@ fn meters_check_reports_every_error_of_a_user_file() {
     let show = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
     assert!(show.contains("FC03 0x0000 +12"), "{show}");
+
+    // ABB's "no value" marker is shown.
+    let out = pmtr(&["meters", "show", "abb-b23", "--dir", "/nonexistent"]);
+    let show = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(show.contains("register(s) holding their type's largest value"), "{show}");
 }
 
 // The daemon

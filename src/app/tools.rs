@@ -572,6 +572,21 @@ pub fn meters_show(name: &str, dir: &std::path::Path) -> anyhow::Result<()> {
         d.read.max_gap,
         if d.read.even { ", even start and count" } else { "" }
     );
+    let marked = |own: bool| {
+        d.registers.iter().filter(move |r| r.no_value.is_some_and(|m| (Some(m) != r.ty.max_bits()) == own))
+    };
+    let at_max = marked(false).count();
+    if at_max > 0 {
+        println!(
+            "no value: {at_max} register(s) holding their type's largest value (left out of the reading)"
+        );
+    }
+    let own: Vec<String> = marked(true)
+        .filter_map(|r| r.no_value.map(|m| format!("0x{:04X} holding {m:#X}", r.address)))
+        .collect();
+    if !own.is_empty() {
+        println!("no value: {} (left out of the reading)", own.join(", "));
+    }
     for p in &d.probe {
         let test = match p.test {
             ProbeTest::Equals(v) => format!("= {v}"),
