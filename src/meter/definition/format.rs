@@ -575,8 +575,7 @@ impl Checker<'_> {
         }
         // Up to the type's all ones (a TOML integer stops below 2^63: a 64-bit marker above
         // that is "max").
-        let all_ones = u64::MAX >> (64 - 16 * u32::from(ty.width()));
-        let end = i64::try_from(all_ones).map_or(i64::MAX, |m| m + 1);
+        let end = i64::try_from(ty.all_ones()).map_or(i64::MAX, |m| m + 1);
         let expected = format!("\"max\", \"none\" or the raw value, 0..{end:#X}");
         let n = self.integer(v, key, 0..end, &expected)?;
         Some(Some(n as u64))

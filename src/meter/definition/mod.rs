@@ -92,11 +92,15 @@ impl RegType {
         }
     }
 
+    /// Every bit of its width set: the largest raw value its words can hold.
+    pub fn all_ones(self) -> u64 {
+        u64::MAX >> (64 - 16 * u32::from(self.width()))
+    }
+
     /// The raw bits of its largest value, for an integer type: all ones unsigned, 0x7FFF…
     /// signed (what ABB meters answer for a value they do not have). None for floats and bool.
     pub fn max_bits(self) -> Option<u64> {
-        let bits = 16 * u32::from(self.width());
-        let ones = u64::MAX >> (64 - bits);
+        let ones = self.all_ones();
         match self {
             RegType::U16 | RegType::U32 | RegType::U64 => Some(ones),
             RegType::I16 | RegType::I32 | RegType::I64 => Some(ones >> 1),
