@@ -2,7 +2,7 @@
 //! allows, the smaller blocks to fall back to after exception 02 or 03, and the replies decoded
 //! back into samples. Pure.
 
-use super::{ByteOrder, Definition, Fallback, Function, RegType, Register, WordOrder};
+use super::{ByteOrder, Definition, Function, RegType, Register, WordOrder};
 use crate::meter::DecodeError;
 use crate::modbus::{Exception, Request};
 use crate::reading::{Phase, Quantity, Sample};
@@ -198,14 +198,13 @@ impl Definition {
     /// block limit (even where the meter wants it), down to the widest register, then one value
     /// per request, then none; or the next smaller limit of its list, then none.
     pub fn smaller(&self, plan: Plan) -> Option<Plan> {
-        match (plan, self.read.fallback) {
+        match (plan, self.read.fallback.listed()) {
             (Plan::Values, _) => None,
-            (Plan::Blocks { max_block, max_gap }, Fallback::Listed { .. }) => {
-                let listed = self.read.fallback.listed().unwrap_or(&[]);
+            (Plan::Blocks { max_block, max_gap }, Some(listed)) => {
                 let next = listed.iter().copied().find(|&l| l < max_block)?;
                 Some(Plan::Blocks { max_block: next, max_gap })
             }
-            (Plan::Blocks { max_block, max_gap }, Fallback::Halve) => {
+            (Plan::Blocks { max_block, max_gap }, None) => {
                 let mut half = max_block / 2;
                 if self.read.even {
                     half &= !1;
