@@ -72,6 +72,21 @@ impl Meter {
         self.want.push((phase, q, raw as f64 * factor));
     }
 
+    /// The meter answers ABB's "no value" `words` at `addr` instead of its (phase, quantity):
+    /// the value leaves `want` for `absent`.
+    fn no_value(&mut self, addr: u16, words: &[u16], phase: &'static str, q: &'static str) {
+        for (k, w) in words.iter().enumerate() {
+            assert!(
+                self.hr.insert(addr + k as u16, *w).is_some(),
+                "register {addr:#x} not in the test image"
+            );
+        }
+        let before = self.want.len();
+        self.want.retain(|&(p, wq, _)| (p, wq) != (phase, q));
+        assert_eq!(self.want.len() + 1, before, "{phase} {q} not in the test image");
+        self.absent.push((phase, q));
+    }
+
     fn json(&self) -> serde_json::Value {
         let m = |map: &BTreeMap<u16, u16>| -> serde_json::Map<String, serde_json::Value> {
             map.iter().map(|(k, v)| (k.to_string(), serde_json::json!(v))).collect()
@@ -378,17 +393,9 @@ fn abb_b21() -> Meter {
 /// An ABB B21 that has no reactive power nor power factor: it answers ABB's "no value" (the
 /// type's largest value) there, and the reading leaves them out.
 fn abb_b21_without_reactive() -> Meter {
-    let mut m = Meter::new(true);
-    m.int(0x5000, 765_433, 4, 0.01, "L1", "ImportActiveEnergy");
-    m.int(0x5004, 1_235, 4, 0.01, "L1", "ExportActiveEnergy");
-    m.int(0x5B00, 2301, 2, 0.1, "L1", "Voltage");
-    m.int(0x5B0C, 1_111, 2, 0.01, "L1", "Current");
-    m.int(0x5B14, 255_300, 2, 0.01, "L1", "ActivePower");
-    m.put(true, 0x5B1C, &[0x7FFF, 0xFFFF]);
-    m.int(0x5B24, 255_300, 2, 0.01, "L1", "ApparentPower");
-    m.int(0x5B2C, 4998, 1, 0.01, "L1", "Frequency");
-    m.put(true, 0x5B3A, &[0x7FFF]);
-    m.absent = vec![("L1", "ReactivePower"), ("L1", "PowerFactor")];
+    let mut m = abb_b21();
+    m.no_value(0x5B1C, &[0x7FFF, 0xFFFF], "L1", "ReactivePower");
+    m.no_value(0x5B3A, &[0x7FFF], "L1", "PowerFactor");
     m
 }
 
