@@ -65,6 +65,11 @@ build_deb() {
     local bin=$root/usr/bin/pmtr glibc needed lib depends="adduser"
     glibc=$("$gnu-objdump" -T "$bin" | grep -o 'GLIBC_[0-9][0-9.]*' | sed 's/^GLIBC_//' | sort -uV | tail -n 1)
     [ -n "$glibc" ] || { echo "$bin: no GLIBC_ symbol versions found" >&2; exit 1; }
+    # Packed relative relocations (build.rs) name no symbol but the version GLIBC_ABI_DT_RELR,
+    # which glibc has from 2.36 on.
+    if "$gnu-readelf" -V "$bin" | grep -q 'GLIBC_ABI_DT_RELR'; then
+        glibc=$(printf '%s\n2.36\n' "$glibc" | sort -V | tail -n 1)
+    fi
     depends+=", libc6 (>= $glibc)"
     needed=$("$gnu-readelf" -d "$bin" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p')
     for lib in $needed; do

@@ -31,6 +31,17 @@ unset cross_missing cross_installed_targets
 # Linkers: the Debian cross gcc. ring's C code finds the same compilers through the cc crate.
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
 export CARGO_TARGET_ARMV7_UNKNOWN_LINUX_GNUEABIHF_LINKER=arm-linux-gnueabihf-gcc
+# Linked by Rust's own lld (the toolchain's gcc-ld/ld.lld, which the cross gcc finds through -B
+# and -fuse-ld=lld): bookworm's GNU ld for ARM (2.40) ignores `-z pack-relative-relocs`, which
+# build.rs asks for (a DT_RELR table: about 1.5 MB less to read and keep at every start).
+cross_gcc_ld="$(rustc --print sysroot)/lib/rustlib/$(rustc -vV | sed -n 's/^host: //p')/bin/gcc-ld"
+if [ ! -x "$cross_gcc_ld/ld.lld" ]; then
+    echo "$cross_gcc_ld/ld.lld is missing: the Rust toolchain ships it (rust-lld)" >&2
+    return 1 2>/dev/null || exit 1
+fi
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C link-arg=-fuse-ld=lld -C link-arg=-B$cross_gcc_ld"
+export CARGO_TARGET_ARMV7_UNKNOWN_LINUX_GNUEABIHF_RUSTFLAGS="-C link-arg=-fuse-ld=lld -C link-arg=-B$cross_gcc_ld"
+unset cross_gcc_ld
 # Runners for `cargo test`/`cargo run` with --target: qemu-user with the cross C library as root
 # of the dynamic loader (no binfmt_misc needed).
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64-static -L /usr/aarch64-linux-gnu"
