@@ -1,6 +1,7 @@
 //! Decoding a reading by a meter definition against today's hand-written decoders.
 //!
-//! Per reading: the PZEM's ten registers by `pzem::decode` and by the `pzem-016` definition;
+//! Per reading: the PZEM's ten registers by `pzem::decode` and by the `pzem-016` definition
+//! (and, as a reference, by straight-line code with the definition's exact scaling);
 //! the RX380's forty by `rx380::decode` and by the `rx380` definition; a PZEM poll's requests
 //! and decoding by the hand-written driver (before) and by the driver's reader (now);
 //! and a full SDM630 poll (three replies, 60 values) by its definition. Also the time to plan a
@@ -13,7 +14,7 @@ use pmtr::meter::definition::{built_in, Definition};
 use pmtr::meter::driver::Reader;
 use pmtr::meter::{pzem, rx380, Model};
 use pmtr::modbus::Pdu;
-use pmtr::reading::Phase;
+use pmtr::reading::{Phase, Quantity, Sample};
 use std::hint::black_box;
 use std::time::Instant;
 
@@ -43,6 +44,32 @@ fn time1(reps: u32, mut f: impl FnMut()) -> f64 {
     t.elapsed().as_secs_f64() * 1e9 / f64::from(reps)
 }
 
+/// A reference, not a decoder of the daemon: the PZEM's registers decoded by straight-line code
+/// with the definition's exact scaling (`raw / 10`, not `raw * 0.1`) and its plausibility check
+/// fused in, which is the best a definition compiled into code could do. Checked against the
+/// definition's output bit for bit before it is timed.
+#[inline(never)]
+fn pzem_exact(r: &[u16], phase: Phase) -> Option<Vec<Sample>> {
+    let [v, i_lo, i_hi, p_lo, p_hi, e_lo, e_hi, hz, pf, alarm, ..] = *r else {
+        return None;
+    };
+    let lw = |lo: u16, hi: u16| f64::from(u32::from(hi) << 16 | u32::from(lo));
+    let s = [
+        (Quantity::Voltage, f64::from(v) / 10.0),
+        (Quantity::Current, lw(i_lo, i_hi) / 1000.0),
+        (Quantity::ActivePower, lw(p_lo, p_hi) / 10.0),
+        (Quantity::ActiveEnergy, lw(e_lo, e_hi) / 1000.0),
+        (Quantity::Frequency, f64::from(hz) / 10.0),
+        (Quantity::PowerFactor, f64::from(pf) / 100.0),
+        (Quantity::Alarm, f64::from(u8::from(alarm != 0))),
+    ];
+    let mut ok = true;
+    for (q, x) in s {
+        ok &= x.abs() <= q.limit();
+    }
+    ok.then(|| s.iter().map(|&(q, x)| Sample::new(phase, q, x)).collect())
+}
+
 fn def(name: &str) -> Definition {
     built_in().into_iter().find(|d| d.name == name).expect("built-in")
 }
@@ -66,6 +93,11 @@ fn main() {
     let by_def = time(reps, || {
         black_box(layout.decode(&d, black_box(&replies), Phase::L1).unwrap());
     });
+    assert_eq!(
+        pzem_exact(&regs, Phase::L1).unwrap(),
+        layout.decode(&d, &replies, Phase::L1).unwrap(),
+        "the straight-line reference decodes as the definition does"
+    );
     let mut out = Vec::new();
     let reuse = time(reps, || {
         layout.decode_into(&d, black_box(&replies), Phase::L1, &mut out).unwrap();
@@ -75,7 +107,7 @@ fn main() {
     // all of them alike: the fastest round and the median of each.
     let rounds = 200;
     let per = (reps / 100).max(1);
-    let mut t: [Vec<f64>; 3] = Default::default();
+    let mut t: [Vec<f64>; 4] = Default::default();
     for _ in 0..rounds {
         t[0].push(time1(per, || {
             let s = pzem::decode(black_box(&regs), Phase::L1).unwrap();
@@ -89,8 +121,11 @@ fn main() {
             layout.decode_into(&d, black_box(&replies), Phase::L1, &mut out).unwrap();
             black_box(&out);
         }));
+        t[3].push(time1(per, || {
+            black_box(pzem_exact(black_box(&regs), Phase::L1).unwrap());
+        }));
     }
-    let [h, dd, di] = t.map(|mut v| {
+    let [h, dd, di, ex] = t.map(|mut v| {
         v.sort_by(f64::total_cmp);
         (v[0], v[v.len() / 2])
     });
@@ -102,7 +137,9 @@ fn main() {
     println!("{:<44} {:>12.1} {:>8.1}", "  hand-written + plausibility (a poll)", h.0, h.1);
     println!("{:<44} {:>12.1} {:>8.1}", "  definition pzem-016", dd.0, dd.1);
     println!("{:<44} {:>12.1} {:>8.1}", "  definition, samples buffer reused", di.0, di.1);
+    println!("{:<44} {:>12.1} {:>8.1}", "  straight-line, exact scaling (reference)", ex.0, ex.1);
     println!("{:<44} {:>12.2} {:>8.2}", "  definition / hand-written", dd.0 / h.0, dd.1 / h.1);
+    println!("{:<44} {:>12.2} {:>8.2}", "  reference / hand-written", ex.0 / h.0, ex.1 / h.1);
 
     // What a poll of the daemon does besides moving bytes: its requests, then the decoding of
     // the replies with the plausibility check. Before: the hand-written PZEM driver. Now: the
