@@ -1,6 +1,7 @@
 //! Guards on the dependency tree that no compiler catches: the licence (MIT OR Apache-2.0, so
 //! evalexpr stays on the MIT 11.x line: 12 and later are AGPL-3.0) and the Pi cross-builds
-//! (rustls, never OpenSSL; no libudev).
+//! (rustls, never OpenSSL; no libudev). And one on the link: build.rs packs the executable's
+//! relative relocations where the C library can load the result.
 
 fn locked_packages() -> Vec<(String, String)> {
     let lock =
@@ -64,4 +65,27 @@ fn lettre_uses_rustls_not_native_tls() {
         );
     }
     assert!(deps.contains(&"rustls"), "lettre has no rustls dependency: {deps:?}");
+}
+
+/// build.rs links `pmtr` with packed relative relocations (DT_RELR) when the C library it is
+/// built on, and so runs on, is glibc 2.36 or later, and without them otherwise (an older
+/// loader refuses such an executable).
+#[test]
+fn the_executable_packs_its_relocations_where_the_c_library_can_load_them() {
+    let bin = env!("CARGO_BIN_EXE_pmtr");
+    let libc = std::process::Command::new("getconf").arg("GNU_LIBC_VERSION").output().expect("getconf");
+    let libc = String::from_utf8_lossy(&libc.stdout).trim().to_string();
+    let version: Vec<u32> =
+        libc.trim_start_matches("glibc ").split('.').map(|p| p.parse().expect("glibc x.y")).collect();
+    let o = std::process::Command::new("readelf").args(["-d", bin]).output().expect("readelf (binutils)");
+    assert!(o.status.success(), "readelf -d {bin}: {}", String::from_utf8_lossy(&o.stderr));
+    let dynamic = String::from_utf8_lossy(&o.stdout);
+    let elf = std::fs::read(bin).unwrap();
+    let names_relr = elf.windows(17).any(|w| w == b"GLIBC_ABI_DT_RELR");
+    if version >= vec![2, 36] {
+        assert!(dynamic.contains("(RELR)"), "{libc}: {bin} has no DT_RELR:\n{dynamic}");
+        assert!(names_relr, "{libc}: {bin} has DT_RELR but does not name GLIBC_ABI_DT_RELR");
+    } else {
+        assert!(!dynamic.contains("(RELR)") && !names_relr, "{libc} cannot load {bin}: it has DT_RELR");
+    }
 }
