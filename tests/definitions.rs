@@ -251,6 +251,9 @@ fn abb_b23() -> Meter {
     }
     m.int(0x5B2C, 4995, 1, 0.01, "Total", "Frequency");
     m.int(0x5B3A, -900, 1, 0.001, "Total", "PowerFactor");
+    for (k, (raw, p)) in [(923, "L1"), (-874, "L2"), (941, "L3")].into_iter().enumerate() {
+        m.int(0x5B3B + k as u16, raw, 1, 0.001, p, "PowerFactor");
+    }
     // "B23 " at 0x8960 (the probe; not a reading).
     m.put(true, 0x8960, &[0x4232, 0x3320]);
     m
@@ -399,6 +402,16 @@ fn abb_b21_without_reactive() -> Meter {
     m
 }
 
+/// An ABB B23 without per-phase power factors: it answers ABB's "no value" there (0x7FFF for
+/// an i16), and the reading leaves them out.
+fn abb_b23_without_phase_power_factors() -> Meter {
+    let mut m = abb_b23();
+    for (k, p) in ["L1", "L2", "L3"].into_iter().enumerate() {
+        m.no_value(0x5B3B + k as u16, &[0x7FFF], p, "PowerFactor");
+    }
+    m
+}
+
 /// The meters on the peer: (model, address, image).
 fn meters() -> Vec<(&'static str, u8, Meter)> {
     vec![
@@ -414,6 +427,7 @@ fn meters() -> Vec<(&'static str, u8, Meter)> {
         ("sdm72d-m-v2", 10, sdm72d_m_v2()),
         ("abb-b21", 12, abb_b21()),
         ("abb-b21", 13, abb_b21_without_reactive()),
+        ("abb-b23", 14, abb_b23_without_phase_power_factors()),
         // An SDM630 that refuses its reserved registers: read by the fallback.
         ("sdm630", 11, sdm630(false)),
     ]
