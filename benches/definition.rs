@@ -12,7 +12,7 @@
 
 use pmtr::meter::definition::{built_in, Definition};
 use pmtr::meter::driver::Reader;
-use pmtr::meter::{pzem, rx380, Model};
+use pmtr::meter::{pzem, rx380, u32_lw, Model};
 use pmtr::modbus::Pdu;
 use pmtr::reading::{Phase, Quantity, Sample};
 use std::hint::black_box;
@@ -53,7 +53,7 @@ fn pzem_exact(r: &[u16], phase: Phase) -> Option<Vec<Sample>> {
     let [v, i_lo, i_hi, p_lo, p_hi, e_lo, e_hi, hz, pf, alarm, ..] = *r else {
         return None;
     };
-    let lw = |lo: u16, hi: u16| f64::from(u32::from(hi) << 16 | u32::from(lo));
+    let lw = |lo, hi| f64::from(u32_lw(lo, hi));
     let s = [
         (Quantity::Voltage, f64::from(v) / 10.0),
         (Quantity::Current, lw(i_lo, i_hi) / 1000.0),
