@@ -14,7 +14,10 @@
 //! not made on); `BENCH_TRACE=n` prints, per row, the first n cases tier 2 finds more than
 //! 10 s late or tier 1 more than 60 s late, second by second; `BENCH_DIAG=1` says of tier 2's
 //! late cases how many its hold would be late on too if fed the true displacement, and how far
-//! the estimate reads from the truth around the 20 V mark.
+//! the estimate reads from the truth around the 20 V mark; `BENCH_ZDIAG=1` prints tier 1's
+//! neutral impedance estimate against the truth for its loosening cases not yet found 0, 30
+//! and 60 s after the 20 V mark, and of each healthy scenario the largest estimate while the
+//! fitted displacement is over 20 V and each fault onset.
 
 use pmtr::neutral::line::LineTier;
 use pmtr::neutral::magnitude::MagnitudeTier;
@@ -65,6 +68,7 @@ fn broken() {
     let trace = env("BENCH_TRACE", 0);
     let mut traced = [0usize; 3];
     let diag = env("BENCH_DIAG", 0) > 0;
+    let zdiag = env("BENCH_ZDIAG", 0) > 0;
     println!("## Broken neutral: {trials} houses per imbalance and way of breaking, 10 min sound, then 1 h watched\n");
     println!("| base loads L1/L2/L3 (W) | neutral | detector | reached 20 V | within 10 s | within 60 s | within 1 h | median | worst | false alarms before the break |");
     println!("|---|---|---|---|---|---|---|---|---|---|");
@@ -112,6 +116,21 @@ fn broken() {
                     t20 = Some(t);
                 }
                 let v = d.verdicts(t, &s);
+                if zdiag && degrade {
+                    if let Some(t0) = t20 {
+                        if [0.0, 30.0, 60.0].contains(&(t - t0)) && found[1].is_none() {
+                            println!(
+                                "  trial {trial} +{:.0}s Z {:.2?} true Zn {:.2} fit d {:.1?} true d {:.1} score {:.2}",
+                                t - t0,
+                                d.magnitude.impedance(),
+                                g.neutral.map_or(f64::INFINITY, |z| z.abs()),
+                                v[1].shift,
+                                s.displacement,
+                                v[1].score
+                            );
+                        }
+                    }
+                }
                 for (k, st) in v.iter().enumerate() {
                     if st.state == State::Fault && found[k].is_none() {
                         found[k] = Some(t);
@@ -222,6 +241,7 @@ fn healthy() {
     let days = env("BENCH_DAYS", 73);
     // BENCH_SEED=n shifts every day's seed by n.
     let base_seed = env("BENCH_SEED", 0) as u64;
+    let zdiag = env("BENCH_ZDIAG", 0) > 0;
     let scenarios: [(&str, f64, Disturbance); 8] = [
         ("balanced loads, quiet grid", 0.0, Disturbance::None),
         ("unbalanced loads (720/400/40 W base)", 0.8, Disturbance::None),
@@ -258,6 +278,7 @@ fn healthy() {
     for (i, (name, imbalance, disturbance)) in scenarios.iter().enumerate() {
         let mut onsets = [0usize; 3];
         let mut worst: f64 = 0.0;
+        let mut zmax: f64 = f64::NEG_INFINITY;
         for day in 0..days {
             let mut g = house(((i as u64 + 1) << 32) + base_seed + day as u64, *imbalance);
             g.disturbance = *disturbance;
@@ -269,14 +290,31 @@ fn healthy() {
             for s in 0..86_400 {
                 let sample = g.step(1.0);
                 worst = worst.max(sample.displacement);
-                let st = d.update(f64::from(s), &sample);
+                let vs = d.verdicts(f64::from(s), &sample);
+                let st = vs.map(|v| v.state);
                 for k in 0..3 {
                     if st[k] == State::Fault && prev[k] != State::Fault {
                         onsets[k] += 1;
+                        if k == 1 && zdiag {
+                            println!(
+                                "  onset day {day} s {s}: Z {:?} true {:.1} V",
+                                d.magnitude.impedance(),
+                                sample.displacement
+                            );
+                        }
+                    }
+                }
+                if zdiag {
+                    if let (Some(z), true) = (d.magnitude.impedance(), vs[1].shift.is_some_and(|x| x >= 20.0))
+                    {
+                        zmax = zmax.max(z);
                     }
                 }
                 prev = st;
             }
+        }
+        if zdiag {
+            println!("  largest impedance estimate over 20 V: {zmax:.2} ohm");
         }
         let per_day = |n: usize| format!("{n} ({:.3}/day)", n as f64 / days as f64);
         println!(
