@@ -46,7 +46,7 @@ impl Detectors {
 
     fn verdicts(&mut self, t: f64, s: &GridSample) -> [Verdict; 3] {
         [
-            self.line.update(t, s.phase, s.line),
+            self.line.update(t, s.phase, s.line, Some(s.current)),
             self.magnitude.update(t, s.phase, Some(s.current)),
             self.seed.update(t, s.phase),
         ]

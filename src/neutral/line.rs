@@ -15,8 +15,15 @@
 //! [`CLEAR_RATIO`] × `shift` for [`HOLD_OFF`] seconds. A sample whose readings do not describe
 //! one point (misfit over [`MAX_RESIDUAL`]) is no evidence either way. The score is the
 //! displacement over `shift`.
+//!
+//! Where the meter gives the phase currents, the load steps also measure the neutral's
+//! impedance ([`ImpedanceEstimate`]); behind [`FAULT_IMPEDANCE`] ohms or more (× the
+//! sensitivity factor) there is no hold: the first second over the threshold is a fault, since
+//! a neutral that bad is no transient, and a loosening one hovering at the threshold is
+//! confirmed the first time it touches it.
 
 use super::geometry::locate_neutral;
+use super::impedance::{ImpedanceEstimate, FAULT_IMPEDANCE};
 use super::{Settings, State, Verdict};
 
 /// Seconds a displacement over the threshold must hold before it is a fault (normal).
@@ -45,6 +52,8 @@ pub struct LineTier {
     /// The displacement's moving average over about [`LEVEL_TIME`] seconds (0 with no history).
     level: f64,
     last: Verdict,
+    /// The neutral's impedance from the load steps, where the meter gives the currents.
+    neutral: ImpedanceEstimate,
 }
 
 /// Steps longer than this (seconds) are a gap: no time is counted across them.
@@ -60,10 +69,19 @@ impl LineTier {
             previous: None,
             level: 0.0,
             last: Verdict::default(),
+            neutral: ImpedanceEstimate::new(),
         }
     }
 
-    pub fn update(&mut self, now: f64, phase: [f64; 3], line: [f64; 3]) -> Verdict {
+    /// A sample: the phase and line voltages and, where measured, the phase currents.
+    pub fn update(
+        &mut self,
+        now: f64,
+        phase: [f64; 3],
+        line: [f64; 3],
+        current: Option<[f64; 3]>,
+    ) -> Verdict {
+        self.neutral.update(now, phase, current);
         let fix = match locate_neutral(phase, line) {
             Some(f) if f.residual <= MAX_RESIDUAL => f,
             _ => {
@@ -112,8 +130,18 @@ impl LineTier {
         self.last
     }
 
-    /// The seconds over the threshold that confirm a fault, given the displacement's level.
+    /// The neutral impedance the load steps show ([`ImpedanceEstimate`]), when they can tell.
+    pub fn impedance(&self) -> Option<f64> {
+        self.neutral.impedance()
+    }
+
+    /// The seconds over the threshold that confirm a fault, given the displacement's level
+    /// and the neutral's impedance: none (the first second over) behind a neutral of
+    /// [`FAULT_IMPEDANCE`] ohms or more, whose displacement is no transient.
     fn hold(&self, k: f64) -> f64 {
+        if self.impedance().is_some_and(|z| z >= FAULT_IMPEDANCE * k) {
+            return 0.0;
+        }
         let shift = self.settings.shift;
         let room = ((shift - self.level) / (0.5 * shift)).clamp(0.0, 1.0);
         (HOLD_ON * room).max(HOLD_MIN) * k
@@ -137,13 +165,13 @@ mod tests {
     fn line_tier_faults_after_the_hold_and_not_before() {
         let mut t = LineTier::new(Settings::default());
         let (u, l) = set(Point::new(0.0, 0.0));
-        assert_eq!(t.update(0.0, u, l).state, State::Ok);
+        assert_eq!(t.update(0.0, u, l, None).state, State::Ok);
         let (u, l) = set(Point::new(25.0, 0.0));
-        let v = t.update(1.0, u, l);
+        let v = t.update(1.0, u, l, None);
         assert_eq!(v.state, State::Suspect);
         assert!((v.shift.unwrap() - 25.0).abs() < 1e-6);
-        assert_eq!(t.update(3.0, u, l).state, State::Suspect);
-        assert_eq!(t.update(4.0, u, l).state, State::Fault);
+        assert_eq!(t.update(3.0, u, l, None).state, State::Suspect);
+        assert_eq!(t.update(4.0, u, l, None).state, State::Fault);
     }
 
     #[test]
@@ -153,7 +181,7 @@ mod tests {
         let (u0, l0) = set(Point::new(0.0, 0.0));
         for s in 0..100 {
             let s = f64::from(s);
-            let v = if (s as i64) % 10 < 2 { t.update(s, u, l) } else { t.update(s, u0, l0) };
+            let v = if (s as i64) % 10 < 2 { t.update(s, u, l, None) } else { t.update(s, u0, l0, None) };
             assert_ne!(v.state, State::Fault, "at {s}");
         }
     }
@@ -167,7 +195,11 @@ mod tests {
         let (lo, ll) = set(Point::new(18.0, 0.0));
         let mut states = vec![];
         for s in 0..9 {
-            let v = if s % 3 == 2 { t.update(f64::from(s), lo, ll) } else { t.update(f64::from(s), hi, hl) };
+            let v = if s % 3 == 2 {
+                t.update(f64::from(s), lo, ll, None)
+            } else {
+                t.update(f64::from(s), hi, hl, None)
+            };
             states.push(v.state);
         }
         assert!(!states[..5].contains(&State::Fault), "{states:?}");
@@ -175,7 +207,11 @@ mod tests {
         // Under the threshold as often as over it: never.
         let mut t = LineTier::new(Settings::default());
         for s in 0..600 {
-            let v = if s % 2 == 0 { t.update(f64::from(s), lo, ll) } else { t.update(f64::from(s), hi, hl) };
+            let v = if s % 2 == 0 {
+                t.update(f64::from(s), lo, ll, None)
+            } else {
+                t.update(f64::from(s), hi, hl, None)
+            };
             assert_ne!(v.state, State::Fault, "at {s}");
         }
     }
@@ -188,18 +224,18 @@ mod tests {
         let mut t = LineTier::new(Settings::default());
         for s in 0..300 {
             let (u, l) = set(Point::new(10.0 + 9.5 * f64::from(s) / 300.0, 0.0));
-            assert_ne!(t.update(f64::from(s), u, l).state, State::Fault, "at {s}");
+            assert_ne!(t.update(f64::from(s), u, l, None).state, State::Fault, "at {s}");
         }
         let (u, l) = set(Point::new(20.5, 0.0));
-        assert_eq!(t.update(300.0, u, l).state, State::Suspect);
-        assert_eq!(t.update(301.0, u, l).state, State::Fault);
+        assert_eq!(t.update(300.0, u, l, None).state, State::Suspect);
+        assert_eq!(t.update(301.0, u, l, None).state, State::Fault);
         // The same crossing from a sound neutral's level (3 V) is held the full time.
         let mut t = LineTier::new(Settings::default());
         let (u0, l0) = set(Point::new(3.0, 0.0));
         for s in 0..300 {
-            t.update(f64::from(s), u0, l0);
+            t.update(f64::from(s), u0, l0, None);
         }
-        let states: Vec<State> = (300..305).map(|s| t.update(f64::from(s), u, l).state).collect();
+        let states: Vec<State> = (300..305).map(|s| t.update(f64::from(s), u, l, None).state).collect();
         assert_eq!(states, [State::Suspect, State::Suspect, State::Suspect, State::Fault, State::Fault]);
     }
 
@@ -211,7 +247,11 @@ mod tests {
         let (lo, ll) = set(Point::new(0.0, 19.0));
         let (hi, hl) = set(Point::new(0.0, 21.0));
         for s in 0..1200 {
-            let v = if s % 2 == 1 { t.update(f64::from(s), hi, hl) } else { t.update(f64::from(s), lo, ll) };
+            let v = if s % 2 == 1 {
+                t.update(f64::from(s), hi, hl, None)
+            } else {
+                t.update(f64::from(s), lo, ll, None)
+            };
             assert_ne!(v.state, State::Fault, "at {s}");
         }
     }
@@ -220,13 +260,13 @@ mod tests {
     fn line_tier_counts_no_time_across_a_gap() {
         let mut t = LineTier::new(Settings::default());
         let (u, l) = set(Point::new(40.0, 0.0));
-        assert_eq!(t.update(0.0, u, l).state, State::Suspect);
+        assert_eq!(t.update(0.0, u, l, None).state, State::Suspect);
         // The meter was silent for a minute: the minute counts nothing, the count goes on from
         // the next samples.
         for s in [60.0, 61.0, 62.0] {
-            assert_eq!(t.update(s, u, l).state, State::Suspect, "at {s}");
+            assert_eq!(t.update(s, u, l, None).state, State::Suspect, "at {s}");
         }
-        assert_eq!(t.update(63.0, u, l).state, State::Fault);
+        assert_eq!(t.update(63.0, u, l, None).state, State::Fault);
     }
 
     #[test]
@@ -234,16 +274,16 @@ mod tests {
         let mut t = LineTier::new(Settings::default());
         let (u, l) = set(Point::new(60.0, 0.0));
         for s in 0..5 {
-            t.update(f64::from(s), u, l);
+            t.update(f64::from(s), u, l, None);
         }
-        assert_eq!(t.update(5.0, u, l).state, State::Fault);
+        assert_eq!(t.update(5.0, u, l, None).state, State::Fault);
         // Between the clearing level and the threshold: stays a fault.
         let (u1, l1) = set(Point::new(16.0, 0.0));
-        assert_eq!(t.update(100.0, u1, l1).state, State::Fault);
+        assert_eq!(t.update(100.0, u1, l1, None).state, State::Fault);
         let (u0, l0) = set(Point::new(2.0, 0.0));
-        assert_eq!(t.update(101.0, u0, l0).state, State::Fault);
-        assert_eq!(t.update(130.0, u0, l0).state, State::Fault);
-        assert_eq!(t.update(131.0, u0, l0).state, State::Ok);
+        assert_eq!(t.update(101.0, u0, l0, None).state, State::Fault);
+        assert_eq!(t.update(130.0, u0, l0, None).state, State::Fault);
+        assert_eq!(t.update(131.0, u0, l0, None).state, State::Ok);
     }
 
     #[test]
@@ -252,9 +292,52 @@ mod tests {
         let (mut u, l) = set(Point::new(0.0, 0.0));
         u[0] = 330.0;
         for s in 0..20 {
-            let v = t.update(f64::from(s), u, l);
+            let v = t.update(f64::from(s), u, l, None);
             assert_eq!(v.state, State::Ok);
             assert_eq!(v.shift, None);
         }
+    }
+
+    /// A neutral of `zn` ohms behind `amps` on L1 (in phase with L1): the set and the currents.
+    fn behind(zn: f64, amps: f64) -> ([f64; 3], [f64; 3], [f64; 3]) {
+        // L1 is at 90° in `set`.
+        let (u, l) = set(Point::new(0.0, zn * amps));
+        (u, l, [amps, 0.0, 0.0])
+    }
+
+    #[test]
+    fn line_tier_with_currents_confirms_a_neutral_of_a_few_ohms_the_first_second_over() {
+        // 3 Ω behind 6.6 A on L1 (19.8 V); 0.4 A more for one second in four (21 V): single
+        // seconds over, which the hold rides out.
+        let sample = |s: u32| behind(3.0, if s % 4 == 3 { 7.0 } else { 6.6 });
+        let run = |currents: bool| {
+            let mut t = LineTier::new(Settings::default());
+            (0..120)
+                .map(|s| {
+                    let (u, l, i) = sample(s);
+                    t.update(f64::from(s), u, l, currents.then_some(i)).state
+                })
+                .collect::<Vec<_>>()
+        };
+        assert!(!run(false).contains(&State::Fault));
+        let with = run(true);
+        let first = with.iter().position(|s| *s == State::Fault);
+        assert!(first.is_some_and(|s| s < 30 && s % 4 == 3), "{with:?}");
+    }
+
+    #[test]
+    fn line_tier_with_currents_still_rides_out_a_transient_on_a_sound_neutral() {
+        // 0.3 Ω: an 80 A inrush on L1 for two seconds pushes the neutral 24 V out.
+        let mut t = LineTier::new(Settings::default());
+        for s in 0..300 {
+            let amps = match s % 60 {
+                30 | 31 => 80.0,
+                n => 2.0 + f64::from(n % 3),
+            };
+            let (u, l, i) = behind(0.3, amps);
+            let v = t.update(f64::from(s), u, l, Some(i));
+            assert_ne!(v.state, State::Fault, "at {s}: {v:?}");
+        }
+        assert!(t.impedance().is_some_and(|z| z < 0.5), "{:?}", t.impedance());
     }
 }

@@ -48,6 +48,7 @@
 //! is never confirmed (it stays `suspect`).
 
 use super::geometry::equilateral_fit;
+use super::impedance::{ImpedanceEstimate, FAULT_IMPEDANCE};
 use super::{Settings, State, Verdict};
 
 /// Weight of the fitted side's change against the movement (about 3 ÷ (1/√3), since one
@@ -84,47 +85,6 @@ fn load_step(u: [f64; 3], i: [f64; 3], u0: [f64; 3], i0: [f64; 3]) -> f64 {
     (0..3).map(|k| if u0[k] > 0.0 { (i[k] - i0[k] * u[k] / u0[k]).abs() } else { i[k].abs() }).sum()
 }
 
-/// Time constant of the neutral impedance estimate's memory, seconds.
-pub const IMPEDANCE_MEMORY: f64 = 20.0;
-/// Load steps (Σ of their squares, A², within the estimate's memory) the estimate needs.
-pub const EXCITATION: f64 = 1.0;
-/// Neutral impedance, ohms, over which a displaced neutral is a fault: far above what a sound
-/// supply and neutral show (tenths of an ohm), far below a floating neutral (the other
-/// phases' loads in series, tens of ohms).
-pub const FAULT_IMPEDANCE: f64 = 2.0;
-/// Volts the neutral point may move per ampere of load step for the step to count: a neutral
-/// far past [`FAULT_IMPEDANCE`] is the score's to find.
-pub const MOVE_BOUND: f64 = 30.0;
-/// Amperes of load step (as [`load_vector`] gives it) past which a step is no reading of
-/// a house (a meter's garbage): left out of the estimate, which it would swamp.
-pub const MAX_LOAD_STEP: f64 = 1000.0;
-/// Volts the fitted side may move per ampere of load step by the supply's own impedance.
-pub const SUPPLY_BOUND: f64 = 0.35;
-
-/// The unit vectors of the three phases, 120° apart (L1 at 0°, L2 at -120°, L3 at 120°).
-const PHASES: [(f64, f64); 3] =
-    [(1.0, 0.0), (-0.5, -0.866_025_403_784_438_6), (-0.5, 0.866_025_403_784_438_6)];
-
-/// The neutral point, as a vector from the centre of the equilateral triangle of side `side`
-/// (the fit's) at distances `u` from its corners: |P - A_k|² = |P|² + R² - 2 P·A_k with
-/// A_k = R e_k, and Σ (P·e_k) e_k = 3/2 P, so P = -(1 / 3R) Σ u_k² e_k.
-fn neutral_point(u: [f64; 3], side: f64) -> (f64, f64) {
-    let r = side / 3f64.sqrt();
-    let (x, y) =
-        u.iter().zip(PHASES).fold((0.0, 0.0), |(x, y), (v, (ex, ey))| (x + v * v * ex, y + v * v * ey));
-    (-x / (3.0 * r), -y / (3.0 * r))
-}
-
-/// How the loads changed between two samples as a vector: each phase's current change beyond
-/// what its voltage change alone gives (as [`load_step`]) along its phase. Currents in phase
-/// with their voltages: a neutral current's change, as far as magnitudes can tell.
-fn load_vector(u: [f64; 3], i: [f64; 3], u0: [f64; 3], i0: [f64; 3]) -> (f64, f64) {
-    (0..3).fold((0.0, 0.0), |(x, y), k| {
-        let step = if u0[k] > 0.0 { i[k] - i0[k] * u[k] / u0[k] } else { i[k] };
-        (x + step * PHASES[k].0, y + step * PHASES[k].1)
-    })
-}
-
 #[derive(Debug, Clone, Copy)]
 struct Previous {
     time: f64,
@@ -132,7 +92,6 @@ struct Previous {
     current: Option<[f64; 3]>,
     side: f64,
     displacement: f64,
-    point: (f64, f64),
 }
 
 #[derive(Debug, Clone)]
@@ -143,10 +102,7 @@ pub struct MagnitudeTier {
     side_average: Option<f64>,
     previous: Option<Previous>,
     low_since: Option<f64>,
-    /// The neutral impedance estimate's sums, decaying with [`IMPEDANCE_MEMORY`]: Σ ΔP·ΔI and
-    /// Σ |ΔI|² over the steps.
-    moved_by_load: f64,
-    load_squared: f64,
+    neutral: ImpedanceEstimate,
 }
 
 impl MagnitudeTier {
@@ -158,15 +114,13 @@ impl MagnitudeTier {
             side_average: None,
             previous: None,
             low_since: None,
-            moved_by_load: 0.0,
-            load_squared: 0.0,
+            neutral: ImpedanceEstimate::new(),
         }
     }
 
-    /// The neutral impedance the load steps of the last minutes show (ohms: the neutral
-    /// point's movement along the load's change, per ampere), when they were enough to tell.
+    /// The neutral impedance the load steps show ([`ImpedanceEstimate`]), when they can tell.
     pub fn impedance(&self) -> Option<f64> {
-        (self.load_squared >= EXCITATION).then(|| self.moved_by_load / self.load_squared)
+        self.neutral.impedance()
     }
 
     /// A sample: the phase voltages and, where measured, the phase currents.
@@ -192,31 +146,12 @@ impl MagnitudeTier {
         self.side_average = Some(avg);
         let steady = (fit.side - avg).abs() <= SIDE_TOLERANCE * avg;
 
-        let point = neutral_point(phase, fit.side);
+        self.neutral.update(now, phase, current);
         let mut credit = 0.0;
         if let Some(p) = self.previous {
             let dt = now - p.time;
             if dt > 0.0 {
                 self.score *= (-dt / LEAK).exp();
-                let keep = (-dt / IMPEDANCE_MEMORY).exp();
-                self.moved_by_load *= keep;
-                self.load_squared *= keep;
-            }
-            if let (Some(i), Some(j), true) = (current, p.current, dt > 0.0 && dt <= MAX_STEP) {
-                let (lx, ly) = load_vector(phase, i, p.phase, j);
-                let side_moved = (fit.side - p.side).abs();
-                let amps = lx.hypot(ly);
-                let moved = (point.0 - p.point.0).hypot(point.1 - p.point.1);
-                // The grid moving the voltages in the same second is no measure of the neutral:
-                // the line triangle moving, or the point moving more than any neutral the
-                // estimate is for would move with that step (a sag passing between phases).
-                if amps <= MAX_LOAD_STEP
-                    && side_moved <= 1.0 + SUPPLY_BOUND * amps
-                    && moved <= 2.0 + MOVE_BOUND * amps
-                {
-                    self.moved_by_load += (point.0 - p.point.0) * lx + (point.1 - p.point.1) * ly;
-                    self.load_squared += amps * amps;
-                }
             }
             if dt > 0.0 && dt <= MAX_STEP && steady && d >= ARM_RATIO * shift {
                 let moved: f64 = phase.iter().zip(p.phase).map(|(a, b)| (a - b).abs()).sum();
@@ -241,7 +176,7 @@ impl MagnitudeTier {
             }
         }
         self.score += credit / (CREDIT * k);
-        self.previous = Some(Previous { time: now, phase, current, side: fit.side, displacement: d, point });
+        self.previous = Some(Previous { time: now, phase, current, side: fit.side, displacement: d });
         // The second way to a fault: the neutral's impedance, as the load steps show it.
         let by_impedance = self.impedance().map_or(0.0, |z| z / (FAULT_IMPEDANCE * k));
 
@@ -275,7 +210,7 @@ impl MagnitudeTier {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::neutral::geometry::{equilateral_fit, Point};
+    use crate::neutral::geometry::Point;
 
     const VP: f64 = 230.0;
 
@@ -393,19 +328,6 @@ mod tests {
             states.push(t.update(f64::from(s), magnitudes(n, VP), Some(i)).state);
         }
         assert_eq!(*states.last().unwrap(), State::Fault, "{states:?}");
-    }
-
-    /// The neutral point from the magnitudes, in the frame of the phases (L1 at 0°).
-    #[test]
-    fn neutral_point_is_where_the_magnitudes_put_it() {
-        for (x, y) in [(0.0, 0.0), (12.0, -7.0), (-30.0, 45.0), (80.0, 10.0)] {
-            let u = magnitudes(Point::new(x, y), VP);
-            let fit = equilateral_fit(u).unwrap();
-            // `magnitudes` has L1 at 90°: the point turned by -90°.
-            let (px, py) = neutral_point(u, fit.side);
-            assert!((px - y).abs() < 1e-6 && (py + x).abs() < 1e-6, "{x} {y}: {px} {py}");
-            assert!((px.hypot(py) - fit.displacement).abs() < 1e-6);
-        }
     }
 
     /// A neutral of `zn` ohms carrying the neutral current of a 7.5 A load on L1 and of 0.4 A

@@ -18,10 +18,15 @@
 //!   load while that line voltage stays put, which is what a floating neutral does and what
 //!   grid disturbances (a sag on one phase, all phases drifting, noise) do not.
 //!
+//! Where the meters give the phase currents, both also measure the neutral's impedance from
+//! the load steps ([`impedance::ImpedanceEstimate`]): a displacement over the threshold behind
+//! a neutral of a few ohms is a fault at once, which finds a terminal loosening over minutes.
+//!
 //! [`seed::SeedRule`] is seed 001's magnitude rule taken literally, kept as the benchmark's
 //! baseline.
 
 pub mod geometry;
+pub mod impedance;
 pub mod line;
 pub mod magnitude;
 pub mod seed;
@@ -102,7 +107,7 @@ impl Detector {
     /// A sample at `now` (seconds on any monotonic clock).
     pub fn update(&mut self, now: f64, sample: &Sample) -> Verdict {
         match sample.line {
-            Some(l) => self.line.update(now, sample.phase, l),
+            Some(l) => self.line.update(now, sample.phase, l, sample.current),
             None => self.magnitude.update(now, sample.phase, sample.current),
         }
     }
