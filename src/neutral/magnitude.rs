@@ -35,13 +35,13 @@
 //!
 //! The movement step by step misses a neutral that loosens over minutes: each second's growth
 //! is under the noise floor and small appliances give a few tenths of an ampere. So the load
-//! steps also measure the neutral's impedance ([`MagnitudeTier::impedance`]): the neutral
-//! point located from the magnitudes ([`neutral_point`]) moves by the neutral impedance times
-//! the change of the neutral current, which magnitudes give as each phase's load step along
-//! its phase ([`load_vector`]). A least-squares slope over the steps of the last
-//! [`IMPEDANCE_MEMORY`] seconds (steps in which the grid moved left out) reads a sound supply
-//! at a few tenths of an ohm, whatever the grid does to the magnitudes; a displacement of at
-//! least `shift` behind a neutral of [`FAULT_IMPEDANCE`] ohms or more is a fault as well.
+//! steps also measure the neutral's impedance ([`super::impedance`]): the neutral point
+//! located from the magnitudes moves by the neutral impedance times the change of the neutral
+//! current, which magnitudes give as each phase's load step along its phase. A least-squares
+//! slope over the steps of the last 20 s (steps in which the grid moved left out) reads a
+//! sound supply at a few tenths of an ohm, whatever the grid does to the magnitudes; a
+//! displacement of at least `shift` behind a neutral of [`FAULT_IMPEDANCE`] ohms or more is a
+//! fault as well.
 //!
 //! Its limit: with the loads balanced, a floating neutral does not move, and nothing in the
 //! magnitudes shows it until the balance changes. A displaced neutral whose loads never move
