@@ -47,15 +47,21 @@ pub fn neutral_point(u: [f64; 3], side: f64) -> (f64, f64) {
     (-x / (3.0 * r), -y / (3.0 * r))
 }
 
-/// How the loads changed between two samples as a vector: each phase's current change beyond
-/// what its voltage change alone gives a load of the same impedance (`I'·U/U'`), along its
-/// phase. Currents taken in phase with their voltages: the neutral current's change, as far as
-/// magnitudes can tell.
+/// Each phase's load step between two samples, amperes: the change of its current beyond what
+/// its voltage change alone gives a load of the same impedance (`I'·U/U'`). Voltages that move
+/// with no load switching (the grid) give none.
+pub fn phase_steps(u: [f64; 3], i: [f64; 3], u0: [f64; 3], i0: [f64; 3]) -> [f64; 3] {
+    [0, 1, 2].map(|k| if u0[k] > 0.0 { i[k] - i0[k] * u[k] / u0[k] } else { i[k] })
+}
+
+/// How the loads changed between two samples as a vector: each phase's step
+/// ([`phase_steps`]) along its phase. Currents taken in phase with their voltages: the neutral
+/// current's change, as far as magnitudes can tell.
 pub fn load_vector(u: [f64; 3], i: [f64; 3], u0: [f64; 3], i0: [f64; 3]) -> (f64, f64) {
-    (0..3).fold((0.0, 0.0), |(x, y), k| {
-        let step = if u0[k] > 0.0 { i[k] - i0[k] * u[k] / u0[k] } else { i[k] };
-        (x + step * PHASES[k].0, y + step * PHASES[k].1)
-    })
+    phase_steps(u, i, u0, i0)
+        .iter()
+        .zip(PHASES)
+        .fold((0.0, 0.0), |(x, y), (step, (ex, ey))| (x + step * ex, y + step * ey))
 }
 
 /// Steps longer than this (seconds) are a gap: nothing is measured across them.
@@ -127,6 +133,12 @@ impl ImpedanceEstimate {
     /// to tell ([`EXCITATION`]).
     pub fn impedance(&self) -> Option<f64> {
         (self.load_squared >= EXCITATION).then(|| self.moved_by_load / self.load_squared)
+    }
+
+    /// The impedance over [`FAULT_IMPEDANCE`] × `k` (the sensitivity factor): 1 or more is a
+    /// neutral whose displacement is no transient; 0 while the steps cannot tell.
+    pub fn fault_ratio(&self, k: f64) -> f64 {
+        self.impedance().map_or(0.0, |z| z / (FAULT_IMPEDANCE * k))
     }
 }
 

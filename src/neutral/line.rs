@@ -17,13 +17,14 @@
 //! displacement over `shift`.
 //!
 //! Where the meter gives the phase currents, the load steps also measure the neutral's
-//! impedance ([`ImpedanceEstimate`]); behind [`FAULT_IMPEDANCE`] ohms or more (× the
-//! sensitivity factor) there is no hold: the first second over the threshold is a fault, since
-//! a neutral that bad is no transient, and a loosening one hovering at the threshold is
-//! confirmed the first time it touches it.
+//! impedance ([`ImpedanceEstimate`]); behind
+//! [`FAULT_IMPEDANCE`](super::impedance::FAULT_IMPEDANCE) ohms or more (× the sensitivity
+//! factor) there is no hold: the first second over the threshold is a fault, since a neutral
+//! that bad is no transient, and a loosening one hovering at the threshold is confirmed the
+//! first time it touches it.
 
 use super::geometry::locate_neutral;
-use super::impedance::{ImpedanceEstimate, FAULT_IMPEDANCE};
+use super::impedance::ImpedanceEstimate;
 use super::{Settings, State, Verdict};
 
 /// Seconds a displacement over the threshold must hold before it is a fault (normal).
@@ -137,9 +138,10 @@ impl LineTier {
 
     /// The seconds over the threshold that confirm a fault, given the displacement's level
     /// and the neutral's impedance: none (the first second over) behind a neutral of
-    /// [`FAULT_IMPEDANCE`] ohms or more, whose displacement is no transient.
+    /// [`FAULT_IMPEDANCE`](super::impedance::FAULT_IMPEDANCE) ohms or more, whose
+    /// displacement is no transient.
     fn hold(&self, k: f64) -> f64 {
-        if self.impedance().is_some_and(|z| z >= FAULT_IMPEDANCE * k) {
+        if self.neutral.fault_ratio(k) >= 1.0 {
             return 0.0;
         }
         let shift = self.settings.shift;

@@ -40,15 +40,15 @@
 //! current, which magnitudes give as each phase's load step along its phase. A least-squares
 //! slope over the steps of the last 20 s (steps in which the grid moved left out) reads a
 //! sound supply at a few tenths of an ohm, whatever the grid does to the magnitudes; a
-//! displacement of at least `shift` behind a neutral of [`FAULT_IMPEDANCE`] ohms or more is a
-//! fault as well.
+//! displacement of at least `shift` behind a neutral of
+//! [`FAULT_IMPEDANCE`](super::impedance::FAULT_IMPEDANCE) ohms or more is a fault as well.
 //!
 //! Its limit: with the loads balanced, a floating neutral does not move, and nothing in the
 //! magnitudes shows it until the balance changes. A displaced neutral whose loads never move
 //! is never confirmed (it stays `suspect`).
 
 use super::geometry::equilateral_fit;
-use super::impedance::{ImpedanceEstimate, FAULT_IMPEDANCE};
+use super::impedance::{phase_steps, ImpedanceEstimate};
 use super::{Settings, State, Verdict};
 
 /// Weight of the fitted side's change against the movement (about 3 ÷ (1/√3), since one
@@ -78,11 +78,10 @@ pub const SOUND_IMPEDANCE: f64 = 2.5;
 /// the other phases' loads in series, at the low end (a few kilowatts).
 pub const FLOATING_IMPEDANCE: f64 = 20.0;
 
-/// How much the loads changed between two samples, in amperes summed over the phases: the
-/// change of each phase's current beyond what its voltage change alone gives a load of the
-/// same impedance (`I'·U/U'`). Voltages that move with no load switching (the grid) give none.
+/// How much the loads changed between two samples, in amperes summed over the phases
+/// ([`phase_steps`]).
 fn load_step(u: [f64; 3], i: [f64; 3], u0: [f64; 3], i0: [f64; 3]) -> f64 {
-    (0..3).map(|k| if u0[k] > 0.0 { (i[k] - i0[k] * u[k] / u0[k]).abs() } else { i[k].abs() }).sum()
+    phase_steps(u, i, u0, i0).iter().map(|s| s.abs()).sum()
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -178,7 +177,7 @@ impl MagnitudeTier {
         self.score += credit / (CREDIT * k);
         self.previous = Some(Previous { time: now, phase, current, side: fit.side, displacement: d });
         // The second way to a fault: the neutral's impedance, as the load steps show it.
-        let by_impedance = self.impedance().map_or(0.0, |z| z / (FAULT_IMPEDANCE * k));
+        let by_impedance = self.neutral.fault_ratio(k);
 
         if self.state == State::Fault {
             if d < CLEAR_RATIO * shift {
