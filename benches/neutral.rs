@@ -7,9 +7,11 @@
 //!    within 60 s, within the hour, and the median and worst times.
 //! 2. `healthy`: BENCH_DAYS simulated days (default 73) of each healthy scenario, each day a
 //!    house of its own seed: fault onsets per day. `BENCH_DAYS=365` gives a year of each.
+//! 3. `fixed`: tier 2's neutral impedance estimate against the truth behind a neutral of fixed
+//!    impedance (0.5 to 5 Ω), 50 houses each.
 //!
-//! Each for tier 2 (line voltages), tier 1 (magnitudes) and seed 001's rule taken literally.
-//! `cargo bench --bench neutral [-- broken|healthy]`; the default run takes about a minute.
+//! The first two for tier 2 (line voltages), tier 1 (magnitudes) and seed 001's rule taken literally.
+//! `cargo bench --bench neutral [-- broken|healthy|fixed]`; the default run takes about a minute.
 //! `BENCH_SEED=n` shifts every house's seed (other houses, to check a change on seeds it was
 //! not made on); `BENCH_TRACE=n` prints, per row, the first n cases tier 2 finds more than
 //! 10 s late or tier 1 more than 60 s late, second by second; `BENCH_DIAG=1` says of tier 2's
@@ -327,6 +329,45 @@ fn healthy() {
     println!();
 }
 
+/// Tier 2's impedance estimate (the corrected one) behind a neutral of fixed impedance (the healthy angle, 11°),
+/// 50 houses each, sampled every 30 s from the 5th to the 20th minute: what it reads against
+/// the truth.
+fn fixed() {
+    println!("## Neutral impedance estimate (tier 2) behind a fixed neutral: 50 houses, every 30 s from 5 to 20 min\n");
+    println!("| neutral | base loads L1/L2/L3 (W) | estimate / truth: 10th percentile | median | 90th percentile |");
+    println!("|---|---|---|---|---|");
+    for zn in [0.5, 1.0, 2.0, 3.0, 5.0] {
+        for imbalance in [0.0, 0.5] {
+            let mut ratios = vec![];
+            for trial in 0..50 {
+                let mut g = house(7000 + trial, imbalance);
+                g.set_neutral(Some(Complex::polar(zn, 0.2f64.atan())));
+                let mut m = LineTier::new(Settings::default());
+                for t in 0..1200 {
+                    let s = g.step(1.0);
+                    m.update(f64::from(t), s.phase, s.line, Some(s.current));
+                    if t >= 300 && t % 30 == 0 {
+                        ratios.extend(m.impedance().map(|z| z / zn));
+                    }
+                }
+            }
+            ratios.sort_by(f64::total_cmp);
+            let q = |f: f64| {
+                ratios.get(((ratios.len().max(1) - 1) as f64 * f) as usize).copied().unwrap_or(f64::NAN)
+            };
+            println!(
+                "| {zn} Ω | {:.0}/400/{:.0} | {:.2} | {:.2} | {:.2} |",
+                400.0 * (1.0 + imbalance),
+                400.0 * (1.0 - imbalance),
+                q(0.1),
+                q(0.5),
+                q(0.9)
+            );
+        }
+    }
+    println!();
+}
+
 fn main() {
     let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     let want = |name: &str| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str()));
@@ -336,6 +377,9 @@ fn main() {
     }
     if want("healthy") {
         healthy();
+    }
+    if want("fixed") {
+        fixed();
     }
     eprintln!("({:.1} s)", start.elapsed().as_secs_f64());
 }

@@ -113,7 +113,7 @@ impl MagnitudeTier {
             side_average: None,
             previous: None,
             low_since: None,
-            neutral: ImpedanceEstimate::new(),
+            neutral: ImpedanceEstimate::uncorrected(),
         }
     }
 
