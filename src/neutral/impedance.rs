@@ -23,10 +23,9 @@
 //!   grid whose voltages wander by tenths of a volt a second give a slope of an ohm or more by
 //!   chance. The noise is measured where no load switched (steps under [`QUIET_STEP`], the
 //!   point moving [`QUIET_MOVE`] volts at most): its variance per axis over [`NOISE_MEMORY`]
-//!   seconds. The slope is
-//!   taken one standard error low (`σ / √Σ|ΔI|²`): nothing for a kettle's 9 A, most of it for
-//!   a few tenths of an ampere; and while that error is over [`MAX_ERROR`] the steps cannot
-//!   tell.
+//!   seconds. The slope is taken one standard error low (`σ / √Σ|ΔI|²`): nothing for a
+//!   kettle's 9 A, most of it for a few tenths of an ampere; and while that error is over
+//!   [`MAX_ERROR`] the steps cannot tell.
 //!
 //! Both tiers use it (tier 1 without the two corrections, [`ImpedanceEstimate::uncorrected`]):
 //! a displacement over `shift` behind [`FAULT_IMPEDANCE`] ohms or more is no transient.
@@ -122,11 +121,9 @@ struct Previous {
     point: (f64, f64),
 }
 
-/// The estimate: sums decaying with its memory.
+/// The estimate: sums decaying with [`MEMORY`] (the noise's with [`NOISE_MEMORY`]).
 #[derive(Debug, Clone)]
 pub struct ImpedanceEstimate {
-    /// Time constant of the sums, seconds.
-    memory: f64,
     /// Whether [`ImpedanceEstimate::impedance`] corrects the slope for the loads in parallel
     /// and the grid's noise (tier 2), or gives it as it is (tier 1).
     corrected: bool,
@@ -152,22 +149,9 @@ impl Default for ImpedanceEstimate {
 }
 
 impl ImpedanceEstimate {
-    /// An estimate with [`MEMORY`].
+    /// The corrected estimate (tier 2).
     pub fn new() -> ImpedanceEstimate {
-        ImpedanceEstimate::with_memory(MEMORY)
-    }
-
-    /// The slope as it is, without the corrections (tier 1, whose false-alarm margin over a
-    /// simulated year was measured with it; the corrected estimate under tier 1's rules gave
-    /// false faults on a noisy grid, see BENCHMARKS.md).
-    pub fn uncorrected() -> ImpedanceEstimate {
-        ImpedanceEstimate { corrected: false, ..ImpedanceEstimate::new() }
-    }
-
-    /// An estimate whose sums fade with a time constant of `memory` seconds.
-    pub fn with_memory(memory: f64) -> ImpedanceEstimate {
         ImpedanceEstimate {
-            memory,
             corrected: true,
             time: None,
             previous: None,
@@ -179,12 +163,19 @@ impl ImpedanceEstimate {
         }
     }
 
+    /// The slope as it is, without the corrections (tier 1, whose false-alarm margin over a
+    /// simulated year was measured with it; the corrected estimate under tier 1's rules gave
+    /// false faults on a noisy grid, see BENCHMARKS.md).
+    pub fn uncorrected() -> ImpedanceEstimate {
+        ImpedanceEstimate { corrected: false, ..ImpedanceEstimate::new() }
+    }
+
     /// A sample: the phase voltages and, where measured, the phase currents (none: nothing
     /// measured until the next sample with them).
     pub fn update(&mut self, now: f64, phase: [f64; 3], current: Option<[f64; 3]>) {
         // What was measured fades with the time passed, samples or not.
         if let Some(dt) = self.time.replace(now).map(|t| now - t).filter(|dt| *dt > 0.0) {
-            let keep = (-dt / self.memory).exp();
+            let keep = (-dt / MEMORY).exp();
             self.moved_by_load *= keep;
             self.load_squared *= keep;
             self.admittance *= keep;
