@@ -131,6 +131,10 @@ impl Drop for Sims {
 /// counted against the daemon.
 fn spawn_sims(bin: &str, dir: &Path) -> Sims {
     let mut sims = Sims(vec![]);
+    // The simulators run a copy of the executable: pages they map are not the daemon's.
+    let copy = dir.join("pmtr-simulate");
+    std::fs::copy(bin, &copy).expect("copy the executable for the simulators");
+    let bin = copy.to_str().expect("a UTF-8 temporary path");
     for p in 0..3u8 {
         let link = dir.join(format!("ttyUSB{p}"));
         let mut cmd = Command::new(bin);

@@ -24,6 +24,7 @@ pub mod pmtr;
 pub mod pmtr_action;
 pub mod reading;
 pub mod relay;
+pub mod resident;
 pub mod sim;
 pub mod spelling;
 pub mod state_file;

@@ -204,6 +204,20 @@ fn notify_watchdog_reload_and_stop_as_under_systemd() {
     );
     wait_until(Duration::from_secs(10), || csv_rows(&dir.path().join("csv")).len() >= 3, || read(&log));
 
+    // Five seconds after the start, the pages it touched go back; the daemon reads on, on
+    // code mapped again from its file.
+    wait_until(
+        Duration::from_secs(20),
+        || read(&log).contains("gave back the pages the start touched"),
+        || format!("the start's pages given back\n{}", read(&log)),
+    );
+    let rows = csv_rows(&dir.path().join("csv")).len();
+    wait_until(
+        Duration::from_secs(10),
+        || csv_rows(&dir.path().join("csv")).len() >= rows + 3,
+        || format!("readings go on after the pages went back\n{}", read(&log)),
+    );
+
     // SIGHUP with a broken file: reported with file, line and key; the old configuration runs on.
     let good = read(&cfg);
     std::fs::write(&cfg, good.replace("address = 4", "adress = 4")).unwrap();

@@ -115,6 +115,9 @@ pub async fn serve(
         tracing::info!(interval = ?every, "systemd watchdog on: fed while every bus task makes progress");
         tokio::spawn(feed_watchdog(every, notifier.clone(), current.clone()))
     });
+    // The pages the start touched go back a few seconds after each start and reload.
+    let started = Arc::new(tokio::sync::Notify::new());
+    let give_back = tokio::spawn(give_back_pages(started.clone()));
     let mut config = config;
     let mut previous: Option<Config> = None;
     let mut first = true;
@@ -139,6 +142,7 @@ pub async fn serve(
         *lock(&current) =
             Some(Watched { liveness: generation.liveness.clone(), status: generation.status.clone() });
         notifier.ready(&summary(&generation.status));
+        started.notify_one();
         let next = loop {
             match signals.recv().await {
                 None | Some(Signal::Stop) => break None,
@@ -170,11 +174,40 @@ pub async fn serve(
     if let Some(d) = dog {
         d.abort();
     }
+    give_back.abort();
     if result.is_ok() {
         let _ = std::fs::remove_file(&marker);
         tracing::info!("stopped");
     }
     result
+}
+
+/// Gives back the pages touched once ([`crate::resident`]): [`crate::resident::SETTLE`] after
+/// each start and reload, and every [`crate::resident::EVERY`]. Off the runtime's thread.
+async fn give_back_pages(started: Arc<tokio::sync::Notify>) {
+    let mut first = true;
+    loop {
+        if tokio::time::timeout(crate::resident::EVERY, started.notified()).await.is_ok() {
+            tokio::time::sleep(crate::resident::SETTLE).await;
+        }
+        match tokio::task::spawn_blocking(crate::resident::give_back).await {
+            Ok(Ok(g)) if first => tracing::info!(
+                "gave back the pages the start touched: {} KiB mapped from files, resident {} -> {} KiB",
+                g.mapped_kib,
+                g.rss_before_kib,
+                g.rss_after_kib
+            ),
+            Ok(Ok(g)) => tracing::debug!(
+                "gave back pages touched since: {} KiB mapped from files, resident {} -> {} KiB",
+                g.mapped_kib,
+                g.rss_before_kib,
+                g.rss_after_kib
+            ),
+            Ok(Err(e)) => tracing::debug!(error = %e, "cannot read /proc/self/smaps: pages not given back"),
+            Err(_) => {}
+        }
+        first = false;
+    }
 }
 
 /// Reads the configuration again for SIGHUP; `None` (logged) when it cannot be used.
