@@ -21,7 +21,7 @@
 //! (fault-around: 64 KiB, or a whole large folio on kernels that keep a file in large folios),
 //! so the gain is measured, not computed: BENCHMARKS.md, "Footprint". Evicting the pages from
 //! the page cache as well (`MADV_PAGEOUT`, `POSIX_FADV_DONTNEED`, no read-ahead) was measured
-//! and gave little more on the development kernel (8.2–9.0 MiB against 8.8–9.2), for a read
+//! and gave little more on the development kernel (8.0–8.7 MiB against 8.8–9.2), for a read
 //! from disk at the next touch of a page: not done. As the pages stay cached, a path taken
 //! again (a relay's first switch) costs at most a minor page fault.
 //!
