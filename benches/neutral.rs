@@ -19,7 +19,8 @@
 //! the estimate reads from the truth around the 20 V mark; `BENCH_ZDIAG=1` prints tier 1's
 //! neutral impedance estimate against the truth for its loosening cases not yet found 0, 30
 //! and 60 s after the 20 V mark, and of each healthy scenario the largest estimate while the
-//! fitted displacement is over 20 V and each fault onset.
+//! fitted displacement is over 20 V and each fault onset, and tier 2's largest count of
+//! floating steps.
 
 use pmtr::neutral::line::LineTier;
 use pmtr::neutral::magnitude::MagnitudeTier;
@@ -281,6 +282,7 @@ fn healthy() {
         let mut onsets = [0usize; 3];
         let mut worst: f64 = 0.0;
         let mut zmax: f64 = f64::NEG_INFINITY;
+        let mut floating_max: f64 = 0.0;
         for day in 0..days {
             let mut g = house(((i as u64 + 1) << 32) + base_seed + day as u64, *imbalance);
             g.disturbance = *disturbance;
@@ -307,6 +309,7 @@ fn healthy() {
                     }
                 }
                 if zdiag {
+                    floating_max = floating_max.max(d.line.floating_steps());
                     if let (Some(z), true) = (d.magnitude.impedance(), vs[1].shift.is_some_and(|x| x >= 20.0))
                     {
                         zmax = zmax.max(z);
@@ -317,6 +320,7 @@ fn healthy() {
         }
         if zdiag {
             println!("  largest impedance estimate over 20 V: {zmax:.2} ohm");
+            println!("  tier 2's largest count of floating steps: {floating_max:.2}");
         }
         let per_day = |n: usize| format!("{n} ({:.3}/day)", n as f64 / days as f64);
         println!(

@@ -108,6 +108,9 @@ pub struct TriangleFix {
     /// Root-mean-square misfit of the phase magnitudes at the point found, volts: large when
     /// the five readings do not describe one point (a meter wrong, readings of different times).
     pub residual: f64,
+    /// The point from the star point, volts, in the triangle's own frame (L1 at the origin, L2
+    /// along the x axis): where it went from one sample to the next, while the triangle holds.
+    pub offset: Point,
 }
 
 /// The neutral point at distances `phase` (U1, U2, U3) from the corners of the triangle with
@@ -155,7 +158,7 @@ pub fn locate_neutral(phase: [f64; 3], line: [f64; 3]) -> Option<TriangleFix> {
     }
     let residual =
         (corners.iter().zip(phase).map(|(c, u)| (p.dist(*c) - u).powi(2)).sum::<f64>() / 3.0).sqrt();
-    Some(TriangleFix { displacement: p.dist(star), residual })
+    Some(TriangleFix { displacement: p.dist(star), residual, offset: Point::new(p.x - star.x, p.y - star.y) })
 }
 
 /// The source's star point in a line triangle: its Fermat point, the point from which each

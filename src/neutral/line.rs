@@ -22,9 +22,17 @@
 //! factor) there is no hold: the first second over the threshold is a fault, since a neutral
 //! that bad is no transient, and a loosening one hovering at the threshold is confirmed the
 //! first time it touches it.
+//!
+//! An open neutral behind a lightly loaded house is too bad for the estimate to read: each
+//! small load that switches throws the point tens of volts per ampere (the loads' own parallel
+//! impedance), which the estimate leaves out as no reading of a neutral. Here the line
+//! triangle tells those steps apart from a source that moved: the point jumping
+//! [`FLOAT_MOVE`] volts or more with a load, the line voltages still ([`floating_step`]), is
+//! a neutral that holds nothing, and [`FLOAT_STEPS`] of them (× the sensitivity factor) within
+//! about [`FLOAT_MEMORY`] seconds take the hold away too.
 
-use super::geometry::locate_neutral;
-use super::impedance::ImpedanceEstimate;
+use super::geometry::{locate_neutral, Point};
+use super::impedance::{load_vector, ImpedanceEstimate, MOVE_BOUND};
 use super::{Settings, State, Verdict};
 
 /// Seconds a displacement over the threshold must hold before it is a fault (normal).
@@ -39,6 +47,41 @@ pub const HOLD_OFF: f64 = 30.0;
 pub const CLEAR_RATIO: f64 = 0.7;
 /// Misfit (volts, r.m.s.) over which a sample is ignored.
 pub const MAX_RESIDUAL: f64 = 8.0;
+/// Volts the point must move in one step, the line triangle holding, to be a floating step.
+pub const FLOAT_MOVE: f64 = 5.0;
+/// Volts the line voltages may move in a floating step: the source held still.
+pub const LINE_STEADY: f64 = 1.0;
+/// Amperes of load step a floating step needs: a load switched, not a reading's noise.
+pub const FLOAT_LOAD: f64 = 0.1;
+/// Time constant of the floating steps' count, seconds.
+pub const FLOAT_MEMORY: f64 = 60.0;
+/// Floating steps (counted over [`FLOAT_MEMORY`], × the sensitivity factor) that show a
+/// neutral no longer holds.
+pub const FLOAT_STEPS: f64 = 2.0;
+
+/// What a step is measured from: the previous sample that located the point and gave currents.
+#[derive(Debug, Clone, Copy)]
+struct StepFrom {
+    time: f64,
+    offset: Point,
+    phase: [f64; 3],
+    line: [f64; 3],
+    current: [f64; 3],
+}
+
+/// Whether the step from `a` to `b` is a floating step: the point moved [`FLOAT_MOVE`] volts or
+/// more, further than [`MOVE_BOUND`] volts per ampere of the load that switched (at least
+/// [`FLOAT_LOAD`]), while no line voltage moved more than [`LINE_STEADY`]. A sound neutral moves
+/// the point by its fraction of an ohm times the step; a source that moves moves the triangle.
+/// Only a neutral that no longer holds the point (the loads' own parallel impedance, tens of
+/// ohms, behind it) gives such a step. Pure.
+fn floating_step(a: &StepFrom, b: &StepFrom) -> bool {
+    let (lx, ly) = load_vector(b.phase, b.current, a.phase, a.current);
+    let amps = lx.hypot(ly);
+    let moved = a.offset.dist(b.offset);
+    let steady = (0..3).all(|k| (b.line[k] - a.line[k]).abs() <= LINE_STEADY);
+    amps >= FLOAT_LOAD && moved >= FLOAT_MOVE && moved > 2.0 + MOVE_BOUND * amps && steady
+}
 
 #[derive(Debug, Clone)]
 pub struct LineTier {
@@ -55,6 +98,10 @@ pub struct LineTier {
     last: Verdict,
     /// The neutral's impedance from the load steps, where the meter gives the currents.
     neutral: ImpedanceEstimate,
+    /// The last sample a step is measured from, where the meter gives the currents.
+    step_from: Option<StepFrom>,
+    /// Floating steps ([`floating_step`]), decaying with [`FLOAT_MEMORY`].
+    floating: f64,
 }
 
 /// Steps longer than this (seconds) are a gap: no time is counted across them.
@@ -71,6 +118,8 @@ impl LineTier {
             level: 0.0,
             last: Verdict::default(),
             neutral: ImpedanceEstimate::new(),
+            step_from: None,
+            floating: 0.0,
         }
     }
 
@@ -90,6 +139,7 @@ impl LineTier {
                 return self.last;
             }
         };
+        self.count_floating(now, fix.offset, phase, line, current);
         let d = fix.displacement;
         let shift = self.settings.shift;
         let k = self.settings.sensitivity.factor();
@@ -131,6 +181,37 @@ impl LineTier {
         self.last
     }
 
+    /// Counts the step from the previous sample if it is a floating one; the count fades.
+    fn count_floating(
+        &mut self,
+        now: f64,
+        offset: Point,
+        phase: [f64; 3],
+        line: [f64; 3],
+        current: Option<[f64; 3]>,
+    ) {
+        if let Some(a) = self.step_from {
+            if now > a.time {
+                self.floating *= (-(now - a.time) / FLOAT_MEMORY).exp();
+            }
+        }
+        let Some(current) = current.filter(|c| c.iter().all(|i| i.is_finite())) else {
+            self.step_from = None;
+            return;
+        };
+        let b = StepFrom { time: now, offset, phase, line, current };
+        if let Some(a) = self.step_from.replace(b) {
+            if now > a.time && now - a.time <= MAX_STEP && floating_step(&a, &b) {
+                self.floating += 1.0;
+            }
+        }
+    }
+
+    /// The floating steps counted ([`floating_step`], fading over [`FLOAT_MEMORY`]).
+    pub fn floating_steps(&self) -> f64 {
+        self.floating
+    }
+
     /// The neutral impedance the load steps show ([`ImpedanceEstimate`]), when they can tell.
     pub fn impedance(&self) -> Option<f64> {
         self.neutral.impedance()
@@ -138,10 +219,10 @@ impl LineTier {
 
     /// The seconds over the threshold that confirm a fault, given the displacement's level
     /// and the neutral's impedance: none (the first second over) behind a neutral of
-    /// [`FAULT_IMPEDANCE`](super::impedance::FAULT_IMPEDANCE) ohms or more, whose
-    /// displacement is no transient.
+    /// [`FAULT_IMPEDANCE`](super::impedance::FAULT_IMPEDANCE) ohms or more, or after
+    /// [`FLOAT_STEPS`] floating steps, whose displacement is no transient.
     fn hold(&self, k: f64) -> f64 {
-        if self.neutral.fault_ratio(k) >= 1.0 {
+        if self.neutral.fault_ratio(k) >= 1.0 || self.floating >= FLOAT_STEPS * k {
             return 0.0;
         }
         let shift = self.settings.shift;
@@ -339,7 +420,100 @@ mod tests {
             let (u, l, i) = behind(0.3, amps);
             let v = t.update(f64::from(s), u, l, Some(i));
             assert_ne!(v.state, State::Fault, "at {s}: {v:?}");
+            assert_eq!(t.floating, 0.0, "at {s}: the inrush moved the point by 0.3 Ω × 78 A");
         }
         assert!(t.impedance().is_some_and(|z| z < 0.5), "{:?}", t.impedance());
+    }
+
+    /// A house on a balanced 230 V source with its neutral open: resistive loads of `ohms` on
+    /// L1, L2, L3, the neutral point where their currents sum to zero (Millman). The set and
+    /// the currents.
+    fn floating(ohms: [f64; 3]) -> ([f64; 3], [f64; 3], [f64; 3]) {
+        let a = |deg: f64| Point::new(VP * deg.to_radians().cos(), VP * deg.to_radians().sin());
+        let c = [a(90.0), a(-30.0), a(210.0)];
+        let y = ohms.map(|r| 1.0 / r);
+        let total: f64 = y.iter().sum();
+        let n = Point::new(
+            (0..3).map(|k| y[k] * c[k].x).sum::<f64>() / total,
+            (0..3).map(|k| y[k] * c[k].y).sum::<f64>() / total,
+        );
+        let (u, l) = set(n);
+        (u, l, [0, 1, 2].map(|k| u[k] / ohms[k]))
+    }
+
+    #[test]
+    fn line_tier_with_currents_confirms_an_open_neutral_the_first_second_over() {
+        // 400 W a phase and the neutral open: a 0.4 A load on L1 or L2 for a second throws the
+        // point 16 V out, a 0.58 A one on L1 23 V, one second in six; the rest of the time the
+        // loads balance. Single seconds over, which the hold alone rides out; but each switch
+        // moved the point 40 V per ampere with the line triangle still: the neutral holds
+        // nothing, and the first second over is a fault.
+        let base = 230.0 * 230.0 / 400.0;
+        let with = |k: usize, r: f64| {
+            let mut ohms = [base; 3];
+            ohms[k] = 1.0 / (1.0 / base + 1.0 / r);
+            ohms
+        };
+        let sample = |s: u32| {
+            floating(match s % 6 {
+                1 => with(0, 575.0),
+                3 => with(1, 575.0),
+                5 => with(0, 400.0),
+                _ => [base; 3],
+            })
+        };
+        assert!(floating(with(0, 400.0)).0[0] < 230.0 - 20.0, "the case puts L1 over 20 V out");
+        let run = |currents: bool| {
+            let mut t = LineTier::new(Settings::default());
+            (0..120)
+                .map(|s| {
+                    let (u, l, i) = sample(s);
+                    t.update(f64::from(s), u, l, currents.then_some(i)).state
+                })
+                .collect::<Vec<_>>()
+        };
+        assert!(!run(false).contains(&State::Fault));
+        let with_currents = run(true);
+        assert_eq!(with_currents.iter().position(|s| *s == State::Fault), Some(5), "{with_currents:?}");
+    }
+
+    #[test]
+    fn line_tier_takes_any_currents_without_a_panic() {
+        // Odd currents between sets that jump, so that every one is weighed as a step.
+        let mut t = LineTier::new(Settings::default());
+        let odd = [f64::NAN, f64::INFINITY, -f64::INFINITY, 0.0, -5.0, f64::MAX, f64::MIN_POSITIVE, 1e300];
+        let mut s = 0.0;
+        for a in odd {
+            for b in odd {
+                for n in [Point::new(40.0, 0.0), Point::new(-20.0, 35.0), Point::new(0.0, 0.0)] {
+                    let (u, l) = set(n);
+                    let v = t.update(s, u, l, Some([a, b, 1.0]));
+                    assert!(v.score.is_finite() && t.floating_steps().is_finite(), "{a} {b}: {v:?}");
+                    s += 1.0;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_floating_step_needs_a_load_switching_and_the_line_triangle_still() {
+        let at = |time: f64, x: f64, line: f64, amps: f64| StepFrom {
+            time,
+            offset: Point::new(x, 0.0),
+            phase: [230.0; 3],
+            line: [line; 3],
+            current: [amps, 1.0, 1.0],
+        };
+        let from = at(0.0, 0.0, 400.0, 1.0);
+        // 16 V for 0.4 A: the neutral holds nothing.
+        assert!(floating_step(&from, &at(1.0, 16.0, 400.2, 1.4)));
+        // The same with the line voltages moving 3 V: the source moved.
+        assert!(!floating_step(&from, &at(1.0, 16.0, 403.0, 1.4)));
+        // 16 V for no load switching: a reading's noise, not a load's step.
+        assert!(!floating_step(&from, &at(1.0, 16.0, 400.0, 1.0)));
+        // 16 V for 10 A: 1.6 Ω, for the impedance estimate to weigh.
+        assert!(!floating_step(&from, &at(1.0, 16.0, 400.0, 11.0)));
+        // 3 V for 0.05 A: too small a move to tell.
+        assert!(!floating_step(&from, &at(1.0, 3.0, 400.0, 1.05)));
     }
 }
