@@ -348,6 +348,8 @@ mod tests {
     fn pass_and_miss(t: ProbeTest) -> (f64, f64) {
         match t {
             ProbeTest::Equals(x) => (x, x + 1.0),
+            // A range from 0 (an unsigned register): missed above it.
+            ProbeTest::Range { min: Some(m), max: Some(hi) } if m <= 0.0 => (m, hi + 1.0),
             ProbeTest::Range { min: Some(m), .. } => (m, m - 1.0),
             ProbeTest::Range { min: None, max: Some(m) } => (m, m + 1.0),
             ProbeTest::Range { .. } => unreachable!("a range has a bound"),
@@ -358,7 +360,10 @@ mod tests {
     fn each_built_in_with_a_probe_is_recognised_by_its_own_values_and_not_by_a_near_miss() {
         let all = definition::built_in();
         let probed: Vec<&Definition> = all.iter().filter(|d| !d.probe.is_empty()).collect();
-        assert!(probed.len() >= 5, "the SDM and ABB families and the ORNO have probes");
+        assert!(
+            probed.len() >= 9,
+            "the SDM and ABB families, the ORNOs, the DTSU666 and the DDS238 have probes"
+        );
         for d in probed {
             let mut good = Answers::new();
             for p in &d.probe {
@@ -412,7 +417,7 @@ mod tests {
             }
         }
         let unprobed = unprobed(&all);
-        assert!(unprobed.contains(&"dds238") && unprobed.contains(&"pzem-016"), "{unprobed:?}");
+        assert!(unprobed.contains(&"ddsu666") && unprobed.contains(&"pzem-016"), "{unprobed:?}");
         assert!(recognise(&all, &everything).iter().all(|d| !d.probe.is_empty()));
     }
 
