@@ -102,6 +102,8 @@ pub struct LineTier {
     step_from: Option<StepFrom>,
     /// Floating steps ([`floating_step`]), decaying with [`FLOAT_MEMORY`].
     floating: f64,
+    /// When the count last faded.
+    floating_time: Option<f64>,
 }
 
 /// Steps longer than this (seconds) are a gap: no time is counted across them.
@@ -120,6 +122,7 @@ impl LineTier {
             neutral: ImpedanceEstimate::new(),
             step_from: None,
             floating: 0.0,
+            floating_time: None,
         }
     }
 
@@ -190,10 +193,9 @@ impl LineTier {
         line: [f64; 3],
         current: Option<[f64; 3]>,
     ) {
-        if let Some(a) = self.step_from {
-            if now > a.time {
-                self.floating *= (-(now - a.time) / FLOAT_MEMORY).exp();
-            }
+        // The count fades with the time passed, steps measured or not.
+        if let Some(then) = self.floating_time.replace(now).filter(|t| now > *t) {
+            self.floating *= (-(now - then) / FLOAT_MEMORY).exp();
         }
         let Some(current) = current.filter(|c| c.iter().all(|i| i.is_finite())) else {
             self.step_from = None;
@@ -493,6 +495,18 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn floating_steps_fade_while_the_meter_gives_no_currents() {
+        let mut t = LineTier::new(Settings::default());
+        let (u, l) = set(Point::new(3.0, 0.0));
+        t.update(0.0, u, l, Some([1.0; 3]));
+        t.floating = 3.0;
+        for s in 1..=600 {
+            t.update(f64::from(s), u, l, None);
+        }
+        assert!(t.floating_steps() < 0.01, "{}", t.floating_steps());
     }
 
     #[test]
