@@ -29,7 +29,10 @@
 //! moves the voltages with no load step at all (a sag passing from one phase to another moves
 //! the magnitudes by 70 V in a second and leaves the fitted side where it was). So a step is
 //! credited its movement less [`SOUND_IMPEDANCE`] × the load step, and at most
-//! [`FLOATING_IMPEDANCE`] × the load step; and, for the moment the neutral lets go (which
+//! [`FLOATING_IMPEDANCE`] × the load step, times how much of the neutral point's move went
+//! along the load's change ([`along`]: a load that switches pulls the point towards its
+//! phase; a sag passing between phases in the same second moves it across); and, for the
+//! moment the neutral lets go (which
 //! switches no load), the growth of the displacement less the side's change and the noise
 //! floor (a sag passing between phases moves the point round, not out).
 //!
@@ -48,7 +51,7 @@
 //! is never confirmed (it stays `suspect`).
 
 use super::geometry::equilateral_fit;
-use super::impedance::{phase_steps, ImpedanceEstimate};
+use super::impedance::{load_vector, neutral_point, phase_steps, ImpedanceEstimate};
 use super::{Settings, State, Verdict};
 
 /// Weight of the fitted side's change against the movement (about 3 ÷ (1/√3), since one
@@ -84,6 +87,20 @@ fn load_step(u: [f64; 3], i: [f64; 3], u0: [f64; 3], i0: [f64; 3]) -> f64 {
     phase_steps(u, i, u0, i0).iter().map(|s| s.abs()).sum()
 }
 
+/// How far the neutral point's move from `from` to `to` went along the load's change `load`
+/// (the cosine of the angle between them, 0 to 1). Behind a floating neutral a load that
+/// switches pulls the point towards its phase, along the load's change; a sag passing from one
+/// phase to another in the same second as a load step moves it across or against it.
+fn along(to: (f64, f64), from: (f64, f64), load: (f64, f64)) -> f64 {
+    let (dx, dy) = (to.0 - from.0, to.1 - from.1);
+    let cos = (dx * load.0 + dy * load.1) / (dx.hypot(dy) * load.0.hypot(load.1));
+    if cos.is_finite() {
+        cos.clamp(0.0, 1.0)
+    } else {
+        0.0
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Previous {
     time: f64,
@@ -91,6 +108,8 @@ struct Previous {
     current: Option<[f64; 3]>,
     side: f64,
     displacement: f64,
+    /// The neutral point ([`neutral_point`]).
+    point: (f64, f64),
 }
 
 #[derive(Debug, Clone)]
@@ -146,6 +165,7 @@ impl MagnitudeTier {
         let steady = (fit.side - avg).abs() <= SIDE_TOLERANCE * avg;
 
         self.neutral.update(now, phase, current);
+        let point = neutral_point(phase, fit.side);
         let mut credit = 0.0;
         if let Some(p) = self.previous {
             let dt = now - p.time;
@@ -165,6 +185,7 @@ impl MagnitudeTier {
                                 .max(0.0);
                         if step.is_finite() {
                             (unexplained - SOUND_IMPEDANCE * step).max(0.0).min(FLOATING_IMPEDANCE * step)
+                                * along(point, p.point, load_vector(phase, i, p.phase, j))
                                 + opened
                         } else {
                             unexplained
@@ -175,7 +196,7 @@ impl MagnitudeTier {
             }
         }
         self.score += credit / (CREDIT * k);
-        self.previous = Some(Previous { time: now, phase, current, side: fit.side, displacement: d });
+        self.previous = Some(Previous { time: now, phase, current, side: fit.side, displacement: d, point });
         // The second way to a fault: the neutral's impedance, as the load steps show it.
         let by_impedance = self.neutral.fault_ratio(k);
 
@@ -317,16 +338,42 @@ mod tests {
 
     #[test]
     fn magnitude_tier_with_currents_confirms_a_floating_neutral_moved_by_a_small_load() {
-        // Behind a floating neutral 100 W (0.4 A) moves the point by 15 V.
+        // Behind a floating neutral 100 W (0.4 A) on L1 pulls the point 15 V towards L1 (at 90°
+        // in `magnitudes`).
         let mut t = MagnitudeTier::new(Settings::default());
         let mut states = vec![];
         for s in 0..60 {
             let on = (s / 3) % 2 == 1;
-            let n = if on { Point::new(30.0, -15.0) } else { Point::new(30.0, 0.0) };
+            let n = if on { Point::new(30.0, 15.0) } else { Point::new(30.0, 0.0) };
             let i = if on { [1.4, 1.0, 1.0] } else { [1.0, 1.0, 1.0] };
             states.push(t.update(f64::from(s), magnitudes(n, VP), Some(i)).state);
         }
         assert_eq!(*states.last().unwrap(), State::Fault, "{states:?}");
+    }
+
+    #[test]
+    fn magnitude_tier_credits_no_sag_passing_between_phases_as_a_load_step_lands() {
+        // A simulated year's one false fault, before the point's move was weighed against the
+        // load's direction: L2's source 23 % low for minutes (a fitted displacement of 32 V),
+        // then in one second the sag passes to L3 while 8.5 A switch on on L2. The magnitudes
+        // move 93 V with the fitted side nearly still, and the step would have been credited
+        // up to 20 V per ampere; but the point went from L2 towards L3, against the load that
+        // pulls it towards L2.
+        let mut t = MagnitudeTier::new(Settings::default());
+        let before = ([228.7, 176.2, 224.7], [8.83, 1.40, 11.09]);
+        for s in 0..300 {
+            let wobble = if s % 2 == 0 { 0.2 } else { -0.2 };
+            let u = before.0.map(|v| v + wobble);
+            assert_ne!(t.update(f64::from(s), u, Some(before.1)).state, State::Fault, "at {s}");
+        }
+        t.score = 0.3;
+        let v = t.update(300.0, [229.1, 227.5, 184.0], Some([8.84, 9.88, 8.84]));
+        assert!(v.shift.is_some_and(|d| d >= 20.0), "the case is over the threshold: {v:?}");
+        assert_ne!(v.state, State::Fault, "{v:?}");
+        assert!(t.score < 0.5, "{}", t.score);
+        // The same magnitudes moved by that load alone, pulling the point towards L2: credited.
+        assert_eq!(along((0.0, -10.0), (0.0, 0.0), (0.0, -8.5)), 1.0);
+        assert_eq!(along((8.0, 5.0), (0.0, -10.0), (-4.25, -7.36)), 0.0);
     }
 
     /// A neutral of `zn` ohms carrying the neutral current of a 7.5 A load on L1 and of 0.4 A
