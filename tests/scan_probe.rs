@@ -41,16 +41,26 @@ fn floats(values: &[(u16, f32)]) -> serde_json::Map<String, serde_json::Value> {
 ///    refuses the PZEM read; total power 30053 (input 0x0034) and import energy 30073 (0x0048)
 ///    as floats, and the meter code its user manual (V1.4) gives, 00 84, at holding 464515.
 /// 6. a CHINT DTSU666: the parameter registers of its user manual (ZTY0.464.1448): net = 0
-///    (three-phase four-wire) at 0x0003, bAud = 3 (9600) at 0x002D, Addr = 6 at 0x002E.
+///    (three-phase four-wire) at 0x0003, bAud = 3 (9600) at 0x002D, Addr = 6 at 0x002E; and
+///    its line voltages U12 and U23 as floats in tenths of a volt from 0x2000 (400.1 V and
+///    399.8 V).
 /// 7. a Hiking DDS238-2 ZN/S: voltage 230.4 V (2304) at 0x000C, frequency 49.99 Hz (4999) at
 ///    0x0011, the reserved 0x0012-0x0014 at 0, and 0x0015 = address 7 (high byte), baud code 1
 ///    (9600, low byte).
 /// 8. an Eastron SDM230: meter code 0x002B at holding 464515.
 /// 9. an ORNO OR-WE-516: the baud rate, 9600, at 0x0003 and the frequency, 50.0 Hz as a float
 ///    high word first (0x4248 0x0000), at 0x0014.
+/// 10. a CHINT DDSU666: voltage 229.8 V and current 4.25 A as floats from holding 0x2000
+///     (appendix A of its manual).
 fn images() -> serde_json::Value {
     let sdm120_ir = floats(&[(0, 231.5), (6, 4.75), (0x46, 50.02)]);
     let sdm72d_ir = floats(&[(0x34, 1520.0), (0x48, 8765.5)]);
+    let mut dtsu666_hr = floats(&[(0x2000, 4001.0), (0x2002, 3998.0)]);
+    dtsu666_hr.extend([
+        ("3".to_string(), json!(0)),
+        ("45".to_string(), json!(3)),
+        ("46".to_string(), json!(6)),
+    ]);
     json!({
         "1": { "ir": sdm120_ir, "hr": { "64514": 0x0020 }, "fill": true },
         "2": { "ir": {}, "hr": { "64514": 0x0070 }, "fill": false },
@@ -58,11 +68,12 @@ fn images() -> serde_json::Value {
                "fill": false },
         "4": { "ir": {}, "hr": { "12": 2304 }, "fill": false },
         "5": { "ir": sdm72d_ir, "hr": { "64514": 0x0084 }, "fill": false },
-        "6": { "ir": {}, "hr": { "3": 0, "45": 3, "46": 6 }, "fill": false },
+        "6": { "ir": {}, "hr": dtsu666_hr, "fill": false },
         "7": { "ir": {}, "hr": { "12": 2304, "17": 4999, "18": 0, "19": 0, "20": 0, "21": 0x0701 },
                "fill": false },
         "8": { "ir": {}, "hr": { "64514": 0x002B }, "fill": false },
         "9": { "ir": {}, "hr": { "3": 9600, "20": 0x4248, "21": 0 }, "fill": false },
+        "10": { "ir": {}, "hr": floats(&[(0x2000, 229.8), (0x2002, 4.25)]), "fill": false },
     })
 }
 
@@ -105,7 +116,7 @@ fn scan_names_the_model_by_its_probe() {
         "--ports",
         port,
         "--addresses",
-        "1-9",
+        "1-10",
         "--timeout",
         "300ms",
         "--meters-dir",
@@ -125,14 +136,15 @@ fn scan_names_the_model_by_its_probe() {
     assert_eq!(model_of(&out, 7), "dds238", "{out}");
     assert_eq!(model_of(&out, 8), "sdm230", "{out}");
     assert_eq!(model_of(&out, 9), "orno-we516", "{out}");
-    assert_eq!(out.lines().count(), 11, "a header, nine devices and the --add-to line: {out}");
+    assert_eq!(model_of(&out, 10), "ddsu666", "{out}");
+    assert_eq!(out.lines().count(), 12, "a header, ten devices and the --add-to line: {out}");
     // No line settings given: 9600 8N1 and the definitions' own (2400 8N1, 9600 8E1, 19200 8E1).
     assert!(err.contains("4 setting(s)") && err.contains("2400 8N1"), "{err}");
-    assert!(err.contains("36/36"), "progress reaches the end: {err}");
+    assert!(err.contains("40/40"), "progress reaches the end: {err}");
     // The unnamed device: which definitions a scan cannot recognise.
-    assert!(err.contains("no probe") && err.contains("ddsu666"), "{err}");
-    // --add-to: the seven new devices with one model each; address 2 is taken, 4 has no model.
-    assert!(out.contains("7 device(s) added"), "{out}");
+    assert!(err.contains("no probe") && err.contains("pzem-016"), "{err}");
+    // --add-to: the eight new devices with one model each; address 2 is taken, 4 has no model.
+    assert!(out.contains("8 device(s) added"), "{out}");
     let written = std::fs::read_to_string(cfg).unwrap();
     assert!(
         written.contains("name = \"house-1\"\nmodel = \"sdm120\"\naddress = 1\nbus = \"house\""),
@@ -141,7 +153,7 @@ fn scan_names_the_model_by_its_probe() {
     assert!(written.contains("name = \"house-3\"\nmodel = \"abb-b23\"\naddress = 3"), "{written}");
     assert!(written.contains("name = \"house-5\"\nmodel = \"sdm72d\"\naddress = 5"), "{written}");
     assert!(written.contains("name = \"house-9\"\nmodel = \"orno-we516\"\naddress = 9"), "{written}");
-    assert_eq!(written.matches("[[meter]]").count(), 8, "{written}");
+    assert_eq!(written.matches("[[meter]]").count(), 9, "{written}");
     assert!(err.contains("address 2 not added") && err.contains("address 4 not added"), "{err}");
     assert!(pmtr(&["check-config", cfg]).0, "the file still loads");
 
