@@ -361,8 +361,8 @@ mod tests {
         let all = definition::built_in();
         let probed: Vec<&Definition> = all.iter().filter(|d| !d.probe.is_empty()).collect();
         assert!(
-            probed.len() >= 9,
-            "the SDM and ABB families, the ORNOs, the DTSU666 and the DDS238 have probes"
+            probed.len() >= 10,
+            "the SDM and ABB families, the ORNOs, the CHINTs and the DDS238 have probes"
         );
         for d in probed {
             let mut good = Answers::new();

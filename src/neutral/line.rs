@@ -390,20 +390,23 @@ mod tests {
         (u, l, [amps, 0.0, 0.0])
     }
 
+    /// A tier's states over two minutes of `sample(second)`, given the currents or not.
+    fn states(sample: &dyn Fn(u32) -> ([f64; 3], [f64; 3], [f64; 3]), currents: bool) -> Vec<State> {
+        let mut t = LineTier::new(Settings::default());
+        (0..120)
+            .map(|s| {
+                let (u, l, i) = sample(s);
+                t.update(f64::from(s), u, l, currents.then_some(i)).state
+            })
+            .collect()
+    }
+
     #[test]
     fn line_tier_with_currents_confirms_a_neutral_of_a_few_ohms_the_first_second_over() {
         // 3 Ω behind 6.6 A on L1 (19.8 V); 0.4 A more for one second in four (21 V): single
         // seconds over, which the hold rides out.
         let sample = |s: u32| behind(3.0, if s % 4 == 3 { 7.0 } else { 6.6 });
-        let run = |currents: bool| {
-            let mut t = LineTier::new(Settings::default());
-            (0..120)
-                .map(|s| {
-                    let (u, l, i) = sample(s);
-                    t.update(f64::from(s), u, l, currents.then_some(i)).state
-                })
-                .collect::<Vec<_>>()
-        };
+        let run = |currents: bool| states(&sample, currents);
         assert!(!run(false).contains(&State::Fault));
         let with = run(true);
         let first = with.iter().position(|s| *s == State::Fault);
@@ -465,15 +468,7 @@ mod tests {
             })
         };
         assert!(floating(with(0, 400.0)).0[0] < 230.0 - 20.0, "the case puts L1 over 20 V out");
-        let run = |currents: bool| {
-            let mut t = LineTier::new(Settings::default());
-            (0..120)
-                .map(|s| {
-                    let (u, l, i) = sample(s);
-                    t.update(f64::from(s), u, l, currents.then_some(i)).state
-                })
-                .collect::<Vec<_>>()
-        };
+        let run = |currents: bool| states(&sample, currents);
         assert!(!run(false).contains(&State::Fault));
         let with_currents = run(true);
         assert_eq!(with_currents.iter().position(|s| *s == State::Fault), Some(5), "{with_currents:?}");

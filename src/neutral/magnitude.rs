@@ -371,7 +371,7 @@ mod tests {
         assert!(v.shift.is_some_and(|d| d >= 20.0), "the case is over the threshold: {v:?}");
         assert_ne!(v.state, State::Fault, "{v:?}");
         assert!(t.score < 0.5, "{}", t.score);
-        // The same magnitudes moved by that load alone, pulling the point towards L2: credited.
+        // `along` itself: a move the load's way counts whole, one against it nothing.
         assert_eq!(along((0.0, -10.0), (0.0, 0.0), (0.0, -8.5)), 1.0);
         assert_eq!(along((8.0, 5.0), (0.0, -10.0), (-4.25, -7.36)), 0.0);
     }
