@@ -64,6 +64,12 @@ port = "{port}"
 kind = "power-line"
 timeout = "2s"
 rescan = "500ms"
+# Two of the simulated servers' 200 ms loops of quiet after each reply. Each server takes one
+# frame a loop from its 63-byte receive buffer, and hears every frame on the bus; back to back,
+# a reply of 55 bytes and the next request overflow it. Without this gap one request in fifteen
+# went unanswered here (900 to 1,800 bytes lost per server in two minutes), and a server missed
+# at the start waited a minute for its probe's back-off; with it, none is lost but at a reboot.
+frame_gap = "400ms"
 [[sink]]
 type = "csv"
 dir = "{csv}"
@@ -143,8 +149,9 @@ async fn the_daemon_sets_up_every_server_and_again_after_a_reboot() {
             clock_error(&bus, a).map(|_| ())
         })
         .await;
+        // The frame gap is kept out of the timing: counted in, it would set the clock 0.4 s late.
         let err = clock_error(&bus, a).unwrap();
-        assert!(err.abs() < 1.0, "server {a}: clock {err:+.3} s off");
+        assert!(err.abs() < 0.25, "server {a}: clock {err:+.3} s off");
     }
     let before = bus.with_server(5, |s| s.counters()).unwrap();
     assert_eq!(before.time_syncs, 1);
@@ -162,10 +169,15 @@ async fn the_daemon_sets_up_every_server_and_again_after_a_reboot() {
         Ok(())
     })
     .await;
-    assert!(clock_error(&bus, 5).unwrap().abs() < 1.0);
+    assert!(clock_error(&bus, 5).unwrap().abs() < 0.25);
     // The others were left alone: one sync each.
     for a in [3, 9] {
         assert_eq!(bus.with_server(a, |s| s.counters().time_syncs), Some(1), "server {a}");
+    }
+    // What the pacing kept whole (see `config_text`); a reboot loses what was on its way.
+    for a in addresses {
+        let lost = bus.with_server(a, |s| s.counters().bytes_lost).unwrap();
+        eprintln!("server {a}: {lost} byte(s) lost to a full receive buffer");
     }
     let _ = stop_tx.send(());
     daemon.await.unwrap().unwrap();

@@ -335,6 +335,18 @@ impl<L: Line> Transport<L> {
         }
     }
 
+    /// The silence kept before each request.
+    pub fn gap(&self) -> Duration {
+        self.gap
+    }
+
+    /// Waits until the line has been quiet for the inter-frame gap, as the next request would
+    /// before it is sent: a sequence that times a request (a PMTR server's clock) waits here
+    /// first, so that the request then leaves at once.
+    pub async fn settle(&mut self) {
+        self.keep_gap().await;
+    }
+
     /// Waits until the line has been quiet for the inter-frame gap. tokio's timer counts whole
     /// milliseconds and rounds up, which would stretch a 3.6 ms gap to 5 ms and cost a
     /// saturated 9600-baud bus 4 % of its reads: what is left after the timer's part is slept

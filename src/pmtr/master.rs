@@ -104,7 +104,8 @@ pub fn epoch_to_write(set_at: i64) -> i64 {
 /// Sets the server's clock (§7): coil 0 on (the server enters its sync loop and answers at
 /// once from then on), a read to measure the round trip, then at the right moment the time
 /// and coil 0 off. The server sets its clock when it takes the coil, about one and a half round
-/// trips after the time is sent, and its clock counts seconds from then on: the write is timed
+/// trips (and the bus's frame gap, kept before the coil write) after the time is sent, and its
+/// clock counts seconds from then on: the write is timed
 /// so that this moment falls on a whole second, which leaves only the round trip's jitter as
 /// error. `ms_field` goes to HR150 (unused by the firmware).
 pub async fn sync_time<L: Line>(
@@ -129,11 +130,17 @@ async fn set_time_and_leave<L: Line>(
     ms_field: u16,
     observe: &mut (dyn FnMut(&Outcome) + Send),
 ) -> Result<Synced, DutyError> {
+    // The bus's inter-frame gap (a `frame_gap` of a second or so paces a busy power-line bus)
+    // is waited for out of the measured round trip and before the moment is chosen: otherwise
+    // it would count as transit and delay the write, and the clock would be set late by it.
+    t.settle().await;
     let start = Instant::now();
     let _ = read_coil(t, link, COIL_TIME_SYNC, "time sync: round trip", observe).await?;
     let round_trip = start.elapsed();
-    // The clock is taken 1.5 round trips after the time registers leave.
-    let lead = round_trip * 3 / 2;
+    t.settle().await;
+    // The clock is taken 1.5 round trips after the time registers leave, and the gap later
+    // that the coil-off write waits after the time write's reply.
+    let lead = round_trip * 3 / 2 + t.gap();
     let now = chrono::Utc::now();
     let set_at_ns = now.timestamp_nanos_opt().unwrap_or(0) + lead.as_nanos() as i64;
     let next_second = set_at_ns.div_euclid(1_000_000_000) + 1;

@@ -35,6 +35,10 @@ pub(super) const MAX_RETRIES: i64 = 10;
 
 pub(super) const MAX_FRAME_GAP: Duration = Duration::from_secs(1);
 
+/// On a power-line bus the gap paces the servers, which take one frame per main loop (about
+/// 1.2 s): two loops' worth fits.
+pub(super) const MAX_POWER_LINE_FRAME_GAP: Duration = Duration::from_secs(3);
+
 /// The shortest `max_backoff` and `rescan`: anything shorter would spin.
 pub(super) const MIN_PERIOD: Duration = Duration::from_millis(100);
 
@@ -135,7 +139,12 @@ impl Loader<'_> {
                 self.integer_in(v, &key("retries"), 0..=MAX_RETRIES).and_then(|n| u32::try_from(n).ok());
         }
         if let Some(v) = t.get("frame_gap") {
-            bus.frame_gap = self.duration_in(v, &key("frame_gap"), None, MAX_FRAME_GAP);
+            let power_line = t
+                .get("kind")
+                .and_then(|k| k.get_ref().as_str().and_then(BusKind::parse))
+                .is_some_and(|k| k == BusKind::PowerLine);
+            let max = if power_line { MAX_POWER_LINE_FRAME_GAP } else { MAX_FRAME_GAP };
+            bus.frame_gap = self.duration_in(v, &key("frame_gap"), None, max);
         }
         if let Some(v) = t.get("max_backoff") {
             bus.max_backoff = self.duration_in(v, &key("max_backoff"), Some(MIN_PERIOD), MAX_BUS_BACKOFF);
