@@ -4,10 +4,14 @@
 //!    and full reads of SDM630s (a meter definition: three requests a read) against theirs;
 //! 2. ports in parallel: 4 buses against 1;
 //! 3. footprint: `pmtr run` polling 30 meters on 3 ports every second (RSS, CPU);
-//! 4. start to first reading with known ports.
+//! 4. start to first reading with known ports;
+//! 5. a power-line bus of three PMTR_001_SRV servers at the real firmware's 1.2 s loop (the
+//!    simulated modem, 150 ms each way, frames split), paced by the default gap (one loop),
+//!    by none (4 ms, the 3.5 characters) and by two loops: the set-up of the three, then
+//!    readings, requests unanswered and bytes the servers' receive buffers lost.
 //!
-//! `cargo bench --bench bus [-- efficiency|sdm630|parallel|footprint|start]` (BENCH_SECONDS=N
-//! to change the measuring window, default 20).
+//! `cargo bench --bench bus [-- efficiency|sdm630|parallel|footprint|start|power-line]`
+//! (BENCH_SECONDS=N to change the measuring window, default 20; at least 120 for power-line).
 
 use pmtr::bus::BusEngine;
 use pmtr::config::LineSettings;
@@ -99,6 +103,124 @@ async fn model_reads_per_second(model: &str, ports: usize, per_port: u8, window:
     let _ = stop_tx.send(true);
     engine.join().await;
     rate
+}
+
+/// What a window on the power-line bus gave.
+struct PlcFigures {
+    /// From the start until every server held its five relay actions and its clock was set.
+    setup: Duration,
+    setup_unanswered: u64,
+    setup_bytes_lost: u64,
+    readings_per_minute: f64,
+    requests: u64,
+    unanswered: u64,
+    bytes_lost_per_minute: f64,
+}
+
+/// Three servers on one simulated power-line bus, polled every 5 s (the default), each given
+/// five relay actions and its clock, with `frame_gap` or the default gap: how long the set-up
+/// took, then figures over `window` of polls alone.
+async fn power_line(frame_gap: Option<&str>, window: Duration) -> PlcFigures {
+    use pmtr::sim::{Firmware, PlcBus, PlcBusOptions, PmtrServer, ServerValues};
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("ttyPLC0");
+    let addresses = [1u8, 2, 3];
+    let servers = addresses
+        .iter()
+        .map(|&a| {
+            PmtrServer::new(a, Firmware::Current, ServerValues::default(), Duration::from_millis(1200), 0.0)
+        })
+        .collect();
+    let opts = PlcBusOptions { link: Some(link.clone()), split_frames: true, ..PlcBusOptions::new(servers) };
+    let bus = PlcBus::spawn(opts).expect("simulated power-line bus");
+    let mut text = format!(
+        "[gateway]\nname = \"bench\"\nstate_dir = \"{}\"\nclock_sync_wait = \"0s\"\n[[bus]]\nname = \"plc\"\nport = \"{}\"\nkind = \"power-line\"\n",
+        dir.path().join("state").display(),
+        link.display()
+    );
+    if let Some(gap) = frame_gap {
+        text += &format!("frame_gap = \"{gap}\"\n");
+    }
+    for a in addresses {
+        text += &format!("[[meter]]\nname = \"srv{a}\"\nmodel = \"pmtr-srv\"\naddress = {a}\n");
+        for (k, when) in ["L1U > 253", "L1I > 16", "L3P > 2000 && L3pf < 0.5", "L2f < 49.5", "L1e > 100.5"]
+            .iter()
+            .enumerate()
+        {
+            text += &format!("[[meter.action]]\nwhen = \"{when}\"\npins = [{}]\nlevel = \"low\"\n", 22 + k);
+        }
+    }
+    let config = pmtr::config::load_str(&text, "bench.toml").expect("bench config");
+    let (tx, mut rx) = mpsc::channel(4096);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let engine = BusEngine::start(&config, tx, stop_rx);
+    let began = tokio::time::Instant::now();
+    let set_up = || {
+        addresses.iter().all(|&a| {
+            bus.with_server(a, |s| s.slots().iter().all(Option::is_some) && s.counters().time_syncs > 0)
+                .unwrap()
+        })
+    };
+    let mut shown = began;
+    while !set_up() {
+        while rx.try_recv().is_ok() {}
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if shown.elapsed() >= Duration::from_secs(30) {
+            shown = tokio::time::Instant::now();
+            for a in addresses {
+                let srv = engine.status.update(&format!("srv{a}"), |s| s.server.clone()).flatten();
+                let (state, misses) = engine
+                    .status
+                    .update(&format!("srv{a}"), |s| (format!("{:?}", s.state), s.counters.probe_misses))
+                    .unwrap();
+                if let Some(srv) = srv {
+                    eprintln!(
+                        "  {:.0} s: server {a} {state} ({misses} probe(s) missed): {} slot(s) pushed, {} duty failure(s), last: {:?}",
+                        began.elapsed().as_secs_f64(),
+                        srv.slots_pushed,
+                        srv.duty_failures,
+                        srv.last_duty_error
+                    );
+                }
+            }
+        }
+    }
+    let setup = began.elapsed();
+    while rx.try_recv().is_ok() {}
+    let counters = |engine: &BusEngine| {
+        addresses.iter().fold((0u64, 0u64), |(req, to), a| {
+            let c = engine
+                .status
+                .update(&format!("srv{a}"), |s| (s.counters.requests, s.counters.timeouts))
+                .unwrap();
+            (req + c.0, to + c.1)
+        })
+    };
+    let lost = || -> u64 {
+        addresses.iter().map(|&a| bus.with_server(a, |s| s.counters().bytes_lost).unwrap()).sum()
+    };
+    let (req0, to0) = counters(&engine);
+    let lost0 = lost();
+    let (setup_unanswered, setup_bytes_lost) = (to0, lost0);
+    let start = tokio::time::Instant::now();
+    let mut n = 0u64;
+    while let Ok(Some(_)) = tokio::time::timeout_at(start + window, rx.recv()).await {
+        n += 1;
+    }
+    let minutes = start.elapsed().as_secs_f64() / 60.0;
+    let (req1, to1) = counters(&engine);
+    let figures = PlcFigures {
+        setup,
+        setup_unanswered,
+        setup_bytes_lost,
+        readings_per_minute: n as f64 / minutes / addresses.len() as f64,
+        requests: req1 - req0,
+        unanswered: to1 - to0,
+        bytes_lost_per_minute: (lost() - lost0) as f64 / minutes / addresses.len() as f64,
+    };
+    let _ = stop_tx.send(true);
+    engine.join().await;
+    figures
 }
 
 fn proc_stat(pid: u32) -> (f64, u64) {
@@ -302,6 +424,35 @@ fn main() {
             rss as f64 / 1024.0,
             hwm as f64 / 1024.0
         );
+    }
+
+    if run("power-line") {
+        let w = window.max(Duration::from_secs(120));
+        println!(
+            "\n## Power-line bus: 3 servers, 1.2 s loops, 150 ms transit, polled every 5 s ({}s window each)",
+            w.as_secs()
+        );
+        println!(
+            "| frame_gap | set-up of the 3 (s) | unanswered, bytes lost in it | readings / server / min | requests | unanswered | bytes lost / server / min |"
+        );
+        println!("|---|---|---|---|---|---|---|");
+        // BENCH_GAPS="4ms,default" picks the rows.
+        let gaps = std::env::var("BENCH_GAPS").unwrap_or_else(|_| "4ms,default,2400ms".into());
+        for gap in gaps.split(',').map(|g| (g != "default").then_some(g)) {
+            let f = rt.block_on(power_line(gap, w));
+            println!(
+                "| {} | {:.0} | {}, {} | {:.1} | {} | {} ({:.1} %) | {:.0} |",
+                gap.unwrap_or("default (1200ms)"),
+                f.setup.as_secs_f64(),
+                f.setup_unanswered,
+                f.setup_bytes_lost,
+                f.readings_per_minute,
+                f.requests,
+                f.unanswered,
+                f.unanswered as f64 * 100.0 / f.requests.max(1) as f64,
+                f.bytes_lost_per_minute
+            );
+        }
     }
 
     if run("start") {

@@ -64,9 +64,10 @@ port = "{port}"
 kind = "power-line"
 timeout = "2s"
 rescan = "500ms"
-# Two of the simulated servers' 200 ms loops of quiet after each reply. Each server takes one
-# frame a loop from its 63-byte receive buffer, and hears every frame on the bus; back to back,
-# a reply of 55 bytes and the next request overflow it. Without this gap one request in fifteen
+# The daemon's default pace is one loop of the real firmware (1.2 s); these servers loop every
+# 200 ms, so the gap is set for them: two of their loops. Each server takes one frame a loop
+# off its 63-byte receive buffer, and hears every frame on the bus; back to back, a reply of
+# 55 bytes and the next request overflow it. Without a gap one request in fifteen
 # went unanswered here (900 to 1,800 bytes lost per server in two minutes), and a server missed
 # at the start waited a minute for its probe's back-off; with it, none is lost but at a reboot.
 frame_gap = "400ms"

@@ -171,6 +171,9 @@ async fn open_server(
                 continue;
             }
         };
+        // No pacing by default (see `bus::driver::frame_gap`): with the daemon stopped, only
+        // this command talks, to one server at a time (the next one may miss its first
+        // request, which the resync and a retry cover).
         let mut t = Transport::new(stream, &bus.line, bus.frame_gap).with_resync(Some(resync()));
         for _ in 0..link.attempts {
             match master::probe(&mut t, m.address, bus.timeout).await? {

@@ -7,6 +7,7 @@ use crate::meter::driver::{Duties, Reader};
 use crate::meter::pmtr_srv::ServerStatus;
 use crate::modbus::transport::{Line, Outcome, Resync};
 use crate::pmtr::driver::{Actions, ServerDriver};
+use std::time::Duration;
 
 /// How `meter` is read at its good poll number `poll` (the first is 0).
 pub fn reader(meter: &Meter, poll: u64) -> Reader {
@@ -43,6 +44,15 @@ pub fn resync(bus: &Bus, meters: usize) -> Option<Resync> {
     (bus.kind == BusKind::PowerLine && meters > 1).then(crate::pmtr::master::resync)
 }
 
+/// The silence kept before each request: the bus's `frame_gap`; else, on a power-line bus of
+/// several servers, one server loop ([`crate::pmtr::master::SHARED_BUS_GAP`]); else the line's
+/// 3.5 characters (None).
+pub fn frame_gap(bus: &Bus, meters: usize) -> Option<Duration> {
+    bus.frame_gap.or_else(|| {
+        (bus.kind == BusKind::PowerLine && meters > 1).then_some(crate::pmtr::master::SHARED_BUS_GAP)
+    })
+}
+
 /// A meter's counters and status on the status board, for its driver's duties.
 pub struct MeterReport<'a> {
     pub status: &'a super::status::StatusBoard,
@@ -64,5 +74,28 @@ impl crate::meter::driver::Report for MeterReport<'_> {
                 update(srv);
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bus(kind: &str, gap: Option<&str>) -> Bus {
+        let gap = gap.map_or(String::new(), |g| format!("frame_gap = \"{g}\"\n"));
+        let text = format!(
+            "[[bus]]\nname = \"b\"\nport = \"/dev/ttyS0\"\nkind = \"{kind}\"\n{gap}[[meter]]\nname = \"m\"\nmodel = \"pmtr-srv\"\naddress = 1\n"
+        );
+        crate::config::load_str(&text, "t.toml").unwrap().buses[0].clone()
+    }
+
+    #[test]
+    fn several_servers_on_a_power_line_bus_are_paced_by_one_server_loop() {
+        assert_eq!(frame_gap(&bus("power-line", None), 3), Some(Duration::from_millis(1200)));
+        // One server hears no one else's frames; a configured gap wins; RS-485 is untouched.
+        assert_eq!(frame_gap(&bus("power-line", None), 1), None);
+        assert_eq!(frame_gap(&bus("power-line", Some("400ms")), 3), Some(Duration::from_millis(400)));
+        assert_eq!(frame_gap(&bus("power-line", Some("0s")), 3), Some(Duration::ZERO));
+        assert_eq!(frame_gap(&bus("rs485", None), 3), None);
     }
 }

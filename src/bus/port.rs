@@ -45,8 +45,8 @@ pub async fn run<L: Line>(
 ) -> PortExit {
     let bus = &shared.bus;
     let resync = super::driver::resync(bus, shared.meters.len());
-    let mut t =
-        Transport::new(line, &bus.line, bus.frame_gap).with_resync(resync).with_stop(shutdown.clone());
+    let gap = super::driver::frame_gap(bus, shared.meters.len());
+    let mut t = Transport::new(line, &bus.line, gap).with_resync(resync).with_stop(shutdown.clone());
     let beat = shared.liveness.register(
         format!("bus {} port {port}", bus.name),
         super::liveness::port_limit(bus.timeout, bus.retries),
