@@ -168,10 +168,11 @@ async fn power_line(frame_gap: Option<&str>, window: Duration) -> PlcFigures {
         if shown.elapsed() >= Duration::from_secs(30) {
             shown = tokio::time::Instant::now();
             for a in addresses {
-                let srv = engine.status.update(&format!("srv{a}"), |s| s.server.clone()).flatten();
-                let (state, misses) = engine
+                let (srv, state, misses) = engine
                     .status
-                    .update(&format!("srv{a}"), |s| (format!("{:?}", s.state), s.counters.probe_misses))
+                    .update(&format!("srv{a}"), |s| {
+                        (s.server.clone(), format!("{:?}", s.state), s.counters.probe_misses)
+                    })
                     .unwrap();
                 if let Some(srv) = srv {
                     eprintln!(
@@ -201,7 +202,6 @@ async fn power_line(frame_gap: Option<&str>, window: Duration) -> PlcFigures {
     };
     let (req0, to0) = counters(&engine);
     let lost0 = lost();
-    let (setup_unanswered, setup_bytes_lost) = (to0, lost0);
     let start = tokio::time::Instant::now();
     let mut n = 0u64;
     while let Ok(Some(_)) = tokio::time::timeout_at(start + window, rx.recv()).await {
@@ -211,8 +211,8 @@ async fn power_line(frame_gap: Option<&str>, window: Duration) -> PlcFigures {
     let (req1, to1) = counters(&engine);
     let figures = PlcFigures {
         setup,
-        setup_unanswered,
-        setup_bytes_lost,
+        setup_unanswered: to0,
+        setup_bytes_lost: lost0,
         readings_per_minute: n as f64 / minutes / addresses.len() as f64,
         requests: req1 - req0,
         unanswered: to1 - to0,

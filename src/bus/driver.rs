@@ -38,19 +38,23 @@ pub fn sentinel() -> u16 {
     crate::pmtr::driver::sentinel_value()
 }
 
+/// Whether `meters` servers share a power-line bus: each then hears the others' frames, which
+/// the bus's resync and pacing are for.
+fn servers_share(bus: &Bus, meters: usize) -> bool {
+    bus.kind == BusKind::PowerLine && meters > 1
+}
+
 /// What the line needs after a miss: several servers behind one power-line modem have their
 /// receivers resynchronised.
 pub fn resync(bus: &Bus, meters: usize) -> Option<Resync> {
-    (bus.kind == BusKind::PowerLine && meters > 1).then(crate::pmtr::master::resync)
+    servers_share(bus, meters).then(crate::pmtr::master::resync)
 }
 
 /// The silence kept before each request: the bus's `frame_gap`; else, on a power-line bus of
 /// several servers, one server loop ([`crate::pmtr::master::SHARED_BUS_GAP`]); else the line's
 /// 3.5 characters (None).
 pub fn frame_gap(bus: &Bus, meters: usize) -> Option<Duration> {
-    bus.frame_gap.or_else(|| {
-        (bus.kind == BusKind::PowerLine && meters > 1).then_some(crate::pmtr::master::SHARED_BUS_GAP)
-    })
+    bus.frame_gap.or_else(|| servers_share(bus, meters).then_some(crate::pmtr::master::SHARED_BUS_GAP))
 }
 
 /// A meter's counters and status on the status board, for its driver's duties.
