@@ -162,8 +162,8 @@ async fn set_time_and_leave<L: Line>(
 /// one a loop off its 63-byte receive buffer; sent back to back, a request after a long reply,
 /// or the frames of a relay-action push, overflow the buffers of the others, which then miss
 /// their own requests. On the simulated bus of three servers (1.2 s loops, `cargo bench --bench
-/// bus -- power-line`) this took the requests unanswered from 24 % to none, and the set-up of
-/// the three from 479 s to 387 s.
+/// bus -- power-line`) this took the requests unanswered from 24-29 % to none, and the set-up
+/// of the three from 402-479 s to 387 s.
 pub const SHARED_BUS_GAP: Duration = Duration::from_millis(super::action::LOOP_PASS_MS);
 
 /// What a power-line bus with several servers needs after a miss (see [`Resync`]): a 1 s
