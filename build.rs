@@ -9,14 +9,23 @@
 //! system does not pack; `deploy/build-deb.sh` writes the floor into the packages' Depends. A
 //! linker that does not know the option (GNU ld before 2.41 for ARM) warns and links as
 //! before; `deploy/cross-env.sh` links the Pi builds with Rust's lld.
+//!
+//! Its steady-state functions are laid out together at the start of its code: the linker
+//! script `link/hot-text.ld` (an `INSERT BEFORE .text`, which GNU ld and lld both take as an
+//! addition to their default layout) names them; `link/hot-text.sh` writes it and says why.
 
 use std::process::Command;
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=link/hot-text.ld");
     let var = |k: &str| std::env::var(k).unwrap_or_default();
     if var("CARGO_CFG_TARGET_OS") != "linux" || var("CARGO_CFG_TARGET_ENV") != "gnu" {
         return;
+    }
+    let hot = std::path::Path::new(&var("CARGO_MANIFEST_DIR")).join("link/hot-text.ld");
+    if hot.is_file() {
+        println!("cargo:rustc-link-arg-bins=-Wl,-T,{}", hot.display());
     }
     // A native build runs where it is built: pack only if this C library can load it. A cross
     // build is for the Pi packages, built against Debian bookworm's C library (2.36).

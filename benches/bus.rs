@@ -12,6 +12,8 @@
 //!
 //! `cargo bench --bench bus [-- efficiency|sdm630|parallel|footprint|start|power-line]`
 //! (BENCH_SECONDS=N to change the measuring window, default 20; at least 120 for power-line).
+//! BENCH_WRAP="CMD ARGS" runs the footprint's daemon under a tool (`link/hot-text.sh` gives
+//! `valgrind --tool=callgrind …`): `CMD ARGS pmtr run --config …`.
 
 use pmtr::bus::BusEngine;
 use pmtr::config::LineSettings;
@@ -280,7 +282,17 @@ fn footprint(bin: &str, window: Duration) -> (f64, u64, u64) {
     let _sims = spawn_sims(bin, dir.path());
     let cfg = dir.path().join("pmtr.toml");
     std::fs::write(&cfg, config_text(dir.path(), 3, 10, "1s", false)).unwrap();
-    let mut child = Command::new(bin)
+    let wrap = std::env::var("BENCH_WRAP").unwrap_or_default();
+    let mut words = wrap.split_whitespace();
+    let mut command = match words.next() {
+        Some(tool) => {
+            let mut c = Command::new(tool);
+            c.args(words).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    };
+    let mut child = command
         .args(["run", "--config"])
         .arg(&cfg)
         .stdout(Stdio::null())

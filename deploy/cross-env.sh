@@ -39,8 +39,10 @@ if [ ! -x "$cross_gcc_ld/ld.lld" ]; then
     echo "$cross_gcc_ld/ld.lld is missing: the Rust toolchain ships it (rust-lld)" >&2
     return 1 2>/dev/null || exit 1
 fi
-export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C link-arg=-fuse-ld=lld -C link-arg=-B$cross_gcc_ld"
-export CARGO_TARGET_ARMV7_UNKNOWN_LINUX_GNUEABIHF_RUSTFLAGS="-C link-arg=-fuse-ld=lld -C link-arg=-B$cross_gcc_ld"
+# These replace .cargo/config.toml's rustflags for the target, so they repeat its v0 symbol
+# mangling, which link/hot-text.ld's names need.
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C symbol-mangling-version=v0 -C link-arg=-fuse-ld=lld -C link-arg=-B$cross_gcc_ld"
+export CARGO_TARGET_ARMV7_UNKNOWN_LINUX_GNUEABIHF_RUSTFLAGS="-C symbol-mangling-version=v0 -C link-arg=-fuse-ld=lld -C link-arg=-B$cross_gcc_ld"
 unset cross_gcc_ld
 # Runners for `cargo test`/`cargo run` with --target: qemu-user with the cross C library as root
 # of the dynamic loader (no binfmt_misc needed).

@@ -409,6 +409,32 @@ fn the_packaged_binaries_pack_their_relative_relocations() {
     }
 }
 
+/// The Pi's binaries lay out the daemon's steady-state functions together, as the x86 build
+/// does (`link/hot-text.ld`, whose names are written on x86 and must match on ARM too: v0
+/// symbol names with the crate hashes left open). About 0.4 MB on every architecture; a
+/// section far smaller means the names stopped matching there.
+#[test]
+fn the_packaged_binaries_lay_out_their_steady_state_code_together() {
+    for arch in ARCHES {
+        let unpacked = unpack(arch);
+        let bin = unpacked.data.join("usr/bin/pmtr");
+        let o = Command::new("readelf").arg("-S").arg("-W").arg(&bin).output().expect("readelf (binutils)");
+        assert!(o.status.success(), "readelf {}: {}", bin.display(), String::from_utf8_lossy(&o.stderr));
+        let out = String::from_utf8_lossy(&o.stdout);
+        let hot = out
+            .lines()
+            .find(|l| l.contains(" .text.hot "))
+            .unwrap_or_else(|| panic!("{}: no .text.hot section:\n{out}", arch.deb));
+        let size = hot
+            .split_whitespace()
+            .skip_while(|w| *w != ".text.hot")
+            .nth(4)
+            .and_then(|w| u64::from_str_radix(w, 16).ok())
+            .unwrap_or_else(|| panic!("{}: no size in {hot:?}", arch.deb));
+        assert!(size >= 200_000, "{}: .text.hot holds only {size} bytes", arch.deb);
+    }
+}
+
 /// Whether `name` matches udev's shell-style `pattern` (`*`, `?`, `[a-z0-9]`; no `|`).
 fn glob(pattern: &[u8], name: &[u8]) -> bool {
     match (pattern.first(), name.first()) {
