@@ -9,14 +9,15 @@
 #
 # How: the footprint set-up of the bus bench (`cargo bench --bench bus -- footprint`: 30
 # simulated PZEM-016 on 3 ports, polled every second, the default CSV sink and status API),
-# its daemon run under valgrind's callgrind. The counts are zeroed 4 s after the daemon starts
-# (before it gives its pages back at 5 s, so that the give-back and what follows it are in) and
-# dumped 130 s later (the minute tasks run twice). Every function of the executable that ran in
+# its daemon run under valgrind's callgrind, its clock believed from the start as on a Pi that
+# NTP has set. The counts are zeroed 4 s after the daemon starts (before it gives its pages back
+# at 5 s, so that the give-back and what follows it are in) and dumped 620 s later (the minute
+# tasks run ten times, the ten-minute summary once). Every function of the executable that ran in
 # that window is written as a linker-script pattern: v0 symbol names (.cargo/config.toml) with
 # each crate's disambiguator and each back-reference left open, so that the same file matches
 # the Pi's builds, whose crates hash differently.
 #
-# Needs valgrind (apt-get install valgrind) and python3. Takes about 5 minutes. Run it again
+# Needs valgrind (apt-get install valgrind) and python3. Takes about 12 minutes. Run it again
 # when the steady state's code changes much: `cargo test --test hot_text` fails when fewer than
 # 80 % of its patterns still name a function of the executable.
 set -euo pipefail
@@ -35,7 +36,7 @@ for l in sys.stdin:
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-BENCH_SECONDS=130 BENCH_WRAP="valgrind --tool=callgrind --demangle=no --callgrind-out-file=$work/cg" \
+BENCH_SECONDS=640 BENCH_WRAP="valgrind --tool=callgrind --demangle=no --callgrind-out-file=$work/cg" \
     "$bench" footprint >"$work/bench.log" 2>&1 &
 bench_pid=$!
 pid=""
@@ -47,7 +48,7 @@ done
 [ -n "$pid" ] || { echo "the daemon did not start under valgrind" >&2; cat "$work/bench.log" >&2; exit 1; }
 sleep 4
 callgrind_control -z "$pid" >/dev/null 2>&1
-sleep 130
+sleep 620
 callgrind_control -d "$pid" >/dev/null 2>&1
 wait "$bench_pid" || true
 dump=$(ls "$work"/cg.* | head -1)

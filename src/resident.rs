@@ -21,7 +21,7 @@
 //! (fault-around: 64 KiB, or a whole large folio on kernels that keep a file in large folios),
 //! so the gain is measured, not computed: BENCHMARKS.md, "Footprint". The neighbours are the
 //! steady state's own code, since the linker lays those functions out together
-//! (`link/hot-text.ld`, given to the linker by `build.rs`): 9.5 MiB resident without, 5.2–5.4
+//! (`link/hot-text.ld`, given to the linker by `build.rs`): 8.0–9.6 MiB resident without, 5.2–5.7
 //! MiB with. Evicting the pages from
 //! the page cache as well (`MADV_PAGEOUT`, `POSIX_FADV_DONTNEED`, no read-ahead) was measured
 //! and gave little more on the development kernel (8.0–8.7 MiB against 8.8–9.2), for a read
