@@ -17,7 +17,7 @@ fn patterns() -> Vec<String> {
         .collect()
 }
 
-/// `pat` with every `{lead}{alphanumerics}_` written `{lead}*_` (at least `min` alphanumerics):
+/// `name` with every `{lead}{alphanumerics}_` written `{lead}*_` (at least `min` alphanumerics):
 /// what `link/hot-text.sh` does to a v0 name's crate hashes (`Cs…_`) and back-references (`B…_`).
 fn open(name: &str, lead: &str, min: usize) -> String {
     let mut out = String::with_capacity(name.len());

@@ -381,30 +381,11 @@ fn the_packaged_binaries_run_under_qemu() {
 #[test]
 fn the_packaged_binaries_pack_their_relative_relocations() {
     for arch in ARCHES {
-        let unpacked = unpack(arch);
-        let bin = unpacked.data.join("usr/bin/pmtr");
-        let o = Command::new("readelf")
-            .arg("-d")
-            .arg("-S")
-            .arg("-W")
-            .arg(&bin)
-            .output()
-            .expect("readelf (binutils)");
-        assert!(o.status.success(), "readelf {}: {}", bin.display(), String::from_utf8_lossy(&o.stderr));
-        let out = String::from_utf8_lossy(&o.stdout);
+        let out = readelf(arch, &["-d", "-S", "-W"]);
         assert!(out.contains("(RELR)"), "{}: no DT_RELR in its dynamic section:\n{out}", arch.deb);
         // What is left unpacked (relocations against symbols) is small: without packing, the
         // table holds a record for every pointer the loader adjusts (about 62,000, 1.5 MB).
-        let rel = out
-            .lines()
-            .find(|l| l.contains(" .rela.dyn ") || l.contains(" .rel.dyn "))
-            .unwrap_or_else(|| panic!("{}: no .rela.dyn or .rel.dyn section:\n{out}", arch.deb));
-        let size = rel
-            .split_whitespace()
-            .skip_while(|w| !w.starts_with(".rel"))
-            .nth(4)
-            .and_then(|w| u64::from_str_radix(w, 16).ok())
-            .unwrap_or_else(|| panic!("{}: no size in {rel:?}", arch.deb));
+        let size = section_size(arch, &out, &[".rela.dyn", ".rel.dyn"]);
         assert!(size < 64 * 1024, "{}: {size} bytes of unpacked relocations", arch.deb);
     }
 }
@@ -416,23 +397,32 @@ fn the_packaged_binaries_pack_their_relative_relocations() {
 #[test]
 fn the_packaged_binaries_lay_out_their_steady_state_code_together() {
     for arch in ARCHES {
-        let unpacked = unpack(arch);
-        let bin = unpacked.data.join("usr/bin/pmtr");
-        let o = Command::new("readelf").arg("-S").arg("-W").arg(&bin).output().expect("readelf (binutils)");
-        assert!(o.status.success(), "readelf {}: {}", bin.display(), String::from_utf8_lossy(&o.stderr));
-        let out = String::from_utf8_lossy(&o.stdout);
-        let hot = out
-            .lines()
-            .find(|l| l.contains(" .text.hot "))
-            .unwrap_or_else(|| panic!("{}: no .text.hot section:\n{out}", arch.deb));
-        let size = hot
-            .split_whitespace()
-            .skip_while(|w| *w != ".text.hot")
-            .nth(4)
-            .and_then(|w| u64::from_str_radix(w, 16).ok())
-            .unwrap_or_else(|| panic!("{}: no size in {hot:?}", arch.deb));
+        let out = readelf(arch, &["-S", "-W"]);
+        let size = section_size(arch, &out, &[".text.hot"]);
         assert!(size >= 200_000, "{}: .text.hot holds only {size} bytes", arch.deb);
     }
+}
+
+/// `readelf ARGS` of the packaged `usr/bin/pmtr`.
+fn readelf(arch: &Arch, args: &[&str]) -> String {
+    let unpacked = unpack(arch);
+    let bin = unpacked.data.join("usr/bin/pmtr");
+    let o = Command::new("readelf").args(args).arg(&bin).output().expect("readelf (binutils)");
+    assert!(o.status.success(), "readelf {}: {}", bin.display(), String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The size of the first of `names` in `readelf -S -W` output (the fourth field after the name).
+fn section_size(arch: &Arch, readelf: &str, names: &[&str]) -> u64 {
+    let line = readelf
+        .lines()
+        .find(|l| names.iter().any(|n| l.contains(&format!(" {n} "))))
+        .unwrap_or_else(|| panic!("{}: no {names:?} section:\n{readelf}", arch.deb));
+    line.split_whitespace()
+        .skip_while(|w| !names.contains(w))
+        .nth(4)
+        .and_then(|w| u64::from_str_radix(w, 16).ok())
+        .unwrap_or_else(|| panic!("{}: no size in {line:?}", arch.deb))
 }
 
 /// Whether `name` matches udev's shell-style `pattern` (`*`, `?`, `[a-z0-9]`; no `|`).
