@@ -13,14 +13,15 @@
 //! The first two for tier 2 (line voltages), tier 1 (magnitudes) and seed 001's rule taken literally.
 //! `cargo bench --bench neutral [-- broken|healthy|fixed]`; the default run takes about a minute.
 //! `BENCH_SEED=n` shifts every house's seed (other houses, to check a change on seeds it was
-//! not made on); `BENCH_TRACE=n` prints, per row, the first n cases tier 2 finds more than
-//! 10 s late or tier 1 more than 60 s late, second by second; `BENCH_DIAG=1` says of tier 2's
+//! not made on); `BENCH_TRACE=n` prints the first n cases tier 2 finds more than 10 s late and
+//! the first n tier 1 finds more than 60 s late, second by second (with the tier's neutral
+//! impedance estimate and the true one); `BENCH_DIAG=1` says of tier 2's
 //! late cases how many its hold would be late on too if fed the true displacement, and how far
 //! the estimate reads from the truth around the 20 V mark; `BENCH_ZDIAG=1` prints tier 1's
 //! neutral impedance estimate against the truth for its loosening cases not yet found 0, 30
 //! and 60 s after the 20 V mark, and of each healthy scenario the largest estimate while the
 //! fitted displacement is over 20 V and each fault onset, and tier 2's largest count of
-//! floating steps.
+//! floating steps and largest held displacement.
 
 use pmtr::neutral::line::LineTier;
 use pmtr::neutral::magnitude::MagnitudeTier;
@@ -56,6 +57,10 @@ impl Detectors {
     }
 }
 
+/// A second of a broken-neutral case, for the traces: the time, the simulator's sample, the
+/// three verdicts, and the neutral impedance tier 2 and tier 1 estimate and the true one.
+type Logged = (f64, GridSample, [Verdict; 3], [Option<f64>; 3]);
+
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default)
 }
@@ -85,7 +90,7 @@ fn broken() {
         let (mut late2, mut oracle_late, mut biases) = (0usize, 0usize, Vec::new());
         for trial in 0..trials {
             let mut g = house(base_seed + trial as u64, imbalance);
-            let mut log: Vec<(f64, GridSample, [Verdict; 3])> = Vec::new();
+            let mut log: Vec<Logged> = Vec::new();
             let mut d = Detectors::new();
             let mut t = 0.0;
             for _ in 0..600 {
@@ -140,7 +145,12 @@ fn broken() {
                     }
                 }
                 if trace > 0 || diag {
-                    log.push((t, s, v));
+                    log.push((
+                        t,
+                        s,
+                        v,
+                        [d.line.impedance(), d.magnitude.impedance(), g.neutral.map(|z| z.abs())],
+                    ));
                 }
             }
             let Some(t20) = t20 else { continue };
@@ -148,7 +158,7 @@ fn broken() {
                 late2 += 1;
                 let mut over = 0.0;
                 let mut oracle = None;
-                for (t, s, _) in log.iter().filter(|(t, _, _)| *t >= t20) {
+                for (t, s, _, _) in log.iter().filter(|(t, _, _, _)| *t >= t20) {
                     over = if s.displacement >= 20.0 { over + 1.0 } else { f64::max(over - 1.0, 0.0) };
                     if over > pmtr::neutral::line::HOLD_ON {
                         oracle = Some(*t);
@@ -160,13 +170,14 @@ fn broken() {
                 }
                 let w: Vec<f64> = log
                     .iter()
-                    .filter(|(t, _, v)| (*t - t20).abs() <= 10.0 && v[0].shift.is_some())
-                    .map(|(_, s, v)| v[0].shift.unwrap_or(0.0) - s.displacement)
+                    .filter(|(t, _, v, _)| (*t - t20).abs() <= 10.0 && v[0].shift.is_some())
+                    .map(|(_, s, v, _)| v[0].shift.unwrap_or(0.0) - s.displacement)
                     .collect();
                 biases.push(w.iter().sum::<f64>() / w.len().max(1) as f64);
             }
-            // BENCH_TRACE=n: print the first n cases per row and detector found more than
-            // 10 s late (tiers 2 and 1), second by second from 20 s before the 20 V mark.
+            // BENCH_TRACE=n: print the first n cases (over all rows) each tier found late,
+            // tier 2 more than 10 s, tier 1 more than 60 s, second by second from 20 s before
+            // the 20 V mark.
             for k in 0..2 {
                 let late = found[k].is_none_or(|f| f - t20 > if k == 0 { 10.0 } else { 60.0 });
                 if late && traced[k] < trace {
@@ -177,16 +188,17 @@ fn broken() {
                         base_seed + trial as u64
                     );
                     let end = found[k].unwrap_or(t20 + 400.0);
-                    for (t, s, v) in log.iter().filter(|(t, _, _)| *t >= t20 - 20.0 && *t <= end) {
+                    for (t, s, v, z) in log.iter().filter(|(t, _, _, _)| *t >= t20 - 20.0 && *t <= end) {
                         println!(
-                            "  t {:+5.0} true {:5.1} est {:5.1} score {:6.3} {:?} U {:5.1} {:5.1} {:5.1} I {:5.1} {:5.1} {:5.1}",
+                            "  t {:+5.0} true {:5.1} est {:5.1} score {:6.3} {:?} U {:5.1} {:5.1} {:5.1} I {:5.1} {:5.1} {:5.1} Z {:.2?} Zn {:.2?}",
                             t - t20,
                             s.displacement,
                             v[k].shift.unwrap_or(f64::NAN),
                             v[k].score,
                             v[k].state,
                             s.phase[0], s.phase[1], s.phase[2],
-                            s.current[0], s.current[1], s.current[2]
+                            s.current[0], s.current[1], s.current[2],
+                            z[k], z[2]
                         );
                     }
                 }
@@ -283,6 +295,7 @@ fn healthy() {
         let mut worst: f64 = 0.0;
         let mut zmax: f64 = f64::NEG_INFINITY;
         let mut floating_max: f64 = 0.0;
+        let mut held_max: f64 = 0.0;
         for day in 0..days {
             let mut g = house(((i as u64 + 1) << 32) + base_seed + day as u64, *imbalance);
             g.disturbance = *disturbance;
@@ -310,6 +323,7 @@ fn healthy() {
                 }
                 if zdiag {
                     floating_max = floating_max.max(d.line.floating_steps());
+                    held_max = held_max.max(d.line.held_floor().unwrap_or(0.0));
                     if let (Some(z), true) = (d.magnitude.impedance(), vs[1].shift.is_some_and(|x| x >= 20.0))
                     {
                         zmax = zmax.max(z);
@@ -321,6 +335,10 @@ fn healthy() {
         if zdiag {
             println!("  largest impedance estimate over 20 V: {zmax:.2} ohm");
             println!("  tier 2's largest count of floating steps: {floating_max:.2}");
+            println!(
+                "  tier 2's largest held displacement (lowest of {} s): {held_max:.1} V",
+                pmtr::neutral::line::HELD_TIME
+            );
         }
         let per_day = |n: usize| format!("{n} ({:.3}/day)", n as f64 / days as f64);
         println!(
