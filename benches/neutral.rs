@@ -20,8 +20,9 @@
 //! the estimate reads from the truth around the 20 V mark; `BENCH_ZDIAG=1` prints tier 1's
 //! neutral impedance estimate against the truth for its loosening cases not yet found 0, 30
 //! and 60 s after the 20 V mark, and of each healthy scenario the largest estimate while the
-//! fitted displacement is over 20 V and each fault onset, and tier 2's largest count of
-//! floating steps and largest held displacement.
+//! fitted displacement is over 20 V, its largest impedance evidence (the estimate over the bar
+//! the displacement sets, the fitted side steady; 1 is a fault) and each fault onset, and tier
+//! 2's largest count of floating steps and largest held displacement.
 
 use pmtr::neutral::line::LineTier;
 use pmtr::neutral::magnitude::MagnitudeTier;
@@ -296,6 +297,7 @@ fn healthy() {
         let mut zmax: f64 = f64::NEG_INFINITY;
         let mut floating_max: f64 = 0.0;
         let mut held_max: f64 = 0.0;
+        let mut evidence_max: f64 = 0.0;
         for day in 0..days {
             let mut g = house(((i as u64 + 1) << 32) + base_seed + day as u64, *imbalance);
             g.disturbance = *disturbance;
@@ -324,6 +326,7 @@ fn healthy() {
                 if zdiag {
                     floating_max = floating_max.max(d.line.floating_steps());
                     held_max = held_max.max(d.line.held_floor().unwrap_or(0.0));
+                    evidence_max = evidence_max.max(d.magnitude.impedance_evidence());
                     if let (Some(z), true) = (d.magnitude.impedance(), vs[1].shift.is_some_and(|x| x >= 20.0))
                     {
                         zmax = zmax.max(z);
@@ -334,6 +337,7 @@ fn healthy() {
         }
         if zdiag {
             println!("  largest impedance estimate over 20 V: {zmax:.2} ohm");
+            println!("  tier 1's largest impedance evidence, steady and over 20 V (1 is a fault): {evidence_max:.2}");
             println!("  tier 2's largest count of floating steps: {floating_max:.2}");
             println!(
                 "  tier 2's largest held displacement (lowest of {} s): {held_max:.1} V",

@@ -45,13 +45,20 @@
 //! sound supply at a few tenths of an ohm, whatever the grid does to the magnitudes; a
 //! displacement of at least `shift` behind a neutral of
 //! [`FAULT_IMPEDANCE`](super::impedance::FAULT_IMPEDANCE) ohms or more is a fault as well.
+//! The bar falls as the displacement rises over `shift`, in proportion
+//! (`FAULT_IMPEDANCE × shift / displacement`: 2 Ω at 20 V, 1.6 Ω at 25 V), down to
+//! [`LOWEST_BAR`] ohms (from 4/3 of `shift`): the estimate reads a neutral loosening over
+//! minutes at 0.55-0.65 of its impedance (its 20 s of steps lag a neutral that doubles every
+//! minute), so the more a displacement threatens, the less it waits for the estimate to catch
+//! up. The floor keeps the margin over a sound supply, which reads a few tenths of an ohm
+//! and, under a long one-phase sag, up to about 1 Ω.
 //!
 //! Its limit: with the loads balanced, a floating neutral does not move, and nothing in the
 //! magnitudes shows it until the balance changes. A displaced neutral whose loads never move
 //! is never confirmed (it stays `suspect`).
 
 use super::geometry::equilateral_fit;
-use super::impedance::{load_vector, neutral_point, phase_steps, ImpedanceEstimate};
+use super::impedance::{load_vector, neutral_point, phase_steps, ImpedanceEstimate, FAULT_IMPEDANCE};
 use super::{Settings, State, Verdict};
 
 /// Weight of the fitted side's change against the movement (about 3 ÷ (1/√3), since one
@@ -80,6 +87,9 @@ pub const SOUND_IMPEDANCE: f64 = 2.5;
 /// Volts of movement per ampere of load step that a floating neutral is credited at most:
 /// the other phases' loads in series, at the low end (a few kilowatts).
 pub const FLOATING_IMPEDANCE: f64 = 20.0;
+/// The lowest impedance bar (ohms, × the sensitivity factor) a displacement far over `shift`
+/// brings the fault by impedance down to (from 4/3 of `shift`).
+pub const LOWEST_BAR: f64 = 1.5;
 
 /// How much the loads changed between two samples, in amperes summed over the phases
 /// ([`phase_steps`]).
@@ -121,6 +131,8 @@ pub struct MagnitudeTier {
     previous: Option<Previous>,
     low_since: Option<f64>,
     neutral: ImpedanceEstimate,
+    /// The impedance evidence of the last sample ([`MagnitudeTier::impedance_evidence`]).
+    evidence: f64,
 }
 
 impl MagnitudeTier {
@@ -133,7 +145,25 @@ impl MagnitudeTier {
             previous: None,
             low_since: None,
             neutral: ImpedanceEstimate::uncorrected(),
+            evidence: 0.0,
         }
+    }
+
+    /// The neutral's impedance over the bar a displacement of `d` volts sets (1 or more is a
+    /// fault, with the fitted side steady): [`FAULT_IMPEDANCE`] × `shift` / `d` ohms for `d` at
+    /// or over `shift`, never under [`LOWEST_BAR`], × the sensitivity factor `k`; 0 while the
+    /// steps cannot tell.
+    fn evidence_at(&self, d: f64, k: f64) -> f64 {
+        let shift = self.settings.shift;
+        let bar = (FAULT_IMPEDANCE * shift / d.max(shift)).max(LOWEST_BAR) * k;
+        self.neutral.impedance().map_or(0.0, |z| z / bar)
+    }
+
+    /// The impedance evidence as the last sample weighed it: the neutral's impedance over the
+    /// bar its displacement sets, while that displacement was at or over `shift` with the fitted
+    /// side steady (1 or more was a fault); 0 otherwise.
+    pub fn impedance_evidence(&self) -> f64 {
+        self.evidence
     }
 
     /// The neutral impedance the load steps show ([`ImpedanceEstimate`]), when they can tell.
@@ -197,8 +227,10 @@ impl MagnitudeTier {
         }
         self.score += credit / (CREDIT * k);
         self.previous = Some(Previous { time: now, phase, current, side: fit.side, displacement: d, point });
-        // The second way to a fault: the neutral's impedance, as the load steps show it.
-        let by_impedance = self.neutral.fault_ratio(k);
+        // The second way to a fault: the neutral's impedance, as the load steps show it, over
+        // the bar the displacement sets.
+        let by_impedance = self.evidence_at(d, k);
+        self.evidence = if d >= shift && steady { by_impedance } else { 0.0 };
 
         if self.state == State::Fault {
             if d < CLEAR_RATIO * shift {
@@ -379,7 +411,12 @@ mod tests {
     /// A neutral of `zn` ohms carrying the neutral current of a 7.5 A load on L1 and of 0.4 A
     /// switching on L2 every 2 s, on a balanced source: the point is the neutral's drop.
     fn loosened(zn: f64, s: u32) -> ([f64; 3], [f64; 3]) {
-        let i = [7.5, if (s / 2) % 2 == 1 { 0.4 } else { 0.0 }, 0.0];
+        loosened_by(zn, 7.5, s)
+    }
+
+    /// [`loosened`] with `amps` on L1.
+    fn loosened_by(zn: f64, amps: f64, s: u32) -> ([f64; 3], [f64; 3]) {
+        let i = [amps, if (s / 2) % 2 == 1 { 0.4 } else { 0.0 }, 0.0];
         let unit = |deg: f64| (deg.to_radians().cos(), deg.to_radians().sin());
         let (x, y) = [90.0, -30.0, 210.0]
             .iter()
@@ -419,6 +456,34 @@ mod tests {
         }
         let z = t.impedance().unwrap();
         assert!(z < 0.5, "{z}");
+    }
+
+    #[test]
+    fn magnitude_tier_lowers_the_impedance_bar_as_the_displacement_rises() {
+        // The first fault in two minutes behind `zn` ohms carrying `amps` on L1, and the
+        // impedance the steps read.
+        let run = |zn: f64, amps: f64| {
+            let mut t = MagnitudeTier::new(Settings::default());
+            let first = (0..120).find(|&s| {
+                let (u, i) = loosened_by(zn, amps, s);
+                t.update(f64::from(s), u, Some(i)).state == State::Fault
+            });
+            (first, t.impedance().unwrap_or(f64::NAN))
+        };
+        // 1.6 Ω, read as such, under the 2 Ω bar at `shift`: at 13 A (20.8 V, a bar of
+        // 1.92 Ω) no fault.
+        let (first, z) = run(1.6, 13.0);
+        assert!((1.5..1.7).contains(&z), "{z}");
+        assert_eq!(first, None);
+        // At 20 A the same neutral displaces the point 32 V: a bar of 1.25 Ω, a fault.
+        let (first, z) = run(1.6, 20.0);
+        assert!((1.5..1.7).contains(&z), "{z}");
+        assert!(first.is_some_and(|s| s <= 30), "{first:?}");
+        // The bar goes no lower than 1.5 Ω: 1.3 Ω at 45 A (58.5 V, in proportion a bar of
+        // 0.68 Ω) is no fault by impedance.
+        let (first, z) = run(1.3, 45.0);
+        assert!((1.1..1.4).contains(&z), "{z}");
+        assert_eq!(first, None);
     }
 
     #[test]
