@@ -79,7 +79,8 @@ pub const FLOAT_STEPS: f64 = 2.0;
 pub const HELD_TIME: f64 = 10.0;
 /// The fraction of `shift` a held displacement has not left.
 pub const HELD_RATIO: f64 = 0.85;
-/// The fraction of `shift` at which a held displacement is a fault, without a hold.
+/// The fraction of `shift` at which a displacement with no hold (held, behind a bad neutral,
+/// after floating steps) is a fault: the threshold's guard.
 pub const HELD_GUARD: f64 = 0.95;
 
 /// What a step is measured from: the previous sample that located the point and gave currents.
