@@ -119,6 +119,9 @@ pub struct Appliance {
     /// Mean seconds on and off; an always-on load has an infinite `mean_on`.
     pub mean_on: f64,
     pub mean_off: f64,
+    /// The longest it stays on, seconds (a motor's inrush lasts a second or two); unbounded
+    /// from [`Appliance::new`].
+    pub max_on: f64,
     next_toggle: f64,
 }
 
@@ -133,6 +136,7 @@ impl Appliance {
             on: mean_off == 0.0,
             mean_on,
             mean_off,
+            max_on: f64::INFINITY,
             next_toggle: 0.0,
         }
     }
@@ -276,7 +280,8 @@ impl Grid {
             while a.mean_on.is_finite() && a.next_toggle <= t {
                 a.on = !a.on;
                 let mean = if a.on { a.mean_on } else { a.mean_off };
-                a.next_toggle += self.rng.exp(mean).max(1.0);
+                let lasts = self.rng.exp(mean).max(1.0);
+                a.next_toggle += if a.on { lasts.min(a.max_on) } else { lasts };
             }
         }
         self.disturb(t, dt);
@@ -394,6 +399,27 @@ mod tests {
         assert!(xs.iter().zip((0..10_000).map(|_| b.uniform())).all(|(x, y)| *x == y));
         let mean = xs.iter().sum::<f64>() / xs.len() as f64;
         assert!((mean - 0.5).abs() < 0.02, "{mean}");
+    }
+
+    #[test]
+    fn an_appliance_stays_on_no_longer_than_its_max_on() {
+        // On for 10 s on average, off for 30: capped at 2 s, every time it is on.
+        let mut g = bare(3);
+        let mut a = Appliance::new(0, 2000.0, 1.0, 230.0, 10.0, 30.0);
+        a.max_on = 2.0;
+        g.appliances.push(a);
+        let (mut run, mut longest, mut starts) = (0, 0, 0);
+        for _ in 0..20_000 {
+            g.step(1.0);
+            if g.appliances[0].on {
+                run += 1;
+                starts += usize::from(run == 1);
+                longest = longest.max(run);
+            } else {
+                run = 0;
+            }
+        }
+        assert!(starts > 100 && (1..=2).contains(&longest), "{starts} starts, longest {longest} s");
     }
 
     #[test]
