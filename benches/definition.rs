@@ -107,7 +107,7 @@ fn main() {
     // all of them alike: the fastest round and the median of each.
     let rounds = 200;
     let per = (reps / 100).max(1);
-    let mut t: [Vec<f64>; 4] = Default::default();
+    let mut t: [Vec<f64>; 5] = Default::default();
     for _ in 0..rounds {
         t[0].push(time1(per, || {
             let s = pzem::decode(black_box(&regs), Phase::L1).unwrap();
@@ -124,8 +124,13 @@ fn main() {
         t[3].push(time1(per, || {
             black_box(pzem_exact(black_box(&regs), Phase::L1).unwrap());
         }));
+        // What both decoders pay before decoding anything: the samples' allocation and its
+        // release (seven samples, as the PZEM gives).
+        t[4].push(time1(per, || {
+            black_box(Vec::<Sample>::with_capacity(black_box(7)));
+        }));
     }
-    let [h, dd, di, ex] = t.map(|mut v| {
+    let [h, dd, di, ex, alloc] = t.map(|mut v| {
         v.sort_by(f64::total_cmp);
         (v[0], v[v.len() / 2])
     });
@@ -138,6 +143,7 @@ fn main() {
     println!("{:<44} {:>12.1} {:>8.1}", "  definition pzem-016", dd.0, dd.1);
     println!("{:<44} {:>12.1} {:>8.1}", "  definition, samples buffer reused", di.0, di.1);
     println!("{:<44} {:>12.1} {:>8.1}", "  straight-line, exact scaling (reference)", ex.0, ex.1);
+    println!("{:<44} {:>12.1} {:>8.1}", "  allocating and freeing 7 samples, alone", alloc.0, alloc.1);
     println!("{:<44} {:>12.2} {:>8.2}", "  definition / hand-written", dd.0 / h.0, dd.1 / h.1);
     println!("{:<44} {:>12.2} {:>8.2}", "  reference / hand-written", ex.0 / h.0, ex.1 / h.1);
 
