@@ -47,8 +47,10 @@
 //! impedance), which the estimate leaves out as no reading of a neutral. Here the line
 //! triangle tells those steps apart from a source that moved: the point jumping
 //! [`FLOAT_MOVE`] volts or more with a load, the line voltages still ([`floating_step`]), is
-//! a neutral that holds nothing, and [`FLOAT_STEPS`] of them (× the sensitivity factor) within
-//! about [`FLOAT_MEMORY`] seconds take the hold away too.
+//! a neutral that holds nothing. They are counted, each count fading with a time constant of
+//! [`FLOAT_MEMORY`] seconds, and a count of [`FLOAT_STEPS`] (× the sensitivity factor) takes
+//! the hold away too: three steps within about 50 s at normal sensitivity, since the first
+//! has faded a little by the second (five at low, one at high).
 //!
 //! The hold itself stays for what it is for: a displacement that jumps over the threshold from
 //! a lower level for a second or two (a motor's inrush on a sound neutral).
@@ -710,6 +712,31 @@ mod tests {
                     s += 1.0;
                 }
             }
+        }
+    }
+
+    #[test]
+    fn floating_steps_take_the_hold_away_at_a_count_of_two() {
+        // 400 W a phase and the neutral open; a 0.4 A load on L2 switched on at second 60, off
+        // at 61, on at 62: three floating steps. Two are 1.98 (the first faded for a second):
+        // the hold stays; the third takes it away. Low sensitivity counts to four, high to one.
+        let base = 230.0 * 230.0 / 400.0;
+        let on = [base, 1.0 / (1.0 / base + 1.0 / 575.0), base];
+        for (sensitivity, gone_at) in
+            [(Sensitivity::Normal, Some(62)), (Sensitivity::Low, None), (Sensitivity::High, Some(60))]
+        {
+            let mut t = LineTier::new(Settings { sensitivity, ..Settings::default() });
+            let k = sensitivity.factor();
+            let mut gone = None;
+            for s in 0..=62 {
+                let (u, l, i) = floating(if matches!(s, 60 | 62) { on } else { [base; 3] });
+                t.update(f64::from(s), u, l, Some(i));
+                if gone.is_none() && t.hold(k) == 0.0 {
+                    gone = Some(s);
+                }
+            }
+            assert_eq!(gone, gone_at, "{sensitivity:?}: count {}", t.floating_steps());
+            assert!(t.floating_steps() > 2.9 && t.floating_steps() < 3.0, "{}", t.floating_steps());
         }
     }
 
