@@ -221,8 +221,7 @@ impl LineTier {
             let steady = hold == 0.0 || self.floor.is_some_and(|floor| floor >= HELD_RATIO * shift);
             // A reading within the guard in the window, held off then as a possible transient,
             // and a hold gone since (the load steps show the neutral bad): no transient.
-            let peak = self.recent.iter().map(|&(_, d)| d).fold(f64::NEG_INFINITY, f64::max);
-            let shown = hold == 0.0 && peak >= HELD_GUARD * shift;
+            let shown = hold == 0.0 && self.recent.iter().any(|&(_, d)| d >= HELD_GUARD * shift);
             // The first sample over the threshold counts one second (the readings it stands
             // for were over it): a fault needs HOLD_ON seconds more.
             if d >= shift {
