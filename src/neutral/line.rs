@@ -557,7 +557,7 @@ mod tests {
         for s in 0..120 {
             let (u, l, i) = sample(s);
             let v = t.update(f64::from(s), u, l, Some(i));
-            if v.shift.is_some_and(|d| d >= HELD_GUARD * 20.0) {
+            if v.shift.is_some_and(|d| d >= HELD_GUARD * Settings::default().shift) {
                 over.push(s);
             }
             let recent = over.iter().any(|&o| s - o <= HELD_TIME as u32);
@@ -637,6 +637,16 @@ mod tests {
         (u, l, [0, 1, 2].map(|k| u[k] / ohms[k]))
     }
 
+    /// Each phase's load in a house of 400 W a phase, ohms.
+    const BASE: f64 = 230.0 * 230.0 / 400.0;
+
+    /// The house's loads with `r` ohms more switched on on phase `k`.
+    fn with(k: usize, r: f64) -> [f64; 3] {
+        let mut ohms = [BASE; 3];
+        ohms[k] = 1.0 / (1.0 / BASE + 1.0 / r);
+        ohms
+    }
+
     #[test]
     fn line_tier_with_currents_confirms_an_open_neutral_the_first_second_over() {
         // 400 W a phase and the neutral open: a 0.4 A load on L1 or L2 for a second throws the
@@ -644,18 +654,12 @@ mod tests {
         // loads balance. Single seconds over, which the hold alone rides out; but each switch
         // moved the point 40 V per ampere with the line triangle still: the neutral holds
         // nothing, and the first second over is a fault.
-        let base = 230.0 * 230.0 / 400.0;
-        let with = |k: usize, r: f64| {
-            let mut ohms = [base; 3];
-            ohms[k] = 1.0 / (1.0 / base + 1.0 / r);
-            ohms
-        };
         let sample = |s: u32| {
             floating(match s % 6 {
                 1 => with(0, 575.0),
                 3 => with(1, 575.0),
                 5 => with(0, 400.0),
-                _ => [base; 3],
+                _ => [BASE; 3],
             })
         };
         assert!(floating(with(0, 400.0)).0[0] < 230.0 - 20.0, "the case puts L1 over 20 V out");
@@ -672,18 +676,12 @@ mod tests {
         // out), and a 0.4 A one on L2 for second `then` (16 V, under the guard). Each switching
         // on and off is a floating step; the third shows the neutral holds nothing, and the
         // reading over the threshold within the last 10 s was no transient.
-        let base = 230.0 * 230.0 / 400.0;
-        let with = |k: usize, r: f64| {
-            let mut ohms = [base; 3];
-            ohms[k] = 1.0 / (1.0 / base + 1.0 / r);
-            ohms
-        };
         for (then, fault) in [(62, Some(62)), (66, Some(66)), (72, None)] {
             let sample = |s: u32| {
                 floating(match s {
                     60 => with(0, 400.0),
                     s if s == then => with(1, 575.0),
-                    _ => [base; 3],
+                    _ => [BASE; 3],
                 })
             };
             let with_currents = states(&sample, true);
@@ -719,8 +717,7 @@ mod tests {
         // 400 W a phase and the neutral open; a 0.4 A load on L2 switched on at second 60, off
         // at 61, on at 62: three floating steps. Two are 1.98 (the first faded for a second):
         // the hold stays; the third takes it away. Low sensitivity counts to four, high to one.
-        let base = 230.0 * 230.0 / 400.0;
-        let on = [base, 1.0 / (1.0 / base + 1.0 / 575.0), base];
+        let on = with(1, 575.0);
         for (sensitivity, gone_at) in
             [(Sensitivity::Normal, Some(62)), (Sensitivity::Low, None), (Sensitivity::High, Some(60))]
         {
@@ -728,7 +725,7 @@ mod tests {
             let k = sensitivity.factor();
             let mut gone = None;
             for s in 0..=62 {
-                let (u, l, i) = floating(if matches!(s, 60 | 62) { on } else { [base; 3] });
+                let (u, l, i) = floating(if matches!(s, 60 | 62) { on } else { [BASE; 3] });
                 t.update(f64::from(s), u, l, Some(i));
                 if gone.is_none() && t.hold(k) == 0.0 {
                     gone = Some(s);
