@@ -1012,6 +1012,57 @@ relays = ["motor"]
         assert_eq!(events, vec![(8, ChangeEvent::Tripped), (21, ChangeEvent::Released)]);
     }
 
+    /// A threshold with a decimal, `L1U > 253.1`, against a PZEM that reads 253.1 V exactly
+    /// (register 2531, scale 0.1), decoded as the daemon decodes it (by the `pzem-016`
+    /// definition): 253.1 is not over 253.1, so it never trips, and 253.2 trips after the hold.
+    /// `2531 × 0.1` is 253.10000000000002, which is over it (and `95 × 0.01` is
+    /// 0.9500000000000001, over a power factor's 0.95).
+    #[test]
+    fn a_reading_of_exactly_the_threshold_is_not_over_it() {
+        use crate::meter::driver::Reader;
+        use crate::reading::Quantity;
+        let reader = Reader::new(Model::Pzem016, 4);
+        let plan = reader.first_plan(1);
+        let read = |volts: f64, pf: f64, t: Now| {
+            let regs = pzem::encode(volts, 1.0, volts, 1.0, 50.0, pf, false).to_vec();
+            let samples = reader.decode(plan, &[regs]).unwrap().samples;
+            Reading {
+                meter: "main".into(),
+                model: Model::Pzem016,
+                time: t.wall,
+                samples,
+                quality: Default::default(),
+            }
+        };
+        let r = read(253.1, 0.95, at(0.0));
+        assert_eq!(r.get(Phase::L1, Quantity::Voltage), Some(253.1));
+        assert_eq!(r.get(Phase::L1, Quantity::PowerFactor), Some(0.95));
+        assert!(f64::from(2531u16) * 0.1 > 253.1, "the inexact product this test guards against");
+        assert!(f64::from(95u16) * 0.01 > 0.95, "the inexact product this test guards against");
+        let mut e = engine(
+            r#"
+[[trigger]]
+name = "over"
+meter = "main"
+when = "L1U > 253.1 || L1pf > 0.95"
+hold = "5s"
+relays = ["motor"]
+"#,
+        );
+        for s in 0..30 {
+            let out = e.on_reading(&read(253.1, 0.95, at(f64::from(s))), at(f64::from(s)));
+            assert!(out.switches.is_empty(), "253.1 V or a power factor of 0.95 tripped at {s} s: {out:?}");
+        }
+        let mut tripped = None;
+        for s in 30..40 {
+            let out = e.on_reading(&read(253.2, 0.95, at(f64::from(s))), at(f64::from(s)));
+            if !out.switches.is_empty() {
+                tripped.get_or_insert((s, out.switches));
+            }
+        }
+        assert_eq!(tripped, Some((35, vec![(0, Level::Off)])), "253.2 V trips after the 5 s hold");
+    }
+
     #[test]
     fn a_spike_shorter_than_hold_and_a_dip_shorter_than_recovery_change_nothing() {
         let mut e = engine(OVERVOLTAGE);
