@@ -58,11 +58,12 @@ impl Meter {
         }
     }
 
-    /// An IEEE 754 float, high word first, whose SI value is `x × factor`.
+    /// An IEEE 754 float, high word first, whose SI value is `x × factor`, `x` read as the
+    /// decimal it stands for (its shortest form: 12345.6, not 12345.599609375).
     fn f32(&mut self, holding: bool, addr: u16, x: f32, factor: f64, phase: &'static str, q: &'static str) {
         let b = x.to_bits();
         self.put(holding, addr, &[(b >> 16) as u16, b as u16]);
-        self.want.push((phase, q, f64::from(x) * factor));
+        self.want.push((phase, q, x.to_string().parse::<f64>().unwrap() * factor));
     }
 
     /// An integer of `words` registers (high word first), whose SI value is `raw × factor`.

@@ -134,3 +134,66 @@ impl RegisterImage {
 pub fn u32_lw(lo: u16, hi: u16) -> u32 {
     u32::from(lo) | (u32::from(hi) << 16)
 }
+
+/// A meter's 32-bit float as the decimal it stands for: the shortest decimal that reads back
+/// as `x` (what Rust prints for it), as an `f64`. A meter's 253.1 is 253.1, not
+/// 253.10000610351562, the float's own binary value, so `L1U > 253.1` does not hold at it and
+/// storage, CSV and MQTT show 253.1. Nothing is lost: the result reads back as `x` again
+/// (`as f32`). NaN and the infinities stay what they are.
+pub fn f32_decimal(x: f32) -> f64 {
+    use std::fmt::Write;
+    /// Room for the longest `{:e}` of an f32, "-1.1754942e-38" (14 bytes).
+    struct Digits {
+        bytes: [u8; 24],
+        len: usize,
+    }
+    impl Write for Digits {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            let end = self.len + s.len();
+            self.bytes.get_mut(self.len..end).ok_or(std::fmt::Error)?.copy_from_slice(s.as_bytes());
+            self.len = end;
+            Ok(())
+        }
+    }
+    let wide = f64::from(x);
+    if !x.is_finite() {
+        return wide;
+    }
+    let mut d = Digits { bytes: [0; 24], len: 0 };
+    if write!(d, "{x:e}").is_err() {
+        return wide;
+    }
+    std::str::from_utf8(&d.bytes[..d.len]).ok().and_then(|s| s.parse().ok()).unwrap_or(wide)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::f32_decimal;
+
+    /// The decimal a float stands for: shortest, reading back as the float, what Rust prints
+    /// for it; over a stride of every bit pattern, both signs, subnormals and the largest.
+    #[test]
+    fn a_float_reads_as_the_shortest_decimal_that_is_that_float() {
+        assert_eq!(f32_decimal(253.1), 253.1);
+        assert_eq!(f64::from(253.1f32), 253.100_006_103_515_62);
+        assert_eq!(f32_decimal(12_345.6), 12_345.6);
+        assert_eq!(f32_decimal(0.95), 0.95);
+        assert_eq!(f32_decimal(-1500.25), -1500.25);
+        assert_eq!(f32_decimal(f32::MAX), 3.402_823_5e38);
+        assert_eq!(f32_decimal(f32::MIN_POSITIVE), 1.175_494_4e-38);
+        assert_eq!(f32_decimal(f32::from_bits(1)), 1e-45);
+        assert_eq!(f32_decimal(-0.0).to_bits(), (-0.0f64).to_bits());
+        assert!(f32_decimal(f32::NAN).is_nan());
+        assert_eq!(f32_decimal(f32::NEG_INFINITY), f64::NEG_INFINITY);
+        let mut bits = 0u32;
+        while let Some(next) = bits.checked_add(65_521) {
+            let x = f32::from_bits(bits);
+            if x.is_finite() {
+                let d = f32_decimal(x);
+                assert_eq!(d as f32, x, "{bits:#x}: {d} does not read back");
+                assert_eq!(d, format!("{x}").parse::<f64>().unwrap(), "{bits:#x}");
+            }
+            bits = next;
+        }
+    }
+}

@@ -137,7 +137,7 @@ pub fn decode(image: &RegisterImage, plan: Plan, multiplier: f64) -> Result<Tele
 fn float_lw(image: &RegisterImage, addr: u16) -> Result<f64, DecodeError> {
     let lo = image.get(addr).ok_or(DecodeError::Missing("a legacy PMTR_001_SRV register"))?;
     let hi = image.get(addr + 1).ok_or(DecodeError::Missing("a legacy PMTR_001_SRV register"))?;
-    let v = f64::from(f32::from_bits(super::u32_lw(lo, hi)));
+    let v = super::f32_decimal(f32::from_bits(super::u32_lw(lo, hi)));
     // A NaN from a PZEM that did not answer is a gap, not a value.
     Ok(if v.is_finite() { v } else { f64::NAN })
 }

@@ -3,7 +3,7 @@
 //! back into samples. Pure.
 
 use super::{ByteOrder, Definition, Function, RegType, Register, WordOrder};
-use crate::meter::DecodeError;
+use crate::meter::{f32_decimal, DecodeError};
 use crate::modbus::{Exception, Request};
 use crate::reading::{Phase, Quantity, Sample};
 
@@ -385,8 +385,8 @@ impl Layout {
             Kind::U32Lo => f64::from(w32(1, 0)),
             Kind::I32Hi => f64::from(w32(0, 1) as i32),
             Kind::I32Lo => f64::from(w32(1, 0) as i32),
-            Kind::F32Hi => f64::from(f32::from_bits(w32(0, 1))),
-            Kind::F32Lo => f64::from(f32::from_bits(w32(1, 0))),
+            Kind::F32Hi => f32_decimal(f32::from_bits(w32(0, 1))),
+            Kind::F32Lo => f32_decimal(f32::from_bits(w32(1, 0))),
             Kind::U64Hi => w64(true) as f64,
             Kind::U64Lo => w64(false) as f64,
             Kind::I64Hi => w64(true) as i64 as f64,
@@ -459,7 +459,7 @@ pub fn raw(words: &[u16], ty: RegType, word_order: WordOrder, byte_order: ByteOr
         RegType::I32 => f64::from(bits as u32 as i32),
         RegType::U64 => bits as f64,
         RegType::I64 => bits as i64 as f64,
-        RegType::F32 => f64::from(f32::from_bits(bits as u32)),
+        RegType::F32 => f32_decimal(f32::from_bits(bits as u32)),
         RegType::F64 => f64::from_bits(bits),
         RegType::Bool => f64::from(u8::from(bits != 0)),
     }

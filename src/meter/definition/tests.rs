@@ -125,9 +125,10 @@ fn values_decode_by_type_word_and_byte_order() {
     use ByteOrder::*;
     use RegType::*;
     use WordOrder::*;
-    assert_eq!(raw(&[0x4366, 0x3333], F32, HighFirst, Big), f64::from(230.2f32));
-    assert_eq!(raw(&[0x3333, 0x4366], F32, LowFirst, Big), f64::from(230.2f32));
-    assert_eq!(raw(&[0x6643, 0x3333], F32, HighFirst, Little), f64::from(230.2f32));
+    // The float 230.2f32 (0x43663333) is 230.1999969482422; it reads as the decimal it is.
+    assert_eq!(raw(&[0x4366, 0x3333], F32, HighFirst, Big), 230.2);
+    assert_eq!(raw(&[0x3333, 0x4366], F32, LowFirst, Big), 230.2);
+    assert_eq!(raw(&[0x6643, 0x3333], F32, HighFirst, Little), 230.2);
     assert_eq!(raw(&[0xFFFF, 0xFA24], I32, HighFirst, Big), -1500.0);
     assert_eq!(raw(&[0xFFFF, 0xFA24], U32, HighFirst, Big), 4_294_965_796.0);
     assert_eq!(raw(&[0xFF38], I16, HighFirst, Big), -200.0);
