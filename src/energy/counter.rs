@@ -5,8 +5,9 @@
 //! What counts as what, decided on purpose (the README's "Energy and cost" repeats it):
 //! - a step forward no larger than [`MAX_POWER_KW`] over the time between the two readings (plus
 //!   [`SLACK_KWH`] for the meter's resolution) is use;
-//! - a step back of at most [`JITTER_KWH`] is rounding: nothing is counted, the higher value stays
-//!   the base, so the next step forward is not counted twice;
+//! - a step back of at most [`jitter`] (0.01 kWh, or one step of a 32-bit float at the counter's
+//!   value) is rounding: nothing is counted, the higher value stays the base, so the next step
+//!   forward is not counted twice;
 //! - a step back from the upper half of a known counter range (the PMTR server's 16-bit counter,
 //!   6553.6 kWh × multiplier) to a value that makes the wrapped step plausible is a rollover,
 //!   counted at once;
@@ -27,6 +28,18 @@ pub const MAX_POWER_KW: f64 = 1000.0;
 pub const SLACK_KWH: f64 = 0.1;
 /// A step back this small is rounding, not a reset.
 pub const JITTER_KWH: f64 = 0.01;
+
+/// The spacing of 32-bit floats relative to their value, at most (2^-23): a counter a meter
+/// sends as a float moves in steps of up to this fraction of itself (0.0625 kWh at 1,000,000 kWh),
+/// and reads as the shortest decimal of the float ([`crate::meter::f32_decimal`]), which may lie
+/// either side of the float's binary value.
+pub const FLOAT_STEP: f64 = 1.0 / 8_388_608.0;
+
+/// The largest step back between `a` and `b` that is rounding: [`JITTER_KWH`], or one float
+/// step at the larger of them.
+pub fn jitter(a: f64, b: f64) -> f64 {
+    JITTER_KWH.max(a.abs().max(b.abs()) * FLOAT_STEP)
+}
 
 /// A drop to below this is a reset (the counter restarted from zero); a drop to anything higher
 /// is another meter.
@@ -133,7 +146,7 @@ impl Counter {
         }
         if let Some(p) = self.pending {
             let from_held = raw - p.raw;
-            if from_held >= -JITTER_KWH && from_held <= max_step(p.time, time) {
+            if from_held >= -jitter(raw, p.raw) && from_held <= max_step(p.time, time) {
                 let mut parts = vec![];
                 if p.kind == Break::Reset && p.raw > 0.0 {
                     parts.push(Part { from: self.time, to: p.time, kwh: p.raw });
@@ -146,7 +159,7 @@ impl Counter {
                 return (Event::Confirmed(p.kind), parts);
             }
             let from_base = raw - self.raw;
-            if from_base >= -JITTER_KWH && from_base <= max_step(self.time, time) {
+            if from_base >= -jitter(raw, self.raw) && from_base <= max_step(self.time, time) {
                 self.pending = None;
                 let (_, parts) = self.step(raw, time, range);
                 return (Event::Glitch, parts);
@@ -165,7 +178,7 @@ impl Counter {
             self.rebase(raw, time, &parts);
             return (Event::Counted, parts);
         }
-        if (-JITTER_KWH..0.0).contains(&d) {
+        if (-jitter(raw, self.raw)..0.0).contains(&d) {
             return (Event::Jitter, vec![]);
         }
         if d < 0.0 {
@@ -232,6 +245,24 @@ mod tests {
         assert!(close(kwh(&parts), 0.2));
         assert_eq!(parts[0].from, at(0));
         assert!(close(c.total, 10.2));
+    }
+
+    /// A float counter of a million kWh moves in steps of 0.0625 kWh: one step back is
+    /// rounding (as a restart that reads it as its shortest decimal can give), two are not.
+    #[test]
+    fn one_float_step_back_on_a_large_counter_is_rounding() {
+        let big = 1_000_000.0f32;
+        let below = f64::from(f32::from_bits(big.to_bits() - 1));
+        assert_eq!(f64::from(big) - below, 0.0625);
+        let mut c = Counter::start(f64::from(big), at(0));
+        assert_eq!(c.update(below, at(5), None).0, Event::Jitter);
+        assert_eq!(c.update(f64::from(big) + 0.125, at(10), None).0, Event::Counted);
+        assert!(close(c.total, f64::from(big) + 0.125));
+        // Two steps back from the base of 1,000,000.125.
+        assert_eq!(c.update(f64::from(big), at(15), None).0, Event::Held(Break::Replaced));
+        // Small counters keep the 0.01 kWh.
+        let mut c = Counter::start(10.0, at(0));
+        assert_eq!(c.update(9.985, at(5), None).0, Event::Held(Break::Replaced));
     }
 
     #[test]
