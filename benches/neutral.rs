@@ -309,6 +309,7 @@ fn healthy() {
         let mut floating_max: f64 = 0.0;
         let mut held_max: f64 = 0.0;
         let mut evidence_max: f64 = 0.0;
+        let mut shown_max: f64 = 0.0;
         let mut line_z_max: f64 = 0.0;
         let mut line_d_max: f64 = 0.0;
         for day in 0..days {
@@ -346,6 +347,7 @@ fn healthy() {
                     floating_max = floating_max.max(d.line.floating_steps());
                     held_max = held_max.max(d.line.held_floor().unwrap_or(0.0));
                     evidence_max = evidence_max.max(d.magnitude.impedance_evidence());
+                    shown_max = shown_max.max(d.magnitude.shown_evidence());
                     line_z_max = line_z_max.max(d.line.impedance().unwrap_or(0.0));
                     line_d_max = line_d_max.max(vs[0].shift.unwrap_or(0.0));
                     if let (Some(z), true) = (d.magnitude.impedance(), vs[1].shift.is_some_and(|x| x >= 20.0))
@@ -359,6 +361,10 @@ fn healthy() {
         if zdiag {
             println!("  largest impedance estimate over 20 V: {zmax:.2} ohm");
             println!("  tier 1's largest impedance evidence, steady and over 20 V (1 is a fault): {evidence_max:.2}");
+            println!(
+                "  tier 1's largest evidence within {} s of a steady 20 V (1 is a fault): {shown_max:.2}",
+                pmtr::neutral::magnitude::SHOWN_TIME
+            );
             println!("  tier 2's largest count of floating steps: {floating_max:.2}");
             println!("  tier 2's largest impedance estimate: {line_z_max:.2} ohm; largest displacement: {line_d_max:.1} V");
             println!(

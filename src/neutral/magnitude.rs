@@ -53,6 +53,12 @@
 //! up. The floor keeps the margin over a sound supply, which reads a few tenths of an ohm
 //! and, under a long one-phase sag, up to about 1 Ω.
 //!
+//! A load can carry a loosening neutral's displacement over `shift` for a few seconds before
+//! the steps have read the neutral, and the displacement then falls back (11-19 V) while they
+//! catch up. So the bar a displacement at or over `shift` set stays for [`SHOWN_TIME`] seconds
+//! (× the sensitivity factor) after it: the steps reading the neutral over it then, the side
+//! steady, are a fault too, whatever the displacement has fallen back to.
+//!
 //! Its limit: with the loads balanced, a floating neutral does not move, and nothing in the
 //! magnitudes shows it until the balance changes. A displaced neutral whose loads never move
 //! is never confirmed (it stays `suspect`).
@@ -90,6 +96,10 @@ pub const FLOATING_IMPEDANCE: f64 = 20.0;
 /// The lowest impedance bar (ohms, × the sensitivity factor) a displacement far over `shift`
 /// brings the fault by impedance down to (from 4/3 of `shift`).
 pub const LOWEST_BAR: f64 = 1.5;
+/// Seconds (× the sensitivity factor) after a displacement at or over `shift` in which the
+/// load steps showing the neutral over the bar that displacement set is a fault, whatever the
+/// displacement has fallen back to.
+pub const SHOWN_TIME: f64 = 60.0;
 
 /// How much the loads changed between two samples, in amperes summed over the phases
 /// ([`phase_steps`]).
@@ -133,6 +143,12 @@ pub struct MagnitudeTier {
     neutral: ImpedanceEstimate,
     /// The impedance evidence of the last sample ([`MagnitudeTier::impedance_evidence`]).
     evidence: f64,
+    /// The last sample at or over `shift` with the fitted side steady: its time and
+    /// displacement.
+    over: Option<(f64, f64)>,
+    /// The impedance evidence against that sample's bar, while it is within [`SHOWN_TIME`]
+    /// (× the sensitivity factor) and the side steady ([`MagnitudeTier::shown_evidence`]).
+    shown: f64,
 }
 
 impl MagnitudeTier {
@@ -146,6 +162,8 @@ impl MagnitudeTier {
             low_since: None,
             neutral: ImpedanceEstimate::uncorrected(),
             evidence: 0.0,
+            over: None,
+            shown: 0.0,
         }
     }
 
@@ -164,6 +182,13 @@ impl MagnitudeTier {
     /// side steady (1 or more was a fault); 0 otherwise.
     pub fn impedance_evidence(&self) -> f64 {
         self.evidence
+    }
+
+    /// The impedance evidence against the bar of the last displacement at or over `shift`
+    /// (the fitted side steady then and now), while that was within [`SHOWN_TIME`] seconds
+    /// (× the sensitivity factor); 0 otherwise. 1 or more is a fault.
+    pub fn shown_evidence(&self) -> f64 {
+        self.shown
     }
 
     /// The neutral impedance the load steps show ([`ImpedanceEstimate`]), when they can tell.
@@ -231,6 +256,15 @@ impl MagnitudeTier {
         // the bar the displacement sets.
         let by_impedance = self.evidence_at(d, k);
         self.evidence = if d >= shift && steady { by_impedance } else { 0.0 };
+        if d >= shift && steady {
+            self.over = Some((now, d));
+        }
+        // The third: a displacement at or over `shift` in the last SHOWN_TIME seconds that the
+        // load steps now show behind a neutral over the bar it set, the side still steady.
+        self.shown = match self.over {
+            Some((t, then)) if steady && now - t <= SHOWN_TIME * k => self.evidence_at(then, k),
+            _ => 0.0,
+        };
 
         if self.state == State::Fault {
             if d < CLEAR_RATIO * shift {
@@ -245,7 +279,9 @@ impl MagnitudeTier {
             }
         }
         if self.state != State::Fault {
-            self.state = if d >= shift && steady && (self.score >= 1.0 || by_impedance >= 1.0) {
+            self.state = if (d >= shift && steady && (self.score >= 1.0 || by_impedance >= 1.0))
+                || self.shown >= 1.0
+            {
                 State::Fault
             } else if d >= shift || self.score >= 0.3 {
                 State::Suspect
@@ -484,6 +520,25 @@ mod tests {
         let (first, z) = run(1.3, 45.0);
         assert!((1.1..1.4).contains(&z), "{z}");
         assert_eq!(first, None);
+    }
+
+    /// A load carries a 3 Ω neutral's displacement over `shift` for five seconds (8 A: 24 V),
+    /// before the steps can read it, and then falls back (5 A: 15 V). Once the steps read the
+    /// neutral over the bar those 24 V set, within a minute, that is a fault, the displacement
+    /// at 15 V; without the five seconds over, never.
+    #[test]
+    fn magnitude_tier_faults_when_the_steps_show_a_neutral_bad_after_a_displacement_fell_back() {
+        let run = |seconds_over: u32| {
+            let mut t = MagnitudeTier::new(Settings::default());
+            (0..180).find_map(|s| {
+                let (u, i) = loosened_by(3.0, if s < seconds_over { 8.0 } else { 5.0 }, s);
+                let v = t.update(f64::from(s), u, Some(i));
+                (v.state == State::Fault).then(|| (s, v.shift.unwrap_or(f64::NAN), t.shown_evidence()))
+            })
+        };
+        let (s, d, shown) = run(5).expect("a fault");
+        assert!((5..=60).contains(&s) && d < 20.0 && shown >= 1.0, "at {s} s, {d} V, {shown}");
+        assert_eq!(run(0), None);
     }
 
     #[test]
