@@ -289,8 +289,9 @@ impl MagnitudeTier {
                 State::Ok
             };
         }
-        // Over `shift` the score says how near either way is to a fault (1 is one).
-        let score = if d >= shift { self.score.max(by_impedance) } else { self.score };
+        // Over `shift` the score says how near either way is to a fault (1 is one), and within
+        // the minute after a displacement over it, how near the third is.
+        let score = if d >= shift { self.score.max(by_impedance) } else { self.score }.max(self.shown);
         Verdict { state: self.state, score, shift: Some(d) }
     }
 }
@@ -533,7 +534,9 @@ mod tests {
             (0..180).find_map(|s| {
                 let (u, i) = loosened_by(3.0, if s < seconds_over { 8.0 } else { 5.0 }, s);
                 let v = t.update(f64::from(s), u, Some(i));
-                (v.state == State::Fault).then(|| (s, v.shift.unwrap_or(f64::NAN), t.shown_evidence()))
+                // A fault's score is 1 or more, whichever way it came.
+                (v.state == State::Fault)
+                    .then(|| (s, v.shift.unwrap_or(f64::NAN), t.shown_evidence().min(v.score)))
             })
         };
         let (s, d, shown) = run(5).expect("a fault");
