@@ -253,14 +253,15 @@ impl MagnitudeTier {
         self.score += credit / (CREDIT * k);
         self.previous = Some(Previous { time: now, phase, current, side: fit.side, displacement: d, point });
         // The second way to a fault: the neutral's impedance, as the load steps show it, over
-        // the bar the displacement sets.
+        // the bar a displacement at or over `shift` (the side steady) sets, in that second or
+        // within SHOWN_TIME after it (the side still steady), whatever the displacement has
+        // fallen back to since. In its own second that is `by_impedance`.
         let by_impedance = self.evidence_at(d, k);
-        self.evidence = if d >= shift && steady { by_impedance } else { 0.0 };
-        if d >= shift && steady {
+        let over_shift = d >= shift && steady;
+        self.evidence = if over_shift { by_impedance } else { 0.0 };
+        if over_shift {
             self.over = Some((now, d));
         }
-        // The third: a displacement at or over `shift` in the last SHOWN_TIME seconds that the
-        // load steps now show behind a neutral over the bar it set, the side still steady.
         self.shown = match self.over {
             Some((t, then)) if steady && now - t <= SHOWN_TIME * k => self.evidence_at(then, k),
             _ => 0.0,
@@ -279,9 +280,7 @@ impl MagnitudeTier {
             }
         }
         if self.state != State::Fault {
-            self.state = if (d >= shift && steady && (self.score >= 1.0 || by_impedance >= 1.0))
-                || self.shown >= 1.0
-            {
+            self.state = if (over_shift && self.score >= 1.0) || self.shown >= 1.0 {
                 State::Fault
             } else if d >= shift || self.score >= 0.3 {
                 State::Suspect
@@ -290,7 +289,7 @@ impl MagnitudeTier {
             };
         }
         // Over `shift` the score says how near either way is to a fault (1 is one), and within
-        // the minute after a displacement over it, how near the third is.
+        // SHOWN_TIME after a displacement over it, how near the impedance way still is.
         let score = if d >= shift { self.score.max(by_impedance) } else { self.score }.max(self.shown);
         Verdict { state: self.state, score, shift: Some(d) }
     }
